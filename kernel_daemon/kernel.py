@@ -1,0 +1,409 @@
+"""The sealedos kernel daemon: the trusted core every sealed process, pager and service talks to.
+
+Design principles
+-----------------
+1. The kernel keeps policy, user space does mechanism.  Page tables, the one global frame
+   pool and the choice of victim live here; writing pages out and reading them back is the
+   external pagers' job, and the bytes of resident pages live in the processes' own banks.
+2. Nothing the kernel hands out can be read or altered unnoticed.  Every page is sealed
+   (AES-GCM bound to process, page and version) before a pager sees it; version and tag stay
+   here.  A pager can only withhold, and withholding is survived by timeouts, retries,
+   restarts and mirrors.
+3. The kernel never blocks on one request.  One thread, one loop: a fault waiting on a pager,
+   a frame, or a call's reply SUSPENDs and is answered from a callback; everyone else is served
+   meanwhile.
+4. Every message is checked before it is believed.  The caller's identity comes from the
+   connection it registered (never from the message); every field is type-checked by the
+   server skeleton and range-checked by its handler; a caller's mistake gets an error reply,
+   a broken invariant panics.
+5. Nothing is lost on a crash of anything untrusted.  A page-out's bytes stay here until a
+   pager acknowledges them; a dead process's frames, swap and capabilities are reclaimed.
+6. Sealed processes share nothing.  Page contents and messages cross process boundaries only
+   as messages through this loop.
+"""
+from __future__ import annotations
+
+import argparse
+import hmac
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from kernel_daemon.frames import FramePool
+from kernel_daemon.pagers import Pagers
+from kernel_daemon.pagetable import PAGE_SHIFT
+from kernel_daemon.policy import POLICIES, make_policy
+from kernel_daemon.proc import Proc, ProcState, ProcTable
+from kernel_daemon.protocol import (
+    IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
+from kernel_daemon.seal import Sealer
+from kernel_daemon.server import SUSPEND, Request, Server
+from kernel_daemon.trace import Tracer
+from kernel_daemon.vm import Vm
+
+LIVENESS_MS: int = 500
+#: A process on another host that has not been heard from for this long is dead.
+PROC_DEAD_MS: int = 10000
+KILL_GRACE_MS: int = 2000
+REPORT_MAX_KEYS: int = 64
+
+#: Who may send what: ops from anyone, from a registered call connection, from a control one.
+ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS}
+CONTROL = {Op.HEARTBEAT}
+
+
+class Kernel(Server):
+    """The kernel: process table, address spaces, frames, policy, sealing, pagers, IPC."""
+
+    def __init__(self, addr: str, nframes: int, policy: str, mirrors: int = 1, seal: bool = True,
+                 pager_timeout_ms: int = 2000, pager_retries: int = 5,
+                 ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None) -> None:
+        super().__init__("kernel")
+        self.addr = addr
+        self.host = socket.gethostname()
+        self.sock = self.bind_router(addr)
+        self.stats: dict[str, Any] = {"policy": policy, "nframes": nframes, "sealed": seal,
+                                      "mirrors": mirrors}
+        self.procs = ProcTable()
+        self.tracer = Tracer(trace)
+        self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
+        self.pagers = Pagers(self, self.sock, mirrors, pager_timeout_ms, pager_retries,
+                             self.host, self.stats)
+        self.ipc_max_bytes = ipc_max_bytes
+        self.metrics: Any = None                 # set by the metrics exporter when enabled
+
+    # -- the caller check ----------------------------------------------------------------
+    def check_caller(self, req: Request) -> None:
+        """Resolve req.caller to the sending process; refuse ops its connection may not send."""
+        if req.op in ANYONE:
+            return
+        proc = self.procs.by_peer.get(req.peer) if req.peer is not None else None
+        if proc is None:
+            raise ServiceError(Err.NOTREG, f"{req.op}: this connection never registered")
+        on_control = req.peer == proc.ctrl_peer
+        if on_control != (req.op in CONTROL):
+            raise ServiceError(Err.PERM, f"{req.op} is not allowed on this connection")
+        proc.last_heard = time.monotonic()
+        req.caller = proc
+
+    # -- processes ------------------------------------------------------------------------
+    def do_register(self, req: Request) -> dict[str, Any]:
+        """A new sealed process: bind this connection, issue its spid and secret."""
+        if req.peer in self.procs.by_peer:
+            raise ServiceError(Err.PERM, "this connection is already registered")
+        manifest = req.msg.get("manifest", [])
+        if not isinstance(manifest, list) or not all(isinstance(m, str) for m in manifest):
+            raise ServiceError(Err.INVAL, "register: manifest must be a list of names")
+        proc = self.procs.register(req.peer, req.msg)
+        self.tracer.name_track(proc.spid, f"{proc.name} (spid {proc.spid})")
+        self.log.info("registered %s as spid %d (host pid %d)", proc.name, proc.spid, proc.hostpid)
+        return {"spid": proc.spid, "secret": proc.secret, "nframes": self.vm.pool.nframes,
+                "page_size": PAGE_SIZE}
+
+    def do_attach(self, req: Request) -> dict[str, Any]:
+        """Bind a process's control connection, proven by the secret."""
+        proc = self.procs.by_spid.get(req.msg["spid"])
+        if proc is None or not hmac.compare_digest(proc.secret, req.msg["secret"]):
+            raise ServiceError(Err.PERM, "attach: no such process or wrong secret")
+        if proc.ctrl_peer is not None or req.peer in self.procs.by_peer:
+            raise ServiceError(Err.PERM, "attach: a control connection is already bound")
+        self.procs.attach(proc, req.peer)
+        return {}
+
+    def do_heartbeat(self, req: Request) -> dict[str, Any]:
+        """Liveness, and the reference bits the MMU harvested since the last message."""
+        self.vm.apply_refs(req.caller, req.msg["refs"])
+        return {}
+
+    def do_report(self, req: Request) -> dict[str, Any]:
+        """Record app-level results (checksum verdict, progress)."""
+        proc: Proc = req.caller
+        data = req.msg["data"]
+        if len(data) > REPORT_MAX_KEYS or len(proc.report) > REPORT_MAX_KEYS:
+            raise ServiceError(Err.INVAL, f"report: at most {REPORT_MAX_KEYS} keys")
+        proc.report.update({str(k)[:64]: v for k, v in data.items()
+                            if isinstance(v, (int, float, str, bool, type(None)))})
+        return {}
+
+    def do_exit(self, req: Request) -> dict[str, Any]:
+        """An orderly exit: reclaim everything the process holds."""
+        self.reclaim(req.caller, f"exited with status {req.msg['status']}", ProcState.EXITED)
+        return {}
+
+    # -- memory ---------------------------------------------------------------------------
+    def do_map(self, req: Request) -> dict[str, Any]:
+        """Create a region; the kernel picks the address when addr is 0 or absent."""
+        addr = req.msg.get("addr", 0)
+        if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
+            raise ServiceError(Err.INVAL, f"map: address {addr!r} is not page-aligned")
+        vpn = req.caller.aspace.map(addr >> PAGE_SHIFT, req.msg["npages"], req.msg["prot"])
+        return {"addr": vpn << PAGE_SHIFT}
+
+    def do_unmap(self, req: Request) -> dict[str, Any]:
+        """Remove a range: free its frames and its swap blocks."""
+        proc: Proc = req.caller
+        vpn = _page_of(req.msg["addr"])
+        gone = proc.aspace.unmap(vpn, _npages(req.msg["npages"]))
+        self.free_slots(proc, self.vm.release_pages(proc, gone))
+        return {}
+
+    def do_protect(self, req: Request) -> dict[str, Any]:
+        """Change a range's permissions (W^X enforced); the caller's runtime drops its TLB."""
+        req.caller.aspace.protect(_page_of(req.msg["addr"]), _npages(req.msg["npages"]),
+                                  req.msg["prot"])
+        return {}
+
+    def do_fault(self, req: Request) -> Any:
+        """A TLB miss: see vm.py."""
+        if req.caller.ctrl_peer is None:
+            raise ServiceError(Err.PERM, "fault: attach the control connection first")
+        return self.vm.fault(req.caller, req)
+
+    # -- pagers ---------------------------------------------------------------------------
+    def do_pager_hello(self, req: Request) -> dict[str, Any]:
+        """A pager instance joins (or keeps) its mirror slot."""
+        mirror = req.msg["mirror"]
+        if not 0 <= mirror < self.pagers.nmirrors:
+            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range 0..{self.pagers.nmirrors - 1}")
+        if req.peer in self.procs.by_peer:
+            raise ServiceError(Err.PERM, "a sealed process cannot be a pager")
+        self.pagers.hello(req.peer, mirror, req.msg["host"][:128], req.msg["hostpid"])
+        return {}
+
+    def with_handles(self, proc: Proc, then: Callable[[list[bytes | None]], None]) -> None:
+        """Run then(handles per mirror) once every mirror's disk handle for proc is open
+        (or failed to open: None)."""
+        missing = [m for m in range(self.pagers.nmirrors) if m not in proc.handles]
+        if not missing:
+            then([proc.handles.get(m) for m in range(self.pagers.nmirrors)])
+            return
+        waiting = {"left": len(missing)}
+
+        def opened(m: int) -> Callable[[dict[str, Any] | None, str], None]:
+            def on(reply: dict[str, Any] | None, why: str) -> None:
+                handle = reply.get("handle") if reply and "err" not in reply else None
+                if proc.alive and isinstance(handle, bytes):
+                    proc.handles[m] = handle
+                elif isinstance(handle, bytes):     # opened for a process that died meanwhile
+                    self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
+                waiting["left"] -= 1
+                if waiting["left"] == 0 and proc.alive:
+                    then([proc.handles.get(k) for k in range(self.pagers.nmirrors)])
+            return on
+
+        for m in missing:
+            self.pagers.submit(m, Op.OPEN, {"label": f"{proc.name}#{proc.spid}"[:32]}, opened(m))
+
+    def free_slots(self, proc: Proc, slots: list[int]) -> None:
+        """Tell every mirror to free these swap blocks of proc."""
+        for m, handle in proc.handles.items():
+            for i in range(0, len(slots), 1024):
+                self.pagers.submit(m, Op.FREE, {"handle": handle, "slots": slots[i:i + 1024]},
+                                   _ignore, retries=1)
+
+    # -- stopping processes -----------------------------------------------------------------
+    def integrity_lost(self, proc: Proc, req: Request, vpn: int, checks: str) -> None:
+        """No mirror returned a page that verifies: stop the faulting process, and only it."""
+        text = (f"page integrity lost: page {vpn:#x} (address {vpn << PAGE_SHIFT:#x}) of "
+                f"{proc.name} (spid {proc.spid}) failed verification: {checks}")
+        self.log.error("%s", text)
+        self.fail(req, Err.INTEGRITY, text)
+        self.reclaim(proc, text, ProcState.KILLED)
+
+    def kill_proc(self, proc: Proc, reason: str) -> None:
+        """Stop a process the kernel can no longer serve: tell it, reclaim, and make sure."""
+        self.log.error("killing %s (spid %d): %s", proc.name, proc.spid, reason)
+        if proc.ctrl_peer is not None:
+            self.request(self.sock, proc.ctrl_peer, Op.KILL, {"reason": reason[:200]}, _ignore1,
+                         KILL_GRACE_MS)
+        hostpid, local = proc.hostpid, proc.is_local(self.host)
+        self.reclaim(proc, f"killed by the kernel: {reason}", ProcState.KILLED)
+        if local:
+            self.call_later(KILL_GRACE_MS, lambda: _sigkill_if_sealed(hostpid))
+
+    def reclaim(self, proc: Proc, reason: str, state: ProcState) -> None:
+        """Free every frame, swap block, disk handle and capability of a finished process."""
+        if not proc.alive:
+            return
+        proc.alive = False
+        proc.state, proc.exit_reason = state, reason
+        self.vm.release_pages(proc, list(proc.aspace.ptes.items()))
+        proc.aspace.ptes.clear()
+        for m, handle in proc.handles.items():
+            self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
+        proc.handles.clear()
+        ipc = getattr(self, "ipc", None)
+        if ipc is not None:
+            ipc.reclaim(proc)
+        self.procs.retire(proc)
+        self.log.info("reclaimed %s (spid %d): %s", proc.name, proc.spid, reason)
+
+    def _watch(self) -> None:
+        """Every LIVENESS_MS: notice dead processes and silent pagers."""
+        now = time.monotonic()
+        for proc in list(self.procs.by_spid.values()):
+            if proc.is_local(self.host):
+                dead = not _pid_alive(proc.hostpid)
+            else:
+                dead = (now - proc.last_heard) * 1000 > PROC_DEAD_MS
+            if dead:
+                self.reclaim(proc, "died", ProcState.KILLED)
+        self.pagers.check_liveness()
+        self.call_later(LIVENESS_MS, self._watch)
+
+    def on_start(self) -> None:
+        self.call_later(LIVENESS_MS, self._watch)
+
+    def on_stop(self) -> None:
+        self.tracer.flush()
+
+    # -- observation ----------------------------------------------------------------------
+    def observe_fault(self, kind: str, seconds: float) -> None:
+        """One fault served (metrics histogram, when enabled)."""
+        if self.metrics is not None:
+            self.metrics.observe_fault(kind, seconds)
+
+    def do_ping(self, req: Request) -> dict[str, Any]:
+        """Liveness of the kernel itself."""
+        return {"service": "kernel", "pid": os.getpid()}
+
+    def do_stats(self, req: Request) -> dict[str, Any]:
+        """Every counter, the pagers' health and every process (live and exited)."""
+        return {"kernel": self.counters(), "processes": self.process_records()}
+
+    def do_ps(self, req: Request) -> dict[str, Any]:
+        """The process table and the pager slots."""
+        return {"processes": self.process_records(),
+                "pagers": [s.health() for s in self.pagers.slots]}
+
+    def counters(self) -> dict[str, Any]:
+        """The kernel-wide counters as one map."""
+        out = dict(self.stats)
+        out["integrity_failures"] = dict(self.stats["integrity_failures"])
+        out["free_frames"] = self.vm.pool.free_count
+        out["resident_pages"] = sum(p.resident for p in self.procs.by_spid.values())
+        out["swapped_pages"] = sum(p.swapped for p in self.procs.by_spid.values())
+        out["live_processes"] = len(self.procs.by_spid)
+        out["pagers"] = [s.health() for s in self.pagers.slots]
+        out["bad_messages"] = self.bad_messages
+        out["fault_latency_us"] = {k: _percentiles(v) for k, v in self.vm.latency.items()}
+        return out
+
+    def process_records(self) -> list[dict[str, Any]]:
+        """Live processes' records, then exited ones'."""
+        return [p.record() for p in self.procs.by_spid.values()] + list(self.procs.exited)
+
+
+def _ignore(reply: dict[str, Any] | None, why: str) -> None:
+    """A pager answer nobody waits for."""
+
+
+def _ignore1(reply: dict[str, Any] | None) -> None:
+    """A process answer nobody waits for."""
+
+
+def _page_of(addr: Any) -> int:
+    if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
+        raise ServiceError(Err.INVAL, f"address {addr!r} is not page-aligned")
+    return addr >> PAGE_SHIFT
+
+
+def _npages(n: int) -> int:
+    if n <= 0:
+        raise ServiceError(Err.INVAL, f"npages {n} must be positive")
+    return n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _sigkill_if_sealed(pid: int) -> None:
+    """SIGKILL a local sealed process that ignored KILL (checks it is one of ours)."""
+    try:
+        p = psutil.Process(pid)
+        if "apps" in " ".join(p.cmdline()) or "sealedos" in " ".join(p.cmdline()):
+            p.kill()
+    except psutil.Error:
+        pass
+
+
+def _percentiles(samples: Any) -> dict[str, float]:
+    data = sorted(samples)
+    if not data:
+        return {"n": 0}
+    pick = lambda q: round(data[min(len(data) - 1, int(q * len(data)))], 1)  # noqa: E731
+    return {"n": len(data), "p50": pick(0.5), "p99": pick(0.99), "max": round(data[-1], 1)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`sealedos kernel` flags; every one has an environment-variable default."""
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="sealedos kernel", description="run the kernel daemon")
+    p.add_argument("--rundir", default=env("SEALEDOS_RUNDIR"), help="runtime directory (ipc sockets)")
+    p.add_argument("--addr", default=env("SEALEDOS_KERNEL_ADDR"),
+                   help="address to listen on (default ipc://RUNDIR/kernel.sock)")
+    p.add_argument("--frames", type=int, default=int(env("SEALEDOS_FRAMES", "128")))
+    p.add_argument("--policy", choices=sorted(POLICIES), default=env("SEALEDOS_POLICY", "clock"))
+    p.add_argument("--pagers", type=int, default=int(env("SEALEDOS_PAGERS", "1")),
+                   help="mirrored pager slots (2 = every page-out goes to both)")
+    p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",
+                   help="plaintext pages (a trusted pager; to measure sealing's cost)")
+    p.add_argument("--pager-timeout-ms", type=int, default=int(env("SEALEDOS_PAGER_TIMEOUT_MS", "2000")))
+    p.add_argument("--pager-retries", type=int, default=int(env("SEALEDOS_PAGER_RETRIES", "5")))
+    p.add_argument("--ipc-max-bytes", type=int,
+                   default=int(env("SEALEDOS_IPC_MAX_BYTES", str(IPC_MAX_PAYLOAD_BYTES))))
+    p.add_argument("--trace", default=env("SEALEDOS_TRACE"), help="write a Chrome trace here")
+    p.add_argument("--metrics-port", type=int, default=int(env("SEALEDOS_METRICS_PORT", "0")),
+                   help="serve Prometheus metrics on this port (0 = off)")
+    p.add_argument("--metrics-host", default=env("SEALEDOS_METRICS_HOST", "127.0.0.1"))
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Run the kernel in the foreground until SIGTERM/SIGINT."""
+    args = build_parser().parse_args(argv)
+    if not args.addr:
+        if not args.rundir:
+            print("sealedos kernel: give --addr or --rundir (or SEALEDOS_RUNDIR)", file=sys.stderr)
+            return 2
+        args.addr = f"ipc://{args.rundir}/kernel.sock"
+    if args.frames < 1 or args.pagers < 1:
+        print("sealedos kernel: --frames and --pagers must be at least 1", file=sys.stderr)
+        return 2
+    kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
+                    args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace)
+    _attach_extras(kernel, args)
+    signal.signal(signal.SIGTERM, lambda *_: kernel.stop())
+    signal.signal(signal.SIGINT, lambda *_: kernel.stop())
+    print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
+          f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'})",
+          file=sys.stderr, flush=True)
+    try:
+        kernel.run()
+    finally:
+        if args.addr.startswith("ipc://"):
+            Path(args.addr[len("ipc://"):]).unlink(missing_ok=True)
+    return 0
+
+
+def _attach_extras(kernel: Kernel, args: argparse.Namespace) -> None:
+    """Optional subsystems that live in their own modules (IPC, metrics)."""
+    try:
+        from kernel_daemon.ipc import Ipc
+    except ImportError:
+        pass
+    else:
+        kernel.ipc = Ipc(kernel)
+    if args.metrics_port:
+        from kernel_daemon.metrics import Metrics
+        kernel.metrics = Metrics(kernel, args.metrics_host, args.metrics_port)

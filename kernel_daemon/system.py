@@ -1,0 +1,217 @@
+"""A whole local sealedos system as OS processes: disks, kernel, pagers, apps — and their
+supervisor.
+
+`sealedos up`, the benchmarks, `sealedos chaos` and the tests all start the system through
+this one class, so they run exactly the same commands the compose file runs.  Every service
+is a child process in a private runtime directory; a supervisor thread restarts a dead pager
+or disk service (MINIX's reincarnation server), and stop() leaves no process and no socket.
+"""
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kernel_daemon import spawn
+from kernel_daemon.client import Client
+from kernel_daemon.protocol import Op
+
+SUPERVISE_MS: int = 100
+READY_TIMEOUT_S: float = 20.0
+
+
+@dataclass
+class Service:
+    """One child process the system started, and how to start it again."""
+    name: str
+    kind: str                      # disk, pager, kernel, app
+    cmd: list[str]
+    log: Path
+    proc: subprocess.Popen
+    restart: bool
+    restarts: int = 0
+    started: list[float] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """The current instance's host pid."""
+        return self.proc.pid
+
+
+@dataclass
+class Config:
+    """Everything `sealedos up` lets a user choose about the services."""
+    frames: int = 128
+    policy: str = "clock"
+    disk_size_mib: int = 64
+    pagers: int = 1
+    hostile: str | None = None
+    no_seal: bool = False
+    pager_timeout_ms: int = 2000
+    pager_retries: int = 5
+    trace: str | None = None
+    metrics_port: int = 0
+    stall_ms: int = 10000
+    kernel_args: list[str] = field(default_factory=list)
+
+
+class System:
+    """Start, supervise and stop one local sealedos system."""
+
+    def __init__(self, config: Config, rundir: Path | None = None) -> None:
+        self.config = config
+        self.rundir = rundir or spawn.make_rundir()
+        self.kernel_addr = spawn.ipc_addr(self.rundir, "kernel")
+        self.services: dict[str, Service] = {}
+        self.events: list[tuple[float, str, str]] = []     # (time, service, what)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._clients: dict[int, Client] = {}
+
+    # -- starting -----------------------------------------------------------------------
+    def start(self) -> "System":
+        """Start disks, kernel and pagers; return once the pagers have joined the kernel."""
+        c = self.config
+        for m in range(c.pagers):
+            self._launch("disk", f"disk{m}", [
+                "--rundir", str(self.rundir), "--addr", spawn.ipc_addr(self.rundir, f"disk{m}"),
+                "--file", str(self.rundir / f"disk{m}.img"), "--size-mib", str(c.disk_size_mib)])
+        kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
+                 "--policy", c.policy, "--pagers", str(c.pagers),
+                 "--pager-timeout-ms", str(c.pager_timeout_ms),
+                 "--pager-retries", str(c.pager_retries), *c.kernel_args]
+        if c.no_seal:
+            kargs.append("--no-seal")
+        if c.trace:
+            kargs += ["--trace", c.trace]
+        if c.metrics_port:
+            kargs += ["--metrics-port", str(c.metrics_port)]
+        self._launch("kernel", "kernel", kargs, restart=False)
+        for name in ["kernel"] + [f"disk{m}" for m in range(c.pagers)]:
+            self._wait_socket(name)
+        for m in range(c.pagers):
+            pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
+                     "--disk", spawn.ipc_addr(self.rundir, f"disk{m}"), "--mirror", str(m)]
+            if c.hostile and m == 0:
+                pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms)]
+            self._launch("pager", f"pager{m}", pargs)
+        self.wait_pagers()
+        self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _launch(self, kind: str, name: str, args: list[str], restart: bool = True) -> Service:
+        """Start service `name` (`sealedos KIND ARGS`), logging to RUNDIR/NAME.log."""
+        cmd = spawn.python_cmd(kind, *args)
+        log = self.rundir / f"{name}.log"
+        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log), restart)
+        svc.started.append(time.monotonic())
+        self.services[name] = svc
+        return svc
+
+    def _wait_socket(self, name: str) -> None:
+        """Wait until service `name` has bound RUNDIR/NAME.sock."""
+        svc = self.services[name]
+        try:
+            spawn.wait_for_path(self.rundir / f"{name}.sock", READY_TIMEOUT_S, svc.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{name} did not start: {exc}\n{self.log_tail(name)}") from None
+
+    def wait_pagers(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until every pager slot has a live instance."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pagers = self.stats()["kernel"]["pagers"]
+            if all(p["up"] for p in pagers):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("pagers did not join the kernel in time:\n" +
+                           "\n".join(self.log_tail(f"pager{m}") for m in range(self.config.pagers)))
+
+    def spawn_app(self, app: str, args: list[str], name: str, env: dict[str, str] | None = None) -> Service:
+        """Start one sealed process running `app` against this system's kernel."""
+        cmd = spawn.python_cmd("run", app, "--kernel", self.kernel_addr, "--name", name, *args)
+        log = self.rundir / f"{name}.log"
+        svc = Service(name, "app", cmd, log, spawn.spawn(cmd, log, env), restart=False)
+        svc.started.append(time.monotonic())
+        with self._lock:
+            self.services[name] = svc
+        return svc
+
+    # -- supervision ----------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stop.wait(SUPERVISE_MS / 1000):
+            with self._lock:
+                for svc in list(self.services.values()):
+                    code = svc.proc.poll()
+                    if code is None or not svc.restart or self._stop.is_set():
+                        continue
+                    svc.exit_codes.append(code)
+                    self.events.append((time.monotonic(), svc.name, f"exited {code}"))
+                    svc.proc = spawn.spawn(svc.cmd, svc.log)
+                    svc.restarts += 1
+                    svc.started.append(time.monotonic())
+                    self.events.append((time.monotonic(), svc.name, "restarted"))
+
+    def restarts(self) -> dict[str, int]:
+        """How many times each restartable service was brought back."""
+        return {s.name: s.restarts for s in self.services.values() if s.restart}
+
+    # -- talking to the kernel -------------------------------------------------------------
+    def client(self) -> Client:
+        """A connection to the kernel, one per calling thread."""
+        tid = threading.get_ident()
+        if tid not in self._clients:
+            self._clients[tid] = Client(self.kernel_addr)
+        return self._clients[tid]
+
+    def stats(self) -> dict[str, Any]:
+        """The kernel's STATS reply."""
+        return self.client().call(Op.STATS)
+
+    def process(self, name: str) -> dict[str, Any] | None:
+        """The kernel's newest record of the sealed process called `name`."""
+        recs = [p for p in self.stats()["processes"] if p["name"] == name]
+        return recs[-1] if recs else None
+
+    def wait_apps(self, timeout_s: float) -> dict[str, int | None]:
+        """Wait until every app exits (or the timeout); return their exit codes."""
+        deadline = time.monotonic() + timeout_s
+        apps = [s for s in self.services.values() if s.kind == "app"]
+        while time.monotonic() < deadline and any(s.proc.poll() is None for s in apps):
+            time.sleep(0.05)
+        return {s.name: s.proc.poll() for s in apps}
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        """The last lines a service printed."""
+        svc = self.services.get(name)
+        if svc is None or not svc.log.exists():
+            return f"({name}: no log)"
+        text = svc.log.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {name} ---\n" + "\n".join(text)
+
+    # -- stopping -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every process (apps first, kernel last but one, disks last), remove the rundir."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        order = {"app": 0, "pager": 1, "kernel": 2, "disk": 3}
+        with self._lock:
+            for svc in sorted(self.services.values(), key=lambda s: order[s.kind]):
+                spawn.stop(svc.proc)
+        spawn.remove_rundir(self.rundir)
+
+    def __enter__(self) -> "System":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

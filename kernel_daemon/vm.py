@@ -1,0 +1,404 @@
+"""Virtual memory: page faults, eviction, write-back and page-in — the kernel's policy half.
+
+The frames' bytes live in the processes' banks, so taking a frame back is a conversation:
+the kernel shoots the victim's TLB entry down over the owner's control connection and the
+owner's runtime hands the page back (only when it is dirty or the kernel has no valid copy).
+None of this blocks the kernel: a fault that needs a frame or a page-in SUSPENDs and is
+answered from a callback.
+
+Eviction races (the hard part)
+------------------------------
+A page in flight is pinned in an intermediate state, and every path that meets it waits or
+steps around it instead of guessing:
+
+* EVICTING: the shootdown is in flight.  The frame is out of the policy (it cannot be chosen
+  twice) but not free.  A fault on the page queues on the PTE and is re-served when the
+  shootdown answers.  If the owner dies or the page is unmapped meanwhile, the answer's
+  callback finds the PTE gone and just frees the frame.
+* HELD: the kernel holds the bytes while a write-back is in flight.  A fault is served from
+  those bytes at once (a minor fault, no I/O).  The write-back's acknowledgement then makes
+  the swap copy valid for the content that was handed back; if the page is dirtied and
+  evicted again before that, the second write-back is queued behind the first (never two
+  writes of one slot in flight, so a retried old write can never land over a newer one).
+* PAGING_IN: the page-in and the frame allocation run in parallel; the page is installed when
+  both are done; faults on it queue on the PTE.
+* A process that does not answer a shootdown within SHOOTDOWN_TIMEOUT_MS is killed: only it
+  holds the bytes, and the kernel cannot take the frame back without it.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable
+
+from kernel_daemon.frames import FramePool
+from kernel_daemon.pagetable import MAX_VPN, PageState, Pte
+from kernel_daemon.policy import Policy
+from kernel_daemon.proc import Proc, ProcState
+from kernel_daemon.protocol import (
+    ACCESS_PROT, FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SIZE, Err, Op, ServiceError)
+from kernel_daemon.seal import Sealer
+from kernel_daemon.server import SUSPEND, Panic, Request
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
+
+SHOOTDOWN_TIMEOUT_MS: int = 5000
+WRITEBACK_RETRY_MS: int = 500
+LATENCY_KEEP: int = 20000
+
+S = PageState
+
+
+class Vm:
+    """Faults, frames, eviction and swap I/O for every process."""
+
+    def __init__(self, kernel: "Kernel", pool: FramePool, policy: Policy, sealer: Sealer) -> None:
+        self.k = kernel
+        self.pool = pool
+        self.policy = policy
+        self.sealer = sealer
+        self.frame_waiters: deque[tuple[Proc, int, Callable[[int], None]]] = deque()
+        self.evicting = 0
+        self.stats: dict[str, Any] = kernel.stats
+        for key in ("minor_faults", "major_faults", "page_ins", "page_outs", "evictions",
+                    "clean_drops", "soft_faults", "writeback_failures", "segfaults",
+                    "protection_faults"):
+            self.stats.setdefault(key, 0)
+        self.stats.setdefault("integrity_failures", {})
+        self.latency: dict[str, deque[float]] = {
+            "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP)}
+
+    # -- state bookkeeping --------------------------------------------------------------
+    @staticmethod
+    def set_state(proc: Proc, pte: Pte, new: PageState) -> None:
+        """Move pte to `new`, keeping the process's resident/swapped counts true."""
+        old = pte.state
+        proc.resident += (new == S.RESIDENT) - (old == S.RESIDENT)
+        proc.swapped += (new == S.SWAPPED) - (old == S.SWAPPED)
+        pte.state = new
+
+    def apply_refs(self, proc: Proc, refs: list[Any]) -> None:
+        """Feed the MMU's reference record (vpns in access order) to the policy."""
+        ptes = proc.aspace.ptes
+        for vpn in refs[:100000]:
+            pte = ptes.get(vpn) if isinstance(vpn, int) else None
+            if pte is not None and pte.state == S.RESIDENT:
+                self.policy.touch(pte.frame)
+
+    # -- faults -------------------------------------------------------------------------
+    def fault(self, proc: Proc, req: Request) -> Any:
+        """Serve a TLB miss: reply now, SUSPEND, or raise SEGV/PROT."""
+        vpn, access = req.msg["vpn"], req.msg["access"]
+        need = ACCESS_PROT.get(access)
+        if need is None:
+            raise ServiceError(Err.INVAL, f"access {access[:8]!r} is not one of r, w, x")
+        self.apply_refs(proc, req.msg["refs"])
+        pte = proc.aspace.pte(vpn) if 0 <= vpn <= MAX_VPN else None
+        if pte is None:
+            self.stats["segfaults"] += 1
+            raise ServiceError(Err.SEGV, f"segmentation fault: {access} access at address "
+                                         f"{vpn << 12:#x} (page {vpn:#x}) is outside every region")
+        if not pte.prot & need:
+            self.stats["protection_faults"] += 1
+            raise ServiceError(Err.PROT, f"protection fault: {access} access to page {vpn:#x} "
+                                         f"whose protection is {_prot_str(pte.prot)}")
+        req.caller = (proc, time.perf_counter())
+        self.k.tracer.begin("vm", "fault", req.rid * 1000 + proc.spid, proc.spid, vpn=vpn,
+                            access=access)
+        return self._serve(proc, req, vpn, pte)
+
+    def _serve(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> Any:
+        """Serve a fault on a page in whatever state it is in."""
+        st = pte.state
+        if st == S.RESIDENT:
+            self.policy.touch(pte.frame)
+            return self._done(proc, req, vpn, pte, FILL_KEEP, None, "minor")
+        if st == S.ZERO or st == S.HELD:
+            if st == S.HELD:
+                self.stats["soft_faults"] += 1
+            self.set_state(proc, pte, S.PAGING_IN)     # pinned while it waits for a frame
+            self._get_frame(proc, vpn, lambda f: self._install_local(proc, req, vpn, pte, f, st))
+            return SUSPEND
+        if st == S.SWAPPED:
+            self._page_in(proc, req, vpn, pte)
+            return SUSPEND
+        pte.waiters.append(lambda: self._resume(proc, req, vpn, pte))   # EVICTING, PAGING_IN
+        proc.state = ProcState.FAULT
+        return SUSPEND
+
+    def _resume(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> None:
+        """Re-serve a fault that waited on a page in flight."""
+        if not proc.alive:
+            return
+        if proc.aspace.ptes.get(vpn) is not pte:
+            self.k.fail(req, Err.SEGV, f"segmentation fault: page {vpn:#x} was unmapped")
+            return
+        result = self._serve(proc, req, vpn, pte)
+        if result is not SUSPEND:
+            self.k.reply(req, **result)
+
+    def _install_local(self, proc: Proc, req: Request, vpn: int, pte: Pte, frame: int,
+                       was: PageState) -> None:
+        """A frame arrived for a ZERO or HELD page: install it without I/O."""
+        if not self._still_mine(proc, vpn, pte, frame):
+            return
+        pte.frame = frame
+        if was == S.ZERO:
+            pte.zero_content = True
+            fill, data = FILL_ZERO, None
+        else:
+            fill, data = FILL_DATA, pte.held
+            if data is None:
+                raise Panic(f"HELD page {vpn:#x} of spid {proc.spid} lost its bytes")
+            if pte.swap_valid and not pte.wb_version:  # written back while we waited
+                pte.held = None
+        self._make_resident(proc, pte, frame)
+        self.k.reply(req, **self._done(proc, req, vpn, pte, fill, data, "minor"))
+
+    def _make_resident(self, proc: Proc, pte: Pte, frame: int) -> None:
+        self.set_state(proc, pte, S.RESIDENT)
+        self.policy.insert(frame)
+        self._wake(pte)
+
+    def _done(self, proc: Proc, req: Request, vpn: int, pte: Pte, fill: str,
+              data: bytes | None, kind: str) -> dict[str, Any]:
+        """Count the fault and build the reply that installs the page."""
+        proc.counters[f"{kind}_faults"] += 1
+        self.stats[f"{kind}_faults"] += 1
+        proc.state = ProcState.RUNNING
+        t0 = req.caller[1] if isinstance(req.caller, tuple) else None
+        if t0 is not None:
+            self.latency[kind].append((time.perf_counter() - t0) * 1e6)
+            self.k.observe_fault(kind, time.perf_counter() - t0)
+        self.k.tracer.end("vm", "fault", req.rid * 1000 + proc.spid, proc.spid, kind=kind)
+        out: dict[str, Any] = {"vpn": vpn, "frame": pte.frame, "prot": pte.prot, "fill": fill}
+        if data is not None:
+            out["data"] = data
+        return out
+
+    def _still_mine(self, proc: Proc, vpn: int, pte: Pte, frame: int) -> bool:
+        """After a wait: is the page still wanted?  If not, give the frame back."""
+        if proc.alive and proc.aspace.ptes.get(vpn) is pte:
+            return True
+        self._free_frame(frame)
+        return False
+
+    def _wake(self, pte: Pte) -> None:
+        waiters, pte.waiters = pte.waiters, []
+        for w in waiters:
+            w()
+
+    # -- page-in ------------------------------------------------------------------------
+    def _page_in(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> None:
+        """Major fault: fetch and verify the page while a frame is found, install when both."""
+        self.set_state(proc, pte, S.PAGING_IN)
+        proc.state = ProcState.FAULT
+        got: dict[str, Any] = {}
+        key = req.rid * 1000 + proc.spid
+        version, tag = pte.version, pte.tag
+
+        def verify(data: object) -> bytes:
+            return self.sealer.open(proc.swap_id, vpn, version, tag, data)
+
+        def on_frame(frame: int) -> None:
+            got["frame"] = frame
+            if "data" in got:
+                finish()
+            elif got.get("failed"):
+                self._free_frame(frame)
+
+        def on_data(plain: bytes | None, failures: list[tuple[int, str, str]]) -> None:
+            for mirror, kind, text in failures:
+                self.integrity_failure(proc, vpn, mirror, kind, text)
+            if plain is None:
+                got["failed"] = True
+                if "frame" in got:
+                    self._free_frame(got["frame"])
+                checks = "; ".join(f"pager {m}: {kind}: {text}" for m, kind, text in failures)
+                self.k.integrity_lost(proc, req, vpn, checks or "no mirror holds the page")
+                return
+            self.k.tracer.step("vm", "fault", key, proc.spid, "verified")
+            got["data"] = plain
+            if "frame" in got:
+                finish()
+
+        def finish() -> None:
+            if not self._still_mine(proc, vpn, pte, got["frame"]):
+                return
+            pte.frame = got["frame"]
+            pte.swap_valid = True
+            pte.zero_content = False
+            self._make_resident(proc, pte, pte.frame)
+            proc.counters["page_ins"] += 1
+            self.stats["page_ins"] += 1
+            self.k.tracer.step("vm", "fault", key, proc.spid, "installed")
+            self.k.reply(req, **self._done(proc, req, vpn, pte, FILL_DATA, got["data"], "major"))
+
+        def on_repaired(mask: int) -> None:
+            if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.version == version:
+                pte.mirrors |= mask
+
+        def with_handles(handles: list[bytes | None]) -> None:
+            self.k.tracer.step("vm", "fault", key, proc.spid, "pager asked")
+            mask = pte.mirrors & sum(1 << m for m, h in enumerate(handles) if h is not None)
+            self.k.pagers.page_in(handles, pte.slot, mask, verify, on_data, on_repaired)
+
+        self._get_frame(proc, vpn, on_frame)
+        self.k.with_handles(proc, with_handles)
+
+    def integrity_failure(self, proc: Proc, vpn: int, mirror: int, kind: str, text: str) -> None:
+        """Count one failed check of one mirror's answer."""
+        fails = self.stats["integrity_failures"]
+        fails[kind] = fails.get(kind, 0) + 1
+        proc.counters["integrity_failures"] += 1
+        self.k.log.warning("page %#x of %s (spid %d): pager %d failed check %s: %s",
+                           vpn, proc.name, proc.spid, mirror, kind, text)
+
+    # -- frames and eviction -------------------------------------------------------------
+    def _get_frame(self, proc: Proc, vpn: int, then: Callable[[int], None]) -> None:
+        """Lend a frame to (proc, vpn): now if one is free, else after an eviction."""
+        frame = self.pool.alloc(proc.spid, vpn)
+        if frame is not None:
+            then(frame)
+            return
+        self.frame_waiters.append((proc, vpn, then))
+        while len(self.frame_waiters) > self.evicting:
+            victim = self.policy.victim()
+            if victim is None:
+                break                     # every frame is pinned; a finishing one will serve
+            self._evict(victim)
+
+    def _free_frame(self, frame: int) -> None:
+        """Return a frame to the pool and hand it to the first live waiter."""
+        self.pool.release(frame)
+        while self.frame_waiters and self.pool.free_count:
+            proc, vpn, then = self.frame_waiters.popleft()
+            if proc.alive:
+                then(self.pool.alloc(proc.spid, vpn))
+
+    def _evict(self, frame: int) -> None:
+        """Start taking `frame` back from its owner (a TLB shootdown)."""
+        spid, vpn = self.pool.owner[frame]
+        proc = self.k.procs.by_spid.get(spid)
+        pte = proc.aspace.ptes.get(vpn) if proc else None
+        if pte is None or pte.state != S.RESIDENT or pte.frame != frame:
+            raise Panic(f"policy chose frame {frame} owned by ({spid}, {vpn:#x}) in state "
+                        f"{pte.state.name if pte else 'none'}")
+        self.policy.remove(frame)
+        self.set_state(proc, pte, S.EVICTING)
+        self.evicting += 1
+        want = not (pte.swap_valid or pte.zero_content or pte.held is not None)
+        self.k.request(self.k.sock, proc.ctrl_peer, Op.SHOOTDOWN,
+                       {"vpn": vpn, "frame": frame, "want": want},
+                       lambda reply: self._evicted(proc, vpn, pte, frame, reply),
+                       SHOOTDOWN_TIMEOUT_MS)
+
+    def _evicted(self, proc: Proc, vpn: int, pte: Pte, frame: int,
+                 reply: dict[str, Any] | None) -> None:
+        """The owner answered a shootdown (or did not): settle the page, free the frame."""
+        self.evicting -= 1
+        if not proc.alive or proc.aspace.ptes.get(vpn) is not pte:
+            self._free_frame(frame)
+            return
+        data = reply.get("data") if reply else None
+        if reply is None or "err" in reply or not (data is None or (isinstance(data, bytes)
+                                                                   and len(data) == PAGE_SIZE)):
+            why = "did not answer" if reply is None else "answered wrongly"
+            self.k.kill_proc(proc, f"{why} a TLB shootdown of page {vpn:#x}")
+            self._free_frame(frame)
+            return
+        dirty = bool(reply.get("dirty"))
+        proc.counters["evictions"] += 1
+        self.stats["evictions"] += 1
+        pte.frame = -1
+        if not dirty and pte.zero_content:
+            pte.zero_content = False
+            self.set_state(proc, pte, S.ZERO)            # never written: demand-zero again
+            self.stats["clean_drops"] += 1
+        elif not dirty and pte.swap_valid:
+            self.set_state(proc, pte, S.SWAPPED)         # clean, swap copy current: no I/O
+            self.stats["clean_drops"] += 1
+        elif not dirty and pte.held is not None:
+            self.set_state(proc, pte, S.HELD)            # its write-back is still in flight
+        elif data is None:
+            self.k.kill_proc(proc, f"gave no bytes for dirty page {vpn:#x}")
+            self._free_frame(frame)
+            return
+        else:
+            pte.held, pte.swap_valid, pte.zero_content = data, False, False
+            self.set_state(proc, pte, S.HELD)
+            self.write_back(proc, vpn, pte)
+        self._free_frame(frame)
+        self._wake(pte)
+
+    # -- write-back ---------------------------------------------------------------------
+    def write_back(self, proc: Proc, vpn: int, pte: Pte) -> None:
+        """Seal the held bytes under a new version and send them to every mirror."""
+        if pte.wb_version:
+            pte.wb_again = True           # one write of a slot in flight at a time
+            return
+        if pte.held is None:
+            raise Panic(f"write-back of page {vpn:#x} with no bytes held")
+        version = self.sealer.next_version()
+        pte.wb_version = version
+        if pte.slot < 0:
+            pte.slot = proc.alloc_slot()
+        sealed, tag = self.sealer.seal(proc.swap_id, vpn, version, pte.held)
+
+        def with_handles(handles: list[bytes | None]) -> None:
+            self.k.pagers.page_out(handles, pte.slot, sealed,
+                                   lambda mask, why: self._written(proc, vpn, pte, version, tag,
+                                                                   mask, why))
+        self.k.with_handles(proc, with_handles)
+
+    def _written(self, proc: Proc, vpn: int, pte: Pte, version: int, tag: bytes, mask: int,
+                 why: str) -> None:
+        """The mirrors answered a write-back: the swap copy becomes valid, or we try again."""
+        if not proc.alive or proc.aspace.ptes.get(vpn) is not pte:
+            return
+        pte.wb_version = 0
+        if pte.wb_again:                  # the bytes changed while this was in flight
+            pte.wb_again = False
+            self.write_back(proc, vpn, pte)
+            return
+        if mask == 0:
+            self.stats["writeback_failures"] += 1
+            self.k.log.warning("write-back of page %#x of %s failed (%s); retrying", vpn,
+                               proc.name, why)
+            self.k.call_later(WRITEBACK_RETRY_MS, lambda: self._retry_write(proc, vpn, pte))
+            return
+        pte.version, pte.tag, pte.mirrors = version, tag, mask
+        pte.swap_valid = True
+        proc.counters["page_outs"] += 1
+        self.stats["page_outs"] += 1
+        if pte.state == S.HELD:
+            pte.held = None
+            self.set_state(proc, pte, S.SWAPPED)
+        elif pte.state != S.PAGING_IN:     # RESIDENT or EVICTING: the bytes are the process's
+            pte.held = None                # (PAGING_IN: a local install still needs them)
+
+    def _retry_write(self, proc: Proc, vpn: int, pte: Pte) -> None:
+        if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.held is not None \
+                and not pte.wb_version:
+            self.write_back(proc, vpn, pte)
+
+    # -- teardown -----------------------------------------------------------------------
+    def release_pages(self, proc: Proc, ptes: list[tuple[int, Pte]]) -> list[int]:
+        """Drop pages (unmap or exit): free resident frames; return their swap slots."""
+        slots = []
+        for _, pte in ptes:
+            if pte.state == S.RESIDENT:
+                self.policy.remove(pte.frame)
+                self._free_frame(pte.frame)
+            # EVICTING and PAGING_IN frames are freed by their callbacks, which find the PTE gone
+            self.set_state(proc, pte, S.ZERO)
+            pte.waiters.clear()
+            pte.held = None
+            if pte.slot >= 0:
+                slots.append(pte.slot)
+        return slots
+
+
+def _prot_str(prot: int) -> str:
+    return "".join(c if prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
