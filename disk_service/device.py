@@ -1,0 +1,397 @@
+"""The block device: one file, accessed only through a numpy.memmap of uint8.
+
+The file's format is described in layout.py.  Everything needed to find every handle and
+every block lives in the file; the in-memory indexes (token -> handle, (handle, slot) ->
+block, free blocks) are rebuilt from it on open, so a disk service restarted on the same
+file, even after SIGKILL, serves every handle and block as before.
+
+Write ordering (the crash contract; a SIGKILL can stop us between any two stores):
+
+* a new block: data first, then the map record's slot, then its owner (the commit point),
+  so a map entry never points at a block whose data was not written;
+* a rewrite of a slot already mapped: the data is overwritten in place;
+* open: token and label first, then in_use (the commit point);
+* close and free: map owners are cleared first, then in_use, so no block is ever owned by
+  a closed handle.
+
+A file that exists but fails any check is refused with DeviceError and is never written:
+it is checked through a read-only mapping and reopened writable only once it passed.
+Durability across power loss is flush()'s job (msync); the page cache survives SIGKILL.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from disk_service.layout import (
+    DEFAULT_MAX_HANDLES, DEFAULT_SIZE_MIB, FREE_OWNER, HANDLE_DTYPE, LABEL_MAX_BYTES, MAP_DTYPE,
+    SLOT_LIMIT, SUPERBLOCK_DTYPE, TOKEN_BYTES, DeviceError, Geometry, check_superblock,
+    pack_superblock, plan)
+from kernel_daemon.protocol import BLOCK_SIZE, Err, ServiceError
+from kernel_daemon.server import Panic
+
+__all__ = ["Device", "DeviceError", "format_device"]
+
+MIB: int = 1 << 20
+
+
+# -- creating and checking a device file -------------------------------------------------
+
+def format_device(path: Path, size_mib: int, max_handles: int = DEFAULT_MAX_HANDLES) -> None:
+    """Create and format a new device file at `path`; never touches an existing file."""
+    if not isinstance(size_mib, int) or size_mib < 1:
+        raise DeviceError(f"device size must be a positive number of MiB, got {size_mib!r}")
+    geo = plan(size_mib * MIB // BLOCK_SIZE, max_handles)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.formatting")
+    try:
+        with open(tmp, "xb") as f:
+            f.truncate(geo.size_bytes)                       # sparse: only metadata is written
+        mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
+        _map_view(mm, geo)["owner"] = FREE_OWNER
+        mm[:SUPERBLOCK_DTYPE.itemsize] = pack_superblock(geo).view(np.uint8)
+        mm.flush()
+        del mm
+        _publish(tmp, path)
+    except OSError as exc:
+        raise DeviceError(f"cannot create device file: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give formatted file `tmp` the name `path` atomically, never clobbering an existing file."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return                                  # someone else created it first: check theirs
+    except OSError:                             # no hard links here: rename (checked absent above)
+        if not path.exists():
+            os.rename(tmp, path)
+
+
+def _handle_view(mm: np.ndarray, geo: Geometry) -> np.ndarray:
+    """The handle table of mapping `mm`, as max_handles HANDLE_DTYPE records."""
+    start = geo.handle_table_block * BLOCK_SIZE
+    return mm[start:start + geo.max_handles * HANDLE_DTYPE.itemsize].view(HANDLE_DTYPE)
+
+
+def _map_view(mm: np.ndarray, geo: Geometry) -> np.ndarray:
+    """The block map of mapping `mm`, as data_blocks MAP_DTYPE records."""
+    start = geo.map_block * BLOCK_SIZE
+    return mm[start:start + geo.data_blocks * MAP_DTYPE.itemsize].view(MAP_DTYPE)
+
+
+class _Index:
+    """The in-memory indexes rebuilt from one device's metadata."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[bytes, int] = {}              # token -> handle index
+        self.slots: dict[int, dict[int, int]] = {}      # handle index -> slot -> block
+        self.free_blocks: list[int] = []                # pop() gives the lowest free block
+        self.free_handles: list[int] = []               # pop() gives the lowest free index
+
+
+def _scan_handles(ht: np.ndarray, idx: _Index) -> np.ndarray:
+    """Fill idx.tokens/free_handles from handle table `ht`; return in_use as bools."""
+    in_use = np.array(ht["in_use"])
+    bad = np.flatnonzero(in_use > 1)
+    if bad.size:
+        raise DeviceError(f"corrupt sealedos disk (handle {bad[0]} has in-use flag {in_use[bad[0]]})")
+    used = np.flatnonzero(in_use)
+    long_labels = used[np.array(ht["label_len"])[used] > LABEL_MAX_BYTES]
+    if long_labels.size:
+        raise DeviceError(f"corrupt sealedos disk (handle {long_labels[0]} has a label longer "
+                          f"than {LABEL_MAX_BYTES} bytes)")
+    tokens = np.array(ht["token"])[used]
+    for h, tok in zip(used.tolist(), tokens):
+        token = tok.tobytes()
+        if token in idx.tokens:
+            raise DeviceError(f"corrupt sealedos disk (handles {idx.tokens[token]} and {h} "
+                              f"share one token)")
+        idx.tokens[token] = h
+        idx.slots[h] = {}
+    idx.free_handles = np.flatnonzero(in_use == 0)[::-1].tolist()
+    return in_use.astype(bool)
+
+
+def _scan_map(bmap: np.ndarray, in_use: np.ndarray, geo: Geometry, idx: _Index) -> None:
+    """Fill idx.slots/free_blocks from block map `bmap` (vectorised); raise on inconsistency."""
+    owner = np.array(bmap["owner"]).astype(np.int64)
+    slot = np.array(bmap["slot"]).astype(np.int64)
+    bad = np.flatnonzero((owner < FREE_OWNER) | (owner >= geo.max_handles))
+    if bad.size:
+        raise DeviceError(f"corrupt sealedos disk (block {bad[0] + geo.first_data_block} has "
+                          f"owner {owner[bad[0]]}, outside the handle table)")
+    used = owner >= 0
+    orphan = np.flatnonzero(used & ~in_use[np.where(used, owner, 0)])
+    if orphan.size:
+        raise DeviceError(f"corrupt sealedos disk (block {orphan[0] + geo.first_data_block} "
+                          f"belongs to closed handle {owner[orphan[0]]})")
+    blocks = np.flatnonzero(used)
+    order = np.argsort(owner[blocks], kind="stable")
+    blocks, owners, slots = blocks[order], owner[blocks][order], slot[blocks][order]
+    keys = np.sort((owners << 32) | slots)
+    dup = np.flatnonzero(keys[1:] == keys[:-1])
+    if dup.size:
+        k = int(keys[dup[0]])
+        raise DeviceError(f"corrupt sealedos disk (handle {k >> 32} maps slot "
+                          f"{k & 0xFFFFFFFF} to two blocks)")
+    handles, starts = np.unique(owners, return_index=True)
+    ends = np.append(starts[1:], owners.size)
+    absolute = blocks + geo.first_data_block
+    for h, a, z in zip(handles.tolist(), starts.tolist(), ends.tolist()):
+        idx.slots[h] = dict(zip(slots[a:z].tolist(), absolute[a:z].tolist()))
+    idx.free_blocks = (np.flatnonzero(~used)[::-1] + geo.first_data_block).tolist()
+
+
+def check_device(path: Path) -> tuple[Geometry, _Index]:
+    """Check the device file at `path` read-only; return its geometry and rebuilt indexes."""
+    try:
+        file_bytes = path.stat().st_size
+        with open(path, "rb") as f:
+            raw = f.read(BLOCK_SIZE)
+    except OSError as exc:
+        raise DeviceError(f"cannot read device file: {exc.strerror or exc}") from None
+    geo = check_superblock(raw, file_bytes)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    try:
+        idx = _Index()
+        in_use = _scan_handles(_handle_view(mm, geo), idx)
+        _scan_map(_map_view(mm, geo), in_use, geo, idx)
+    finally:
+        del mm
+    return geo, idx
+
+
+def _lock(path: Path) -> int:
+    """Take the exclusive advisory lock of `path` (one service per file); return its fd."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DeviceError(f"cannot open device file: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise DeviceError("device file is in use by another disk service (locked)") from None
+    return fd
+
+
+# -- the device --------------------------------------------------------------------------
+
+class Device:
+    """One open block device: handles, slots and blocks over a memmapped file."""
+
+    def __init__(self, path: str | os.PathLike[str], size_mib: int = DEFAULT_SIZE_MIB,
+                 max_handles: int = DEFAULT_MAX_HANDLES, create: bool = True) -> None:
+        """Open the device at `path`, creating it (size_mib, max_handles) if it does not exist."""
+        self.path = Path(path)
+        if not self.path.exists():
+            if not create:
+                raise DeviceError("device file does not exist")
+            format_device(self.path, size_mib, max_handles)
+        self._lock_fd: int | None = _lock(self.path)
+        try:
+            self.geo, self._idx = check_device(self.path)
+            self._mm: np.memmap | None = np.memmap(self.path, dtype=np.uint8, mode="r+")
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+        self._handles = _handle_view(self._mm, self.geo)
+        self._map = _map_view(self._mm, self.geo)
+        self._blocks = self._mm.reshape(self.geo.total_blocks, BLOCK_SIZE)
+        self.dirty = False
+
+    # -- checks ------------------------------------------------------------------------
+    def _handle(self, token: Any) -> int:
+        """The handle index of `token`; ServiceError(BADHANDLE) if it is not an open handle."""
+        if self._mm is None:
+            raise Panic("device used after close()")
+        h = self._idx.tokens.get(token) if isinstance(token, bytes) else None
+        if h is None:
+            raise ServiceError(Err.BADHANDLE, "unknown or closed handle")
+        return h
+
+    @staticmethod
+    def _check_slot(slot: Any) -> int:
+        """`slot` if it is an int in [0, 2**32); ServiceError(INVAL) otherwise."""
+        if not isinstance(slot, int) or isinstance(slot, bool) or not 0 <= slot < SLOT_LIMIT:
+            raise ServiceError(Err.INVAL, f"slot {slot!r} is not an integer in [0, 2**32)")
+        return slot
+
+    @staticmethod
+    def _check_data(data: Any) -> np.ndarray:
+        """`data` as a uint8 array if it is exactly one block of bytes; ServiceError(INVAL) else."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ServiceError(Err.INVAL, f"data must be bytes, got {type(data).__name__}")
+        buf = np.frombuffer(data, dtype=np.uint8)
+        if buf.size != BLOCK_SIZE:
+            raise ServiceError(Err.INVAL, f"data must be exactly {BLOCK_SIZE} bytes, got {buf.size}")
+        return buf
+
+    def _owned(self, h: int, block: Any) -> int:
+        """`block` if handle `h` owns it; INVAL if out of range, PERM if not h's."""
+        if not isinstance(block, int) or isinstance(block, bool) \
+                or not 0 <= block < self.geo.total_blocks:
+            raise ServiceError(Err.INVAL, f"block {block!r} is not an integer in "
+                                          f"[0, {self.geo.total_blocks})")
+        if block < self.geo.first_data_block or int(self._map["owner"][self._rec(block)]) != h:
+            raise ServiceError(Err.PERM, f"block {block} does not belong to this handle")
+        return block
+
+    def _rec(self, block: int) -> int:
+        """The block-map record index of data block `block`."""
+        return block - self.geo.first_data_block
+
+    # -- handles -----------------------------------------------------------------------
+    def open_handle(self, label: str = "") -> bytes:
+        """Open a new handle labelled `label` (<= 32 bytes UTF-8, else INVAL); return its token."""
+        if self._mm is None:
+            raise Panic("device used after close()")
+        if not isinstance(label, str):
+            raise ServiceError(Err.INVAL, f"label must be a string, got {type(label).__name__}")
+        try:
+            raw = label.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ServiceError(Err.INVAL, "label is not encodable as UTF-8") from None
+        if len(raw) > LABEL_MAX_BYTES:
+            raise ServiceError(Err.INVAL, f"label is {len(raw)} bytes of UTF-8, "
+                                          f"at most {LABEL_MAX_BYTES} are allowed")
+        if not self._idx.free_handles:
+            raise ServiceError(Err.NOSPC, f"handle table full ({self.geo.max_handles} handles open)")
+        token = secrets.token_bytes(TOKEN_BYTES)
+        while token in self._idx.tokens:
+            token = secrets.token_bytes(TOKEN_BYTES)
+        h = self._idx.free_handles.pop()
+        rec = self._handles[h:h + 1]
+        if int(rec["in_use"][0]) != 0:
+            raise Panic(f"free handle list holds handle {h}, which is in use")
+        rec["token"] = np.frombuffer(token, dtype=np.uint8)
+        rec["label"] = np.frombuffer(raw.ljust(LABEL_MAX_BYTES, b"\0"), dtype=np.uint8)
+        rec["label_len"] = len(raw)
+        rec["in_use"] = 1                                   # commit point
+        self._idx.tokens[token] = h
+        self._idx.slots[h] = {}
+        self.dirty = True
+        return token
+
+    def close_handle(self, token: bytes) -> int:
+        """Close handle `token`, freeing all its blocks; return how many were freed."""
+        h = self._handle(token)
+        blocks = sorted(self._idx.slots[h].values(), reverse=True)
+        self._release(blocks)
+        self._handles["in_use"][h] = 0                      # commit point
+        del self._idx.tokens[token], self._idx.slots[h]
+        self._idx.free_handles.append(h)
+        self.dirty = True
+        return len(blocks)
+
+    def label(self, token: bytes) -> str:
+        """The label handle `token` was opened with."""
+        rec = self._handles[self._handle(token)]
+        return bytes(rec["label"][:int(rec["label_len"])]).decode("utf-8", "replace")
+
+    def _release(self, blocks: list[int]) -> None:
+        """Mark `blocks` free on the device (owner first), then in the free list."""
+        recs = np.asarray(blocks, dtype=np.int64) - self.geo.first_data_block
+        self._map["owner"][recs] = FREE_OWNER
+        self._idx.free_blocks.extend(blocks)
+
+    # -- slots -------------------------------------------------------------------------
+    def write(self, token: bytes, slot: int, data: bytes) -> int:
+        """Store one block of `data` at `slot` of handle `token`; return the block used."""
+        h = self._handle(token)
+        slot, buf = self._check_slot(slot), self._check_data(data)
+        block = self._idx.slots[h].get(slot)
+        if block is not None:
+            self._blocks[block] = buf                       # rewrite in place
+            self.dirty = True
+            return block
+        if not self._idx.free_blocks:
+            raise ServiceError(Err.NOSPC, f"device full ({self.geo.data_blocks} data blocks in use)")
+        block = self._idx.free_blocks.pop()
+        rec = self._rec(block)
+        if int(self._map["owner"][rec]) != FREE_OWNER:
+            raise Panic(f"free list holds block {block}, owned by handle {self._map['owner'][rec]}")
+        self._blocks[block] = buf                           # 1. data
+        self._map["slot"][rec] = slot                       # 2. slot
+        self._map["owner"][rec] = h                         # 3. owner: commit point
+        self._idx.slots[h][slot] = block
+        self.dirty = True
+        return block
+
+    def read(self, token: bytes, slot: int) -> bytes:
+        """The data at `slot` of handle `token`; ServiceError(NOENT) if never written."""
+        h = self._handle(token)
+        block = self._idx.slots[h].get(self._check_slot(slot))
+        if block is None:
+            raise ServiceError(Err.NOENT, f"slot {slot} holds no block of this handle")
+        return self._blocks[block].tobytes()
+
+    def free(self, token: bytes, slots: Iterable[int]) -> int:
+        """Release the blocks at `slots` of handle `token` (unwritten slots are skipped)."""
+        h = self._handle(token)
+        wanted = [self._check_slot(s) for s in slots]        # check all before freeing any
+        mine = self._idx.slots[h]
+        blocks = [mine.pop(s) for s in dict.fromkeys(wanted) if s in mine]
+        self._release(blocks)
+        self.dirty = self.dirty or bool(blocks)
+        return len(blocks)
+
+    # -- raw blocks --------------------------------------------------------------------
+    def read_block(self, token: bytes, block: int) -> bytes:
+        """The data of absolute block `block`, which handle `token` must own (else PERM)."""
+        return self._blocks[self._owned(self._handle(token), block)].tobytes()
+
+    def write_block(self, token: bytes, block: int, data: bytes) -> int:
+        """Overwrite absolute block `block`, which handle `token` must own; return block."""
+        h = self._handle(token)
+        buf = self._check_data(data)
+        self._blocks[self._owned(h, block)] = buf
+        self.dirty = True
+        return block
+
+    # -- housekeeping ------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """Counters and geometry as one map."""
+        used = self.geo.data_blocks - len(self._idx.free_blocks)
+        return {"nblocks": self.geo.data_blocks, "used_blocks": used,
+                "free_blocks": len(self._idx.free_blocks), "handles": len(self._idx.tokens),
+                "max_handles": self.geo.max_handles, "block_size": BLOCK_SIZE,
+                "total_blocks": self.geo.total_blocks,
+                "first_data_block": self.geo.first_data_block, "path": str(self.path)}
+
+    def flush(self) -> None:
+        """Write every dirty page of the mapping to the file (msync)."""
+        if self._mm is not None:
+            self._mm.flush()
+            self.dirty = False
+
+    def close(self) -> None:
+        """Flush, unmap and unlock; later calls raise Panic (safe to call twice)."""
+        if self._mm is None:
+            return
+        self.flush()
+        self._handles = self._map = self._blocks = None     # type: ignore[assignment]
+        self._mm = None                                     # the last view: unmapped when freed
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def closed(self) -> bool:
+        """True after close()."""
+        return self._mm is None
+
+    def __enter__(self) -> "Device":
+        """The device itself (closed on exit)."""
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Close the device."""
+        self.close()

@@ -1,0 +1,215 @@
+"""The disk service: a user-mode block driver serving one device file over ZeroMQ.
+
+Runs the shared server skeleton (kernel_daemon.server) with one ROUTER socket.  Every
+request names a handle by its 16-byte token (returned by OPEN); a handle sees only its own
+slots and blocks.  Ops served:
+
+    open  {label}                      -> {handle}   label: at most 32 bytes UTF-8, longer is EINVAL
+    close {handle}                     -> {freed}    frees every block of the handle
+    write {handle, slot, data}         -> {block}    data: exactly BLOCK_SIZE bytes
+    read  {handle, slot}               -> {data}     ENOENT if the slot was never written
+    free  {handle, slots}              -> {freed}    slots never written are skipped
+    ping  {}                           -> {service: "disk"}
+    stats {}                           -> device counters (see Device.stats)
+
+WRITE and READ also take an optional int field `block` for raw access to an absolute block
+the handle owns (EPERM otherwise).  The protocol's field table still requires `slot` on
+these ops, so a raw request carries `slot` too (any int; it is ignored when `block` is set).
+
+Run as `sealedos disk --file FILE [--rundir DIR | --addr ADDR] [--size-mib N]`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from disk_service.device import Device, DeviceError
+from disk_service.layout import DEFAULT_SIZE_MIB
+from kernel_daemon.protocol import Err, ServiceError
+from kernel_daemon.server import Request, Server
+
+#: How often dirty pages of the device are written back (msync) while serving.
+FLUSH_INTERVAL_MS: int = 1000
+#: Exit status when the device file is refused.
+EXIT_BAD_DEVICE: int = 2
+#: Exit status when the address cannot be bound.
+EXIT_BIND_FAILED: int = 1
+
+
+class DiskService(Server):
+    """The disk server: do_* handlers over one Device."""
+
+    def __init__(self, device: Device, ctx: zmq.Context | None = None) -> None:
+        super().__init__("disk", ctx)
+        self.device = device
+        self.requests_served = 0
+        self._wake_fds: tuple[int, int] | None = None
+
+    # -- hooks -------------------------------------------------------------------------
+    def on_start(self) -> None:
+        """Start the periodic write-back timer."""
+        self.call_later(FLUSH_INTERVAL_MS, self._writeback)
+
+    def on_stop(self) -> None:
+        """Flush the device and unmap it."""
+        self.device.close()
+
+    def check_caller(self, req: Request) -> None:
+        """Every caller may send every op; only counts requests."""
+        self.requests_served += 1
+
+    def stop_on_signals(self, signums: tuple[int, ...]) -> None:
+        """Make each signal in `signums` stop the loop at once (a self-pipe wakes the poll)."""
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_fds = (rfd, wfd)
+        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        self.poller.register(rfd, zmq.POLLIN)           # never drained: the loop ends instead
+        for sig in signums:
+            signal.signal(sig, lambda *_: self.stop())
+
+    def close_signal_pipe(self) -> None:
+        """Undo stop_on_signals' wakeup pipe (safe if it was never set up)."""
+        fds = self._wake_fds
+        if fds is None:
+            return
+        signal.set_wakeup_fd(-1)
+        self.poller.unregister(fds[0])
+        for fd in fds:
+            os.close(fd)
+        self._wake_fds = None
+
+    def _writeback(self) -> None:
+        """Flush dirty pages, then re-arm the timer."""
+        if self.device.dirty:
+            self.device.flush()
+        self.call_later(FLUSH_INTERVAL_MS, self._writeback)
+
+    # -- field helpers -----------------------------------------------------------------
+    @staticmethod
+    def _raw_block(req: Request) -> int | None:
+        """The optional `block` field of `req` (None if absent); INVAL if not an int."""
+        block = req.msg.get("block")
+        if block is None:
+            return None
+        if not isinstance(block, int) or isinstance(block, bool):
+            raise ServiceError(Err.INVAL, f"{req.op}: field 'block' has the wrong type "
+                                          f"({type(block).__name__})")
+        return block
+
+    # -- handlers ----------------------------------------------------------------------
+    def do_open(self, req: Request) -> dict[str, Any]:
+        """Open a new handle -> {handle}."""
+        return {"handle": self.device.open_handle(req.msg["label"])}
+
+    def do_close(self, req: Request) -> dict[str, Any]:
+        """Close a handle and free its blocks -> {freed}."""
+        return {"freed": self.device.close_handle(req.msg["handle"])}
+
+    def do_write(self, req: Request) -> dict[str, Any]:
+        """Write one block at a slot (or at an owned raw block) -> {block}."""
+        handle, data = req.msg["handle"], req.msg["data"]
+        block = self._raw_block(req)
+        if block is not None:
+            return {"block": self.device.write_block(handle, block, data)}
+        return {"block": self.device.write(handle, req.msg["slot"], data)}
+
+    def do_read(self, req: Request) -> dict[str, Any]:
+        """Read one block at a slot (or at an owned raw block) -> {data}."""
+        handle = req.msg["handle"]
+        block = self._raw_block(req)
+        if block is not None:
+            return {"data": self.device.read_block(handle, block)}
+        return {"data": self.device.read(handle, req.msg["slot"])}
+
+    def do_free(self, req: Request) -> dict[str, Any]:
+        """Release the blocks at some slots -> {freed}."""
+        return {"freed": self.device.free(req.msg["handle"], req.msg["slots"])}
+
+    def do_ping(self, req: Request) -> dict[str, Any]:
+        """Liveness -> {service: "disk"}."""
+        return {"service": "disk", "pid": os.getpid()}
+
+    def do_stats(self, req: Request) -> dict[str, Any]:
+        """Device counters plus request counters."""
+        stats = self.device.stats()
+        stats.update(requests=self.requests_served, bad_messages=self.bad_messages)
+        return stats
+
+
+# -- command line ------------------------------------------------------------------------
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Flags, each defaulting to its SEALEDOS_* environment variable; exits 2 on misuse."""
+    env = os.environ
+    p = argparse.ArgumentParser(prog="sealedos disk", description="Run the disk service.")
+    p.add_argument("--rundir", default=env.get("SEALEDOS_RUNDIR"),
+                   help="runtime directory (env SEALEDOS_RUNDIR); the default socket lives here")
+    p.add_argument("--addr", default=env.get("SEALEDOS_DISK_ADDR"),
+                   help="address to bind (env SEALEDOS_DISK_ADDR; default ipc://RUNDIR/disk.sock)")
+    p.add_argument("--file", default=env.get("SEALEDOS_DISK_FILE"),
+                   help="device file, created if missing (env SEALEDOS_DISK_FILE)")
+    p.add_argument("--size-mib", type=int, default=_env_int("SEALEDOS_DISK_SIZE_MIB", DEFAULT_SIZE_MIB),
+                   help=f"size of a new device in MiB (env SEALEDOS_DISK_SIZE_MIB, "
+                        f"default {DEFAULT_SIZE_MIB}); ignored for an existing file")
+    args = p.parse_args(argv)
+    if not args.addr and not args.rundir:
+        p.error("one of --addr or --rundir (or SEALEDOS_DISK_ADDR / SEALEDOS_RUNDIR) is required")
+    if not args.file:
+        p.error("--file (or SEALEDOS_DISK_FILE) is required")
+    if args.size_mib < 1:
+        p.error(f"--size-mib must be at least 1, got {args.size_mib}")
+    if not args.addr:
+        args.addr = f"ipc://{args.rundir}/disk.sock"
+    return args
+
+
+def _env_int(name: str, default: int) -> int:
+    """The integer value of environment variable `name`, or `default` if unset or not an int."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def _ipc_path(addr: str) -> Path | None:
+    """The socket file of an ipc:// address, None for other transports."""
+    return Path(addr[len("ipc://"):]) if addr.startswith("ipc://") else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`sealedos disk`: open the device, bind, serve until SIGTERM/SIGINT; return exit status."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        device = Device(args.file, size_mib=args.size_mib)
+    except DeviceError as exc:
+        print(f"disk: refusing {args.file}: {exc}", file=sys.stderr)
+        return EXIT_BAD_DEVICE
+    service = DiskService(device)
+    sock_path = _ipc_path(args.addr)
+    try:
+        service.bind_router(args.addr)
+    except zmq.ZMQError as exc:
+        print(f"disk: cannot bind {args.addr}: {exc}", file=sys.stderr)
+        device.close()
+        return EXIT_BIND_FAILED
+    service.stop_on_signals((signal.SIGTERM, signal.SIGINT))
+    print(f"disk: serving {args.file} ({device.geo.data_blocks} blocks) at {args.addr}",
+          file=sys.stderr, flush=True)
+    try:
+        service.run()
+    finally:
+        service.close_signal_pipe()
+        device.close()
+        if sock_path is not None:
+            sock_path.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
