@@ -1,0 +1,369 @@
+"""The external pager: user-space paging mechanism between the kernel and its disk service.
+
+The kernel keeps VM policy (what to evict, when to fetch); the pager only moves pages.
+It connects one DEALER to the kernel and one to its disk service, and serves the kernel's
+requests by asking the disk, without ever blocking the loop:
+
+    kernel --page_out{handle,slot,data}--> pager --write--> disk
+    kernel --page_in{handle,slot}-------> pager --read---> disk
+    open / close / free are forwarded as they are; ping / stats are answered locally.
+
+Every page it sees is sealed by the kernel, so the pager is untrusted and needs no secret.
+It holds no state that a restart would lose: pages live on the disk, requests in flight
+are retried by the kernel.  It announces itself with PAGER_HELLO (admission + heartbeat)
+every HELLO_INTERVAL_MS.  ``--hostile MODE`` makes it misbehave on page-in (see
+:mod:`pager_service.hostile`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from kernel_daemon.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
+from kernel_daemon.server import SUSPEND, Request, Server
+from pager_service.hostile import HONEST, HostileOptions, make_behaviour
+
+#: How often the pager (re)announces itself to the kernel.
+HELLO_INTERVAL_MS: float = 500.0
+#: How soon to look again when the kernel is not connected yet (nothing is sent meanwhile).
+HELLO_RETRY_MS: float = 50.0
+#: Default wait for the disk service's answer before replying ETIMEDOUT.
+DISK_TIMEOUT_MS: float = 2000.0
+#: Default delay of the `stall` hostile mode.
+STALL_MS: float = 10000.0
+#: Size of a disk handle (an opaque capability minted by the disk service).
+HANDLE_BYTES: int = 16
+#: Longest label forwarded to the disk on open.
+MAX_LABEL_CHARS: int = 256
+#: Most slots one free request may name.
+MAX_FREE_SLOTS: int = 1 << 16
+
+DiskDone = Callable[[dict[str, Any]], None]
+DiskFailed = Callable[[Err, str], None]
+
+
+@dataclass(slots=True)
+class PagerConfig:
+    """Everything main() parses: where to connect, which mirror slot, which behaviour."""
+    kernel_addr: str
+    disk_addr: str
+    mirror: int = 0
+    hostile: str = HONEST
+    stall_ms: float = STALL_MS
+    disk_timeout_ms: float = DISK_TIMEOUT_MS
+    snoop_path: Path | None = None
+
+
+@dataclass(slots=True)
+class PagerCounters:
+    """What the pager did since it started (reported by stats)."""
+    page_ins: int = 0
+    page_outs: int = 0
+    opens: int = 0
+    closes: int = 0
+    frees: int = 0
+    disk_errors: int = 0
+    disk_timeouts: int = 0
+    hellos_sent: int = 0
+    hellos_answered: int = 0
+
+
+# -- field checks (ranges; the skeleton already checked the types) ----------------------
+def check_handle(msg: dict[str, Any]) -> bytes:
+    """The request's handle; ServiceError(EINVAL) unless it is HANDLE_BYTES long."""
+    handle = msg["handle"]
+    if len(handle) != HANDLE_BYTES:
+        raise ServiceError(Err.INVAL, f"a handle is {HANDLE_BYTES} bytes, got {len(handle)}")
+    return handle
+
+
+def check_slot(value: Any) -> int:
+    """A slot number; ServiceError(EINVAL) unless it is a non-negative int."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ServiceError(Err.INVAL, f"a slot is a non-negative integer, got {value!r:.40}")
+    return value
+
+
+def check_page(msg: dict[str, Any]) -> bytes:
+    """The request's page data; ServiceError(EINVAL) unless it is exactly PAGE_SIZE bytes."""
+    data = msg["data"]
+    if len(data) != PAGE_SIZE:
+        raise ServiceError(Err.INVAL, f"a page is {PAGE_SIZE} bytes, got {len(data)}")
+    return data
+
+
+def check_slots(msg: dict[str, Any]) -> list[int]:
+    """The request's slot list; ServiceError(EINVAL) if too long or any slot is bad."""
+    slots = msg["slots"]
+    if len(slots) > MAX_FREE_SLOTS:
+        raise ServiceError(Err.INVAL, f"at most {MAX_FREE_SLOTS} slots per free, got {len(slots)}")
+    return [check_slot(s) for s in slots]
+
+
+def disk_error(reply: dict[str, Any]) -> tuple[Err, str]:
+    """The (code, message) of a disk error reply; an unknown code becomes EIO."""
+    raw, msg = reply.get("err"), reply.get("msg")
+    code = Err(raw) if isinstance(raw, str) and raw in Err._value2member_map_ else Err.IO
+    return code, msg if isinstance(msg, str) else f"disk error {raw!r:.40}"
+
+
+class Pager(Server):
+    """The external pager: serves the kernel's paging requests through the disk service."""
+
+    def __init__(self, config: PagerConfig, ctx: zmq.Context | None = None) -> None:
+        super().__init__(f"pager{config.mirror}", ctx or _immediate_context())
+        self.config = config
+        self.counters = PagerCounters()
+        self.started = time.monotonic()
+        self.kernel = self.connect_dealer(config.kernel_addr)
+        self.disk = self.connect_dealer(config.disk_addr)
+        self.hostile = make_behaviour(config.hostile, self, HostileOptions(
+            snoop_path=config.snoop_path, stall_ms=config.stall_ms))
+        self.admitted = False
+
+    # -- admission / heartbeat -----------------------------------------------------------
+    def on_start(self) -> None:
+        """Say hello now, and every HELLO_INTERVAL_MS after."""
+        self.say_hello()
+
+    def on_stop(self) -> None:
+        """Release the hostile behaviour's resources (the snoop file)."""
+        self.hostile.close()
+
+    def say_hello(self) -> None:
+        """Send one PAGER_HELLO to the kernel and schedule the next (sooner if not connected)."""
+        if not self.kernel.poll(0, zmq.POLLOUT):     # no kernel connection yet: look again soon
+            self.admitted = False
+            self.call_later(HELLO_RETRY_MS, self.say_hello)
+            return
+        self.counters.hellos_sent += 1
+        self.request(self.kernel, None, Op.PAGER_HELLO,
+                     {"mirror": self.config.mirror, "host": socket.gethostname(),
+                      "hostpid": os.getpid()},
+                     self._on_hello_reply, HELLO_INTERVAL_MS)
+        self.call_later(HELLO_INTERVAL_MS, self.say_hello)
+
+    def _on_hello_reply(self, reply: dict[str, Any] | None) -> None:
+        """Note the kernel's answer to a hello (None: no answer yet, keep sending)."""
+        if reply is None:
+            return
+        if "err" in reply:
+            self.log.warning("%s: kernel refused hello: %s %s", self.name,
+                             reply.get("err"), reply.get("msg"))
+            self.admitted = False
+            return
+        self.counters.hellos_answered += 1
+        if not self.admitted:
+            self.log.info("%s: admitted by the kernel", self.name)
+        self.admitted = True
+
+    # -- caller check --------------------------------------------------------------------
+    def check_caller(self, req: Request) -> None:
+        """Only the kernel connection may send requests (the disk only answers)."""
+        if req.sock is not self.kernel:
+            raise ServiceError(Err.PERM, f"{self.name} takes requests from the kernel only")
+        req.caller = "kernel"
+
+    # -- talking to the disk -------------------------------------------------------------
+    def to_disk(self, op: Op, fields: dict[str, Any], done: DiskDone, failed: DiskFailed) -> None:
+        """Send one request to the disk; done(reply) on success, failed(code, msg) otherwise."""
+        def on_reply(reply: dict[str, Any] | None) -> None:
+            if reply is None:
+                self.counters.disk_timeouts += 1
+                failed(Err.TIMEDOUT, f"disk did not answer {op} within "
+                                     f"{self.config.disk_timeout_ms:g} ms")
+            elif "err" in reply:
+                self.counters.disk_errors += 1
+                failed(*disk_error(reply))
+            else:
+                done(reply)
+        self.request(self.disk, None, op, fields, on_reply, self.config.disk_timeout_ms)
+
+    def forward(self, req: Request, op: Op, fields: dict[str, Any]) -> Any:
+        """Forward `req` to the disk as `op`; reply its success fields or its error. SUSPEND."""
+        def done(reply: dict[str, Any]) -> None:
+            self.reply(req, **{k: v for k, v in reply.items() if k != "re"})
+        self.to_disk(op, fields, done, lambda code, msg: self.fail(req, code, msg))
+        return SUSPEND
+
+    # -- PagerPort (used by the hostile behaviours) ----------------------------------------
+    def reply_page(self, req: Request, data: Any) -> None:
+        """Answer page_in `req` with {data} (a hostile mode may pass anything)."""
+        self.reply(req, data=data)
+
+    def send_raw(self, req: Request, frame: bytes) -> None:
+        """Send `frame` unencoded on the connection `req` came from."""
+        try:
+            if req.peer is None:
+                req.sock.send(frame, zmq.NOBLOCK)
+            else:
+                req.sock.send_multipart((req.peer, frame), zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.log.debug("%s: raw send failed: %s", self.name, exc)
+
+    def read_page(self, handle: bytes, slot: int,
+                  callback: Callable[[bytes | None], None]) -> None:
+        """Read (handle, slot) from the disk; callback(data) or callback(None) on failure."""
+        def done(reply: dict[str, Any]) -> None:
+            data = reply.get("data")
+            callback(data if isinstance(data, bytes) and len(data) == PAGE_SIZE else None)
+        self.to_disk(Op.READ, {"handle": handle, "slot": slot}, done, lambda _c, _m: callback(None))
+
+    # -- handlers ------------------------------------------------------------------------
+    def do_open(self, req: Request) -> Any:
+        """open {label} -> {handle}: a new disk handle (one per address space)."""
+        label = req.msg["label"]
+        if len(label) > MAX_LABEL_CHARS:
+            raise ServiceError(Err.INVAL, f"a label is at most {MAX_LABEL_CHARS} characters")
+        self.counters.opens += 1
+
+        def done(reply: dict[str, Any]) -> None:
+            handle = reply.get("handle")
+            if isinstance(handle, bytes) and len(handle) == HANDLE_BYTES:
+                self.reply(req, handle=handle)
+            else:
+                self.counters.disk_errors += 1
+                self.fail(req, Err.IO, "disk returned a malformed handle")
+        self.to_disk(Op.OPEN, {"label": label}, done, lambda code, msg: self.fail(req, code, msg))
+        return SUSPEND
+
+    def do_close(self, req: Request) -> Any:
+        """close {handle}: the disk frees every block of the handle."""
+        self.counters.closes += 1
+        return self.forward(req, Op.CLOSE, {"handle": check_handle(req.msg)})
+
+    def do_free(self, req: Request) -> Any:
+        """free {handle, slots}: the disk releases those slots' blocks."""
+        fields = {"handle": check_handle(req.msg), "slots": check_slots(req.msg)}
+        self.counters.frees += 1
+        return self.forward(req, Op.FREE, fields)
+
+    def do_page_out(self, req: Request) -> Any:
+        """page_out {handle, slot, data} -> {}: store a sealed page (always honestly)."""
+        handle, slot, data = check_handle(req.msg), check_slot(req.msg["slot"]), check_page(req.msg)
+        self.counters.page_outs += 1
+        self.hostile.on_page_out(handle, slot, data)
+        self.to_disk(Op.WRITE, {"handle": handle, "slot": slot, "data": data},
+                     lambda _reply: self.reply(req), lambda code, msg: self.fail(req, code, msg))
+        return SUSPEND
+
+    def do_page_in(self, req: Request) -> Any:
+        """page_in {handle, slot} -> {data}: fetch a sealed page (the hostile hook answers)."""
+        handle, slot = check_handle(req.msg), check_slot(req.msg["slot"])
+        self.counters.page_ins += 1
+
+        def done(reply: dict[str, Any]) -> None:
+            data = reply.get("data")
+            if not isinstance(data, bytes) or len(data) != PAGE_SIZE:
+                self.counters.disk_errors += 1
+                self.hostile.on_page_in_error(req, Err.IO, "disk returned a malformed page")
+            else:
+                self.hostile.on_page_in(req, data)
+        self.to_disk(Op.READ, {"handle": handle, "slot": slot}, done,
+                     lambda code, msg: self.hostile.on_page_in_error(req, code, msg))
+        return SUSPEND
+
+    def do_ping(self, req: Request) -> dict[str, Any]:
+        """ping -> {mirror}: liveness, answered without the disk."""
+        return {"mirror": self.config.mirror}
+
+    def do_stats(self, req: Request) -> dict[str, Any]:
+        """stats -> counters: this pager's and its hostile behaviour's."""
+        stats: dict[str, Any] = {"mirror": self.config.mirror, "hostile": self.config.hostile,
+                                 "admitted": self.admitted, "in_flight": len(self._pending),
+                                 "bad_messages": self.bad_messages,
+                                 "uptime_ms": int((time.monotonic() - self.started) * 1000)}
+        stats.update(asdict(self.counters))
+        stats.update(self.hostile.counters())
+        return stats
+
+
+def _immediate_context() -> zmq.Context:
+    """A context whose sockets queue nothing for absent peers (no stale writes on reconnect)."""
+    ctx = zmq.Context()
+    ctx.setsockopt(zmq.IMMEDIATE, 1)
+    return ctx
+
+
+# -- command line ------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> PagerConfig:
+    """Parse `sealedos pager` flags (each with an environment default) into a PagerConfig."""
+    env = os.environ
+    p = argparse.ArgumentParser(prog="sealedos pager", description="run an external pager")
+    p.add_argument("--kernel", default=env.get("SEALEDOS_KERNEL_ADDR"),
+                   help="kernel address (env SEALEDOS_KERNEL_ADDR)")
+    p.add_argument("--disk", default=env.get("SEALEDOS_DISK_ADDR"),
+                   help="disk service address (env SEALEDOS_DISK_ADDR)")
+    p.add_argument("--mirror", type=int, default=env.get("SEALEDOS_PAGER_MIRROR", "0"),
+                   help="mirror slot served (env SEALEDOS_PAGER_MIRROR, default 0)")
+    p.add_argument("--hostile", default=env.get("SEALEDOS_HOSTILE", HONEST),
+                   choices=(HONEST, *HOSTILE_MODES), help="misbehave on page-in (env SEALEDOS_HOSTILE)")
+    p.add_argument("--stall-ms", type=float, default=STALL_MS, help="delay of the stall mode")
+    p.add_argument("--disk-timeout-ms", type=float, default=DISK_TIMEOUT_MS,
+                   help="wait for the disk before answering ETIMEDOUT")
+    p.add_argument("--rundir", default=env.get("SEALEDOS_RUNDIR"),
+                   help="runtime directory (env SEALEDOS_RUNDIR)")
+    p.add_argument("--snoop-file", default=None,
+                   help="where snoop mode appends pages (default RUNDIR/pager{mirror}-snoop.bin)")
+    args = p.parse_args(argv)
+    if not args.kernel or not args.disk:
+        p.error("--kernel and --disk (or SEALEDOS_KERNEL_ADDR and SEALEDOS_DISK_ADDR) are required")
+    if args.mirror < 0:
+        p.error("--mirror must be >= 0")
+    if args.hostile not in (HONEST, *HOSTILE_MODES):     # an environment default is unchecked
+        p.error(f"unknown hostile mode {args.hostile!r}")
+    rundir = Path(args.rundir) if args.rundir else Path(tempfile.gettempdir())
+    snoop = Path(args.snoop_file) if args.snoop_file else rundir / f"pager{args.mirror}-snoop.bin"
+    return PagerConfig(kernel_addr=args.kernel, disk_addr=args.disk, mirror=args.mirror,
+                       hostile=args.hostile, stall_ms=args.stall_ms,
+                       disk_timeout_ms=args.disk_timeout_ms, snoop_path=snoop)
+
+
+def stop_on_signals(pager: Pager) -> Callable[[], None]:
+    """SIGTERM/SIGINT stop the loop at once (a wakeup pipe interrupts the poll); returns undo."""
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    os.set_blocking(wfd, False)
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        pager.stop()
+    old_fd = signal.set_wakeup_fd(wfd)
+    old_handlers = [signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)]
+    pager.poller.register(rfd, zmq.POLLIN)
+
+    def undo() -> None:
+        signal.set_wakeup_fd(old_fd)
+        for signum, handler in zip((signal.SIGTERM, signal.SIGINT), old_handlers):
+            signal.signal(signum, handler)
+        os.close(rfd)
+        os.close(wfd)
+    return undo
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`sealedos pager`: serve until SIGTERM or SIGINT; return the exit status."""
+    config = parse_args(list(sys.argv[1:] if argv is None else argv))
+    pager = Pager(config)
+    print(f"pager[{config.mirror}]: kernel={config.kernel_addr} disk={config.disk_addr} "
+          f"hostile={config.hostile}", file=sys.stderr, flush=True)
+    undo = stop_on_signals(pager)
+    try:
+        pager.run()
+    finally:
+        undo()
+        pager.ctx.destroy(linger=0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
