@@ -37,7 +37,7 @@ import psutil
 
 from kernel_daemon.frames import FramePool
 from kernel_daemon.pagers import Pagers
-from kernel_daemon.pagetable import PAGE_SHIFT
+from kernel_daemon.pagetable import PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import Proc, ProcState, ProcTable
 from kernel_daemon.protocol import (
@@ -149,8 +149,7 @@ class Kernel(Server):
         """Remove a range: free its frames and its swap blocks."""
         proc: Proc = req.caller
         vpn = _page_of(req.msg["addr"])
-        gone = proc.aspace.unmap(vpn, _npages(req.msg["npages"]))
-        self.free_slots(proc, self.vm.release_pages(proc, gone))
+        self.vm.release_pages(proc, proc.aspace.unmap(vpn, _npages(req.msg["npages"])))
         return {}
 
     def do_protect(self, req: Request) -> dict[str, Any]:
@@ -176,36 +175,47 @@ class Kernel(Server):
         self.pagers.hello(req.peer, mirror, req.msg["host"][:128], req.msg["hostpid"])
         return {}
 
-    def with_handles(self, proc: Proc, then: Callable[[list[bytes | None]], None]) -> None:
-        """Run then(handles per mirror) once every mirror's disk handle for proc is open
-        (or failed to open: None)."""
-        missing = [m for m in range(self.pagers.nmirrors) if m not in proc.handles]
+    def with_handles(self, space: SwapSpace, then: Callable[[list[bytes | None]], None]) -> None:
+        """Run then(handles per mirror) once every mirror's disk handle for `space` is open
+        (None for a mirror whose open failed; it is tried again next time)."""
+        n = self.pagers.nmirrors
+        missing = [m for m in range(n) if m not in space.handles]
         if not missing:
-            then([proc.handles.get(m) for m in range(self.pagers.nmirrors)])
+            then([space.handles.get(m) for m in range(n)])
             return
         waiting = {"left": len(missing)}
 
         def opened(m: int) -> Callable[[dict[str, Any] | None, str], None]:
             def on(reply: dict[str, Any] | None, why: str) -> None:
                 handle = reply.get("handle") if reply and "err" not in reply else None
-                if proc.alive and isinstance(handle, bytes):
-                    proc.handles[m] = handle
-                elif isinstance(handle, bytes):     # opened for a process that died meanwhile
-                    self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
+                if isinstance(handle, bytes):
+                    space.handles.setdefault(m, handle)
+                    if space.handles[m] != handle:    # two opens raced: keep the first
+                        self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
                 waiting["left"] -= 1
-                if waiting["left"] == 0 and proc.alive:
-                    then([proc.handles.get(k) for k in range(self.pagers.nmirrors)])
+                if waiting["left"] == 0:
+                    then([space.handles.get(k) for k in range(n)])
+                    self._maybe_close(space)
             return on
 
         for m in missing:
-            self.pagers.submit(m, Op.OPEN, {"label": f"{proc.name}#{proc.spid}"[:32]}, opened(m))
+            self.pagers.submit(m, Op.OPEN, {"label": space.label[:32]}, opened(m))
 
-    def free_slots(self, proc: Proc, slots: list[int]) -> None:
-        """Tell every mirror to free these swap blocks of proc."""
-        for m, handle in proc.handles.items():
+    def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
+        """Tell every mirror to free these swap blocks of `space`; close it if now unused."""
+        for m, handle in space.handles.items():
             for i in range(0, len(slots), 1024):
                 self.pagers.submit(m, Op.FREE, {"handle": handle, "slots": slots[i:i + 1024]},
                                    _ignore, retries=1)
+        self._maybe_close(space)
+
+    def _maybe_close(self, space: SwapSpace) -> None:
+        """Close a space's disk handles once its process is gone and no page lives in it."""
+        if space.owner_alive or space.pages:
+            return
+        for m, handle in space.handles.items():
+            self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
+        space.handles.clear()
 
     # -- stopping processes -----------------------------------------------------------------
     def integrity_lost(self, proc: Proc, req: Request, vpn: int, checks: str) -> None:
@@ -233,11 +243,10 @@ class Kernel(Server):
             return
         proc.alive = False
         proc.state, proc.exit_reason = state, reason
+        proc.space.owner_alive = False
         self.vm.release_pages(proc, list(proc.aspace.ptes.items()))
         proc.aspace.ptes.clear()
-        for m, handle in proc.handles.items():
-            self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
-        proc.handles.clear()
+        self._maybe_close(proc.space)
         ipc = getattr(self, "ipc", None)
         if ipc is not None:
             ipc.reclaim(proc)

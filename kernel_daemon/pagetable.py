@@ -42,6 +42,26 @@ class PageState(IntEnum):
     PAGING_IN = 5   # a page-in is in flight into a reserved frame
 
 
+@dataclass(slots=True, eq=False)
+class SwapSpace:
+    """The identity and disk handles that pages are sealed and stored under.
+
+    Each process has one; a page granted to another process keeps pointing at it, so a
+    space outlives its process until the last page stored in it is gone."""
+    swap_id: bytes                                   # bound into every seal (16 bytes)
+    label: str
+    handles: dict[int, bytes] = field(default_factory=dict)   # mirror -> disk handle
+    next_slot: int = 0
+    pages: int = 0                                   # PTEs anywhere holding a slot here
+    owner_alive: bool = True
+
+    def alloc_slot(self) -> int:
+        """A fresh swap slot (slots are never reused, so a late FREE cannot hit new data)."""
+        self.next_slot += 1
+        self.pages += 1
+        return self.next_slot - 1
+
+
 @dataclass(slots=True)
 class Pte:
     """One page-table entry; see the state diagram in the module docstring."""
@@ -51,6 +71,8 @@ class Pte:
     zero_content: bool = False      # installed by zero-fill and clean since
     swap_valid: bool = False        # the swap copy at `version` equals the current content
     slot: int = -1                  # swap slot (handle-relative block number), -1 = none
+    space: SwapSpace | None = None  # the space `slot` lives in (the sealing process's)
+    seal_vpn: int = -1              # the vpn bound into the seal (a granted page moves)
     version: int = 0                # version of the swap copy (0 = none)
     tag: bytes = b""                # its authentication tag
     mirrors: int = 0                # bit m set: mirror m holds `version`

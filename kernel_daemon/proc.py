@@ -13,9 +13,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Callable
+from typing import Any
 
-from kernel_daemon.pagetable import AddressSpace
+from kernel_daemon.pagetable import AddressSpace, SwapSpace
 
 #: How many exited processes' final records the kernel keeps for stats.
 EXITED_KEEP: int = 1000
@@ -47,14 +47,10 @@ class Proc:
     hostpid: int
     call_peer: bytes
     secret: bytes
-    swap_id: bytes                       # bound into every seal of this process's pages
+    space: SwapSpace                     # where this process's pages are sealed and stored
     manifest: list[str]
     ctrl_peer: bytes | None = None
     aspace: AddressSpace = field(default_factory=AddressSpace)
-    handles: dict[int, bytes] = field(default_factory=dict)          # mirror -> disk handle
-    opening: dict[int, list[Callable[[bytes | None], None]]] = field(default_factory=dict)
-    next_slot: int = 0
-    free_slots: list[int] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     report: dict[str, Any] = field(default_factory=dict)
     state: ProcState = ProcState.RUNNING
@@ -64,14 +60,6 @@ class Proc:
     last_heard: float = field(default_factory=time.monotonic)
     resident: int = 0
     swapped: int = 0
-
-    def alloc_slot(self) -> int:
-        """A swap slot (handle-relative block number) for one page."""
-        return self.free_slots.pop() if self.free_slots else self._bump()
-
-    def _bump(self) -> int:
-        self.next_slot += 1
-        return self.next_slot - 1
 
     def is_local(self, host: str) -> bool:
         """True when the process runs on the kernel's host (psutil can watch it)."""
@@ -104,7 +92,8 @@ class ProcTable:
         proc = Proc(spid=self._next, name=fields["name"][:64], program=fields["program"][:64],
                     digest=fields["digest"][:128], host=fields["host"][:128],
                     hostpid=fields["hostpid"], call_peer=peer, secret=secrets.token_bytes(16),
-                    swap_id=os.urandom(16), manifest=[str(m)[:64] for m in
+                    space=SwapSpace(os.urandom(16), f"{fields['name'][:24]}#{self._next}"),
+                    manifest=[str(m)[:64] for m in
                                                       fields.get("manifest", [])[:64]])
         self._next += 1
         self.by_spid[proc.spid] = proc

@@ -32,7 +32,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
 from kernel_daemon.frames import FramePool
-from kernel_daemon.pagetable import MAX_VPN, PageState, Pte
+from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
 from kernel_daemon.proc import Proc, ProcState
 from kernel_daemon.protocol import (
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 SHOOTDOWN_TIMEOUT_MS: int = 5000
 WRITEBACK_RETRY_MS: int = 500
+GRANT_POLL_MS: int = 2
 LATENCY_KEEP: int = 20000
 
 S = PageState
@@ -196,10 +197,12 @@ class Vm:
         proc.state = ProcState.FAULT
         got: dict[str, Any] = {}
         key = req.rid * 1000 + proc.spid
-        version, tag = pte.version, pte.tag
+        version, tag, space, seal_vpn = pte.version, pte.tag, pte.space, pte.seal_vpn
+        if space is None:
+            raise Panic(f"SWAPPED page {vpn:#x} of spid {proc.spid} has no swap space")
 
         def verify(data: object) -> bytes:
-            return self.sealer.open(proc.swap_id, vpn, version, tag, data)
+            return self.sealer.open(space.swap_id, seal_vpn, version, tag, data)
 
         def on_frame(frame: int) -> None:
             got["frame"] = frame
@@ -245,7 +248,7 @@ class Vm:
             self.k.pagers.page_in(handles, pte.slot, mask, verify, on_data, on_repaired)
 
         self._get_frame(proc, vpn, on_frame)
-        self.k.with_handles(proc, with_handles)
+        self.k.with_handles(space, with_handles)
 
     def integrity_failure(self, proc: Proc, vpn: int, mirror: int, kind: str, text: str) -> None:
         """Count one failed check of one mirror's answer."""
@@ -320,7 +323,9 @@ class Vm:
             self.set_state(proc, pte, S.SWAPPED)         # clean, swap copy current: no I/O
             self.stats["clean_drops"] += 1
         elif not dirty and pte.held is not None:
-            self.set_state(proc, pte, S.HELD)            # its write-back is still in flight
+            self.set_state(proc, pte, S.HELD)            # its write-back is in flight ...
+            if not pte.wb_version:
+                self.write_back(proc, vpn, pte)          # ... or is started now
         elif data is None:
             self.k.kill_proc(proc, f"gave no bytes for dirty page {vpn:#x}")
             self._free_frame(frame)
@@ -343,14 +348,16 @@ class Vm:
         version = self.sealer.next_version()
         pte.wb_version = version
         if pte.slot < 0:
-            pte.slot = proc.alloc_slot()
-        sealed, tag = self.sealer.seal(proc.swap_id, vpn, version, pte.held)
+            pte.space, pte.seal_vpn = proc.space, vpn
+            pte.slot = proc.space.alloc_slot()
+        space = pte.space
+        sealed, tag = self.sealer.seal(space.swap_id, pte.seal_vpn, version, pte.held)
 
         def with_handles(handles: list[bytes | None]) -> None:
             self.k.pagers.page_out(handles, pte.slot, sealed,
                                    lambda mask, why: self._written(proc, vpn, pte, version, tag,
                                                                    mask, why))
-        self.k.with_handles(proc, with_handles)
+        self.k.with_handles(space, with_handles)
 
     def _written(self, proc: Proc, vpn: int, pte: Pte, version: int, tag: bytes, mask: int,
                  why: str) -> None:
@@ -377,16 +384,66 @@ class Vm:
             self.set_state(proc, pte, S.SWAPPED)
         elif pte.state != S.PAGING_IN:     # RESIDENT or EVICTING: the bytes are the process's
             pte.held = None                # (PAGING_IN: a local install still needs them)
+        self._wake(pte)
 
     def _retry_write(self, proc: Proc, vpn: int, pte: Pte) -> None:
         if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.held is not None \
                 and not pte.wb_version:
             self.write_back(proc, vpn, pte)
 
+    # -- page grants --------------------------------------------------------------------
+    def grant(self, src: Proc, vpn: int, npages: int, dst: Proc,
+              then: Callable[[int | None, str], None]) -> None:
+        """Move pages [vpn, vpn+npages) of src into a new region of dst (a page flip).
+
+        then(address in dst, "") or then(None, why).  Resident pages are first shot down (the
+        sender's TLB loses them) and settle like any eviction; pages on swap move without
+        being read: a page keeps the swap space and vpn it was sealed under.
+        """
+        try:
+            regions = src.aspace.split(vpn, npages)
+        except ServiceError as exc:
+            then(None, exc.msg)
+            return
+        prots = {r.prot for r in regions}
+        if len(prots) != 1:
+            then(None, "a grant must cover pages of one protection")
+            return
+        ptes = [src.aspace.pte(v) for v in range(vpn, vpn + npages)]
+
+        def step() -> None:
+            if not src.alive or not dst.alive:
+                then(None, "a party to the grant died")
+                return
+            if any(src.aspace.ptes.get(vpn + i) is not p for i, p in enumerate(ptes)):
+                then(None, "the granted range was unmapped meanwhile")
+                return
+            busy = False
+            for p in ptes:
+                if p.state == S.RESIDENT:
+                    self._evict(p.frame)
+                busy |= p.state in (S.EVICTING, S.PAGING_IN) or bool(p.wb_version)
+            if busy:
+                self.k.call_later(GRANT_POLL_MS, step)
+                return
+            src.aspace.unmap(vpn, npages)
+            dvpn = dst.aspace.map(0, npages, prots.pop())
+            for i, p in enumerate(ptes):
+                state = p.state
+                self.set_state(src, p, S.ZERO)
+                p.state = S.ZERO
+                self.set_state(dst, p, state)
+                dst.aspace.ptes[dvpn + i] = p
+            src.counters["pages_granted"] += npages
+            self.stats["pages_granted"] = self.stats.get("pages_granted", 0) + npages
+            then(dvpn << 12, "")
+
+        step()
+
     # -- teardown -----------------------------------------------------------------------
-    def release_pages(self, proc: Proc, ptes: list[tuple[int, Pte]]) -> list[int]:
-        """Drop pages (unmap or exit): free resident frames; return their swap slots."""
-        slots = []
+    def release_pages(self, proc: Proc, ptes: list[tuple[int, Pte]]) -> None:
+        """Drop pages (unmap or exit): free their frames and their swap slots."""
+        slots: dict[int, tuple[SwapSpace, list[int]]] = {}
         for _, pte in ptes:
             if pte.state == S.RESIDENT:
                 self.policy.remove(pte.frame)
@@ -395,9 +452,12 @@ class Vm:
             self.set_state(proc, pte, S.ZERO)
             pte.waiters.clear()
             pte.held = None
-            if pte.slot >= 0:
-                slots.append(pte.slot)
-        return slots
+            if pte.space is not None and pte.slot >= 0:
+                slots.setdefault(id(pte.space), (pte.space, []))[1].append(pte.slot)
+                pte.space.pages -= 1
+            pte.space, pte.slot = None, -1
+        for space, freed in slots.values():
+            self.k.free_slots(space, freed)
 
 
 def _prot_str(prot: int) -> str:
