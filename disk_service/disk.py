@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,6 @@ class DiskService(Server):
         super().__init__("disk", ctx)
         self.device = device
         self.requests_served = 0
-        self._wake_fds: tuple[int, int] | None = None
 
     # -- hooks -------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -63,26 +61,6 @@ class DiskService(Server):
     def check_caller(self, req: Request) -> None:
         """Every caller may send every op; only counts requests."""
         self.requests_served += 1
-
-    def stop_on_signals(self, signums: tuple[int, ...]) -> None:
-        """Make each signal in `signums` stop the loop at once (a self-pipe wakes the poll)."""
-        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wake_fds = (rfd, wfd)
-        signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
-        self.poller.register(rfd, zmq.POLLIN)           # never drained: the loop ends instead
-        for sig in signums:
-            signal.signal(sig, lambda *_: self.stop())
-
-    def close_signal_pipe(self) -> None:
-        """Undo stop_on_signals' wakeup pipe (safe if it was never set up)."""
-        fds = self._wake_fds
-        if fds is None:
-            return
-        signal.set_wakeup_fd(-1)
-        self.poller.unregister(fds[0])
-        for fd in fds:
-            os.close(fd)
-        self._wake_fds = None
 
     def _writeback(self) -> None:
         """Flush dirty pages, then re-arm the timer."""
@@ -198,13 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"disk: cannot bind {args.addr}: {exc}", file=sys.stderr)
         device.close()
         return EXIT_BIND_FAILED
-    service.stop_on_signals((signal.SIGTERM, signal.SIGINT))
     print(f"disk: serving {args.file} ({device.geo.data_blocks} blocks) at {args.addr}",
           file=sys.stderr, flush=True)
     try:
-        service.run()
+        service.serve_until_signalled()
     finally:
-        service.close_signal_pipe()
         device.close()
         if sock_path is not None:
             sock_path.unlink(missing_ok=True)

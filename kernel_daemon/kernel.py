@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
-import signal
 import socket
 import sys
 import time
@@ -43,7 +42,7 @@ from kernel_daemon.proc import Proc, ProcState, ProcTable
 from kernel_daemon.protocol import (
     IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.seal import Sealer
-from kernel_daemon.server import SUSPEND, Request, Server
+from kernel_daemon.server import Request, Server
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 
@@ -392,13 +391,11 @@ def main(argv: list[str]) -> int:
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace)
     _attach_extras(kernel, args)
-    signal.signal(signal.SIGTERM, lambda *_: kernel.stop())
-    signal.signal(signal.SIGINT, lambda *_: kernel.stop())
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
           f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'})",
           file=sys.stderr, flush=True)
     try:
-        kernel.run()
+        kernel.serve_until_signalled()
     finally:
         if args.addr.startswith("ipc://"):
             Path(args.addr[len("ipc://"):]).unlink(missing_ok=True)

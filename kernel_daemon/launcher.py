@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 import time
 from typing import Any
 
@@ -201,7 +200,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         f"evictions {k['evictions']}, sealed {k['sealed']}, mirrors {k['mirrors']}")
     fails = k.get("integrity_failures") or {}
     if fails:
-        console.print(f"[bold yellow]integrity failures caught by the kernel:[/] "
+        console.print("[bold yellow]integrity failures caught by the kernel:[/] "
                       + ", ".join(f"{kind} {n}" for kind, n in sorted(fails.items())))
     restarts = {n: r for n, r in summary["services"].items() if r}
     if restarts or k.get("pager_timeouts"):

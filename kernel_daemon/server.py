@@ -17,6 +17,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -139,6 +141,23 @@ class Server:
     def stop(self) -> None:
         """Ask the loop to end after the current turn."""
         self.running = False
+
+    def serve_until_signalled(self) -> None:
+        """run() until SIGTERM or SIGINT, which stop the loop at once: a wakeup pipe polled
+        beside the sockets interrupts the poll; handlers are restored afterwards."""
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        old = {s: signal.signal(s, lambda *_: self.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.poller.register(rfd, zmq.POLLIN)        # never drained: the loop ends instead
+        try:
+            self.run()
+        finally:
+            self.poller.unregister(rfd)
+            signal.set_wakeup_fd(old_fd)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
+            os.close(rfd)
+            os.close(wfd)
 
     def on_start(self) -> None:
         """Hook: runs once before the first receive."""

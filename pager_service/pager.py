@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -329,38 +328,15 @@ def parse_args(argv: list[str]) -> PagerConfig:
                        disk_timeout_ms=args.disk_timeout_ms, snoop_path=snoop)
 
 
-def stop_on_signals(pager: Pager) -> Callable[[], None]:
-    """SIGTERM/SIGINT stop the loop at once (a wakeup pipe interrupts the poll); returns undo."""
-    rfd, wfd = os.pipe()
-    os.set_blocking(rfd, False)
-    os.set_blocking(wfd, False)
-
-    def on_signal(_signum: int, _frame: Any) -> None:
-        pager.stop()
-    old_fd = signal.set_wakeup_fd(wfd)
-    old_handlers = [signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)]
-    pager.poller.register(rfd, zmq.POLLIN)
-
-    def undo() -> None:
-        signal.set_wakeup_fd(old_fd)
-        for signum, handler in zip((signal.SIGTERM, signal.SIGINT), old_handlers):
-            signal.signal(signum, handler)
-        os.close(rfd)
-        os.close(wfd)
-    return undo
-
-
 def main(argv: list[str] | None = None) -> int:
     """`sealedos pager`: serve until SIGTERM or SIGINT; return the exit status."""
     config = parse_args(list(sys.argv[1:] if argv is None else argv))
     pager = Pager(config)
     print(f"pager[{config.mirror}]: kernel={config.kernel_addr} disk={config.disk_addr} "
           f"hostile={config.hostile}", file=sys.stderr, flush=True)
-    undo = stop_on_signals(pager)
     try:
-        pager.run()
+        pager.serve_until_signalled()
     finally:
-        undo()
         pager.ctx.destroy(linger=0)
     return 0
 
