@@ -208,12 +208,14 @@ class Pagers:
 
     def page_in(self, handles: list[bytes], slot: int, mask: int, verify: Callable[[object], bytes],
                 done: Callable[[bytes | None, list[tuple[int, str, str]]], None],
-                repaired: Callable[[int], None]) -> None:
+                repaired: Callable[[int], None],
+                answered: Callable[[int, dict[str, Any]], None] | None = None) -> None:
         """Read a page from the first mirror whose answer verifies; then repair those that failed.
 
         done(plaintext or None, failures as (mirror, kind, text)) runs as soon as a verified copy
         (or none) is had; repaired(mask of mirrors rewritten) runs later, after the repair writes.
         A mirror with another behind it gets no retries: a timeout fails over at once.
+        answered(mirror, reply), if given, sees every non-error answer before it is verified.
         """
         order = [m for m in range(self.nmirrors) if mask >> m & 1]
         failures: list[tuple[int, str, str]] = []
@@ -230,6 +232,8 @@ class Pagers:
                 elif "err" in reply:
                     failures.append((m, "error", f"{reply.get('err')}: {reply.get('msg')}"))
                 else:
+                    if answered is not None:
+                        answered(m, reply)
                     try:
                         plain = verify(reply.get("data"))
                     except IntegrityError as exc:

@@ -21,6 +21,8 @@ from kernel_daemon.protocol import Op
 
 SUPERVISE_MS: int = 100
 READY_TIMEOUT_S: float = 20.0
+#: How long a tracing kernel gets to write its trace file after SIGTERM.
+TRACE_STOP_GRACE_S: float = 30.0
 
 
 @dataclass
@@ -207,7 +209,8 @@ class System:
         order = {"app": 0, "pager": 1, "kernel": 2, "disk": 3}
         with self._lock:
             for svc in sorted(self.services.values(), key=lambda s: order[s.kind]):
-                spawn.stop(svc.proc)
+                tracing = svc.kind == "kernel" and self.config.trace
+                spawn.stop(svc.proc, TRACE_STOP_GRACE_S if tracing else spawn.STOP_GRACE_S)
         spawn.remove_rundir(self.rundir)
 
     def __enter__(self) -> "System":

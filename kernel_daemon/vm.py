@@ -39,6 +39,7 @@ from kernel_daemon.protocol import (
     ACCESS_PROT, FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.seal import Sealer
 from kernel_daemon.server import SUSPEND, Panic, Request
+from kernel_daemon.trace import slice_key, us_field
 
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel
@@ -68,7 +69,8 @@ class Vm:
             self.stats.setdefault(key, 0)
         self.stats.setdefault("integrity_failures", {})
         self.latency: dict[str, deque[float]] = {
-            "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP)}
+            "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP),
+            "disk_read": deque(maxlen=LATENCY_KEEP)}
 
     # -- state bookkeeping --------------------------------------------------------------
     @staticmethod
@@ -98,16 +100,23 @@ class Vm:
         pte = proc.aspace.pte(vpn) if 0 <= vpn <= MAX_VPN else None
         if pte is None:
             self.stats["segfaults"] += 1
+            self.k.tracer.instant("vm", "segfault", proc.spid, vpn=vpn, access=access)
             raise ServiceError(Err.SEGV, f"segmentation fault: {access} access at address "
                                          f"{vpn << 12:#x} (page {vpn:#x}) is outside every region")
         if not pte.prot & need:
             self.stats["protection_faults"] += 1
+            self.k.tracer.instant("vm", "protection fault", proc.spid, vpn=vpn, access=access)
             raise ServiceError(Err.PROT, f"protection fault: {access} access to page {vpn:#x} "
                                          f"whose protection is {_prot_str(pte.prot)}")
         req.caller = (proc, time.perf_counter())
-        self.k.tracer.begin("vm", "fault", req.rid * 1000 + proc.spid, proc.spid, vpn=vpn,
-                            access=access)
-        return self._serve(proc, req, vpn, pte)
+        key = slice_key(proc.spid, req.rid)
+        self.k.tracer.begin("vm", "fault", key, proc.spid, vpn=vpn, access=access)
+        self.k.tracer.step("vm", "fault", key, proc.spid, "kernel received", page=pte.state.name)
+        try:
+            return self._serve(proc, req, vpn, pte)
+        except Exception as exc:      # the fault ends in an error reply (or a panic)
+            self.k.tracer.end("vm", "fault", key, proc.spid, outcome=type(exc).__name__)
+            raise
 
     def _serve(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> Any:
         """Serve a fault on a page in whatever state it is in."""
@@ -125,15 +134,15 @@ class Vm:
             self._page_in(proc, req, vpn, pte)
             return SUSPEND
         pte.waiters.append(lambda: self._resume(proc, req, vpn, pte))   # EVICTING, PAGING_IN
+        self.k.tracer.step("vm", "fault", slice_key(proc.spid, req.rid), proc.spid,
+                           "queued behind page in flight", page=st.name)
         proc.state = ProcState.FAULT
         return SUSPEND
 
     def _resume(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> None:
         """Re-serve a fault that waited on a page in flight."""
-        if not proc.alive:
-            return
-        if proc.aspace.ptes.get(vpn) is not pte:
-            self.k.fail(req, Err.SEGV, f"segmentation fault: page {vpn:#x} was unmapped")
+        if proc.aspace.ptes.get(vpn) is not pte or not proc.alive:
+            self._abandon(proc, req, vpn)
             return
         result = self._serve(proc, req, vpn, pte)
         if result is not SUSPEND:
@@ -143,6 +152,7 @@ class Vm:
                        was: PageState) -> None:
         """A frame arrived for a ZERO or HELD page: install it without I/O."""
         if not self._still_mine(proc, vpn, pte, frame):
+            self._abandon(proc, req, vpn)
             return
         pte.frame = frame
         if was == S.ZERO:
@@ -172,7 +182,8 @@ class Vm:
         if t0 is not None:
             self.latency[kind].append((time.perf_counter() - t0) * 1e6)
             self.k.observe_fault(kind, time.perf_counter() - t0)
-        self.k.tracer.end("vm", "fault", req.rid * 1000 + proc.spid, proc.spid, kind=kind)
+        self.k.tracer.end("vm", "fault", slice_key(proc.spid, req.rid), proc.spid, kind=kind,
+                          outcome="installed")
         out: dict[str, Any] = {"vpn": vpn, "frame": pte.frame, "prot": pte.prot, "fill": fill}
         if data is not None:
             out["data"] = data
@@ -185,6 +196,24 @@ class Vm:
         self._free_frame(frame)
         return False
 
+    def _abandon(self, proc: Proc, req: Request, vpn: int) -> None:
+        """A suspended fault whose page vanished meanwhile: close its trace slice; a live
+        process gets SEGV (its page was unmapped), a dead one nothing."""
+        outcome = "segv" if proc.alive else "process gone"
+        self.k.tracer.end("vm", "fault", slice_key(proc.spid, req.rid), proc.spid, outcome=outcome)
+        if proc.alive:
+            self.k.fail(req, Err.SEGV, f"segmentation fault: page {vpn:#x} was unmapped")
+
+    def pager_answered(self, proc: Proc, key: int, mirror: int, reply: dict[str, Any]) -> None:
+        """A pager answered a page-in: trace the disk time it reports (untrusted; display only)."""
+        disk_us, pager_us = us_field(reply.get("disk_us")), us_field(reply.get("pager_us"))
+        self.k.tracer.step("vm", "fault", key, proc.spid, "disk read", mirror=mirror,
+                           disk_us=disk_us, pager_us=pager_us)
+        if disk_us is not None:
+            self.latency["disk_read"].append(disk_us)
+            if self.k.metrics is not None:
+                self.k.metrics.observe_disk_read(disk_us / 1e6)
+
     def _wake(self, pte: Pte) -> None:
         waiters, pte.waiters = pte.waiters, []
         for w in waiters:
@@ -196,7 +225,7 @@ class Vm:
         self.set_state(proc, pte, S.PAGING_IN)
         proc.state = ProcState.FAULT
         got: dict[str, Any] = {}
-        key = req.rid * 1000 + proc.spid
+        key = slice_key(proc.spid, req.rid)
         version, tag, space, seal_vpn = pte.version, pte.tag, pte.space, pte.seal_vpn
         if space is None:
             raise Panic(f"SWAPPED page {vpn:#x} of spid {proc.spid} has no swap space")
@@ -206,6 +235,7 @@ class Vm:
 
         def on_frame(frame: int) -> None:
             got["frame"] = frame
+            self.k.tracer.step("vm", "fault", key, proc.spid, "frame ready", frame=frame)
             if "data" in got:
                 finish()
             elif got.get("failed"):
@@ -219,6 +249,8 @@ class Vm:
                 if "frame" in got:
                     self._free_frame(got["frame"])
                 checks = "; ".join(f"pager {m}: {kind}: {text}" for m, kind, text in failures)
+                self.k.tracer.end("vm", "fault", key, proc.spid, outcome="integrity",
+                                  failures=len(failures))
                 self.k.integrity_lost(proc, req, vpn, checks or "no mirror holds the page")
                 return
             self.k.tracer.step("vm", "fault", key, proc.spid, "verified")
@@ -228,6 +260,7 @@ class Vm:
 
         def finish() -> None:
             if not self._still_mine(proc, vpn, pte, got["frame"]):
+                self._abandon(proc, req, vpn)
                 return
             pte.frame = got["frame"]
             pte.swap_valid = True
@@ -245,7 +278,8 @@ class Vm:
         def with_handles(handles: list[bytes | None]) -> None:
             self.k.tracer.step("vm", "fault", key, proc.spid, "pager asked")
             mask = pte.mirrors & sum(1 << m for m, h in enumerate(handles) if h is not None)
-            self.k.pagers.page_in(handles, pte.slot, mask, verify, on_data, on_repaired)
+            self.k.pagers.page_in(handles, pte.slot, mask, verify, on_data, on_repaired,
+                                  lambda m, reply: self.pager_answered(proc, key, m, reply))
 
         self._get_frame(proc, vpn, on_frame)
         self.k.with_handles(space, with_handles)

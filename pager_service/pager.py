@@ -197,8 +197,15 @@ class Pager(Server):
 
     # -- PagerPort (used by the hostile behaviours) ----------------------------------------
     def reply_page(self, req: Request, data: Any) -> None:
-        """Answer page_in `req` with {data} (a hostile mode may pass anything)."""
-        self.reply(req, data=data)
+        """Answer page_in `req` with {data} (a hostile mode may pass anything), plus disk_us
+        (the disk read's time) and pager_us (time since the request arrived) when known."""
+        timing = req.msg.get("_timing")            # set by do_page_in; a tuple never decodes
+        if isinstance(timing, tuple):
+            t_recv, disk_us = timing
+            self.reply(req, data=data, disk_us=disk_us,
+                       pager_us=round((time.perf_counter() - t_recv) * 1e6, 1))
+        else:
+            self.reply(req, data=data)
 
     def send_raw(self, req: Request, frame: bytes) -> None:
         """Send `frame` unencoded on the connection `req` came from."""
@@ -260,8 +267,10 @@ class Pager(Server):
         """page_in {handle, slot} -> {data}: fetch a sealed page (the hostile hook answers)."""
         handle, slot = check_handle(req.msg), check_slot(req.msg["slot"])
         self.counters.page_ins += 1
+        t_recv = time.perf_counter()
 
         def done(reply: dict[str, Any]) -> None:
+            req.msg["_timing"] = (t_recv, round((time.perf_counter() - t_recv) * 1e6, 1))
             data = reply.get("data")
             if not isinstance(data, bytes) or len(data) != PAGE_SIZE:
                 self.counters.disk_errors += 1
