@@ -35,6 +35,7 @@ from typing import Any, Callable
 import psutil
 
 from kernel_daemon.frames import FramePool
+from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
@@ -62,7 +63,8 @@ class Kernel(Server):
 
     def __init__(self, addr: str, nframes: int, policy: str, mirrors: int = 1, seal: bool = True,
                  pager_timeout_ms: int = 2000, pager_retries: int = 5,
-                 ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None) -> None:
+                 ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None,
+                 init_token: str | None = None) -> None:
         super().__init__("kernel")
         self.addr = addr
         self.host = socket.gethostname()
@@ -75,6 +77,7 @@ class Kernel(Server):
         self.pagers = Pagers(self, self.sock, mirrors, pager_timeout_ms, pager_retries,
                              self.host, self.stats)
         self.ipc_max_bytes = ipc_max_bytes
+        self.ipc = Ipc(self, init_token)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
 
     # -- the caller check ----------------------------------------------------------------
@@ -93,13 +96,19 @@ class Kernel(Server):
 
     # -- processes ------------------------------------------------------------------------
     def do_register(self, req: Request) -> dict[str, Any]:
-        """A new sealed process: bind this connection, issue its spid and secret."""
+        """A new sealed process: bind this connection, issue its spid and secret.
+
+        Its program and digest are declared here and fixed for its life: there is no op
+        that loads code.  A matching init_token makes it init (see ipc.py)."""
         if req.peer in self.procs.by_peer:
             raise ServiceError(Err.PERM, "this connection is already registered")
         manifest = req.msg.get("manifest", [])
         if not isinstance(manifest, list) or not all(isinstance(m, str) for m in manifest):
             raise ServiceError(Err.INVAL, "register: manifest must be a list of names")
+        is_init = self.ipc.check_init_token(req.msg.get("init_token"))
         proc = self.procs.register(req.peer, req.msg)
+        if is_init:
+            self.ipc.set_init(proc)
         self.tracer.name_track(proc.spid, f"{proc.name} (spid {proc.spid})")
         self.log.info("registered %s as spid %d (host pid %d)", proc.name, proc.spid, proc.hostpid)
         return {"spid": proc.spid, "secret": proc.secret, "nframes": self.vm.pool.nframes,
@@ -162,6 +171,27 @@ class Kernel(Server):
         if req.caller.ctrl_peer is None:
             raise ServiceError(Err.PERM, "fault: attach the control connection first")
         return self.vm.fault(req.caller, req)
+
+    # -- IPC (thin delegations; see ipc.py) -----------------------------------------------
+    def do_endpoint(self, req: Request) -> dict[str, Any]:
+        """Create an endpoint with a contract; return its handle."""
+        return self.ipc.endpoint(req)
+
+    def do_call(self, req: Request) -> Any:
+        """Send a message on a handle and block until the reply."""
+        return self.ipc.call(req)
+
+    def do_receive(self, req: Request) -> Any:
+        """Block until a call arrives on an endpoint the caller owns."""
+        return self.ipc.receive(req)
+
+    def do_reply(self, req: Request) -> Any:
+        """Answer a received call (optionally then receive the next)."""
+        return self.ipc.reply(req)
+
+    def do_cap_close(self, req: Request) -> dict[str, Any]:
+        """Drop a capability handle."""
+        return self.ipc.cap_close(req)
 
     # -- pagers ---------------------------------------------------------------------------
     def do_pager_hello(self, req: Request) -> dict[str, Any]:
@@ -247,9 +277,7 @@ class Kernel(Server):
         self.vm.release_pages(proc, list(proc.aspace.ptes.items()))
         proc.aspace.ptes.clear()
         self._maybe_close(proc.space)
-        ipc = getattr(self, "ipc", None)
-        if ipc is not None:
-            ipc.reclaim(proc)
+        self.ipc.reclaim(proc)
         self.procs.retire(proc)
         self.log.info("reclaimed %s (spid %d): %s", proc.name, proc.spid, reason)
 
@@ -302,6 +330,7 @@ class Kernel(Server):
         out["pagers"] = [s.health() for s in self.pagers.slots]
         out["bad_messages"] = self.bad_messages
         out["fault_latency_us"] = {k: _percentiles(v) for k, v in self.vm.latency.items()}
+        out["ipc"] = self.ipc.counters()
         return out
 
     def process_records(self) -> list[dict[str, Any]]:
@@ -372,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc-max-bytes", type=int,
                    default=int(env("SEALEDOS_IPC_MAX_BYTES", str(IPC_MAX_PAYLOAD_BYTES))))
     p.add_argument("--trace", default=env("SEALEDOS_TRACE"), help="write a Chrome trace here")
+    p.add_argument("--init-token", default=env("SEALEDOS_INIT_TOKEN"),
+                   help="the secret whose REGISTER makes a process init (prefer the env var)")
     p.add_argument("--metrics-port", type=int, default=int(env("SEALEDOS_METRICS_PORT", "0")),
                    help="serve Prometheus metrics on this port (0 = off)")
     p.add_argument("--metrics-host", default=env("SEALEDOS_METRICS_HOST", "127.0.0.1"))
@@ -390,7 +421,8 @@ def main(argv: list[str]) -> int:
         print("sealedos kernel: --frames and --pagers must be at least 1", file=sys.stderr)
         return 2
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
-                    args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace)
+                    args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
+                    args.init_token)
     _attach_extras(kernel, args)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
           f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'})",
@@ -404,13 +436,7 @@ def main(argv: list[str]) -> int:
 
 
 def _attach_extras(kernel: Kernel, args: argparse.Namespace) -> None:
-    """Optional subsystems that live in their own modules (IPC, metrics)."""
-    try:
-        from kernel_daemon.ipc import Ipc
-    except ImportError:
-        pass
-    else:
-        kernel.ipc = Ipc(kernel)
+    """Optional subsystems that live in their own modules (metrics)."""
     if args.metrics_port:
         from kernel_daemon.metrics import Metrics
         kernel.metrics = Metrics(kernel, args.metrics_host, args.metrics_port)

@@ -124,7 +124,7 @@ _BYTES = (bytes,)
 _OPT_BYTES = (bytes, type(None))
 
 #: The fields each request must carry, with their types (checked by the server skeleton
-#: before any handler runs; a handler checks ranges).  Optional fields are not listed.
+#: before any handler runs; a handler checks ranges).  Optional fields: OPTIONAL_FIELDS.
 REQUEST_FIELDS: Final[dict[Op, Fields]] = {
     Op.REGISTER: {"name": str, "program": str, "digest": str, "host": str, "hostpid": int},
     Op.MAP: {"npages": int, "prot": int},
@@ -153,6 +153,29 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
     Op.PING: {},
     Op.STATS: {},
     Op.PS: {},
+}
+
+#: Fields a request may carry, with their types when present (checked like REQUEST_FIELDS).
+#:
+#: * REGISTER ``manifest``: the service names this process may look up (init enforces it);
+#:   ``init_token``: the kernel's init secret: the process becomes init.  A process's
+#:   program and digest are fixed at REGISTER; no op loads code.
+#: * ENDPOINT ``nameservice``: (init only) this endpoint is handle 0 of every process.
+#:   Reply: ``handle``.
+#: * CALL ``caps``: handles whose capabilities the receiver gets; ``grant``: ``{addr,
+#:   npages}``, pages moved into the receiver (page flip).  ``msg`` is the msgpack map of
+#:   the message, checked against the endpoint's contract.  Reply (when the server
+#:   answers): ``msg``, ``caps`` (new handles in the caller's table).
+#: * RECEIVE reply: ``call`` (the id to REPLY to), ``msg``, ``sender`` (``spid``, ``name``,
+#:   ``program``, ``digest``, ``manifest``: stamped by the kernel), ``caps`` (new handles),
+#:   and with a grant ``grant_addr``, ``grant_npages``.
+#: * REPLY ``caps``; ``receive``: a handle to RECEIVE on right after (reply-and-wait: the
+#:   REPLY's own reply is then the next call, as for RECEIVE).
+OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
+    Op.REGISTER: {"manifest": list, "init_token": str},
+    Op.ENDPOINT: {"nameservice": bool},
+    Op.CALL: {"caps": list, "grant": dict},
+    Op.REPLY: {"caps": list, "receive": int},
 }
 
 
@@ -205,6 +228,14 @@ def check_request(msg: dict[str, Any]) -> Op:
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise ServiceError(Err.INVAL, f"{op}: field {name!r} has the wrong type "
                                            f"({type(value).__name__})")
+    optional = OPTIONAL_FIELDS.get(op)
+    if optional:
+        for name, typ in optional.items():
+            value = msg.get(name)
+            if value is not None and (not isinstance(value, typ) or
+                                      (typ is int and isinstance(value, bool))):
+                raise ServiceError(Err.INVAL, f"{op}: field {name!r} has the wrong type "
+                                               f"({type(value).__name__})")
     return op
 
 

@@ -1,0 +1,523 @@
+"""Synchronous IPC routed by the kernel: endpoints, capability tables, CALL/RECEIVE/REPLY.
+
+The model is QNX's MsgSend/MsgReceive/MsgReply with Singularity's contracts and Mach's
+capabilities:
+
+* An **endpoint** is a kernel object created by the process that will serve it (ENDPOINT,
+  with a contract, see :mod:`kernel_daemon.contract`).  Only its owner may RECEIVE on it.
+* A **capability** to an endpoint is what lets a process CALL it.  Each process has its own
+  table of small integer handles, like file descriptors; a handle means nothing in another
+  process, and handles are never reused, so a closed one is *stale* forever and any other
+  number is *forged*: both get EBADHANDLE.  Handle 0 of every process is the name service
+  (init's endpoint, see below).  Capabilities travel only inside messages (``caps``): the
+  kernel looks the sender's handles up and mints new ones in the receiver's table.
+* A **call** copies its payload (a msgpack map, at most ``kernel.ipc_max_bytes``) through the
+  kernel after checking it against the endpoint's contract on the caller's channel (one
+  endpoint, one calling process); a violation goes back to the caller and the receiver never
+  sees the message.  A call may also carry a **page grant**: the kernel moves the caller's
+  pages into the receiver (vm.grant) before delivery, and the receiver learns the address.
+* The kernel stamps each delivered call with the caller's identity (spid, name, program,
+  digest, manifest) as bound at REGISTER; a process cannot speak as another.
+
+The name service: the process whose REGISTER carries the kernel's init token is ``init``; the
+endpoint it creates with ``nameservice: true`` becomes handle 0 of every process.  Services
+register names with it (passing their endpoint capability) and apps look names up; init
+refuses names missing from the caller's manifest (the closed API).  Code is fixed: a process
+declares its program and digest at REGISTER and there is no operation that loads code.
+
+Blocking, and death while blocked (the hard part)
+-------------------------------------------------
+The kernel never blocks: a CALL or RECEIVE that must wait returns SUSPEND and is answered
+later from another process's request, so every blocked party is a suspended *request* the
+kernel holds, and every wake-up is a reply to it.  A process may be blocked in at most one
+CALL or RECEIVE at a time (it is one thread of control; a second gets EBUSY); a server may
+hold any number of received calls before replying.  A call lives in exactly one place at a
+time: in flight (its page grant settling), queued on its endpoint, or in its server's
+``serving`` table.  Each place is a list the kernel walks when somebody dies:
+
+* The **server dies** (reclaim): each endpoint it owns is marked dead, every call queued on
+  it and every call it was serving is failed with EPEERDIED at once (a caller never hangs on
+  a dead server), a grant in flight to it fails when it settles, and every later call on any
+  handle to the endpoint fails with EPEERDIED: the handle is not stale, its peer is gone.
+* The **caller dies**: a call still queued is withdrawn (never delivered); a call being
+  served is only marked orphaned, so the server's REPLY succeeds as usual and its answer is
+  dropped; a grant in flight is undone (the pages are unmapped from the receiver).
+* Either way, the dead process's capability table, endpoints and channel states go.
+
+Delivery is exactly once and in order per channel: a caller has at most one call
+outstanding, calls queue FIFO on their endpoint, and a call leaves its place exactly once
+(delivered, answered or failed), each time under the ``done`` flag.
+"""
+from __future__ import annotations
+
+import hmac
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kernel_daemon.contract import Contract, check, compile_contract, decode_payload
+from kernel_daemon.pagetable import PAGE_SHIFT
+from kernel_daemon.proc import Proc, ProcState
+from kernel_daemon.protocol import PAGE_SIZE, Err, ServiceError
+from kernel_daemon.server import SUSPEND, Request
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
+
+#: Handle 0 of every process: init's name-service endpoint.
+NAMESERVICE_HANDLE: int = 0
+MAX_HANDLES: int = 4096
+MAX_ENDPOINTS: int = 256
+MAX_CAPS_PER_MSG: int = 16
+MAX_GRANT_PAGES: int = 1 << 16
+
+
+@dataclass(slots=True, eq=False)
+class Endpoint:
+    """A kernel object its owner RECEIVEs on and capability holders CALL."""
+    eid: int
+    owner: Proc
+    contract: Contract
+    owner_handle: int
+    queue: deque["Call"] = field(default_factory=deque)
+    waiter: Request | None = None        # the owner's RECEIVE waiting here
+    chans: dict[int, str] = field(default_factory=dict)   # caller spid -> channel state
+    alive: bool = True
+    death: str = ""
+    calls: int = 0
+    bytes: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The endpoint as one JSON-able map (stats, metrics)."""
+        return {"eid": self.eid, "contract": self.contract.name, "owner": self.owner.spid,
+                "owner_name": self.owner.name, "alive": self.alive, "queued": len(self.queue),
+                "calls": self.calls, "bytes": self.bytes}
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One call from its CALL to its reply (or failure)."""
+    cid: int
+    caller: Proc
+    req: Request                          # the caller's suspended CALL
+    ep: Endpoint
+    payload: bytes
+    stamp: dict[str, Any]                 # the caller's identity, as the kernel bound it
+    caps: list[Endpoint]
+    prior: str                            # channel state before the call
+    waiting: str                          # channel state while it awaits its reply
+    t0: float
+    grant_addr: int | None = None
+    grant_npages: int = 0
+    done: bool = False                    # answered or failed: the caller is no longer waiting
+
+
+@dataclass(slots=True, eq=False)
+class CapTable:
+    """One process's IPC state: its handles, endpoints, and what it is blocked on."""
+    proc: Proc
+    stamp: dict[str, Any]
+    handles: dict[int, Endpoint] = field(default_factory=dict)
+    next_handle: int = 1
+    owned: list[Endpoint] = field(default_factory=list)
+    serving: dict[int, Call] = field(default_factory=dict)   # delivered, awaiting REPLY
+    calling: Call | None = None
+    receiving: Endpoint | None = None
+    chans_on: set[int] = field(default_factory=set)          # eids where it has a channel
+
+
+class Ipc:
+    """Endpoints, capability tables and the CALL/RECEIVE/REPLY path of the kernel."""
+
+    def __init__(self, kernel: "Kernel", init_token: str | None = None) -> None:
+        self.k = kernel
+        self.max_bytes = kernel.ipc_max_bytes
+        self.init_token = init_token or None
+        self.init: Proc | None = None
+        self.root: Endpoint | None = None
+        self.tables: dict[int, CapTable] = {}
+        self.endpoints: dict[int, Endpoint] = {}
+        self._next_eid = 1
+        self._next_cid = 1
+        self.stats = kernel.stats
+        for key in ("ipc_calls", "ipc_replies", "ipc_bytes_copied", "ipc_contract_violations",
+                    "ipc_peer_died", "ipc_caps_transferred", "ipc_grants", "pages_granted"):
+            self.stats.setdefault(key, 0)
+
+    # -- identity, init, tables ---------------------------------------------------------
+    def check_init_token(self, token: Any) -> bool:
+        """True when a REGISTER's init_token makes it init; EPERM for a wrong or late one."""
+        if token is None:
+            return False
+        if not self.init_token or not isinstance(token, str) or \
+                not hmac.compare_digest(token.encode(), self.init_token.encode()):
+            raise ServiceError(Err.PERM, "register: wrong init token")
+        if self.init is not None and self.init.alive:
+            raise ServiceError(Err.PERM, "register: init is already running")
+        return True
+
+    def set_init(self, proc: Proc) -> None:
+        """`proc` registered with the init token: it is init."""
+        self.init = proc
+
+    def table(self, proc: Proc) -> CapTable:
+        """proc's capability table (created on first use)."""
+        t = self.tables.get(proc.spid)
+        if t is None:
+            stamp = {"spid": proc.spid, "name": proc.name, "program": proc.program,
+                     "digest": proc.digest, "manifest": list(proc.manifest)}
+            t = self.tables[proc.spid] = CapTable(proc, stamp)
+        return t
+
+    def _lookup(self, t: CapTable, handle: int) -> Endpoint:
+        """The endpoint `handle` names in t; EBADHANDLE if forged or stale."""
+        ep = t.handles.get(handle)
+        if ep is not None:
+            return ep
+        if handle == NAMESERVICE_HANDLE:
+            if self.root is None:
+                raise ServiceError(Err.NOENT, "handle 0: the name service is not running yet")
+            return self.root
+        if 0 < handle < t.next_handle:
+            raise ServiceError(Err.BADHANDLE, f"handle {handle} is stale: it was closed")
+        raise ServiceError(Err.BADHANDLE, f"handle {handle} was never issued to this process")
+
+    def _mint(self, t: CapTable, ep: Endpoint) -> int:
+        """A new handle for `ep` in t."""
+        if len(t.handles) >= MAX_HANDLES:
+            raise ServiceError(Err.NOMEM, f"capability table full ({MAX_HANDLES} handles)")
+        h = t.next_handle
+        t.next_handle += 1
+        t.handles[h] = ep
+        return h
+
+    def _owned(self, t: CapTable, handle: int) -> Endpoint:
+        """The live endpoint t's process owns under `handle` (for RECEIVE)."""
+        ep = self._lookup(t, handle)
+        if ep.owner is not t.proc:
+            raise ServiceError(Err.PERM, f"handle {handle}: only the endpoint's owner may "
+                                         f"receive on it")
+        return ep
+
+    def _collect_caps(self, t: CapTable, raw: Any) -> list[Endpoint]:
+        """The endpoints a message's `caps` handles name; EBADHANDLE/EINVAL otherwise."""
+        if raw is None:
+            return []
+        if not isinstance(raw, list) or len(raw) > MAX_CAPS_PER_MSG:
+            raise ServiceError(Err.INVAL, f"caps must be a list of at most {MAX_CAPS_PER_MSG} "
+                                          f"handles")
+        out = []
+        for h in raw:
+            if not isinstance(h, int) or isinstance(h, bool):
+                raise ServiceError(Err.BADHANDLE, f"capability {str(h)[:20]!r} is not a handle")
+            out.append(self._lookup(t, h))
+        return out
+
+    # -- ENDPOINT, CAP_CLOSE ------------------------------------------------------------
+    def endpoint(self, req: Request) -> dict[str, Any]:
+        """Create an endpoint with the given contract; return its handle."""
+        proc: Proc = req.caller
+        t = self.table(proc)
+        contract = compile_contract(req.msg["contract"])
+        ns = req.msg.get("nameservice", False)
+        if ns and proc is not self.init:
+            raise ServiceError(Err.PERM, "endpoint: only init may create the name service")
+        if len(t.owned) >= MAX_ENDPOINTS:
+            raise ServiceError(Err.NOMEM, f"endpoint: at most {MAX_ENDPOINTS} per process")
+        ep = Endpoint(self._next_eid, proc, contract, t.next_handle)
+        self._mint(t, ep)
+        self._next_eid += 1
+        self.endpoints[ep.eid] = ep
+        t.owned.append(ep)
+        if ns:
+            self.root = ep
+            self.k.log.info("name service is endpoint %d of %s", ep.eid, proc.name)
+        return {"handle": ep.owner_handle}
+
+    def cap_close(self, req: Request) -> dict[str, Any]:
+        """Drop a handle; the owner closing its own endpoint's handle destroys the endpoint."""
+        t = self.table(req.caller)
+        h = req.msg["handle"]
+        ep = self._lookup(t, h)
+        if h == NAMESERVICE_HANDLE and h not in t.handles:
+            raise ServiceError(Err.INVAL, "handle 0 (the name service) cannot be closed")
+        del t.handles[h]
+        if ep.owner is t.proc and h == ep.owner_handle and ep.alive:
+            t.owned.remove(ep)
+            self._kill_endpoint(ep, f"its owner {t.proc.name} closed it")
+        return {}
+
+    # -- CALL -----------------------------------------------------------------------------
+    def call(self, req: Request) -> Any:
+        """Check a call (size, handle, contract, caps, grant) and post it; SUSPEND until REPLY."""
+        proc: Proc = req.caller
+        t = self.tables.get(proc.spid) or self.table(proc)
+        m = req.msg
+        payload: bytes = m["msg"]
+        if len(payload) > self.max_bytes:
+            raise ServiceError(Err.MSGSIZE, f"call: message of {len(payload)} bytes exceeds the "
+                                            f"{self.max_bytes}-byte IPC limit")
+        ep = self._lookup(t, m["handle"])
+        if not ep.alive:
+            self.stats["ipc_peer_died"] += 1
+            raise ServiceError(Err.PEERDIED, f"call: endpoint {ep.contract.name!r} is gone: "
+                                             f"{ep.death}")
+        if ep.owner is proc:
+            raise ServiceError(Err.INVAL, "call: a process cannot call its own endpoint "
+                                          "(it would wait on itself forever)")
+        if t.calling is not None or t.receiving is not None:
+            raise ServiceError(Err.BUSY, "call: this process is already blocked in a call "
+                                         "or receive")
+        caps = self._collect_caps(t, m.get("caps"))
+        grant = m.get("grant")
+        vpn, npages = self._grant_range(grant) if grant is not None else (0, 0)
+        prior = ep.chans.get(proc.spid, ep.contract.initial)
+        try:
+            msg = decode_payload(ep.contract, payload)
+            waiting = check(ep.contract, prior, msg, len(caps), grant is not None)
+        except ServiceError:
+            self.stats["ipc_contract_violations"] += 1
+            raise
+        cid = self._next_cid
+        self._next_cid = cid + 1
+        call = Call(cid, proc, req, ep, payload, t.stamp, caps, prior, waiting,
+                    time.perf_counter())
+        ep.chans[proc.spid] = waiting
+        t.chans_on.add(ep.eid)
+        t.calling = call
+        proc.state = ProcState.CALL
+        n = len(payload)
+        proc.counters["ipc_calls_out"] += 1
+        proc.counters["ipc_bytes_out"] += n
+        self.stats["ipc_calls"] += 1
+        self.stats["ipc_bytes_copied"] += n
+        ep.calls += 1
+        ep.bytes += n
+        tracer = self.k.tracer
+        if tracer.enabled:
+            tracer.begin("ipc", "call", cid, proc.spid, endpoint=ep.contract.name,
+                         kind=msg.get("kind"), bytes=n, to=ep.owner.spid)
+        if grant is None:
+            self._post(call)
+        else:
+            call.grant_npages = npages
+            self.k.vm.grant(proc, vpn, npages, ep.owner,
+                            lambda addr, why: self._granted(call, addr, why))
+        return SUSPEND
+
+    @staticmethod
+    def _grant_range(grant: Any) -> tuple[int, int]:
+        """(vpn, npages) of a CALL's grant field; EINVAL when malformed."""
+        if not isinstance(grant, dict):
+            raise ServiceError(Err.INVAL, "call: grant must be a map {addr, npages}")
+        addr, npages = grant.get("addr"), grant.get("npages")
+        if not isinstance(addr, int) or isinstance(addr, bool) or addr < 0 or addr % PAGE_SIZE:
+            raise ServiceError(Err.INVAL, f"call: grant address {addr!r} is not page-aligned")
+        if not isinstance(npages, int) or isinstance(npages, bool) or \
+                not 0 < npages <= MAX_GRANT_PAGES:
+            raise ServiceError(Err.INVAL, f"call: grant npages must be 1..{MAX_GRANT_PAGES}")
+        return addr >> PAGE_SHIFT, npages
+
+    def _granted(self, call: Call, addr: int | None, why: str) -> None:
+        """The page flip of `call` settled: post the call, or fail it."""
+        ep, dst = call.ep, call.ep.owner
+        if addr is not None and (call.done or not ep.alive):
+            if dst.alive:        # nobody will ever hear of these pages: take them back
+                vpn = addr >> PAGE_SHIFT
+                self.k.vm.release_pages(dst, dst.aspace.unmap(vpn, call.grant_npages))
+            addr = None
+        if call.done:
+            return
+        if not ep.alive:
+            self._fail(call, Err.PEERDIED, f"call: endpoint {ep.contract.name!r} is gone: "
+                                           f"{ep.death}")
+            return
+        if addr is None:
+            self._fail(call, Err.INVAL, f"call: page grant failed: {why}")
+            return
+        call.grant_addr = addr
+        self.stats["ipc_grants"] += 1
+        self._post(call)
+
+    def _post(self, call: Call) -> None:
+        """Deliver `call` to its endpoint's waiting receiver, or queue it."""
+        ep = call.ep
+        waiter = ep.waiter
+        if waiter is None:
+            ep.queue.append(call)
+            return
+        ep.waiter = None
+        owner = self.tables[ep.owner.spid]
+        owner.receiving = None
+        ep.owner.state = ProcState.RUNNING
+        self.k.reply(waiter, **self._deliver(owner, call))
+
+    def _deliver(self, owner: CapTable, call: Call) -> dict[str, Any]:
+        """Hand `call` to its endpoint's owner: mint its caps there; the RECEIVE reply fields."""
+        owner.serving[call.cid] = call
+        proc = owner.proc
+        n = len(call.payload)
+        proc.counters["ipc_calls_in"] += 1
+        proc.counters["ipc_bytes_in"] += n
+        out = {"call": call.cid, "msg": call.payload,
+               "sender": call.stamp,
+               "caps": [self._mint(owner, ep) for ep in call.caps] if call.caps else []}
+        if call.caps:
+            self.stats["ipc_caps_transferred"] += len(call.caps)
+        if call.grant_addr is not None:
+            out["grant_addr"] = call.grant_addr
+            out["grant_npages"] = call.grant_npages
+        if self.k.tracer.enabled:
+            self.k.tracer.step("ipc", "call", call.cid, call.caller.spid, "delivered",
+                               receiver=proc.spid)
+        return out
+
+    def _fail(self, call: Call, code: Err, text: str) -> None:
+        """End `call` with an error to its caller (if it still waits)."""
+        if call.done:
+            return
+        call.done = True
+        caller = call.caller
+        t = self.tables.get(caller.spid)
+        if t is not None and t.calling is call:
+            t.calling = None
+        if code == Err.PEERDIED:
+            self.stats["ipc_peer_died"] += 1
+        if call.ep.alive and caller.alive and call.ep.chans.get(caller.spid) == call.waiting:
+            call.ep.chans[caller.spid] = call.prior       # the call never happened
+        if caller.alive:
+            if caller.state == ProcState.CALL:
+                caller.state = ProcState.RUNNING
+            self.k.fail(call.req, code, text)
+        self.k.tracer.end("ipc", "call", call.cid, caller.spid, error=str(code))
+
+    # -- RECEIVE, REPLY ---------------------------------------------------------------------
+    def receive(self, req: Request) -> Any:
+        """The next call on an endpoint the caller owns; SUSPEND until one arrives."""
+        t = self.table(req.caller)
+        ep = self._owned(t, req.msg["handle"])
+        if t.calling is not None or t.receiving is not None:
+            raise ServiceError(Err.BUSY, "receive: this process is already blocked in a call "
+                                         "or receive")
+        return self._receive(t, ep, req)
+
+    def _receive(self, t: CapTable, ep: Endpoint, req: Request) -> Any:
+        if not ep.alive:
+            raise ServiceError(Err.PEERDIED, f"receive: endpoint {ep.contract.name!r} is gone: "
+                                             f"{ep.death}")
+        if ep.queue:
+            return self._deliver(t, ep.queue.popleft())
+        ep.waiter = req
+        t.receiving = ep
+        t.proc.state = ProcState.RECEIVE
+        return SUSPEND
+
+    def reply(self, req: Request) -> Any:
+        """Answer a received call (contract-checked); with `receive`, then wait for the next."""
+        proc: Proc = req.caller
+        t = self.tables.get(proc.spid) or self.table(proc)
+        m = req.msg
+        cid = m["call"]
+        call = t.serving.get(cid)
+        if call is None:
+            raise ServiceError(Err.NOENT, f"reply: call {cid} is not awaiting a reply from "
+                                          f"this process")
+        payload: bytes = m["msg"]
+        if len(payload) > self.max_bytes:
+            raise ServiceError(Err.MSGSIZE, f"reply: message of {len(payload)} bytes exceeds "
+                                            f"the {self.max_bytes}-byte IPC limit")
+        recv = m.get("receive")
+        next_ep = None
+        if recv is not None:
+            if not isinstance(recv, int) or isinstance(recv, bool):
+                raise ServiceError(Err.BADHANDLE, f"reply: receive {str(recv)[:20]!r} is not a "
+                                                  f"handle")
+            next_ep = self._owned(t, recv)
+            if t.calling is not None or t.receiving is not None:
+                raise ServiceError(Err.BUSY, "reply: already blocked in a call or receive")
+        caps = self._collect_caps(t, m.get("caps"))
+        ep = call.ep
+        try:
+            state = check(ep.contract, call.waiting, decode_payload(ep.contract, payload),
+                          len(caps))
+        except ServiceError:
+            self.stats["ipc_contract_violations"] += 1
+            raise
+        del t.serving[cid]
+        self._answer(call, state, payload, caps)
+        if next_ep is None:
+            return {}
+        return self._receive(t, next_ep, req)
+
+    def _answer(self, call: Call, state: str, payload: bytes, caps: list[Endpoint]) -> None:
+        """Wake `call`'s caller with the reply (an orphaned call's reply is dropped)."""
+        self.stats["ipc_replies"] += 1
+        if call.done:
+            return
+        call.done = True
+        caller = call.caller
+        ct = self.tables[caller.spid]
+        ct.calling = None
+        call.ep.chans[caller.spid] = state
+        n = len(payload)
+        caller.counters["ipc_bytes_in"] += n
+        call.ep.owner.counters["ipc_bytes_out"] += n
+        self.stats["ipc_bytes_copied"] += n
+        if caller.state == ProcState.CALL:
+            caller.state = ProcState.RUNNING
+        handles = [self._mint(ct, ep) for ep in caps] if caps else []
+        self.k.reply(call.req, msg=payload, caps=handles)
+        if self.k.tracer.enabled:
+            self.k.tracer.end("ipc", "call", call.cid, caller.spid, bytes=n)
+        if self.k.metrics is not None:
+            self.k.metrics.observe_call(call.ep.contract.name, n + len(call.payload),
+                                        time.perf_counter() - call.t0)
+
+    # -- death ------------------------------------------------------------------------------
+    def reclaim(self, proc: Proc) -> None:
+        """A process is gone: fail what waits on it, withdraw its calls, drop its capabilities."""
+        if proc is self.init:
+            self.init = None
+        t = self.tables.pop(proc.spid, None)
+        if t is None:
+            return
+        call = t.calling
+        if call is not None and not call.done:
+            call.done = True                       # orphaned: a server's REPLY is dropped
+            if call in call.ep.queue:
+                call.ep.queue.remove(call)         # never delivered: withdrawn
+            self.k.tracer.end("ipc", "call", call.cid, proc.spid, error="caller died")
+        if t.receiving is not None:
+            t.receiving.waiter = None
+        why = f"its owner {proc.name} (spid {proc.spid}) died"
+        for ep in t.owned:
+            self._kill_endpoint(ep, why)
+        for call in t.serving.values():
+            self._fail(call, Err.PEERDIED, f"call: the server {proc.name} (spid {proc.spid}) "
+                                           f"died while serving it")
+        for eid in t.chans_on:
+            ep = self.endpoints.get(eid)
+            if ep is not None:
+                ep.chans.pop(proc.spid, None)
+        t.handles.clear()
+        t.serving.clear()
+
+    def _kill_endpoint(self, ep: Endpoint, why: str) -> None:
+        """Mark `ep` dead and fail every call queued on it with EPEERDIED."""
+        ep.alive = False
+        ep.death = why
+        ep.waiter = None
+        self.endpoints.pop(ep.eid, None)
+        while ep.queue:
+            self._fail(ep.queue.popleft(), Err.PEERDIED,
+                       f"call: endpoint {ep.contract.name!r} is gone: {why}")
+        ep.chans.clear()
+
+    # -- observation ------------------------------------------------------------------------
+    def counters(self) -> dict[str, Any]:
+        """IPC state for STATS: the name service, and every live endpoint's counters."""
+        return {"init_spid": self.init.spid if self.init is not None else None,
+                "nameservice": self.root is not None and self.root.alive,
+                "endpoints": [ep.record() for ep in self.endpoints.values()],
+                "blocked_calls": sum(1 for t in self.tables.values() if t.calling is not None)}
