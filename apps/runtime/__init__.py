@@ -1,0 +1,24 @@
+"""The sealed-process runtime: what runs inside every sealed process.
+
+    process.py   SealedProcess: connect, map/unmap/protect, read/write, view, report, close
+    syscall.py   the ONE way to the kernel: the call connection, request/reply, error mapping
+    errors.py    SealedError and its subclasses; the one code -> exception table
+    mmu.py       the software TLB, the dirty bit, the reference record, the shootdown race
+    bank.py      the private memmap holding resident pages' contents
+    control.py   the control thread: SHOOTDOWN, KILL, HEARTBEAT, the kernel's liveness
+    varray.py    VArray, a typed view that faults pages in on demand
+"""
+from apps.runtime.errors import (
+    InvalidArgument, KernelError, KernelProtocolError, KernelUnreachable, OutOfMemory,
+    PageIntegrityError, PermissionDenied, ProcessKilled, ProtectionFault, SealedError,
+    SegmentationFault)
+from apps.runtime.process import SealedProcess, program_digest
+from apps.runtime.syscall import KERNEL_ADDR_ENV
+from apps.runtime.varray import VArray
+from kernel_daemon.protocol import PAGE_SIZE, PROT_R, PROT_W, PROT_X
+
+__all__ = [
+    "SealedProcess", "VArray", "program_digest", "KERNEL_ADDR_ENV", "PAGE_SIZE",
+    "PROT_R", "PROT_W", "PROT_X", "SealedError", "SegmentationFault", "ProtectionFault",
+    "PageIntegrityError", "ProcessKilled", "OutOfMemory", "PermissionDenied", "InvalidArgument",
+    "KernelError", "KernelUnreachable", "KernelProtocolError"]

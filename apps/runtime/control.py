@@ -1,0 +1,184 @@
+"""The control thread: the process's half of the kernel's control connection.
+
+Once ATTACHed, the control connection carries requests the other way round: the kernel asks
+and the process answers, whatever the app's main thread is doing.
+
+* SHOOTDOWN {vpn, frame, want}: the kernel takes a page back.  :meth:`Mmu.shootdown` drops
+  the TLB entry and captures the page; the reply is {dirty, data}.
+* KILL {reason}: acknowledge, say why on stderr, and leave at once (status 137).
+
+The thread also sends a HEARTBEAT {refs} every HEARTBEAT_MS with the reference record the
+MMU harvested since the last hand-over, and it is the judge of the kernel's liveness: when
+the kernel has answered nothing on either connection for KERNEL_DEAD_MS, it declares the
+kernel dead (every syscall wait then fails), gives the main thread a moment to leave with
+its error, and then ends the process itself -- a sealed process never outlives its kernel.
+
+The thread is the only user of its socket (ZeroMQ sockets are not thread-safe); the socket
+was opened and attached by the main thread (:mod:`syscall`) before the thread started.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+import zmq
+
+from apps.runtime.mmu import Mmu
+from apps.runtime.syscall import KERNEL_DEAD_MS, Liveness
+from kernel_daemon.protocol import (
+    Err, Op, ServiceError, check_request, decode, encode, error, is_reply, ok)
+
+HEARTBEAT_MS: int = 200
+#: The longest the thread sleeps in one poll (how fast stop() is noticed).
+POLL_SLICE_MS: int = 50
+#: Exit status after a KILL (as if by SIGKILL).
+KILLED_STATUS: int = 137
+#: Exit status when the kernel is dead (the same as an uncaught SealedError).
+KERNEL_DEAD_STATUS: int = 3
+#: How long the main thread gets to leave by itself once the kernel is declared dead.
+DEAD_GRACE_S: float = 1.0
+#: Time for a last reply to leave the socket before os._exit.
+FLUSH_S: float = 0.05
+
+
+def _leave(status: int, line: str) -> None:
+    """Print `line` to stderr and end the process now, from any thread."""
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    print(line, file=sys.stderr, flush=True)
+    os._exit(status)
+
+
+class ControlThread(threading.Thread):
+    """Serves SHOOTDOWN and KILL, sends HEARTBEATs, watches the kernel's liveness."""
+
+    def __init__(self, sock: zmq.Socket, mmu: Mmu, liveness: Liveness, name: str) -> None:
+        super().__init__(name=f"sealedos-control-{name}", daemon=True)
+        self.sock = sock
+        self.mmu = mmu
+        self.liveness = liveness
+        self.proc_name = name
+        self._stop_event = threading.Event()
+        self._rids = itertools.count(1)
+        self._refs_rid = 0              # rid of the newest heartbeat that carried refs
+        self.heartbeats = 0
+
+    # -- life --------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until stop(); a bug here ends the process loudly (nobody else would
+        answer the kernel's shootdowns)."""
+        try:
+            self._serve()
+        except Exception:
+            _leave(70, f"sealedos: {self.proc_name}: runtime control thread failed:\n"
+                       f"{traceback.format_exc()}")
+        finally:
+            self.sock.close(0)
+
+    def stop(self) -> None:
+        """End the thread (within POLL_SLICE_MS) and close its socket."""
+        self._stop_event.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(2.0)
+
+    def _serve(self) -> None:
+        """The loop: heartbeat when due, answer what arrives, judge the kernel's liveness."""
+        next_hb_s = time.monotonic()
+        while not self._stop_event.is_set():
+            now = time.monotonic()
+            if now >= next_hb_s:
+                self._heartbeat()
+                next_hb_s = now + HEARTBEAT_MS / 1000.0
+            wait_ms = max(0, min(POLL_SLICE_MS, int((next_hb_s - now) * 1000.0) + 1))
+            if self.sock.poll(wait_ms):
+                self._drain()
+            if self.liveness.silent_ms() > KERNEL_DEAD_MS:
+                self._kernel_dead(f"no answer for {KERNEL_DEAD_MS // 1000} s")
+                return
+
+    def _drain(self) -> None:
+        """Handle every message waiting on the socket."""
+        while True:
+            try:
+                frame = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = decode(frame)
+            except ServiceError:
+                continue                 # not from a kernel we can talk to; ignore it
+            self.liveness.heard()
+            if is_reply(msg):
+                self._on_reply(msg)
+            else:
+                self._on_request(msg)
+
+    # -- heartbeats ----------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        """Send HEARTBEAT with the references harvested since the last hand-over."""
+        refs = self.mmu.harvest_refs()
+        rid = next(self._rids)
+        if refs:
+            self._refs_rid = rid
+        self.sock.send(encode({"op": str(Op.HEARTBEAT), "rid": rid, "refs": refs}))
+        self.heartbeats += 1
+
+    def _on_reply(self, msg: dict[str, Any]) -> None:
+        """A heartbeat's answer: refs applied; an error means we no longer exist for it."""
+        rid = msg.get("re")
+        if isinstance(rid, int) and rid >= self._refs_rid:
+            self.mmu.heartbeat_answered()
+        err = msg.get("err")
+        if err == Err.KILLED:
+            self._killed(str(msg.get("msg", "")))
+        elif err in (Err.NOTREG, Err.PERM):
+            # The kernel has reclaimed us (an integrity loss, a restart): the main thread
+            # will meet its own error; make sure the process ends even if it does not.
+            self._kernel_dead(f"the kernel no longer knows this process: {msg.get('msg', '')}")
+
+    # -- the kernel's requests ------------------------------------------------------------
+    def _on_request(self, msg: dict[str, Any]) -> None:
+        """Answer SHOOTDOWN or KILL; anything else is refused."""
+        rid = msg.get("rid") if isinstance(msg.get("rid"), int) else None
+        try:
+            op = check_request(msg)
+            if op == Op.SHOOTDOWN:
+                answer = self.mmu.shootdown(msg["vpn"], msg["frame"], msg["want"])
+                self._send(ok(rid, **answer))
+            elif op == Op.KILL:
+                self._send(ok(rid))
+                self._killed(msg["reason"])
+            else:
+                raise ServiceError(Err.NOSYS, f"a sealed process does not serve {op}")
+        except ServiceError as exc:
+            self._send(error(rid, exc.code, exc.msg))
+        except ValueError as exc:
+            self._send(error(rid, Err.INVAL, str(exc)))
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        """Send one message on the control connection (dropped if the kernel is gone)."""
+        try:
+            self.sock.send(encode(msg), zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    # -- the end ---------------------------------------------------------------------------
+    def _killed(self, reason: str) -> None:
+        """The kernel stopped us: leave now."""
+        time.sleep(FLUSH_S)              # let the KILL acknowledgement go out
+        _leave(KILLED_STATUS, f"sealedos: killed by the kernel: {reason}")
+
+    def _kernel_dead(self, reason: str) -> None:
+        """Give up on the kernel: fail the syscalls, then end the process if it lingers."""
+        self.liveness.declare_dead(reason)
+        if self._stop_event.wait(DEAD_GRACE_S):
+            return                       # the main thread is closing by itself
+        _leave(KERNEL_DEAD_STATUS, f"sealedos: {self.proc_name}: the kernel is gone ({reason}); "
+                                   f"exiting")

@@ -1,0 +1,150 @@
+"""SealedProcess: what an app holds -- its kernel connection, bank, MMU and control thread.
+
+    with SealedProcess.connect(kernel_addr, "memstress", __file__) as proc:
+        addr = proc.map(16)                       # 16 pages, read-write
+        proc.store_u64(addr, 42)
+        v = proc.view(addr, np.int64, 16 * 512)
+        v[0:512] = np.arange(512)
+        proc.report(checksum="verified")
+
+Start-up is REGISTER (on the call connection: name, program, the digest of the program's
+source, host, pid, manifest), then a bank as large as the kernel's frame pool, then ATTACH of
+the control connection and the control thread.  close() sends EXIT and stops the thread.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apps.runtime.bank import Bank
+from apps.runtime.control import ControlThread
+from apps.runtime.errors import SealedError
+from apps.runtime.mmu import Mmu
+from apps.runtime.syscall import Kernel
+from apps.runtime.varray import VArray
+from kernel_daemon.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W
+
+
+def program_digest(path: str | Path) -> str:
+    """The hex sha256 of a program's source file (the code the kernel records)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class SealedProcess:
+    """One sealed process: syscalls, memory access through the MMU, reports."""
+
+    def __init__(self, kernel: Kernel, bank: Bank, mmu: Mmu, control: ControlThread,
+                 spid: int, name: str, program: str) -> None:
+        self.kernel = kernel
+        self.bank = bank
+        self.mmu = mmu
+        self.control = control
+        self.spid = spid
+        self.name = name
+        self.program = program
+        self.closed = False
+
+    @classmethod
+    def connect(cls, kernel_addr: str, name: str, program_file: str | Path,
+                manifest: list[str] | None = None) -> "SealedProcess":
+        """Register with the kernel at kernel_addr and start the control thread."""
+        program = Path(program_file).stem
+        kernel = Kernel(kernel_addr)
+        bank = None
+        try:
+            reg = kernel.register(name, program, program_digest(program_file), manifest or [])
+            bank = Bank(reg["nframes"])
+            mmu = Mmu(kernel, bank)
+            sock = kernel.attach_control(reg["spid"], reg["secret"])
+            control = ControlThread(sock, mmu, kernel.liveness, name)
+            control.start()
+        except BaseException:
+            if bank is not None:
+                bank.close()
+            kernel.close()
+            raise
+        return cls(kernel, bank, mmu, control, reg["spid"], name, program)
+
+    # -- regions -----------------------------------------------------------------------
+    def map(self, npages: int, prot: int = PROT_R | PROT_W, addr: int = 0) -> int:
+        """Create a region of npages pages; return its address (addr 0: the kernel picks)."""
+        return self.kernel.map(addr, npages, prot)
+
+    def unmap(self, addr: int, npages: int) -> None:
+        """Remove npages pages at addr (their contents are gone)."""
+        self.kernel.unmap(addr, npages)
+        self.mmu.unmapped(addr, npages)
+
+    def protect(self, addr: int, npages: int, prot: int) -> None:
+        """Change the permissions of npages pages at addr."""
+        self.kernel.protect(addr, npages, prot)
+        self.mmu.protected(addr, npages)
+
+    # -- memory --------------------------------------------------------------------------
+    def read(self, addr: int, n: int) -> bytes:
+        """n bytes at addr."""
+        return self.mmu.read(addr, n)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Store data at addr."""
+        self.mmu.write(addr, data)
+
+    def load_u64(self, addr: int) -> int:
+        """The unsigned little-endian 64-bit integer at addr."""
+        return self.mmu.load_u64(addr)
+
+    def store_u64(self, addr: int, value: int) -> None:
+        """Store value (mod 2**64) at addr, little-endian."""
+        self.mmu.store_u64(addr, value)
+
+    def exec_read(self, addr: int, n: int) -> bytes:
+        """n bytes at addr fetched for execution (the page must be executable)."""
+        return self.mmu.exec_read(addr, n)
+
+    def try_read(self, addr: int, n: int) -> bytes | None:
+        """n bytes at addr if all its pages are in the TLB, else None (never faults)."""
+        return self.mmu.try_read(addr, n)
+
+    def view(self, addr: int, dtype: Any, count: int) -> VArray:
+        """A typed view of count elements at addr, faulting pages in as they are touched."""
+        return VArray(self, addr, dtype, count)
+
+    # -- reporting and leaving ----------------------------------------------------------------
+    def report(self, **data: Any) -> None:
+        """REPORT app results (scalars: the kernel keeps ints, floats, strings, bools)."""
+        self.kernel.report({k: _plain(v) for k, v in data.items()})
+
+    def counters(self) -> dict[str, int]:
+        """The MMU's local counters (tlb_hits, tlb_misses, local_dirty_traps, shootdowns ...)."""
+        return self.mmu.counters()
+
+    def close(self, status: int = 0) -> None:
+        """EXIT with status, stop the control thread, release the bank (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.kernel.exit(status)
+        finally:
+            self.control.stop()
+            self.kernel.close()
+            self.bank.close()
+
+    def __enter__(self) -> "SealedProcess":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self.close(0 if exc_type is None else (3 if issubclass(exc_type, SealedError) else 1))
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars as Python ones, so msgpack and the kernel accept them."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def pages_for(nbytes: int) -> int:
+    """How many pages hold nbytes bytes."""
+    return (nbytes + PAGE_SIZE - 1) >> PAGE_SHIFT

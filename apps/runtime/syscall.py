@@ -1,0 +1,208 @@
+"""The trap table: the ONE module through which an app reaches the kernel.
+
+Like curio's ``traps.py``, everything an app asks of the kernel funnels through here: this
+module owns the *call* connection (a DEALER socket to the kernel), turns every syscall into
+one request and its reply, and turns every error reply into a :class:`SealedError` (through
+:func:`errors.from_reply`, the one mapping).  It also opens and ATTACHes the *control*
+connection, which the control thread then serves (:mod:`control`); nothing else in ``apps/``
+opens a socket to the kernel.
+
+Waiting
+-------
+Syscalls wait for their reply with no timeout: a major fault may wait for a pager to be
+restarted, an IPC call for a server.  What ends a wait is the kernel's death: the control
+thread watches the kernel's liveness (:class:`Liveness`) and, once it declares the kernel
+dead, every wait here raises :class:`KernelUnreachable`.  Only REGISTER and ATTACH, sent
+before there is a control thread, and EXIT, sent on the way out, have timeouts of their own.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from apps.runtime.errors import KernelProtocolError, KernelUnreachable, SealedError, from_reply
+from kernel_daemon.protocol import (
+    PAGE_SIZE, TRANSPORT_MAX_BYTES, Op, ServiceError, decode, encode)
+
+#: The kernel is declared dead when it has answered nothing for this long.
+KERNEL_DEAD_MS: int = 10000
+#: How often a waiting syscall looks at the liveness verdict.
+WAIT_SLICE_MS: int = 100
+#: How long EXIT waits for its acknowledgement (the process is leaving anyway).
+EXIT_WAIT_MS: int = 2000
+
+KERNEL_ADDR_ENV: str = "SEALEDOS_KERNEL_ADDR"
+
+
+class Liveness:
+    """When the kernel was last heard from, and whether it has been declared dead.
+
+    Both threads call heard(); the control thread alone decides the kernel is dead."""
+
+    def __init__(self) -> None:
+        self.last_heard_s = time.monotonic()
+        self.dead = threading.Event()
+        self.reason = ""
+
+    def heard(self) -> None:
+        """Any message arrived from the kernel."""
+        self.last_heard_s = time.monotonic()
+
+    def silent_ms(self) -> float:
+        """Milliseconds since the kernel last said anything."""
+        return (time.monotonic() - self.last_heard_s) * 1000.0
+
+    def declare_dead(self, reason: str) -> None:
+        """Give up on the kernel: every syscall wait ends with KernelUnreachable."""
+        self.reason = reason
+        self.dead.set()
+
+
+def _dealer(ctx: zmq.Context, addr: str) -> zmq.Socket:
+    """A DEALER socket connected to the kernel."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
+    sock.connect(addr)
+    return sock
+
+
+class Kernel:
+    """The call connection to the kernel: one syscall at a time, from the main thread only."""
+
+    def __init__(self, addr: str, ctx: zmq.Context | None = None) -> None:
+        if not addr:
+            raise KernelUnreachable(f"no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}")
+        self.addr = addr
+        self.ctx = ctx or zmq.Context.instance()
+        self.sock = _dealer(self.ctx, addr)
+        self.liveness = Liveness()
+        self.name = "?"
+        self.spid = 0
+        self._rids = itertools.count(1)
+        self.closed = False
+
+    # -- the one request/reply --------------------------------------------------------
+    def call(self, op: Op, timeout_ms: int | None = None, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply; raise the mapped SealedError on error.
+
+        timeout_ms None waits until the reply or until the kernel is declared dead."""
+        if self.closed:
+            raise self._named(KernelUnreachable(f"{op}: the connection to the kernel is closed"))
+        return self._request(self.sock, op, timeout_ms, fields)
+
+    def _request(self, sock: zmq.Socket, op: Op, timeout_ms: int | None,
+                 fields: dict[str, Any]) -> dict[str, Any]:
+        """One request/reply on `sock`; errors become SealedErrors."""
+        rid = next(self._rids)
+        msg = dict(fields)
+        msg["op"] = str(op)
+        msg["rid"] = rid
+        sock.send(encode(msg))
+        reply = self._wait(sock, op, rid, timeout_ms)
+        if "err" in reply:
+            raise self._named(from_reply(reply, str(op)))
+        return reply
+
+    def _wait(self, sock: zmq.Socket, op: Op, rid: int, timeout_ms: int | None) -> dict[str, Any]:
+        """The reply to `rid` (stale replies skipped); KernelUnreachable on timeout or death.
+
+        A reply already received wins over a death verdict reached meanwhile."""
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
+        while True:
+            slice_ms = WAIT_SLICE_MS
+            if deadline is not None:
+                left_ms = (deadline - time.monotonic()) * 1000.0
+                if left_ms <= 0:
+                    raise self._named(KernelUnreachable(
+                        f"{op}: no answer from the kernel at {self.addr} in {timeout_ms} ms"))
+                slice_ms = max(1, min(slice_ms, int(left_ms)))
+            if not sock.poll(slice_ms):
+                if self.liveness.dead.is_set():
+                    raise self._named(KernelUnreachable(
+                        f"{op}: the kernel is unreachable ({self.liveness.reason})"))
+                continue
+            try:
+                reply = decode(sock.recv())
+            except ServiceError as exc:
+                raise self._named(KernelProtocolError(
+                    f"{op}: bad frame from the kernel: {exc.msg}"))
+            self.liveness.heard()
+            if reply.get("re") == rid:
+                return reply
+
+    def _named(self, exc: SealedError) -> SealedError:
+        """Tag an exception with this process's name (for the launcher's message)."""
+        exc.process_name = self.name
+        return exc
+
+    # -- the syscalls -------------------------------------------------------------------
+    def register(self, name: str, program: str, digest: str, manifest: list[str]) -> dict[str, Any]:
+        """REGISTER this process; return {spid, secret, nframes, page_size}."""
+        self.name = name
+        reply = self.call(Op.REGISTER, timeout_ms=KERNEL_DEAD_MS, name=name, program=program,
+                          digest=digest, host=socket.gethostname(), hostpid=os.getpid(),
+                          manifest=list(manifest))
+        for key, typ in (("spid", int), ("secret", bytes), ("nframes", int), ("page_size", int)):
+            if not isinstance(reply.get(key), typ):
+                raise self._named(KernelProtocolError(f"register: reply lacks {key!r}"))
+        if reply["page_size"] != PAGE_SIZE or reply["nframes"] <= 0:
+            raise self._named(KernelProtocolError(f"register: page size {reply['page_size']} "
+                                                  f"/ {reply['nframes']} frames unsupported"))
+        self.spid = reply["spid"]
+        return reply
+
+    def map(self, addr: int, npages: int, prot: int) -> int:
+        """MAP a region of npages at addr (0: the kernel chooses); return its address."""
+        reply = self.call(Op.MAP, addr=addr, npages=npages, prot=prot)
+        if not isinstance(reply.get("addr"), int):
+            raise self._named(KernelProtocolError("map: reply lacks 'addr'"))
+        return reply["addr"]
+
+    def unmap(self, addr: int, npages: int) -> None:
+        """UNMAP a range."""
+        self.call(Op.UNMAP, addr=addr, npages=npages)
+
+    def protect(self, addr: int, npages: int, prot: int) -> None:
+        """PROTECT a range with new permissions."""
+        self.call(Op.PROTECT, addr=addr, npages=npages, prot=prot)
+
+    def fault(self, vpn: int, access: str, refs: list[int]) -> dict[str, Any]:
+        """FAULT on vpn; the reply says which frame, with which prot, filled how."""
+        return self.call(Op.FAULT, vpn=vpn, access=access, refs=refs)
+
+    def report(self, data: dict[str, Any]) -> None:
+        """REPORT app-level results."""
+        self.call(Op.REPORT, data=data)
+
+    def exit(self, status: int) -> None:
+        """EXIT (best effort: the process leaves whatever the kernel answers)."""
+        if self.closed or self.liveness.dead.is_set():
+            return
+        try:
+            self.call(Op.EXIT, timeout_ms=EXIT_WAIT_MS, status=status)
+        except SealedError:
+            pass
+
+    # -- connections --------------------------------------------------------------------
+    def attach_control(self, spid: int, secret: bytes) -> zmq.Socket:
+        """Open the control connection and ATTACH it; the control thread serves it after."""
+        sock = _dealer(self.ctx, self.addr)
+        try:
+            self._request(sock, Op.ATTACH, KERNEL_DEAD_MS, {"spid": spid, "secret": secret})
+        except BaseException:
+            sock.close(0)
+            raise
+        return sock
+
+    def close(self) -> None:
+        """Close the call connection."""
+        if not self.closed:
+            self.closed = True
+            self.sock.close(0)
