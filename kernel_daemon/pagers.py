@@ -29,6 +29,8 @@ from kernel_daemon.server import Server, Timer
 
 #: A pager silent for this long is considered down until it says hello again.
 PAGER_DEAD_MS: int = 3000
+#: A mirror whose page-in failed is read last for this long (the healthy one serves at once).
+BAD_MIRROR_MS: int = 10000
 
 Done = Callable[[dict[str, Any] | None, str], None]      # (reply or None, failure text)
 
@@ -56,6 +58,7 @@ class PagerSlot:
     up: bool = False
     last_hello: float = 0.0
     joins: int = 0
+    bad_until: float = 0.0             # monotonic time until which reads prefer other mirrors
     inflight: dict[int, PagerOp] = field(default_factory=dict)
     backlog: list[PagerOp] = field(default_factory=list)
 
@@ -217,7 +220,9 @@ class Pagers:
         A mirror with another behind it gets no retries: a timeout fails over at once.
         answered(mirror, reply), if given, sees every non-error answer before it is verified.
         """
-        order = [m for m in range(self.nmirrors) if mask >> m & 1]
+        now = time.monotonic()
+        order = sorted((m for m in range(self.nmirrors) if mask >> m & 1),
+                       key=lambda m: (self.slots[m].bad_until > now, m))
         failures: list[tuple[int, str, str]] = []
 
         def attempt(i: int) -> None:
@@ -227,6 +232,7 @@ class Pagers:
             m = order[i]
 
             def on(reply: dict[str, Any] | None, why: str) -> None:
+                self.slots[m].bad_until = time.monotonic() + BAD_MIRROR_MS / 1000
                 if reply is None:
                     failures.append((m, "timeout", why))
                 elif "err" in reply:
@@ -239,6 +245,7 @@ class Pagers:
                     except IntegrityError as exc:
                         failures.append((m, exc.kind, str(exc)))
                     else:
+                        self.slots[m].bad_until = 0.0
                         done(plain, failures)
                         self._repair(handles, slot, reply["data"], [f[0] for f in failures], repaired)
                         return
