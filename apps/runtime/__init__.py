@@ -6,12 +6,14 @@
     mmu.py       the software TLB, the dirty bit, the reference record, the shootdown race
     bank.py      the private memmap holding resident pages' contents
     control.py   the control thread: SHOOTDOWN, KILL, HEARTBEAT, the kernel's liveness
+    ipc.py       endpoints, call/receive/reply, page grants, names (init's protocol)
     varray.py    VArray, a typed view that faults pages in on demand
 """
 from apps.runtime.errors import (
-    InvalidArgument, KernelError, KernelProtocolError, KernelUnreachable, OutOfMemory,
-    PageIntegrityError, PermissionDenied, ProcessKilled, ProtectionFault, SealedError,
-    SegmentationFault)
+    BadHandle, Busy, ContractViolation, InvalidArgument, KernelError, KernelProtocolError,
+    KernelUnreachable, MessageTooLarge, NotFound, OutOfMemory, PageIntegrityError, PeerDied,
+    PermissionDenied, ProcessKilled, ProtectionFault, SealedError, SegmentationFault)
+from apps.runtime.ipc import NAMESERVICE, Received, Sender
 from apps.runtime.process import SealedProcess, program_digest
 from apps.runtime.syscall import KERNEL_ADDR_ENV
 from apps.runtime.varray import VArray
@@ -21,4 +23,5 @@ __all__ = [
     "SealedProcess", "VArray", "program_digest", "KERNEL_ADDR_ENV", "PAGE_SIZE",
     "PROT_R", "PROT_W", "PROT_X", "SealedError", "SegmentationFault", "ProtectionFault",
     "PageIntegrityError", "ProcessKilled", "OutOfMemory", "PermissionDenied", "InvalidArgument",
-    "KernelError", "KernelUnreachable", "KernelProtocolError"]
+    "KernelError", "KernelUnreachable", "KernelProtocolError", "PeerDied", "ContractViolation",
+    "BadHandle", "MessageTooLarge", "NotFound", "Busy", "NAMESERVICE", "Received", "Sender"]

@@ -77,6 +77,37 @@ class KernelProtocolError(SealedError):
     code = Err.BADMSG
 
 
+class PeerDied(SealedError):
+    """The other end of an IPC call is gone: its server died, or closed its endpoint
+    (EPEERDIED)."""
+    code = Err.PEERDIED
+
+
+class ContractViolation(SealedError):
+    """An IPC message broke its channel's contract; the text names the rule (ECONTRACT)."""
+    code = Err.CONTRACT
+
+
+class BadHandle(SealedError):
+    """A capability handle this process does not hold: forged or stale (EBADHANDLE)."""
+    code = Err.BADHANDLE
+
+
+class MessageTooLarge(SealedError):
+    """An IPC message over the kernel's size limit (EMSGSIZE)."""
+    code = Err.MSGSIZE
+
+
+class NotFound(SealedError):
+    """No such name, call or object (ENOENT)."""
+    code = Err.NOENT
+
+
+class Busy(SealedError):
+    """The process is already blocked in a call or receive (EBUSY)."""
+    code = Err.BUSY
+
+
 #: Error code -> exception class; codes not listed become KernelError.
 _CLASSES: dict[str, type[SealedError]] = {
     Err.SEGV: SegmentationFault,
@@ -88,6 +119,12 @@ _CLASSES: dict[str, type[SealedError]] = {
     Err.PERM: PermissionDenied,
     Err.INVAL: InvalidArgument,
     Err.TIMEDOUT: KernelUnreachable,
+    Err.PEERDIED: PeerDied,
+    Err.CONTRACT: ContractViolation,
+    Err.BADHANDLE: BadHandle,
+    Err.MSGSIZE: MessageTooLarge,
+    Err.NOENT: NotFound,
+    Err.BUSY: Busy,
 }
 
 

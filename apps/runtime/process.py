@@ -22,6 +22,7 @@ import numpy as np
 from apps.runtime.bank import Bank
 from apps.runtime.control import ControlThread
 from apps.runtime.errors import SealedError
+from apps.runtime.ipc import Ipc, Received
 from apps.runtime.mmu import Mmu
 from apps.runtime.syscall import Kernel
 from apps.runtime.varray import VArray
@@ -46,16 +47,21 @@ class SealedProcess:
         self.name = name
         self.program = program
         self.closed = False
+        self.ipc = Ipc(kernel, mmu)
 
     @classmethod
     def connect(cls, kernel_addr: str, name: str, program_file: str | Path,
-                manifest: list[str] | None = None) -> "SealedProcess":
-        """Register with the kernel at kernel_addr and start the control thread."""
+                manifest: list[str] | None = None, init_token: str | None = None
+                ) -> "SealedProcess":
+        """Register with the kernel at kernel_addr and start the control thread.
+
+        manifest: the service names this process may look up; init_token: only init's."""
         program = Path(program_file).stem
         kernel = Kernel(kernel_addr)
         bank = None
         try:
-            reg = kernel.register(name, program, program_digest(program_file), manifest or [])
+            reg = kernel.register(name, program, program_digest(program_file), manifest or [],
+                                  init_token)
             bank = Bank(reg["nframes"])
             mmu = Mmu(kernel, bank)
             sock = kernel.attach_control(reg["spid"], reg["secret"])
@@ -111,6 +117,37 @@ class SealedProcess:
     def view(self, addr: int, dtype: Any, count: int) -> VArray:
         """A typed view of count elements at addr, faulting pages in as they are touched."""
         return VArray(self, addr, dtype, count)
+
+    # -- IPC (see apps.runtime.ipc) -----------------------------------------------------------
+    def endpoint(self, contract: dict[str, Any], nameservice: bool = False) -> int:
+        """Create an endpoint serving `contract`; return its handle."""
+        return self.ipc.endpoint(contract, nameservice)
+
+    def call(self, handle: int, msg: dict[str, Any], caps: Any = (),
+             grant: tuple[int, int] | None = None) -> tuple[dict[str, Any], list[int]]:
+        """Send msg on handle, block for the reply: (reply msg, received cap handles)."""
+        return self.ipc.call(handle, msg, caps, grant)
+
+    def receive(self, handle: int) -> Received:
+        """Block until a call arrives on own endpoint `handle`."""
+        return self.ipc.receive(handle)
+
+    def reply(self, call: Received | int, msg: dict[str, Any], caps: Any = (),
+              receive: int | None = None) -> Received | None:
+        """Answer a call; with receive=handle, block for the next call and return it."""
+        return self.ipc.reply(call, msg, caps, receive)
+
+    def cap_close(self, handle: int) -> None:
+        """Drop a capability handle."""
+        self.ipc.cap_close(handle)
+
+    def lookup(self, name: str) -> int:
+        """The capability init has under `name` (the manifest must list it)."""
+        return self.ipc.lookup(name)
+
+    def register_name(self, name: str, handle: int) -> None:
+        """Publish own endpoint `handle` under `name` with init."""
+        self.ipc.register_name(name, handle)
 
     # -- reporting and leaving ----------------------------------------------------------------
     def report(self, **data: Any) -> None:

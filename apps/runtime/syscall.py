@@ -143,12 +143,17 @@ class Kernel:
         return exc
 
     # -- the syscalls -------------------------------------------------------------------
-    def register(self, name: str, program: str, digest: str, manifest: list[str]) -> dict[str, Any]:
-        """REGISTER this process; return {spid, secret, nframes, page_size}."""
+    def register(self, name: str, program: str, digest: str, manifest: list[str],
+                 init_token: str | None = None) -> dict[str, Any]:
+        """REGISTER this process; return {spid, secret, nframes, page_size}.
+
+        The program and digest are fixed from here on (no syscall loads code); the manifest
+        lists the services this process may look up; init_token only for init."""
         self.name = name
+        extra = {"init_token": init_token} if init_token else {}
         reply = self.call(Op.REGISTER, timeout_ms=KERNEL_DEAD_MS, name=name, program=program,
                           digest=digest, host=socket.gethostname(), hostpid=os.getpid(),
-                          manifest=list(manifest))
+                          manifest=list(manifest), **extra)
         for key, typ in (("spid", int), ("secret", bytes), ("nframes", int), ("page_size", int)):
             if not isinstance(reply.get(key), typ):
                 raise self._named(KernelProtocolError(f"register: reply lacks {key!r}"))
@@ -189,6 +194,47 @@ class Kernel:
             self.call(Op.EXIT, timeout_ms=EXIT_WAIT_MS, status=status)
         except SealedError:
             pass
+
+    # -- IPC (the message layer is apps.runtime.ipc) ------------------------------------
+    def endpoint(self, contract: dict[str, Any], nameservice: bool = False) -> int:
+        """ENDPOINT with a contract; return its handle."""
+        extra = {"nameservice": True} if nameservice else {}
+        reply = self.call(Op.ENDPOINT, contract=contract, **extra)
+        if not isinstance(reply.get("handle"), int):
+            raise self._named(KernelProtocolError("endpoint: reply lacks 'handle'"))
+        return reply["handle"]
+
+    def ipc_call(self, handle: int, msg: bytes, caps: list[int] | None,
+                 grant: dict[str, int] | None) -> dict[str, Any]:
+        """CALL: send msg (a packed message) on handle and block for {msg, caps}."""
+        fields: dict[str, Any] = {"handle": handle, "msg": msg}
+        if caps:
+            fields["caps"] = caps
+        if grant is not None:
+            fields["grant"] = grant
+        return self.call(Op.CALL, **fields)
+
+    def ipc_receive(self, handle: int) -> dict[str, Any]:
+        """RECEIVE on an own endpoint: block for {call, msg, sender, caps[, grant_addr]}."""
+        return self.call(Op.RECEIVE, handle=handle)
+
+    def ipc_reply(self, call: int, msg: bytes, caps: list[int] | None,
+                  receive: int | None) -> dict[str, Any]:
+        """REPLY to a received call; with receive, block for the next call as RECEIVE does."""
+        fields: dict[str, Any] = {"call": call, "msg": msg}
+        if caps:
+            fields["caps"] = caps
+        if receive is not None:
+            fields["receive"] = receive
+        return self.call(Op.REPLY, **fields)
+
+    def cap_close(self, handle: int) -> None:
+        """CAP_CLOSE a handle."""
+        self.call(Op.CAP_CLOSE, handle=handle)
+
+    def named(self, exc: SealedError) -> SealedError:
+        """exc tagged with this process's name (for errors raised above this module)."""
+        return self._named(exc)
 
     # -- connections --------------------------------------------------------------------
     def attach_control(self, spid: int, secret: bytes) -> zmq.Socket:
