@@ -18,6 +18,11 @@ from apps.runtime.errors import SealedError
 APPS: dict[str, str] = {
     "memstress": "apps.memstress",
     "refstring": "apps.refstring",
+    "init": "apps.init",
+    "echo": "apps.echo",
+    "kvstore": "apps.kvstore",
+    "browser": "apps.browser",
+    "plugin": "apps.plugin",
 }
 
 #: Exit status of a sealed process that died of an uncaught SealedError.

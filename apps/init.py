@@ -1,0 +1,136 @@
+"""init: the trusted first sealed process, and the name service.
+
+    SEALEDOS_INIT_TOKEN=... sealedos run init --kernel ADDR
+
+The system starts init right after the kernel, before any app (System, `sealedos up`, and
+its own container in compose), with the kernel's init token in its environment.  Its
+REGISTER carries the token, so the kernel knows it is init; the endpoint it then creates
+with ``nameservice`` becomes handle 0 of every process.
+
+The names protocol (apps.runtime.ipc.NAMESERVICE_CONTRACT):
+
+* ``register {name}`` + one capability: publish an endpoint.  A free name is taken; a name
+  already held is given to a new holder only if it runs the same program with the same
+  digest (a restarted service takes its name back); anyone else is refused (EPERM).
+* ``lookup {name}``: the capability, if the caller's manifest lists the name (shell
+  patterns, e.g. ``plugin.*``); otherwise ``refused {code: EPERM}`` -- the closed API: an
+  app reaches only what it declared at REGISTER, and the kernel, not the app, tells init
+  what that was.  An unknown name is ``refused {code: ENOENT}``.
+* ``list``: the registered names the caller's manifest covers.
+
+init never dies of a client: every request is answered or refused, and a failed reply is
+logged and forgotten.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from apps.runtime import KERNEL_ADDR_ENV, SealedError, SealedProcess
+from apps.runtime.ipc import NAMESERVICE_CONTRACT, Received, allowed
+
+INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
+MAX_NAMES: int = 1024
+
+
+@dataclass(slots=True)
+class Entry:
+    """One published name: the capability and who published it."""
+    handle: int
+    spid: int
+    program: str
+    digest: str
+
+
+class NameService:
+    """The table of names and the answer to each request (no I/O: easy to reason about)."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, Entry] = {}
+
+    def handle(self, rcv: Received) -> tuple[dict[str, Any], list[int], int | None]:
+        """(reply, caps to pass, handle init no longer needs) for one request."""
+        kind, sender = rcv.kind, rcv.sender
+        if kind == "lookup":
+            name = rcv.msg["name"]
+            if not allowed(sender.manifest, name):
+                return _refuse("EPERM", f"{name!r} is not in the manifest of {sender.name} "
+                                        f"({', '.join(sender.manifest) or 'empty'})"), [], None
+            entry = self.names.get(name)
+            if entry is None:
+                return _refuse("ENOENT", f"no service is registered as {name!r}"), [], None
+            return {"kind": "found"}, [entry.handle], None
+        if kind == "register":
+            return self._register(rcv)
+        names = sorted(n for n in self.names if allowed(sender.manifest, n))
+        return {"kind": "names", "names": names[:256]}, [], None
+
+    def _register(self, rcv: Received) -> tuple[dict[str, Any], list[int], int | None]:
+        name, sender = rcv.msg["name"], rcv.sender
+        if len(rcv.caps) != 1:
+            return _refuse("EINVAL", "register needs exactly one endpoint capability"), [], None
+        old = self.names.get(name)
+        if old is not None and (old.program, old.digest) != (sender.program, sender.digest):
+            return (_refuse("EPERM", f"{name!r} is held by program {old.program} (spid "
+                                     f"{old.spid})"), [], rcv.caps[0])
+        if old is None and len(self.names) >= MAX_NAMES:
+            return _refuse("ENOMEM", f"the name table is full ({MAX_NAMES})"), [], rcv.caps[0]
+        self.names[name] = Entry(rcv.caps[0], sender.spid, sender.program, sender.digest)
+        return {"kind": "ok"}, [], old.handle if old is not None else None
+
+
+def _refuse(code: str, reason: str) -> dict[str, Any]:
+    return {"kind": "refused", "code": code, "reason": reason[:256]}
+
+
+def serve(proc: SealedProcess, handle: int) -> None:
+    """Answer name-service requests forever (reply-and-receive: one syscall per request)."""
+    ns = NameService()
+    rcv: Received | None = proc.receive(handle)
+    while True:
+        assert rcv is not None
+        try:
+            reply, caps, drop = ns.handle(rcv)
+        except (KeyError, TypeError) as exc:          # the contract makes these impossible
+            reply, caps, drop = _refuse("EINVAL", f"malformed request: {exc}"), [], None
+        try:
+            rcv = proc.reply(rcv, reply, caps=caps, receive=handle)
+        except SealedError as exc:
+            print(f"init: reply to {rcv.sender.name} failed: {exc}", file=sys.stderr, flush=True)
+            rcv = proc.receive(handle)
+        if drop is not None:
+            _close_quietly(proc, drop)
+
+
+def _close_quietly(proc: SealedProcess, handle: int) -> None:
+    try:
+        proc.cap_close(handle)
+    except SealedError:
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`sealedos run init` flags."""
+    p = argparse.ArgumentParser(prog="sealedos run init", description="the name service")
+    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
+    p.add_argument("--name", default="init")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """Register as init (the token from the environment) and serve names until killed."""
+    args = build_parser().parse_args(argv)
+    token = os.environ.get(INIT_TOKEN_ENV)
+    if not args.kernel or not token:
+        print(f"init: needs --kernel (or {KERNEL_ADDR_ENV}) and {INIT_TOKEN_ENV}", file=sys.stderr)
+        return 2
+    with SealedProcess.connect(args.kernel, args.name, __file__, init_token=token) as proc:
+        serve(proc, proc.endpoint(NAMESERVICE_CONTRACT, nameservice=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
