@@ -8,6 +8,8 @@ or disk service (MINIX's reincarnation server), and stop() leaves no process and
 """
 from __future__ import annotations
 
+import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -20,6 +22,8 @@ from kernel_daemon.client import Client
 from kernel_daemon.protocol import Op
 
 SUPERVISE_MS: int = 100
+#: The environment variable carrying init's token to the kernel and to init.
+INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
 READY_TIMEOUT_S: float = 20.0
 #: How long a tracing kernel gets to write its trace file after SIGTERM.
 TRACE_STOP_GRACE_S: float = 30.0
@@ -34,6 +38,7 @@ class Service:
     log: Path
     proc: subprocess.Popen
     restart: bool
+    env: dict[str, str] | None = None
     restarts: int = 0
     started: list[float] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
@@ -59,6 +64,7 @@ class Config:
     metrics_port: int = 0
     stall_ms: int = 10000
     kernel_args: list[str] = field(default_factory=list)
+    transport: str = "ipc"             # the kernel's address: ipc:// in the rundir, or tcp://
 
 
 class System:
@@ -67,7 +73,9 @@ class System:
     def __init__(self, config: Config, rundir: Path | None = None) -> None:
         self.config = config
         self.rundir = rundir or spawn.make_rundir()
-        self.kernel_addr = spawn.ipc_addr(self.rundir, "kernel")
+        self.kernel_addr = (spawn.ipc_addr(self.rundir, "kernel") if config.transport == "ipc"
+                            else f"tcp://127.0.0.1:{_free_port()}")
+        self.init_token = secrets.token_hex(16)
         self.services: dict[str, Service] = {}
         self.events: list[tuple[float, str, str]] = []     # (time, service, what)
         self._lock = threading.RLock()
@@ -77,7 +85,8 @@ class System:
 
     # -- starting -----------------------------------------------------------------------
     def start(self) -> "System":
-        """Start disks, kernel and pagers; return once the pagers have joined the kernel."""
+        """Start disks, kernel, init and pagers; return once the pagers have joined the kernel
+        and init serves names."""
         c = self.config
         for m in range(c.pagers):
             self._launch("disk", f"disk{m}", [
@@ -93,9 +102,12 @@ class System:
             kargs += ["--trace", c.trace]
         if c.metrics_port:
             kargs += ["--metrics-port", str(c.metrics_port)]
-        self._launch("kernel", "kernel", kargs, restart=False)
-        for name in ["kernel"] + [f"disk{m}" for m in range(c.pagers)]:
+        token_env = {INIT_TOKEN_ENV: self.init_token}
+        self._launch("kernel", "kernel", kargs, restart=False, env=token_env)
+        for name in (["kernel"] if c.transport == "ipc" else []) + [f"disk{m}" for m in range(c.pagers)]:
             self._wait_socket(name)
+        init_cmd = spawn.python_cmd("run", "init", "--kernel", self.kernel_addr, "--name", "init")
+        self._start("init", "init", init_cmd, restart=False, env=token_env)
         for m in range(c.pagers):
             pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
                      "--disk", spawn.ipc_addr(self.rundir, f"disk{m}"), "--mirror", str(m)]
@@ -103,15 +115,21 @@ class System:
                 pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms)]
             self._launch("pager", f"pager{m}", pargs)
         self.wait_pagers()
+        self.wait_nameservice()
         self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._thread.start()
         return self
 
-    def _launch(self, kind: str, name: str, args: list[str], restart: bool = True) -> Service:
+    def _launch(self, kind: str, name: str, args: list[str], restart: bool = True,
+                env: dict[str, str] | None = None) -> Service:
         """Start service `name` (`sealedos KIND ARGS`), logging to RUNDIR/NAME.log."""
-        cmd = spawn.python_cmd(kind, *args)
+        return self._start(kind, name, spawn.python_cmd(kind, *args), restart, env)
+
+    def _start(self, kind: str, name: str, cmd: list[str], restart: bool,
+               env: dict[str, str] | None) -> Service:
+        """Start `cmd` as service `name`, logging to RUNDIR/NAME.log."""
         log = self.rundir / f"{name}.log"
-        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log), restart)
+        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log, env), restart, env)
         svc.started.append(time.monotonic())
         self.services[name] = svc
         return svc
@@ -135,6 +153,17 @@ class System:
         raise RuntimeError("pagers did not join the kernel in time:\n" +
                            "\n".join(self.log_tail(f"pager{m}") for m in range(self.config.pagers)))
 
+    def wait_nameservice(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until init serves the name service (handle 0 of every process)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.stats()["kernel"]["ipc"]["nameservice"]:
+                return
+            if self.services["init"].proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("init did not start the name service:\n" + self.log_tail("init"))
+
     def spawn_app(self, app: str, args: list[str], name: str, env: dict[str, str] | None = None) -> Service:
         """Start one sealed process running `app` against this system's kernel."""
         cmd = spawn.python_cmd("run", app, "--kernel", self.kernel_addr, "--name", name, *args)
@@ -155,7 +184,7 @@ class System:
                         continue
                     svc.exit_codes.append(code)
                     self.events.append((time.monotonic(), svc.name, f"exited {code}"))
-                    svc.proc = spawn.spawn(svc.cmd, svc.log)
+                    svc.proc = spawn.spawn(svc.cmd, svc.log, svc.env)
                     svc.restarts += 1
                     svc.started.append(time.monotonic())
                     self.events.append((time.monotonic(), svc.name, "restarted"))
@@ -206,7 +235,7 @@ class System:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
-        order = {"app": 0, "pager": 1, "kernel": 2, "disk": 3}
+        order = {"app": 0, "init": 1, "pager": 1, "kernel": 2, "disk": 3}
         with self._lock:
             for svc in sorted(self.services.values(), key=lambda s: order[s.kind]):
                 tracing = svc.kind == "kernel" and self.config.trace
@@ -218,3 +247,10 @@ class System:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a tcp:// kernel)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
