@@ -116,7 +116,7 @@ def main_ps(argv: list[str]) -> int:
 def process_table(procs: list[dict[str, Any]]) -> Table:
     """The sealed processes as a rich table."""
     table = Table(title="sealed processes", title_justify="left", box=box.SIMPLE_HEAD,
-                  pad_edge=False, padding=(0, 1, 0, 0))
+                  pad_edge=False, padding=0)
     table.add_column("NAME", no_wrap=True, max_width=16)
     for header, _ in PROC_COLUMNS:
         table.add_column(header, justify="right", no_wrap=True)
@@ -130,7 +130,7 @@ def process_table(procs: list[dict[str, Any]]) -> Table:
 def service_table(services: list[dict[str, Any]]) -> Table:
     """The kernel, pager slots and disk services as a rich table."""
     table = Table(title="services", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 1, 0, 0))
+                  padding=0)
     for header in ("SERVICE", "PID", "RSS", "CPU%", "STATE", "DETAIL"):
         table.add_column(header, justify="right" if header in ("PID", "RSS", "CPU%") else "left",
                          no_wrap=header != "DETAIL")

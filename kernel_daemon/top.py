@@ -82,7 +82,7 @@ def render(snap: dict[str, Any], rates: dict[str, Any], width: int) -> Renderabl
     head = Text.assemble(("sealedos top", "bold"), f"  {snap['addr']}"[:width - 30],
                          f"  {time.strftime('%H:%M:%S')}  ", ("q quits", "dim"))
     return Group(head, summary_line(k, live, snap), rate_line(rates), latency_line(k),
-                 Text(""), frame_bar(k, live, width), frame_legend(k, live),
+                 Text(""), frame_bar(k, live, width), frame_legend(k, live, width),
                  process_table(live, rates["procs"]), service_table(snap["services"]))
 
 
@@ -134,19 +134,23 @@ def frame_bar(k: dict[str, Any], live: list[dict[str, Any]], width: int) -> Text
     return bar
 
 
-def frame_legend(k: dict[str, Any], live: list[dict[str, Any]]) -> Text:
-    """Who holds how many frames (the bar's key)."""
+def frame_legend(k: dict[str, Any], live: list[dict[str, Any]], width: int) -> Text:
+    """Who holds how many frames (the bar's key), wrapped between items to fit `width`."""
     nframes = max(1, int(k.get("nframes") or 1))
-    out = Text("  ")
-    for p in live[:8]:
-        n = p.get("resident_pages", 0)
-        out.append("█ ", style=colour(p["spid"]))
-        out.append(f"{p.get('name', '?')[:12]} {n} ({100 * n / nframes:.0f}%)  ")
-    inflight = nframes - int(k.get("free_frames") or 0) - sum(p.get("resident_pages", 0) for p in live)
-    out.append("▒ ", style="white")
-    out.append(f"in flight {max(0, inflight)}  ")
-    out.append("░ ", style="grey30")
-    out.append(f"free {k.get('free_frames')}")
+    held = sum(p.get("resident_pages", 0) for p in live)
+    inflight = max(0, nframes - int(k.get("free_frames") or 0) - held)
+    items = [(colour(p["spid"]), "█", f"{p.get('name', '?')[:12]} {p.get('resident_pages', 0)} "
+              f"({100 * p.get('resident_pages', 0) / nframes:.0f}%)") for p in live[:8]]
+    items += [("white", "▒", f"in flight {inflight}"), ("grey30", "░", f"free {k.get('free_frames')}")]
+    out, used = Text("  "), 2
+    for style, mark, label in items:
+        size = len(label) + 4
+        if used + size > width:
+            out.append("\n  ")
+            used = 2
+        out.append(mark + " ", style=style)
+        out.append(label + "  ")
+        used += size
     return out
 
 
@@ -157,7 +161,7 @@ def colour(spid: int) -> str:
 
 def process_table(live: list[dict[str, Any]], rates: dict[int, dict[str, float]]) -> Table:
     """Live processes: pages, per-second faults, majors and calls, state, host figures."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     for header in ("NAME", "SPID", "STATE", "RES", "SWAP", "FLT/s", "MAJ/s", "IPC/s", "CPU%", "RSS"):
         table.add_column(header, justify="left" if header in ("NAME", "STATE") else "right",
                          no_wrap=True, max_width=12 if header == "NAME" else None)
@@ -173,7 +177,7 @@ def process_table(live: list[dict[str, Any]], rates: dict[int, dict[str, float]]
 
 def service_table(services: list[dict[str, Any]]) -> Table:
     """Kernel, pagers and disks: state, host figures and health detail."""
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
     for header in ("SERVICE", "PID", "STATE", "CPU%", "RSS", "HEALTH"):
         table.add_column(header, justify="right" if header in ("PID", "CPU%", "RSS") else "left",
                          no_wrap=True, max_width=34 if header == "HEALTH" else None)
