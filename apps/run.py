@@ -18,6 +18,7 @@ from apps.runtime.errors import SealedError
 APPS: dict[str, str] = {
     "memstress": "apps.memstress",
     "refstring": "apps.refstring",
+    "pattern": "apps.pattern",
     "init": "apps.init",
     "echo": "apps.echo",
     "kvstore": "apps.kvstore",

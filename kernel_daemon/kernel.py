@@ -273,6 +273,7 @@ class Kernel(Server):
         proc.alive = False
         proc.state, proc.exit_reason = state, reason
         proc.space.owner_alive = False
+        self.vm.cancel_shootdowns(proc)
         self.tracer.end_track(proc.spid, outcome=str(state))
         self.vm.release_pages(proc, list(proc.aspace.ptes.items()))
         proc.aspace.ptes.clear()

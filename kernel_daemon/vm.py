@@ -62,6 +62,7 @@ class Vm:
         self.sealer = sealer
         self.frame_waiters: deque[tuple[Proc, int, Callable[[int], None]]] = deque()
         self.evicting = 0
+        self.shootdowns: dict[int, tuple[Proc, int, Pte, int]] = {}   # rid -> what it takes back
         self.stats: dict[str, Any] = kernel.stats
         for key in ("minor_faults", "major_faults", "page_ins", "page_outs", "evictions",
                     "clean_drops", "soft_faults", "writeback_failures", "segfaults",
@@ -326,10 +327,26 @@ class Vm:
         self.set_state(proc, pte, S.EVICTING)
         self.evicting += 1
         want = not (pte.swap_valid or pte.zero_content or pte.held is not None)
-        self.k.request(self.k.sock, proc.ctrl_peer, Op.SHOOTDOWN,
-                       {"vpn": vpn, "frame": frame, "want": want},
-                       lambda reply: self._evicted(proc, vpn, pte, frame, reply),
-                       SHOOTDOWN_TIMEOUT_MS)
+        box: list[int] = []
+        rid = self.k.request(self.k.sock, proc.ctrl_peer, Op.SHOOTDOWN,
+                             {"vpn": vpn, "frame": frame, "want": want},
+                             lambda reply: self._answered(box[0], reply), SHOOTDOWN_TIMEOUT_MS)
+        box.append(rid)
+        self.shootdowns[rid] = (proc, vpn, pte, frame)
+
+    def _answered(self, rid: int, reply: dict[str, Any] | None) -> None:
+        """A shootdown's answer (or its timeout) arrived."""
+        entry = self.shootdowns.pop(rid, None)
+        if entry is not None:
+            self._evicted(*entry, reply)
+
+    def cancel_shootdowns(self, proc: Proc) -> None:
+        """proc is gone: its pending shootdowns will never be answered; free their frames now."""
+        for rid, entry in list(self.shootdowns.items()):
+            if entry[0] is proc:
+                self.k.forget(rid)
+                del self.shootdowns[rid]
+                self._evicted(*entry, None)
 
     def _evicted(self, proc: Proc, vpn: int, pte: Pte, frame: int,
                  reply: dict[str, Any] | None) -> None:
