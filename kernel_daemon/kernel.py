@@ -54,7 +54,7 @@ KILL_GRACE_MS: int = 2000
 REPORT_MAX_KEYS: int = 64
 
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
-ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS}
+ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS, Op.FAULT_LOG}
 CONTROL = {Op.HEARTBEAT}
 
 
@@ -314,6 +314,12 @@ class Kernel(Server):
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Every counter, the pagers' health and every process (live and exited)."""
         return {"kernel": self.counters(), "processes": self.process_records()}
+
+    def do_fault_log(self, req: Request) -> dict[str, Any]:
+        """The faults served since `cursor` (see faultlog.py): records, next cursor, dropped."""
+        records, cursor, dropped = self.vm.fault_log.since(req.msg["cursor"])
+        return {"records": [list(r) for r in records], "cursor": cursor, "dropped": dropped,
+                "now": time.monotonic()}
 
     def do_ps(self, req: Request) -> dict[str, Any]:
         """The process table and the pager slots."""

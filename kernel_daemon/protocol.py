@@ -73,6 +73,7 @@ class Op(StrEnum):
     PING = "ping"
     STATS = "stats"                # counters as one map
     PS = "ps"                      # kernel: per-process table
+    FAULT_LOG = "fault_log"        # kernel: recent faults since a cursor (faultlog.py)
 
 
 class Err(StrEnum):
@@ -153,6 +154,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
     Op.PING: {},
     Op.STATS: {},
     Op.PS: {},
+    Op.FAULT_LOG: {"cursor": int},
 }
 
 #: Fields a request may carry, with their types when present (checked like REQUEST_FIELDS).
@@ -171,6 +173,9 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #:   and with a grant ``grant_addr``, ``grant_npages``.
 #: * REPLY ``caps``; ``receive``: a handle to RECEIVE on right after (reply-and-wait: the
 #:   REPLY's own reply is then the next call, as for RECEIVE).
+#: * FAULT_LOG (kernel) reply: ``records`` ([t_s, kind, latency_us, spid] per served fault,
+#:   oldest first), ``cursor`` (ask with it next time), ``dropped`` (records gone from the
+#:   ring before they were asked for), ``now`` (the kernel's monotonic clock).
 OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.REGISTER: {"manifest": list, "init_token": str},
     Op.ENDPOINT: {"nameservice": bool},

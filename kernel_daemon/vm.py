@@ -31,6 +31,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from kernel_daemon.faultlog import FaultLog
 from kernel_daemon.frames import FramePool
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
@@ -72,6 +73,7 @@ class Vm:
         self.latency: dict[str, deque[float]] = {
             "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP),
             "disk_read": deque(maxlen=LATENCY_KEEP)}
+        self.fault_log = FaultLog()               # recent faults with their times (chaos, plots)
 
     # -- state bookkeeping --------------------------------------------------------------
     @staticmethod
@@ -181,8 +183,10 @@ class Vm:
         proc.state = ProcState.RUNNING
         t0 = req.caller[1] if isinstance(req.caller, tuple) else None
         if t0 is not None:
-            self.latency[kind].append((time.perf_counter() - t0) * 1e6)
-            self.k.observe_fault(kind, time.perf_counter() - t0)
+            seconds = time.perf_counter() - t0
+            self.latency[kind].append(seconds * 1e6)
+            self.fault_log.add(time.monotonic(), kind, seconds * 1e6, proc.spid)
+            self.k.observe_fault(kind, seconds)
         self.k.tracer.end("vm", "fault", slice_key(proc.spid, req.rid), proc.spid, kind=kind,
                           outcome="installed")
         out: dict[str, Any] = {"vpn": vpn, "frame": pte.frame, "prot": pte.prot, "fill": fill}
