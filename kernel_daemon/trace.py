@@ -1,10 +1,12 @@
 """Tracing: each fault and each IPC call as Chrome trace-event JSON (Perfetto opens it).
 
-A fault or call is an async slice (ph "b" ... "e", keyed by an id) on its process's track,
-with instant events ("n") for its steps: kernel received, pager asked, frame ready, disk
-read, verified, installed.  Overlapping faults of different processes stay apart because
-each slice has its own id.  The file is written when the kernel stops (and on demand by
-flush()).
+A fault or call is an async slice (ph "b" ... "e", keyed by an id) with instant events
+("n") for its steps: kernel received, pager asked, frame ready, disk read, verified,
+installed.  Each sealed process is its own trace "process" (pid = its sealed pid, named
+"NAME (spid N)"), because viewers group async slices by process: Perfetto and
+chrome://tracing then show one group of fault and call rows per sealed process, and
+overlapping slices stay apart because each has its own id.  The file is written when the
+kernel stops (and on demand by flush()).
 
 Contract: every "b" in the file has exactly one matching "e" (same cat and id).  end() of a
 slice that is not open is ignored, steps of a closed slice are dropped, end_track() closes
@@ -14,7 +16,6 @@ whatever a dying process left open, and flush() closes the slices still open at 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,6 @@ from typing import Any
 #: Keep at most this many begin/step/instant events (a long run keeps its first ones);
 #: the end of a recorded begin is always kept.
 MAX_EVENTS: int = 2_000_000
-#: The process name Perfetto shows for the kernel's tracks.
-PROCESS_NAME: str = "sealedos kernel"
 
 
 class Tracer:
@@ -34,12 +33,8 @@ class Tracer:
         self.enabled = self.path is not None
         self.events: list[dict[str, Any]] = []
         self._t0 = time.perf_counter()
-        self._pid = os.getpid()
         self._named: set[int] = set()
         self._open: dict[tuple[str, int], tuple[str, int]] = {}    # (cat, key) -> (name, tid)
-        if self.enabled:
-            self.events.append({"ph": "M", "name": "process_name", "pid": self._pid,
-                                "args": {"name": PROCESS_NAME}})
 
     def _us(self) -> float:
         """Microseconds since the tracer started."""
@@ -53,11 +48,12 @@ class Tracer:
         return False
 
     def name_track(self, tid: int, name: str) -> None:
-        """Label track `tid` (a sealed pid, or a service) with `name`."""
+        """Label track `tid` (a sealed pid: a trace process and its one thread) with `name`."""
         if self.enabled and tid not in self._named:
             self._named.add(tid)
-            self._add({"ph": "M", "name": "thread_name", "pid": self._pid, "tid": tid,
-                       "args": {"name": name}})
+            for kind in ("process_name", "thread_name"):
+                self._add({"ph": "M", "name": kind, "pid": tid, "tid": tid,
+                           "args": {"name": name}})
 
     def is_open(self, cat: str, key: int) -> bool:
         """True while slice (cat, key) has begun and not ended."""
@@ -67,14 +63,14 @@ class Tracer:
         """Open an async slice `key` on track `tid` (a second begin of an open key is ignored)."""
         if not self.enabled or (cat, key) in self._open:
             return
-        if self._add({"ph": "b", "cat": cat, "name": name, "id": key, "pid": self._pid,
+        if self._add({"ph": "b", "cat": cat, "name": name, "id": key, "pid": tid,
                       "tid": tid, "ts": self._us(), "args": args}):
             self._open[(cat, key)] = (name, tid)
 
     def step(self, cat: str, name: str, key: int, tid: int, step: str, **args: Any) -> None:
         """Mark one step inside open slice `key` (dropped when the slice is not open)."""
         if self.enabled and (cat, key) in self._open:
-            self._add({"ph": "n", "cat": cat, "name": step, "id": key, "pid": self._pid,
+            self._add({"ph": "n", "cat": cat, "name": step, "id": key, "pid": tid,
                        "tid": tid, "ts": self._us(), "args": args})
 
     def end(self, cat: str, name: str, key: int, tid: int, **args: Any) -> None:
@@ -84,7 +80,7 @@ class Tracer:
         opened = self._open.pop((cat, key), None)
         if opened is not None:
             self.events.append({"ph": "e", "cat": cat, "name": opened[0], "id": key,
-                                "pid": self._pid, "tid": opened[1], "ts": self._us(),
+                                "pid": opened[1], "tid": opened[1], "ts": self._us(),
                                 "args": args})
 
     def end_track(self, tid: int, **args: Any) -> int:
@@ -97,7 +93,7 @@ class Tracer:
     def instant(self, cat: str, name: str, tid: int, **args: Any) -> None:
         """A zero-length event on track `tid` (a fault refused before any work: SEGV, PROT)."""
         if self.enabled:
-            self._add({"ph": "i", "s": "t", "cat": cat, "name": name, "pid": self._pid,
+            self._add({"ph": "i", "s": "t", "cat": cat, "name": name, "pid": tid,
                        "tid": tid, "ts": self._us(), "args": args})
 
     def flush(self) -> None:
@@ -105,7 +101,7 @@ class Tracer:
         if self.path is None:
             return
         now = self._us()
-        closing = [{"ph": "e", "cat": cat, "name": name, "id": key, "pid": self._pid,
+        closing = [{"ph": "e", "cat": cat, "name": name, "id": key, "pid": tid,
                     "tid": tid, "ts": now, "args": {"outcome": "unfinished"}}
                    for (cat, key), (name, tid) in self._open.items()]
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")

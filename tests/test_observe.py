@@ -196,8 +196,11 @@ def test_trace_is_valid_json_with_every_fault_matched(tmp_path: Path) -> None:
     for evs in by_slice.values():       # begin first, end last, steps in between
         assert evs[0]["ph"] == "b" and evs[-1]["ph"] == "e"
         assert evs[0]["ts"] <= evs[-1]["ts"]
-    names = [e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"]
-    assert any("memstress.1" in n for n in names)
+    named = {e["pid"]: e["args"]["name"] for e in events
+             if e["ph"] == "M" and e["name"] == "process_name"}
+    assert any("memstress.1" in n for n in named.values())
+    assert {e["pid"] for e in events if e["ph"] in "bne"} <= set(named), \
+        "every slice sits in a named sealed process"
 
 
 def test_tracer_closes_every_slice(tmp_path: Path) -> None:
