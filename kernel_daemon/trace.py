@@ -16,6 +16,7 @@ whatever a dying process left open, and flush() closes the slices still open at 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ class Tracer:
                        "tid": tid, "ts": self._us(), "args": args})
 
     def flush(self) -> None:
-        """Write every event so far to the trace file (atomically), open slices closed."""
+        """Write every event so far to the trace file (atomically), open slices closed; an
+        unwritable path is reported on stderr, not raised."""
         if self.path is None:
             return
         now = self._us()
@@ -105,10 +107,13 @@ class Tracer:
                     "tid": tid, "ts": now, "args": {"outcome": "unfinished"}}
                    for (cat, key), (name, tid) in self._open.items()]
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        with open(tmp, "w") as out:
-            json.dump({"traceEvents": self.events + closing, "displayTimeUnit": "ms"}, out,
-                      separators=(",", ":"))
-        tmp.replace(self.path)
+        try:
+            with open(tmp, "w") as out:
+                json.dump({"traceEvents": self.events + closing, "displayTimeUnit": "ms"}, out,
+                          separators=(",", ":"))
+            tmp.replace(self.path)
+        except OSError as exc:             # the kernel is stopping: say so, do not crash
+            print(f"kernel: cannot write the trace to {self.path}: {exc}", file=sys.stderr)
 
 
 def slice_key(spid: int, rid: int) -> int:
