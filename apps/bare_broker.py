@@ -1,0 +1,138 @@
+"""The bare baseline of the IPC load generator: the same traffic through a plain pyzmq broker.
+
+    python -m apps.bare_broker broker --addr ADDR
+    python -m apps.bare_broker server --addr ADDR --id K
+    python -m apps.bare_broker client --addr ADDR --id I --server K --size B --duration S
+                                      --go-file F --out F
+
+The shape is the kernel's: one ROUTER in the middle, every client and server a DEALER
+connected to it, one process each.  The broker has no kernel logic at all -- no decoding, no
+handles, no contracts, no identity stamping: it swaps the first two frames and forwards::
+
+    client -> broker  [server id, payload]           (ROUTER prepends the client's id)
+    broker -> server  [client id, payload]
+    server -> broker  [client id, payload]           (ROUTER prepends the server's id)
+    broker -> client  [server id, payload]
+
+Clients and servers do what the sealed echo client and server do with each message (msgpack
+encode, decode), so the difference between the two runs is the kernel's routing path (and
+the runtime's syscall layer).  These are ordinary processes, not sealed ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from array import array
+from pathlib import Path
+
+import msgpack
+import zmq
+
+GO_POLL_S: float = 0.005
+WARMUP_CALLS: int = 20
+RETRY_S: float = 0.05
+
+
+def broker(addr: str) -> int:
+    """Forward forever: [src, dst, payload] in, [dst, src, payload] out."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    sock.bind(addr)
+    recv, send = sock.recv_multipart, sock.send_multipart
+    while True:
+        frames = recv()
+        if len(frames) != 3:
+            continue
+        src, dst, payload = frames
+        try:
+            send([dst, src, payload])
+        except zmq.ZMQError:                   # no such peer (yet): bounce an empty payload
+            send([src, dst, b""])
+
+
+def server(addr: str, ident: int) -> int:
+    """Echo every message back to its sender (decoded and re-encoded, as the echo app)."""
+    sock = _dealer(addr, b"s%d" % ident)
+    packb, unpackb = msgpack.packb, msgpack.unpackb
+    while True:
+        client, payload = sock.recv_multipart()
+        msg = unpackb(payload, raw=False)
+        sock.send_multipart([client, packb(msg, use_bin_type=True)])
+
+
+def client(addr: str, ident: int, target: int, size: int, duration_s: float, go_file: str | None,
+           out: str) -> int:
+    """Warm up, wait for the go file, call for duration_s; write latency samples (us)."""
+    sock = _dealer(addr, b"c%d" % ident)
+    dst = b"s%d" % target
+    payload = msgpack.packb({"kind": "echo", "data": os.urandom(size)}, use_bin_type=True)
+    done = 0
+    while done < WARMUP_CALLS:                   # until the server is reachable
+        sock.send_multipart([dst, payload])
+        _, reply = sock.recv_multipart()
+        if reply:
+            done += 1
+        else:
+            time.sleep(RETRY_S)
+    Path(out + ".ready").touch()
+    if go_file:
+        while not os.path.exists(go_file):
+            time.sleep(GO_POLL_S)
+    lat = array("d")
+    clock, unpackb = time.perf_counter, msgpack.unpackb
+    send, recv = sock.send_multipart, sock.recv_multipart
+    t0 = clock()
+    end = t0 + duration_s
+    t = t0
+    while t < end:
+        send([dst, payload])
+        _, reply = recv()
+        msg = unpackb(reply, raw=False)
+        if "data" not in msg:
+            raise RuntimeError("bare client: bad reply")
+        t1 = clock()
+        lat.append((t1 - t) * 1e6)
+        t = t1
+    Path(out).write_text(json.dumps({"start": t0, "end": t, "size": size,
+                                     "lat_us": lat.tolist()}))
+    return 0
+
+
+def _dealer(addr: str, ident: bytes) -> zmq.Socket:
+    """A DEALER with routing id `ident`, connected to the broker."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, ident)
+    sock.connect(addr)
+    return sock
+
+
+def main(argv: list[str]) -> int:
+    """`python -m apps.bare_broker ROLE ...`"""
+    p = argparse.ArgumentParser(prog="apps.bare_broker")
+    p.add_argument("role", choices=("broker", "server", "client"))
+    p.add_argument("--addr", required=True)
+    p.add_argument("--id", type=int, default=0)
+    p.add_argument("--server", type=int, default=0)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--go-file")
+    p.add_argument("--out", default="")
+    args = p.parse_args(argv)
+    if args.role == "broker":
+        return broker(args.addr)
+    if args.role == "server":
+        return server(args.addr, args.id)
+    return client(args.addr, args.id, args.server, args.size, args.duration, args.go_file, args.out)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)
