@@ -56,6 +56,9 @@ from kernel_daemon.protocol import (
 PAGE_MASK: int = PAGE_SIZE - 1
 U64_MASK: int = (1 << 64) - 1
 _U64 = struct.Struct("<Q")
+_unpack_u64 = _U64.unpack_from
+_pack_u64 = _U64.pack_into
+_LAST_WORD: int = PAGE_SIZE - 8
 
 #: A ref list longer than this is compacted to each page's last reference (LRU order kept).
 REFS_LIMIT: int = 4096
@@ -157,20 +160,22 @@ class Mmu:
             pos += take
 
     def load_u64(self, addr: int) -> int:
-        """The little-endian unsigned 64-bit integer at addr."""
+        """The little-endian unsigned 64-bit integer at addr.
+
+        The TLB-hit path is the one every word access takes, so it is kept to a dict lookup,
+        one compare for the reference record and a struct read (word hits are not counted in
+        tlb_hits: counting would double their cost)."""
         o = addr & PAGE_MASK
-        if o > PAGE_SIZE - 8 or addr < 0:
+        if o > _LAST_WORD or addr < 0:
             return int.from_bytes(self.read(addr, 8), "little")
         vpn = addr >> PAGE_SHIFT
         base = self._r.get(vpn)
         if base is None:
             base = self._fault(vpn, ACCESS_READ)
-        else:
-            self.tlb_hits += 1
-            if vpn != self._last:
-                self._refs.append(vpn)
-                self._last = vpn
-        return _U64.unpack_from(self._buf, base + o)[0]
+        elif vpn != self._last:
+            self._refs.append(vpn)
+            self._last = vpn
+        return _unpack_u64(self._buf, base + o)[0]
 
     def try_read(self, addr: int, n: int) -> bytes | None:
         """n bytes at addr if every page is in the TLB, else None; never faults."""
@@ -248,10 +253,11 @@ class Mmu:
             pos += take
 
     def store_u64(self, addr: int, value: int) -> None:
-        """Store value (mod 2**64) as a little-endian 64-bit integer at addr."""
+        """Store value (mod 2**64) as a little-endian 64-bit integer at addr (word hits are
+        not counted in tlb_hits, as for load_u64)."""
         value &= U64_MASK
         o = addr & PAGE_MASK
-        if o > PAGE_SIZE - 8 or addr < 0:
+        if o > _LAST_WORD or addr < 0:
             self.write(addr, value.to_bytes(8, "little"))
             return
         vpn, w = addr >> PAGE_SHIFT, self._w
@@ -259,12 +265,10 @@ class Mmu:
             base = w.get(vpn)
             if base is None:
                 base = self._writable(vpn)
-            else:
-                self.tlb_hits += 1
-                if vpn != self._last:
-                    self._refs.append(vpn)
-                    self._last = vpn
-            _U64.pack_into(self._buf, base + o, value)
+            elif vpn != self._last:
+                self._refs.append(vpn)
+                self._last = vpn
+            _pack_u64(self._buf, base + o, value)
             if w.get(vpn) == base:
                 return
             self.store_races += 1                    # shot down under us: store again
