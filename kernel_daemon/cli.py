@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("apps.run", "start one sealed process against a running kernel"),
     "stats": ("kernel_daemon.observe", "print the running kernel's counters"),
     "ps": ("kernel_daemon.observe", "list sealed processes and services"),
+    "health": ("kernel_daemon.health", "is one component up and doing its job (healthchecks)"),
+    "summary": ("kernel_daemon.summary", "per-process summary of a running system's apps"),
     "top": ("kernel_daemon.top", "live view of the running system"),
     "bench": ("apps.bench", "benchmarks: `bench paging`, `bench ipc`"),
     "chaos": ("apps.chaos", "kill components under load and report recovery"),
