@@ -1,7 +1,7 @@
 """`sealedos bench ipc`: the IPC load generator -- the kernel's routing path against a bare broker.
 
     sealedos bench ipc [--clients 16] [--servers 4] [--size 64] [--duration 10]
-                       [--transport ipc|tcp] [--json] [--plot FILE.png]
+                       [--transport ipc|tcp] [--kernel ADDR] [--json] [--plot FILE.png]
 
 Two runs of the same traffic, in one invocation:
 
@@ -19,12 +19,16 @@ bytes both ways) and latency p50/p99/p99.9 for each run, and the ratio kernel/ba
 trips/s.  ``--json`` prints exactly ``{"kernel": {...}, "bare": {...}, "ratio": x}``;
 ``--plot`` draws the latency distributions and throughputs (matplotlib, Agg).
 ``--transport tcp`` puts the kernel (and the bare broker) on tcp://127.0.0.1 instead of
-ipc:// sockets.  Nothing here is a test: figures are reported, never asserted.
+ipc:// sockets.  ``--kernel ADDR`` runs the kernel part against a kernel already running
+there -- a compose deployment's, say -- instead of starting a System: the sealed servers and
+clients are local processes connected to it (the bare run stays local).
+Nothing here is a test: figures are reported, never asserted.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -98,17 +102,19 @@ def _wait(what: str, pred: Callable[[], bool], timeout_s: float, why: Callable[[
 # -- the kernel run ----------------------------------------------------------------------------
 def run_kernel(args: argparse.Namespace, progress: Progress) -> Run:
     """The traffic through the kernel: sealed echo servers and clients in one System."""
-    system = System(Config(frames=args.frames, transport=args.transport))
+    system = System(Config(frames=args.frames, transport=args.transport), kernel_addr=args.kernel)
     task = progress.add_task("kernel: starting the system", total=None)
+    # a shared kernel may remember earlier runs' processes: this run's names are its own
+    tag = f"{secrets.token_hex(3)}." if args.kernel else ""
     try:
         system.start()
-        servers = [f"echo.{k}" for k in range(args.servers)]
+        servers = [f"echo.{tag}{k}" for k in range(args.servers)]
         for name in servers:
             system.spawn_app("echo", ["--register", name], name)
         _wait("the echo servers", lambda: all(
             (system.process(n) or {}).get("report", {}).get("ready") for n in servers),
             READY_TIMEOUT_S, lambda: system.log_tail(servers[0]))
-        clients = [f"client.{i}" for i in range(args.clients)]
+        clients = [f"client.{tag}{i}" for i in range(args.clients)]
         go = system.rundir / "go"
         outs = [system.rundir / f"{c}.json" for c in clients]
         for i, name in enumerate(clients):
@@ -203,7 +209,8 @@ def _tail(rundir: Path, clients: list[int]) -> str:
 def print_report(result: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
     """The two runs side by side, and the ratio."""
     t = Table(title=f"IPC echo: {args.clients} clients, {args.servers} servers, "
-                    f"{args.size}-byte payloads, {args.duration:g} s, {args.transport}://")
+                    f"{args.size}-byte payloads, {args.duration:g} s, "
+                    f"{args.kernel or args.transport + '://'}")
     t.add_column("")
     for name in ("round trips/s", "MB/s", "p50 us", "p99 us", "p99.9 us"):
         t.add_column(name, justify="right")
@@ -247,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="payload bytes per message")
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per run")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    p.add_argument("--kernel", metavar="ADDR",
+                   help="use the kernel running at ADDR instead of starting one")
     p.add_argument("--frames", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--plot", help="write latency/throughput plots to this PNG")

@@ -64,17 +64,27 @@ class Config:
     metrics_port: int = 0
     stall_ms: int = 10000
     kernel_args: list[str] = field(default_factory=list)
-    transport: str = "ipc"             # the kernel's address: ipc:// in the rundir, or tcp://
+    #: The kernel's address: "ipc" (ipc://RUNDIR/kernel.sock) or "tcp" (tcp://127.0.0.1:a free
+    #: port), so benchmarks can show what the network adds (the compose file runs tcp://).
+    transport: str = "ipc"
 
 
 class System:
     """Start, supervise and stop one local sealedos system."""
 
-    def __init__(self, config: Config, rundir: Path | None = None) -> None:
+    def __init__(self, config: Config, rundir: Path | None = None,
+                 kernel_addr: str | None = None) -> None:
+        """With kernel_addr, attach to a kernel someone else runs (a compose deployment):
+        start() starts no service, only waits for its pagers and name service; spawn_app()
+        starts local sealed processes against it; stop() stops only those."""
+        if config.transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport must be ipc or tcp, not {config.transport!r}")
         self.config = config
         self.rundir = rundir or spawn.make_rundir()
-        self.kernel_addr = (spawn.ipc_addr(self.rundir, "kernel") if config.transport == "ipc"
-                            else f"tcp://127.0.0.1:{_free_port()}")
+        self.attached = kernel_addr is not None
+        self.kernel_addr = kernel_addr or (
+            spawn.ipc_addr(self.rundir, "kernel") if config.transport == "ipc"
+            else f"tcp://127.0.0.1:{_free_port()}")
         self.init_token = secrets.token_hex(16)
         self.services: dict[str, Service] = {}
         self.events: list[tuple[float, str, str]] = []     # (time, service, what)
@@ -86,7 +96,11 @@ class System:
     # -- starting -----------------------------------------------------------------------
     def start(self) -> "System":
         """Start disks, kernel, init and pagers; return once the pagers have joined the kernel
-        and init serves names."""
+        and init serves names.  Attached: only wait for that."""
+        if self.attached:
+            self.wait_pagers()
+            self.wait_nameservice()
+            return self
         c = self.config
         for m in range(c.pagers):
             self._launch("disk", f"disk{m}", [
@@ -145,13 +159,14 @@ class System:
     def wait_pagers(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block until every pager slot has a live instance."""
         deadline = time.monotonic() + timeout_s
+        pagers: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             pagers = self.stats()["kernel"]["pagers"]
             if all(p["up"] for p in pagers):
                 return
             time.sleep(0.05)
-        raise RuntimeError("pagers did not join the kernel in time:\n" +
-                           "\n".join(self.log_tail(f"pager{m}") for m in range(self.config.pagers)))
+        raise RuntimeError(f"pagers did not join the kernel in time: {pagers}\n" +
+                           "\n".join(self.log_tail(f"pager{m}") for m in range(len(pagers))))
 
     def wait_nameservice(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block until init serves the name service (handle 0 of every process)."""
@@ -159,7 +174,8 @@ class System:
         while time.monotonic() < deadline:
             if self.stats()["kernel"]["ipc"]["nameservice"]:
                 return
-            if self.services["init"].proc.poll() is not None:
+            init = self.services.get("init")
+            if init is not None and init.proc.poll() is not None:
                 break
             time.sleep(0.05)
         raise RuntimeError("init did not start the name service:\n" + self.log_tail("init"))
