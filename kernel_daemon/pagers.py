@@ -8,15 +8,38 @@ slot is handed every request still in flight on the old one.  A slot with no liv
 queues requests until one joins.  Nothing is lost: the kernel keeps a page-out's bytes until a
 pager acknowledges the write (vm.py), and page-ins are simply asked again.
 
-With several mirrors, a page-out goes to every mirror and a page-in reads from the first
-mirror holding the page whose answer verifies; a mirror that answered wrongly, or not at all,
-is repaired by writing it the verified ciphertext.
+With several mirrors, a page-out goes to every mirror that is up and a page-in reads from
+the first mirror holding the page whose answer verifies, trying mirrors that are up and
+have not failed lately first; a mirror that answered wrongly, or not at all, is repaired by
+writing it the verified ciphertext.  A mirror that is down is not waited for: page-outs
+complete on the others, and when it comes back the kernel's resync (resync.py) copies it
+every page it missed.
+
+Retry budget (the hard part)
+----------------------------
+A request has a budget of (retries + 1) * timeout_ms from its first send, spent on three
+kinds of failure alike: no answer in time (the instance may be dead or hung), a wait in the
+backlog (no live instance, or its window full), and a *transient* error reply (the pager is
+alive but its disk service did not answer: ETIMEDOUT, EIO, EBUSY), which is sent again after
+TRANSIENT_BACKOFF_MS.  At most PAGER_WINDOW requests are outstanding at one instance; the
+rest wait in the slot's backlog, in order.  Without the window a new instance would be
+handed everything that queued up during an outage at once, the requests at the end of that
+burst would time out behind the ones before them (in the pager, or in its disk's queue), and
+their retries would make the burst bigger: the window keeps a timeout meaning "this
+instance is not answering", never "this instance has a long queue".  With the defaults (2000 ms, 5 retries) that is 12 s, several times
+what it takes the supervisor to notice a dead or hung pager or disk and start a new one (well
+under 2 s), so a restart costs apps latency, never an error.  A request with retries=0 (a
+mirrored page-in with another mirror behind it, a mirrored page-out) gets exactly one
+attempt: its caller has a better option than waiting.  The pager's own disk timeout is
+shorter than the kernel's pager timeout (pager.py), so a dead disk shows up here as a
+transient error from a live pager, and the kernel does not kill a healthy pager for it.
 """
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,18 +54,26 @@ from kernel_daemon.server import Server, Timer
 PAGER_DEAD_MS: int = 3000
 #: A mirror whose page-in failed is read last for this long (the healthy one serves at once).
 BAD_MIRROR_MS: int = 10000
+#: Error codes a live pager answers when its disk service is down or restarting: retried.
+TRANSIENT_ERRORS: frozenset[str] = frozenset({"ETIMEDOUT", "EIO", "EBUSY"})
+#: Wait before re-sending a request that got a transient error reply.
+TRANSIENT_BACKOFF_MS: int = 100
+#: Most requests outstanding at one pager instance; the rest wait in the backlog.
+PAGER_WINDOW: int = 32
 
 Done = Callable[[dict[str, Any] | None, str], None]      # (reply or None, failure text)
 
 
 @dataclass(slots=True, eq=False)
 class PagerOp:
-    """One request to one mirror, with its retry count."""
+    """One request to one mirror, with its retry budget (see the module docstring)."""
     mirror: int
     op: Op
     fields: dict[str, Any]
     done: Done
     retries: int
+    first_s: float = 0.0               # monotonic time of the first send
+    deadline_s: float = 0.0            # past this, a failure is final
     attempts: int = 0
     rid: int = 0
     timer: Timer | None = None
@@ -60,7 +91,7 @@ class PagerSlot:
     joins: int = 0
     bad_until: float = 0.0             # monotonic time until which reads prefer other mirrors
     inflight: dict[int, PagerOp] = field(default_factory=dict)
-    backlog: list[PagerOp] = field(default_factory=list)
+    backlog: deque[PagerOp] = field(default_factory=deque)
 
     def health(self) -> dict[str, Any]:
         """The slot as one map (stats, ps, top)."""
@@ -82,8 +113,11 @@ class Pagers:
         self.retries = retries
         self.host = host
         self.stats = stats
-        for key in ("pager_timeouts", "pager_restarts", "pager_kills", "pager_retries", "repairs"):
+        for key in ("pager_timeouts", "pager_restarts", "pager_kills", "pager_retries",
+                    "pager_transient_errors", "repairs"):
             stats.setdefault(key, 0)
+        #: Called with a mirror number when an instance joins or a silent one is heard again.
+        self.on_up: Callable[[int], None] | None = None
 
     @property
     def nmirrors(self) -> int:
@@ -94,6 +128,11 @@ class Pagers:
         """The connections of the current pager instances."""
         return {s.peer for s in self.slots if s.peer is not None}
 
+    def worth_asking(self, mirror: int) -> bool:
+        """Should a request wait for this mirror?  Yes if it is up, or if no mirror is up
+        (then every request must wait for one); a down mirror beside an up one is skipped."""
+        return self.slots[mirror].up or not any(s.up for s in self.slots)
+
     # -- admission and liveness -------------------------------------------------------------
     def hello(self, peer: bytes, mirror: int, host: str, hostpid: int) -> None:
         """A pager instance says hello: admit it (a new one takes over the slot's requests)."""
@@ -103,97 +142,171 @@ class Pagers:
         if slot.peer == peer:
             if not slot.up:
                 slot.up = True
-                self._flush(slot)
+                self._pump(slot)
+                self._came_up(mirror)
             return
         if slot.joins:
             self.stats["pager_restarts"] += 1
         slot.joins += 1
         slot.peer, slot.up = peer, True
-        moved = list(slot.inflight.values())
-        slot.inflight.clear()
-        for pop in moved:                  # the old instance will never answer these
-            self.server.forget(pop.rid)
-            slot.backlog.append(pop)
-        self._flush(slot)
+        self._requeue(slot, list(slot.inflight.values()))  # the old instance will never answer
+        self._pump(slot)
+        self._came_up(mirror)
+
+    def _came_up(self, mirror: int) -> None:
+        """Tell the kernel a mirror is serving again (it may have missed page-outs)."""
+        if self.on_up is not None:
+            self.on_up(mirror)
 
     def check_liveness(self) -> None:
-        """Mark silent instances down (their requests wait for a new hello)."""
+        """Mark silent instances down (their requests wait for a new hello), and notice at
+        once a local instance whose process has exited (no need to wait for timeouts)."""
         now = time.monotonic()
         for slot in self.slots:
-            if slot.up and (now - slot.last_hello) * 1000 > PAGER_DEAD_MS:
+            if not slot.up:
+                continue
+            if self._is_local(slot) and _pager_process(slot.hostpid) is None:
+                self._instance_gone(slot)
+            elif (now - slot.last_hello) * 1000 > PAGER_DEAD_MS:
                 slot.up = False
+
+    def _is_local(self, slot: PagerSlot) -> bool:
+        """Does the slot's instance run on this host (so its pid means something here)?"""
+        return slot.host == self.host and slot.hostpid > 0 and slot.hostpid != os.getpid()
 
     def _suspect(self, slot: PagerSlot) -> None:
         """A request timed out: a local instance that still exists is hung, so kill it."""
         slot.up = False
-        if slot.host != self.host or slot.hostpid <= 0 or slot.hostpid == os.getpid():
+        proc = _pager_process(slot.hostpid) if self._is_local(slot) else None
+        if proc is None:
             return
         try:
-            proc = psutil.Process(slot.hostpid)
-            if "pager" in " ".join(proc.cmdline()):
-                proc.send_signal(signal.SIGKILL)
-                self.stats["pager_kills"] += 1
+            proc.send_signal(signal.SIGKILL)
         except psutil.Error:
-            pass
+            return
+        self.stats["pager_kills"] += 1
+        self._instance_gone(slot)
+
+    def _instance_gone(self, slot: PagerSlot) -> None:
+        """The slot's instance is dead: mark the slot down; a request that has somewhere
+        better to go (one attempt: another mirror) fails over now, every other one waits in
+        the backlog for the next instance, keeping its budget."""
+        slot.up = False
+        moved = list(slot.inflight.values())
+        self._requeue(slot, [pop for pop in moved if pop.retries > 0])
+        for pop in moved:
+            if pop.retries == 0:
+                pop.attempts += 1
+                pop.done(None, f"pager {pop.mirror} died with {pop.op} in flight")
+
+    def _requeue(self, slot: PagerSlot, pops: list[PagerOp]) -> None:
+        """Take every request off the slot's old instance; put `pops` back at the head of the
+        backlog, in the order they were sent (the others the caller settles)."""
+        for pop in slot.inflight.values():
+            self.server.forget(pop.rid)
+        slot.inflight.clear()
+        for pop in reversed(pops):
+            slot.backlog.appendleft(pop)
+            self._arm(pop)
 
     # -- sending ----------------------------------------------------------------------------
     def submit(self, mirror: int, op: Op, fields: dict[str, Any], done: Done,
                retries: int | None = None) -> None:
         """Send op to mirror's pager (now, or when one is up); done(reply, "") or (None, why).
 
-        A timeout is retried `retries` times (default: the kernel's setting)."""
-        self._send(PagerOp(mirror, op, fields, done,
-                           retries=self.retries if retries is None else retries))
+        Failures are retried within a budget of (retries + 1) timeouts (default retries: the
+        kernel's setting); retries=0 means one attempt."""
+        retries = self.retries if retries is None else retries
+        now = time.monotonic()
+        self._send(PagerOp(mirror, op, fields, done, retries, first_s=now,
+                           deadline_s=now + (retries + 1) * self.timeout_ms / 1000))
 
     def _send(self, pop: PagerOp) -> None:
+        """Queue pop at the tail of its slot's backlog and send what the window allows."""
         slot = self.slots[pop.mirror]
-        if slot.peer is None or not slot.up:
-            slot.backlog.append(pop)       # waits for an instance, but not forever
-            pop.timer = self.server.call_later(self.timeout_ms, lambda: self._expire_backlog(pop))
-            return
-        pop.rid = self.server.request(self.sock, slot.peer, pop.op, pop.fields,
-                                      lambda reply: self._on_reply(pop, reply), self.timeout_ms)
-        slot.inflight[pop.rid] = pop
+        slot.backlog.append(pop)
+        self._arm(pop)
+        self._pump(slot)
 
-    def _flush(self, slot: PagerSlot) -> None:
-        backlog, slot.backlog = slot.backlog, []
-        for pop in backlog:
+    def _arm(self, pop: PagerOp) -> None:
+        """A request waiting in a backlog waits until its budget runs out, no longer."""
+        if pop.timer is None:
+            wait_ms = max(0.0, (pop.deadline_s - time.monotonic()) * 1000)
+            pop.timer = self.server.call_later(wait_ms, lambda: self._expire_backlog(pop))
+
+    def _pump(self, slot: PagerSlot) -> None:
+        """Send backlog requests, oldest first, while the slot has a live instance with room
+        in its window."""
+        while slot.up and slot.peer is not None and slot.backlog \
+                and len(slot.inflight) < PAGER_WINDOW:
+            pop = slot.backlog.popleft()
             if pop.timer is not None:
                 pop.timer.cancel()
-            self._send(pop)
+                pop.timer = None
+            pop.rid = self.server.request(self.sock, slot.peer, pop.op, pop.fields,
+                                          lambda reply, pop=pop: self._on_reply(pop, reply),
+                                          self.timeout_ms)
+            slot.inflight[pop.rid] = pop
 
     def _expire_backlog(self, pop: PagerOp) -> None:
+        """pop's budget ran out before it could be sent: it fails."""
         slot = self.slots[pop.mirror]
-        if pop in slot.backlog:
+        pop.timer = None
+        try:
             slot.backlog.remove(pop)
-            self._timed_out(pop, suspect=False)
+        except ValueError:
+            return
+        self.stats["pager_timeouts"] += 1
+        pop.attempts += 1
+        pop.done(None, f"pager {pop.mirror} was not there for {pop.op} "
+                       f"({int((time.monotonic() - pop.first_s) * 1000)} ms)")
 
     def _on_reply(self, pop: PagerOp, reply: dict[str, Any] | None) -> None:
         slot = self.slots[pop.mirror]
-        slot.inflight.pop(pop.rid, None)
-        if reply is not None:
-            pop.done(reply, "")
+        if slot.inflight.pop(pop.rid, None) is None:
+            return                         # requeued meanwhile (the instance was replaced)
+        if reply is None:                  # no answer in time: suspect the instance
+            self.stats["pager_timeouts"] += 1
+            if slot.up:
+                self._suspect(slot)
+            self._failed(pop, None, 0)
+        elif reply.get("err") in TRANSIENT_ERRORS and pop.retries > 0:
+            self.stats["pager_transient_errors"] += 1      # alive, but its disk is not
+            self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
         else:
-            self._timed_out(pop, suspect=slot.up)
+            pop.done(reply, "")
+        self._pump(slot)                   # its window has room again
 
-    def _timed_out(self, pop: PagerOp, suspect: bool) -> None:
-        """No answer in time: suspect the instance, then retry or give up."""
-        self.stats["pager_timeouts"] += 1
-        if suspect:
-            self._suspect(self.slots[pop.mirror])
+    def _failed(self, pop: PagerOp, reply: dict[str, Any] | None, backoff_ms: int) -> None:
+        """An attempt failed (reply None: no answer; else a transient error reply): send it
+        again after backoff_ms while the budget lasts, else report the failure."""
         pop.attempts += 1
-        if pop.attempts > pop.retries:
-            pop.done(None, f"pager {pop.mirror} did not answer {pop.op} "
-                           f"({pop.attempts} tries of {self.timeout_ms} ms)")
+        now = time.monotonic()
+        if pop.retries == 0 or now + backoff_ms / 1000 >= pop.deadline_s:
+            spent_ms = int((now - pop.first_s) * 1000)
+            why = (f"pager {pop.mirror} did not answer {pop.op} ({pop.attempts} tries in "
+                   f"{spent_ms} ms)" if reply is None else "")
+            pop.done(reply, why)
             return
         self.stats["pager_retries"] += 1
-        self._send(pop)
+        if backoff_ms:
+            self.server.call_later(backoff_ms, lambda: self._send(pop))
+        else:
+            self._send(pop)
 
     # -- mirrored page I/O ----------------------------------------------------------------
     def page_out(self, handles: list[bytes], slot: int, data: bytes,
                  done: Callable[[int, str], None]) -> None:
-        """Write one sealed page to every mirror; done(mask of mirrors that acknowledged, why)."""
-        state = {"left": self.nmirrors, "mask": 0, "why": ""}
+        """Write one sealed page to the mirrors worth asking (see worth_asking) that have a
+        handle; done(mask of mirrors that acknowledged, why).  With several targets each gets
+        one attempt: a mirror that misses the write is brought up to date by the resync."""
+        targets = [m for m in range(self.nmirrors)
+                   if handles[m] is not None and self.worth_asking(m)]
+        if not targets:
+            done(0, "no mirror has a disk handle for this page's swap space")
+            return
+        retries = 0 if len(targets) > 1 else None
+        state = {"left": len(targets), "mask": 0, "why": ""}
 
         def one(m: int) -> Done:
             def on(reply: dict[str, Any] | None, why: str) -> None:
@@ -206,8 +319,9 @@ class Pagers:
                     done(state["mask"], state["why"])
             return on
 
-        for m in range(self.nmirrors):
-            self.submit(m, Op.PAGE_OUT, {"handle": handles[m], "slot": slot, "data": data}, one(m))
+        for m in targets:
+            self.submit(m, Op.PAGE_OUT, {"handle": handles[m], "slot": slot, "data": data}, one(m),
+                        retries=retries)
 
     def page_in(self, handles: list[bytes], slot: int, mask: int, verify: Callable[[object], bytes],
                 done: Callable[[bytes | None, list[tuple[int, str, str]]], None],
@@ -222,7 +336,7 @@ class Pagers:
         """
         now = time.monotonic()
         order = sorted((m for m in range(self.nmirrors) if mask >> m & 1),
-                       key=lambda m: (self.slots[m].bad_until > now, m))
+                       key=lambda m: (not self.slots[m].up, self.slots[m].bad_until > now, m))
         failures: list[tuple[int, str, str]] = []
 
         def attempt(i: int) -> None:
@@ -274,3 +388,15 @@ class Pagers:
 
         for m in bad:
             self.submit(m, Op.PAGE_OUT, {"handle": handles[m], "slot": slot, "data": sealed}, one(m))
+
+
+def _pager_process(pid: int) -> psutil.Process | None:
+    """The local pager process `pid`, or None if it is gone (exited, a zombie, or the pid
+    now belongs to something that is not a pager)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or "pager" not in " ".join(proc.cmdline()):
+            return None
+        return proc
+    except psutil.Error:
+        return None

@@ -36,8 +36,11 @@ from pager_service.hostile import HONEST, HostileOptions, make_behaviour
 HELLO_INTERVAL_MS: float = 500.0
 #: How soon to look again when the kernel is not connected yet (nothing is sent meanwhile).
 HELLO_RETRY_MS: float = 50.0
-#: Default wait for the disk service's answer before replying ETIMEDOUT.
-DISK_TIMEOUT_MS: float = 2000.0
+#: Default wait for the disk service's answer before replying ETIMEDOUT.  Kept well below
+#: the kernel's pager timeout (2000 ms by default): a dead disk must reach the kernel as a
+#: transient error from a live pager, which it retries, not as silence, for which it would
+#: kill this (healthy) pager as hung.
+DISK_TIMEOUT_MS: float = 1000.0
 #: Default delay of the `stall` hostile mode.
 STALL_MS: float = 10000.0
 #: Size of a disk handle (an opaque capability minted by the disk service).
