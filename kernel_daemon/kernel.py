@@ -42,6 +42,7 @@ from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import Proc, ProcState, ProcTable
 from kernel_daemon.protocol import (
     IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
+from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
 from kernel_daemon.server import Request, Server
 from kernel_daemon.trace import Tracer
@@ -76,6 +77,8 @@ class Kernel(Server):
         self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
         self.pagers = Pagers(self, self.sock, mirrors, pager_timeout_ms, pager_retries,
                              self.host, self.stats)
+        self.resync = Resync(self)               # a returning mirror gets what it missed
+        self.pagers.on_up = self.resync.kick
         self.ipc_max_bytes = ipc_max_bytes
         self.ipc = Ipc(self, init_token)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
@@ -206,9 +209,11 @@ class Kernel(Server):
 
     def with_handles(self, space: SwapSpace, then: Callable[[list[bytes | None]], None]) -> None:
         """Run then(handles per mirror) once every mirror's disk handle for `space` is open
-        (None for a mirror whose open failed; it is tried again next time)."""
+        (None for a mirror whose open failed, or that is down while another is up: it is
+        tried again next time, and the resync fills it in when it returns)."""
         n = self.pagers.nmirrors
-        missing = [m for m in range(n) if m not in space.handles]
+        missing = [m for m in range(n)
+                   if m not in space.handles and self.pagers.worth_asking(m)]
         if not missing:
             then([space.handles.get(m) for m in range(n)])
             return
@@ -227,8 +232,9 @@ class Kernel(Server):
                     self._maybe_close(space)
             return on
 
+        retries = 0 if n > 1 else None         # mirrored: do not wait on one mirror's restart
         for m in missing:
-            self.pagers.submit(m, Op.OPEN, {"label": space.label[:32]}, opened(m))
+            self.pagers.submit(m, Op.OPEN, {"label": space.label[:32]}, opened(m), retries=retries)
 
     def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
         """Tell every mirror to free these swap blocks of `space`; close it if now unused."""

@@ -432,6 +432,8 @@ class Vm:
             return
         pte.version, pte.tag, pte.mirrors = version, tag, mask
         pte.swap_valid = True
+        if mask != (1 << self.k.pagers.nmirrors) - 1:
+            self.k.resync.kick_missing(mask)     # a mirror missed it: copy it there later
         proc.counters["page_outs"] += 1
         self.stats["page_outs"] += 1
         if pte.state == S.HELD:

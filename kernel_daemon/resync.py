@@ -1,0 +1,200 @@
+"""Resync: bring a mirror that was down back up to date with every page it missed.
+
+With mirrored pagers (`--pagers 2`) the kernel does not wait for a mirror that is down: a
+page-out completes on the mirrors that are up, and the page's `pte.mirrors` records which
+of them hold its current version.  Page-ins only read mirrors whose bit is set, so nothing
+is ever read from a stale copy -- but until the returning mirror is repaired, the page has
+one copy fewer than it should, and losing the other mirror then would lose it.
+
+So when a mirror (re)joins -- a new pager instance says hello, or a silent one is heard
+again -- or a page-out completes without one of the mirrors that are up, the kernel starts a
+*resync pass*: it collects every page whose swap copy is current (`swap_valid`) and whose
+`mirrors` lacks that mirror's bit, and for each, in the background, RESYNC_WINDOW at a time:
+
+1. reads the sealed page from a mirror that holds it (the same path as a major fault:
+   mirrors that are up and have not failed lately first, the answer verified against the
+   version and tag the kernel keeps; a mirror that answers wrongly is repaired on the way);
+2. writes the verified ciphertext to the returning mirror (PAGE_OUT, same handle-relative
+   slot, same version: nothing is resealed);
+3. on the acknowledgement, if the page still has that version, sets the mirror's bit.
+
+Races (the hard part).  The page lives on while its copy is in flight: it may be faulted
+in, dirtied, evicted and written back under a new version, unmapped, or its process may die.
+Step 2 therefore only starts if the PTE is still the process's and still at the version that
+was read, and while the resync's write is in flight it holds the PTE's write-back slot
+(`wb_version`): vm.write_back then queues behind it (`wb_again`) exactly as it queues behind
+its own writes, so two writes of one slot are never in flight together and an old copy can
+never land on top of a newer one.  When the write is answered, the slot is released and a
+queued write-back is started.  A PTE that vanished meanwhile is simply forgotten (its slot
+was freed with it; a late write to a closed handle is refused by the disk).
+
+Counters: `resynced` (pages copied), `resync_failed` (no verified source, or the write
+failed), `resync_passes`, `resync_pending` (copies queued or in flight now).
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from kernel_daemon.pagetable import PageState, Pte
+from kernel_daemon.proc import Proc
+from kernel_daemon.protocol import Op
+
+if TYPE_CHECKING:
+    from kernel_daemon.kernel import Kernel
+
+#: How many page copies a resync keeps in flight at once (it must not crowd out faults).
+RESYNC_WINDOW: int = 4
+#: A pass starts this long after the first kick, so a burst of kicks makes one pass.
+RESYNC_DELAY_MS: int = 200
+
+Copy = tuple[Proc, int, Pte, int]          # (process, vpn, its PTE, the mirror to copy to)
+
+
+class Resync:
+    """Background copying of pages to mirrors that missed them."""
+
+    def __init__(self, kernel: "Kernel") -> None:
+        self.k = kernel
+        self.wanted: set[int] = set()          # mirrors kicked since the last pass began
+        self.queue: deque[Copy] = deque()
+        self.inflight = 0
+        self.scheduled = False
+        self.stats = kernel.stats
+        for key in ("resynced", "resync_failed", "resync_passes", "resync_pending"):
+            self.stats.setdefault(key, 0)
+
+    # -- triggers ---------------------------------------------------------------------------
+    def kick(self, mirror: int) -> None:
+        """Mirror `mirror` may lack pages: make sure a pass looks for them soon."""
+        if self.k.pagers.nmirrors < 2:
+            return
+        self.wanted.add(mirror)
+        self._schedule()
+
+    def kick_missing(self, mask: int) -> None:
+        """A page-out completed on `mask` only: look for the mirrors it missed."""
+        for m in range(self.k.pagers.nmirrors):
+            if not mask >> m & 1:
+                self.kick(m)
+
+    def _schedule(self) -> None:
+        if not self.scheduled and not self.busy:
+            self.scheduled = True
+            self.k.call_later(RESYNC_DELAY_MS, self._pass)
+
+    @property
+    def busy(self) -> bool:
+        """Is a pass still copying?"""
+        return bool(self.queue) or self.inflight > 0
+
+    # -- a pass -------------------------------------------------------------------------------
+    def _pass(self) -> None:
+        """Collect every page a wanted, live mirror lacks; start copying them."""
+        self.scheduled = False
+        mirrors = {m for m in self.wanted if self.k.pagers.slots[m].up}
+        self.wanted.clear()            # a mirror that is down is kicked again when it joins
+        if not mirrors:
+            return
+        self.stats["resync_passes"] += 1
+        for proc in list(self.k.procs.by_spid.values()):
+            for vpn, pte in proc.aspace.ptes.items():
+                if not _copyable(pte):
+                    continue
+                for m in mirrors:
+                    if not pte.mirrors >> m & 1:
+                        self.queue.append((proc, vpn, pte, m))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Keep up to RESYNC_WINDOW copies in flight; when all are done, run a pass that was
+        asked for meanwhile."""
+        while self.queue and self.inflight < RESYNC_WINDOW:
+            self.inflight += 1
+            self._copy(*self.queue.popleft())
+        self.stats["resync_pending"] = len(self.queue) + self.inflight
+        if not self.busy and self.wanted:
+            self._schedule()
+
+    def _finished(self, ok: bool) -> None:
+        self.inflight -= 1
+        self.stats["resynced" if ok else "resync_failed"] += 1
+        self._pump()
+
+    def _skipped(self) -> None:
+        self.inflight -= 1
+        self._pump()
+
+    # -- one page -----------------------------------------------------------------------------
+    def _copy(self, proc: Proc, vpn: int, pte: Pte, mirror: int) -> None:
+        """Read a verified copy of the page from a mirror holding it; write it to `mirror`."""
+        if not self._current(proc, vpn, pte, pte.version) or pte.mirrors >> mirror & 1:
+            self._skipped()
+            return
+        version, tag, slot, space = pte.version, pte.tag, pte.slot, pte.space
+        assert space is not None
+        sealer, pagers = self.k.vm.sealer, self.k.pagers
+        got: dict[str, Any] = {}
+
+        def verify(data: object) -> bytes:
+            return sealer.open(space.swap_id, pte.seal_vpn, version, tag, data)
+
+        def answered(_m: int, reply: dict[str, Any]) -> None:
+            got["sealed"] = reply.get("data")        # the last answer before a verified one
+
+        def on_read(plain: bytes | None, failures: list[tuple[int, str, str]]) -> None:
+            for m, kind, text in failures:
+                if proc.alive:
+                    self.k.vm.integrity_failure(proc, vpn, m, kind, f"(resync) {text}")
+            if plain is None:
+                self._finished(False)
+                return
+            self.k.with_handles(space, lambda handles: write(handles, got["sealed"]))
+
+        def on_repaired(mask: int) -> None:
+            if self._current(proc, vpn, pte, version):
+                pte.mirrors |= mask
+
+        def write(handles: list[bytes | None], sealed: bytes) -> None:
+            if handles[mirror] is None or not self._current(proc, vpn, pte, version) \
+                    or pte.wb_version:
+                self._skipped()                      # changed meanwhile: nothing to copy
+                return
+            pte.wb_version = version                 # hold the slot's write (vm.write_back waits)
+            pagers.submit(mirror, Op.PAGE_OUT, {"handle": handles[mirror], "slot": slot,
+                                                "data": sealed},
+                          lambda reply, why: written(reply is not None and "err" not in reply))
+
+        def written(ok: bool) -> None:
+            if not (proc.alive and proc.aspace.ptes.get(vpn) is pte):
+                self._finished(ok)                   # the page is gone; its slot went with it
+                return
+            pte.wb_version = 0
+            if ok and pte.version == version:
+                pte.mirrors |= 1 << mirror
+            if pte.wb_again:                         # a write-back queued behind ours
+                pte.wb_again = False
+                if pte.held is not None:
+                    self.k.vm.write_back(proc, vpn, pte)
+            self._finished(ok)
+
+        def with_handles(handles: list[bytes | None]) -> None:
+            mask = pte.mirrors & sum(1 << m for m, h in enumerate(handles) if h is not None)
+            if not self._current(proc, vpn, pte, version) or not mask:
+                self._skipped()
+                return
+            pagers.page_in(handles, slot, mask, verify, on_read, on_repaired, answered)
+
+        self.k.with_handles(space, with_handles)
+
+    @staticmethod
+    def _current(proc: Proc, vpn: int, pte: Pte, version: int) -> bool:
+        """Is pte still proc's page vpn, with a current swap copy at `version`?"""
+        return (proc.alive and proc.aspace.ptes.get(vpn) is pte and _copyable(pte)
+                and pte.version == version)
+
+
+def _copyable(pte: Pte) -> bool:
+    """Does pte have a current swap copy on some mirror, with no write of it in flight?"""
+    return (pte.swap_valid and pte.slot >= 0 and pte.space is not None and pte.mirrors != 0
+            and not pte.wb_version and pte.state != PageState.HELD)
