@@ -4,7 +4,8 @@ supervisor.
 `sealedos up`, the benchmarks, `sealedos chaos` and the tests all start the system through
 this one class, so they run exactly the same commands the compose file runs.  Every service
 is a child process in a private runtime directory; a supervisor thread restarts a dead pager
-or disk service (MINIX's reincarnation server), and stop() leaves no process and no socket.
+or disk service (MINIX's reincarnation server) and, through its watchdog (watchdog.py), kills
+and restarts one that is alive but hung; stop() leaves no process and no socket.
 """
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from typing import Any
 from kernel_daemon import spawn
 from kernel_daemon.client import Client
 from kernel_daemon.protocol import Op
+from kernel_daemon.watchdog import Watchdog
 
 SUPERVISE_MS: int = 100
+#: How often the supervisor asks its watchdog which services are hung.
+WATCHDOG_MS: int = 500
 #: The environment variable carrying init's token to the kernel and to init.
 INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
 READY_TIMEOUT_S: float = 20.0
@@ -192,18 +196,41 @@ class System:
 
     # -- supervision ----------------------------------------------------------------------
     def _supervise(self) -> None:
-        while not self._stop.wait(SUPERVISE_MS / 1000):
+        watchdog = Watchdog(self.rundir, self.kernel_addr)
+        next_watch = time.monotonic() + WATCHDOG_MS / 1000
+        try:
+            while not self._stop.wait(SUPERVISE_MS / 1000):
+                self._restart_dead()
+                if time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + WATCHDOG_MS / 1000
+                    self._kill_hung(watchdog)
+        finally:
+            watchdog.close()
+
+    def _kill_hung(self, watchdog: Watchdog) -> None:
+        """SIGKILL every restartable service the watchdog finds hung (restarted next tick)."""
+        with self._lock:
+            candidates = [s for s in self.services.values() if s.restart]
+        for svc, why in watchdog.hung(candidates):
             with self._lock:
-                for svc in list(self.services.values()):
-                    code = svc.proc.poll()
-                    if code is None or not svc.restart or self._stop.is_set():
-                        continue
-                    svc.exit_codes.append(code)
-                    self.events.append((time.monotonic(), svc.name, f"exited {code}"))
-                    svc.proc = spawn.spawn(svc.cmd, svc.log, svc.env)
-                    svc.restarts += 1
-                    svc.started.append(time.monotonic())
-                    self.events.append((time.monotonic(), svc.name, "restarted"))
+                if self._stop.is_set() or svc.proc.poll() is not None:
+                    continue
+                self.events.append((time.monotonic(), svc.name, f"hung: {why}; killed"))
+                svc.proc.kill()
+
+    def _restart_dead(self) -> None:
+        """Start a new instance of every restartable service whose process has exited."""
+        with self._lock:
+            for svc in list(self.services.values()):
+                code = svc.proc.poll()
+                if code is None or not svc.restart or self._stop.is_set():
+                    continue
+                svc.exit_codes.append(code)
+                self.events.append((time.monotonic(), svc.name, f"exited {code}"))
+                svc.proc = spawn.spawn(svc.cmd, svc.log, svc.env)
+                svc.restarts += 1
+                svc.started.append(time.monotonic())
+                self.events.append((time.monotonic(), svc.name, "restarted"))
 
     def restarts(self) -> dict[str, int]:
         """How many times each restartable service was brought back."""
