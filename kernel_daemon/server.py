@@ -43,6 +43,10 @@ _POLLIN: int = int(zmq.POLLIN)
 _NOBLOCK: int = int(zmq.NOBLOCK)
 _MORE_NOBLOCK: int = int(zmq.SNDMORE | zmq.NOBLOCK)
 
+#: How long a one-socket loop may block in recv, at most (the steps keep setsockopt rare and
+#: never wake later than the next timer; the cap bounds how late a signal stops the loop).
+_WAIT_STEPS_MS: tuple[int, ...] = (200, 100, 50, 20, 10, 5, 2, 1, 0)
+
 ReplyCallback = Callable[[dict[str, Any] | None], None]
 
 
@@ -98,6 +102,7 @@ class Server:
         self._rids = itertools.count(1)
         self.running = True
         self.bad_messages = 0
+        self._rcvtimeo: dict[zmq.Socket, int] = {}
 
     # -- sockets -------------------------------------------------------------------------
     def bind_router(self, addr: str) -> zmq.Socket:
@@ -135,9 +140,12 @@ class Server:
         self.on_start()
         try:
             while self.running:
-                events = self.poller.poll(self._poll_timeout_ms())
-                for sock, _ in events:
-                    self._drain(sock)
+                if len(self.sockets) == 1:
+                    self._turn_one()
+                else:
+                    events = self.poller.poll(self._poll_timeout_ms())
+                    for sock, _ in events:
+                        self._drain(sock)
                 self._fire_timers()
         finally:
             self.on_stop()
@@ -171,19 +179,34 @@ class Server:
     def on_stop(self) -> None:
         """Hook: runs once after the last receive."""
 
-    def _drain(self, sock: zmq.Socket) -> None:
+    def _turn_one(self) -> None:
+        """One turn with a single socket (the kernel, a disk): block in its recv until a
+        message arrives or the next timer is due, as a bare broker would -- one wait per
+        message instead of a poll, an events check and a receive."""
+        sock = next(iter(self.sockets))
+        wait_ms = self._poll_timeout_ms()
+        step = next(s for s in _WAIT_STEPS_MS if s <= wait_ms)
+        if self._rcvtimeo.get(sock) != step:
+            sock.setsockopt(zmq.RCVTIMEO, step)
+            self._rcvtimeo[sock] = step
+        self._drain(sock, 1, 0)
+
+    def _drain(self, sock: zmq.Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
+               ) -> None:
+        """Receive and dispatch up to `batch` messages waiting on `sock` (the first one with
+        `first_flags`: 0 blocks for the socket's RCVTIMEO)."""
         is_router = self.sockets.get(sock)
         if is_router is None:
             return
         recv, getopt = sock.recv, sock.getsockopt
-        for i in range(DRAIN_BATCH):
+        for i in range(batch):
             # poll() vouched for the first message; for the next ones asking EVENTS is far
             # cheaper than the zmq.Again exception a blind NOBLOCK recv raises at the end.
             if i and not getopt(_EVENTS) & _POLLIN:
                 return
             try:
-                part = recv(_NOBLOCK, copy=False)           # a Frame knows .more: no getsockopt
-                frames = [part.bytes]
+                part = recv(first_flags if i == 0 else _NOBLOCK, copy=False)   # Frame.more:
+                frames = [part.bytes]                                           # no getsockopt
                 while part.more:
                     part = recv(_NOBLOCK, copy=False)
                     frames.append(part.bytes)
