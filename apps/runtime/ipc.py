@@ -103,12 +103,22 @@ def allowed(manifest: Iterable[str], name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pat) for pat in manifest)
 
 
+#: Senders already seen, by spid (spids are never reused, and a stamp never changes).
+_SENDERS: dict[int, Sender] = {}
+SENDERS_KEEP: int = 4096
+
+
 def received(reply: dict[str, Any]) -> Received:
     """A RECEIVE reply as a Received; KernelProtocolError when it is malformed."""
     s = reply.get("sender")
     try:
-        sender = Sender(s["spid"], s["name"], s["program"], s["digest"], tuple(s["manifest"]))
-        return Received(reply["call"], unpack(reply["msg"]), sender, list(reply.get("caps", ())),
+        sender = _SENDERS.get(s["spid"])
+        if sender is None:
+            if len(_SENDERS) >= SENDERS_KEEP:
+                _SENDERS.clear()
+            sender = _SENDERS[s["spid"]] = Sender(s["spid"], s["name"], s["program"],
+                                                  s["digest"], tuple(s["manifest"]))
+        return Received(reply["call"], unpack(reply["msg"]), sender, reply.get("caps") or [],
                         reply.get("grant_addr"), reply.get("grant_npages", 0))
     except (KeyError, TypeError) as exc:
         raise KernelProtocolError(f"receive: malformed delivery ({exc})") from None
