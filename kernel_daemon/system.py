@@ -20,7 +20,7 @@ from typing import Any
 
 from kernel_daemon import spawn
 from kernel_daemon.client import Client
-from kernel_daemon.protocol import Op
+from kernel_daemon.protocol import Op, ServiceError
 from kernel_daemon.watchdog import Watchdog
 
 SUPERVISE_MS: int = 100
@@ -43,6 +43,7 @@ class Service:
     proc: subprocess.Popen
     restart: bool
     env: dict[str, str] | None = None
+    addr: str | None = None        # where it listens (disks: what pagers and the watchdog use)
     restarts: int = 0
     started: list[float] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
@@ -68,8 +69,9 @@ class Config:
     metrics_port: int = 0
     stall_ms: int = 10000
     kernel_args: list[str] = field(default_factory=list)
-    #: The kernel's address: "ipc" (ipc://RUNDIR/kernel.sock) or "tcp" (tcp://127.0.0.1:a free
-    #: port), so benchmarks can show what the network adds (the compose file runs tcp://).
+    #: How the services listen: "ipc" (ipc://RUNDIR/NAME.sock) or "tcp" (the kernel and the
+    #: disks on tcp://127.0.0.1, each on a free port), so benchmarks can show what the network
+    #: adds (in the compose deployment every hop is tcp://).
     transport: str = "ipc"
 
 
@@ -107,9 +109,11 @@ class System:
             return self
         c = self.config
         for m in range(c.pagers):
-            self._launch("disk", f"disk{m}", [
-                "--rundir", str(self.rundir), "--addr", spawn.ipc_addr(self.rundir, f"disk{m}"),
+            addr = self._listen_addr(f"disk{m}")
+            disk = self._launch("disk", f"disk{m}", [
+                "--rundir", str(self.rundir), "--addr", addr,
                 "--file", str(self.rundir / f"disk{m}.img"), "--size-mib", str(c.disk_size_mib)])
+            disk.addr = addr
         kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
                  "--policy", c.policy, "--pagers", str(c.pagers),
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
@@ -122,13 +126,13 @@ class System:
             kargs += ["--metrics-port", str(c.metrics_port)]
         token_env = {INIT_TOKEN_ENV: self.init_token}
         self._launch("kernel", "kernel", kargs, restart=False, env=token_env)
-        for name in (["kernel"] if c.transport == "ipc" else []) + [f"disk{m}" for m in range(c.pagers)]:
-            self._wait_socket(name)
+        for name in ["kernel"] + [f"disk{m}" for m in range(c.pagers)]:
+            self._wait_listening(name)
         init_cmd = spawn.python_cmd("run", "init", "--kernel", self.kernel_addr, "--name", "init")
         self._start("init", "init", init_cmd, restart=False, env=token_env)
         for m in range(c.pagers):
             pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
-                     "--disk", spawn.ipc_addr(self.rundir, f"disk{m}"), "--mirror", str(m)]
+                     "--disk", self.services[f"disk{m}"].addr or "", "--mirror", str(m)]
             if c.hostile and m == 0:
                 pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms)]
             self._launch("pager", f"pager{m}", pargs)
@@ -152,13 +156,39 @@ class System:
         self.services[name] = svc
         return svc
 
-    def _wait_socket(self, name: str) -> None:
-        """Wait until service `name` has bound RUNDIR/NAME.sock."""
+    def _listen_addr(self, name: str) -> str:
+        """Where service `name` listens: RUNDIR/NAME.sock, or a free port on 127.0.0.1."""
+        if self.config.transport == "ipc":
+            return spawn.ipc_addr(self.rundir, name)
+        return f"tcp://127.0.0.1:{_free_port()}"
+
+    def _wait_listening(self, name: str) -> None:
+        """Wait until service `name` has bound RUNDIR/NAME.sock (ipc) or answers PING (tcp)."""
         svc = self.services[name]
         try:
-            spawn.wait_for_path(self.rundir / f"{name}.sock", READY_TIMEOUT_S, svc.proc)
+            if self.config.transport == "ipc":
+                spawn.wait_for_path(self.rundir / f"{name}.sock", READY_TIMEOUT_S, svc.proc)
+            else:
+                self._wait_ping(svc)
         except (RuntimeError, TimeoutError) as exc:
             raise RuntimeError(f"{name} did not start: {exc}\n{self.log_tail(name)}") from None
+
+    def _wait_ping(self, svc: Service) -> None:
+        """Wait until `svc` answers PING at its tcp:// address."""
+        addr = svc.addr or self.kernel_addr
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        with Client(addr) as client:
+            while True:
+                if svc.proc.poll() is not None:
+                    raise RuntimeError(f"exited with {svc.proc.returncode} before answering "
+                                       f"at {addr}")
+                try:
+                    client.call(Op.PING, timeout_ms=200)
+                    return
+                except ServiceError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no answer at {addr} within "
+                                           f"{READY_TIMEOUT_S} s") from None
 
     def wait_pagers(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         """Block until every pager slot has a live instance."""

@@ -75,7 +75,7 @@ class Watchdog:
             self.stopped.pop(key, None)
             last = self.heard.get(key, svc.started[-1] + (STARTUP_MS - HUNG_MS) / 1000)
             if svc.kind == "disk":
-                if self._ping(svc.name):
+                if self._ping(svc.name, svc.addr):
                     last = now
             elif slots is None:
                 last = now                                # the kernel did not say: no verdict
@@ -95,9 +95,10 @@ class Watchdog:
             self.clients[name] = Client(addr)
         return self.clients[name]
 
-    def _ping(self, name: str) -> bool:
-        """Send a disk service one PING; True if any answer (to this or an earlier one) came."""
-        client = self._client(name, spawn.ipc_addr(self.rundir, name))
+    def _ping(self, name: str, addr: str | None = None) -> bool:
+        """Send a disk service one PING (at addr, default RUNDIR/NAME.sock); True if any answer
+        (to this or an earlier one) came."""
+        client = self._client(name, addr or spawn.ipc_addr(self.rundir, name))
         client.sock.send(encode({"op": str(Op.PING), "rid": 0}))
         heard, wait_ms = False, PING_TIMEOUT_MS
         while client.sock.poll(wait_ms):
