@@ -21,6 +21,8 @@ APPS: dict[str, str] = {
     "pattern": "apps.pattern",
     "init": "apps.init",
     "echo": "apps.echo",
+    "echoload": "apps.echoload",
+    "touchload": "apps.touchload",
     "kvstore": "apps.kvstore",
     "browser": "apps.browser",
     "plugin": "apps.plugin",
