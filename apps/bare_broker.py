@@ -3,7 +3,7 @@
     python -m apps.bare_broker broker --addr ADDR
     python -m apps.bare_broker server --addr ADDR --id K
     python -m apps.bare_broker client --addr ADDR --id I --server K --size B --duration S
-                                      --go-file F --out F
+                                      --slices N --go-file F --out F
 
 The shape is the kernel's: one ROUTER in the middle, every client and server a DEALER
 connected to it, one process each.  The broker has no kernel logic at all -- no decoding, no
@@ -16,7 +16,9 @@ handles, no contracts, no identity stamping: it swaps the first two frames and f
 
 Clients and servers do what the sealed echo client and server do with each message (msgpack
 encode, decode), so the difference between the two runs is the kernel's routing path (and
-the runtime's syscall layer).  These are ordinary processes, not sealed ones.
+the runtime's syscall layer).  These are ordinary processes, not sealed ones.  A client
+measures in windows as the sealed one does: window k starts when GO_FILE.k appears and
+ends with the file OUT.done.k.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-GO_POLL_S: float = 0.005
+GO_POLL_S: float = 0.05
 WARMUP_CALLS: int = 20
 RETRY_S: float = 0.05
 
@@ -65,9 +67,10 @@ def server(addr: str, ident: int) -> int:
         sock.send_multipart([client, packb(msg, use_bin_type=True)])
 
 
-def client(addr: str, ident: int, target: int, size: int, duration_s: float, go_file: str | None,
-           out: str) -> int:
-    """Warm up, wait for the go file, call for duration_s; write latency samples (us)."""
+def client(addr: str, ident: int, target: int, size: int, duration_s: float, slices: int,
+           go_file: str | None, out: str) -> int:
+    """Warm up, then `slices` windows of calls, each started by its go file; write the latency
+    samples (us) and the windows' total length (s)."""
     sock = _dealer(addr, b"c%d" % ident)
     dst = b"s%d" % target
     payload = msgpack.packb({"kind": "echo", "data": os.urandom(size)}, use_bin_type=True)
@@ -80,25 +83,28 @@ def client(addr: str, ident: int, target: int, size: int, duration_s: float, go_
         else:
             time.sleep(RETRY_S)
     Path(out + ".ready").touch()
-    if go_file:
-        while not os.path.exists(go_file):
-            time.sleep(GO_POLL_S)
     lat = array("d")
     clock, unpackb = time.perf_counter, msgpack.unpackb
     send, recv = sock.send_multipart, sock.recv_multipart
-    t0 = clock()
-    end = t0 + duration_s
-    t = t0
-    while t < end:
-        send([dst, payload])
-        _, reply = recv()
-        msg = unpackb(reply, raw=False)
-        if "data" not in msg:
-            raise RuntimeError("bare client: bad reply")
-        t1 = clock()
-        lat.append((t1 - t) * 1e6)
-        t = t1
-    Path(out).write_text(json.dumps({"start": t0, "end": t, "size": size,
+    window_s = 0.0
+    for k in range(slices):
+        if go_file:
+            while not os.path.exists(f"{go_file}.{k}"):
+                time.sleep(GO_POLL_S)
+        t0 = t = clock()
+        end = t0 + duration_s / slices
+        while t < end:
+            send([dst, payload])
+            _, reply = recv()
+            msg = unpackb(reply, raw=False)
+            if "data" not in msg:
+                raise RuntimeError("bare client: bad reply")
+            t1 = clock()
+            lat.append((t1 - t) * 1e6)
+            t = t1
+        window_s += t - t0
+        Path(f"{out}.done.{k}").touch()
+    Path(out).write_text(json.dumps({"window_s": window_s, "size": size,
                                      "lat_us": lat.tolist()}))
     return 0
 
@@ -121,6 +127,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--server", type=int, default=0)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--slices", type=int, default=1)
     p.add_argument("--go-file")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
@@ -128,7 +135,8 @@ def main(argv: list[str]) -> int:
         return broker(args.addr)
     if args.role == "server":
         return server(args.addr, args.id)
-    return client(args.addr, args.id, args.server, args.size, args.duration, args.go_file, args.out)
+    return client(args.addr, args.id, args.server, args.size, args.duration, args.slices,
+                  args.go_file, args.out)
 
 
 if __name__ == "__main__":

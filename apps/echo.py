@@ -2,7 +2,7 @@
 
     sealedos run echo [--register echo] [--delay-ms 0] [--stall]              # server
     sealedos run echo --client [--target echo] [--count 100] [--size 64]      # client
-                      [--duration S --go-file F --out F]                     # (bench mode)
+                      [--duration S --slices K --go-file F --out F]          # (bench mode)
                       [--grant-pages N]                                       # page flip
 
 The server creates an endpoint with ECHO_CONTRACT, registers it with init and answers every
@@ -14,9 +14,10 @@ answers their sha256, and unmaps them.  ``--stall`` receives calls and never ans
 (callers stay blocked: the death tests kill it); ``--delay-ms`` answers late.
 
 The client looks the target up (its manifest lists echo and echo.*, nothing else), then
-makes ``--count`` calls (or, with ``--duration``, as many as fit, after waiting for
-``--go-file`` to appear), checks every reply, and REPORTs ``checksum: verified``.  In bench
-mode it writes its latency samples to ``--out``.  ``--grant-pages N`` instead grants N
+makes ``--count`` calls, checks every reply, and REPORTs ``checksum: verified``.  In bench mode
+(``--duration``) it runs ``--slices`` windows of duration/slices seconds, window k starting
+when the file ``GO_FILE.k`` appears and ending with a REPORT ``slice: k+1``, then writes its
+latency samples and the windows' total length to ``--out``.  ``--grant-pages N`` instead grants N
 freshly written pages and checks that the server saw them and that touching them afterwards
 is a segmentation fault.  Any SealedError is REPORTed as ``error`` (exit status 1).
 """
@@ -54,7 +55,7 @@ ECHO_CONTRACT: dict[str, Any] = {
 #: What an echo client may look up.
 MANIFEST: list[str] = ["echo", "echo.*"]
 REPORT_EVERY_S: float = 0.5
-GO_POLL_S: float = 0.005
+GO_POLL_S: float = 0.05
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -113,28 +114,32 @@ def run_calls(proc: SealedProcess, h: int, count: int, size: int) -> None:
             raise AssertionError(f"call {seq}: wrong reply (seq {reply.get('seq')})")
 
 
-def run_bench(proc: SealedProcess, h: int, size: int, duration_s: float, go_file: str | None,
-              out: str) -> None:
-    """Wait for the go file, then call for duration_s; write latency samples (us) to out."""
+def run_bench(proc: SealedProcess, h: int, size: int, duration_s: float, slices: int,
+              go_file: str | None, out: str) -> None:
+    """`slices` windows of calls, each started by its go file; write the latency samples
+    (us) and the windows' total length (s) to out."""
     msg = {"kind": "echo", "data": os.urandom(size)}
     for _ in range(20):                                   # warm-up
         proc.call(h, msg)
     proc.report(ready=True)
-    if go_file:
-        while not os.path.exists(go_file):
-            time.sleep(GO_POLL_S)
     lat = array("d")
     clock = time.perf_counter
     call = proc.call
-    t0 = clock()
-    end = t0 + duration_s
-    t = t0
-    while t < end:
-        call(h, msg)
-        t1 = clock()
-        lat.append((t1 - t) * 1e6)
-        t = t1
-    Path(out).write_text(json.dumps({"start": t0, "end": t, "size": size,
+    window_s = 0.0
+    for k in range(slices):
+        if go_file:
+            while not os.path.exists(f"{go_file}.{k}"):
+                time.sleep(GO_POLL_S)
+        t0 = t = clock()
+        end = t0 + duration_s / slices
+        while t < end:
+            call(h, msg)
+            t1 = clock()
+            lat.append((t1 - t) * 1e6)
+            t = t1
+        window_s += t - t0
+        proc.report(slice=k + 1)
+    Path(out).write_text(json.dumps({"window_s": window_s, "size": size,
                                      "lat_us": lat.tolist()}))
 
 
@@ -162,7 +167,7 @@ def client(proc: SealedProcess, args: argparse.Namespace) -> int:
         if args.grant_pages:
             run_grant(proc, h, args.grant_pages)
         elif args.duration > 0:
-            run_bench(proc, h, args.size, args.duration, args.go_file, args.out)
+            run_bench(proc, h, args.size, args.duration, args.slices, args.go_file, args.out)
         else:
             run_calls(proc, h, args.count, args.size)
     except SealedError as exc:
@@ -188,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--size", type=int, default=64, help="payload bytes per call")
     p.add_argument("--duration", type=float, default=0.0, help="(bench) seconds of calls")
-    p.add_argument("--go-file", help="(bench) start when this file exists")
+    p.add_argument("--slices", type=int, default=1, help="(bench) measuring windows")
+    p.add_argument("--go-file", help="(bench) window k starts when GO_FILE.k exists")
     p.add_argument("--out", help="(bench) write latency samples here")
     p.add_argument("--grant-pages", type=int, default=0)
     return p

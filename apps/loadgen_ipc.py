@@ -1,34 +1,32 @@
 """`sealedos bench ipc`: the IPC load generator -- the kernel's routing path against a bare broker.
 
     sealedos bench ipc [--clients 16] [--servers 4] [--size 64] [--duration 10]
-                       [--transport ipc|tcp] [--kernel ADDR] [--json] [--plot FILE.png]
+                       [--slices 4] [--transport ipc|tcp] [--json] [--plot FILE.png]
 
-Two runs of the same traffic, in one invocation:
+The same traffic two ways, in one invocation:
 
-1. **kernel**: a whole System (kernel, init, pager, disk), ``--servers`` echo servers (sealed
-   processes, apps.echo) and ``--clients`` sealed client processes, client i calling server
-   i mod K through the kernel: every message is copied through the kernel, its handle looked
-   up, its contract checked, its sender stamped.
-2. **bare**: the same number of client and server processes around a plain pyzmq ROUTER
-   broker with no kernel logic (apps.bare_broker).
+* **kernel**: a whole System (kernel, init, pager, disk), ``--servers`` echo servers (sealed
+  processes, apps.echo) and ``--clients`` sealed client processes, client i calling server
+  i mod K through the kernel: every message is copied through the kernel, its handle looked
+  up, its contract checked, its sender stamped.
+* **bare**: the same numbers of client and server processes around a plain pyzmq ROUTER
+  broker with no kernel logic (apps.bare_broker).
 
-Every client warms up, says it is ready, and starts when the harness creates the go file,
-so all of them measure the same window of ``--duration`` seconds.  Each records the latency
-of every round trip; the report gives round trips/s (summed over clients), MB/s (payload
-bytes both ways) and latency p50/p99/p99.9 for each run, and the ratio kernel/bare of round
-trips/s.  ``--json`` prints exactly ``{"kernel": {...}, "bare": {...}, "ratio": x}``;
-``--plot`` draws the latency distributions and throughputs (matplotlib, Agg).
-``--transport tcp`` puts the kernel (and the bare broker) on tcp://127.0.0.1 instead of
-ipc:// sockets.  ``--kernel ADDR`` runs the kernel part against a kernel already running
-there -- a compose deployment's, say -- instead of starting a System: the sealed servers and
-clients are local processes connected to it (the bare run stays local).
-Nothing here is a test: figures are reported, never asserted.
+Both fleets are started and warmed up first; then each measures ``--duration`` seconds in
+``--slices`` windows that alternate (kernel, bare, kernel, bare ...), so a change in the
+machine's background load hits both alike.  A window starts when the harness creates its go
+file; every client records the latency of each round trip.  The report gives, per fleet,
+round trips/s (summed over clients), MB/s (payload bytes, both ways) and latency
+p50/p99/p99.9, and the ratio kernel/bare of round trips/s.  ``--json`` prints exactly
+``{"kernel": {...}, "bare": {...}, "ratio": x}``; ``--plot`` draws the latency distributions
+and throughputs (matplotlib, Agg).  ``--transport tcp`` puts the kernel and the bare broker on
+tcp://127.0.0.1 instead of ipc:// sockets.  Nothing here is a test: figures are reported,
+never asserted.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import secrets
 import subprocess
 import sys
 import time
@@ -45,14 +43,13 @@ from kernel_daemon import spawn
 from kernel_daemon.system import Config, System, _free_port
 
 READY_TIMEOUT_S: float = 120.0
-FINISH_GRACE_S: float = 60.0
-TICK_S: float = 0.5
-KEYS: tuple[str, ...] = ("round_trips_per_s", "mb_per_s", "p50_us", "p99_us", "p999_us")
+SLICE_GRACE_S: float = 60.0
+TICK_S: float = 0.25
 
 
 @dataclass
 class Run:
-    """One run's raw results: per-client latency samples and measuring windows."""
+    """One fleet's results: per-client latency samples and measured seconds."""
     name: str
     size: int
     samples: list[np.ndarray]
@@ -69,148 +66,213 @@ class Run:
                 "p999_us": round(float(p999), 1)}
 
 
-def _load(out: Path) -> tuple[np.ndarray, float]:
-    """One client's samples and window from its --out file."""
-    data = json.loads(out.read_text())
-    return np.asarray(data["lat_us"], dtype=np.float64), float(data["end"]) - float(data["start"])
-
-
-def _measure(progress: Progress, label: str, duration_s: float, go: Path,
-             rate: Callable[[], float | None], alive: Callable[[], bool]) -> None:
-    """Create the go file and show progress (with the live rate, when known) for duration_s."""
-    task = progress.add_task(f"{label}: measuring", total=duration_s)
-    go.touch()
-    t0 = time.monotonic()
-    while (left := duration_s - (time.monotonic() - t0)) > 0:
-        time.sleep(min(TICK_S, max(0.0, left)))
-        r = rate()
-        text = f"{label}: {r:,.0f} round trips/s" if r is not None else f"{label}: measuring"
-        progress.update(task, completed=min(duration_s, time.monotonic() - t0), description=text)
-        if not alive():
-            break
-    progress.update(task, completed=duration_s)
-
-
 def _wait(what: str, pred: Callable[[], bool], timeout_s: float, why: Callable[[], str]) -> None:
+    """Poll pred() until true; RuntimeError naming `what` (and why()) on timeout."""
     deadline = time.monotonic() + timeout_s
     while not pred():
         if time.monotonic() > deadline:
             raise RuntimeError(f"loadgen: timed out waiting for {what}\n{why()}")
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
-# -- the kernel run ----------------------------------------------------------------------------
-def run_kernel(args: argparse.Namespace, progress: Progress) -> Run:
-    """The traffic through the kernel: sealed echo servers and clients in one System."""
-    system = System(Config(frames=args.frames, transport=args.transport), kernel_addr=args.kernel)
-    task = progress.add_task("kernel: starting the system", total=None)
-    # a shared kernel may remember earlier runs' processes: this run's names are its own
-    tag = f"{secrets.token_hex(3)}." if args.kernel else ""
-    try:
-        system.start()
-        servers = [f"echo.{tag}{k}" for k in range(args.servers)]
-        for name in servers:
-            system.spawn_app("echo", ["--register", name], name)
-        _wait("the echo servers", lambda: all(
-            (system.process(n) or {}).get("report", {}).get("ready") for n in servers),
-            READY_TIMEOUT_S, lambda: system.log_tail(servers[0]))
-        clients = [f"client.{tag}{i}" for i in range(args.clients)]
-        go = system.rundir / "go"
-        outs = [system.rundir / f"{c}.json" for c in clients]
-        for i, name in enumerate(clients):
-            system.spawn_app("echo", ["--client", "--target", servers[i % args.servers],
-                                      "--size", str(args.size), "--duration", str(args.duration),
-                                      "--go-file", str(go), "--out", str(outs[i])], name)
-        progress.update(task, description=f"kernel: {len(servers)} servers, "
-                                          f"{len(clients)} clients warming up")
+def _client_args(args: argparse.Namespace, go: Path, out: Path) -> list[str]:
+    return ["--size", str(args.size), "--duration", str(args.duration), "--slices",
+            str(args.slices), "--go-file", str(go), "--out", str(out)]
 
-        def ready() -> bool:
-            recs = {p["name"]: p for p in system.stats()["processes"]}
-            bad = [c for c in clients if system.services[c].proc.poll() not in (None, 0)]
-            if bad:
-                raise RuntimeError(f"loadgen: {bad[0]} failed:\n{system.log_tail(bad[0])}")
-            return all((recs.get(c) or {}).get("report", {}).get("ready") for c in clients)
-        _wait("the sealed clients", ready, READY_TIMEOUT_S, lambda: system.log_tail(clients[0]))
-        progress.remove_task(task)
-        last = {"calls": system.stats()["kernel"]["ipc_calls"], "t": time.monotonic()}
 
-        def rate() -> float:
-            calls, now = system.stats()["kernel"]["ipc_calls"], time.monotonic()
-            r = (calls - last["calls"]) / max(1e-6, now - last["t"])
-            last.update(calls=calls, t=now)
-            return r
-        _measure(progress, "kernel", args.duration, go, rate,
-                 lambda: all(system.services[c].proc.poll() in (None, 0) for c in clients))
+def _load(outs: list[Path], name: str, size: int) -> Run:
+    """The fleet's results from its clients' --out files."""
+    samples, windows = [], []
+    for out in outs:
+        data = json.loads(out.read_text())
+        samples.append(np.asarray(data["lat_us"], dtype=np.float64))
+        windows.append(float(data["window_s"]))
+    return Run(name, size, samples, windows)
+
+
+# -- the fleets --------------------------------------------------------------------------------
+class KernelFleet:
+    """Sealed echo servers and clients in one System: traffic through the kernel."""
+
+    name = "kernel"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.system = System(Config(frames=args.frames, transport=args.transport))
+        self.servers = [f"echo.{k}" for k in range(args.servers)]
+        self.clients = [f"client.{i}" for i in range(args.clients)]
+        self.go = self.system.rundir / "go"
+        self.outs = [self.system.rundir / f"{c}.json" for c in self.clients]
+        self._last = (0, 0.0)
+
+    def start(self) -> None:
+        """Start the system and the servers, then the clients (they warm up by themselves)."""
+        s = self.system
+        s.start()
+        for name in self.servers:
+            s.spawn_app("echo", ["--register", name], name)
+        _wait("the echo servers", lambda: all(self._report(n).get("ready") for n in self.servers),
+              READY_TIMEOUT_S, lambda: s.log_tail(self.servers[0]))
+        for i, name in enumerate(self.clients):
+            s.spawn_app("echo", ["--client", "--target", self.servers[i % len(self.servers)],
+                                 *_client_args(self.args, self.go, self.outs[i])], name)
+
+    def _records(self) -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in self.system.stats()["processes"]}
+
+    def _report(self, name: str) -> dict[str, Any]:
+        return (self.system.process(name) or {}).get("report") or {}
+
+    def _check(self) -> None:
+        for c in self.clients:
+            code = self.system.services[c].proc.poll()
+            if code not in (None, 0):
+                raise RuntimeError(f"loadgen: {c} exited {code}:\n{self.system.log_tail(c)}")
+
+    def ready(self) -> bool:
+        """True once every client has warmed up."""
+        self._check()
+        recs = self._records()
+        return all(((recs.get(c) or {}).get("report") or {}).get("ready") for c in self.clients)
+
+    def go_slice(self, k: int) -> None:
+        """Start window k."""
+        self._last = (self.system.stats()["kernel"]["ipc_calls"], time.monotonic())
+        Path(f"{self.go}.{k}").touch()
+
+    def slice_done(self, k: int) -> bool:
+        """True once every client has finished window k."""
+        self._check()
+        recs = self._records()
+        return all(((recs.get(c) or {}).get("report") or {}).get("slice", 0) > k
+                   for c in self.clients)
+
+    def rate(self) -> float | None:
+        """Round trips/s since the last call (the kernel counts them)."""
+        calls, now = self.system.stats()["kernel"]["ipc_calls"], time.monotonic()
+        r = (calls - self._last[0]) / max(1e-6, now - self._last[1])
+        self._last = (calls, now)
+        return r
+
+    def results(self) -> Run:
+        """Wait for the clients to write their samples; load them."""
         _wait("the sealed clients to finish", lambda: all(
-            system.services[c].proc.poll() is not None for c in clients),
-            FINISH_GRACE_S, lambda: system.log_tail(clients[0]))
-        failed = [c for c in clients if system.services[c].proc.poll() != 0]
-        if failed:
-            raise RuntimeError(f"loadgen: {failed[0]} exited "
-                               f"{system.services[failed[0]].proc.poll()}:\n"
-                               f"{system.log_tail(failed[0])}")
-        loaded = [_load(o) for o in outs]
-        return Run("kernel", args.size, [s for s, _ in loaded], [w for _, w in loaded])
-    finally:
-        system.stop()
+            self.system.services[c].proc.poll() is not None for c in self.clients),
+            SLICE_GRACE_S, lambda: self.system.log_tail(self.clients[0]))
+        self._check()
+        return _load(self.outs, self.name, self.args.size)
+
+    def why(self) -> str:
+        return self.system.log_tail(self.clients[0])
+
+    def stop(self) -> None:
+        self.system.stop()
 
 
-# -- the bare run ------------------------------------------------------------------------------
-def run_bare(args: argparse.Namespace, progress: Progress) -> Run:
-    """The same traffic through a bare pyzmq ROUTER broker, same process counts."""
-    rundir = spawn.make_rundir("sealedos-bare-")
-    addr = (spawn.ipc_addr(rundir, "broker") if args.transport == "ipc"
-            else f"tcp://127.0.0.1:{_free_port()}")
-    procs: list[subprocess.Popen] = []
-    task = progress.add_task("bare: starting the broker", total=None)
+class BareFleet:
+    """The same shape around a bare pyzmq ROUTER broker (apps.bare_broker)."""
 
-    def start(name: str, *argv: str) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "apps.bare_broker", *argv, "--addr", addr]
-        procs.append(spawn.spawn(cmd, rundir / f"{name}.log"))
-        return procs[-1]
-    try:
-        start("broker", "broker")
-        servers = [start(f"server.{k}", "server", "--id", str(k)) for k in range(args.servers)]
-        go = rundir / "go"
-        outs = [rundir / f"client.{i}.json" for i in range(args.clients)]
-        clients = [start(f"client.{i}", "client", "--id", str(i), "--server",
-                         str(i % args.servers), "--size", str(args.size), "--duration",
-                         str(args.duration), "--go-file", str(go), "--out", str(outs[i]))
-                   for i in range(args.clients)]
-        progress.update(task, description=f"bare: {len(servers)} servers, {len(clients)} "
-                                          f"clients warming up")
+    name = "bare"
 
-        def ready() -> bool:
-            dead = [i for i, c in enumerate(clients) if c.poll() not in (None, 0)]
-            if dead or any(p.poll() is not None for p in procs[:1 + len(servers)]):
-                raise RuntimeError("loadgen: a bare process died:\n" + _tail(rundir, dead))
-            return all(Path(str(o) + ".ready").exists() for o in outs)
-        _wait("the bare clients", ready, READY_TIMEOUT_S, lambda: _tail(rundir, [0]))
-        progress.remove_task(task)
-        _measure(progress, "bare", args.duration, go, lambda: None,
-                 lambda: all(c.poll() in (None, 0) for c in clients))
-        deadline = time.monotonic() + FINISH_GRACE_S
-        for c in clients:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rundir = spawn.make_rundir("sealedos-bare-")
+        self.addr = (spawn.ipc_addr(self.rundir, "broker") if args.transport == "ipc"
+                     else f"tcp://127.0.0.1:{_free_port()}")
+        self.go = self.rundir / "go"
+        self.outs = [self.rundir / f"client.{i}.json" for i in range(args.clients)]
+        self.procs: list[subprocess.Popen] = []
+        self.clients: list[subprocess.Popen] = []
+
+    def _start(self, name: str, *argv: str) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "apps.bare_broker", *argv, "--addr", self.addr]
+        self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log"))
+        return self.procs[-1]
+
+    def start(self) -> None:
+        """Start the broker, the servers and the clients."""
+        a = self.args
+        self._start("broker", "broker")
+        for k in range(a.servers):
+            self._start(f"server.{k}", "server", "--id", str(k))
+        self.clients = [self._start(f"client.{i}", "client", "--id", str(i), "--server",
+                                    str(i % a.servers), *_client_args(a, self.go, self.outs[i]))
+                        for i in range(a.clients)]
+
+    def _check(self) -> None:
+        if any(p.poll() not in (None, 0) for p in self.procs):
+            raise RuntimeError("loadgen: a bare process died:\n" + self.why())
+
+    def ready(self) -> bool:
+        self._check()
+        return all(Path(f"{o}.ready").exists() for o in self.outs)
+
+    def go_slice(self, k: int) -> None:
+        Path(f"{self.go}.{k}").touch()
+
+    def slice_done(self, k: int) -> bool:
+        self._check()
+        return all(Path(f"{o}.done.{k}").exists() for o in self.outs)
+
+    def rate(self) -> float | None:
+        return None                      # the bare broker counts nothing
+
+    def results(self) -> Run:
+        deadline = time.monotonic() + SLICE_GRACE_S
+        for c in self.clients:
             c.wait(max(0.1, deadline - time.monotonic()))
-        loaded = [_load(o) for o in outs]
-        return Run("bare", args.size, [s for s, _ in loaded], [w for _, w in loaded])
-    finally:
-        spawn.stop_all(procs, 1.0)
-        spawn.remove_rundir(rundir)
+        self._check()
+        return _load(self.outs, self.name, self.args.size)
+
+    def why(self) -> str:
+        logs = [self.rundir / "broker.log", self.rundir / "client.0.log"]
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-2000:]}"
+                         for p in logs if p.exists())
+
+    def stop(self) -> None:
+        spawn.stop_all(self.procs, 1.0)
+        spawn.remove_rundir(self.rundir)
 
 
-def _tail(rundir: Path, clients: list[int]) -> str:
-    logs = [rundir / "broker.log"] + [rundir / f"client.{i}.log" for i in clients[:1]]
-    return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-2000:]}"
-                     for p in logs if p.exists())
+Fleet = KernelFleet | BareFleet
+
+
+def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -> list[Run]:
+    """Start both fleets, then alternate their windows; return their results."""
+    task = progress.add_task("starting", total=None)
+    for f in fleets:
+        progress.update(task, description=f"{f.name}: starting {args.servers} servers and "
+                                          f"{args.clients} clients")
+        f.start()
+    for f in fleets:
+        progress.update(task, description=f"{f.name}: clients warming up")
+        _wait(f"the {f.name} clients", f.ready, READY_TIMEOUT_S, f.why)
+    progress.remove_task(task)
+    slice_s = args.duration / args.slices
+    bars = {f.name: progress.add_task(f"{f.name}", total=args.duration) for f in fleets}
+    for k in range(args.slices):
+        for f in fleets:
+            f.go_slice(k)
+            t0 = time.monotonic()
+            while not f.slice_done(k):
+                time.sleep(TICK_S)
+                r = f.rate()
+                done = k * slice_s + min(slice_s, time.monotonic() - t0)
+                text = f"{f.name}: window {k + 1}/{args.slices}" + (
+                    f", {r:,.0f} round trips/s" if r is not None else "")
+                progress.update(bars[f.name], completed=done, description=text)
+                if time.monotonic() - t0 > slice_s + SLICE_GRACE_S:
+                    raise RuntimeError(f"loadgen: {f.name} window {k} did not end\n{f.why()}")
+            progress.update(bars[f.name], completed=(k + 1) * slice_s)
+    return [f.results() for f in fleets]
 
 
 # -- reporting ---------------------------------------------------------------------------------
 def print_report(result: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
-    """The two runs side by side, and the ratio."""
+    """The two fleets side by side, and the ratio."""
     t = Table(title=f"IPC echo: {args.clients} clients, {args.servers} servers, "
-                    f"{args.size}-byte payloads, {args.duration:g} s, "
-                    f"{args.kernel or args.transport + '://'}")
+                    f"{args.size}-byte payloads, {args.duration:g} s each in {args.slices} "
+                    f"alternating windows, {args.transport}://")
     t.add_column("")
     for name in ("round trips/s", "MB/s", "p50 us", "p99 us", "p99.9 us"):
         t.add_column(name, justify="right")
@@ -252,10 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--servers", type=int, default=4)
     p.add_argument("--size", type=int, default=64, help="payload bytes per message")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per run")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per fleet")
+    p.add_argument("--slices", type=int, default=4, help="alternating windows per fleet")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
-    p.add_argument("--kernel", metavar="ADDR",
-                   help="use the kernel running at ADDR instead of starting one")
     p.add_argument("--frames", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--plot", help="write latency/throughput plots to this PNG")
@@ -263,17 +324,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Run both, report both and their ratio."""
+    """Run both fleets, report both and their ratio."""
     args = build_parser().parse_args(argv)
-    if args.clients < 1 or args.servers < 1 or args.duration <= 0 or not 0 <= args.size <= 60000:
-        print("sealedos bench ipc: --clients/--servers >= 1, --duration > 0, --size 0..60000",
-              file=sys.stderr)
+    if args.clients < 1 or args.servers < 1 or args.duration <= 0 or args.slices < 1 \
+            or not 0 <= args.size <= 60000:
+        print("sealedos bench ipc: --clients/--servers/--slices >= 1, --duration > 0, "
+              "--size 0..60000", file=sys.stderr)
         return 2
     args.servers = min(args.servers, args.clients)
     console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        runs = [run_kernel(args, progress), run_bare(args, progress)]
+    fleets: list[Fleet] = [KernelFleet(args), BareFleet(args)]
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            runs = measure(fleets, args, progress)
+    finally:
+        for f in fleets:
+            f.stop()
     result: dict[str, Any] = {r.name: r.summary() for r in runs}
     bare_rts = result["bare"]["round_trips_per_s"]
     result["ratio"] = round(result["kernel"]["round_trips_per_s"] / bare_rts, 3) if bare_rts else 0.0
