@@ -1,7 +1,8 @@
 """`sealedos bench ipc`: the IPC load generator -- the kernel's routing path against a bare broker.
 
     sealedos bench ipc [--clients 16] [--servers 4] [--size 64] [--duration 10]
-                       [--slices 4] [--transport ipc|tcp] [--json] [--plot FILE.png]
+                       [--slices 4] [--transport ipc|tcp] [--kernel ADDR] [--json]
+                       [--plot FILE.png]
 
 The same traffic two ways, in one invocation:
 
@@ -20,13 +21,17 @@ round trips/s (summed over clients), MB/s (payload bytes, both ways) and latency
 p50/p99/p99.9, and the ratio kernel/bare of round trips/s.  ``--json`` prints exactly
 ``{"kernel": {...}, "bare": {...}, "ratio": x}``; ``--plot`` draws the latency distributions
 and throughputs (matplotlib, Agg).  ``--transport tcp`` puts the kernel and the bare broker on
-tcp://127.0.0.1 instead of ipc:// sockets.  Nothing here is a test: figures are reported,
-never asserted.
+tcp://127.0.0.1 instead of ipc:// sockets.  ``--kernel ADDR`` runs the kernel fleet against a
+kernel already running there -- a compose deployment's (its `loadgen` profile) -- instead of
+starting a System: the sealed servers and clients are local processes connected to it, named
+apart from earlier runs'; the bare fleet stays local.  Nothing here is a test: figures are
+reported, never asserted.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -98,9 +103,11 @@ class KernelFleet:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.system = System(Config(frames=args.frames, transport=args.transport))
-        self.servers = [f"echo.{k}" for k in range(args.servers)]
-        self.clients = [f"client.{i}" for i in range(args.clients)]
+        self.system = System(Config(frames=args.frames, transport=args.transport),
+                             kernel_addr=args.kernel)
+        tag = f"{secrets.token_hex(3)}." if args.kernel else ""   # a shared kernel remembers
+        self.servers = [f"echo.{tag}{k}" for k in range(args.servers)]
+        self.clients = [f"client.{tag}{i}" for i in range(args.clients)]
         self.go = self.system.rundir / "go"
         self.outs = [self.system.rundir / f"{c}.json" for c in self.clients]
         self._last = (0, 0.0)
@@ -272,7 +279,7 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
     """The two fleets side by side, and the ratio."""
     t = Table(title=f"IPC echo: {args.clients} clients, {args.servers} servers, "
                     f"{args.size}-byte payloads, {args.duration:g} s each in {args.slices} "
-                    f"alternating windows, {args.transport}://")
+                    f"alternating windows, {args.kernel or args.transport + '://'}")
     t.add_column("")
     for name in ("round trips/s", "MB/s", "p50 us", "p99 us", "p99.9 us"):
         t.add_column(name, justify="right")
@@ -317,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per fleet")
     p.add_argument("--slices", type=int, default=4, help="alternating windows per fleet")
     p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    p.add_argument("--kernel", metavar="ADDR",
+                   help="run the kernel fleet against the kernel at ADDR instead of starting one")
     p.add_argument("--frames", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--plot", help="write latency/throughput plots to this PNG")
