@@ -72,6 +72,10 @@ MAX_ENDPOINTS: int = 256
 MAX_CAPS_PER_MSG: int = 16
 MAX_GRANT_PAGES: int = 1 << 16
 
+_NO_CAPS: tuple[()] = ()
+_CALL, _RECEIVE, _RUNNING = ProcState.CALL, ProcState.RECEIVE, ProcState.RUNNING
+_perf = time.perf_counter
+
 
 @dataclass(slots=True, eq=False)
 class Endpoint:
@@ -104,7 +108,7 @@ class Call:
     ep: Endpoint
     payload: bytes
     stamp: dict[str, Any]                 # the caller's identity, as the kernel bound it
-    caps: list[Endpoint]
+    caps: list[Endpoint] | tuple[()]
     prior: str                            # channel state before the call
     waiting: str                          # channel state while it awaits its reply
     t0: float
@@ -252,13 +256,16 @@ class Ipc:
     def call(self, req: Request) -> Any:
         """Check a call (size, handle, contract, caps, grant) and post it; SUSPEND until REPLY."""
         proc: Proc = req.caller
-        t = self.tables.get(proc.spid) or self.table(proc)
+        spid = proc.spid
+        t = self.tables.get(spid) or self.table(proc)
         m = req.msg
         payload: bytes = m["msg"]
-        if len(payload) > self.max_bytes:
-            raise ServiceError(Err.MSGSIZE, f"call: message of {len(payload)} bytes exceeds the "
+        n = len(payload)
+        if n > self.max_bytes:
+            raise ServiceError(Err.MSGSIZE, f"call: message of {n} bytes exceeds the "
                                             f"{self.max_bytes}-byte IPC limit")
-        ep = self._lookup(t, m["handle"])
+        h = m["handle"]
+        ep = t.handles.get(h) or self._lookup(t, h)
         if not ep.alive:
             self.stats["ipc_peer_died"] += 1
             raise ServiceError(Err.PEERDIED, f"call: endpoint {ep.contract.name!r} is gone: "
@@ -269,29 +276,32 @@ class Ipc:
         if t.calling is not None or t.receiving is not None:
             raise ServiceError(Err.BUSY, "call: this process is already blocked in a call "
                                          "or receive")
-        caps = self._collect_caps(t, m.get("caps"))
+        raw_caps = m.get("caps")
+        caps = self._collect_caps(t, raw_caps) if raw_caps else _NO_CAPS
         grant = m.get("grant")
         vpn, npages = self._grant_range(grant) if grant is not None else (0, 0)
-        prior = ep.chans.get(proc.spid, ep.contract.initial)
+        contract = ep.contract
+        prior = ep.chans.get(spid) or contract.initial
         try:
-            msg = decode_payload(ep.contract, payload)
-            waiting = check(ep.contract, prior, msg, len(caps), grant is not None)
+            msg = decode_payload(contract, payload)
+            waiting = check(contract, prior, msg, len(caps), grant is not None)
         except ServiceError:
             self.stats["ipc_contract_violations"] += 1
             raise
         cid = self._next_cid
         self._next_cid = cid + 1
         call = Call(cid, proc, req, ep, payload, t.stamp, caps, prior, waiting,
-                    time.perf_counter())
-        ep.chans[proc.spid] = waiting
+                    _perf() if self.k.metrics is not None else 0.0)
+        ep.chans[spid] = waiting
         t.chans_on.add(ep.eid)
         t.calling = call
-        proc.state = ProcState.CALL
-        n = len(payload)
-        proc.counters["ipc_calls_out"] += 1
-        proc.counters["ipc_bytes_out"] += n
-        self.stats["ipc_calls"] += 1
-        self.stats["ipc_bytes_copied"] += n
+        proc.state = _CALL
+        counters = proc.counters
+        counters["ipc_calls_out"] += 1
+        counters["ipc_bytes_out"] += n
+        stats = self.stats
+        stats["ipc_calls"] += 1
+        stats["ipc_bytes_copied"] += n
         ep.calls += 1
         ep.bytes += n
         tracer = self.k.tracer
@@ -350,19 +360,21 @@ class Ipc:
         ep.waiter = None
         owner = self.tables[ep.owner.spid]
         owner.receiving = None
-        ep.owner.state = ProcState.RUNNING
-        self.k.reply(waiter, **self._deliver(owner, call))
+        ep.owner.state = _RUNNING
+        self.k.send(waiter.sock, waiter.peer, self._deliver(owner, call, waiter.rid))
 
-    def _deliver(self, owner: CapTable, call: Call) -> dict[str, Any]:
-        """Hand `call` to its endpoint's owner: mint its caps there; the RECEIVE reply fields."""
+    def _deliver(self, owner: CapTable, call: Call, rid: int | None = None) -> dict[str, Any]:
+        """Hand `call` to its endpoint's owner: mint its caps there; the RECEIVE reply (to
+        request `rid`, when given: the map is then the whole reply)."""
         owner.serving[call.cid] = call
         proc = owner.proc
-        n = len(call.payload)
-        proc.counters["ipc_calls_in"] += 1
-        proc.counters["ipc_bytes_in"] += n
-        out = {"call": call.cid, "msg": call.payload,
-               "sender": call.stamp,
+        counters = proc.counters
+        counters["ipc_calls_in"] += 1
+        counters["ipc_bytes_in"] += len(call.payload)
+        out = {"call": call.cid, "msg": call.payload, "sender": call.stamp,
                "caps": [self._mint(owner, ep) for ep in call.caps] if call.caps else []}
+        if rid is not None:
+            out["re"] = rid
         if call.caps:
             self.stats["ipc_caps_transferred"] += len(call.caps)
         if call.grant_addr is not None:
@@ -387,8 +399,8 @@ class Ipc:
         if call.ep.alive and caller.alive and call.ep.chans.get(caller.spid) == call.waiting:
             call.ep.chans[caller.spid] = call.prior       # the call never happened
         if caller.alive:
-            if caller.state == ProcState.CALL:
-                caller.state = ProcState.RUNNING
+            if caller.state is _CALL:
+                caller.state = _RUNNING
             self.k.fail(call.req, code, text)
         self.k.tracer.end("ipc", "call", call.cid, caller.spid, error=str(code))
 
@@ -410,7 +422,7 @@ class Ipc:
             return self._deliver(t, ep.queue.popleft())
         ep.waiter = req
         t.receiving = ep
-        t.proc.state = ProcState.RECEIVE
+        t.proc.state = _RECEIVE
         return SUSPEND
 
     def reply(self, req: Request) -> Any:
@@ -436,11 +448,11 @@ class Ipc:
             next_ep = self._owned(t, recv)
             if t.calling is not None or t.receiving is not None:
                 raise ServiceError(Err.BUSY, "reply: already blocked in a call or receive")
-        caps = self._collect_caps(t, m.get("caps"))
-        ep = call.ep
+        raw_caps = m.get("caps")
+        caps = self._collect_caps(t, raw_caps) if raw_caps else _NO_CAPS
+        contract = call.ep.contract
         try:
-            state = check(ep.contract, call.waiting, decode_payload(ep.contract, payload),
-                          len(caps))
+            state = check(contract, call.waiting, decode_payload(contract, payload), len(caps))
         except ServiceError:
             self.stats["ipc_contract_violations"] += 1
             raise
@@ -450,7 +462,8 @@ class Ipc:
             return {}
         return self._receive(t, next_ep, req)
 
-    def _answer(self, call: Call, state: str, payload: bytes, caps: list[Endpoint]) -> None:
+    def _answer(self, call: Call, state: str, payload: bytes,
+                caps: list[Endpoint] | tuple[()]) -> None:
         """Wake `call`'s caller with the reply (an orphaned call's reply is dropped)."""
         self.stats["ipc_replies"] += 1
         if call.done:
@@ -464,15 +477,16 @@ class Ipc:
         caller.counters["ipc_bytes_in"] += n
         call.ep.owner.counters["ipc_bytes_out"] += n
         self.stats["ipc_bytes_copied"] += n
-        if caller.state == ProcState.CALL:
-            caller.state = ProcState.RUNNING
+        if caller.state is _CALL:
+            caller.state = _RUNNING
         handles = [self._mint(ct, ep) for ep in caps] if caps else []
-        self.k.reply(call.req, msg=payload, caps=handles)
+        req = call.req
+        self.k.send(req.sock, req.peer, {"re": req.rid, "msg": payload, "caps": handles})
         if self.k.tracer.enabled:
             self.k.tracer.end("ipc", "call", call.cid, caller.spid, bytes=n)
         if self.k.metrics is not None:
             self.k.metrics.observe_call(call.ep.contract.name, n + len(call.payload),
-                                        time.perf_counter() - call.t0)
+                                        _perf() - call.t0)
 
     # -- death ------------------------------------------------------------------------------
     def reclaim(self, proc: Proc) -> None:
