@@ -64,7 +64,8 @@ def check_pager(args: argparse.Namespace) -> str:
     if not slot.get("up"):
         raise Unhealthy(f"pager slot {args.mirror} is down (joins {slot.get('joins')})")
     if slot.get("host") != host:
-        raise Unhealthy(f"pager slot {args.mirror} is served from {slot.get('host')!r}, not {host!r}")
+        raise Unhealthy(f"pager slot {args.mirror} is served from {slot.get('host')!r}, "
+                        f"not {host!r}")
     return f"pager {args.mirror} admitted (joins {slot.get('joins')})"
 
 

@@ -31,9 +31,11 @@ NO_KERNEL: int = 2
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sealedos summary", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get("SEALEDOS_KERNEL_ADDR"), help="kernel address")
+    p.add_argument("--kernel", default=os.environ.get("SEALEDOS_KERNEL_ADDR"),
+                   help="kernel address")
     p.add_argument("--wait", default="", help="comma-separated process names to wait for")
-    p.add_argument("--timeout", type=float, default=0.0, help="give up waiting after S seconds (0: never)")
+    p.add_argument("--timeout", type=float, default=0.0,
+                   help="give up waiting after S seconds (0: never)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     return p
 
@@ -66,7 +68,8 @@ def main(argv: list[str]) -> int:
     """Wait if asked, print the summary, exit with the verdict."""
     args = build_parser().parse_args(argv)
     if not args.kernel:
-        print("sealedos summary: no kernel address (--kernel or SEALEDOS_KERNEL_ADDR)", file=sys.stderr)
+        print("sealedos summary: no kernel address (--kernel or SEALEDOS_KERNEL_ADDR)",
+              file=sys.stderr)
         return NO_KERNEL
     names = [n for n in args.wait.split(",") if n]
     deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
@@ -75,7 +78,8 @@ def main(argv: list[str]) -> int:
             try:
                 stats = client.call(Op.STATS, timeout_ms=KERNEL_TIMEOUT_MS)
             except ServiceError as exc:
-                print(f"sealedos summary: no kernel answers at {args.kernel}: {exc}", file=sys.stderr)
+                print(f"sealedos summary: no kernel answers at {args.kernel}: {exc}",
+                      file=sys.stderr)
                 return NO_KERNEL
             ended = {r["name"] for r in stats["processes"] if r.get("state") in ENDED}
             waiting = [n for n in names if n not in ended]

@@ -132,7 +132,7 @@ class Deployment:
         cmd = ["docker", "compose", "-p", self.project, *fargs, *args]
         try:
             out = _run(cmd, self.env, timeout)
-        except subprocess.TimeoutExpired as exc:
+        except subprocess.TimeoutExpired:
             pytest.fail(f"`{' '.join(cmd)}` took over {timeout:g} s\n{self.logs()}")
         if check and out.returncode != 0:
             pytest.fail(f"`{' '.join(cmd)}` exited {out.returncode}:\n{out.stdout[-3000:]}\n"
@@ -280,7 +280,17 @@ def test_crashed_pager_and_disk_come_back_and_apps_verify(deployment: Deployment
     assert d.inspect("summary")["exit_code"] == 0, summary
     assert summary.count("verified") == len(APPS), summary
     stats = d.stats()
-    assert stats["pager_restarts"] >= 1 and not stats["integrity_failures"], stats
+    assert stats["pager_restarts"] >= 1, stats
+    # honest pagers: a crash may cost timeouts or errors, never a page that fails verification
+    altered = {k: n for k, n in stats["integrity_failures"].items()
+               if k not in ("timeout", "error")}
+    assert not altered, stats["integrity_failures"]
+    # Prometheus metrics are served (published to 127.0.0.1 by the compose file; the test's
+    # override publishes nothing, so read them inside the kernel's container)
+    metrics = d.compose("exec", "-T", "kernel", "python3", "-c",
+                        "import urllib.request; print(urllib.request.urlopen("
+                        "'http://127.0.0.1:9100/metrics', timeout=10).read().decode())").stdout
+    assert "sealedos_page_ins" in metrics, metrics[:2000]
     print(f"\ncompose: apps progressing after {t_progress:.0f} s, pager0 re-admitted after "
           f"{t_readmitted:.0f} s, apps done after {time.monotonic() - t0:.0f} s; "
           f"build/up: {d.timings}")
@@ -289,9 +299,16 @@ def test_crashed_pager_and_disk_come_back_and_apps_verify(deployment: Deployment
 def test_loadgen_profile_reports_a_result(deployment: Deployment) -> None:
     d = deployment
     before = d.stats().get("ipc_calls", 0)
-    out = d.compose("--profile", "loadgen", "run", "--rm", "-T", "--no-deps", "loadgen",
-                    timeout=WAIT_S + 8 * LOADGEN_DURATION_S, check=False)
-    assert out.returncode == 0, f"loadgen exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+    # no --rm: through Podman's Docker API, `run --rm` loses the exit code (always 0)
+    name = f"{d.project}-loadgen"
+    try:
+        out = d.compose("--profile", "loadgen", "run", "-T", "--no-deps", "--name", name,
+                        "loadgen", timeout=WAIT_S + 8 * LOADGEN_DURATION_S, check=False)
+        code = _run(["docker", "inspect", "-f", "{{.State.ExitCode}}", name], d.env, 60)
+    finally:
+        _run(["docker", "rm", "-f", name], d.env, 60)
+    assert out.returncode == 0 and code.stdout.strip() == "0", \
+        f"loadgen exited {out.returncode}/{code.stdout.strip()}:\n{out.stdout}\n{out.stderr}"
     assert "round trips/s" in out.stdout and "ratio kernel/bare" in out.stdout, out.stdout
     assert "tcp://kernel:5555" in out.stdout, out.stdout
     # its calls went through the deployed kernel
