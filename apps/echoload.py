@@ -16,8 +16,9 @@ harness is on the same host; the kernel never sees the file).  It REPORTs ``call
 was right) or ``failed``.
 
 Its server may die (chaos kills it on purpose): a call then ends in PeerDied, never a hang.
-echoload counts it, drops the dead handle, looks the name up again until a restarted server
-has registered it, and goes on.  Any other SealedError is REPORTed as ``error`` and ends the
+echoload counts it (once per death, however many calls to the dead endpoint it takes until
+init hands out the new one), drops the dead handle, looks the name up again until a
+restarted server has registered it, and goes on.  Any other SealedError is REPORTed as ``error`` and ends the
 process with status 1.
 """
 from __future__ import annotations
@@ -49,6 +50,7 @@ class Load:
         self.t0 = time.monotonic()
         self.counts: list[int] = []
         self.calls = self.peer_died = self.wrong = 0
+        self.served_since_death = True           # PeerDied counts deaths, not retries
         self.handle = self.lookup()
 
     def lookup(self) -> int:
@@ -68,7 +70,8 @@ class Load:
             reply, _ = self.proc.call(self.handle, {"kind": "echo", "data": self.payload,
                                                     "seq": seq})
         except (PeerDied, BadHandle):
-            self.peer_died += 1
+            self.peer_died += self.served_since_death
+            self.served_since_death = False
             self._drop(self.handle)
             time.sleep(RELOOKUP_POLL_S)     # init may still hand out the dead one a moment
             self.handle = self.lookup()
@@ -76,6 +79,7 @@ class Load:
         if reply.get("seq") != seq or reply.get("data") != self.payload:
             self.wrong += 1
         self.calls += 1
+        self.served_since_death = True
         b = int((time.monotonic() - self.t0) / self.bin_s)
         if b >= len(self.counts):
             self.counts.extend([0] * (b + 1 - len(self.counts)))
