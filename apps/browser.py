@@ -22,11 +22,13 @@ from apps.runtime import KERNEL_ADDR_ENV, SealedError, SealedProcess
 from apps.runtime.errors import PeerDied
 
 MANIFEST: list[str] = ["plugin.*"]
+#: How long the browser waits for a plugin to register (plugins may start after it).
+LOOKUP_WAIT_S: float = 10.0
 
 
 def browse(proc: SealedProcess, plugins: list[str], rounds: int, interval_s: float) -> int:
     """Run the rounds; REPORT progress and the tally; return the exit status."""
-    handles = {name: proc.lookup(name) for name in plugins}
+    handles = {name: proc.lookup(name, LOOKUP_WAIT_S) for name in plugins}
     ok = dict.fromkeys(plugins, 0)
     dead: list[str] = []
     wrong = 0

@@ -56,6 +56,8 @@ ECHO_CONTRACT: dict[str, Any] = {
 MANIFEST: list[str] = ["echo", "echo.*"]
 REPORT_EVERY_S: float = 0.5
 GO_POLL_S: float = 0.05
+#: How long a client waits for its target to register (servers may start after it).
+LOOKUP_WAIT_S: float = 10.0
 
 
 # -- the server -------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def run_grant(proc: SealedProcess, h: int, npages: int) -> None:
 def client(proc: SealedProcess, args: argparse.Namespace) -> int:
     """The client modes; REPORT the verdict, return the exit status."""
     try:
-        h = proc.lookup(args.target)
+        h = proc.lookup(args.target, LOOKUP_WAIT_S)
         if args.grant_pages:
             run_grant(proc, h, args.grant_pages)
         elif args.duration > 0:

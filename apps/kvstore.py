@@ -55,6 +55,8 @@ KV_CONTRACT: dict[str, Any] = {
                          "stats": {"stats": "ready"}}},
 }
 MANIFEST: list[str] = ["kv", "kv.*"]
+#: How long a client waits for the server to register (it may start after the client).
+LOOKUP_WAIT_S: float = 10.0
 
 
 class Table:
@@ -152,7 +154,7 @@ def pair(seed: int, i: int) -> tuple[str, bytes]:
 def client(proc: SealedProcess, target: str, ops: int, seed: int) -> int:
     """Put, get, delete, check; REPORT the verdict; return the exit status."""
     try:
-        kv = proc.lookup(target)
+        kv = proc.lookup(target, LOOKUP_WAIT_S)
         call = lambda **m: proc.call(kv, m)[0]          # noqa: E731
         for i in range(ops):
             k, v = pair(seed, i)

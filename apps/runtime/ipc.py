@@ -22,12 +22,13 @@ SegmentationFault.
 from __future__ import annotations
 
 import fnmatch
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 import msgpack
 
-from apps.runtime.errors import KernelProtocolError, from_reply
+from apps.runtime.errors import KernelProtocolError, NotFound, from_reply
 
 if TYPE_CHECKING:
     from apps.runtime.mmu import Mmu
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 #: Every process's handle for init's name-service endpoint.
 NAMESERVICE: int = 0
 NAME_MAX_BYTES: int = 64
+#: How often lookup(wait_s=...) asks again for a name not registered yet.
+LOOKUP_RETRY_S: float = 0.1
 
 #: The name service's protocol (init serves it; the kernel checks it).
 NAMESERVICE_CONTRACT: dict[str, Any] = {
@@ -164,12 +167,18 @@ class Ipc:
         self.kernel.cap_close(handle)
 
     # -- names ---------------------------------------------------------------------------
-    def lookup(self, name: str) -> int:
-        """The capability registered under `name` (PermissionDenied outside the manifest)."""
-        reply, caps = self.call(NAMESERVICE, {"kind": "lookup", "name": name})
-        if reply.get("kind") == "found" and len(caps) == 1:
-            return caps[0]
-        raise self._refused(reply, f"lookup {name!r}")
+    def lookup(self, name: str, wait_s: float = 0.0) -> int:
+        """The capability registered under `name` (PermissionDenied outside the manifest);
+        a name not registered yet is asked for again for up to wait_s, then NotFound."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            reply, caps = self.call(NAMESERVICE, {"kind": "lookup", "name": name})
+            if reply.get("kind") == "found" and len(caps) == 1:
+                return caps[0]
+            exc = self._refused(reply, f"lookup {name!r}")
+            if not isinstance(exc, NotFound) or time.monotonic() >= deadline:
+                raise exc
+            time.sleep(LOOKUP_RETRY_S)
 
     def register_name(self, name: str, handle: int) -> None:
         """Publish endpoint `handle` under `name` with init."""

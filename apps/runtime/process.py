@@ -145,9 +145,10 @@ class SealedProcess:
         """Drop a capability handle."""
         self.ipc.cap_close(handle)
 
-    def lookup(self, name: str) -> int:
-        """The capability init has under `name` (the manifest must list it)."""
-        return self.ipc.lookup(name)
+    def lookup(self, name: str, wait_s: float = 0.0) -> int:
+        """The capability init has under `name` (the manifest must list it); wait up to
+        wait_s for a service that has not registered yet."""
+        return self.ipc.lookup(name, wait_s)
 
     def register_name(self, name: str, handle: int) -> None:
         """Publish own endpoint `handle` under `name` with init."""
