@@ -26,6 +26,9 @@ from kernel_daemon.system import Config, System
 
 DEFAULT_APPS: list[list[str]] = [["memstress"]] * 3
 EXIT_GRACE_S: float = 30.0
+#: Servers (init's name service aside) never exit: once every app still running has waited
+#: in RECEIVE this long with nothing else running, the run is over.
+IDLE_SERVERS_S: float = 2.0
 SUMMARY_KEYS: tuple[str, ...] = ("minor_faults", "major_faults", "page_ins", "page_outs",
                                  "evictions", "resident_pages", "checksum")
 
@@ -126,9 +129,10 @@ def start_apps(system: System, groups: list[list[str]], duration: float) -> list
 
 def watch(system: System, names: list[str], duration: float, console: Console,
           quiet: bool) -> None:
-    """Show each app's progress until every app has exited."""
+    """Show each app's progress until every app has exited (or only idle servers are left)."""
     limit = (duration + EXIT_GRACE_S) if duration else None
     t0 = time.monotonic()
+    idle_since: float | None = None
     with Progress(TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, disable=quiet, transient=False) as bar:
         tasks = {n: bar.add_task(n, total=1.0, info="") for n in names}
@@ -143,6 +147,11 @@ def watch(system: System, names: list[str], duration: float, console: Console,
                         f"{p.get('state', '')}")
                 bar.update(tasks[n], completed=frac, info=info)
             if not running:
+                return
+            idle = all(procs.get(n, {}).get("state") == "blocked on receive" for n in running)
+            idle_since = (idle_since or time.monotonic()) if idle and len(running) < len(names) \
+                else None
+            if idle_since is not None and time.monotonic() - idle_since > IDLE_SERVERS_S:
                 return
             if limit is not None and time.monotonic() - t0 > limit:
                 for n in running:
