@@ -69,6 +69,8 @@ class NameService:
         return {"kind": "names", "names": names[:256]}, [], None
 
     def _register(self, rcv: Received) -> tuple[dict[str, Any], list[int], int | None]:
+        """Publish the one capability rcv carries under its name, if the name is free or the
+        caller runs the same program (and digest) as its holder."""
         name, sender = rcv.msg["name"], rcv.sender
         if len(rcv.caps) != 1:
             return _refuse("EINVAL", "register needs exactly one endpoint capability"), [], None
@@ -83,6 +85,7 @@ class NameService:
 
 
 def _refuse(code: str, reason: str) -> dict[str, Any]:
+    """A refusal at the message level, with the kernel's error code for the reason."""
     return {"kind": "refused", "code": code, "reason": reason[:256]}
 
 
@@ -106,6 +109,7 @@ def serve(proc: SealedProcess, handle: int) -> None:
 
 
 def _close_quietly(proc: SealedProcess, handle: int) -> None:
+    """Drop a capability init no longer needs (it may already be gone)."""
     try:
         proc.cap_close(handle)
     except SealedError:

@@ -69,6 +69,7 @@ class Table:
         self.count = 0
 
     def _home(self, key: bytes) -> int:
+        """The slot where key's probe sequence starts."""
         return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") % self.slots
 
     def _slot(self, i: int) -> tuple[int, bytes, int]:

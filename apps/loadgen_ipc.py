@@ -81,6 +81,7 @@ def _wait(what: str, pred: Callable[[], bool], timeout_s: float, why: Callable[[
 
 
 def _client_args(args: argparse.Namespace, go: Path, out: Path) -> list[str]:
+    """The bench-mode flags every client of either fleet gets."""
     return ["--size", str(args.size), "--duration", str(args.duration), "--slices",
             str(args.slices), "--go-file", str(go), "--out", str(out)]
 
@@ -125,12 +126,15 @@ class KernelFleet:
                                  *_client_args(self.args, self.go, self.outs[i])], name)
 
     def _records(self) -> dict[str, dict[str, Any]]:
+        """The kernel's records of every process, by name."""
         return {p["name"]: p for p in self.system.stats()["processes"]}
 
     def _report(self, name: str) -> dict[str, Any]:
+        """What process `name` REPORTed so far."""
         return (self.system.process(name) or {}).get("report") or {}
 
     def _check(self) -> None:
+        """Raise if a client (or any bare process) has died."""
         for c in self.clients:
             code = self.system.services[c].proc.poll()
             if code not in (None, 0):
@@ -170,9 +174,11 @@ class KernelFleet:
         return _load(self.outs, self.name, self.args.size)
 
     def why(self) -> str:
+        """The log lines that explain a failure."""
         return self.system.log_tail(self.clients[0])
 
     def stop(self) -> None:
+        """Stop every process of the fleet and remove its files."""
         self.system.stop()
 
 
@@ -192,6 +198,7 @@ class BareFleet:
         self.clients: list[subprocess.Popen] = []
 
     def _start(self, name: str, *argv: str) -> subprocess.Popen:
+        """Start one bare process (`python -m apps.bare_broker ARGV`)."""
         cmd = [sys.executable, "-m", "apps.bare_broker", *argv, "--addr", self.addr]
         self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log"))
         return self.procs[-1]
@@ -207,24 +214,30 @@ class BareFleet:
                         for i in range(a.clients)]
 
     def _check(self) -> None:
+        """Raise if a client (or any bare process) has died."""
         if any(p.poll() not in (None, 0) for p in self.procs):
             raise RuntimeError("loadgen: a bare process died:\n" + self.why())
 
     def ready(self) -> bool:
+        """True once every client has warmed up."""
         self._check()
         return all(Path(f"{o}.ready").exists() for o in self.outs)
 
     def go_slice(self, k: int) -> None:
+        """Start window k."""
         Path(f"{self.go}.{k}").touch()
 
     def slice_done(self, k: int) -> bool:
+        """True once every client has finished window k."""
         self._check()
         return all(Path(f"{o}.done.{k}").exists() for o in self.outs)
 
     def rate(self) -> float | None:
+        """Round trips/s since the last call (None: not counted)."""
         return None                      # the bare broker counts nothing
 
     def results(self) -> Run:
+        """Wait for the clients to write their samples; load them."""
         deadline = time.monotonic() + SLICE_GRACE_S
         for c in self.clients:
             c.wait(max(0.1, deadline - time.monotonic()))
@@ -232,11 +245,13 @@ class BareFleet:
         return _load(self.outs, self.name, self.args.size)
 
     def why(self) -> str:
+        """The log lines that explain a failure."""
         logs = [self.rundir / "broker.log", self.rundir / "client.0.log"]
         return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-2000:]}"
                          for p in logs if p.exists())
 
     def stop(self) -> None:
+        """Stop every process of the fleet and remove its files."""
         spawn.stop_all(self.procs, 1.0)
         spawn.remove_rundir(self.rundir)
 

@@ -102,6 +102,7 @@ class Contract:
 
 
 def _bad(text: str) -> ServiceError:
+    """The EINVAL error for a malformed contract."""
     return ServiceError(Err.INVAL, f"bad contract: {text}")
 
 
@@ -114,6 +115,7 @@ def _name(value: Any, what: str) -> str:
 
 
 def _int_bound(spec: dict[str, Any], key: str, where: str) -> int | float | None:
+    """spec[key] when it is a number (or absent); EINVAL otherwise."""
     value = spec.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise _bad(f"{where}: {key} must be a number")
@@ -195,6 +197,7 @@ class _Violation(Exception):
 
 
 def _tname(value: Any) -> str:
+    """The contract's name for value's type (bool before int: a bool is not an int here)."""
     for name, typ in (("bool", bool), ("int", int), ("float", float), ("str", str),
                       ("bytes", bytes), ("list", list), ("map", dict), ("nil", type(None))):
         if isinstance(value, typ):
@@ -203,10 +206,12 @@ def _tname(value: Any) -> str:
 
 
 def _wrong(path: str, value: Any, want: str) -> _Violation:
+    """The wrong_type violation of field `path`."""
     return _Violation("wrong_type", f"field {path!r} is {_tname(value)}, the contract says {want}")
 
 
 def _int_checker(lo: int | float, hi: int | float) -> Checker:
+    """A checker for an int in [lo, hi]."""
     def check(v: Any, path: str) -> None:
         if v.__class__ is not int:
             if not isinstance(v, int) or isinstance(v, bool):
@@ -219,6 +224,7 @@ def _int_checker(lo: int | float, hi: int | float) -> Checker:
 
 
 def _float_checker(lo: int | float | None, hi: int | float | None) -> Checker:
+    """A checker for a number in [lo, hi] (None: unbounded)."""
     def check(v: Any, path: str) -> None:
         if not isinstance(v, (float, int)) or isinstance(v, bool):
             raise _wrong(path, v, "float")
@@ -230,6 +236,7 @@ def _float_checker(lo: int | float | None, hi: int | float | None) -> Checker:
 
 
 def _str_checker(max_len: int) -> Checker:
+    """A checker for a str of at most max_len UTF-8 bytes (encoded only when it could matter)."""
     def check(v: Any, path: str) -> None:
         if v.__class__ is not str:
             raise _wrong(path, v, "str")
@@ -242,6 +249,7 @@ def _str_checker(max_len: int) -> Checker:
 
 
 def _bytes_checker(max_len: int) -> Checker:
+    """A checker for bytes of at most max_len."""
     def check(v: Any, path: str) -> None:
         if v.__class__ is not bytes:
             raise _wrong(path, v, "bytes")
@@ -252,6 +260,7 @@ def _bytes_checker(max_len: int) -> Checker:
 
 
 def _list_checker(max_len: int, item: Checker) -> Checker:
+    """A checker for a list of at most max_len items, each passing `item`."""
     def check(v: Any, path: str) -> None:
         if v.__class__ is not list:
             raise _wrong(path, v, "list")
@@ -264,6 +273,7 @@ def _list_checker(max_len: int, item: Checker) -> Checker:
 
 
 def _map_checker(fields: dict[str, Checker], required: tuple[str, ...]) -> Checker:
+    """A checker for a nested map with exactly these fields (the required ones present)."""
     def check(v: Any, path: str) -> None:
         if v.__class__ is not dict:
             raise _wrong(path, v, "map")
@@ -272,6 +282,7 @@ def _map_checker(fields: dict[str, Checker], required: tuple[str, ...]) -> Check
 
 
 def _type_checker(tname: str) -> Checker:
+    """A checker for a value of type tname with no bounds (bool, nil)."""
     typ = _TYPES[tname]
 
     def check(v: Any, path: str) -> None:
@@ -298,6 +309,7 @@ def _check_fields(fields: dict[str, Checker], required: tuple[str, ...], msg: di
 
 # -- compiling a contract -------------------------------------------------------------------
 def _compile_messages(specs: Any, direction: str) -> dict[str, MessageSpec]:
+    """The message specs of one direction (calls or replies), validated and compiled."""
     what = "calls" if direction == "message" else "replies"
     if not isinstance(specs, dict) or not 0 < len(specs) <= MAX_KINDS:
         raise _bad(f"'{what}' must be a map of 1..{MAX_KINDS} message kinds")

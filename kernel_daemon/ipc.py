@@ -52,11 +52,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kernel_daemon.contract import Contract, check, compile_contract, decode_payload
+from kernel_daemon.caps import (
+    MAX_ENDPOINTS, NAMESERVICE_HANDLE, CapTable, Endpoint)
+from kernel_daemon.contract import check, compile_contract, decode_payload
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
 from kernel_daemon.protocol import PAGE_SIZE, Err, ServiceError
@@ -65,38 +66,11 @@ from kernel_daemon.server import SUSPEND, Request
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel
 
-#: Handle 0 of every process: init's name-service endpoint.
-NAMESERVICE_HANDLE: int = 0
-MAX_HANDLES: int = 4096
-MAX_ENDPOINTS: int = 256
-MAX_CAPS_PER_MSG: int = 16
 MAX_GRANT_PAGES: int = 1 << 16
 
 _NO_CAPS: tuple[()] = ()
 _CALL, _RECEIVE, _RUNNING = ProcState.CALL, ProcState.RECEIVE, ProcState.RUNNING
 _perf = time.perf_counter
-
-
-@dataclass(slots=True, eq=False)
-class Endpoint:
-    """A kernel object its owner RECEIVEs on and capability holders CALL."""
-    eid: int
-    owner: Proc
-    contract: Contract
-    owner_handle: int
-    queue: deque["Call"] = field(default_factory=deque)
-    waiter: Request | None = None        # the owner's RECEIVE waiting here
-    chans: dict[int, str] = field(default_factory=dict)   # caller spid -> channel state
-    alive: bool = True
-    death: str = ""
-    calls: int = 0
-    bytes: int = 0
-
-    def record(self) -> dict[str, Any]:
-        """The endpoint as one JSON-able map (stats, metrics)."""
-        return {"eid": self.eid, "contract": self.contract.name, "owner": self.owner.spid,
-                "owner_name": self.owner.name, "alive": self.alive, "queued": len(self.queue),
-                "calls": self.calls, "bytes": self.bytes}
 
 
 @dataclass(slots=True, eq=False)
@@ -115,20 +89,6 @@ class Call:
     grant_addr: int | None = None
     grant_npages: int = 0
     done: bool = False                    # answered or failed: the caller is no longer waiting
-
-
-@dataclass(slots=True, eq=False)
-class CapTable:
-    """One process's IPC state: its handles, endpoints, and what it is blocked on."""
-    proc: Proc
-    stamp: dict[str, Any]
-    handles: dict[int, Endpoint] = field(default_factory=dict)
-    next_handle: int = 1
-    owned: list[Endpoint] = field(default_factory=list)
-    serving: dict[int, Call] = field(default_factory=dict)   # delivered, awaiting REPLY
-    calling: Call | None = None
-    receiving: Endpoint | None = None
-    chans_on: set[int] = field(default_factory=set)          # eids where it has a channel
 
 
 class Ipc:
@@ -169,54 +129,8 @@ class Ipc:
         """proc's capability table (created on first use)."""
         t = self.tables.get(proc.spid)
         if t is None:
-            stamp = {"spid": proc.spid, "name": proc.name, "program": proc.program,
-                     "digest": proc.digest, "manifest": list(proc.manifest)}
-            t = self.tables[proc.spid] = CapTable(proc, stamp)
+            t = self.tables[proc.spid] = CapTable.of(proc)
         return t
-
-    def _lookup(self, t: CapTable, handle: int) -> Endpoint:
-        """The endpoint `handle` names in t; EBADHANDLE if forged or stale."""
-        ep = t.handles.get(handle)
-        if ep is not None:
-            return ep
-        if handle == NAMESERVICE_HANDLE:
-            if self.root is None:
-                raise ServiceError(Err.NOENT, "handle 0: the name service is not running yet")
-            return self.root
-        if 0 < handle < t.next_handle:
-            raise ServiceError(Err.BADHANDLE, f"handle {handle} is stale: it was closed")
-        raise ServiceError(Err.BADHANDLE, f"handle {handle} was never issued to this process")
-
-    def _mint(self, t: CapTable, ep: Endpoint) -> int:
-        """A new handle for `ep` in t."""
-        if len(t.handles) >= MAX_HANDLES:
-            raise ServiceError(Err.NOMEM, f"capability table full ({MAX_HANDLES} handles)")
-        h = t.next_handle
-        t.next_handle += 1
-        t.handles[h] = ep
-        return h
-
-    def _owned(self, t: CapTable, handle: int) -> Endpoint:
-        """The live endpoint t's process owns under `handle` (for RECEIVE)."""
-        ep = self._lookup(t, handle)
-        if ep.owner is not t.proc:
-            raise ServiceError(Err.PERM, f"handle {handle}: only the endpoint's owner may "
-                                         f"receive on it")
-        return ep
-
-    def _collect_caps(self, t: CapTable, raw: Any) -> list[Endpoint]:
-        """The endpoints a message's `caps` handles name; EBADHANDLE/EINVAL otherwise."""
-        if raw is None:
-            return []
-        if not isinstance(raw, list) or len(raw) > MAX_CAPS_PER_MSG:
-            raise ServiceError(Err.INVAL, f"caps must be a list of at most {MAX_CAPS_PER_MSG} "
-                                          f"handles")
-        out = []
-        for h in raw:
-            if not isinstance(h, int) or isinstance(h, bool):
-                raise ServiceError(Err.BADHANDLE, f"capability {str(h)[:20]!r} is not a handle")
-            out.append(self._lookup(t, h))
-        return out
 
     # -- ENDPOINT, CAP_CLOSE ------------------------------------------------------------
     def endpoint(self, req: Request) -> dict[str, Any]:
@@ -230,7 +144,7 @@ class Ipc:
         if len(t.owned) >= MAX_ENDPOINTS:
             raise ServiceError(Err.NOMEM, f"endpoint: at most {MAX_ENDPOINTS} per process")
         ep = Endpoint(self._next_eid, proc, contract, t.next_handle)
-        self._mint(t, ep)
+        t.mint(ep)
         self._next_eid += 1
         self.endpoints[ep.eid] = ep
         t.owned.append(ep)
@@ -243,7 +157,7 @@ class Ipc:
         """Drop a handle; the owner closing its own endpoint's handle destroys the endpoint."""
         t = self.table(req.caller)
         h = req.msg["handle"]
-        ep = self._lookup(t, h)
+        ep = t.lookup(h, self.root)
         if h == NAMESERVICE_HANDLE and h not in t.handles:
             raise ServiceError(Err.INVAL, "handle 0 (the name service) cannot be closed")
         del t.handles[h]
@@ -265,7 +179,7 @@ class Ipc:
             raise ServiceError(Err.MSGSIZE, f"call: message of {n} bytes exceeds the "
                                             f"{self.max_bytes}-byte IPC limit")
         h = m["handle"]
-        ep = t.handles.get(h) or self._lookup(t, h)
+        ep = t.handles.get(h) or t.lookup(h, self.root)
         if not ep.alive:
             self.stats["ipc_peer_died"] += 1
             raise ServiceError(Err.PEERDIED, f"call: endpoint {ep.contract.name!r} is gone: "
@@ -277,7 +191,7 @@ class Ipc:
             raise ServiceError(Err.BUSY, "call: this process is already blocked in a call "
                                          "or receive")
         raw_caps = m.get("caps")
-        caps = self._collect_caps(t, raw_caps) if raw_caps else _NO_CAPS
+        caps = t.collect(raw_caps, self.root) if raw_caps else _NO_CAPS
         grant = m.get("grant")
         vpn, npages = self._grant_range(grant) if grant is not None else (0, 0)
         contract = ep.contract
@@ -372,7 +286,7 @@ class Ipc:
         counters["ipc_calls_in"] += 1
         counters["ipc_bytes_in"] += len(call.payload)
         out = {"call": call.cid, "msg": call.payload, "sender": call.stamp,
-               "caps": [self._mint(owner, ep) for ep in call.caps] if call.caps else []}
+               "caps": [owner.mint(ep) for ep in call.caps] if call.caps else []}
         if rid is not None:
             out["re"] = rid
         if call.caps:
@@ -408,13 +322,14 @@ class Ipc:
     def receive(self, req: Request) -> Any:
         """The next call on an endpoint the caller owns; SUSPEND until one arrives."""
         t = self.table(req.caller)
-        ep = self._owned(t, req.msg["handle"])
+        ep = t.owned_by_me(req.msg["handle"], self.root)
         if t.calling is not None or t.receiving is not None:
             raise ServiceError(Err.BUSY, "receive: this process is already blocked in a call "
                                          "or receive")
         return self._receive(t, ep, req)
 
     def _receive(self, t: CapTable, ep: Endpoint, req: Request) -> Any:
+        """Deliver the first queued call on ep, or leave req waiting there (SUSPEND)."""
         if not ep.alive:
             raise ServiceError(Err.PEERDIED, f"receive: endpoint {ep.contract.name!r} is gone: "
                                              f"{ep.death}")
@@ -445,11 +360,11 @@ class Ipc:
             if not isinstance(recv, int) or isinstance(recv, bool):
                 raise ServiceError(Err.BADHANDLE, f"reply: receive {str(recv)[:20]!r} is not a "
                                                   f"handle")
-            next_ep = self._owned(t, recv)
+            next_ep = t.owned_by_me(recv, self.root)
             if t.calling is not None or t.receiving is not None:
                 raise ServiceError(Err.BUSY, "reply: already blocked in a call or receive")
         raw_caps = m.get("caps")
-        caps = self._collect_caps(t, raw_caps) if raw_caps else _NO_CAPS
+        caps = t.collect(raw_caps, self.root) if raw_caps else _NO_CAPS
         contract = call.ep.contract
         try:
             state = check(contract, call.waiting, decode_payload(contract, payload), len(caps))
@@ -479,7 +394,7 @@ class Ipc:
         self.stats["ipc_bytes_copied"] += n
         if caller.state is _CALL:
             caller.state = _RUNNING
-        handles = [self._mint(ct, ep) for ep in caps] if caps else []
+        handles = [ct.mint(ep) for ep in caps] if caps else []
         req = call.req
         self.k.send(req.sock, req.peer, {"re": req.rid, "msg": payload, "caps": handles})
         if self.k.tracer.enabled:
