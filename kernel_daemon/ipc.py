@@ -449,4 +449,6 @@ class Ipc:
         return {"init_spid": self.init.spid if self.init is not None else None,
                 "nameservice": self.root is not None and self.root.alive,
                 "endpoints": [ep.record() for ep in self.endpoints.values()],
+                "capabilities": sum(len(t.handles) for t in self.tables.values()),
+                "cap_tables": len(self.tables),
                 "blocked_calls": sum(1 for t in self.tables.values() if t.calling is not None)}

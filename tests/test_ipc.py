@@ -361,6 +361,18 @@ def test_killing_one_plugin_leaves_the_browser_and_the_others_working(apps: Apps
         assert apps.exit_code(name) is None
 
 
+def test_a_finished_or_killed_process_loses_every_capability(apps: Apps, system: System) -> None:
+    target = apps.server("--delay-ms", "300")
+    caps = lambda: system.stats()["kernel"]["ipc"]["capabilities"]    # noqa: E731
+    base = caps()
+    done = apps.start("echo", "--client", "--target", target, "--count", "2")
+    assert apps.finished(done)["checksum"] == "verified"
+    victim = apps.start("echo", "--client", "--target", target, "--count", "1000")
+    wait_for("the victim to hold its handle", lambda: caps() > base)
+    apps.kill(victim)
+    wait_for("the kernel to reclaim the victim", lambda: caps() == base)
+
+
 # -- outsiders --------------------------------------------------------------------------------
 def test_a_peer_that_never_registered_gets_only_errors(system: System) -> None:
     with Client(system.kernel_addr) as c:

@@ -172,12 +172,16 @@ class Ipc:
         a name not registered yet is asked for again for up to wait_s, then NotFound."""
         deadline = time.monotonic() + wait_s
         while True:
-            reply, caps = self.call(NAMESERVICE, {"kind": "lookup", "name": name})
-            if reply.get("kind") == "found" and len(caps) == 1:
-                return caps[0]
-            exc = self._refused(reply, f"lookup {name!r}")
-            if not isinstance(exc, NotFound) or time.monotonic() >= deadline:
-                raise exc
+            try:                                # NotFound here: init is not up yet
+                reply, caps = self.call(NAMESERVICE, {"kind": "lookup", "name": name})
+            except NotFound as exc:
+                err: Exception = exc
+            else:
+                if reply.get("kind") == "found" and len(caps) == 1:
+                    return caps[0]
+                err = self._refused(reply, f"lookup {name!r}")
+            if not isinstance(err, NotFound) or time.monotonic() >= deadline:
+                raise err
             time.sleep(LOOKUP_RETRY_S)
 
     def register_name(self, name: str, handle: int) -> None:
