@@ -450,5 +450,5 @@ class Ipc:
                 "nameservice": self.root is not None and self.root.alive,
                 "endpoints": [ep.record() for ep in self.endpoints.values()],
                 "capabilities": sum(len(t.handles) for t in self.tables.values()),
-                "cap_tables": len(self.tables),
+                "handles_by_spid": {str(spid): len(t.handles) for spid, t in self.tables.items()},
                 "blocked_calls": sum(1 for t in self.tables.values() if t.calling is not None)}

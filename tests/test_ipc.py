@@ -363,14 +363,18 @@ def test_killing_one_plugin_leaves_the_browser_and_the_others_working(apps: Apps
 
 def test_a_finished_or_killed_process_loses_every_capability(apps: Apps, system: System) -> None:
     target = apps.server("--delay-ms", "300")
-    caps = lambda: system.stats()["kernel"]["ipc"]["capabilities"]    # noqa: E731
-    base = caps()
+
+    def handles(name: str) -> int | None:
+        table = system.stats()["kernel"]["ipc"]["handles_by_spid"]
+        return table.get(str(apps.record(name).get("spid")))
     done = apps.start("echo", "--client", "--target", target, "--count", "2")
+    wait_for("the client to hold its handle", lambda: handles(done))
     assert apps.finished(done)["checksum"] == "verified"
+    assert handles(done) is None
     victim = apps.start("echo", "--client", "--target", target, "--count", "1000")
-    wait_for("the victim to hold its handle", lambda: caps() > base)
+    wait_for("the victim to hold its handle", lambda: handles(victim))
     apps.kill(victim)
-    wait_for("the kernel to reclaim the victim", lambda: caps() == base)
+    wait_for("the kernel to reclaim the victim", lambda: handles(victim) is None)
 
 
 # -- outsiders --------------------------------------------------------------------------------
