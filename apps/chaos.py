@@ -297,6 +297,9 @@ class Chaos:
         """Let the apps finish and verify; kill what chaos stopped; end the echo server;
         wait for the kernel to reclaim everything."""
         self.stop_file.touch()
+        for name in self.app_names():     # a stopped app would keep its callers blocked
+            if self._stopped_victim(name):
+                self._end(name)
         deadline = time.monotonic() + FINISH_GRACE_S
         workers = [n for n in self.app_names() if not n.startswith("echo.")]
         while time.monotonic() < deadline:
@@ -304,15 +307,12 @@ class Chaos:
             self.settle_app_kills()
             if live is not None:
                 live.update(self.view())
-            if all(self.system.services[n].proc.poll() is not None for n in workers
-                   if not self._stopped_victim(n)):
+            if all(self.system.services[n].proc.poll() is not None for n in workers):
                 break
             time.sleep(POLL_S)
-        for name in self.app_names():           # stopped victims, then the echo server(s)
-            svc = self.system.services[name]
-            if svc.proc.poll() is None and (self._stopped_victim(name) or name.startswith("echo.")):
-                svc.proc.kill()
-                svc.proc.wait()
+        for name in self.app_names():
+            if name.startswith("echo."):         # the echo server never exits by itself
+                self._end(name)
         deadline = time.monotonic() + RECLAIM_WAIT_S
         while time.monotonic() < deadline:
             self.poll()
@@ -321,6 +321,13 @@ class Chaos:
                                 "disk_blocks": 0}:
                 break
             time.sleep(POLL_S)
+
+    def _end(self, name: str) -> None:
+        """SIGKILL an app incarnation that is still there and reap it."""
+        svc = self.system.services[name]
+        if svc.proc.poll() is None:
+            svc.proc.kill()
+            svc.proc.wait()
 
     def _stopped_victim(self, name: str) -> bool:
         return any(k.target == name for k in self.kills) and self.sig == signal.SIGSTOP

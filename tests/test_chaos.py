@@ -107,7 +107,7 @@ def test_several_pager_kills_during_heavy_paging_lose_nothing(
         make_system: Callable[..., System]) -> None:
     system = make_system(frames=FRAMES, disk_size_mib=16)
     watch = FaultWatch(system)
-    names = start_paging(system, duration_s=6)
+    names = start_paging(system, duration_s=4)
     wait_for("paging to start", lambda: watch.served_major_since(0))
     pids = set()
     for _ in range(3):
@@ -122,7 +122,7 @@ def test_disk_kill_is_retried_and_served_from_the_same_file(
         make_system: Callable[..., System]) -> None:
     system = make_system(frames=FRAMES, disk_size_mib=16)
     watch = FaultWatch(system)
-    names = start_paging(system, duration_s=5)
+    names = start_paging(system, duration_s=4)
     wait_for("paging to start", lambda: watch.served_major_since(0))
     kill_and_recover(system, watch, "disk0", signal.SIGKILL)
     kill_and_recover(system, watch, "disk0", signal.SIGKILL)
@@ -135,7 +135,7 @@ def test_stopped_pager_times_out_is_replaced_and_requests_are_retried(
         make_system: Callable[..., System]) -> None:
     system = make_system(frames=FRAMES, disk_size_mib=16)
     watch = FaultWatch(system)
-    names = start_paging(system, duration_s=5)
+    names = start_paging(system, duration_s=4)
     wait_for("paging to start", lambda: watch.served_major_since(0))
     stopped = system.services["pager0"].pid
     kill_and_recover(system, watch, "pager0", signal.SIGSTOP)    # never continued
