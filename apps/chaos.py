@@ -36,8 +36,9 @@ The report (``--json`` prints it as one document):
 * ``app_errors`` (app incarnations that chaos did not kill and that did not exit cleanly
   with their data verified), ``verified`` (every such app verified its data),
   ``apps`` (each incarnation's verdict);
-* ``leaks``: after every app exited, frames not free, disk blocks still used and live
-  endpoints beyond the baseline taken before the workload started (``reclaimed``: all 0);
+* ``leaks``: after every app exited, frames not free, disk blocks still used, live
+  endpoints and capabilities beyond the baseline taken before the workload started
+  (``reclaimed``: all 0);
 * ``kernel``: the supervision counters (timeouts, retries, kills, restarts, resync).
 
 ``--plot FILE.png`` draws fault latency and IPC throughput over time with a marker at each
@@ -268,15 +269,18 @@ class Chaos:
                 k.recovery_s = ca.recovery_s(self.major, k.t_s)
 
     def measure_leaks(self) -> dict[str, Any]:
-        """What reclamation must bring back: free frames, live processes, live endpoints, and
-        each disk's used blocks."""
+        """What reclamation must bring back: free frames, live processes, live endpoints,
+        capabilities held by processes other than init, and each disk's used blocks."""
         k = self.system.stats()["kernel"]
         disks = {}
         for name in sorted(s for s in self.system.services if s.startswith("disk")):
             with Client(f"ipc://{self.system.rundir}/{name}.sock") as disk:
                 disks[name] = disk.call(Op.STATS)["used_blocks"]
+        ipc = k["ipc"]
+        caps = sum(n for spid, n in ipc.get("handles_by_spid", {}).items()
+                   if spid != str(ipc.get("init_spid")))      # init keeps its name table
         return {"free_frames": k["free_frames"], "live_processes": k["live_processes"],
-                "endpoints": len(k["ipc"]["endpoints"]), "disk_blocks": disks}
+                "endpoints": len(ipc["endpoints"]), "capabilities": caps, "disk_blocks": disks}
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, live: Live | None) -> None:
@@ -317,8 +321,7 @@ class Chaos:
         while time.monotonic() < deadline:
             self.poll()
             self.settle_app_kills()
-            if self.leaks() == {"frames": 0, "live_processes": 0, "endpoints": 0,
-                                "disk_blocks": 0}:
+            if not any(self.leaks().values()):
                 break
             time.sleep(POLL_S)
 
@@ -338,6 +341,7 @@ class Chaos:
         return {"frames": base["free_frames"] - now["free_frames"],
                 "live_processes": now["live_processes"] - base["live_processes"],
                 "endpoints": now["endpoints"] - base["endpoints"],
+                "capabilities": now["capabilities"] - base["capabilities"],
                 "disk_blocks": sum(now["disk_blocks"].values()) - sum(base["disk_blocks"].values())}
 
     # -- the report ---------------------------------------------------------------------------
