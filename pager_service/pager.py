@@ -10,7 +10,12 @@ requests by asking the disk, without ever blocking the loop:
 
 Every page it sees is sealed by the kernel, so the pager is untrusted and needs no secret.
 It holds no state that a restart would lose: pages live on the disk, requests in flight
-are retried by the kernel.  It announces itself with PAGER_HELLO (admission + heartbeat)
+are retried by the kernel.  It pings its disk service every DISK_PING_MS; when the answer
+comes from a new instance (another pid: the old one died and was restarted), every disk
+request sent before that ping and still unanswered went to the dead instance and never
+will be answered -- the disk serves one connection in order, so anything the new instance
+received before the ping was answered before it.  Those requests fail at once with EIO
+(transient: the kernel asks again) instead of waiting out the disk timeout.  It announces itself with PAGER_HELLO (admission + heartbeat)
 every HELLO_INTERVAL_MS.  ``--hostile MODE`` makes it misbehave on page-in (see
 :mod:`pager_service.hostile`).
 """
@@ -41,6 +46,8 @@ HELLO_RETRY_MS: float = 50.0
 #: transient error from a live pager, which it retries, not as silence, for which it would
 #: kill this (healthy) pager as hung.
 DISK_TIMEOUT_MS: float = 1000.0
+#: How often the pager pings its disk service (to notice a restarted instance at once).
+DISK_PING_MS: float = 200.0
 #: Default delay of the `stall` hostile mode.
 STALL_MS: float = 10000.0
 #: Size of a disk handle (an opaque capability minted by the disk service).
@@ -76,6 +83,8 @@ class PagerCounters:
     frees: int = 0
     disk_errors: int = 0
     disk_timeouts: int = 0
+    disk_restarts_seen: int = 0
+    disk_requests_lost: int = 0
     hellos_sent: int = 0
     hellos_answered: int = 0
 
@@ -132,11 +141,14 @@ class Pager(Server):
         self.hostile = make_behaviour(config.hostile, self, HostileOptions(
             snoop_path=config.snoop_path, stall_ms=config.stall_ms))
         self.admitted = False
+        self.disk_inflight: dict[int, DiskFailed] = {}   # rid -> its failure callback
+        self.disk_pid: int | None = None                 # the disk instance last heard
 
     # -- admission / heartbeat -----------------------------------------------------------
     def on_start(self) -> None:
-        """Say hello now, and every HELLO_INTERVAL_MS after."""
+        """Say hello now, and every HELLO_INTERVAL_MS after; ping the disk likewise."""
         self.say_hello()
+        self.ping_disk()
 
     def on_stop(self) -> None:
         """Release the hostile behaviour's resources (the snoop file)."""
@@ -177,9 +189,34 @@ class Pager(Server):
         req.caller = "kernel"
 
     # -- talking to the disk -------------------------------------------------------------
+    def ping_disk(self) -> None:
+        """Ping the disk service now and every DISK_PING_MS (see the module docstring)."""
+        box: list[int] = []
+        box.append(self.request(self.disk, None, Op.PING, {},
+                                lambda reply: self._on_disk_ping(box[0], reply), DISK_PING_MS))
+        self.call_later(DISK_PING_MS, self.ping_disk)
+
+    def _on_disk_ping(self, ping_rid: int, reply: dict[str, Any] | None) -> None:
+        """A ping answered by a new disk instance: fail what the dead one was sent."""
+        pid = reply.get("pid") if reply is not None and "err" not in reply else None
+        if not isinstance(pid, int):
+            return
+        if self.disk_pid is not None and pid != self.disk_pid:
+            self.counters.disk_restarts_seen += 1
+            lost = [rid for rid in self.disk_inflight if rid < ping_rid]
+            for rid in lost:
+                failed = self.disk_inflight.pop(rid)
+                self.forget(rid)
+                self.counters.disk_requests_lost += 1
+                failed(Err.IO, "the disk service restarted before answering; ask again")
+        self.disk_pid = pid
+
     def to_disk(self, op: Op, fields: dict[str, Any], done: DiskDone, failed: DiskFailed) -> None:
         """Send one request to the disk; done(reply) on success, failed(code, msg) otherwise."""
+        box: list[int] = []
+
         def on_reply(reply: dict[str, Any] | None) -> None:
+            self.disk_inflight.pop(box[0], None)
             if reply is None:
                 self.counters.disk_timeouts += 1
                 failed(Err.TIMEDOUT, f"disk did not answer {op} within "
@@ -189,7 +226,9 @@ class Pager(Server):
                 failed(*disk_error(reply))
             else:
                 done(reply)
-        self.request(self.disk, None, op, fields, on_reply, self.config.disk_timeout_ms)
+        box.append(self.request(self.disk, None, op, fields, on_reply,
+                                self.config.disk_timeout_ms))
+        self.disk_inflight[box[0]] = failed
 
     def forward(self, req: Request, op: Op, fields: dict[str, Any]) -> Any:
         """Forward `req` to the disk as `op`; reply its success fields or its error. SUSPEND."""
