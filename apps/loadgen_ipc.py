@@ -338,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="payload bytes per message")
     p.add_argument("--duration", type=float, default=10.0, help="seconds measured per fleet")
     p.add_argument("--slices", type=int, default=4, help="alternating windows per fleet")
-    p.add_argument("--transport", choices=("ipc", "tcp"), default="ipc")
+    p.add_argument("--transport", choices=("ipc", "tcp", "both"), default="ipc",
+                   help="both: ipc:// then tcp://, side by side")
     p.add_argument("--kernel", metavar="ADDR",
                    help="run the kernel fleet against the kernel at ADDR instead of starting one")
     p.add_argument("--frames", type=int, default=256)
@@ -347,16 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    """Run both fleets, report both and their ratio."""
-    args = build_parser().parse_args(argv)
-    if args.clients < 1 or args.servers < 1 or args.duration <= 0 or args.slices < 1 \
-            or not 0 <= args.size <= 60000:
-        print("sealedos bench ipc: --clients/--servers/--slices >= 1, --duration > 0, "
-              "--size 0..60000", file=sys.stderr)
-        return 2
-    args.servers = min(args.servers, args.clients)
-    console = Console(stderr=True)
+def run_once(args: argparse.Namespace, console: Console) -> tuple[list[Run], dict[str, Any]]:
+    """Both fleets on one transport: their runs and the result map (kernel, bare, ratio)."""
     fleets: list[Fleet] = [KernelFleet(args), BareFleet(args)]
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
@@ -368,14 +361,37 @@ def main(argv: list[str]) -> int:
     result: dict[str, Any] = {r.name: r.summary() for r in runs}
     bare_rts = result["bare"]["round_trips_per_s"]
     result["ratio"] = round(result["kernel"]["round_trips_per_s"] / bare_rts, 3) if bare_rts else 0.0
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print_report(result, args, Console())
-    if args.plot:
-        plot(runs, result, args.plot)
+    return runs, result
+
+
+def main(argv: list[str]) -> int:
+    """Run both fleets (on one transport, or on ipc:// then tcp://), report them and the ratio."""
+    args = build_parser().parse_args(argv)
+    if args.clients < 1 or args.servers < 1 or args.duration <= 0 or args.slices < 1 \
+            or not 0 <= args.size <= 60000 or (args.transport == "both" and args.kernel):
+        print("sealedos bench ipc: --clients/--servers/--slices >= 1, --duration > 0, "
+              "--size 0..60000, --transport both without --kernel", file=sys.stderr)
+        return 2
+    args.servers = min(args.servers, args.clients)
+    console = Console(stderr=True)
+    transports = ["ipc", "tcp"] if args.transport == "both" else [args.transport]
+    results: dict[str, Any] = {}
+    for transport in transports:
+        one = argparse.Namespace(**{**vars(args), "transport": transport})
+        runs, results[transport] = run_once(one, console)
         if not args.json:
-            console.print(f"plot written to {args.plot}")
+            print_report(results[transport], one, Console())
+        if args.plot:
+            path = args.plot if len(transports) == 1 else args.plot.replace(".png", f"-{transport}.png")
+            plot(runs, results[transport], path)
+            if not args.json:
+                console.print(f"plot written to {path}")
+    if len(transports) > 1 and not args.json:
+        k = {t: results[t]["kernel"]["round_trips_per_s"] for t in transports}
+        Console().print(f"what TCP adds: kernel round trips/s tcp/ipc = {k['tcp'] / k['ipc']:.2f}, "
+                        f"p50 tcp/ipc = {results['tcp']['kernel']['p50_us'] / results['ipc']['kernel']['p50_us']:.2f}")
+    if args.json:
+        print(json.dumps(results[transports[0]] if len(transports) == 1 else results))
     return 0
 
 
