@@ -13,12 +13,12 @@ plugin's process, as in the design discussion.  Progress and the final tally are
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 from apps.plugin import render
-from apps.runtime import KERNEL_ADDR_ENV, SealedError, SealedProcess
+from apps.runtime import SealedProcess
+from apps.runtime.app import app_parser, run_reporting
 from apps.runtime.errors import PeerDied
 
 MANIFEST: list[str] = ["plugin.*"]
@@ -58,9 +58,7 @@ def browse(proc: SealedProcess, plugins: list[str], rounds: int, interval_s: flo
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos run browser` flags."""
-    p = argparse.ArgumentParser(prog="sealedos run browser", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
-    p.add_argument("--name", default="browser")
+    p = app_parser("browser", __doc__)
     p.add_argument("--plugins", default="plugin.1,plugin.2,plugin.3")
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--interval-ms", type=int, default=20)
@@ -70,19 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run browser ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"browser: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}",
-              file=sys.stderr)
-        return 2
     plugins = [p for p in args.plugins.split(",") if p]
     with SealedProcess.connect(args.kernel, args.name, __file__, manifest=MANIFEST) as proc:
-        try:
-            status = browse(proc, plugins, args.rounds, args.interval_ms / 1000.0)
-        except SealedError as exc:
-            proc.report(error=type(exc).__name__, error_msg=str(exc)[:200])
-            status = 1
-        proc.close(status)
-    return status
+        return run_reporting(proc, lambda: browse(proc, plugins, args.rounds, args.interval_ms / 1000.0))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from apps.runtime import KERNEL_ADDR_ENV, PAGE_SIZE, SealedError, SealedProcess
+from apps.runtime import PAGE_SIZE, SealedError, SealedProcess
+from apps.runtime.app import app_parser
 from apps.runtime.errors import SegmentationFault
 from kernel_daemon.protocol import IPC_MAX_PAYLOAD_BYTES
 
@@ -184,9 +185,7 @@ def client(proc: SealedProcess, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos run echo` flags."""
-    p = argparse.ArgumentParser(prog="sealedos run echo", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
-    p.add_argument("--name", default="echo")
+    p = app_parser("echo", __doc__)
     p.add_argument("--register", default="echo", help="(server) the name to publish")
     p.add_argument("--delay-ms", type=int, default=0, help="(server) answer this late")
     p.add_argument("--stall", action="store_true", help="(server) never answer")
@@ -205,9 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run echo ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"echo: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}", file=sys.stderr)
-        return 2
     if args.duration > 0 and not args.out:
         print("echo: --duration needs --out", file=sys.stderr)
         return 2

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from apps.echo import MANIFEST
-from apps.runtime import KERNEL_ADDR_ENV, SealedError, SealedProcess
+from apps.runtime import SealedError, SealedProcess
+from apps.runtime.app import app_parser, run_reporting
 from apps.runtime.errors import BadHandle, NotFound, PeerDied
 
 REPORT_EVERY_S: float = 0.25
@@ -121,9 +122,7 @@ def run(proc: SealedProcess, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos run echoload` flags."""
-    p = argparse.ArgumentParser(prog="sealedos run echoload", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
-    p.add_argument("--name", default="echoload")
+    p = app_parser("echoload", __doc__)
     p.add_argument("--target", default="echo", help="the echo server's registered name")
     p.add_argument("--size", type=int, default=64, help="payload bytes per call")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of calls")
@@ -136,18 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run echoload ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"echoload: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}",
-              file=sys.stderr)
-        return 2
     with SealedProcess.connect(args.kernel, args.name, __file__, manifest=MANIFEST) as proc:
-        try:
-            status = run(proc, args)
-        except SealedError as exc:
-            proc.report(error=type(exc).__name__, error_msg=str(exc)[:200])
-            status = 1
-        proc.close(status)
-    return status
+        return run_reporting(proc, lambda: run(proc, args))
 
 
 if __name__ == "__main__":

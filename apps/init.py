@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apps.runtime import KERNEL_ADDR_ENV, SealedError, SealedProcess
+from apps.runtime.app import app_parser
 from apps.runtime.ipc import NAMESERVICE_CONTRACT, Received, allowed
 
 INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
@@ -118,9 +119,7 @@ def _close_quietly(proc: SealedProcess, handle: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos run init` flags."""
-    p = argparse.ArgumentParser(prog="sealedos run init", description="the name service")
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
-    p.add_argument("--name", default="init")
+    p = app_parser("init", __doc__)
     return p
 
 

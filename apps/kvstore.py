@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import struct
 import sys
 from typing import Any
 
-from apps.runtime import KERNEL_ADDR_ENV, PAGE_SIZE, SealedError, SealedProcess
+from apps.runtime import PAGE_SIZE, SealedError, SealedProcess
+from apps.runtime.app import app_parser
 
 SLOT_BYTES: int = 512
 KEY_MAX: int = 64
@@ -187,9 +187,7 @@ def client(proc: SealedProcess, target: str, ops: int, seed: int) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos run kvstore` flags."""
-    p = argparse.ArgumentParser(prog="sealedos run kvstore", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
-    p.add_argument("--name", default="kvstore")
+    p = app_parser("kvstore", __doc__)
     p.add_argument("--slots", type=int, default=1024)
     p.add_argument("--register", default="kv")
     p.add_argument("--client", action="store_true")
@@ -202,10 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run kvstore ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"kvstore: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}",
-              file=sys.stderr)
-        return 2
     if args.slots < 1 or args.ops < 0:
         print("kvstore: --slots must be positive and --ops not negative", file=sys.stderr)
         return 2

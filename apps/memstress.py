@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
 
-from apps.runtime import KERNEL_ADDR_ENV, PAGE_SIZE, SealedProcess
+from apps.runtime import PAGE_SIZE, SealedProcess
+from apps.runtime.app import app_parser
 
 CHUNK: int = PAGE_SIZE // 8                 # int64 elements per page
 PROGRESS_EVERY_S: float = 0.5
@@ -94,9 +94,7 @@ def reference_digest(seed: int, pages: int, passes: int) -> str:
 # -- the app -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """memstress's flags."""
-    p = argparse.ArgumentParser(prog="sealedos run memstress", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV), help="kernel address")
-    p.add_argument("--name", default="memstress")
+    p = app_parser("memstress", __doc__)
     p.add_argument("--pages", type=int, default=256, help="pages the array spans")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--passes", type=int, default=3)
@@ -159,10 +157,6 @@ def run(proc: SealedProcess, pages: int, seed: int, passes: int, duration_s: flo
 def main(argv: list[str]) -> int:
     """`sealedos run memstress ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"memstress: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}",
-              file=sys.stderr)
-        return 2
     if args.pages < 1 or args.passes < 1 and args.duration <= 0:
         print("memstress: --pages and --passes must be at least 1", file=sys.stderr)
         return 2

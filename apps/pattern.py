@@ -10,16 +10,14 @@ REPORT {checksum: verified|failed}.
 from __future__ import annotations
 
 import argparse
-import os
 
-from apps.runtime import KERNEL_ADDR_ENV, PAGE_SIZE, SealedProcess
+from apps.runtime import PAGE_SIZE, SealedProcess
+from apps.runtime.app import app_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     """pattern's flags."""
-    p = argparse.ArgumentParser(prog="sealedos run pattern")
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV), help="kernel address")
-    p.add_argument("--name", default="pattern")
+    p = app_parser("pattern", __doc__)
     p.add_argument("--text", default="SEALEDOS-KNOWN-PLAINTEXT")
     p.add_argument("--pages", type=int, default=8, help="pages filled with the text")
     p.add_argument("--churn", type=int, default=64, help="pages written afterwards to evict them")

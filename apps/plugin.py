@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import sys
 from typing import Any
 
-from apps.runtime import KERNEL_ADDR_ENV, SealedProcess
+from apps.runtime import SealedProcess
+from apps.runtime.app import app_parser
 
 DOC_MAX: int = 1024
 HTML_MAX: int = 8192
@@ -45,9 +45,7 @@ def serve(proc: SealedProcess, name: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos run plugin` flags."""
-    p = argparse.ArgumentParser(prog="sealedos run plugin", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
-    p.add_argument("--name", default="plugin")
+    p = app_parser("plugin", __doc__)
     p.add_argument("--register", help="the name to publish (default: --name)")
     return p
 
@@ -55,10 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run plugin ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"plugin: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}",
-              file=sys.stderr)
-        return 2
     with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
         serve(proc, args.register or args.name)
     return 0

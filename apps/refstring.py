@@ -19,11 +19,11 @@ references: n, faults: n}; exit 0 on verified, 1 on failed.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from apps.runtime import KERNEL_ADDR_ENV, PAGE_SIZE, SealedProcess
+from apps.runtime import PAGE_SIZE, SealedProcess
+from apps.runtime.app import app_parser
 
 PROGRESS_EVERY_S: float = 0.5
 
@@ -38,9 +38,7 @@ def parse_refs(text: str) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     """refstring's flags."""
-    p = argparse.ArgumentParser(prog="sealedos run refstring", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV), help="kernel address")
-    p.add_argument("--name", default="refstring")
+    p = app_parser("refstring", __doc__)
     p.add_argument("--pages", required=True,
                    help="the reference string: page numbers, comma-separated")
     p.add_argument("--check-all", action="store_true",
@@ -85,10 +83,6 @@ def check_end(proc: SealedProcess, base: int, last: dict[int, int],
 def main(argv: list[str]) -> int:
     """`sealedos run refstring --pages ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"refstring: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}",
-              file=sys.stderr)
-        return 2
     try:
         refs = parse_refs(args.pages)
     except ValueError as exc:

@@ -22,7 +22,8 @@ import os
 import sys
 import time
 
-from apps.runtime import KERNEL_ADDR_ENV, PAGE_SIZE, SealedError, SealedProcess
+from apps.runtime import PAGE_SIZE, SealedProcess
+from apps.runtime.app import app_parser, run_reporting
 
 REPORT_EVERY_S: float = 0.25
 READS_PER_ROUND: int = 16
@@ -55,9 +56,7 @@ def run(proc: SealedProcess, args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos run touchload` flags."""
-    p = argparse.ArgumentParser(prog="sealedos run touchload", description=__doc__.split("\n")[0])
-    p.add_argument("--kernel", default=os.environ.get(KERNEL_ADDR_ENV))
-    p.add_argument("--name", default="touchload")
+    p = app_parser("touchload", __doc__)
     p.add_argument("--pages", type=int, default=4, help="fresh pages per round")
     p.add_argument("--duration", type=float, default=20.0, help="seconds of rounds")
     p.add_argument("--stop-file", help="stop early once this file exists")
@@ -67,18 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run touchload ...`"""
     args = build_parser().parse_args(argv)
-    if not args.kernel:
-        print(f"touchload: no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}",
-              file=sys.stderr)
-        return 2
     with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
-        try:
-            status = run(proc, args)
-        except SealedError as exc:
-            proc.report(error=type(exc).__name__, error_msg=str(exc)[:200])
-            status = 1
-        proc.close(status)
-    return status
+        return run_reporting(proc, lambda: run(proc, args))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@
     control.py   the control thread: SHOOTDOWN, KILL, HEARTBEAT, the kernel's liveness
     ipc.py       endpoints, call/receive/reply, page grants, names (init's protocol)
     varray.py    VArray, a typed view that faults pages in on demand
+    app.py       what every app main() shares: --kernel/--name, errors reported on exit
 """
 from apps.runtime.errors import (
     BadHandle, Busy, ContractViolation, InvalidArgument, KernelError, KernelProtocolError,
