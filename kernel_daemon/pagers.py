@@ -19,14 +19,18 @@ Retry budget (the hard part)
 ----------------------------
 A request has a budget of (retries + 1) * timeout_ms from its first send, spent on three
 kinds of failure alike: no answer in time (the instance may be dead or hung), a wait in the
-backlog (no live instance, or its window full), and a *transient* error reply (the pager is
+backlog while its slot has no live instance, and a *transient* error reply (the pager is
 alive but its disk service did not answer: ETIMEDOUT, EIO, EBUSY), which is sent again after
 TRANSIENT_BACKOFF_MS.  At most PAGER_WINDOW requests are outstanding at one instance; the
 rest wait in the slot's backlog, in order.  Without the window a new instance would be
 handed everything that queued up during an outage at once, the requests at the end of that
-burst would time out behind the ones before them (in the pager, or in its disk's queue), and
-their retries would make the burst bigger: the window keeps a timeout meaning "this
-instance is not answering", never "this instance has a long queue".  With the defaults (2000 ms, 5 retries) that is 12 s, several times
+burst would time out behind the ones before them, and their retries would make the burst
+bigger.  Overload is not failure: a request waiting behind a live instance's full window is
+queued in the kernel and spends no budget, and a request that times out at an instance that
+is still answering, but has answered nothing sent after it, is behind a queue, not withheld:
+its budget is extended and the instance is not suspected.  An instance that answers later
+requests but not this one (a withholding pager: drop, stall) or answers nothing (hung, dead)
+is suspected.  With the defaults (2000 ms, 5 retries) that is 12 s, several times
 what it takes the supervisor to notice a dead or hung pager or disk and start a new one (well
 under 2 s), so a restart costs apps latency, never an error.  A request with retries=0 (a
 mirrored page-in with another mirror behind it, a mirrored page-out) gets exactly one
@@ -48,7 +52,7 @@ import zmq
 
 from kernel_daemon.protocol import Op
 from kernel_daemon.seal import IntegrityError
-from kernel_daemon.server import Server, Timer
+from kernel_daemon.server import Server
 
 #: A pager silent for this long is considered down until it says hello again.
 PAGER_DEAD_MS: int = 3000
@@ -56,6 +60,8 @@ PAGER_DEAD_MS: int = 3000
 BAD_MIRROR_MS: int = 10000
 #: Error codes a live pager answers when its disk service is down or restarting: retried.
 TRANSIENT_ERRORS: frozenset[str] = frozenset({"ETIMEDOUT", "EIO", "EBUSY"})
+#: How often requests waiting in a backlog are checked against their budget.
+SWEEP_MS: int = 200
 #: Wait before re-sending a request that got a transient error reply.
 TRANSIENT_BACKOFF_MS: int = 100
 #: Most requests outstanding at one pager instance; the rest wait in the backlog.
@@ -73,10 +79,10 @@ class PagerOp:
     done: Done
     retries: int
     first_s: float = 0.0               # monotonic time of the first send
+    sent_s: float = 0.0                # monotonic time of the latest send to an instance
     deadline_s: float = 0.0            # past this, a failure is final
     attempts: int = 0
     rid: int = 0
-    timer: Timer | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +96,9 @@ class PagerSlot:
     last_hello: float = 0.0
     joins: int = 0
     bad_until: float = 0.0             # monotonic time until which reads prefer other mirrors
+    last_answer_s: float = 0.0         # when the current instance last answered anything
+    answered_sent_s: float = 0.0       # latest send time among the requests it answered
+    down_since: float = 0.0            # when the slot last lost its instance
     inflight: dict[int, PagerOp] = field(default_factory=dict)
     backlog: deque[PagerOp] = field(default_factory=deque)
 
@@ -118,6 +127,7 @@ class Pagers:
             stats.setdefault(key, 0)
         #: Called with a mirror number when an instance joins or a silent one is heard again.
         self.on_up: Callable[[int], None] | None = None
+        server.call_later(SWEEP_MS, self._sweep)
 
     @property
     def nmirrors(self) -> int:
@@ -149,6 +159,7 @@ class Pagers:
             self.stats["pager_restarts"] += 1
         slot.joins += 1
         slot.peer, slot.up = peer, True
+        slot.last_answer_s = slot.answered_sent_s = 0.0
         self._requeue(slot, list(slot.inflight.values()))  # the old instance will never answer
         self._pump(slot)
         self._came_up(mirror)
@@ -168,7 +179,22 @@ class Pagers:
             if self._is_local(slot) and _pager_process(slot.hostpid) is None:
                 self._instance_gone(slot)
             elif (now - slot.last_hello) * 1000 > PAGER_DEAD_MS:
-                slot.up = False
+                self._mark_down(slot)
+
+    def _mark_down(self, slot: PagerSlot) -> None:
+        """The slot has no live instance (from now on its backlog spends its budget)."""
+        if slot.up:
+            slot.up = False
+            slot.down_since = time.monotonic()
+
+    def _slow_not_hung(self, slot: PagerSlot, pop: PagerOp) -> bool:
+        """pop got no answer in time: is its instance merely slow?  Yes if it answered
+        something within the last timeout but nothing sent after pop: it works through its
+        queue in order and has not reached pop yet.  An instance that answers later requests
+        and not pop (a withholding pager: drop, stall), or answers nothing (hung, dead), is
+        suspected as before."""
+        return slot.up and pop.retries > 0 and slot.answered_sent_s <= pop.sent_s and \
+            (time.monotonic() - slot.last_answer_s) * 1000 < self.timeout_ms
 
     def _is_local(self, slot: PagerSlot) -> bool:
         """Does the slot's instance run on this host (so its pid means something here)?"""
@@ -176,7 +202,7 @@ class Pagers:
 
     def _suspect(self, slot: PagerSlot) -> None:
         """A request timed out: a local instance that still exists is hung, so kill it."""
-        slot.up = False
+        self._mark_down(slot)
         proc = _pager_process(slot.hostpid) if self._is_local(slot) else None
         if proc is None:
             return
@@ -191,7 +217,7 @@ class Pagers:
         """The slot's instance is dead: mark the slot down; a request that has somewhere
         better to go (one attempt: another mirror) fails over now, every other one waits in
         the backlog for the next instance, keeping its budget."""
-        slot.up = False
+        self._mark_down(slot)
         moved = list(slot.inflight.values())
         self._requeue(slot, [pop for pop in moved if pop.retries > 0])
         for pop in moved:
@@ -207,7 +233,6 @@ class Pagers:
         slot.inflight.clear()
         for pop in reversed(pops):
             slot.backlog.appendleft(pop)
-            self._arm(pop)
 
     # -- sending ----------------------------------------------------------------------------
     def submit(self, mirror: int, op: Op, fields: dict[str, Any], done: Done,
@@ -225,14 +250,7 @@ class Pagers:
         """Queue pop at the tail of its slot's backlog and send what the window allows."""
         slot = self.slots[pop.mirror]
         slot.backlog.append(pop)
-        self._arm(pop)
         self._pump(slot)
-
-    def _arm(self, pop: PagerOp) -> None:
-        """A request waiting in a backlog waits until its budget runs out, no longer."""
-        if pop.timer is None:
-            wait_ms = max(0.0, (pop.deadline_s - time.monotonic()) * 1000)
-            pop.timer = self.server.call_later(wait_ms, lambda: self._expire_backlog(pop))
 
     def _pump(self, slot: PagerSlot) -> None:
         """Send backlog requests, oldest first, while the slot has a live instance with room
@@ -240,40 +258,53 @@ class Pagers:
         while slot.up and slot.peer is not None and slot.backlog \
                 and len(slot.inflight) < PAGER_WINDOW:
             pop = slot.backlog.popleft()
-            if pop.timer is not None:
-                pop.timer.cancel()
-                pop.timer = None
+            pop.sent_s = time.monotonic()
             pop.rid = self.server.request(self.sock, slot.peer, pop.op, pop.fields,
                                           lambda reply, pop=pop: self._on_reply(pop, reply),
                                           self.timeout_ms)
             slot.inflight[pop.rid] = pop
 
-    def _expire_backlog(self, pop: PagerOp) -> None:
-        """pop's budget ran out before it could be sent: it fails."""
-        slot = self.slots[pop.mirror]
-        pop.timer = None
-        try:
-            slot.backlog.remove(pop)
-        except ValueError:
-            return
-        self.stats["pager_timeouts"] += 1
-        pop.attempts += 1
-        pop.done(None, f"pager {pop.mirror} was not there for {pop.op} "
-                       f"({int((time.monotonic() - pop.first_s) * 1000)} ms)")
+    def _sweep(self) -> None:
+        """Every SWEEP_MS: fail backlog requests whose budget ran out while their slot had no
+        live instance.  A request waiting behind a live instance's full window is queued in
+        the kernel, not withheld by the pager, so it waits (a hung instance is found by the
+        timeouts of the requests it does hold).  One pass, no timer per request: under
+        overload a backlog holds thousands."""
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.up or not slot.backlog:
+                continue
+            budget = lambda pop: max(pop.deadline_s, slot.down_since  # noqa: E731
+                                     + (pop.retries + 1) * self.timeout_ms / 1000)
+            expired = [pop for pop in slot.backlog if budget(pop) <= now]
+            if not expired:
+                continue
+            slot.backlog = deque(pop for pop in slot.backlog if budget(pop) > now)
+            for pop in expired:
+                self.stats["pager_timeouts"] += 1
+                pop.attempts += 1
+                pop.done(None, f"pager {pop.mirror} was not there for {pop.op} "
+                               f"({int((now - pop.first_s) * 1000)} ms)")
+        self.server.call_later(SWEEP_MS, self._sweep)
 
     def _on_reply(self, pop: PagerOp, reply: dict[str, Any] | None) -> None:
         slot = self.slots[pop.mirror]
         if slot.inflight.pop(pop.rid, None) is None:
             return                         # requeued meanwhile (the instance was replaced)
-        if reply is None:                  # no answer in time: suspect the instance
+        if reply is None:                  # no answer in time: suspect the instance ...
             self.stats["pager_timeouts"] += 1
-            if slot.up:
+            if self._slow_not_hung(slot, pop):   # ... unless it is only slow: overloaded
+                pop.deadline_s = max(pop.deadline_s, time.monotonic() + self.timeout_ms / 1000)
+                self.stats["pager_slow"] = self.stats.get("pager_slow", 0) + 1
+            elif slot.up:
                 self._suspect(slot)
             self._failed(pop, None, 0)
         elif reply.get("err") in TRANSIENT_ERRORS and pop.retries > 0:
             self.stats["pager_transient_errors"] += 1      # alive, but its disk is not
             self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
         else:
+            slot.last_answer_s = time.monotonic()
+            slot.answered_sent_s = max(slot.answered_sent_s, pop.sent_s)
             pop.done(reply, "")
         self._pump(slot)                   # its window has room again
 

@@ -46,14 +46,22 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child_setup(nice: int) -> None:
+    """In the child, before exec: die with the parent, and take the CPU priority asked for."""
+    _die_with_parent()
+    if nice > 0:
+        os.nice(nice)
+
+
 def python_cmd(*args: str) -> list[str]:
     """The command line that runs `sealedos ARGS` with this interpreter."""
     return [sys.executable, "-m", "kernel_daemon.cli", *args]
 
 
 def spawn(cmd: Sequence[str], log_path: Path | None = None,
-          env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start one child process that is SIGKILLed if we die; its output goes to log_path."""
+          env: dict[str, str] | None = None, nice: int = 0) -> subprocess.Popen:
+    """Start one child process that is SIGKILLed if we die; its output goes to log_path;
+    nice > 0 lowers its CPU priority by that much."""
     out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
@@ -61,7 +69,8 @@ def spawn(cmd: Sequence[str], log_path: Path | None = None,
         full_env.update(env)
     try:
         return subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=lambda: _child_setup(nice))
     finally:
         if log_path is not None:
             out.close()

@@ -23,6 +23,10 @@ from kernel_daemon.client import Client
 from kernel_daemon.protocol import Op, ServiceError
 from kernel_daemon.watchdog import Watchdog
 
+#: Sealed processes run at a lower CPU priority than the services, as user processes below a
+#: kernel: with dozens of busy apps on 2 cores, the kernel, pagers and disks still get the CPU
+#: they need to answer within their timeouts (an overloaded pager is slow, not dead).
+APP_NICE: int = 10
 SUPERVISE_MS: int = 100
 #: How often the supervisor asks its watchdog which services are hung.
 WATCHDOG_MS: int = 500
@@ -218,7 +222,8 @@ class System:
         """Start one sealed process running `app` against this system's kernel."""
         cmd = spawn.python_cmd("run", app, "--kernel", self.kernel_addr, "--name", name, *args)
         log = self.rundir / f"{name}.log"
-        svc = Service(name, "app", cmd, log, spawn.spawn(cmd, log, env), restart=False)
+        svc = Service(name, "app", cmd, log, spawn.spawn(cmd, log, env, nice=APP_NICE),
+                      restart=False)
         svc.started.append(time.monotonic())
         with self._lock:
             self.services[name] = svc
