@@ -194,31 +194,60 @@ def measure(config: Config, rounds: int) -> dict[str, Any]:
 
 
 # -- scale ---------------------------------------------------------------------------------
-def scale(nprocs: int, pages: int, frames: int) -> dict[str, Any]:
-    """64 sealed processes on a 1 GiB device: the kernel's memory per resident/swapped page."""
+def kernel_rss(system: System) -> int:
+    """The kernel process's resident set size in bytes."""
+    return psutil.Process(system.services["kernel"].pid).memory_info().rss
+
+
+def wait_settled(system: System, name: str, swapped: int) -> None:
+    """Wait until `name` has at least `swapped` pages on swap (its write-backs acknowledged)."""
+    deadline = time.monotonic() + 300
+    while system.process(name)["swapped_pages"] < swapped and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
+    """Growth of the kernel's RSS per resident page (filling `frames` frames) and per
+    swapped page (then pushing `swapped` more pages out), on a 1 GiB device."""
     with System(Config(frames=frames, disk_size_mib=1024)) as system:
-        kernel = psutil.Process(system.services["kernel"].pid)
-        rss0 = kernel.memory_info().rss
+        with SealedProcess.connect(system.kernel_addr, "scale", __file__) as proc:
+            warm = frames // 8
+            addr = proc.map(frames + swapped)
+            for i in range(warm):
+                proc.store_u64(addr + i * PAGE_SIZE, i)
+            r0 = kernel_rss(system)
+            for i in range(warm, frames):
+                proc.store_u64(addr + i * PAGE_SIZE, i)
+            r1 = kernel_rss(system)
+            for i in range(frames, frames + swapped):
+                proc.store_u64(addr + i * PAGE_SIZE, i)
+            wait_settled(system, "scale", swapped - frames // 8)
+            r2 = kernel_rss(system)
+            rec = system.process("scale")
+            return {"bytes_per_resident_page": round((r1 - r0) / (frames - warm), 1),
+                    "bytes_per_swapped_page": round((r2 - r1) / max(1, rec["swapped_pages"]), 1),
+                    "swapped_pages": rec["swapped_pages"], "resident_pages": rec["resident_pages"]}
+
+
+def scale(nprocs: int, pages: int, frames: int) -> dict[str, Any]:
+    """nprocs memstress processes on a 1 GiB device (all must verify), and the kernel's
+    memory per resident and per swapped page."""
+    with System(Config(frames=frames, disk_size_mib=1024)) as system:
+        t0 = time.monotonic()
         for i in range(nprocs):
             system.spawn_app("memstress", ["--pages", str(pages), "--passes", "1",
                                            "--seed", str(i)], f"memstress.{i + 1}")
-        peak: dict[str, Any] = {}
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            k = system.stats()["kernel"]
-            if k["swapped_pages"] >= peak.get("swapped_pages", 0):
-                peak = {"swapped_pages": k["swapped_pages"], "resident_pages": k["resident_pages"],
-                        "rss": kernel.memory_info().rss}
-            if all(s.proc.poll() is not None for s in system.services.values() if s.kind == "app"):
-                break
-            time.sleep(0.5)
-        procs = [p for p in system.stats()["processes"] if p["program"] == "memstress"]
-        pages_known = peak["swapped_pages"] + peak["resident_pages"]
-        return {"processes": nprocs, "device_mib": 1024, "frames": frames,
-                "verified": sum(p["checksum"] == "verified" for p in procs),
-                "peak_swapped_pages": peak["swapped_pages"],
-                "kernel_rss_growth_bytes": peak["rss"] - rss0,
-                "kernel_bytes_per_page": round((peak["rss"] - rss0) / max(1, pages_known), 1)}
+        system.wait_apps(900)
+        elapsed = time.monotonic() - t0
+        k = system.stats()
+        procs = [p for p in k["processes"] if p["program"] == "memstress"]
+        run = {"processes": nprocs, "pages_each": pages, "device_mib": 1024, "frames": frames,
+               "seconds": round(elapsed, 1),
+               "verified": sum(p["checksum"] == "verified" for p in procs),
+               "major_faults": k["kernel"]["major_faults"], "page_outs": k["kernel"]["page_outs"],
+               "pager_timeouts": k["kernel"]["pager_timeouts"]}
+    run["kernel_memory"] = kernel_memory_per_page(4096, 16384)
+    return run
 
 
 # -- report --------------------------------------------------------------------------------
@@ -314,10 +343,14 @@ def print_report(result: dict[str, Any], console: Console) -> None:
 
 
 def _scale_text(r: dict[str, Any]) -> str:
-    return (f"{r['processes']} sealed processes on a {r['device_mib']} MiB device, {r['frames']} "
-            f"frames: {r['verified']} verified; peak swapped pages {r['peak_swapped_pages']}; "
-            f"kernel RSS grew {r['kernel_rss_growth_bytes']} bytes = "
-            f"{r['kernel_bytes_per_page']} bytes per page it tracks")
+    m = r["kernel_memory"]
+    return (f"{r['processes']} sealed processes x {r['pages_each']} pages on a {r['device_mib']} "
+            f"MiB device, {r['frames']} frames: {r['verified']}/{r['processes']} verified in "
+            f"{r['seconds']} s ({r['major_faults']} major faults, {r['page_outs']} page-outs, "
+            f"{r['pager_timeouts']} pager timeouts)\n"
+            f"kernel memory (RSS growth): {m['bytes_per_resident_page']} bytes per resident page, "
+            f"{m['bytes_per_swapped_page']} bytes per swapped page "
+            f"(measured over {m['resident_pages']} resident, {m['swapped_pages']} swapped)")
 
 
 def _port() -> int:
