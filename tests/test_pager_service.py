@@ -22,10 +22,12 @@ import zmq
 
 from kernel_daemon import spawn
 from kernel_daemon.client import Client
+from kernel_daemon.pagers import TRANSIENT_ERRORS
 from kernel_daemon.protocol import PAGE_SIZE, Err, Op, ServiceError, decode, encode
 
 STARTUP_S: float = 10.0
 REPLY_TIMEOUT_MS: int = 5000
+TRANSIENT_TRIES: int = 5
 #: How long "never answers" is watched for.
 SILENCE_MS: int = 1000
 STALL_MS: int = 1500
@@ -108,8 +110,14 @@ class FakeKernel:
         return reply
 
     def ok(self, op: Op | str, **fields: Any) -> dict[str, Any]:
-        """call() that also fails the test on an error reply."""
-        reply = self.call(op, **fields)
+        """call() that also fails the test on an error reply; a transient one (the disk did
+        not answer in time, e.g. while the machine is loaded) is asked again, as the real
+        kernel does (pagers.TRANSIENT_ERRORS), a few times."""
+        for _ in range(TRANSIENT_TRIES):
+            reply = self.call(op, **fields)
+            if reply.get("err") not in TRANSIENT_ERRORS:
+                break
+            time.sleep(0.1)
         assert "err" not in reply, f"{op} failed: {reply}"
         return reply
 
