@@ -495,7 +495,7 @@ def summary_text(result: dict[str, Any]) -> str:
         f"  touchload minor faults/s before {touch['before']}, during outages {touch['during']}",
         f"  app-visible errors {result['app_errors']}; all data verified: {result['verified']}",
         f"  leaks after exit {result['leaks']}; reclaimed: {result['reclaimed']}",
-        f"  kernel: " + ", ".join(f"{k} {v}" for k, v in result["kernel"].items()
+        "  kernel: " + ", ".join(f"{k} {v}" for k, v in result["kernel"].items()
                                    if v not in (0, None, {})),
     ]
     return "\n".join(lines)

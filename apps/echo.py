@@ -33,8 +33,8 @@ from array import array
 from pathlib import Path
 from typing import Any
 
-from apps.runtime import PAGE_SIZE, SealedError, SealedProcess
-from apps.runtime.app import app_parser
+from apps.runtime import PAGE_SIZE, SealedProcess
+from apps.runtime.app import app_parser, run_reporting
 from apps.runtime.errors import SegmentationFault
 from kernel_daemon.protocol import IPC_MAX_PAYLOAD_BYTES
 
@@ -164,21 +164,15 @@ def run_grant(proc: SealedProcess, h: int, npages: int) -> None:
 
 
 def client(proc: SealedProcess, args: argparse.Namespace) -> int:
-    """The client modes; REPORT the verdict, return the exit status."""
-    try:
-        h = proc.lookup(args.target, LOOKUP_WAIT_S)
-        if args.grant_pages:
-            run_grant(proc, h, args.grant_pages)
-        elif args.duration > 0:
-            run_bench(proc, h, args.size, args.duration, args.slices, args.go_file, args.out)
-        else:
-            run_calls(proc, h, args.count, args.size)
-    except SealedError as exc:
-        proc.report(error=type(exc).__name__, error_msg=str(exc)[:200])
-        return 1
-    except AssertionError as exc:
-        proc.report(checksum="failed", error_msg=str(exc)[:200])
-        return 1
+    """The client modes; REPORT the verdict, return the exit status
+    (run_reporting turns a SealedError or a failed check into a REPORT and status 1)."""
+    h = proc.lookup(args.target, LOOKUP_WAIT_S)
+    if args.grant_pages:
+        run_grant(proc, h, args.grant_pages)
+    elif args.duration > 0:
+        run_bench(proc, h, args.size, args.duration, args.slices, args.go_file, args.out)
+    else:
+        run_calls(proc, h, args.count, args.size)
     proc.report(checksum="verified", calls=args.count)
     return 0
 
@@ -212,9 +206,7 @@ def main(argv: list[str]) -> int:
         if not args.client:
             serve(proc, args.register, args.delay_ms, args.stall)
             return 0
-        status = client(proc, args)
-        proc.close(status)
-    return status
+        return run_reporting(proc, lambda: client(proc, args))
 
 
 if __name__ == "__main__":

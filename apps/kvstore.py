@@ -25,8 +25,8 @@ import struct
 import sys
 from typing import Any
 
-from apps.runtime import PAGE_SIZE, SealedError, SealedProcess
-from apps.runtime.app import app_parser
+from apps.runtime import PAGE_SIZE, SealedProcess
+from apps.runtime.app import app_parser, run_reporting
 
 SLOT_BYTES: int = 512
 KEY_MAX: int = 64
@@ -153,34 +153,28 @@ def pair(seed: int, i: int) -> tuple[str, bytes]:
 
 
 def client(proc: SealedProcess, target: str, ops: int, seed: int) -> int:
-    """Put, get, delete, check; REPORT the verdict; return the exit status."""
-    try:
-        kv = proc.lookup(target, LOOKUP_WAIT_S)
-        call = lambda **m: proc.call(kv, m)[0]          # noqa: E731
-        for i in range(ops):
-            k, v = pair(seed, i)
-            if call(kind="put", key=k, value=v)["kind"] != "ok":
-                raise AssertionError(f"put {k} refused")
-        for i in range(ops):
-            k, v = pair(seed, i)
-            got = call(kind="get", key=k)
-            if got.get("value") != v:
-                raise AssertionError(f"get {k}: wrong value")
-        for i in range(0, ops, 3):
-            if call(kind="delete", key=pair(seed, i)[0])["kind"] != "ok":
-                raise AssertionError(f"delete {pair(seed, i)[0]} failed")
-        for i in range(ops):
-            k, v = pair(seed, i)
-            want = "missing" if i % 3 == 0 else "value"
-            if call(kind="get", key=k)["kind"] != want:
-                raise AssertionError(f"get {k} after deletes: not {want}")
-        stats = call(kind="stats")
-    except SealedError as exc:
-        proc.report(error=type(exc).__name__, error_msg=str(exc)[:200])
-        return 1
-    except AssertionError as exc:
-        proc.report(checksum="failed", error_msg=str(exc)[:200])
-        return 1
+    """Put, get, delete, check; REPORT the verdict; return the exit status
+    (run_reporting turns a SealedError or a failed check into a REPORT and status 1)."""
+    kv = proc.lookup(target, LOOKUP_WAIT_S)
+    call = lambda **m: proc.call(kv, m)[0]          # noqa: E731
+    for i in range(ops):
+        k, v = pair(seed, i)
+        if call(kind="put", key=k, value=v)["kind"] != "ok":
+            raise AssertionError(f"put {k} refused")
+    for i in range(ops):
+        k, v = pair(seed, i)
+        got = call(kind="get", key=k)
+        if got.get("value") != v:
+            raise AssertionError(f"get {k}: wrong value")
+    for i in range(0, ops, 3):
+        if call(kind="delete", key=pair(seed, i)[0])["kind"] != "ok":
+            raise AssertionError(f"delete {pair(seed, i)[0]} failed")
+    for i in range(ops):
+        k, v = pair(seed, i)
+        want = "missing" if i % 3 == 0 else "value"
+        if call(kind="get", key=k)["kind"] != want:
+            raise AssertionError(f"get {k} after deletes: not {want}")
+    stats = call(kind="stats")
     proc.report(checksum="verified", ops=ops, server_count=stats["count"])
     return 0
 
@@ -208,9 +202,7 @@ def main(argv: list[str]) -> int:
         if not args.client:
             serve(proc, args.slots, args.register)
             return 0
-        status = client(proc, args.target, args.ops, args.seed)
-        proc.close(status)
-    return status
+        return run_reporting(proc, lambda: client(proc, args.target, args.ops, args.seed))
 
 
 if __name__ == "__main__":

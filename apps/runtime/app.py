@@ -1,5 +1,5 @@
 """What every app's main() shares: the --kernel and --name flags, and turning a SealedError
-the app does not handle itself into a REPORT and an exit status."""
+or a failed check the app does not handle itself into a REPORT and an exit status."""
 from __future__ import annotations
 
 import argparse
@@ -24,11 +24,15 @@ def app_parser(app: str, doc: str | None) -> argparse.ArgumentParser:
 
 def run_reporting(proc: SealedProcess, body: Callable[[], int]) -> int:
     """body()'s exit status, after which proc exits with it; a SealedError raised by body is
-    REPORTed (error, error_msg) and gives status 1."""
+    REPORTed (error, error_msg), an AssertionError (the app's own check of its data) as
+    checksum "failed"; either gives status 1."""
     try:
         status = body()
     except SealedError as exc:
         proc.report(error=type(exc).__name__, error_msg=str(exc)[:200])
+        status = 1
+    except AssertionError as exc:
+        proc.report(checksum="failed", error_msg=str(exc)[:200])
         status = 1
     proc.close(status)
     return status
