@@ -8,6 +8,8 @@ kill was served"), never from timings; the only time limits are generous deadlin
 """
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import os
@@ -28,6 +30,8 @@ from kernel_daemon.client import Client
 from kernel_daemon.protocol import BLOCK_SIZE, Op
 from kernel_daemon.system import System
 
+import polling
+
 PROGRAM = __file__
 DEADLINE_S: float = 90.0
 #: The paging workload: two memstress arrays of PAGES pages each over FRAMES frames.
@@ -35,13 +39,7 @@ FRAMES, PAGES = 32, 96
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def wait_for(what: str, pred: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
-    """Poll pred until it holds; fail with `what` after timeout_s."""
-    deadline = time.monotonic() + timeout_s
-    while not pred():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+wait_for = functools.partial(polling.wait_for, timeout_s=DEADLINE_S)
 
 
 class FaultWatch:

@@ -10,11 +10,12 @@ about timing: waits are "until it happens, or fail".
 """
 from __future__ import annotations
 
+import functools
+
 import itertools
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -30,19 +31,13 @@ from kernel_daemon.client import Client
 from kernel_daemon.protocol import IPC_MAX_PAYLOAD_BYTES, Err, Op, ServiceError
 from kernel_daemon.system import Config, Service, System
 
+import polling
+
 WAIT_S: float = 30.0
 _names = itertools.count(1)
 
 
-def wait_for(what: str, pred: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    """Poll pred() until it is truthy; fail with `what` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(polling.wait_for, timeout_s=WAIT_S)
 
 
 @pytest.fixture(scope="module")

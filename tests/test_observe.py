@@ -6,10 +6,11 @@ about timing.
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import socket
 import subprocess
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from kernel_daemon import spawn
 from kernel_daemon.system import Config, System
 from kernel_daemon.trace import Tracer
+
+import polling
 
 FRAMES: int = 16
 #: memstress keeps faulting this long, so the module's tests see a live, busy process.
@@ -38,15 +41,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(what: str, pred: Any, timeout_s: float = WAIT_S) -> Any:
-    """Poll pred() until it returns something truthy; fail the test with `what` otherwise."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(polling.wait_for, timeout_s=WAIT_S)
 
 
 def sealedos(*args: str) -> subprocess.CompletedProcess[str]:

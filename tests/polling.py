@@ -1,0 +1,21 @@
+"""Polling for the tests: wait for a condition a real process will bring about (never a
+timing assertion: the timeout only bounds a test that would otherwise hang)."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+POLL_S: float = 0.05
+
+
+def wait_for(what: str, pred: Callable[[], Any], timeout_s: float) -> Any:
+    """Poll pred() until it returns something truthy and return that; fail the test with
+    `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(POLL_S)
