@@ -36,7 +36,7 @@ from typing import Any
 from apps.runtime import PAGE_SIZE, SealedProcess
 from apps.runtime.app import app_parser, run_reporting
 from apps.runtime.errors import SegmentationFault
-from kernel_daemon.protocol import IPC_MAX_PAYLOAD_BYTES
+from wire.protocol import IPC_MAX_PAYLOAD_BYTES
 
 #: The echo protocol.  Data may fill a whole IPC message (the kernel's size limit bites first).
 ECHO_CONTRACT: dict[str, Any] = {

@@ -32,8 +32,8 @@ from disk_service.layout import (
     DEFAULT_MAX_HANDLES, DEFAULT_SIZE_MIB, FREE_OWNER, HANDLE_DTYPE, LABEL_MAX_BYTES, MAP_DTYPE,
     SLOT_LIMIT, SUPERBLOCK_DTYPE, TOKEN_BYTES, DeviceError, Geometry, check_superblock,
     pack_superblock, plan)
-from kernel_daemon.protocol import BLOCK_SIZE, Err, ServiceError
-from kernel_daemon.server import Panic
+from wire.protocol import BLOCK_SIZE, Err, ServiceError
+from wire.server import Panic
 
 __all__ = ["Device", "DeviceError", "format_device"]
 

@@ -1,6 +1,6 @@
 """The disk service: a user-mode block driver serving one device file over ZeroMQ.
 
-Runs the shared server skeleton (kernel_daemon.server) with one ROUTER socket.  Every
+Runs the shared server skeleton (wire.server) with one ROUTER socket.  Every
 request names a handle by its 16-byte token (returned by OPEN); a handle sees only its own
 slots and blocks.  Ops served:
 
@@ -30,8 +30,8 @@ import zmq
 
 from disk_service.device import Device, DeviceError
 from disk_service.layout import DEFAULT_SIZE_MIB
-from kernel_daemon.protocol import Err, ServiceError
-from kernel_daemon.server import Request, Server
+from wire.protocol import Err, ServiceError
+from wire.server import Request, Server
 
 #: How often dirty pages of the device are written back (msync) while serving.
 FLUSH_INTERVAL_MS: int = 1000

@@ -19,7 +19,7 @@ from typing import Final
 
 import numpy as np
 
-from kernel_daemon.protocol import BLOCK_SIZE
+from wire.protocol import BLOCK_SIZE
 
 MAGIC: Final[bytes] = b"SEALDISK"
 FORMAT_VERSION: Final[int] = 1

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.contract import Contract
 from kernel_daemon.proc import Proc
-from kernel_daemon.protocol import Err, ServiceError
-from kernel_daemon.server import Request
+from wire.protocol import Err, ServiceError
+from wire.server import Request
 
 if TYPE_CHECKING:
     from kernel_daemon.ipc import Call

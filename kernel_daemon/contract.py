@@ -42,7 +42,7 @@ from typing import Any, Callable
 
 import msgpack
 
-from kernel_daemon.protocol import Err, ServiceError
+from wire.protocol import Err, ServiceError
 
 #: Limits on a contract itself (it is kernel memory, paid for by an untrusted process).
 MAX_KINDS: int = 64

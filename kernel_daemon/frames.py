@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from kernel_daemon.server import Panic
+from wire.server import Panic
 
 FREE: tuple[int, int] = (-1, -1)
 

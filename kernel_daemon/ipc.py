@@ -60,8 +60,8 @@ from kernel_daemon.caps import (
 from kernel_daemon.contract import check, compile_contract, decode_payload
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
-from kernel_daemon.protocol import PAGE_SIZE, Err, ServiceError
-from kernel_daemon.server import SUSPEND, Request
+from wire.protocol import PAGE_SIZE, Err, ServiceError
+from wire.server import SUSPEND, Request
 
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel

@@ -40,11 +40,11 @@ from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import Proc, ProcState, ProcTable
-from kernel_daemon.protocol import (
+from wire.protocol import (
     IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
-from kernel_daemon.server import Request, Server
+from wire.server import Request, Server
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 

@@ -50,9 +50,9 @@ from typing import Any, Callable
 import psutil
 import zmq
 
-from kernel_daemon.protocol import Op
+from wire.protocol import Op
 from kernel_daemon.seal import IntegrityError
-from kernel_daemon.server import Server
+from wire.server import Server
 
 #: A pager silent for this long is considered down until it says hello again.
 PAGER_DEAD_MS: int = 3000

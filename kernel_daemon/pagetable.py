@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
-from kernel_daemon.protocol import PAGE_SHIFT, PROT_W, PROT_X, PROT_R, Err, ServiceError
+from wire.protocol import PAGE_SHIFT, PROT_W, PROT_X, PROT_R, Err, ServiceError
 
 #: Largest virtual page number (a 48-bit address space, as x86-64).
 MAX_VPN: int = (1 << (48 - PAGE_SHIFT)) - 1

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.pagetable import PageState, Pte
 from kernel_daemon.proc import Proc
-from kernel_daemon.protocol import Op
+from wire.protocol import Op
 
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel

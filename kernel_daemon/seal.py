@@ -22,7 +22,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kernel_daemon.protocol import PAGE_SIZE
+from wire.protocol import PAGE_SIZE
 
 TAG_BYTES: int = 16
 _AD = struct.Struct(">16sQQ")

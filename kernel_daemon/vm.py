@@ -36,10 +36,10 @@ from kernel_daemon.frames import FramePool
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
 from kernel_daemon.proc import Proc, ProcState
-from kernel_daemon.protocol import (
+from wire.protocol import (
     ACCESS_PROT, FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.seal import Sealer
-from kernel_daemon.server import SUSPEND, Panic, Request
+from wire.server import SUSPEND, Panic, Request
 from kernel_daemon.trace import slice_key, us_field
 
 if TYPE_CHECKING:

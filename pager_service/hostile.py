@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Protocol
 
-from kernel_daemon.protocol import HOSTILE_MODES, PAGE_SIZE, Err
-from kernel_daemon.server import Request
+from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err
+from wire.server import Request
 
 #: The mode name of an honest pager.
 HONEST: str = "none"

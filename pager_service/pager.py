@@ -33,8 +33,8 @@ from typing import Any, Callable
 
 import zmq
 
-from kernel_daemon.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
-from kernel_daemon.server import SUSPEND, Request, Server
+from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
+from wire.server import SUSPEND, Request, Server
 from pager_service.hostile import HONEST, HostileOptions, make_behaviour
 
 #: How often the pager (re)announces itself to the kernel.

@@ -9,7 +9,7 @@ import pytest
 
 from kernel_daemon.contract import (
     ContractViolation, check, compile_contract, decode_payload)
-from kernel_daemon.protocol import Err, ServiceError
+from wire.protocol import Err, ServiceError
 
 KV: dict[str, Any] = {
     "name": "kv",

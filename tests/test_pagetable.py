@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from kernel_daemon.pagetable import AddressSpace, PageState
-from kernel_daemon.protocol import PROT_R, PROT_W, PROT_X, Err, ServiceError
+from wire.protocol import PROT_R, PROT_W, PROT_X, Err, ServiceError
 
 
 def test_map_lets_the_kernel_choose_and_leaves_guard_pages() -> None:

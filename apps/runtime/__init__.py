@@ -18,7 +18,7 @@ from apps.runtime.ipc import NAMESERVICE, Received, Sender
 from apps.runtime.process import SealedProcess, program_digest
 from apps.runtime.syscall import KERNEL_ADDR_ENV
 from apps.runtime.varray import VArray
-from kernel_daemon.protocol import PAGE_SIZE, PROT_R, PROT_W, PROT_X
+from wire.protocol import PAGE_SIZE, PROT_R, PROT_W, PROT_X
 
 __all__ = [
     "SealedProcess", "VArray", "program_digest", "KERNEL_ADDR_ENV", "PAGE_SIZE",

@@ -19,7 +19,7 @@ import tempfile
 
 import numpy as np
 
-from kernel_daemon.protocol import PAGE_SIZE
+from wire.protocol import PAGE_SIZE
 
 #: Prefer memory-backed storage for the bank file when the host has it.
 SHM_DIR: str = "/dev/shm"

@@ -3,14 +3,14 @@
 Every error a syscall can end in is a :class:`SealedError`; the kernel's reply ``msg`` (a
 sentence naming the page, the address and the check that failed) is the exception's text, so
 an app that dies of one prints something a person can act on.  :func:`from_reply` is the only
-code that maps an :class:`~kernel_daemon.protocol.Err` code to a class; :mod:`syscall` calls
+code that maps an :class:`~wire.protocol.Err` code to a class; :mod:`syscall` calls
 it for every error reply.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from kernel_daemon.protocol import Err
+from wire.protocol import Err
 
 
 class SealedError(Exception):

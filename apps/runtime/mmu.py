@@ -49,7 +49,7 @@ from typing import Any
 from apps.runtime.bank import Bank
 from apps.runtime.errors import KernelProtocolError
 from apps.runtime.syscall import Kernel
-from kernel_daemon.protocol import (
+from wire.protocol import (
     ACCESS_EXEC, ACCESS_PROT, ACCESS_READ, ACCESS_WRITE, FILL_DATA, FILL_KEEP, FILL_ZERO,
     PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W, PROT_X)
 

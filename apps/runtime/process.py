@@ -26,7 +26,7 @@ from apps.runtime.ipc import Ipc, Received
 from apps.runtime.mmu import Mmu
 from apps.runtime.syscall import Kernel
 from apps.runtime.varray import VArray
-from kernel_daemon.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W
+from wire.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W
 
 
 def program_digest(path: str | Path) -> str:

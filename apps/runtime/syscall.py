@@ -27,7 +27,7 @@ from typing import Any
 import zmq
 
 from apps.runtime.errors import KernelProtocolError, KernelUnreachable, SealedError, from_reply
-from kernel_daemon.protocol import (
+from wire.protocol import (
     PAGE_SIZE, TRANSPORT_MAX_BYTES, Op, ServiceError, decode, encode)
 
 #: The kernel is declared dead when it has answered nothing for this long.

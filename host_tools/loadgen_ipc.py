@@ -1,0 +1,399 @@
+"""`sealedos bench ipc`: the IPC load generator -- the kernel's routing path against a bare broker.
+
+    sealedos bench ipc [--clients 16] [--servers 4] [--size 64] [--duration 10]
+                       [--slices 4] [--transport ipc|tcp] [--kernel ADDR] [--json]
+                       [--plot FILE.png]
+
+The same traffic two ways, in one invocation:
+
+* **kernel**: a whole System (kernel, init, pager, disk), ``--servers`` echo servers (sealed
+  processes, apps.echo) and ``--clients`` sealed client processes, client i calling server
+  i mod K through the kernel: every message is copied through the kernel, its handle looked
+  up, its contract checked, its sender stamped.
+* **bare**: the same numbers of client and server processes around a plain pyzmq ROUTER
+  broker with no kernel logic (host_tools.bare_broker).
+
+Both fleets are started and warmed up first; then each measures ``--duration`` seconds in
+``--slices`` windows that alternate (kernel, bare, kernel, bare ...), so a change in the
+machine's background load hits both alike.  A window starts when the harness creates its go
+file; every client records the latency of each round trip.  The report gives, per fleet,
+round trips/s (summed over clients), MB/s (payload bytes, both ways) and latency
+p50/p99/p99.9, and the ratio kernel/bare of round trips/s.  ``--json`` prints exactly
+``{"kernel": {...}, "bare": {...}, "ratio": x}``; ``--plot`` draws the latency distributions
+and throughputs (matplotlib, Agg).  ``--transport tcp`` puts the kernel and the bare broker on
+tcp://127.0.0.1 instead of ipc:// sockets.  ``--kernel ADDR`` runs the kernel fleet against a
+kernel already running there -- a compose deployment's (its `loadgen` profile) -- instead of
+starting a System: the sealed servers and clients are local processes connected to it, named
+apart from earlier runs'; the bare fleet stays local.  Nothing here is a test: figures are
+reported, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from launcher import spawn
+from host_tools.system import Config, System, _free_port
+
+READY_TIMEOUT_S: float = 120.0
+SLICE_GRACE_S: float = 60.0
+TICK_S: float = 0.25
+
+
+@dataclass
+class Run:
+    """One fleet's results: per-client latency samples and measured seconds."""
+    name: str
+    size: int
+    samples: list[np.ndarray]
+    windows_s: list[float]
+
+    def summary(self) -> dict[str, float]:
+        """The five figures of the report."""
+        lat = np.concatenate(self.samples) if self.samples else np.zeros(1)
+        rts = sum(len(s) / w for s, w in zip(self.samples, self.windows_s) if w > 0)
+        p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
+        return {"round_trips_per_s": round(float(rts), 1),
+                "mb_per_s": round(float(rts) * self.size * 2 / 1e6, 3),
+                "p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1),
+                "p999_us": round(float(p999), 1)}
+
+
+def _wait(what: str, pred: Callable[[], bool], timeout_s: float, why: Callable[[], str]) -> None:
+    """Poll pred() until true; RuntimeError naming `what` (and why()) on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"loadgen: timed out waiting for {what}\n{why()}")
+        time.sleep(0.02)
+
+
+def _client_args(args: argparse.Namespace, go: Path, out: Path) -> list[str]:
+    """The bench-mode flags every client of either fleet gets."""
+    return ["--size", str(args.size), "--duration", str(args.duration), "--slices",
+            str(args.slices), "--go-file", str(go), "--out", str(out)]
+
+
+def _load(outs: list[Path], name: str, size: int) -> Run:
+    """The fleet's results from its clients' --out files."""
+    samples, windows = [], []
+    for out in outs:
+        data = json.loads(out.read_text())
+        samples.append(np.asarray(data["lat_us"], dtype=np.float64))
+        windows.append(float(data["window_s"]))
+    return Run(name, size, samples, windows)
+
+
+# -- the fleets --------------------------------------------------------------------------------
+class KernelFleet:
+    """Sealed echo servers and clients in one System: traffic through the kernel."""
+
+    name = "kernel"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.system = System(Config(frames=args.frames, transport=args.transport),
+                             kernel_addr=args.kernel)
+        tag = f"{secrets.token_hex(3)}." if args.kernel else ""   # a shared kernel remembers
+        self.servers = [f"echo.{tag}{k}" for k in range(args.servers)]
+        self.clients = [f"client.{tag}{i}" for i in range(args.clients)]
+        self.go = self.system.rundir / "go"
+        self.outs = [self.system.rundir / f"{c}.json" for c in self.clients]
+        self._last = (0, 0.0)
+
+    def start(self) -> None:
+        """Start the system and the servers, then the clients (they warm up by themselves)."""
+        s = self.system
+        s.start()
+        for name in self.servers:
+            s.spawn_app("echo", ["--register", name], name)
+        _wait("the echo servers", lambda: all(self._report(n).get("ready") for n in self.servers),
+              READY_TIMEOUT_S, lambda: s.log_tail(self.servers[0]))
+        for i, name in enumerate(self.clients):
+            s.spawn_app("echo", ["--client", "--target", self.servers[i % len(self.servers)],
+                                 *_client_args(self.args, self.go, self.outs[i])], name)
+
+    def _records(self) -> dict[str, dict[str, Any]]:
+        """The kernel's records of every process, by name."""
+        return {p["name"]: p for p in self.system.stats()["processes"]}
+
+    def _report(self, name: str) -> dict[str, Any]:
+        """What process `name` REPORTed so far."""
+        return (self.system.process(name) or {}).get("report") or {}
+
+    def _check(self) -> None:
+        """Raise if a client (or any bare process) has died."""
+        for c in self.clients:
+            code = self.system.services[c].proc.poll()
+            if code not in (None, 0):
+                raise RuntimeError(f"loadgen: {c} exited {code}:\n{self.system.log_tail(c)}")
+
+    def ready(self) -> bool:
+        """True once every client has warmed up."""
+        self._check()
+        recs = self._records()
+        return all(((recs.get(c) or {}).get("report") or {}).get("ready") for c in self.clients)
+
+    def go_slice(self, k: int) -> None:
+        """Start window k."""
+        self._last = (self.system.stats()["kernel"]["ipc_calls"], time.monotonic())
+        Path(f"{self.go}.{k}").touch()
+
+    def slice_done(self, k: int) -> bool:
+        """True once every client has finished window k."""
+        self._check()
+        recs = self._records()
+        return all(((recs.get(c) or {}).get("report") or {}).get("slice", 0) > k
+                   for c in self.clients)
+
+    def rate(self) -> float | None:
+        """Round trips/s since the last call (the kernel counts them)."""
+        calls, now = self.system.stats()["kernel"]["ipc_calls"], time.monotonic()
+        r = (calls - self._last[0]) / max(1e-6, now - self._last[1])
+        self._last = (calls, now)
+        return r
+
+    def results(self) -> Run:
+        """Wait for the clients to write their samples; load them."""
+        _wait("the sealed clients to finish", lambda: all(
+            self.system.services[c].proc.poll() is not None for c in self.clients),
+            SLICE_GRACE_S, lambda: self.system.log_tail(self.clients[0]))
+        self._check()
+        return _load(self.outs, self.name, self.args.size)
+
+    def why(self) -> str:
+        """The log lines that explain a failure."""
+        return self.system.log_tail(self.clients[0])
+
+    def stop(self) -> None:
+        """Stop every process of the fleet and remove its files."""
+        self.system.stop()
+
+
+class BareFleet:
+    """The same shape around a bare pyzmq ROUTER broker (host_tools.bare_broker)."""
+
+    name = "bare"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rundir = spawn.make_rundir("sealedos-bare-")
+        self.addr = (spawn.ipc_addr(self.rundir, "broker") if args.transport == "ipc"
+                     else f"tcp://127.0.0.1:{_free_port()}")
+        self.go = self.rundir / "go"
+        self.outs = [self.rundir / f"client.{i}.json" for i in range(args.clients)]
+        self.procs: list[subprocess.Popen] = []
+        self.clients: list[subprocess.Popen] = []
+
+    def _start(self, name: str, *argv: str) -> subprocess.Popen:
+        """Start one bare process (`python -m host_tools.bare_broker ARGV`)."""
+        cmd = [sys.executable, "-m", "host_tools.bare_broker", *argv, "--addr", self.addr]
+        self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log"))
+        return self.procs[-1]
+
+    def start(self) -> None:
+        """Start the broker, the servers and the clients."""
+        a = self.args
+        self._start("broker", "broker")
+        for k in range(a.servers):
+            self._start(f"server.{k}", "server", "--id", str(k))
+        self.clients = [self._start(f"client.{i}", "client", "--id", str(i), "--server",
+                                    str(i % a.servers), *_client_args(a, self.go, self.outs[i]))
+                        for i in range(a.clients)]
+
+    def _check(self) -> None:
+        """Raise if a client (or any bare process) has died."""
+        if any(p.poll() not in (None, 0) for p in self.procs):
+            raise RuntimeError("loadgen: a bare process died:\n" + self.why())
+
+    def ready(self) -> bool:
+        """True once every client has warmed up."""
+        self._check()
+        return all(Path(f"{o}.ready").exists() for o in self.outs)
+
+    def go_slice(self, k: int) -> None:
+        """Start window k."""
+        Path(f"{self.go}.{k}").touch()
+
+    def slice_done(self, k: int) -> bool:
+        """True once every client has finished window k."""
+        self._check()
+        return all(Path(f"{o}.done.{k}").exists() for o in self.outs)
+
+    def rate(self) -> float | None:
+        """Round trips/s since the last call (None: not counted)."""
+        return None                      # the bare broker counts nothing
+
+    def results(self) -> Run:
+        """Wait for the clients to write their samples; load them."""
+        deadline = time.monotonic() + SLICE_GRACE_S
+        for c in self.clients:
+            c.wait(max(0.1, deadline - time.monotonic()))
+        self._check()
+        return _load(self.outs, self.name, self.args.size)
+
+    def why(self) -> str:
+        """The log lines that explain a failure."""
+        logs = [self.rundir / "broker.log", self.rundir / "client.0.log"]
+        return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-2000:]}"
+                         for p in logs if p.exists())
+
+    def stop(self) -> None:
+        """Stop every process of the fleet and remove its files."""
+        spawn.stop_all(self.procs, 1.0)
+        spawn.remove_rundir(self.rundir)
+
+
+Fleet = KernelFleet | BareFleet
+
+
+def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -> list[Run]:
+    """Start both fleets, then alternate their windows; return their results."""
+    task = progress.add_task("starting", total=None)
+    for f in fleets:
+        progress.update(task, description=f"{f.name}: starting {args.servers} servers and "
+                                          f"{args.clients} clients")
+        f.start()
+    for f in fleets:
+        progress.update(task, description=f"{f.name}: clients warming up")
+        _wait(f"the {f.name} clients", f.ready, READY_TIMEOUT_S, f.why)
+    progress.remove_task(task)
+    slice_s = args.duration / args.slices
+    bars = {f.name: progress.add_task(f"{f.name}", total=args.duration) for f in fleets}
+    for k in range(args.slices):
+        for f in fleets:
+            f.go_slice(k)
+            t0 = time.monotonic()
+            while not f.slice_done(k):
+                time.sleep(TICK_S)
+                r = f.rate()
+                done = k * slice_s + min(slice_s, time.monotonic() - t0)
+                text = f"{f.name}: window {k + 1}/{args.slices}" + (
+                    f", {r:,.0f} round trips/s" if r is not None else "")
+                progress.update(bars[f.name], completed=done, description=text)
+                if time.monotonic() - t0 > slice_s + SLICE_GRACE_S:
+                    raise RuntimeError(f"loadgen: {f.name} window {k} did not end\n{f.why()}")
+            progress.update(bars[f.name], completed=(k + 1) * slice_s)
+    return [f.results() for f in fleets]
+
+
+# -- reporting ---------------------------------------------------------------------------------
+def print_report(result: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
+    """The two fleets side by side, and the ratio."""
+    t = Table(title=f"IPC echo: {args.clients} clients, {args.servers} servers, "
+                    f"{args.size}-byte payloads, {args.duration:g} s each in {args.slices} "
+                    f"alternating windows, {args.kernel or args.transport + '://'}")
+    t.add_column("")
+    for name in ("round trips/s", "MB/s", "p50 us", "p99 us", "p99.9 us"):
+        t.add_column(name, justify="right")
+    for run in ("kernel", "bare"):
+        r = result[run]
+        t.add_row(run, f"{r['round_trips_per_s']:,.0f}", f"{r['mb_per_s']:.2f}",
+                  f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}", f"{r['p999_us']:.0f}")
+    console.print(t)
+    console.print(f"ratio kernel/bare (round trips/s): [bold]{result['ratio']:.2f}[/bold]")
+
+
+def plot(runs: list[Run], result: dict[str, Any], path: str) -> None:
+    """Latency distributions (CDF, log scale) and throughputs, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for run in runs:
+        lat = np.sort(np.concatenate(run.samples))
+        ax1.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=run.name)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("round-trip latency (us)")
+    ax1.set_ylabel("fraction of calls")
+    ax1.set_title("latency distribution")
+    ax1.grid(True, which="both", alpha=0.3)
+    ax1.legend()
+    names = [r.name for r in runs]
+    ax2.bar(names, [result[n]["round_trips_per_s"] for n in names], color=["C0", "C1"])
+    ax2.set_ylabel("round trips/s")
+    ax2.set_title(f"throughput (ratio kernel/bare {result['ratio']:.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`sealedos bench ipc` flags."""
+    p = argparse.ArgumentParser(prog="sealedos bench ipc", description=__doc__.split("\n")[0])
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--servers", type=int, default=4)
+    p.add_argument("--size", type=int, default=64, help="payload bytes per message")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds measured per fleet")
+    p.add_argument("--slices", type=int, default=4, help="alternating windows per fleet")
+    p.add_argument("--transport", choices=("ipc", "tcp", "both"), default="ipc",
+                   help="both: ipc:// then tcp://, side by side")
+    p.add_argument("--kernel", metavar="ADDR",
+                   help="run the kernel fleet against the kernel at ADDR instead of starting one")
+    p.add_argument("--frames", type=int, default=256)
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--plot", help="write latency/throughput plots to this PNG")
+    return p
+
+
+def run_once(args: argparse.Namespace, console: Console) -> tuple[list[Run], dict[str, Any]]:
+    """Both fleets on one transport: their runs and the result map (kernel, bare, ratio)."""
+    fleets: list[Fleet] = [KernelFleet(args), BareFleet(args)]
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            runs = measure(fleets, args, progress)
+    finally:
+        for f in fleets:
+            f.stop()
+    result: dict[str, Any] = {r.name: r.summary() for r in runs}
+    bare_rts = result["bare"]["round_trips_per_s"]
+    result["ratio"] = round(result["kernel"]["round_trips_per_s"] / bare_rts, 3) if bare_rts else 0.0
+    return runs, result
+
+
+def main(argv: list[str]) -> int:
+    """Run both fleets (on one transport, or on ipc:// then tcp://), report them and the ratio."""
+    args = build_parser().parse_args(argv)
+    if args.clients < 1 or args.servers < 1 or args.duration <= 0 or args.slices < 1 \
+            or not 0 <= args.size <= 60000 or (args.transport == "both" and args.kernel):
+        print("sealedos bench ipc: --clients/--servers/--slices >= 1, --duration > 0, "
+              "--size 0..60000, --transport both without --kernel", file=sys.stderr)
+        return 2
+    args.servers = min(args.servers, args.clients)
+    console = Console(stderr=True)
+    transports = ["ipc", "tcp"] if args.transport == "both" else [args.transport]
+    results: dict[str, Any] = {}
+    for transport in transports:
+        one = argparse.Namespace(**{**vars(args), "transport": transport})
+        runs, results[transport] = run_once(one, console)
+        if not args.json:
+            print_report(results[transport], one, Console())
+        if args.plot:
+            path = args.plot if len(transports) == 1 else args.plot.replace(".png", f"-{transport}.png")
+            plot(runs, results[transport], path)
+            if not args.json:
+                console.print(f"plot written to {path}")
+    if len(transports) > 1 and not args.json:
+        k = {t: results[t]["kernel"]["round_trips_per_s"] for t in transports}
+        Console().print(f"what TCP adds: kernel round trips/s tcp/ipc = {k['tcp'] / k['ipc']:.2f}, "
+                        f"p50 tcp/ipc = {results['tcp']['kernel']['p50_us'] / results['ipc']['kernel']['p50_us']:.2f}")
+    if args.json:
+        print(json.dumps(results[transports[0]] if len(transports) == 1 else results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

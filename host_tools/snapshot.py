@@ -1,0 +1,224 @@
+"""One look at a running system, for `sealedos ps`, `stats` and `top`: the kernel's counters
+and process table, its pager slots, the disk services found beside it, and host figures
+(RSS, CPU%) for every process that runs on this host.
+
+Finding the kernel: --kernel ADDR, else --rundir DIR (ipc://DIR/kernel.sock), else the
+environment (SEALEDOS_KERNEL_ADDR, then SEALEDOS_RUNDIR), else the newest
+/tmp/sealedos-*/kernel.sock (what `sealedos up` creates).  The kernel does not know the disk
+services; they are found as RUNDIR/disk*.sock when the kernel listens in a runtime directory,
+and asked directly (ping + stats).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from wire.client import Client
+from wire.protocol import Op, ServiceError
+
+#: How long the kernel has to answer before we say no kernel answers.
+KERNEL_TIMEOUT_MS: int = 2000
+#: How long a disk service has to answer a ping.
+DISK_TIMEOUT_MS: int = 300
+#: Where `sealedos up` makes its runtime directories.
+RUNDIR_GLOB: tuple[str, str] = ("/tmp", "sealedos-*")
+#: A host process is ours only if its command line mentions one of these.
+OUR_CMDLINE_WORDS: tuple[str, ...] = ("sealedos", "kernel_daemon", "pager_service",
+                                      "disk_service", "apps")
+
+
+class NoKernel(Exception):
+    """No kernel could be found or none answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the kernel listens, and the runtime directory beside it (if known)."""
+    addr: str
+    rundir: Path | None
+
+
+def add_target_args(p: argparse.ArgumentParser) -> None:
+    """Add --kernel and --rundir (how to find the kernel) to a subcommand's parser."""
+    p.add_argument("--kernel", default=None, metavar="ADDR",
+                   help="kernel address (default: env SEALEDOS_KERNEL_ADDR, or the newest "
+                        "`sealedos up` runtime directory)")
+    p.add_argument("--rundir", default=None, metavar="DIR",
+                   help="runtime directory: the kernel is ipc://DIR/kernel.sock "
+                        "(env SEALEDOS_RUNDIR)")
+
+
+def resolve_target(kernel: str | None, rundir: str | None) -> Target:
+    """Pick the kernel address by the rules in the module docstring; NoKernel if none."""
+    env = os.environ
+    if kernel:
+        addr = kernel
+    elif rundir:
+        addr = f"ipc://{rundir}/kernel.sock"
+    elif env.get("SEALEDOS_KERNEL_ADDR"):
+        addr = env["SEALEDOS_KERNEL_ADDR"]
+    elif env.get("SEALEDOS_RUNDIR"):
+        addr = f"ipc://{env['SEALEDOS_RUNDIR']}/kernel.sock"
+    else:
+        found = discover_kernel_sockets()
+        if not found:
+            raise NoKernel("no kernel address given and no running `sealedos up` found under "
+                           f"{RUNDIR_GLOB[0]}")
+        addr = f"ipc://{found[0]}"
+    if addr.startswith("ipc://"):
+        path = Path(addr[len("ipc://"):])
+        if not path.exists():
+            raise NoKernel(f"no kernel socket at {path}")
+        return Target(addr, path.parent)
+    return Target(addr, Path(rundir) if rundir else None)
+
+
+def discover_kernel_sockets() -> list[Path]:
+    """Kernel sockets of local runtime directories we own, newest first."""
+    base, pattern = RUNDIR_GLOB
+    socks = []
+    for d in Path(base).glob(pattern):
+        sock = d / "kernel.sock"
+        try:
+            if d.stat().st_uid == os.getuid() and sock.exists():
+                socks.append((sock.stat().st_mtime, sock))
+        except OSError:
+            continue
+    return [s for _, s in sorted(socks, reverse=True)]
+
+
+class HostSampler:
+    """RSS and CPU% of local processes; CPU% is over the time since the previous sample of
+    the same process, or over its whole life on the first sample (like ps(1))."""
+
+    def __init__(self) -> None:
+        self.host = socket.gethostname()
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self, pid: Any, host: str | None = None) -> dict[str, Any]:
+        """{rss_bytes, cpu_percent} of `pid` if it is one of ours on this host, else {}."""
+        if not isinstance(pid, int) or pid <= 0 or (host and host != self.host):
+            return {}
+        try:
+            proc = self._procs.get(pid)
+            if proc is None or not proc.is_running():
+                proc = psutil.Process(pid)
+                if not any(w in " ".join(proc.cmdline()) for w in OUR_CMDLINE_WORDS):
+                    return {}
+                self._procs[pid] = proc
+                times = proc.cpu_times()
+                life_s = max(1e-3, time.time() - proc.create_time())
+                cpu = 100.0 * (times.user + times.system) / life_s
+                proc.cpu_percent(None)                  # start the next interval here
+            else:
+                cpu = proc.cpu_percent(None)
+            return {"rss_bytes": proc.memory_info().rss, "cpu_percent": round(cpu, 1)}
+        except psutil.Error:
+            self._procs.pop(pid, None)
+            return {}
+
+
+@dataclass
+class Observer:
+    """A connection to one kernel (and the disks beside it) that takes snapshots."""
+    target: Target
+    sampler: HostSampler = field(default_factory=HostSampler)
+    _kernel: Client | None = None
+    _kernel_pid: int | None = None
+    _disks: dict[str, Client] = field(default_factory=dict)
+
+    def kernel_call(self, op: Op) -> dict[str, Any]:
+        """One request to the kernel; NoKernel when it does not answer in time."""
+        if self._kernel is None:
+            self._kernel = Client(self.target.addr)
+        try:
+            return self._kernel.call(op, timeout_ms=KERNEL_TIMEOUT_MS)
+        except ServiceError as exc:
+            self._kernel.close()
+            self._kernel = None               # a fresh connection next time
+            raise NoKernel(f"no kernel answers at {self.target.addr}: {exc.msg}") from None
+
+    def snapshot(self) -> dict[str, Any]:
+        """{time, addr, kernel: counters, processes: [...], services: [...]} as of now."""
+        if self._kernel_pid is None:
+            self._kernel_pid = self.kernel_call(Op.PING).get("pid")
+        t0 = time.perf_counter()
+        stats = self.kernel_call(Op.STATS)
+        rtt_ms = (time.perf_counter() - t0) * 1000
+        kernel = stats["kernel"]
+        procs = []
+        for rec in stats["processes"]:
+            rec = dict(rec)
+            if rec.get("state") not in ("exited", "killed"):
+                rec.update(self.sampler.sample(rec.get("hostpid"), rec.get("host")))
+            procs.append(rec)
+        local = self.target.addr.startswith("ipc://")
+        services = [{"kind": "kernel", "name": "kernel", "hostpid": self._kernel_pid,
+                     "state": "up", "latency_ms": round(rtt_ms, 2), "detail": self.target.addr,
+                     **(self.sampler.sample(self._kernel_pid) if local else {})}]
+        services += [self._pager_row(h) for h in kernel.get("pagers", [])]
+        services += self._disk_rows()
+        return {"time": time.time(), "addr": self.target.addr, "kernel": kernel,
+                "processes": procs, "services": services}
+
+    def _pager_row(self, h: dict[str, Any]) -> dict[str, Any]:
+        """One pager slot as a service row: up, restarting (lost its instance) or starting."""
+        state = "up" if h.get("up") else ("restarting" if h.get("joins") else "starting")
+        row = {"kind": "pager", "name": f"pager{h.get('mirror')}", "hostpid": h.get("hostpid"),
+               "host": h.get("host"), "state": state, "restarts": max(0, h.get("joins", 0) - 1),
+               "inflight": h.get("inflight"), "backlog": h.get("backlog"),
+               "silent_ms": h.get("silent_ms"),
+               "detail": f"inflight {h.get('inflight')} backlog {h.get('backlog')}"}
+        row.update(self.sampler.sample(h.get("hostpid"), h.get("host")))
+        return row
+
+    def _disk_rows(self) -> list[dict[str, Any]]:
+        """Every RUNDIR/disk*.sock, pinged: up with its latency and usage, or down."""
+        rundir = self.target.rundir
+        if rundir is None:
+            return []
+        rows = []
+        for sock in sorted(rundir.glob("disk*.sock")):
+            name = sock.name[:-len(".sock")]
+            client = self._disks.setdefault(name, Client(f"ipc://{sock}"))
+            t0 = time.perf_counter()
+            try:
+                pid = client.call(Op.PING, timeout_ms=DISK_TIMEOUT_MS).get("pid")
+                latency_ms = (time.perf_counter() - t0) * 1000
+                st = client.call(Op.STATS, timeout_ms=DISK_TIMEOUT_MS)
+            except ServiceError:
+                rows.append({"kind": "disk", "name": name, "hostpid": None, "state": "down",
+                             "detail": f"no answer in {DISK_TIMEOUT_MS} ms"})
+                continue
+            used, total = st.get("used_blocks", 0), st.get("nblocks", 0)
+            rows.append({"kind": "disk", "name": name, "hostpid": pid, "state": "up",
+                         "latency_ms": round(latency_ms, 2), "used_blocks": used,
+                         "nblocks": total, "detail": f"{used}/{total} blocks",
+                         **self.sampler.sample(pid)})
+        return rows
+
+    def close(self) -> None:
+        """Close every connection."""
+        for c in [self._kernel, *self._disks.values()]:
+            if c is not None:
+                c.close()
+        self._kernel = None
+        self._disks.clear()
+
+
+def fmt_bytes(n: Any) -> str:
+    """1536000 -> '1.5M' (binary units); '-' when unknown."""
+    if not isinstance(n, (int, float)):
+        return "-"
+    for unit in ("B", "K", "M", "G"):
+        if abs(n) < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return "-"

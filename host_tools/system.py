@@ -1,0 +1,334 @@
+"""A whole local sealedos system as OS processes: disks, kernel, pagers, apps — and their
+supervisor.
+
+`sealedos up`, the benchmarks, `sealedos chaos` and the tests all start the system through
+this one class, so they run exactly the same commands the compose file runs.  Every service
+is a child process in a private runtime directory; a supervisor thread restarts a dead pager
+or disk service (MINIX's reincarnation server) and, through its watchdog (watchdog.py), kills
+and restarts one that is alive but hung; stop() leaves no process and no socket.
+"""
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher import spawn
+from wire.client import Client
+from wire.protocol import Op, ServiceError
+from host_tools.watchdog import Watchdog
+
+#: Sealed processes run at a lower CPU priority than the services, as user processes below a
+#: kernel: with dozens of busy apps on 2 cores, the kernel, pagers and disks still get the CPU
+#: they need to answer within their timeouts (an overloaded pager is slow, not dead).
+APP_NICE: int = 10
+SUPERVISE_MS: int = 100
+#: How often the supervisor asks its watchdog which services are hung.
+WATCHDOG_MS: int = 500
+#: The environment variable carrying init's token to the kernel and to init.
+INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
+READY_TIMEOUT_S: float = 20.0
+#: How long a tracing kernel gets to write its trace file after SIGTERM.
+TRACE_STOP_GRACE_S: float = 30.0
+
+
+@dataclass
+class Service:
+    """One child process the system started, and how to start it again."""
+    name: str
+    kind: str                      # disk, pager, kernel, app
+    cmd: list[str]
+    log: Path
+    proc: subprocess.Popen
+    restart: bool
+    env: dict[str, str] | None = None
+    addr: str | None = None        # where it listens (disks: what pagers and the watchdog use)
+    restarts: int = 0
+    started: list[float] = field(default_factory=list)
+    exit_codes: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        """The current instance's host pid."""
+        return self.proc.pid
+
+
+@dataclass
+class Config:
+    """Everything `sealedos up` lets a user choose about the services."""
+    frames: int = 128
+    policy: str = "clock"
+    disk_size_mib: int = 64
+    pagers: int = 1
+    hostile: str | None = None
+    no_seal: bool = False
+    pager_timeout_ms: int = 2000
+    pager_retries: int = 5
+    trace: str | None = None
+    metrics_port: int = 0
+    stall_ms: int = 10000
+    kernel_args: list[str] = field(default_factory=list)
+    #: How the services listen: "ipc" (ipc://RUNDIR/NAME.sock) or "tcp" (the kernel and the
+    #: disks on tcp://127.0.0.1, each on a free port), so benchmarks can show what the network
+    #: adds (in the compose deployment every hop is tcp://).
+    transport: str = "ipc"
+
+
+class System:
+    """Start, supervise and stop one local sealedos system."""
+
+    def __init__(self, config: Config, rundir: Path | None = None,
+                 kernel_addr: str | None = None) -> None:
+        """With kernel_addr, attach to a kernel someone else runs (a compose deployment):
+        start() starts no service, only waits for its pagers and name service; spawn_app()
+        starts local sealed processes against it; stop() stops only those."""
+        if config.transport not in ("ipc", "tcp"):
+            raise ValueError(f"transport must be ipc or tcp, not {config.transport!r}")
+        self.config = config
+        self.rundir = rundir or spawn.make_rundir()
+        self.attached = kernel_addr is not None
+        self.kernel_addr = kernel_addr or (
+            spawn.ipc_addr(self.rundir, "kernel") if config.transport == "ipc"
+            else f"tcp://127.0.0.1:{_free_port()}")
+        self.init_token = secrets.token_hex(16)
+        self.services: dict[str, Service] = {}
+        self.events: list[tuple[float, str, str]] = []     # (time, service, what)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._clients: dict[int, Client] = {}
+
+    # -- starting -----------------------------------------------------------------------
+    def start(self) -> "System":
+        """Start disks, kernel, init and pagers; return once the pagers have joined the kernel
+        and init serves names.  Attached: only wait for that."""
+        if self.attached:
+            self.wait_pagers()
+            self.wait_nameservice()
+            return self
+        c = self.config
+        for m in range(c.pagers):
+            addr = self._listen_addr(f"disk{m}")
+            disk = self._launch("disk", f"disk{m}", [
+                "--rundir", str(self.rundir), "--addr", addr,
+                "--file", str(self.rundir / f"disk{m}.img"), "--size-mib", str(c.disk_size_mib)])
+            disk.addr = addr
+        kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
+                 "--policy", c.policy, "--pagers", str(c.pagers),
+                 "--pager-timeout-ms", str(c.pager_timeout_ms),
+                 "--pager-retries", str(c.pager_retries), *c.kernel_args]
+        if c.no_seal:
+            kargs.append("--no-seal")
+        if c.trace:
+            kargs += ["--trace", c.trace]
+        if c.metrics_port:
+            kargs += ["--metrics-port", str(c.metrics_port)]
+        token_env = {INIT_TOKEN_ENV: self.init_token}
+        self._launch("kernel", "kernel", kargs, restart=False, env=token_env)
+        for name in ["kernel"] + [f"disk{m}" for m in range(c.pagers)]:
+            self._wait_listening(name)
+        init_cmd = spawn.python_cmd("run", "init", "--kernel", self.kernel_addr, "--name", "init")
+        self._start("init", "init", init_cmd, restart=False, env=token_env)
+        for m in range(c.pagers):
+            pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
+                     "--disk", self.services[f"disk{m}"].addr or "", "--mirror", str(m)]
+            if c.hostile and m == 0:
+                pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms)]
+            self._launch("pager", f"pager{m}", pargs)
+        self.wait_pagers()
+        self.wait_nameservice()
+        self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def _launch(self, kind: str, name: str, args: list[str], restart: bool = True,
+                env: dict[str, str] | None = None) -> Service:
+        """Start service `name` (`sealedos KIND ARGS`), logging to RUNDIR/NAME.log."""
+        return self._start(kind, name, spawn.python_cmd(kind, *args), restart, env)
+
+    def _start(self, kind: str, name: str, cmd: list[str], restart: bool,
+               env: dict[str, str] | None) -> Service:
+        """Start `cmd` as service `name`, logging to RUNDIR/NAME.log."""
+        log = self.rundir / f"{name}.log"
+        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log, env), restart, env)
+        svc.started.append(time.monotonic())
+        self.services[name] = svc
+        return svc
+
+    def _listen_addr(self, name: str) -> str:
+        """Where service `name` listens: RUNDIR/NAME.sock, or a free port on 127.0.0.1."""
+        if self.config.transport == "ipc":
+            return spawn.ipc_addr(self.rundir, name)
+        return f"tcp://127.0.0.1:{_free_port()}"
+
+    def _wait_listening(self, name: str) -> None:
+        """Wait until service `name` has bound RUNDIR/NAME.sock (ipc) or answers PING (tcp)."""
+        svc = self.services[name]
+        try:
+            if self.config.transport == "ipc":
+                spawn.wait_for_path(self.rundir / f"{name}.sock", READY_TIMEOUT_S, svc.proc)
+            else:
+                self._wait_ping(svc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{name} did not start: {exc}\n{self.log_tail(name)}") from None
+
+    def _wait_ping(self, svc: Service) -> None:
+        """Wait until `svc` answers PING at its tcp:// address."""
+        addr = svc.addr or self.kernel_addr
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        with Client(addr) as client:
+            while True:
+                if svc.proc.poll() is not None:
+                    raise RuntimeError(f"exited with {svc.proc.returncode} before answering "
+                                       f"at {addr}")
+                try:
+                    client.call(Op.PING, timeout_ms=200)
+                    return
+                except ServiceError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no answer at {addr} within "
+                                           f"{READY_TIMEOUT_S} s") from None
+
+    def wait_pagers(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until every pager slot has a live instance."""
+        deadline = time.monotonic() + timeout_s
+        pagers: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            pagers = self.stats()["kernel"]["pagers"]
+            if all(p["up"] for p in pagers):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pagers did not join the kernel in time: {pagers}\n" +
+                           "\n".join(self.log_tail(f"pager{m}") for m in range(len(pagers))))
+
+    def wait_nameservice(self, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Block until init serves the name service (handle 0 of every process)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.stats()["kernel"]["ipc"]["nameservice"]:
+                return
+            init = self.services.get("init")
+            if init is not None and init.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError("init did not start the name service:\n" + self.log_tail("init"))
+
+    def spawn_app(self, app: str, args: list[str], name: str, env: dict[str, str] | None = None) -> Service:
+        """Start one sealed process running `app` against this system's kernel."""
+        cmd = spawn.python_cmd("run", app, "--kernel", self.kernel_addr, "--name", name, *args)
+        log = self.rundir / f"{name}.log"
+        svc = Service(name, "app", cmd, log, spawn.spawn(cmd, log, env, nice=APP_NICE),
+                      restart=False)
+        svc.started.append(time.monotonic())
+        with self._lock:
+            self.services[name] = svc
+        return svc
+
+    # -- supervision ----------------------------------------------------------------------
+    def _supervise(self) -> None:
+        watchdog = Watchdog(self.rundir, self.kernel_addr)
+        next_watch = time.monotonic() + WATCHDOG_MS / 1000
+        try:
+            while not self._stop.wait(SUPERVISE_MS / 1000):
+                self._restart_dead()
+                if time.monotonic() >= next_watch:
+                    next_watch = time.monotonic() + WATCHDOG_MS / 1000
+                    self._kill_hung(watchdog)
+        finally:
+            watchdog.close()
+
+    def _kill_hung(self, watchdog: Watchdog) -> None:
+        """SIGKILL every restartable service the watchdog finds hung (restarted next tick)."""
+        with self._lock:
+            candidates = [s for s in self.services.values() if s.restart]
+        for svc, why in watchdog.hung(candidates):
+            with self._lock:
+                if self._stop.is_set() or svc.proc.poll() is not None:
+                    continue
+                self.events.append((time.monotonic(), svc.name, f"hung: {why}; killed"))
+                svc.proc.kill()
+
+    def _restart_dead(self) -> None:
+        """Start a new instance of every restartable service whose process has exited."""
+        with self._lock:
+            for svc in list(self.services.values()):
+                code = svc.proc.poll()
+                if code is None or not svc.restart or self._stop.is_set():
+                    continue
+                svc.exit_codes.append(code)
+                self.events.append((time.monotonic(), svc.name, f"exited {code}"))
+                svc.proc = spawn.spawn(svc.cmd, svc.log, svc.env)
+                svc.restarts += 1
+                svc.started.append(time.monotonic())
+                self.events.append((time.monotonic(), svc.name, "restarted"))
+
+    def restarts(self) -> dict[str, int]:
+        """How many times each restartable service was brought back."""
+        return {s.name: s.restarts for s in self.services.values() if s.restart}
+
+    # -- talking to the kernel -------------------------------------------------------------
+    def client(self) -> Client:
+        """A connection to the kernel, one per calling thread."""
+        tid = threading.get_ident()
+        if tid not in self._clients:
+            self._clients[tid] = Client(self.kernel_addr)
+        return self._clients[tid]
+
+    def stats(self) -> dict[str, Any]:
+        """The kernel's STATS reply."""
+        return self.client().call(Op.STATS)
+
+    def process(self, name: str) -> dict[str, Any] | None:
+        """The kernel's newest record of the sealed process called `name`."""
+        recs = [p for p in self.stats()["processes"] if p["name"] == name]
+        return recs[-1] if recs else None
+
+    def wait_apps(self, timeout_s: float) -> dict[str, int | None]:
+        """Wait until every app exits (or the timeout); return their exit codes."""
+        deadline = time.monotonic() + timeout_s
+        apps = [s for s in self.services.values() if s.kind == "app"]
+        while time.monotonic() < deadline and any(s.proc.poll() is None for s in apps):
+            time.sleep(0.05)
+        return {s.name: s.proc.poll() for s in apps}
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        """The last lines a service printed."""
+        svc = self.services.get(name)
+        if svc is None or not svc.log.exists():
+            return f"({name}: no log)"
+        text = svc.log.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- {name} ---\n" + "\n".join(text)
+
+    # -- stopping -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop every process (apps first, kernel last but one, disks last), remove the rundir."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        order = {"app": 0, "init": 1, "pager": 1, "kernel": 2, "disk": 3}
+        with self._lock:
+            for svc in sorted(self.services.values(), key=lambda s: order[s.kind]):
+                tracing = svc.kind == "kernel" and self.config.trace
+                spawn.stop(svc.proc, TRACE_STOP_GRACE_S if tracing else spawn.STOP_GRACE_S)
+        spawn.remove_rundir(self.rundir)
+
+    def __enter__(self) -> "System":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for a tcp:// kernel)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,484 @@
+"""Tests of the disk service: the device format (device.py, layout.py, in-process) and the
+service as a real OS process spoken to over ZeroMQ (disk.py)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import msgpack
+import numpy as np
+import pytest
+
+from disk_service import disk
+from disk_service.device import Device, DeviceError
+from disk_service.layout import (
+    FORMAT_VERSION, HANDLE_DTYPE, MAGIC, MAP_DTYPE, SUPERBLOCK_DTYPE, pack_superblock, plan)
+from launcher import spawn
+from wire.client import Client
+from wire.protocol import BLOCK_SIZE, MAX_FRAME_BYTES, Err, ServiceError, encode
+from wire.server import Panic
+
+SIZE_MIB: int = 4
+START_TIMEOUT_S: float = 10.0
+REPLY_TIMEOUT_MS: int = 5000
+
+rng = np.random.default_rng(20240601)
+
+
+def random_block() -> bytes:
+    """One block of random bytes."""
+    return rng.integers(0, 256, BLOCK_SIZE, dtype=np.uint8).tobytes()
+
+
+def sha256(path: Path) -> str:
+    """Hex digest of a file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def expect_err(code: Err, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ServiceError:
+    """Call fn and return the ServiceError it raises, which must carry `code`."""
+    with pytest.raises(ServiceError) as info:
+        fn(*args, **kwargs)
+    assert info.value.code == code, info.value.msg
+    return info.value
+
+
+# -- the service as a process -------------------------------------------------------------
+
+class DiskProc:
+    """One running disk service and a client connected to it."""
+
+    def __init__(self, rundir: Path, image: Path, size_mib: int = SIZE_MIB) -> None:
+        self.rundir, self.image, self.size_mib = rundir, image, size_mib
+        self.sock = rundir / "disk.sock"
+        self.addr = f"ipc://{self.sock}"
+        self.log = rundir / "disk.log"
+        self.proc: subprocess.Popen | None = None
+        self.client: Client | None = None
+        self.start()
+
+    def start(self) -> None:
+        """Start the service and wait until it serves."""
+        self.sock.unlink(missing_ok=True)          # a SIGKILLed service leaves its socket behind
+        self.proc = spawn.spawn(spawn.python_cmd(
+            "disk", "--rundir", str(self.rundir), "--file", str(self.image),
+            "--size-mib", str(self.size_mib)), log_path=self.log)
+        spawn.wait_for_path(self.sock, START_TIMEOUT_S, self.proc)
+        self.client = Client(self.addr)
+        assert self.call("ping")["service"] == "disk"
+
+    def call(self, op: str, **fields: object) -> dict:
+        """One request/reply with the service."""
+        assert self.client is not None
+        return self.client.call(op, timeout_ms=REPLY_TIMEOUT_MS, **fields)
+
+    def kill(self) -> None:
+        """SIGKILL the service, as a crash would."""
+        assert self.proc is not None and self.client is not None
+        self.client.close()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int | None:
+        """SIGTERM the service and reap it; return its exit status."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        return spawn.stop(self.proc) if self.proc is not None else None
+
+
+@pytest.fixture
+def rundir() -> Iterator[Path]:
+    """A private runtime directory, removed afterwards."""
+    path = spawn.make_rundir("sealedos-disktest-")
+    yield path
+    spawn.remove_rundir(path)
+
+
+@pytest.fixture
+def service(rundir: Path) -> Iterator[DiskProc]:
+    """A disk service on a fresh 4 MiB device in `rundir`, stopped afterwards."""
+    svc = DiskProc(rundir, rundir / "disk.img")
+    yield svc
+    svc.stop()
+
+
+def run_refused(rundir: Path, image: Path) -> tuple[int, str]:
+    """Run the service on a file that must be refused; return (exit status, its output)."""
+    log = rundir / "refused.log"
+    proc = spawn.spawn(spawn.python_cmd("disk", "--rundir", str(rundir), "--file", str(image)),
+                       log_path=log)
+    try:
+        status = proc.wait(START_TIMEOUT_S)
+    finally:
+        spawn.stop(proc)
+    return status, log.read_text()
+
+
+def test_round_trip_random_blocks(service: DiskProc) -> None:
+    h = service.call("open", label="roundtrip")["handle"]
+    assert isinstance(h, bytes) and len(h) == 16
+    written = {int(s): random_block() for s in rng.choice(2**32, 40, replace=False)}
+    blocks = {s: service.call("write", handle=h, slot=s, data=d)["block"] for s, d in written.items()}
+    assert len(set(blocks.values())) == len(blocks)
+    for s, d in written.items():
+        assert service.call("read", handle=h, slot=s)["data"] == d
+    slot = next(iter(written))
+    new = random_block()
+    assert service.call("write", handle=h, slot=slot, data=new)["block"] == blocks[slot]
+    assert service.call("read", handle=h, slot=slot)["data"] == new
+    assert service.call("read", handle=h, slot=0, block=blocks[slot])["data"] == new
+    stats = service.call("stats")
+    assert stats["used_blocks"] == len(written) and stats["handles"] == 1
+    assert stats["used_blocks"] + stats["free_blocks"] == stats["nblocks"]
+    expect_err(Err.NOENT, service.call, "read", handle=h, slot=7777777)
+
+
+def test_handles_are_isolated(service: DiskProc) -> None:
+    a = service.call("open", label="a")["handle"]
+    b = service.call("open", label="b")["handle"]
+    secret = random_block()
+    blk = service.call("write", handle=a, slot=3, data=secret)["block"]
+    # by slot: b simply has no slot 3
+    expect_err(Err.NOENT, service.call, "read", handle=b, slot=3)
+    # by raw block: refused
+    err = expect_err(Err.PERM, service.call, "read", handle=b, slot=0, block=blk)
+    assert err.msg == f"block {blk} does not belong to this handle"
+    expect_err(Err.PERM, service.call, "write", handle=b, slot=0, block=blk, data=random_block())
+    expect_err(Err.PERM, service.call, "read", handle=b, slot=0, block=0)      # the superblock
+    expect_err(Err.INVAL, service.call, "read", handle=b, slot=0, block=1 << 40)
+    expect_err(Err.INVAL, service.call, "read", handle=b, slot=0, block="7")
+    # b writing its own slot 3 gets its own block and leaves a's alone
+    other = random_block()
+    assert service.call("write", handle=b, slot=3, data=other)["block"] != blk
+    assert service.call("read", handle=a, slot=3)["data"] == secret
+    assert service.call("read", handle=b, slot=3)["data"] == other
+    # a's own raw access works
+    again = random_block()
+    assert service.call("write", handle=a, slot=0, block=blk, data=again)["block"] == blk
+    assert service.call("read", handle=a, slot=3)["data"] == again
+    # b freeing slot 3 frees only b's block
+    assert service.call("free", handle=b, slots=[3])["freed"] == 1
+    assert service.call("read", handle=a, slot=3)["data"] == again
+    # forged tokens
+    forged = bytes(x ^ 1 for x in a)
+    for op, fields in (("read", {"slot": 3}), ("write", {"slot": 3, "data": secret}),
+                       ("free", {"slots": [3]}), ("close", {})):
+        err = expect_err(Err.BADHANDLE, service.call, op, handle=forged, **fields)
+        assert err.msg == "unknown or closed handle"
+    expect_err(Err.BADHANDLE, service.call, "read", handle=b"", slot=3)
+    assert service.call("read", handle=a, slot=3)["data"] == again
+
+
+def test_restart_after_sigkill_serves_everything(service: DiskProc) -> None:
+    handles = [service.call("open", label=f"h{i}")["handle"] for i in range(3)]
+    data = {(h, s): random_block() for h in handles for s in (0, 1, 99, 2**32 - 1)}
+    blocks = {k: service.call("write", handle=k[0], slot=k[1], data=d)["block"] for k, d in data.items()}
+    gone = handles[0]
+    service.call("free", handle=gone, slots=[99])
+    del data[(gone, 99)]
+    before = service.call("stats")
+    service.kill()
+    service.start()
+    after = service.call("stats")
+    for key in ("nblocks", "used_blocks", "free_blocks", "handles"):
+        assert after[key] == before[key]
+    for (h, s), d in data.items():
+        assert service.call("read", handle=h, slot=s)["data"] == d
+        assert service.call("read", handle=h, slot=0, block=blocks[(h, s)])["data"] == d
+    expect_err(Err.NOENT, service.call, "read", handle=gone, slot=99)
+    fresh = random_block()
+    for h in handles:                              # every handle still works
+        service.call("write", handle=h, slot=12345, data=fresh)
+        assert service.call("read", handle=h, slot=12345)["data"] == fresh
+    # a clean stop, then another restart, serves the same
+    assert service.stop() == 0
+    assert not service.sock.exists()
+    assert f"disk: serving {service.image} (" in service.log.read_text()
+    service.start()
+    assert service.call("read", handle=handles[2], slot=99)["data"] == data[(handles[2], 99)]
+
+
+def test_close_frees_blocks(service: DiskProc) -> None:
+    h = service.call("open", label="doomed")["handle"]
+    keep = service.call("open", label="keep")["handle"]
+    for s in range(20):
+        service.call("write", handle=h, slot=s, data=random_block())
+    service.call("write", handle=keep, slot=0, data=random_block())
+    assert service.call("stats")["used_blocks"] == 21
+    assert service.call("free", handle=h, slots=[0, 1, 1, 500])["freed"] == 2
+    assert service.call("close", handle=h)["freed"] == 18
+    assert service.call("stats")["used_blocks"] == 1
+    expect_err(Err.BADHANDLE, service.call, "read", handle=h, slot=5)
+    expect_err(Err.BADHANDLE, service.call, "close", handle=h)
+    assert service.call("close", handle=keep)["freed"] == 1
+    stats = service.call("stats")
+    assert stats["used_blocks"] == 0 and stats["handles"] == 0
+    assert stats["free_blocks"] == stats["nblocks"]
+
+
+def _garbage(path: Path) -> str:
+    """A file of random bytes the size of a device.  Return the words the refusal must name."""
+    path.write_bytes(rng.integers(0, 256, SIZE_MIB << 20, dtype=np.uint8).tobytes())
+    return "bad magic"
+
+
+def _foreign(path: Path) -> str:
+    """A file that is something else entirely (an ELF header).  Return the words the refusal must name."""
+    path.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(BLOCK_SIZE * 10))
+    return "bad magic"
+
+
+def _corrupt_superblock(path: Path) -> str:
+    """A real device with one superblock bit flipped.  Return the words the refusal must name."""
+    Device(path, size_mib=SIZE_MIB).close()
+    raw = bytearray(path.read_bytes())
+    raw[SUPERBLOCK_DTYPE.fields["total_blocks"][1]] ^= 0x40
+    path.write_bytes(bytes(raw))
+    return "checksum mismatch"
+
+
+def _wrong_size(path: Path) -> str:
+    """A real device that grew by one block.  Return the words the refusal must name."""
+    Device(path, size_mib=SIZE_MIB).close()
+    with open(path, "ab") as f:
+        f.write(bytes(BLOCK_SIZE))
+    return "size mismatch"
+
+
+def _tiny(path: Path) -> str:
+    """A file shorter than one block.  Return the words the refusal must name."""
+    path.write_bytes(b"hello")
+    return "smaller than one"
+
+
+@pytest.mark.parametrize("make", [_garbage, _foreign, _corrupt_superblock, _wrong_size, _tiny])
+def test_bad_device_file_is_refused_untouched(rundir: Path, make: Callable[[Path], str]) -> None:
+    image = rundir / "bad.img"
+    reason = make(image)
+    digest, size = sha256(image), image.stat().st_size
+    status, output = run_refused(rundir, image)
+    assert status == 2, output
+    assert reason in output
+    assert sha256(image) == digest and image.stat().st_size == size
+    assert not (rundir / "disk.sock").exists()
+
+
+def test_malformed_input_gets_error_replies(service: DiskProc) -> None:
+    c = service.client
+    assert c is not None
+
+    def raw(frame: bytes) -> dict:
+        """Send one raw frame and return the reply map."""
+        c.send_raw(frame)
+        return c.recv_reply(REPLY_TIMEOUT_MS)
+
+    assert raw(b"\xc1\xc1not msgpack")["err"] == Err.BADMSG
+    assert raw(msgpack.packb([1, 2, 3]))["err"] == Err.BADMSG
+    assert raw(encode({"op": "ping"}))["err"] == Err.BADMSG                  # no rid
+    assert raw(encode({"rid": 1, "op": "format_everything"}))["err"] == Err.NOSYS
+    assert raw(b"x" * (MAX_FRAME_BYTES + 1))["err"] == Err.MSGSIZE
+    c.sock.send_multipart([b"one", b"two"])
+    assert c.recv_reply(REPLY_TIMEOUT_MS)["err"] == Err.BADMSG
+    expect_err(Err.NOSYS, service.call, "page_in", handle=b"x" * 16, slot=0)
+    h = service.call("open", label="victim")["handle"]
+    service.call("write", handle=h, slot=1, data=random_block())
+    cases = [
+        ("open", {"label": 5}),
+        ("open", {"label": "x" * 33}),
+        ("open", {}),
+        ("read", {"handle": "not bytes", "slot": 1}),
+        ("read", {"handle": h, "slot": "1"}),
+        ("read", {"handle": h, "slot": True}),
+        ("read", {"handle": h, "slot": -1}),
+        ("read", {"handle": h, "slot": 2**32}),
+        ("write", {"handle": h, "slot": 2**32, "data": random_block()}),
+        ("write", {"handle": h, "slot": 1, "data": random_block() + b"!"}),
+        ("write", {"handle": h, "slot": 1, "data": b"short"}),
+        ("write", {"handle": h, "slot": 1, "data": bytes(MAX_FRAME_BYTES - 100)}),
+        ("write", {"handle": h, "slot": 1, "data": "a str"}),
+        ("free", {"handle": h, "slots": [1, "two"]}),
+        ("free", {"handle": h, "slots": [-5]}),
+        ("free", {"handle": h, "slots": 3}),
+    ]
+    for op, fields in cases:
+        err = expect_err(Err.INVAL, service.call, op, **fields)
+        assert err.msg, (op, fields)
+    # nothing was changed by the refused requests, and the service still serves
+    assert service.call("read", handle=h, slot=1)["data"]
+    assert service.call("stats")["used_blocks"] == 1
+    assert service.call("ping")["service"] == "disk"
+
+
+def test_missing_flags_exit_2(rundir: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDOS_")}
+    for args in (["--file", str(rundir / "d.img")], ["--rundir", str(rundir)]):
+        proc = subprocess.run(spawn.python_cmd("disk", *args), env=env, capture_output=True,
+                              timeout=START_TIMEOUT_S)
+        assert proc.returncode == 2, proc.stderr
+    assert not (rundir / "d.img").exists()
+
+
+def test_parse_args_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEALEDOS_RUNDIR", "/tmp/rd")
+    monkeypatch.setenv("SEALEDOS_DISK_FILE", "/tmp/rd/x.img")
+    monkeypatch.setenv("SEALEDOS_DISK_SIZE_MIB", "8")
+    monkeypatch.delenv("SEALEDOS_DISK_ADDR", raising=False)
+    args = disk.parse_args([])
+    assert (args.addr, args.file, args.size_mib) == ("ipc:///tmp/rd/disk.sock", "/tmp/rd/x.img", 8)
+    args = disk.parse_args(["--addr", "tcp://127.0.0.1:5999", "--size-mib", "2"])
+    assert (args.addr, args.size_mib) == ("tcp://127.0.0.1:5999", 2)
+
+
+# -- the device format, in-process --------------------------------------------------------
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """The path of a device file that does not exist yet."""
+    return tmp_path / "unit.img"
+
+
+def test_new_device_layout(image: Path) -> None:
+    with Device(image, size_mib=SIZE_MIB) as dev:
+        geo = dev.geo
+        st = dev.stats()
+    assert image.stat().st_size == SIZE_MIB << 20
+    raw = image.read_bytes()
+    sb = np.frombuffer(raw[:SUPERBLOCK_DTYPE.itemsize], dtype=SUPERBLOCK_DTYPE)[0]
+    assert raw[:8] == MAGIC == b"SEALDISK"
+    assert int(sb["version"]) == FORMAT_VERSION and int(sb["block_size"]) == BLOCK_SIZE
+    assert int(sb["total_blocks"]) == (SIZE_MIB << 20) // BLOCK_SIZE == geo.total_blocks
+    assert int(sb["crc"]) == zlib.crc32(raw[:SUPERBLOCK_DTYPE.fields["crc"][1]])
+    assert geo.handle_table_block == 1 and geo.max_handles == 4096
+    assert geo.handle_table_blocks * BLOCK_SIZE == 4096 * HANDLE_DTYPE.itemsize
+    assert geo.map_block == geo.handle_table_block + geo.handle_table_blocks
+    assert geo.first_data_block == geo.map_block + geo.map_blocks
+    assert geo.map_blocks * BLOCK_SIZE >= geo.data_blocks * MAP_DTYPE.itemsize
+    assert geo.first_data_block + geo.data_blocks <= geo.total_blocks
+    bmap = np.frombuffer(raw, dtype=MAP_DTYPE, count=geo.data_blocks, offset=geo.map_block * BLOCK_SIZE)
+    assert (bmap["owner"] == -1).all()
+    assert st["nblocks"] == st["free_blocks"] == geo.data_blocks and st["used_blocks"] == 0
+    assert HANDLE_DTYPE.itemsize == 64 and MAP_DTYPE.itemsize == 8
+
+
+def test_records_land_in_the_file(image: Path) -> None:
+    data = random_block()
+    with Device(image, size_mib=SIZE_MIB) as dev:
+        geo = dev.geo
+        tok = dev.open_handle("héllo")
+        block = dev.write(tok, 0xDEADBEEF, data)
+        assert dev.label(tok) == "héllo"
+    raw = image.read_bytes()
+    assert raw[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE] == data
+    rec = np.frombuffer(raw, dtype=MAP_DTYPE, count=1,
+                        offset=geo.map_block * BLOCK_SIZE + (block - geo.first_data_block) * 8)[0]
+    assert int(rec["slot"]) == 0xDEADBEEF
+    handles = np.frombuffer(raw, dtype=HANDLE_DTYPE, count=geo.max_handles,
+                            offset=geo.handle_table_block * BLOCK_SIZE)
+    h = int(rec["owner"])
+    assert handles[h]["in_use"] == 1 and handles[h]["token"].tobytes() == tok
+    assert handles[h]["label"].tobytes()[:handles[h]["label_len"]] == "héllo".encode()
+    with Device(image) as dev:                      # rebuilt from the file
+        assert dev.read(tok, 0xDEADBEEF) == data
+        assert dev.read_block(tok, block) == data
+        dev.close_handle(tok)
+    raw = image.read_bytes()
+    handles = np.frombuffer(raw, dtype=HANDLE_DTYPE, count=geo.max_handles,
+                            offset=geo.handle_table_block * BLOCK_SIZE)
+    bmap = np.frombuffer(raw, dtype=MAP_DTYPE, count=geo.data_blocks, offset=geo.map_block * BLOCK_SIZE)
+    assert handles["in_use"].sum() == 0 and (bmap["owner"] == -1).all()
+
+
+def test_device_full_and_handle_table_full(image: Path) -> None:
+    with Device(image, size_mib=1, max_handles=2) as dev:
+        n = dev.geo.data_blocks
+        a, b = dev.open_handle("a"), dev.open_handle("b")
+        expect_err(Err.NOSPC, dev.open_handle, "c")
+        for s in range(n):
+            dev.write(a, s, bytes(BLOCK_SIZE))
+        expect_err(Err.NOSPC, dev.write, b, 0, bytes(BLOCK_SIZE))
+        dev.write(a, 0, random_block())              # a rewrite needs no new block
+        assert dev.free(a, [0]) == 1
+        dev.write(b, 0, bytes(BLOCK_SIZE))
+        dev.close_handle(a)
+        c = dev.open_handle("c")
+        assert dev.stats()["used_blocks"] == 1
+        expect_err(Err.INVAL, dev.open_handle, "é" * 17)
+        dev.write(c, 9, bytes(BLOCK_SIZE))
+    with Device(image) as dev:
+        assert dev.stats()["handles"] == 2 and dev.stats()["used_blocks"] == 2
+
+
+def test_device_refuses_second_opener_and_use_after_close(image: Path) -> None:
+    dev = Device(image, size_mib=1)
+    tok = dev.open_handle("x")
+    with pytest.raises(DeviceError, match="in use"):
+        Device(image)
+    dev.close()
+    dev.close()
+    with pytest.raises(Panic):
+        dev.read(tok, 0)
+    with pytest.raises(DeviceError, match="does not exist"):
+        Device(image.with_name("absent.img"), create=False)
+
+
+def _rewrite_superblock(path: Path, **fields: int) -> None:
+    """Rewrite the superblock with some fields changed and a correct CRC."""
+    raw = bytearray(path.read_bytes())
+    sb = np.frombuffer(bytes(raw[:SUPERBLOCK_DTYPE.itemsize]), dtype=SUPERBLOCK_DTYPE).copy()
+    for k, v in fields.items():
+        sb[k] = v
+    sb["crc"] = zlib.crc32(sb.tobytes()[:SUPERBLOCK_DTYPE.fields["crc"][1]])
+    raw[:SUPERBLOCK_DTYPE.itemsize] = sb.tobytes()
+    path.write_bytes(bytes(raw))
+
+
+def _poke_map(path: Path, rec: int, owner: int, slot: int) -> None:
+    """Overwrite block-map record `rec` of the device at `path`."""
+    with Device(path) as dev:
+        off = dev.geo.map_block * BLOCK_SIZE + rec * MAP_DTYPE.itemsize
+    raw = bytearray(path.read_bytes())
+    raw[off:off + 8] = np.array([(owner, slot)], dtype=MAP_DTYPE).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda p: _rewrite_superblock(p, version=FORMAT_VERSION + 1), "unsupported sealedos disk format version"),
+    (lambda p: _rewrite_superblock(p, block_size=512), "block size 512"),
+    (lambda p: _rewrite_superblock(p, first_data_block=3), "superblock field first_data_block"),
+    (lambda p: _poke_map(p, 5, 77, 1), "belongs to closed handle 77"),
+    (lambda p: _poke_map(p, 5, 1 << 30, 1), "outside the handle table"),
+    (lambda p: _poke_map(p, 5, 0, 4), "maps slot 4 to two blocks"),
+])
+def test_device_refuses_inconsistent_metadata(image: Path, damage: Callable[[Path], None],
+                                              reason: str) -> None:
+    with Device(image, size_mib=1) as dev:
+        tok = dev.open_handle("h")
+        dev.write(tok, 4, bytes(BLOCK_SIZE))
+    damage(image)
+    digest = sha256(image)
+    with pytest.raises(DeviceError, match=reason):
+        Device(image)
+    assert sha256(image) == digest
+
+
+def test_plan_and_gigabyte_device(tmp_path: Path) -> None:
+    with pytest.raises(DeviceError, match="no room"):
+        plan(10)
+    assert pack_superblock(plan(1024)).nbytes == SUPERBLOCK_DTYPE.itemsize
+    big = tmp_path / "big.img"
+    with Device(big, size_mib=1024) as dev:
+        assert dev.geo.total_blocks == 262144
+        tok = dev.open_handle("big")
+        payload = random_block()
+        for s in range(64):
+            last = dev.write(tok, s, payload)
+    assert big.stat().st_blocks * 512 < 64 << 20          # sparse: metadata and data only
+    with Device(big) as dev:
+        assert dev.stats()["used_blocks"] == 64
+        assert dev.read_block(tok, last) == payload

@@ -1,0 +1,66 @@
+"""A blocking request/reply client for one service: used by the CLI, tests and benchmarks.
+
+Not for use inside a server loop (it blocks); servers use Server.request instead.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import zmq
+
+from wire.protocol import Err, Op, ServiceError, decode, encode
+
+DEFAULT_TIMEOUT_MS: int = 5000
+
+
+class Client:
+    """One DEALER connection to a service; call() sends a request and waits for its reply."""
+
+    def __init__(self, addr: str, ctx: zmq.Context | None = None) -> None:
+        self.addr = addr
+        self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(addr)
+        self._rids = itertools.count(1)
+
+    def call(self, op: Op | str, timeout_ms: int | None = DEFAULT_TIMEOUT_MS,
+             **fields: Any) -> dict[str, Any]:
+        """Send `op` with `fields`; return the reply map or raise ServiceError."""
+        rid = next(self._rids)
+        msg = dict(fields)
+        msg["op"] = str(op)
+        msg["rid"] = rid
+        self.sock.send(encode(msg))
+        return self.wait(rid, timeout_ms)
+
+    def send_raw(self, frame: bytes) -> None:
+        """Send bytes as they are (tests of malformed input)."""
+        self.sock.send(frame)
+
+    def recv_reply(self, timeout_ms: int | None = DEFAULT_TIMEOUT_MS) -> dict[str, Any]:
+        """Receive the next reply map, whatever its rid (raise ServiceError on timeout)."""
+        if timeout_ms is not None and not self.sock.poll(timeout_ms):
+            raise ServiceError(Err.TIMEDOUT, f"no reply from {self.addr} in {timeout_ms} ms")
+        return decode(self.sock.recv())
+
+    def wait(self, rid: int, timeout_ms: int | None) -> dict[str, Any]:
+        """Wait for the reply to `rid`, skipping stale replies; raise its error if any."""
+        while True:
+            reply = self.recv_reply(timeout_ms)
+            if reply.get("re") != rid:
+                continue
+            if "err" in reply:
+                raise ServiceError(Err(reply["err"]) if reply["err"] in Err._value2member_map_
+                                   else Err.INVAL, str(reply.get("msg", "")))
+            return reply
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.sock.close(0)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

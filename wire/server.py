@@ -1,0 +1,352 @@
+"""The one server skeleton that the kernel, the pager and the disk service all run.
+
+Shaped after MINIX 3's servers: a receive loop, a check of the caller, a dispatch table of
+``do_*`` handlers, a reply.  A handler returns a map of reply fields (sent at once), raises
+:class:`ServiceError` (sent as an error reply), or returns :data:`SUSPEND` and replies later
+through :meth:`Server.reply` (a page fault waiting on the pager never blocks the loop).
+
+The skeleton also lets a server be a *client* without blocking: :meth:`Server.request`
+sends a request to a peer and runs a callback when the matching reply arrives, or with
+``None`` when the timeout passes.  Replies are matched on (socket, peer, rid), so one peer
+cannot answer a request that was sent to another.
+
+Everything runs on one thread; no handler may block.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+from wire.protocol import (
+    Err, Op, ServiceError, TRANSPORT_MAX_BYTES, check_request, decode, encode, error, ok)
+
+log = logging.getLogger("sealedos.server")
+
+#: A handler's answer meaning "I will reply later".
+SUSPEND: Any = object()
+
+#: How many messages one socket may deliver per loop turn before the others get a go.
+DRAIN_BATCH: int = 64
+
+# Socket options and flags as plain ints: the hot path skips pyzmq's enum conversions.
+_EVENTS: int = int(zmq.EVENTS)
+_POLLIN: int = int(zmq.POLLIN)
+_NOBLOCK: int = int(zmq.NOBLOCK)
+_MORE_NOBLOCK: int = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+#: How long a one-socket loop may block in recv, at most (the steps keep setsockopt rare and
+#: never wake later than the next timer; the cap bounds how late a signal stops the loop).
+_WAIT_STEPS_MS: tuple[int, ...] = (200, 100, 50, 20, 10, 5, 2, 1, 0)
+
+ReplyCallback = Callable[[dict[str, Any] | None], None]
+
+
+class Panic(Exception):
+    """A broken invariant: the server stops loudly instead of serving on corrupt state."""
+
+
+@dataclass(slots=True)
+class Request:
+    """One received request: where it came from, its op and fields, and who sent it."""
+    sock: zmq.Socket
+    peer: bytes | None          # ROUTER routing id, None on a DEALER connection
+    rid: int
+    op: Op
+    msg: dict[str, Any]
+    caller: Any = None          # whatever check_caller resolved (a process, a pager ...)
+
+
+@dataclass(order=True, slots=True)
+class Timer:
+    """A callback due at `deadline` (seconds, monotonic); cancel() makes it a no-op."""
+    deadline: float
+    seq: int
+    fn: Callable[[], None] | None = field(compare=False)
+
+    def cancel(self) -> None:
+        """Stop the timer from firing (safe to call twice)."""
+        self.fn = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    sock: zmq.Socket
+    peer: bytes | None
+    callback: ReplyCallback
+    timer: Timer | None
+
+
+class Server:
+    """Receive loop + caller check + dispatch table + reply, for one single-threaded service."""
+
+    def __init__(self, name: str, ctx: zmq.Context | None = None) -> None:
+        self.name = name
+        self.ctx = ctx or zmq.Context.instance()
+        self.log = logging.getLogger(f"sealedos.{name}")
+        self.poller = zmq.Poller()
+        self.sockets: dict[zmq.Socket, bool] = {}        # socket -> is ROUTER
+        self.handlers: dict[Op, Callable[[Request], Any]] = {
+            op: getattr(self, f"do_{op.value}") for op in Op if hasattr(self, f"do_{op.value}")}
+        self._pending: dict[int, _Pending] = {}
+        self._timers: list[Timer] = []
+        self._seq = itertools.count(1)
+        self._rids = itertools.count(1)
+        self.running = True
+        self.bad_messages = 0
+        self._rcvtimeo: dict[zmq.Socket, int] = {}
+
+    # -- sockets -------------------------------------------------------------------------
+    def bind_router(self, addr: str) -> zmq.Socket:
+        """Listen on `addr` with a ROUTER socket served by this loop."""
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
+        sock.bind(addr)
+        self._add(sock, True)
+        return sock
+
+    def connect_dealer(self, addr: str) -> zmq.Socket:
+        """Connect to `addr` with a DEALER socket served by this loop."""
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
+        sock.connect(addr)
+        self._add(sock, False)
+        return sock
+
+    def _add(self, sock: zmq.Socket, is_router: bool) -> None:
+        self.sockets[sock] = is_router
+        self.poller.register(sock, zmq.POLLIN)
+
+    def drop_socket(self, sock: zmq.Socket) -> None:
+        """Stop serving `sock` and close it; requests pending on it time out as usual."""
+        if sock in self.sockets:
+            self.poller.unregister(sock)
+            del self.sockets[sock]
+            sock.close(0)
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until stop(): receive, check, dispatch, reply; fire due timers."""
+        self.on_start()
+        try:
+            while self.running:
+                if len(self.sockets) == 1:
+                    self._turn_one()
+                else:
+                    events = self.poller.poll(self._poll_timeout_ms())
+                    for sock, _ in events:
+                        self._drain(sock)
+                self._fire_timers()
+        finally:
+            self.on_stop()
+            for sock in list(self.sockets):
+                self.drop_socket(sock)
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current turn."""
+        self.running = False
+
+    def serve_until_signalled(self) -> None:
+        """run() until SIGTERM or SIGINT, which stop the loop at once: a wakeup pipe polled
+        beside the sockets interrupts the poll; handlers are restored afterwards."""
+        rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
+        old = {s: signal.signal(s, lambda *_: self.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.poller.register(rfd, zmq.POLLIN)        # never drained: the loop ends instead
+        try:
+            self.run()
+        finally:
+            self.poller.unregister(rfd)
+            signal.set_wakeup_fd(old_fd)
+            for signum, handler in old.items():
+                signal.signal(signum, handler)
+            os.close(rfd)
+            os.close(wfd)
+
+    def on_start(self) -> None:
+        """Hook: runs once before the first receive."""
+
+    def on_stop(self) -> None:
+        """Hook: runs once after the last receive."""
+
+    def _turn_one(self) -> None:
+        """One turn with a single socket (the kernel, a disk): block in its recv until a
+        message arrives or the next timer is due, as a bare broker would -- one wait per
+        message instead of a poll, an events check and a receive."""
+        sock = next(iter(self.sockets))
+        wait_ms = self._poll_timeout_ms()
+        step = next(s for s in _WAIT_STEPS_MS if s <= wait_ms)
+        if self._rcvtimeo.get(sock) != step:
+            sock.setsockopt(zmq.RCVTIMEO, step)
+            self._rcvtimeo[sock] = step
+        self._drain(sock, 1, 0)
+
+    def _drain(self, sock: zmq.Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
+               ) -> None:
+        """Receive and dispatch up to `batch` messages waiting on `sock` (the first one with
+        `first_flags`: 0 blocks for the socket's RCVTIMEO)."""
+        is_router = self.sockets.get(sock)
+        if is_router is None:
+            return
+        recv, getopt = sock.recv, sock.getsockopt
+        for i in range(batch):
+            # poll() vouched for the first message; for the next ones asking EVENTS is far
+            # cheaper than the zmq.Again exception a blind NOBLOCK recv raises at the end.
+            if i and not getopt(_EVENTS) & _POLLIN:
+                return
+            try:
+                part = recv(first_flags if i == 0 else _NOBLOCK, copy=False)   # Frame.more:
+                frames = [part.bytes]                                           # no getsockopt
+                while part.more:
+                    part = recv(_NOBLOCK, copy=False)
+                    frames.append(part.bytes)
+            except zmq.Again:
+                return
+            if is_router:
+                if len(frames) != 2:
+                    self._refuse(sock, frames[0], None, Err.BADMSG,
+                                 f"expected one frame per message, got {len(frames) - 1}")
+                    continue
+                self.on_frame(sock, frames[0], frames[1])
+            else:
+                if len(frames) != 1:
+                    self._refuse(sock, None, None, Err.BADMSG,
+                                 f"expected one frame per message, got {len(frames)}")
+                    continue
+                self.on_frame(sock, None, frames[0])
+
+    def on_frame(self, sock: zmq.Socket, peer: bytes | None, frame: bytes) -> None:
+        """Decode one frame and route it: a reply to its pending request, a request to do_*."""
+        try:
+            msg = decode(frame)
+        except ServiceError as exc:
+            self._refuse(sock, peer, None, exc.code, exc.msg)
+            return
+        if "re" in msg:
+            self._on_reply(sock, peer, msg)
+            return
+        try:
+            op = check_request(msg)
+        except ServiceError as exc:
+            rid = msg.get("rid")
+            self._refuse(sock, peer, rid if isinstance(rid, int) else None, exc.code, exc.msg)
+            return
+        handler = self.handlers.get(op)
+        if handler is None:
+            self._refuse(sock, peer, msg["rid"], Err.NOSYS, f"{self.name} does not serve {op}")
+            return
+        req = Request(sock, peer, msg["rid"], op, msg)
+        try:
+            self.check_caller(req)
+            result = handler(req)
+        except ServiceError as exc:
+            self.send(sock, peer, error(req.rid, exc.code, exc.msg))
+            return
+        except Panic:
+            raise
+        except Exception as exc:  # a bug on odd input must not kill the service
+            self.log.error("%s handler for %s failed:\n%s", self.name, op, traceback.format_exc())
+            self.send(sock, peer, error(req.rid, Err.INVAL, f"{op} failed: {type(exc).__name__}: {exc}"))
+            return
+        if result is not SUSPEND:
+            self.send(sock, peer, ok(req.rid, **(result or {})))
+
+    def _refuse(self, sock: zmq.Socket, peer: bytes | None, rid: int | None,
+                code: Err, msg: str) -> None:
+        self.bad_messages += 1
+        self.send(sock, peer, error(rid, code, msg))
+
+    def check_caller(self, req: Request) -> None:
+        """Hook: resolve req.caller and raise ServiceError if the caller may not send req.op."""
+
+    # -- sending -------------------------------------------------------------------------
+    def send(self, sock: zmq.Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
+        """Send one message to `peer` (ROUTER) or down the connection (DEALER)."""
+        frame = encode(msg)
+        try:
+            if peer is None:
+                sock.send(frame, _NOBLOCK)
+            else:
+                sock.send(peer, _MORE_NOBLOCK)
+                sock.send(frame, _NOBLOCK)
+        except zmq.ZMQError as exc:   # peer gone or queue full: the message is dropped
+            self.log.debug("%s: send to %r failed: %s", self.name, peer, exc)
+
+    def reply(self, req: Request, **fields: Any) -> None:
+        """Answer a suspended request with success."""
+        self.send(req.sock, req.peer, ok(req.rid, **fields))
+
+    def fail(self, req: Request, code: Err, msg: str, **fields: Any) -> None:
+        """Answer a suspended request with an error."""
+        self.send(req.sock, req.peer, error(req.rid, code, msg, **fields))
+
+    def request(self, sock: zmq.Socket, peer: bytes | None, op: Op, fields: dict[str, Any],
+                callback: ReplyCallback, timeout_ms: float | None) -> int:
+        """Send a request to a peer; later run callback(reply), or callback(None) on timeout."""
+        rid = next(self._rids)
+        timer = None
+        if timeout_ms is not None:
+            timer = self.call_later(timeout_ms, lambda: self._expire(rid))
+        self._pending[rid] = _Pending(sock, peer, callback, timer)
+        msg = dict(fields)
+        msg["op"] = str(op)
+        msg["rid"] = rid
+        self.send(sock, peer, msg)
+        return rid
+
+    def forget(self, rid: int) -> None:
+        """Drop a pending request: its reply, if it ever comes, is ignored."""
+        pending = self._pending.pop(rid, None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+
+    def _expire(self, rid: int) -> None:
+        pending = self._pending.pop(rid, None)
+        if pending is not None:
+            pending.callback(None)
+
+    def _on_reply(self, sock: zmq.Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
+        rid = msg.get("re")
+        pending = self._pending.get(rid) if isinstance(rid, int) else None
+        if pending is None or pending.sock is not sock or pending.peer != peer:
+            self.bad_messages += 1     # late, duplicate or forged reply: ignore it
+            return
+        del self._pending[rid]
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.callback(msg)
+
+    # -- timers --------------------------------------------------------------------------
+    def call_later(self, delay_ms: float, fn: Callable[[], None]) -> Timer:
+        """Run fn once, `delay_ms` from now, on the loop."""
+        timer = Timer(_now() + delay_ms / 1000.0, next(self._seq), fn)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def _poll_timeout_ms(self) -> int:
+        while self._timers and self._timers[0].fn is None:
+            heapq.heappop(self._timers)
+        if not self._timers:
+            return 1000
+        return max(0, int((self._timers[0].deadline - _now()) * 1000) + 1)
+
+    def _fire_timers(self) -> None:
+        now = _now()
+        while self._timers and self._timers[0].deadline <= now:
+            timer = heapq.heappop(self._timers)
+            fn, timer.fn = timer.fn, None
+            if fn is not None:
+                fn()
+
+
+_now = time.monotonic
