@@ -1,0 +1,58 @@
+"""Principals: who each started process is to the host, and the private places each one owns.
+
+A principal is one party the threat model names: the kernel, the launcher, an observer, pager
+slot N (``pager0`` ...), disk N (``disk0`` ...), or one sealed process (``app-<name>``).
+
+* When the launcher runs as root (containers, CI), every principal but the kernel runs under
+  its own unprivileged uid (:meth:`Principals.uid`); a sealed process then cannot open another
+  principal's files or sockets, nor read its memory.  As an ordinary user everything runs
+  under that user, and the non-dumpable guarantee (no /proc/PID/mem, no ptrace, no environ)
+  is what remains.
+* Each principal has a private directory ``RUNDIR/priv/<principal>/`` (0700, owned by its
+  uid): its secret key and anything else only it may read live there (:meth:`Principals.private_dir`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Unprivileged uids handed to principals when the launcher runs as root, in order of first
+#: use (no /etc/passwd entry is needed for setuid); one launcher's principals never share one.
+UID_BASE: int = 200_000
+#: The principal that keeps root (the trusted kernel must signal the processes it stops).
+KERNEL: str = "kernel"
+
+
+def running_as_root() -> bool:
+    """True when this process may hand out uids (the containers' and CI's case)."""
+    return os.geteuid() == 0
+
+
+class Principals:
+    """One launcher's book of principals: a stable uid each, and their private directories."""
+
+    def __init__(self, rundir: Path, uid_base: int = UID_BASE) -> None:
+        self.rundir = rundir
+        self._uids: dict[str, int] = {}
+        self._next = uid_base
+
+    def uid(self, principal: str) -> int | None:
+        """The uid `principal` runs under (the same every time it is started), or None: the
+        launcher's own (not root, or the kernel)."""
+        if not running_as_root() or principal == KERNEL:
+            return None
+        if principal not in self._uids:
+            self._uids[principal] = self._next
+            self._next += 1
+        return self._uids[principal]
+
+    def private_dir(self, principal: str) -> Path:
+        """RUNDIR/priv/PRINCIPAL: created 0700 and owned by the principal's uid (when root)."""
+        base = self.rundir / "priv"
+        base.mkdir(mode=0o711, exist_ok=True)
+        path = base / principal
+        path.mkdir(mode=0o700, exist_ok=True)
+        uid = self.uid(principal)
+        if uid is not None:
+            os.chown(path, uid, uid)
+        return path
