@@ -16,7 +16,12 @@ WRITE and READ also take an optional int field `block` for raw access to an abso
 the handle owns (EPERM otherwise).  The protocol's field table still requires `slot` on
 these ops, so a raw request carries `slot` too (any int; it is ignored when `block` is set).
 
-Run as `sealedos disk --file FILE [--rundir DIR | --addr ADDR] [--size-mib N]`.
+Who may connect (CURVE, the ZAP handler asks allow_key): disk N's pager (``pagerN``'s key)
+for every op, and the launcher and observer keys for PING and STATS only; every other key is
+refused at the handshake.  With ``--insecure`` (NULL, measurement only) anyone may.
+
+Run as `sealedos disk --file FILE [--rundir DIR | --addr ADDR] [--size-mib N]
+[--keys DIR --principal diskN | --insecure]`.
 """
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ import zmq
 
 from disk_service.device import Device, DeviceError
 from disk_service.layout import DEFAULT_SIZE_MIB
-from wire.protocol import Err, ServiceError
+from wire import keys as wkeys
+from wire.keys import Keyring, KeysMissing
+from wire.protocol import Err, Op, ServiceError
 from wire.server import Request, Server
 
 #: How often dirty pages of the device are written back (msync) while serving.
@@ -39,15 +46,27 @@ FLUSH_INTERVAL_MS: int = 1000
 EXIT_BAD_DEVICE: int = 2
 #: Exit status when the address cannot be bound.
 EXIT_BIND_FAILED: int = 1
+#: Ops an observer or the launcher's watchdog may send (everything else is the pager's).
+OBSERVER_OPS: frozenset[Op] = frozenset({Op.PING, Op.STATS})
+#: Principals besides the disk's own pager whose keys are admitted (for OBSERVER_OPS).
+OBSERVERS: tuple[str, ...] = ("launcher", "observer")
 
 
 class DiskService(Server):
     """The disk server: do_* handlers over one Device."""
 
-    def __init__(self, device: Device, ctx: zmq.Context | None = None) -> None:
-        super().__init__("disk", ctx)
+    def __init__(self, device: Device, ctx: zmq.Context | None = None,
+                 keys: Keyring | None = None, pager: str = "pager0") -> None:
+        super().__init__("disk", ctx, keys)
         self.device = device
         self.requests_served = 0
+        #: The one key that may use the device (its pager's), and the observers' keys.
+        self.pager_key: str | None = None
+        self.observer_keys: set[str] = set()
+        if self.secure:
+            self.pager_key = self.keyring.public(pager).decode("ascii")
+            self.observer_keys = {self.keyring.publics[p].decode("ascii")
+                                  for p in OBSERVERS if p in self.keyring.publics}
 
     # -- hooks -------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -58,8 +77,15 @@ class DiskService(Server):
         """Flush the device and unmap it."""
         self.device.close()
 
+    def allow_key(self, public: str) -> bool:
+        """Admit only this disk's pager and the observers (ZAP, at the handshake)."""
+        return public == self.pager_key or public in self.observer_keys
+
     def check_caller(self, req: Request) -> None:
-        """Every caller may send every op; only counts requests."""
+        """The pager may send every op, an observer only PING and STATS (secure mode);
+        counts requests."""
+        if self.secure and req.user_id != self.pager_key and req.op not in OBSERVER_OPS:
+            raise ServiceError(Err.PERM, f"{req.op}: only this disk's pager may use the device")
         self.requests_served += 1
 
     def _writeback(self) -> None:
@@ -135,6 +161,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size-mib", type=int, default=_env_int("SEALEDOS_DISK_SIZE_MIB", DEFAULT_SIZE_MIB),
                    help=f"size of a new device in MiB (env SEALEDOS_DISK_SIZE_MIB, "
                         f"default {DEFAULT_SIZE_MIB}); ignored for an existing file")
+    p.add_argument("--keys", default=env.get(wkeys.KEYS_ENV),
+                   help=f"keys directory (env {wkeys.KEYS_ENV})")
+    p.add_argument("--principal", default=env.get("SEALEDOS_PRINCIPAL", "disk0"),
+                   help="whose secret key to serve with (diskN; its pager is pagerN)")
+    p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
+                   help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
     args = p.parse_args(argv)
     if not args.addr and not args.rundir:
         p.error("one of --addr or --rundir (or SEALEDOS_DISK_ADDR / SEALEDOS_RUNDIR) is required")
@@ -168,7 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as exc:
         print(f"disk: refusing {args.file}: {exc}", file=sys.stderr)
         return EXIT_BAD_DEVICE
-    service = DiskService(device)
+    pager = "pager" + args.principal[len("disk"):] if args.principal.startswith("disk") else ""
+    try:
+        keys = wkeys.keyring(args.keys, args.principal, args.insecure,
+                             None if args.insecure else [pager, *OBSERVERS])
+    except KeysMissing as exc:
+        print(f"disk: {exc}", file=sys.stderr)
+        device.close()
+        return EXIT_BAD_DEVICE
+    service = DiskService(device, keys=keys, pager=pager)
     sock_path = _ipc_path(args.addr)
     try:
         service.bind_router(args.addr)

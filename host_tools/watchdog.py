@@ -32,6 +32,7 @@ import zmq
 
 from launcher import spawn
 from wire.client import Client
+from wire.keys import Keyring
 from wire.protocol import Op, ServiceError, encode
 
 if TYPE_CHECKING:
@@ -51,9 +52,12 @@ KERNEL_TIMEOUT_MS: int = 1000
 class Watchdog:
     """Decides which local pager and disk services are hung (see the module docstring)."""
 
-    def __init__(self, rundir: Path, kernel_addr: str) -> None:
+    def __init__(self, rundir: Path, kernel_addr: str, keys: Keyring | None = None) -> None:
+        """keys: the launcher's keyring (it talks to the kernel and to every disk); None
+        on an insecure system."""
         self.rundir = rundir
         self.kernel_addr = kernel_addr
+        self.keys = keys
         self.clients: dict[str, Client] = {}
         self.heard: dict[tuple[str, int], float] = {}   # (service, pid) -> last heard (monotonic)
         self.stopped: dict[tuple[str, int], float] = {}  # (service, pid) -> seen stopped since
@@ -92,7 +96,7 @@ class Watchdog:
 
     def _client(self, name: str, addr: str) -> Client:
         if name not in self.clients:
-            self.clients[name] = Client(addr)
+            self.clients[name] = Client(addr, keys=self.keys, server=name)
         return self.clients[name]
 
     def _ping(self, name: str, addr: str | None = None) -> bool:

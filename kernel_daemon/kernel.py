@@ -47,6 +47,8 @@ from kernel_daemon.seal import Sealer
 from wire.server import Request, Server
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
+from wire import keys as wkeys
+from wire.keys import Keyring, KeysMissing, Role
 
 LIVENESS_MS: int = 500
 #: A process on another host that has not been heard from for this long is dead.
@@ -57,6 +59,10 @@ REPORT_MAX_KEYS: int = 64
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
 ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS, Op.FAULT_LOG}
 CONTROL = {Op.HEARTBEAT}
+#: Principals whose fixed keys the kernel admits (disks never talk to the kernel).
+ADMITTED_KINDS = frozenset({"launcher", "observer", "pager", "app"})
+#: Roles that may REGISTER a sealed process (secure mode): apps only, never a pager's key.
+REGISTER_KINDS = frozenset({"app"})
 
 
 class Kernel(Server):
@@ -65,8 +71,12 @@ class Kernel(Server):
     def __init__(self, addr: str, nframes: int, policy: str, mirrors: int = 1, seal: bool = True,
                  pager_timeout_ms: int = 2000, pager_retries: int = 5,
                  ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None,
-                 init_token: str | None = None) -> None:
-        super().__init__("kernel")
+                 init_token: str | None = None, keys: Keyring | None = None) -> None:
+        super().__init__("kernel", keys=keys)
+        #: Who may connect, and as what: z85 public key -> Role.  Loaded from the fixed
+        #: principals' public keys; the kernel adds an app's key when it admits it (ADMIT).
+        self.keys: dict[str, Role] = {
+            pub: role for pub, role in self.keyring.roles().items() if role.kind in ADMITTED_KINDS}
         self.addr = addr
         self.host = socket.gethostname()
         self.sock = self.bind_router(addr)
@@ -84,9 +94,23 @@ class Kernel(Server):
         self.metrics: Any = None                 # set by the metrics exporter when enabled
 
     # -- the caller check ----------------------------------------------------------------
+    def allow_key(self, public: str) -> bool:
+        """Admit a connection only with a key the kernel knows (ZAP, at the handshake)."""
+        return public in self.keys
+
+    def role_of(self, req: Request) -> Role | None:
+        """The role bound to the request's authenticated key (None when insecure)."""
+        return self.keys.get(req.user_id) if req.user_id is not None else None
+
     def check_caller(self, req: Request) -> None:
-        """Resolve req.caller to the sending process; refuse ops its connection may not send."""
+        """Resolve req.caller to the sending process; refuse ops its connection may not send.
+        (A routing id that spoke with one key never speaks with another: wire/server.py.)"""
         if req.op in ANYONE:
+            if self.secure and req.op is Op.REGISTER:
+                role = self.role_of(req)
+                if role is None or role.kind not in REGISTER_KINDS:
+                    raise ServiceError(Err.PERM, f"register: key of {role} may not register "
+                                                 "a sealed process")
             return
         proc = self.procs.by_peer.get(req.peer) if req.peer is not None else None
         if proc is None:
@@ -202,8 +226,14 @@ class Kernel(Server):
         mirror = req.msg["mirror"]
         if not 0 <= mirror < self.pagers.nmirrors:
             raise ServiceError(Err.INVAL, f"mirror {mirror} out of range 0..{self.pagers.nmirrors - 1}")
+        if self.secure and self.role_of(req) != Role("pager", mirror):
+            raise ServiceError(Err.PERM, f"pager_hello: mirror {mirror} takes only pager{mirror}'s "
+                                         f"key, not {self.role_of(req)}'s")
         if req.peer in self.procs.by_peer:
             raise ServiceError(Err.PERM, "a sealed process cannot be a pager")
+        held = self.pagers.holder(req.peer)
+        if held is not None and held != mirror:
+            raise ServiceError(Err.PERM, f"this connection already holds mirror {held}")
         self.pagers.hello(req.peer, mirror, req.msg["host"][:128], req.msg["hostpid"])
         return {}
 
@@ -416,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=env("SEALEDOS_TRACE"), help="write a Chrome trace here")
     p.add_argument("--init-token", default=env("SEALEDOS_INIT_TOKEN"),
                    help="the secret whose REGISTER makes a process init (prefer the env var)")
+    p.add_argument("--keys", default=env(wkeys.KEYS_ENV),
+                   help=f"keys directory (env {wkeys.KEYS_ENV}): the kernel's secret, every public")
+    p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
+                   help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
     p.add_argument("--metrics-port", type=int, default=int(env("SEALEDOS_METRICS_PORT", "0")),
                    help="serve Prometheus metrics on this port (0 = off)")
     p.add_argument("--metrics-host", default=env("SEALEDOS_METRICS_HOST", "127.0.0.1"))
@@ -433,12 +467,18 @@ def main(argv: list[str]) -> int:
     if args.frames < 1 or args.pagers < 1:
         print("sealedos kernel: --frames and --pagers must be at least 1", file=sys.stderr)
         return 2
+    try:
+        keys = wkeys.keyring(args.keys, "kernel", args.insecure)
+    except KeysMissing as exc:
+        print(f"sealedos kernel: {exc}", file=sys.stderr)
+        return 2
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
-                    args.init_token)
+                    args.init_token, keys)
     _attach_extras(kernel, args)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
-          f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'})",
+          f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'}, "
+          f"{'CURVE' if kernel.secure else 'INSECURE (NULL)'})",
           file=sys.stderr, flush=True)
     try:
         kernel.serve_until_signalled()

@@ -90,8 +90,9 @@ class PagerSlot:
     """One mirror slot: the current instance, if any, and the requests waiting on it."""
     mirror: int
     peer: bytes | None = None
-    host: str = ""
-    hostpid: int = 0
+    host: str = ""                     # as the instance claims: shown, never acted on
+    hostpid: int = 0                   # as the instance claims: shown, never acted on
+    trusted_pid: int = 0               # the instance's host pid as the trusted launcher reports it
     up: bool = False
     last_hello: float = 0.0
     joins: int = 0
@@ -144,8 +145,21 @@ class Pagers:
         return self.slots[mirror].up or not any(s.up for s in self.slots)
 
     # -- admission and liveness -------------------------------------------------------------
+    def holder(self, peer: bytes) -> int | None:
+        """The mirror slot connection `peer` holds, if any (one connection, one slot)."""
+        return next((s.mirror for s in self.slots if s.peer == peer), None)
+
+    def report_instance_pid(self, mirror: int, pid: int) -> None:
+        """The trusted launcher says slot `mirror`'s current instance is host process `pid`:
+        from then on its exit is noticed at once and a hung one is SIGKILLed.  Only a
+        launcher-authenticated message may call this (TODO(lead): wire it to ADMIT or a
+        launcher op; until then pager liveness comes from hellos and timeouts alone, and the
+        supervisor's watchdog kills hung pagers)."""
+        self.slots[mirror].trusted_pid = pid
+
     def hello(self, peer: bytes, mirror: int, host: str, hostpid: int) -> None:
-        """A pager instance says hello: admit it (a new one takes over the slot's requests)."""
+        """A pager instance says hello: admit it (a new one takes over the slot's requests).
+        host and hostpid are what it claims: recorded for display, never acted on."""
         slot = self.slots[mirror]
         slot.last_hello = time.monotonic()
         slot.host, slot.hostpid = host, hostpid
@@ -158,7 +172,7 @@ class Pagers:
         if slot.joins:
             self.stats["pager_restarts"] += 1
         slot.joins += 1
-        slot.peer, slot.up = peer, True
+        slot.peer, slot.up, slot.trusted_pid = peer, True, 0
         slot.last_answer_s = slot.answered_sent_s = 0.0
         self._requeue(slot, list(slot.inflight.values()))  # the old instance will never answer
         self._pump(slot)
@@ -176,7 +190,7 @@ class Pagers:
         for slot in self.slots:
             if not slot.up:
                 continue
-            if self._is_local(slot) and _pager_process(slot.hostpid) is None:
+            if self._is_local(slot) and _pager_process(slot.trusted_pid) is None:
                 self._instance_gone(slot)
             elif (now - slot.last_hello) * 1000 > PAGER_DEAD_MS:
                 self._mark_down(slot)
@@ -198,12 +212,12 @@ class Pagers:
 
     def _is_local(self, slot: PagerSlot) -> bool:
         """Does the slot's instance run on this host (so its pid means something here)?"""
-        return slot.host == self.host and slot.hostpid > 0 and slot.hostpid != os.getpid()
+        return slot.trusted_pid > 0 and slot.trusted_pid != os.getpid()
 
     def _suspect(self, slot: PagerSlot) -> None:
         """A request timed out: a local instance that still exists is hung, so kill it."""
         self._mark_down(slot)
-        proc = _pager_process(slot.hostpid) if self._is_local(slot) else None
+        proc = _pager_process(slot.trusted_pid) if self._is_local(slot) else None
         if proc is None:
             return
         try:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import zmq
 
+from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
 from wire.server import SUSPEND, Request, Server
 from pager_service.hostile import HONEST, HostileOptions, make_behaviour
@@ -71,6 +72,10 @@ class PagerConfig:
     stall_ms: float = STALL_MS
     disk_timeout_ms: float = DISK_TIMEOUT_MS
     snoop_path: Path | None = None
+    #: Keys directory (this pager's secret, the kernel's and its disk's publics); None with
+    #: insecure=True only.
+    keys_dir: str | None = None
+    insecure: bool = False
 
 
 @dataclass(slots=True)
@@ -132,12 +137,15 @@ class Pager(Server):
     """The external pager: serves the kernel's paging requests through the disk service."""
 
     def __init__(self, config: PagerConfig, ctx: zmq.Context | None = None) -> None:
-        super().__init__(f"pager{config.mirror}", ctx or _immediate_context())
+        me = f"pager{config.mirror}"
+        keys = wkeys.keyring(config.keys_dir, me, config.insecure, ["kernel", f"disk{config.mirror}"])
+        super().__init__(me, ctx or _immediate_context(), keys)
         self.config = config
         self.counters = PagerCounters()
         self.started = time.monotonic()
-        self.kernel = self.connect_dealer(config.kernel_addr)
-        self.disk = self.connect_dealer(config.disk_addr)
+        # CURVE: the kernel and the disk must prove their keys; both admit this pager by its key
+        self.kernel = self.connect_dealer(config.kernel_addr, keys.publics.get("kernel"))
+        self.disk = self.connect_dealer(config.disk_addr, keys.publics.get(f"disk{config.mirror}"))
         self.hostile = make_behaviour(config.hostile, self, HostileOptions(
             snoop_path=config.snoop_path, stall_ms=config.stall_ms))
         self.admitted = False
@@ -363,6 +371,10 @@ def parse_args(argv: list[str]) -> PagerConfig:
                    help="wait for the disk before answering ETIMEDOUT")
     p.add_argument("--rundir", default=env.get("SEALEDOS_RUNDIR"),
                    help="runtime directory (env SEALEDOS_RUNDIR)")
+    p.add_argument("--keys", default=env.get(wkeys.KEYS_ENV),
+                   help=f"keys directory (env {wkeys.KEYS_ENV}): pagerN's secret, kernel and diskN publics")
+    p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
+                   help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
     p.add_argument("--snoop-file", default=None,
                    help="where snoop mode appends pages (default RUNDIR/pager{mirror}-snoop.bin)")
     args = p.parse_args(argv)
@@ -376,13 +388,18 @@ def parse_args(argv: list[str]) -> PagerConfig:
     snoop = Path(args.snoop_file) if args.snoop_file else rundir / f"pager{args.mirror}-snoop.bin"
     return PagerConfig(kernel_addr=args.kernel, disk_addr=args.disk, mirror=args.mirror,
                        hostile=args.hostile, stall_ms=args.stall_ms,
-                       disk_timeout_ms=args.disk_timeout_ms, snoop_path=snoop)
+                       disk_timeout_ms=args.disk_timeout_ms, snoop_path=snoop,
+                       keys_dir=args.keys, insecure=args.insecure)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`sealedos pager`: serve until SIGTERM or SIGINT; return the exit status."""
     config = parse_args(list(sys.argv[1:] if argv is None else argv))
-    pager = Pager(config)
+    try:
+        pager = Pager(config)
+    except wkeys.KeysMissing as exc:
+        print(f"pager[{config.mirror}]: {exc}", file=sys.stderr)
+        return 2
     print(f"pager[{config.mirror}]: kernel={config.kernel_addr} disk={config.disk_addr} "
           f"hostile={config.hostile}", file=sys.stderr, flush=True)
     try:

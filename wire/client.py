@@ -9,6 +9,8 @@ from typing import Any
 
 import zmq
 
+from wire import sockets
+from wire.keys import Keyring
 from wire.protocol import Err, Op, ServiceError, decode, encode
 
 DEFAULT_TIMEOUT_MS: int = 5000
@@ -17,11 +19,15 @@ DEFAULT_TIMEOUT_MS: int = 5000
 class Client:
     """One DEALER connection to a service; call() sends a request and waits for its reply."""
 
-    def __init__(self, addr: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, addr: str, ctx: zmq.Context | None = None, keys: Keyring | None = None,
+                 server: str = "kernel") -> None:
+        """Connect to `addr`: CURVE with keys.own as this client's keypair, expecting the
+        server to hold principal `server`'s key (kernel, disk0 ...); NULL without keys (an
+        insecure system, or a test of what an unauthenticated peer gets)."""
         self.addr = addr
-        self.sock = (ctx or zmq.Context.instance()).socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(addr)
+        own = keys.own if keys is not None else None
+        self.sock = sockets.dealer(ctx or zmq.Context.instance(), addr, own,
+                                   keys.public(server) if own is not None and keys else None)
         self._rids = itertools.count(1)
 
     def call(self, op: Op | str, timeout_ms: int | None = DEFAULT_TIMEOUT_MS,

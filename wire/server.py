@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import zmq
+from zmq.auth.base import Authenticator
 
-from wire.protocol import (
-    Err, Op, ServiceError, TRANSPORT_MAX_BYTES, check_request, decode, encode, error, ok)
+from wire import sockets
+from wire.keys import Keyring
+from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, ok
 
 log = logging.getLogger("sealedos.server")
 
@@ -46,6 +48,9 @@ _MORE_NOBLOCK: int = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: How long a one-socket loop may block in recv, at most (the steps keep setsockopt rare and
 #: never wake later than the next timer; the cap bounds how late a signal stops the loop).
 _WAIT_STEPS_MS: tuple[int, ...] = (200, 100, 50, 20, 10, 5, 2, 1, 0)
+#: With a ZAP handler, a one-socket loop wakes at least this often to admit new connections
+#: (a client's handshake waits for the answer; nothing else does).
+ZAP_WAIT_MS: int = 10
 
 ReplyCallback = Callable[[dict[str, Any] | None], None]
 
@@ -63,6 +68,9 @@ class Request:
     op: Op
     msg: dict[str, Any]
     caller: Any = None          # whatever check_caller resolved (a process, a pager ...)
+    #: The sender's authenticated CURVE public key (z85), None on NULL (insecure) sockets
+    #: and on DEALER connections (there the peer is the server this side chose to trust).
+    user_id: str | None = None
 
 
 @dataclass(order=True, slots=True)
@@ -88,9 +96,19 @@ class _Pending:
 class Server:
     """Receive loop + caller check + dispatch table + reply, for one single-threaded service."""
 
-    def __init__(self, name: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, name: str, ctx: zmq.Context | None = None,
+                 keys: Keyring | None = None) -> None:
         self.name = name
         self.ctx = ctx or zmq.Context.instance()
+        #: This service's keys; Keyring(None) = insecure (NULL on every socket).
+        self.keyring = keys or Keyring(None)
+        self.secure = self.keyring.secure
+        #: The ZAP handler (bound with the first CURVE ROUTER), driven from this loop.
+        self.auth: Authenticator | None = None
+        #: ROUTER routing id -> the User-Id it first spoke with (a routing id is chosen by the
+        #: peer; another key arriving on it is refused).
+        self.peer_keys: dict[bytes, str] = {}
+        self.refused_keys = 0
         self.log = logging.getLogger(f"sealedos.{name}")
         self.poller = zmq.Poller()
         self.sockets: dict[zmq.Socket, bool] = {}        # socket -> is ROUTER
@@ -106,22 +124,54 @@ class Server:
 
     # -- sockets -------------------------------------------------------------------------
     def bind_router(self, addr: str) -> zmq.Socket:
-        """Listen on `addr` with a ROUTER socket served by this loop."""
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
-        sock.bind(addr)
+        """Listen on `addr` with a ROUTER socket served by this loop (CURVE server with this
+        service's keypair, clients admitted by allow_key; NULL when insecure)."""
+        if self.secure and self.auth is None:
+            self._start_zap()
+        sock = sockets.router(self.ctx, addr, self.keyring.own)
         self._add(sock, True)
         return sock
 
-    def connect_dealer(self, addr: str) -> zmq.Socket:
-        """Connect to `addr` with a DEALER socket served by this loop."""
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
-        sock.connect(addr)
+    def connect_dealer(self, addr: str, server_public: bytes | None = None) -> zmq.Socket:
+        """Connect to `addr` with a DEALER socket served by this loop (a CURVE client
+        expecting the server to hold `server_public`'s secret; NULL when insecure)."""
+        sock = sockets.dealer(self.ctx, addr, self.keyring.own,
+                              server_public if self.secure else None)
         self._add(sock, False)
         return sock
+
+    # -- admission (ZAP) -----------------------------------------------------------------
+    def allow_key(self, public: str) -> bool:
+        """Hook: may a client with CURVE public key `public` (z85) connect at all?  Asked
+        once per connection at its handshake; the default admits nobody."""
+        return False
+
+    def _start_zap(self) -> None:
+        """Bind this context's ZAP handler; its requests are answered from this loop."""
+        auth = Authenticator(self.ctx, log=self.log)
+        try:
+            auth.start()
+        except zmq.ZMQError as exc:
+            raise Panic(f"{self.name}: this context already has a ZAP handler ({exc}); "
+                        "one secure server per context") from None
+        auth.configure_curve_callback(sockets.ZAP_DOMAIN, _KeyCheck(self))
+        self.auth = auth
+        self.poller.register(auth.zap_socket, zmq.POLLIN)
+
+    def _serve_zap(self) -> None:
+        """Answer every waiting ZAP request (one handshake each) with allow_key's verdict."""
+        auth = self.auth
+        if auth is None:
+            return
+        zap = auth.zap_socket
+        while zap.getsockopt(_EVENTS) & _POLLIN:
+            coro = auth.handle_zap_message(zap.recv_multipart(_NOBLOCK))
+            try:
+                coro.send(None)           # our callback is synchronous: it never suspends
+            except StopIteration:
+                continue
+            coro.close()
+            raise Panic(f"{self.name}: the ZAP handler suspended")
 
     def _add(self, sock: zmq.Socket, is_router: bool) -> None:
         self.sockets[sock] = is_router
@@ -146,11 +196,16 @@ class Server:
                     events = self.poller.poll(self._poll_timeout_ms())
                     for sock, _ in events:
                         self._drain(sock)
+                    self._serve_zap()
                 self._fire_timers()
         finally:
             self.on_stop()
             for sock in list(self.sockets):
                 self.drop_socket(sock)
+            if self.auth is not None:
+                self.poller.unregister(self.auth.zap_socket)
+                self.auth.stop()
+                self.auth = None
 
     def stop(self) -> None:
         """Ask the loop to end after the current turn."""
@@ -185,6 +240,9 @@ class Server:
         message instead of a poll, an events check and a receive."""
         sock = next(iter(self.sockets))
         wait_ms = self._poll_timeout_ms()
+        if self.auth is not None:
+            wait_ms = min(wait_ms, ZAP_WAIT_MS)
+            self._serve_zap()
         step = next(s for s in _WAIT_STEPS_MS if s <= wait_ms)
         if self._rcvtimeo.get(sock) != step:
             sock.setsockopt(zmq.RCVTIMEO, step)
@@ -199,6 +257,7 @@ class Server:
         if is_router is None:
             return
         recv, getopt = sock.recv, sock.getsockopt
+        user_ids = is_router and self.secure
         for i in range(batch):
             # poll() vouched for the first message; for the next ones asking EVENTS is far
             # cheaper than the zmq.Again exception a blind NOBLOCK recv raises at the end.
@@ -217,7 +276,10 @@ class Server:
                     self._refuse(sock, frames[0], None, Err.BADMSG,
                                  f"expected one frame per message, got {len(frames) - 1}")
                     continue
-                self.on_frame(sock, frames[0], frames[1])
+                if user_ids:
+                    self.on_frame(sock, frames[0], frames[1], part.get("User-Id"))
+                else:
+                    self.on_frame(sock, frames[0], frames[1])
             else:
                 if len(frames) != 1:
                     self._refuse(sock, None, None, Err.BADMSG,
@@ -225,8 +287,18 @@ class Server:
                     continue
                 self.on_frame(sock, None, frames[0])
 
-    def on_frame(self, sock: zmq.Socket, peer: bytes | None, frame: bytes) -> None:
-        """Decode one frame and route it: a reply to its pending request, a request to do_*."""
+    def on_frame(self, sock: zmq.Socket, peer: bytes | None, frame: bytes,
+                 user_id: str | None = None) -> None:
+        """Decode one frame and route it: a reply to its pending request, a request to do_*.
+        `user_id` is the sender's authenticated key (secure ROUTERs): a routing id keeps the
+        key it first spoke with, and a message from another key on it is refused unread."""
+        if user_id is not None and peer is not None:
+            bound = self.peer_keys.setdefault(peer, user_id)
+            if bound != user_id:
+                self.refused_keys += 1
+                self._refuse(sock, peer, None, Err.PERM,
+                             "this routing id belongs to another key")
+                return
         try:
             msg = decode(frame)
         except ServiceError as exc:
@@ -245,7 +317,7 @@ class Server:
         if handler is None:
             self._refuse(sock, peer, msg["rid"], Err.NOSYS, f"{self.name} does not serve {op}")
             return
-        req = Request(sock, peer, msg["rid"], op, msg)
+        req = Request(sock, peer, msg["rid"], op, msg, None, user_id)
         try:
             self.check_caller(req)
             result = handler(req)
@@ -347,6 +419,22 @@ class Server:
             fn, timer.fn = timer.fn, None
             if fn is not None:
                 fn()
+
+
+class _KeyCheck:
+    """The ZAP credentials provider: asks the server's allow_key (pyzmq calls callback)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """True if the server admits the z85 public key `key`."""
+        allowed = self.server.allow_key(key.decode("ascii"))
+        if not allowed:
+            self.server.refused_keys += 1
+            self.server.log.warning("%s: refused a connection with unknown key %s",
+                                    self.server.name, key.decode("ascii"))
+        return allowed
 
 
 _now = time.monotonic

@@ -24,8 +24,9 @@ from apps.runtime.control import ControlThread
 from apps.runtime.errors import SealedError
 from apps.runtime.ipc import Ipc, Received
 from apps.runtime.mmu import Mmu
-from apps.runtime.syscall import Kernel
+from apps.runtime.syscall import Kernel, transport_keys_from_env
 from apps.runtime.varray import VArray
+from wire.keys import Keypair
 from wire.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W
 
 
@@ -55,13 +56,18 @@ class SealedProcess:
 
     @classmethod
     def connect(cls, kernel_addr: str, name: str, program_file: str | Path,
-                manifest: list[str] | None = None, init_token: str | None = None
+                manifest: list[str] | None = None, init_token: str | None = None,
+                keypair: Keypair | None = None, kernel_public: bytes | None = None
                 ) -> "SealedProcess":
         """Register with the kernel at kernel_addr and start the control thread.
 
-        manifest: the service names this process may look up; init_token: only init's."""
+        manifest: the service names this process may look up; init_token: only init's;
+        keypair, kernel_public: the CURVE keys of both connections (default: from the
+        environment, see syscall.transport_keys_from_env)."""
         program = Path(program_file).stem
-        kernel = Kernel(kernel_addr)
+        if keypair is None:
+            keypair, kernel_public = transport_keys_from_env()
+        kernel = Kernel(kernel_addr, keypair=keypair, kernel_public=kernel_public)
         bank = None
         try:
             reg = kernel.register(name, program, program_digest(program_file), manifest or [],

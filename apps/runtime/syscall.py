@@ -27,8 +27,10 @@ from typing import Any
 import zmq
 
 from apps.runtime.errors import KernelProtocolError, KernelUnreachable, SealedError, from_reply
-from wire.protocol import (
-    PAGE_SIZE, TRANSPORT_MAX_BYTES, Op, ServiceError, decode, encode)
+from wire import keys as wkeys
+from wire import sockets
+from wire.keys import Keypair
+from wire.protocol import PAGE_SIZE, Op, ServiceError, decode, encode
 
 #: The kernel is declared dead when it has answered nothing for this long.
 KERNEL_DEAD_MS: int = 10000
@@ -38,6 +40,19 @@ WAIT_SLICE_MS: int = 100
 EXIT_WAIT_MS: int = 2000
 
 KERNEL_ADDR_ENV: str = "SEALEDOS_KERNEL_ADDR"
+#: The principal whose key a sealed process uses until the kernel's ADMIT hands each one its
+#: own credential (TODO(lead): replace by the credential read from the inherited fd).
+APP_PRINCIPAL: str = "app"
+
+
+def transport_keys_from_env() -> tuple[Keypair | None, bytes | None]:
+    """(this process's keypair, the kernel's public key) for CURVE, from the environment:
+    SEALEDOS_INSECURE=1 -> (None, None) (NULL); else SEALEDOS_KEYS names the keys directory.
+    Without either, (None, None): a secure kernel will refuse the handshake."""
+    keys_dir = os.environ.get(wkeys.KEYS_ENV)
+    if wkeys.insecure_from_env() or not keys_dir:
+        return None, None
+    return wkeys.load_keypair(keys_dir, APP_PRINCIPAL), wkeys.load_public(keys_dir, "kernel")
 
 
 class Liveness:
@@ -64,24 +79,25 @@ class Liveness:
         self.dead.set()
 
 
-def _dealer(ctx: zmq.Context, addr: str) -> zmq.Socket:
-    """A DEALER socket connected to the kernel."""
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
-    sock.connect(addr)
-    return sock
+def _dealer(ctx: zmq.Context, addr: str, keypair: Keypair | None,
+            kernel_public: bytes | None) -> zmq.Socket:
+    """A DEALER socket connected to the kernel (CURVE with `keypair`, NULL without)."""
+    return sockets.dealer(ctx, addr, keypair, kernel_public)
 
 
 class Kernel:
     """The call connection to the kernel: one syscall at a time, from the main thread only."""
 
-    def __init__(self, addr: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, addr: str, ctx: zmq.Context | None = None,
+                 keypair: Keypair | None = None, kernel_public: bytes | None = None) -> None:
+        """Connect to the kernel at `addr`: CURVE with `keypair` (both connections) and the
+        kernel's public key, or NULL when keypair is None (an insecure kernel)."""
         if not addr:
             raise KernelUnreachable(f"no kernel address: pass --kernel or set {KERNEL_ADDR_ENV}")
         self.addr = addr
         self.ctx = ctx or zmq.Context.instance()
-        self.sock = _dealer(self.ctx, addr)
+        self.keypair, self.kernel_public = keypair, kernel_public
+        self.sock = _dealer(self.ctx, addr, keypair, kernel_public)
         self.liveness = Liveness()
         self.name = "?"
         self.spid = 0
@@ -247,7 +263,7 @@ class Kernel:
     # -- connections --------------------------------------------------------------------
     def attach_control(self, spid: int, secret: bytes) -> zmq.Socket:
         """Open the control connection and ATTACH it; the control thread serves it after."""
-        sock = _dealer(self.ctx, self.addr)
+        sock = _dealer(self.ctx, self.addr, self.keypair, self.kernel_public)
         try:
             self._request(sock, Op.ATTACH, KERNEL_DEAD_MS, {"spid": spid, "secret": secret})
         except BaseException:

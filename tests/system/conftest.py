@@ -14,16 +14,20 @@ def _children() -> set[int]:
 
 
 @pytest.fixture
-def make_system() -> Iterator[Callable[..., System]]:
+def make_system(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., System]]:
     """make_system(**Config fields) starts a System; all are stopped at teardown, and the test
-    fails if any process it started outlives the stop."""
+    fails if any process it started outlives the stop.  Sealed processes the test itself
+    connects find the newest system's keys through the environment, as spawned apps do."""
     before = _children()
     systems: list[System] = []
 
     def make(**fields: object) -> System:
         system = System(Config(**fields))   # type: ignore[arg-type]
         systems.append(system)
-        return system.start()
+        system.start()
+        for name, value in system.app_env().items():
+            monkeypatch.setenv(name, value)
+        return system
 
     yield make
     for system in systems:
