@@ -67,6 +67,7 @@ class DiskService(Server):
             self.pager_key = self.keyring.public(pager).decode("ascii")
             self.observer_keys = {self.keyring.publics[p].decode("ascii")
                                   for p in OBSERVERS if p in self.keyring.publics}
+            self.observer_keys.add(self.keyring.own.public_text)   # its own health check
 
     # -- hooks -------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -142,7 +143,8 @@ class DiskService(Server):
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Device counters plus request counters."""
         stats = self.device.stats()
-        stats.update(requests=self.requests_served, bad_messages=self.bad_messages)
+        stats.update(requests=self.requests_served, bad_messages=self.bad_messages,
+                     refused_keys=self.refused_keys)
         return stats
 
 

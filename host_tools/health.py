@@ -22,6 +22,7 @@ import socket
 import sys
 from typing import Any
 
+from wire import keys as wkeys
 from wire.client import Client
 from wire.protocol import Op, ServiceError
 
@@ -40,24 +41,27 @@ def local_addr(addr: str) -> str:
     return _WILDCARD.sub("tcp://127.0.0.1", addr)
 
 
-def ask(addr: str, op: Op, timeout_ms: int) -> dict[str, Any]:
-    """One request to `addr`; ServiceError(ETIMEDOUT) when nobody answers in time."""
-    with Client(local_addr(addr)) as client:
-        return client.call(op, timeout_ms=timeout_ms)
+def ask(args: argparse.Namespace, addr: str, op: Op, server: str = "kernel") -> dict[str, Any]:
+    """One request to `addr` (principal `server`), speaking with this container's own key
+    (--keys/--principal) or NULL with --insecure; ServiceError(ETIMEDOUT) when nobody answers."""
+    keys = wkeys.keyring(args.keys, args.principal, args.insecure, None if args.insecure else [server])
+    with Client(local_addr(addr), keys=keys, server=server) as client:
+        return client.call(op, timeout_ms=args.timeout_ms)
 
 
 def check_kernel(args: argparse.Namespace) -> str:
-    reply = ask(args.kernel, Op.PING, args.timeout_ms)
+    reply = ask(args, args.kernel, Op.PING)
     return f"kernel answers at {args.kernel} (pid {reply.get('pid')})"
 
 
 def check_disk(args: argparse.Namespace) -> str:
-    reply = ask(args.disk, Op.PING, args.timeout_ms)
+    server = args.principal if args.principal.startswith("disk") else f"disk{args.mirror}"
+    reply = ask(args, args.disk, Op.PING, server)
     return f"disk answers at {args.disk} (pid {reply.get('pid')})"
 
 
 def check_pager(args: argparse.Namespace) -> str:
-    pagers = ask(args.kernel, Op.STATS, args.timeout_ms)["kernel"]["pagers"]
+    pagers = ask(args, args.kernel, Op.STATS)["kernel"]["pagers"]
     if not 0 <= args.mirror < len(pagers):
         raise Unhealthy(f"the kernel has {len(pagers)} pager slot(s), no mirror {args.mirror}")
     slot, host = pagers[args.mirror], socket.gethostname()
@@ -70,7 +74,7 @@ def check_pager(args: argparse.Namespace) -> str:
 
 
 def check_init(args: argparse.Namespace) -> str:
-    stats = ask(args.kernel, Op.STATS, args.timeout_ms)
+    stats = ask(args, args.kernel, Op.STATS)
     ipc, host = stats["kernel"]["ipc"], socket.gethostname()
     if not ipc.get("nameservice"):
         raise Unhealthy("the name service is not up")
@@ -91,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk", default=env("SEALEDOS_DISK_ADDR"), help="disk service address")
     p.add_argument("--mirror", type=int, default=int(env("SEALEDOS_PAGER_MIRROR", "0")))
     p.add_argument("--timeout-ms", type=int, default=DEFAULT_TIMEOUT_MS)
+    p.add_argument("--keys", default=env(wkeys.KEYS_ENV), help=f"keys directory (env {wkeys.KEYS_ENV})")
+    p.add_argument("--principal", default=env("SEALEDOS_PRINCIPAL", "observer"),
+                   help="whose key to speak with (env SEALEDOS_PRINCIPAL: the container's own)")
+    p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
+                   help="talk NULL to an insecure system")
     return p
 
 
@@ -105,6 +114,6 @@ def main(argv: list[str]) -> int:
     try:
         print(f"healthy: {CHECKS[args.what](args)}")
         return 0
-    except (ServiceError, Unhealthy, KeyError, TypeError) as exc:
+    except (ServiceError, Unhealthy, KeyError, TypeError, wkeys.KeysMissing) as exc:
         print(f"unhealthy: {args.what}: {exc}")
         return UNHEALTHY

@@ -7,6 +7,10 @@ environment (SEALEDOS_KERNEL_ADDR, then SEALEDOS_RUNDIR), else the newest
 /tmp/sealedos-*/kernel.sock (what `sealedos up` creates).  The kernel does not know the disk
 services; they are found as RUNDIR/disk*.sock when the kernel listens in a runtime directory,
 and asked directly (ping + stats).
+
+Keys: the observer speaks with the ``observer`` principal's key from --keys DIR, else
+SEALEDOS_KEYS, else RUNDIR/keys of the runtime directory found (what `sealedos up` makes);
+--insecure (or SEALEDOS_INSECURE=1) talks NULL to an insecure system.
 """
 from __future__ import annotations
 
@@ -20,7 +24,9 @@ from typing import Any
 
 import psutil
 
+from wire import keys as wkeys
 from wire.client import Client
+from wire.keys import Keyring, KeysMissing
 from wire.protocol import Op, ServiceError
 
 #: How long the kernel has to answer before we say no kernel answers.
@@ -43,6 +49,7 @@ class Target:
     """Where the kernel listens, and the runtime directory beside it (if known)."""
     addr: str
     rundir: Path | None
+    keys: Keyring = field(default_factory=lambda: Keyring(None))
 
 
 def add_target_args(p: argparse.ArgumentParser) -> None:
@@ -53,10 +60,29 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rundir", default=None, metavar="DIR",
                    help="runtime directory: the kernel is ipc://DIR/kernel.sock "
                         "(env SEALEDOS_RUNDIR)")
+    p.add_argument("--keys", default=os.environ.get(wkeys.KEYS_ENV), metavar="DIR",
+                   help=f"keys directory (env {wkeys.KEYS_ENV}; default RUNDIR/keys)")
+    p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
+                   help="talk NULL to a system started --insecure")
 
 
-def resolve_target(kernel: str | None, rundir: str | None) -> Target:
-    """Pick the kernel address by the rules in the module docstring; NoKernel if none."""
+def resolve_target(kernel: str | None, rundir: str | None, keys: str | None = None,
+                   insecure: bool = False) -> Target:
+    """Pick the kernel address and the observer's keys by the rules in the module
+    docstring; NoKernel if none (or no keys for it)."""
+    target = _resolve_addr(kernel, rundir)
+    if insecure:
+        return target
+    keys_dir = Path(keys) if keys else (target.rundir / "keys" if target.rundir else None)
+    try:
+        ring = wkeys.keyring(keys_dir, "observer", False)
+    except KeysMissing as exc:
+        raise NoKernel(f"{exc} (give --keys DIR, or --insecure for an insecure system)") from None
+    return Target(target.addr, target.rundir, ring)
+
+
+def _resolve_addr(kernel: str | None, rundir: str | None) -> Target:
+    """The kernel address and its runtime directory (no keys yet)."""
     env = os.environ
     if kernel:
         addr = kernel
@@ -137,7 +163,7 @@ class Observer:
     def kernel_call(self, op: Op) -> dict[str, Any]:
         """One request to the kernel; NoKernel when it does not answer in time."""
         if self._kernel is None:
-            self._kernel = Client(self.target.addr)
+            self._kernel = Client(self.target.addr, keys=self.target.keys)
         try:
             return self._kernel.call(op, timeout_ms=KERNEL_TIMEOUT_MS)
         except ServiceError as exc:
@@ -187,7 +213,8 @@ class Observer:
         rows = []
         for sock in sorted(rundir.glob("disk*.sock")):
             name = sock.name[:-len(".sock")]
-            client = self._disks.setdefault(name, Client(f"ipc://{sock}"))
+            client = self._disks.setdefault(
+                name, Client(f"ipc://{sock}", keys=self.target.keys, server=name))
             t0 = time.perf_counter()
             try:
                 pid = client.call(Op.PING, timeout_ms=DISK_TIMEOUT_MS).get("pid")

@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
+from wire import keys as wkeys
 from wire.client import Client
 from host_tools.up import print_summary
 from wire.protocol import Op, ServiceError
@@ -37,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0,
                    help="give up waiting after S seconds (0: never)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--keys", default=os.environ.get(wkeys.KEYS_ENV),
+                   help=f"keys directory with the observer's secret (env {wkeys.KEYS_ENV})")
+    p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
+                   help="talk NULL to an insecure system")
     return p
 
 
@@ -73,7 +78,12 @@ def main(argv: list[str]) -> int:
         return NO_KERNEL
     names = [n for n in args.wait.split(",") if n]
     deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
-    with Client(args.kernel) as client:
+    try:
+        keys = wkeys.keyring(args.keys, "observer", args.insecure, None if args.insecure else ["kernel"])
+    except wkeys.KeysMissing as exc:
+        print(f"sealedos summary: {exc}", file=sys.stderr)
+        return NO_KERNEL
+    with Client(args.kernel, keys=keys) as client:
         while True:
             try:
                 stats = client.call(Op.STATS, timeout_ms=KERNEL_TIMEOUT_MS)

@@ -205,6 +205,13 @@ class System:
             return {wkeys.INSECURE_ENV: "1"}
         return {wkeys.KEYS_ENV: str(self.keys_dir)}
 
+    def keyring(self, principal: str) -> Keyring:
+        """`principal`'s keyring in this system (tests and tools speaking as an observer, a
+        sealed process ...); Keyring(None) when insecure."""
+        if self.config.insecure:
+            return Keyring(None)
+        return wkeys.keyring(self.keys_dir, principal, False)
+
     def app_env(self) -> dict[str, str]:
         """The environment a sealed process needs to reach this kernel securely
         (TODO(lead): with ADMIT, its own credential instead of the shared app key)."""

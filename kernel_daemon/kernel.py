@@ -60,7 +60,7 @@ REPORT_MAX_KEYS: int = 64
 ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS, Op.FAULT_LOG}
 CONTROL = {Op.HEARTBEAT}
 #: Principals whose fixed keys the kernel admits (disks never talk to the kernel).
-ADMITTED_KINDS = frozenset({"launcher", "observer", "pager", "app"})
+ADMITTED_KINDS = frozenset({"kernel", "launcher", "observer", "pager", "app"})
 #: Roles that may REGISTER a sealed process (secure mode): apps only, never a pager's key.
 REGISTER_KINDS = frozenset({"app"})
 
@@ -372,6 +372,8 @@ class Kernel(Server):
         out["live_processes"] = len(self.procs.by_spid)
         out["pagers"] = [s.health() for s in self.pagers.slots]
         out["bad_messages"] = self.bad_messages
+        out["refused_keys"] = self.refused_keys     # handshakes refused + key/routing-id clashes
+        out["secure"] = self.secure
         out["fault_latency_us"] = {k: _percentiles(v) for k, v in self.vm.latency.items()}
         out["ipc"] = self.ipc.counters()
         return out

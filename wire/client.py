@@ -28,6 +28,8 @@ class Client:
         own = keys.own if keys is not None else None
         self.sock = sockets.dealer(ctx or zmq.Context.instance(), addr, own,
                                    keys.public(server) if own is not None and keys else None)
+        # a refused handshake leaves no connection to queue on: sending must not block forever
+        self.sock.setsockopt(zmq.SNDTIMEO, DEFAULT_TIMEOUT_MS)
         self._rids = itertools.count(1)
 
     def call(self, op: Op | str, timeout_ms: int | None = DEFAULT_TIMEOUT_MS,
@@ -37,12 +39,17 @@ class Client:
         msg = dict(fields)
         msg["op"] = str(op)
         msg["rid"] = rid
-        self.sock.send(encode(msg))
+        self.send_raw(encode(msg))
         return self.wait(rid, timeout_ms)
 
     def send_raw(self, frame: bytes) -> None:
-        """Send bytes as they are (tests of malformed input)."""
-        self.sock.send(frame)
+        """Send bytes as they are (tests of malformed input); ServiceError(ETIMEDOUT) if no
+        connection takes them in time (the server is down, or refused our key)."""
+        try:
+            self.sock.send(frame)
+        except zmq.Again:
+            raise ServiceError(Err.TIMEDOUT, f"cannot send to {self.addr}: no connection "
+                                             "(down, or our key was refused)") from None
 
     def recv_reply(self, timeout_ms: int | None = DEFAULT_TIMEOUT_MS) -> dict[str, Any]:
         """Receive the next reply map, whatever its rid (raise ServiceError on timeout)."""

@@ -72,7 +72,7 @@ def start_paging(system: System, duration_s: float = 0) -> list[str]:
 
 def disk_used_blocks(system: System, disk: str = "disk0") -> int:
     """The disk service's count of allocated blocks (its stats op)."""
-    with Client(f"ipc://{system.rundir}/{disk}.sock") as c:
+    with Client(f"ipc://{system.rundir}/{disk}.sock", keys=system.keyring("observer"), server=disk) as c:
         return c.call(Op.STATS)["used_blocks"]
 
 

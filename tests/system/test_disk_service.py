@@ -67,7 +67,7 @@ class DiskProc:
         self.sock.unlink(missing_ok=True)          # a SIGKILLed service leaves its socket behind
         self.proc = spawn.spawn(spawn.python_cmd(
             "disk", "--rundir", str(self.rundir), "--file", str(self.image),
-            "--size-mib", str(self.size_mib)), log_path=self.log)
+            "--size-mib", str(self.size_mib), "--insecure"), log_path=self.log)
         spawn.wait_for_path(self.sock, START_TIMEOUT_S, self.proc)
         self.client = Client(self.addr)
         assert self.call("ping")["service"] == "disk"

@@ -374,7 +374,7 @@ def test_a_finished_or_killed_process_loses_every_capability(apps: Apps, system:
 
 # -- outsiders --------------------------------------------------------------------------------
 def test_a_peer_that_never_registered_gets_only_errors(system: System) -> None:
-    with Client(system.kernel_addr) as c:
+    with Client(system.kernel_addr, keys=system.keyring("app")) as c:
         for op, fields in ((Op.CALL, {"handle": 0, "msg": b"\x80"}), (Op.RECEIVE, {"handle": 1}),
                            (Op.ENDPOINT, {"contract": {}}), (Op.REPLY, {"call": 1, "msg": b""}),
                            (Op.CAP_CLOSE, {"handle": 0})):

@@ -141,7 +141,7 @@ def disk_addr(rundir: Path) -> Iterator[str]:
     addr = spawn.ipc_addr(rundir, "disk")
     proc = spawn.spawn(spawn.python_cmd("disk", "--rundir", str(rundir), "--file",
                                         str(rundir / "disk.img"), "--size-mib", str(DISK_MIB),
-                                        "--addr", addr), log_path=rundir / "disk.log")
+                                        "--addr", addr, "--insecure"), log_path=rundir / "disk.log")
     try:
         spawn.wait_for_path(Path(addr.removeprefix("ipc://")), STARTUP_S, proc)
         yield addr
@@ -175,7 +175,8 @@ def start_pager(rundir: Path, disk_addr: str, ctx: zmq.Context,
             kernels.append(kernel)
         log = rundir / f"pager-{request.node.name[:40]}-{len(procs)}.log"
         proc = spawn.spawn(spawn.python_cmd("pager", "--kernel", kernel.addr, "--disk",
-                                            disk or disk_addr, "--rundir", str(rundir), *args),
+                                            disk or disk_addr, "--rundir", str(rundir), "--insecure",
+                                            *args),
                            log_path=log)
         procs.append(proc)
         hello = kernel.await_hello()
