@@ -115,9 +115,12 @@ def me(system: System) -> Iterator[Callable[..., SealedProcess]]:
     """me(manifest) registers the test process as a sealed process (closed at teardown)."""
     procs: list[SealedProcess] = []
 
+    keys = system.keyring("app")
+
     def make(manifest: list[str] | None = None) -> SealedProcess:
         p = SealedProcess.connect(system.kernel_addr, f"test.{next(_names)}", __file__,
-                                  manifest=manifest if manifest is not None else ["*"])
+                                  manifest=manifest if manifest is not None else ["*"],
+                                  keypair=keys.own, kernel_public=keys.publics.get("kernel"))
         procs.append(p)
         return p
     yield make
