@@ -34,6 +34,8 @@ from apps.runtime.app import app_parser
 from apps.runtime.ipc import NAMESERVICE_CONTRACT, Received, allowed
 
 INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
+#: Or a file holding it (compose: written by the one-shot keys service, no default token).
+INIT_TOKEN_FILE_ENV: str = "SEALEDOS_INIT_TOKEN_FILE"
 MAX_NAMES: int = 1024
 
 
@@ -127,6 +129,10 @@ def main(argv: list[str]) -> int:
     """Register as init (the token from the environment) and serve names until killed."""
     args = build_parser().parse_args(argv)
     token = os.environ.get(INIT_TOKEN_ENV)
+    token_file = os.environ.get(INIT_TOKEN_FILE_ENV)
+    if not token and token_file and os.path.exists(token_file):
+        with open(token_file, encoding="ascii") as f:
+            token = f.read().strip()
     if not args.kernel or not token:
         print(f"init: needs --kernel (or {KERNEL_ADDR_ENV}) and {INIT_TOKEN_ENV}", file=sys.stderr)
         return 2

@@ -47,7 +47,8 @@ def build_parser(prog: str, what: str) -> argparse.ArgumentParser:
 def take_snapshot(args: argparse.Namespace, prog: str) -> dict[str, Any] | None:
     """A snapshot of the system args point at; None (after an error line) if no kernel answers."""
     try:
-        observer = Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure))
+        observer = Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure,
+                                           args.principal))
         try:
             return observer.snapshot()
         finally:

@@ -8,7 +8,8 @@ environment (SEALEDOS_KERNEL_ADDR, then SEALEDOS_RUNDIR), else the newest
 services; they are found as RUNDIR/disk*.sock when the kernel listens in a runtime directory,
 and asked directly (ping + stats).
 
-Keys: the observer speaks with the ``observer`` principal's key from --keys DIR, else
+Keys: the observer speaks with the ``observer`` principal's key (--principal: another
+principal's, e.g. a container's own) from --keys DIR, else
 SEALEDOS_KEYS, else RUNDIR/keys of the runtime directory found (what `sealedos up` makes);
 --insecure (or SEALEDOS_INSECURE=1) talks NULL to an insecure system.
 """
@@ -64,10 +65,12 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
                    help=f"keys directory (env {wkeys.KEYS_ENV}; default RUNDIR/keys)")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
                    help="talk NULL to a system started --insecure")
+    p.add_argument("--principal", default=os.environ.get("SEALEDOS_PRINCIPAL", "observer"),
+                   help="whose key to speak with (default observer; in a container, its own)")
 
 
 def resolve_target(kernel: str | None, rundir: str | None, keys: str | None = None,
-                   insecure: bool = False) -> Target:
+                   insecure: bool = False, principal: str = "observer") -> Target:
     """Pick the kernel address and the observer's keys by the rules in the module
     docstring; NoKernel if none (or no keys for it)."""
     target = _resolve_addr(kernel, rundir)
@@ -75,7 +78,7 @@ def resolve_target(kernel: str | None, rundir: str | None, keys: str | None = No
         return target
     keys_dir = Path(keys) if keys else (target.rundir / "keys" if target.rundir else None)
     try:
-        ring = wkeys.keyring(keys_dir, "observer", False)
+        ring = wkeys.keyring(keys_dir, principal, False)
     except KeysMissing as exc:
         raise NoKernel(f"{exc} (give --keys DIR, or --insecure for an insecure system)") from None
     return Target(target.addr, target.rundir, ring)

@@ -241,7 +241,8 @@ def main(argv: list[str]) -> int:
     """Refresh the view until q, Ctrl-C or --iterations; exit 2 if no kernel answers at first."""
     args = build_parser().parse_args(argv)
     try:
-        observer = Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure))
+        observer = Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure,
+                                           args.principal))
         first = observer.snapshot()
     except NoKernel as exc:
         print(f"sealedos top: {exc}", file=sys.stderr)

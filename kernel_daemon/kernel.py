@@ -448,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", default=env("SEALEDOS_TRACE"), help="write a Chrome trace here")
     p.add_argument("--init-token", default=env("SEALEDOS_INIT_TOKEN"),
                    help="the secret whose REGISTER makes a process init (prefer the env var)")
+    p.add_argument("--init-token-file", default=env("SEALEDOS_INIT_TOKEN_FILE"),
+                   help="read the init token from this file (compose: made by `sealedos keys`)")
     p.add_argument("--keys", default=env(wkeys.KEYS_ENV),
                    help=f"keys directory (env {wkeys.KEYS_ENV}): the kernel's secret, every public")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
@@ -469,6 +471,8 @@ def main(argv: list[str]) -> int:
     if args.frames < 1 or args.pagers < 1:
         print("sealedos kernel: --frames and --pagers must be at least 1", file=sys.stderr)
         return 2
+    if not args.init_token and args.init_token_file:
+        args.init_token = Path(args.init_token_file).read_text(encoding="ascii").strip()
     try:
         keys = wkeys.keyring(args.keys, "kernel", args.insecure)
     except KeysMissing as exc:

@@ -110,6 +110,7 @@ def _default_private_dir(keys_dir: Path, principal: str) -> Path:
     base.mkdir(mode=0o711, parents=True, exist_ok=True)
     path = base / principal
     path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)                          # a pre-made mount point (compose volume) too
     return path
 
 
