@@ -16,7 +16,11 @@ handles, no contracts, no identity stamping: it swaps the first two frames and f
 
 Clients and servers do what the sealed echo client and server do with each message (msgpack
 encode, decode), so the difference between the two runs is the kernel's routing path (and
-the runtime's syscall layer).  These are ordinary processes, not sealed ones.  A client
+the runtime's syscall layer).  Transport security is the kernel's in the same run: with
+SEALEDOS_BARE_SECRET (the broker's z85 CURVE secret key) in the environment every connection
+is CURVE (each client and server with a fresh keypair of its own; the broker admits any key,
+its cost is the encryption, as the kernel's ZAP check is paid once per connection); without
+it, NULL.  These are ordinary processes, not sealed ones.  A client
 measures in windows as the sealed one does: window k starts when GO_FILE.k appears and
 ends with the file OUT.done.k.
 """
@@ -33,6 +37,8 @@ from pathlib import Path
 import msgpack
 import zmq
 
+#: The broker's CURVE secret key (z85); unset: NULL everywhere.
+SECRET_ENV: str = "SEALEDOS_BARE_SECRET"
 GO_POLL_S: float = 0.05
 WARMUP_CALLS: int = 20
 RETRY_S: float = 0.05
@@ -44,6 +50,10 @@ def broker(addr: str) -> int:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    secret = os.environ.get(SECRET_ENV)
+    if secret:
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret.encode("ascii"))
     sock.bind(addr)
     recv, send = sock.recv_multipart, sock.send_multipart
     while True:
@@ -114,6 +124,12 @@ def _dealer(addr: str, ident: bytes) -> zmq.Socket:
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTING_ID, ident)
+    secret = os.environ.get(SECRET_ENV)
+    if secret:
+        public, own_secret = zmq.curve_keypair()
+        sock.setsockopt(zmq.CURVE_SERVERKEY, zmq.curve_public(secret.encode("ascii")))
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, own_secret)
     sock.connect(addr)
     return sock
 

@@ -6,7 +6,9 @@ This process becomes a sealed process of a freshly started system and measures, 
 own MMU: a TLB hit; minor faults (first touch, a free frame waiting); major faults (a page on
 swap, a free frame waiting: the pure page-in path app -> kernel -> pager -> disk and back);
 and paging throughput (a write scan over 4x the frames: every fault evicts, every eviction
-writes back).  It does so sealed and --no-seal (the cost of sealing) and on each transport.
+writes back).  It does so sealed and --no-seal (the cost of sealing), on each transport, and
+with CURVE on every connection (the default) and --insecure (NULL): the cost of transport
+security, ``curve_vs_null_*`` (``--security secure|insecure|both``, default both).
 
 In the same run it measures the floors those figures stand on, and prints each ratio:
 a bare ZeroMQ round trip on the same transport (small frame, and with a 4 KiB payload), a
@@ -182,7 +184,9 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
 def measure(config: Config, rounds: int) -> dict[str, Any]:
     """All sealed-process measurements on one fresh system."""
     with System(config) as system:
-        with SealedProcess.connect(system.kernel_addr, "bench", __file__) as proc:
+        keys = system.keyring("app")
+        with SealedProcess.connect(system.kernel_addr, "bench", __file__, keypair=keys.own,
+                                   kernel_public=keys.publics.get("kernel")) as proc:
             minor: list[float] = []
             major: list[float] = []
             for _ in range(rounds):
@@ -210,7 +214,9 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
     """Growth of the kernel's RSS per resident page (filling `frames` frames) and per
     swapped page (then pushing `swapped` more pages out), on a 1 GiB device."""
     with System(Config(frames=frames, disk_size_mib=1024)) as system:
-        with SealedProcess.connect(system.kernel_addr, "scale", __file__) as proc:
+        keys = system.keyring("app")
+        with SealedProcess.connect(system.kernel_addr, "scale", __file__, keypair=keys.own,
+                                   kernel_public=keys.publics.get("kernel")) as proc:
             warm = frames // 8
             addr = proc.map(frames + swapped)
             for i in range(warm):
@@ -257,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="rounds of minor + major samples")
     p.add_argument("--transports", default="ipc,tcp", help="kernel transports to measure")
+    p.add_argument("--security", choices=("secure", "insecure", "both"), default="both",
+                   help="CURVE (secure), NULL (insecure), or both side by side (the cost)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--scale", action="store_true", help="64 processes on a 1 GiB device instead")
     p.add_argument("--scale-procs", type=int, default=64)
@@ -282,14 +290,18 @@ def main(argv: list[str]) -> int:
     finally:
         spawn.remove_rundir(rundir)
     runs: dict[str, Any] = {}
+    securities = {"secure": [False], "insecure": [True], "both": [False, True]}[args.security]
     for transport in args.transports.split(","):
-        for sealed in (True, False):
-            if transport != "ipc" and not sealed:
-                continue
-            key = f"{transport}_{'sealed' if sealed else 'unsealed'}"
-            console.print(f"measuring {key} ...")
-            runs[key] = measure(Config(frames=args.frames, disk_size_mib=16, no_seal=not sealed,
-                                       transport=transport), args.rounds)
+        for insecure in securities:
+            for sealed in (True, False):
+                if (transport != "ipc" or insecure) and not sealed:
+                    continue
+                key = f"{transport}_{'sealed' if sealed else 'unsealed'}" + (
+                    "_null" if insecure and args.security == "both" else "")
+                console.print(f"measuring {key} ...")
+                runs[key] = measure(Config(frames=args.frames, disk_size_mib=16,
+                                           no_seal=not sealed, transport=transport,
+                                           insecure=insecure), args.rounds)
     result = {"floors": floors, "runs": runs, "ratios": ratios(floors, runs)}
     if args.json:
         print(json.dumps(result, indent=2))
@@ -311,6 +323,13 @@ def ratios(floors: dict[str, float], runs: dict[str, Any]) -> dict[str, float]:
     if r and u:
         out["sealed_vs_unsealed_major_p50"] = round(r["major_fault_us"]["p50"] / u["major_fault_us"]["p50"], 3)
         out["sealed_vs_unsealed_throughput"] = round(r["pages_per_s"] / u["pages_per_s"], 3)
+    for transport in ("ipc", "tcp"):                 # what CURVE costs over NULL
+        c, n = runs.get(f"{transport}_sealed"), runs.get(f"{transport}_sealed_null")
+        if c and n:
+            for fig in ("minor_fault_us", "major_fault_us"):
+                out[f"curve_vs_null_{transport}_{fig[:5]}_p50"] = round(
+                    c[fig]["p50"] / n[fig]["p50"], 3)
+            out[f"curve_vs_null_{transport}_throughput"] = round(c["pages_per_s"] / n["pages_per_s"], 3)
     t = runs.get("tcp_sealed")
     if r and t:
         out["tcp_vs_ipc_major_p50"] = round(t["major_fault_us"]["p50"] / r["major_fault_us"]["p50"], 2)

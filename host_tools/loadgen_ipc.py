@@ -2,7 +2,7 @@
 
     sealedos bench ipc [--clients 16] [--servers 4] [--size 64] [--duration 10]
                        [--slices 4] [--transport ipc|tcp] [--kernel ADDR] [--json]
-                       [--plot FILE.png]
+                       [--security secure|insecure|both] [--plot FILE.png]
 
 The same traffic two ways, in one invocation:
 
@@ -26,6 +26,13 @@ kernel already running there -- a compose deployment's (its `loadgen` profile) -
 starting a System: the sealed servers and clients are local processes connected to it, named
 apart from earlier runs'; the bare fleet stays local.  Nothing here is a test: figures are
 reported, never asserted.
+
+Security: by default (``--security both``) every measurement runs twice, CURVE on every
+connection and then NULL (``--insecure``), the bare broker each time with the same security
+as the kernel, and the cost of CURVE is printed (secure/insecure round trips/s for each
+fleet).  ``--json`` then prints ``{"secure": {...}, "insecure": {...}}`` (per transport with
+``--transport both``).  Against ``--kernel ADDR`` only that deployment's security is measured
+(SEALEDOS_INSECURE=1 for an insecure one).
 """
 from __future__ import annotations
 
@@ -44,8 +51,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import zmq
+
 from launcher import spawn
+from host_tools import bare_broker
 from host_tools.system import Config, System, _free_port
+from wire.keys import insecure_from_env
 
 READY_TIMEOUT_S: float = 120.0
 SLICE_GRACE_S: float = 60.0
@@ -104,8 +115,8 @@ class KernelFleet:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.system = System(Config(frames=args.frames, transport=args.transport),
-                             kernel_addr=args.kernel)
+        self.system = System(Config(frames=args.frames, transport=args.transport,
+                                    insecure=args.insecure), kernel_addr=args.kernel)
         tag = f"{secrets.token_hex(3)}." if args.kernel else ""   # a shared kernel remembers
         self.servers = [f"echo.{tag}{k}" for k in range(args.servers)]
         self.clients = [f"client.{tag}{i}" for i in range(args.clients)]
@@ -196,11 +207,14 @@ class BareFleet:
         self.outs = [self.rundir / f"client.{i}.json" for i in range(args.clients)]
         self.procs: list[subprocess.Popen] = []
         self.clients: list[subprocess.Popen] = []
+        # the same transport security as the kernel fleet: CURVE with a throwaway broker key
+        self.env = {} if args.insecure else {
+            bare_broker.SECRET_ENV: zmq.curve_keypair()[1].decode("ascii")}
 
     def _start(self, name: str, *argv: str) -> subprocess.Popen:
         """Start one bare process (`python -m host_tools.bare_broker ARGV`)."""
         cmd = [sys.executable, "-m", "host_tools.bare_broker", *argv, "--addr", self.addr]
-        self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log"))
+        self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log", self.env))
         return self.procs[-1]
 
     def start(self) -> None:
@@ -294,7 +308,8 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
     """The two fleets side by side, and the ratio."""
     t = Table(title=f"IPC echo: {args.clients} clients, {args.servers} servers, "
                     f"{args.size}-byte payloads, {args.duration:g} s each in {args.slices} "
-                    f"alternating windows, {args.kernel or args.transport + '://'}")
+                    f"alternating windows, {args.kernel or args.transport + '://'}, "
+                    f"{'NULL (insecure)' if args.insecure else 'CURVE'}")
     t.add_column("")
     for name in ("round trips/s", "MB/s", "p50 us", "p99 us", "p99.9 us"):
         t.add_column(name, justify="right")
@@ -343,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", metavar="ADDR",
                    help="run the kernel fleet against the kernel at ADDR instead of starting one")
     p.add_argument("--frames", type=int, default=256)
+    p.add_argument("--security", choices=("secure", "insecure", "both"), default="both",
+                   help="CURVE on every connection, NULL, or both in one run (the cost; "
+                        "each run's bare broker has the same security as its kernel)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
     p.add_argument("--plot", help="write latency/throughput plots to this PNG")
     return p
@@ -375,24 +393,50 @@ def main(argv: list[str]) -> int:
     args.servers = min(args.servers, args.clients)
     console = Console(stderr=True)
     transports = ["ipc", "tcp"] if args.transport == "both" else [args.transport]
-    results: dict[str, Any] = {}
+    if args.kernel:                       # a deployment's kernel: measure its security only
+        securities = ["insecure" if insecure_from_env() else "secure"]
+    else:
+        securities = ["secure", "insecure"] if args.security == "both" else [args.security]
+    results: dict[str, dict[str, Any]] = {}
     for transport in transports:
-        one = argparse.Namespace(**{**vars(args), "transport": transport})
-        runs, results[transport] = run_once(one, console)
-        if not args.json:
-            print_report(results[transport], one, Console())
-        if args.plot:
-            path = args.plot if len(transports) == 1 else args.plot.replace(".png", f"-{transport}.png")
-            plot(runs, results[transport], path)
+        for security in securities:
+            one = argparse.Namespace(**{**vars(args), "transport": transport,
+                                        "insecure": security == "insecure"})
+            runs, result = run_once(one, console)
+            results.setdefault(transport, {})[security] = result
             if not args.json:
-                console.print(f"plot written to {path}")
+                print_report(result, one, Console())
+            if args.plot:
+                path = args.plot
+                if len(transports) > 1 or len(securities) > 1:
+                    path = args.plot.replace(".png", f"-{transport}-{security}.png")
+                plot(runs, result, path)
+                if not args.json:
+                    console.print(f"plot written to {path}")
+        if len(securities) > 1 and not args.json:
+            print_security_cost(results[transport], transport, Console())
+    first = securities[0]
     if len(transports) > 1 and not args.json:
-        k = {t: results[t]["kernel"]["round_trips_per_s"] for t in transports}
-        Console().print(f"what TCP adds: kernel round trips/s tcp/ipc = {k['tcp'] / k['ipc']:.2f}, "
-                        f"p50 tcp/ipc = {results['tcp']['kernel']['p50_us'] / results['ipc']['kernel']['p50_us']:.2f}")
+        k = {t: results[t][first]["kernel"]["round_trips_per_s"] for t in transports}
+        p50 = {t: results[t][first]["kernel"]["p50_us"] for t in transports}
+        Console().print(f"what TCP adds ({first}): kernel round trips/s tcp/ipc = "
+                        f"{k['tcp'] / k['ipc']:.2f}, p50 tcp/ipc = {p50['tcp'] / p50['ipc']:.2f}")
     if args.json:
-        print(json.dumps(results[transports[0]] if len(transports) == 1 else results))
+        flat = {t: (r[first] if len(securities) == 1 else r) for t, r in results.items()}
+        print(json.dumps(flat[transports[0]] if len(transports) == 1 else flat))
     return 0
+
+
+def print_security_cost(by_security: dict[str, Any], transport: str, console: Console) -> None:
+    """What CURVE costs against NULL on one transport, for the kernel and the bare broker."""
+    s, n = by_security["secure"], by_security["insecure"]
+    cost = {f: s[f]["round_trips_per_s"] / n[f]["round_trips_per_s"]
+            for f in ("kernel", "bare") if n[f]["round_trips_per_s"]}
+    p50 = {f: s[f]["p50_us"] / n[f]["p50_us"] for f in ("kernel", "bare") if n[f]["p50_us"]}
+    console.print(f"CURVE vs NULL on {transport}://: round trips/s secure/insecure = "
+                  + ", ".join(f"{f} {v:.2f}" for f, v in cost.items())
+                  + "; p50 secure/insecure = " + ", ".join(f"{f} {v:.2f}" for f, v in p50.items())
+                  + f"; ratio kernel/bare secure {s['ratio']:.2f}, insecure {n['ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -190,13 +190,14 @@ class System:
         self._load_keys()
 
     def _load_keys(self) -> None:
-        """The launcher's keyring from self.keys_dir (attached: SEALEDOS_KEYS, if set)."""
+        """The launcher's keyring from self.keys_dir; attached to a deployment, the
+        observer's from SEALEDOS_KEYS (its launcher key stays with its launcher)."""
         if self.config.insecure:
             return
         if self.keys_dir is None:
             found = os.environ.get(wkeys.KEYS_ENV)
             self.keys_dir = Path(found) if found else None
-        self.keys = wkeys.keyring(self.keys_dir, "launcher", False)
+        self.keys = wkeys.keyring(self.keys_dir, "observer" if self.attached else "launcher", False)
 
     def _security_env(self) -> dict[str, str]:
         """What every started service is told about security: its keys directory (each
