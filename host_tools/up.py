@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stall-ms", type=int, default=10000, help="delay of --hostile stall")
     p.add_argument("--trace", help="write a Chrome/Perfetto trace of faults and calls here")
     p.add_argument("--metrics-port", type=int, default=0)
+    p.add_argument("--insecure", action="store_true",
+                   help="NULL security on every connection (measurement only: no keys, no encryption)")
     p.add_argument("apps", nargs=argparse.REMAINDER, help="APP [ARGS] ... (default: memstress x3)")
     return p
 
@@ -84,7 +86,8 @@ def main(argv: list[str]) -> int:
                     pagers=args.pagers, hostile=args.hostile, no_seal=args.no_seal,
                     pager_timeout_ms=args.pager_timeout_ms, pager_retries=args.pager_retries,
                     trace=os.path.abspath(args.trace) if args.trace else None,
-                    metrics_port=args.metrics_port, stall_ms=args.stall_ms)
+                    metrics_port=args.metrics_port, stall_ms=args.stall_ms,
+                    insecure=args.insecure)
     console = Console(stderr=True)
 
     def interrupted(*_: Any) -> None:
