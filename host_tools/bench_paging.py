@@ -182,7 +182,7 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
 def measure(config: Config, rounds: int) -> dict[str, Any]:
     """All sealed-process measurements on one fresh system."""
     with System(config) as system:
-        with SealedProcess.connect(system.kernel_addr, "bench", __file__) as proc:
+        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "bench")) as proc:
             minor: list[float] = []
             major: list[float] = []
             for _ in range(rounds):
@@ -210,7 +210,7 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
     """Growth of the kernel's RSS per resident page (filling `frames` frames) and per
     swapped page (then pushing `swapped` more pages out), on a 1 GiB device."""
     with System(Config(frames=frames, disk_size_mib=1024)) as system:
-        with SealedProcess.connect(system.kernel_addr, "scale", __file__) as proc:
+        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "scale")) as proc:
             warm = frames // 8
             addr = proc.map(frames + swapped)
             for i in range(warm):

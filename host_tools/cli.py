@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kernel": ("kernel_daemon.kernel", "run the kernel daemon in the foreground"),
     "pager": ("pager_service.pager", "run an external pager in the foreground"),
     "disk": ("disk_service.disk", "run the disk service (block driver) in the foreground"),
-    "run": ("apps.run", "start one sealed process against a running kernel"),
+    "run": ("launcher.run", "start one sealed process against a running kernel"),
     "stats": ("host_tools.observe", "print the running kernel's counters"),
     "ps": ("host_tools.observe", "list sealed processes and services"),
     "health": ("host_tools.health", "is one component up and doing its job (healthchecks)"),

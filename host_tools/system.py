@@ -9,7 +9,7 @@ and restarts one that is alive but hung; stop() leaves no process and no socket.
 """
 from __future__ import annotations
 
-import secrets
+import os
 import socket
 import subprocess
 import threading
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from launcher import spawn
+from launcher.launch import Launcher, load_launcher_key, make_launcher_key
+from launcher.run import KEYS_ENV
 from wire.client import Client
 from wire.protocol import Op, ServiceError
 from host_tools.watchdog import Watchdog
@@ -30,8 +32,6 @@ APP_NICE: int = 10
 SUPERVISE_MS: int = 100
 #: How often the supervisor asks its watchdog which services are hung.
 WATCHDOG_MS: int = 500
-#: The environment variable carrying init's token to the kernel and to init.
-INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
 READY_TIMEOUT_S: float = 20.0
 #: How long a tracing kernel gets to write its trace file after SIGTERM.
 TRACE_STOP_GRACE_S: float = 30.0
@@ -83,10 +83,11 @@ class System:
     """Start, supervise and stop one local sealedos system."""
 
     def __init__(self, config: Config, rundir: Path | None = None,
-                 kernel_addr: str | None = None) -> None:
+                 kernel_addr: str | None = None, keys_dir: Path | None = None) -> None:
         """With kernel_addr, attach to a kernel someone else runs (a compose deployment):
         start() starts no service, only waits for its pagers and name service; spawn_app()
-        starts local sealed processes against it; stop() stops only those."""
+        starts local sealed processes against it, as the launcher whose key is in keys_dir
+        (default $SEALEDOS_KEYS); stop() stops only those."""
         if config.transport not in ("ipc", "tcp"):
             raise ValueError(f"transport must be ipc or tcp, not {config.transport!r}")
         self.config = config
@@ -95,7 +96,9 @@ class System:
         self.kernel_addr = kernel_addr or (
             spawn.ipc_addr(self.rundir, "kernel") if config.transport == "ipc"
             else f"tcp://127.0.0.1:{_free_port()}")
-        self.init_token = secrets.token_hex(16)
+        self.keys_dir = keys_dir or (Path(os.environ[KEYS_ENV]) if self.attached and
+                                     os.environ.get(KEYS_ENV) else self.rundir / "keys")
+        self.launcher: Launcher | None = None
         self.services: dict[str, Service] = {}
         self.events: list[tuple[float, str, str]] = []     # (time, service, what)
         self._lock = threading.RLock()
@@ -108,9 +111,11 @@ class System:
         """Start disks, kernel, init and pagers; return once the pagers have joined the kernel
         and init serves names.  Attached: only wait for that."""
         if self.attached:
+            self.launcher = Launcher(self.kernel_addr, load_launcher_key(self.keys_dir)[1])
             self.wait_pagers()
             self.wait_nameservice()
             return self
+        launcher_public, launcher_secret = make_launcher_key(self.keys_dir)
         c = self.config
         for m in range(c.pagers):
             addr = self._listen_addr(f"disk{m}")
@@ -121,19 +126,19 @@ class System:
         kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
                  "--policy", c.policy, "--pagers", str(c.pagers),
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
-                 "--pager-retries", str(c.pager_retries), *c.kernel_args]
+                 "--pager-retries", str(c.pager_retries), "--launcher-key", launcher_public,
+                 *c.kernel_args]
         if c.no_seal:
             kargs.append("--no-seal")
         if c.trace:
             kargs += ["--trace", c.trace]
         if c.metrics_port:
             kargs += ["--metrics-port", str(c.metrics_port)]
-        token_env = {INIT_TOKEN_ENV: self.init_token}
-        self._launch("kernel", "kernel", kargs, restart=False, env=token_env)
+        self._launch("kernel", "kernel", kargs, restart=False)
         for name in ["kernel"] + [f"disk{m}" for m in range(c.pagers)]:
             self._wait_listening(name)
-        init_cmd = spawn.python_cmd("run", "init", "--kernel", self.kernel_addr, "--name", "init")
-        self._start("init", "init", init_cmd, restart=False, env=token_env)
+        self.launcher = Launcher(self.kernel_addr, launcher_secret)
+        self._start_sealed("init", "init", "init", [])
         for m in range(c.pagers):
             pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
                      "--disk", self.services[f"disk{m}"].addr or "", "--mirror", str(m)]
@@ -219,15 +224,31 @@ class System:
         raise RuntimeError("init did not start the name service:\n" + self.log_tail("init"))
 
     def spawn_app(self, app: str, args: list[str], name: str, env: dict[str, str] | None = None) -> Service:
-        """Start one sealed process running `app` against this system's kernel."""
-        cmd = spawn.python_cmd("run", app, "--kernel", self.kernel_addr, "--name", name, *args)
+        """Start one sealed process running `app` against this system's kernel (admitted by
+        this system's launcher)."""
+        return self._start_sealed("app", app, name, args, env, nice=APP_NICE)
+
+    def _start_sealed(self, kind: str, program: str, name: str, args: list[str],
+                      env: dict[str, str] | None = None, nice: int = 0) -> Service:
+        """Admit and start one sealed process, logging to RUNDIR/NAME.log."""
+        if self.launcher is None:
+            raise RuntimeError("the system is not started")
         log = self.rundir / f"{name}.log"
-        svc = Service(name, "app", cmd, log, spawn.spawn(cmd, log, env, nice=APP_NICE),
-                      restart=False)
+        child = self.launcher.start(program, name, args, log, env, nice=nice,
+                                    local=not self.attached or self.kernel_addr.startswith("ipc://"))
+        svc = Service(name, kind, list(child.args), log, child, restart=False)
         svc.started.append(time.monotonic())
         with self._lock:
             self.services[name] = svc
         return svc
+
+    def admit(self, program: str, name: str, **override: Any) -> bytes:
+        """A credential for a sealed process of `program` that the caller runs itself (tests,
+        benchmarks: SealedProcess.connect(addr, cred)); the kernel will not watch or signal
+        it by host pid.  override: service-table fields for this one process (manifest ...)."""
+        if self.launcher is None:
+            raise RuntimeError("the system is not started")
+        return self.launcher.admit(program, name, **override)
 
     # -- supervision ----------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -313,6 +334,8 @@ class System:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        if self.launcher is not None:
+            self.launcher.close()
         order = {"app": 0, "init": 1, "pager": 1, "kernel": 2, "disk": 3}
         with self._lock:
             for svc in sorted(self.services.values(), key=lambda s: order[s.kind]):

@@ -19,11 +19,12 @@ capabilities:
 * The kernel stamps each delivered call with the caller's identity (spid, name, program,
   digest, manifest) as bound at REGISTER; a process cannot speak as another.
 
-The name service: the process whose REGISTER carries the kernel's init token is ``init``; the
+The name service: the process the launcher admitted with role ``init`` is init; the
 endpoint it creates with ``nameservice: true`` becomes handle 0 of every process.  Services
 register names with it (passing their endpoint capability) and apps look names up; init
-refuses names missing from the caller's manifest (the closed API).  Code is fixed: a process
-declares its program and digest at REGISTER and there is no operation that loads code.
+refuses lookups of names missing from the caller's manifest (the closed API) and
+registrations of names missing from its ``provides``.  Code is fixed: the launcher tells the
+kernel the program and the digest of the code it starts, and no operation loads code.
 
 Blocking, and death while blocked (the hard part)
 -------------------------------------------------
@@ -50,7 +51,6 @@ outstanding, calls queue FIFO on their endpoint, and a call leaves its place exa
 """
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -94,10 +94,9 @@ class Call:
 class Ipc:
     """Endpoints, capability tables and the CALL/RECEIVE/REPLY path of the kernel."""
 
-    def __init__(self, kernel: "Kernel", init_token: str | None = None) -> None:
+    def __init__(self, kernel: "Kernel") -> None:
         self.k = kernel
         self.max_bytes = kernel.ipc_max_bytes
-        self.init_token = init_token or None
         self.init: Proc | None = None
         self.root: Endpoint | None = None
         self.tables: dict[int, CapTable] = {}
@@ -110,19 +109,13 @@ class Ipc:
             self.stats.setdefault(key, 0)
 
     # -- identity, init, tables ---------------------------------------------------------
-    def check_init_token(self, token: Any) -> bool:
-        """True when a REGISTER's init_token makes it init; EPERM for a wrong or late one."""
-        if token is None:
-            return False
-        if not self.init_token or not isinstance(token, str) or \
-                not hmac.compare_digest(token.encode(), self.init_token.encode()):
-            raise ServiceError(Err.PERM, "register: wrong init token")
+    def check_init_free(self) -> None:
+        """EPERM unless an init may register now (there is no live init)."""
         if self.init is not None and self.init.alive:
             raise ServiceError(Err.PERM, "register: init is already running")
-        return True
 
     def set_init(self, proc: Proc) -> None:
-        """`proc` registered with the init token: it is init."""
+        """`proc` registered with a credential the launcher admitted as init: it is init."""
         self.init = proc
 
     def table(self, proc: Proc) -> CapTable:

@@ -18,8 +18,6 @@ before there is a control thread, and EXIT, sent on the way out, have timeouts o
 from __future__ import annotations
 
 import itertools
-import os
-import socket
 import threading
 import time
 from typing import Any
@@ -151,24 +149,22 @@ class Kernel:
         return exc
 
     # -- the syscalls -------------------------------------------------------------------
-    def register(self, name: str, program: str, digest: str, manifest: list[str],
-                 init_token: str | None = None) -> dict[str, Any]:
-        """REGISTER this process; return {spid, secret, nframes, page_size}.
+    def register(self, cred: bytes) -> dict[str, Any]:
+        """REGISTER with the credential the launcher handed this process; return {spid,
+        secret, name, role, nframes, page_size}.
 
-        The program and digest are fixed from here on (no syscall loads code); the manifest
-        lists the services this process may look up; init_token only for init."""
-        self.name = name
-        extra = {"init_token": init_token} if init_token else {}
-        reply = self.call(Op.REGISTER, timeout_ms=KERNEL_DEAD_MS, name=name, program=program,
-                          digest=digest, host=socket.gethostname(), hostpid=os.getpid(),
-                          manifest=list(manifest), **extra)
-        for key, typ in (("spid", int), ("secret", bytes), ("nframes", int), ("page_size", int)):
+        Everything the kernel knows about this process (name, program, digest, manifest,
+        role) it got from the launcher for this credential, not from here."""
+        reply = self.call(Op.REGISTER, timeout_ms=KERNEL_DEAD_MS, cred=cred)
+        for key, typ in (("spid", int), ("secret", bytes), ("nframes", int), ("page_size", int),
+                         ("name", str), ("role", str)):
             if not isinstance(reply.get(key), typ):
                 raise self._named(KernelProtocolError(f"register: reply lacks {key!r}"))
         if reply["page_size"] != PAGE_SIZE or reply["nframes"] <= 0:
             raise self._named(KernelProtocolError(f"register: page size {reply['page_size']} "
                                                   f"/ {reply['nframes']} frames unsupported"))
         self.spid = reply["spid"]
+        self.name = reply["name"]
         return reply
 
     def map(self, addr: int, npages: int, prot: int) -> int:

@@ -116,8 +116,9 @@ def me(system: System) -> Iterator[Callable[..., SealedProcess]]:
     procs: list[SealedProcess] = []
 
     def make(manifest: list[str] | None = None) -> SealedProcess:
-        p = SealedProcess.connect(system.kernel_addr, f"test.{next(_names)}", __file__,
-                                  manifest=manifest if manifest is not None else ["*"])
+        cred = system.admit("echo", f"test.{next(_names)}", provides=("*",),
+                            manifest=tuple(manifest) if manifest is not None else ("*",))
+        p = SealedProcess.connect(system.kernel_addr, cred)
         procs.append(p)
         return p
     yield make
@@ -382,8 +383,7 @@ def test_a_peer_that_never_registered_gets_only_errors(system: System) -> None:
                 c.call(op, **fields)
             assert info.value.code == Err.NOTREG
         with pytest.raises(ServiceError) as info:
-            c.call(Op.REGISTER, name="fake-init", program="init", digest="x", host="h",
-                   hostpid=1, init_token="guess")
+            c.call(Op.REGISTER, cred=os.urandom(32))           # a credential never issued
         assert info.value.code == Err.PERM
 
 

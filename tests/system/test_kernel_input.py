@@ -2,8 +2,6 @@
 reply, and the kernel keeps serving (real kernel process, raw ZeroMQ client)."""
 from __future__ import annotations
 
-import os
-import socket
 from typing import Callable
 
 import msgpack
@@ -17,8 +15,7 @@ from host_tools.system import System
 def registered(system: System) -> tuple[Client, dict]:
     """A raw connection registered as a sealed process (not attached)."""
     c = Client(system.kernel_addr)
-    reg = c.call(Op.REGISTER, name="raw", program="raw", digest="0" * 64,
-                 host=socket.gethostname(), hostpid=os.getpid())
+    reg = c.call(Op.REGISTER, cred=system.admit("memstress", "raw"))
     return c, reg
 
 
@@ -68,8 +65,7 @@ def test_registered_process_mistakes_are_errors_not_crashes(system: System) -> N
         (Op.FAULT, {"vpn": 1, "access": "r", "refs": []}, Err.PERM),          # not attached
         (Op.HEARTBEAT, {"refs": []}, Err.PERM),                              # wrong connection
         (Op.ATTACH, {"spid": reg["spid"], "secret": b"forged-secret!!!"}, Err.PERM),
-        (Op.REGISTER, {"name": "x", "program": "x", "digest": "x", "host": "h", "hostpid": 1},
-         Err.PERM),                                                          # twice
+        (Op.REGISTER, {"cred": system.admit("memstress", "again")}, Err.PERM),   # twice
     ]
     for op, fields, code in cases:
         with pytest.raises(ServiceError) as e:
