@@ -29,6 +29,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from apps.runtime import SealedError, SealedProcess
 from apps.runtime.app import app_parser
 from apps.runtime.ipc import NAMESERVICE_CONTRACT, Received, allowed
@@ -50,6 +52,20 @@ class NameService:
 
     def __init__(self) -> None:
         self.names: dict[str, Entry] = {}
+
+    def dump(self) -> bytes:
+        """The table as bytes, for the kernel to hand the next init (STASH)."""
+        return msgpack.packb({n: [e.handle, e.spid, e.program, e.digest]
+                              for n, e in self.names.items()})
+
+    @classmethod
+    def restore(cls, data: bytes) -> "NameService":
+        """The table a previous init stashed (its handles are ours now); empty if none."""
+        ns = cls()
+        if data:
+            for name, (handle, spid, program, digest) in msgpack.unpackb(data).items():
+                ns.names[name] = Entry(handle, spid, program, digest)
+        return ns
 
     def handle(self, rcv: Received) -> tuple[dict[str, Any], list[int], int | None]:
         """(reply, caps to pass, handle init no longer needs) for one request."""
@@ -94,8 +110,9 @@ def _refuse(code: str, reason: str) -> dict[str, Any]:
 
 
 def serve(proc: SealedProcess, handle: int) -> None:
-    """Answer name-service requests forever (reply-and-receive: one syscall per request)."""
-    ns = NameService()
+    """Answer name-service requests forever (reply-and-receive: one syscall per request),
+    starting from the names a previous init left; every change is stashed for the next."""
+    ns = NameService.restore(proc.inheritance)
     rcv: Received | None = proc.receive(handle)
     while True:
         assert rcv is not None
@@ -110,6 +127,8 @@ def serve(proc: SealedProcess, handle: int) -> None:
             rcv = proc.receive(handle)
         if drop is not None:
             _close_quietly(proc, drop)
+        if reply.get("kind") == "ok":                  # a name was published: keep it safe
+            proc.stash(ns.dump())
 
 
 def _close_quietly(proc: SealedProcess, handle: int) -> None:

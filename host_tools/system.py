@@ -138,7 +138,7 @@ class System:
         for name in ["kernel"] + [f"disk{m}" for m in range(c.pagers)]:
             self._wait_listening(name)
         self.launcher = Launcher(self.kernel_addr, launcher_secret)
-        self._start_sealed("init", "init", "init", [])
+        self._start_sealed("init", "init", "init", []).restart = True   # names survive it
         for m in range(c.pagers):
             pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
                      "--disk", self.services[f"disk{m}"].addr or "", "--mirror", str(m)]
@@ -283,10 +283,17 @@ class System:
                     continue
                 svc.exit_codes.append(code)
                 self.events.append((time.monotonic(), svc.name, f"exited {code}"))
-                svc.proc = spawn.spawn(svc.cmd, svc.log, svc.env)
+                svc.proc = self._relaunch(svc)
                 svc.restarts += 1
                 svc.started.append(time.monotonic())
                 self.events.append((time.monotonic(), svc.name, "restarted"))
+
+    def _relaunch(self, svc: Service) -> subprocess.Popen[bytes]:
+        """A new instance of a restartable service: a service's command again, or init
+        admitted afresh (a sealed process needs a new credential)."""
+        if svc.kind == "init" and self.launcher is not None:
+            return self.launcher.start("init", svc.name, [], svc.log)
+        return spawn.spawn(svc.cmd, svc.log, svc.env)
 
     def restarts(self) -> dict[str, int]:
         """How many times each restartable service was brought back."""

@@ -60,7 +60,7 @@ from kernel_daemon.caps import (
 from kernel_daemon.contract import check, compile_contract, decode_payload
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
-from wire.protocol import PAGE_SIZE, Err, ServiceError
+from wire.protocol import PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
 from wire.server import SUSPEND, Request
 
 if TYPE_CHECKING:
@@ -91,6 +91,15 @@ class Call:
     done: bool = False                    # answered or failed: the caller is no longer waiting
 
 
+@dataclass(slots=True)
+class InitLegacy:
+    """What a dead init leaves its successor: the capabilities it held (same handles) and
+    the stash it last saved (its name table)."""
+    handles: dict[int, Endpoint]
+    next_handle: int
+    stash: bytes
+
+
 class Ipc:
     """Endpoints, capability tables and the CALL/RECEIVE/REPLY path of the kernel."""
 
@@ -98,6 +107,8 @@ class Ipc:
         self.k = kernel
         self.max_bytes = kernel.ipc_max_bytes
         self.init: Proc | None = None
+        self.stash = b""                       # init's latest STASH
+        self.legacy: InitLegacy | None = None  # a dead init's capabilities, for the next one
         self.root: Endpoint | None = None
         self.tables: dict[int, CapTable] = {}
         self.endpoints: dict[int, Endpoint] = {}
@@ -114,9 +125,29 @@ class Ipc:
         if self.init is not None and self.init.alive:
             raise ServiceError(Err.PERM, "register: init is already running")
 
-    def set_init(self, proc: Proc) -> None:
-        """`proc` registered with a credential the launcher admitted as init: it is init."""
+    def set_init(self, proc: Proc) -> bytes:
+        """`proc` registered with a credential the launcher admitted as init: it is init, and
+        inherits what a previous init left (its capabilities, same handles); return the
+        previous init's stash (b"" if none)."""
         self.init = proc
+        legacy, self.legacy = self.legacy, None
+        if legacy is None:
+            return b""
+        t = self.table(proc)
+        t.handles.update({h: ep for h, ep in legacy.handles.items() if ep.alive})
+        t.next_handle = max(t.next_handle, legacy.next_handle)
+        return legacy.stash
+
+    def save_stash(self, req: Request) -> dict[str, Any]:
+        """STASH: init saves what its successor inherits (EPERM for anyone else)."""
+        if req.caller is not self.init:
+            raise ServiceError(Err.PERM, "stash: only init may stash")
+        data: bytes = req.msg["data"]
+        if len(data) > STASH_MAX_BYTES:
+            raise ServiceError(Err.MSGSIZE, f"stash: {len(data)} bytes exceeds the "
+                                            f"{STASH_MAX_BYTES}-byte limit")
+        self.stash = data
+        return {}
 
     def table(self, proc: Proc) -> CapTable:
         """proc's capability table (created on first use)."""
@@ -398,11 +429,15 @@ class Ipc:
 
     # -- death ------------------------------------------------------------------------------
     def reclaim(self, proc: Proc) -> None:
-        """A process is gone: fail what waits on it, withdraw its calls, drop its capabilities."""
-        if proc is self.init:
+        """A process is gone: fail what waits on it, withdraw its calls, drop its capabilities
+        (a dead init's go to the next init, with its stash)."""
+        was_init = proc is self.init
+        if was_init:
             self.init = None
         t = self.tables.pop(proc.spid, None)
         if t is None:
+            if was_init:
+                self.legacy = InitLegacy({}, 1, self.stash)
             return
         call = t.calling
         if call is not None and not call.done:
@@ -422,6 +457,9 @@ class Ipc:
             ep = self.endpoints.get(eid)
             if ep is not None:
                 ep.chans.pop(proc.spid, None)
+        if was_init:
+            self.legacy = InitLegacy({h: ep for h, ep in t.handles.items() if ep.alive},
+                                     t.next_handle, self.stash)
         t.handles.clear()
         t.serving.clear()
 

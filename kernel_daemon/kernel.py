@@ -154,15 +154,20 @@ class Kernel(Server):
             raise ServiceError(Err.PERM, "register: no credential")
         adm = self.procs.admissions.get(key)
         if adm is not None and adm.role == "init":
+            old = self.ipc.init
+            if old is not None and old.is_local() and \
+                    _same_process(old.hostpid, old.host_started) is None:
+                self.reclaim(old, "died", ProcState.KILLED)      # its successor is here first
             self.ipc.check_init_free()
         proc = self.procs.register(req.peer, key, self.host)
+        out = {"spid": proc.spid, "secret": proc.secret, "name": proc.name, "role": proc.role,
+               "nframes": self.vm.pool.nframes, "page_size": PAGE_SIZE}
         if proc.role == "init":
-            self.ipc.set_init(proc)
+            out["stash"] = self.ipc.set_init(proc)
         self.tracer.name_track(proc.spid, f"{proc.name} (spid {proc.spid})")
         self.log.info("registered %s (%s) as spid %d (host pid %d)", proc.name, proc.program,
                       proc.spid, proc.hostpid)
-        return {"spid": proc.spid, "secret": proc.secret, "name": proc.name, "role": proc.role,
-                "nframes": self.vm.pool.nframes, "page_size": PAGE_SIZE}
+        return out
 
     def do_attach(self, req: Request) -> dict[str, Any]:
         """Bind a process's control connection, proven by the secret."""
@@ -242,6 +247,10 @@ class Kernel(Server):
     def do_cap_close(self, req: Request) -> dict[str, Any]:
         """Drop a capability handle."""
         return self.ipc.cap_close(req)
+
+    def do_stash(self, req: Request) -> dict[str, Any]:
+        """init saves what its successor inherits."""
+        return self.ipc.save_stash(req)
 
     # -- pagers ---------------------------------------------------------------------------
     def do_pager_hello(self, req: Request) -> dict[str, Any]:

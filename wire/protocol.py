@@ -33,6 +33,8 @@ BLOCK_SIZE: Final[int] = PAGE_SIZE
 MAX_FRAME_BYTES: Final[int] = 1 << 20
 #: Default cap on one IPC message's payload (configurable on the kernel).
 IPC_MAX_PAYLOAD_BYTES: Final[int] = 64 * 1024
+#: Most bytes init may STASH for its successor.
+STASH_MAX_BYTES: Final[int] = 256 * 1024
 #: Hard transport guard (ZMQ_MAXMSGSIZE): a peer sending more is disconnected by libzmq.
 TRANSPORT_MAX_BYTES: Final[int] = 16 << 20
 
@@ -53,6 +55,7 @@ class Op(StrEnum):
     RECEIVE = "receive"            # block until a call arrives on an endpoint
     REPLY = "reply"                # answer a received call
     CAP_CLOSE = "cap_close"        # drop a capability handle
+    STASH = "stash"                # init only: what its successor inherits (its name table)
     # -- sealed process -> kernel (control connection) --------------------------------
     ATTACH = "attach"              # bind the control connection (needs the secret)
     HEARTBEAT = "heartbeat"        # liveness + harvested reference bits
@@ -144,6 +147,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
     Op.RECEIVE: {"handle": int},
     Op.REPLY: {"call": int, "msg": bytes},
     Op.CAP_CLOSE: {"handle": int},
+    Op.STASH: {"data": bytes},
     Op.ATTACH: {"spid": int, "secret": bytes},
     Op.HEARTBEAT: {"refs": list},
     Op.SHOOTDOWN: {"vpn": int, "frame": int, "want": bool},
@@ -168,7 +172,10 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #:   insecure transport; on CURVE the connection's authenticated key is the credential).
 #:   The process's name, program, digest, manifest, provides, quota and role come from the
 #:   ADMIT the launcher sent for that credential, never from the process.  Reply: ``spid``,
-#:   ``secret`` (for ATTACH), ``name``, ``role``, ``nframes``, ``page_size``.
+#:   ``secret`` (for ATTACH), ``name``, ``role``, ``nframes``, ``page_size``; for init also
+#:   ``stash``: what the previous init STASHed (its capabilities keep their handles).
+#: * STASH (init only) ``data``: at most STASH_MAX_BYTES the next init receives if this one
+#:   dies (init's name table: a restarted init gets its registered names back).
 #: * ADMIT (launcher only; ``cred``: the launcher's own secret on an insecure transport):
 #:   ``name``, ``program`` and ``digest`` (sha256 of the code the launcher starts),
 #:   ``role`` ("app" or "init"), ``manifest`` (names it may look up), ``provides`` (names it

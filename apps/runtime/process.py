@@ -28,7 +28,7 @@ from apps.runtime.mmu import Mmu
 from apps.runtime.syscall import Kernel
 from apps.runtime.varray import VArray
 from wire.credential import CRED_FD_ENV, read_inherited
-from wire.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W
+from wire.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W, Op
 
 
 def inherited_credential() -> bytes:
@@ -57,6 +57,7 @@ class SealedProcess:
         self.name = name
         self.program = program
         self.role = "app"
+        self.inheritance = b""            # init only: what the previous init stashed
         self.closed = False
         self.ipc = Ipc(kernel, mmu)
         # Word access is the TLB-hit path: bind the MMU's methods directly (one call less
@@ -88,6 +89,8 @@ class SealedProcess:
             raise
         proc = cls(kernel, bank, mmu, control, reg["spid"], reg["name"], "")
         proc.role = reg["role"]
+        stash = reg.get("stash")
+        proc.inheritance = stash if isinstance(stash, bytes) else b""
         return proc
 
     # -- regions -----------------------------------------------------------------------
@@ -165,6 +168,10 @@ class SealedProcess:
     def register_name(self, name: str, handle: int) -> None:
         """Publish own endpoint `handle` under `name` with init."""
         self.ipc.register_name(name, handle)
+
+    def stash(self, data: bytes) -> None:
+        """(init only) Save what the next init inherits if this one dies."""
+        self.kernel.call(Op.STASH, data=data)
 
     # -- reporting and leaving ----------------------------------------------------------------
     def report(self, **data: Any) -> None:

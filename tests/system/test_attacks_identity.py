@@ -144,3 +144,26 @@ def test_a_claimed_host_pid_is_never_signalled(system: System) -> None:
     finally:
         decoy.kill()
         decoy.wait()
+
+
+def test_a_restarted_init_gets_its_registered_names_back(system: System) -> None:
+    server = system.spawn_app("kvstore", ["--slots", "64"], "kv.server2")
+    probe = SealedProcess.connect(system.kernel_addr, system.admit("kvstore", "probe"))
+    try:
+        probe.lookup("kv", wait_s=20)                    # init has the name
+        first = system.stats()["kernel"]["ipc"]["init_spid"]
+        os.kill(system.services["init"].pid, 9)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ipc = system.stats()["kernel"]["ipc"]
+            if ipc["nameservice"] and ipc["init_spid"] not in (None, first):
+                break
+            time.sleep(0.1)
+        assert system.services["init"].restarts == 1
+        assert system.stats()["kernel"]["ipc"]["init_spid"] not in (None, first)
+        client = system.spawn_app("kvstore", ["--client", "--ops", "40"], "kv.client2")
+        assert client.proc.wait(60) == 0, system.process("kv.client2")["report"]
+        assert system.process("kv.client2")["checksum"] == "verified"
+    finally:
+        probe.close()
+        server.proc.terminate()
