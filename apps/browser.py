@@ -21,7 +21,6 @@ from apps.runtime import SealedProcess
 from apps.runtime.app import app_parser, run_reporting
 from apps.runtime.errors import PeerDied
 
-MANIFEST: list[str] = ["plugin.*"]
 #: How long the browser waits for a plugin to register (plugins may start after it).
 LOOKUP_WAIT_S: float = 10.0
 
@@ -69,7 +68,7 @@ def main(argv: list[str]) -> int:
     """`sealedos run browser ...`"""
     args = build_parser().parse_args(argv)
     plugins = [p for p in args.plugins.split(",") if p]
-    with SealedProcess.connect(args.kernel, args.name, __file__, manifest=MANIFEST) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         return run_reporting(proc, lambda: browse(proc, plugins, args.rounds, args.interval_ms / 1000.0))
 
 

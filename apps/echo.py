@@ -53,8 +53,6 @@ ECHO_CONTRACT: dict[str, Any] = {
                               "npages": {"type": "int", "min": 0}}},
     },
 }
-#: What an echo client may look up.
-MANIFEST: list[str] = ["echo", "echo.*"]
 REPORT_EVERY_S: float = 0.5
 GO_POLL_S: float = 0.05
 #: How long a client waits for its target to register (servers may start after it).
@@ -201,8 +199,7 @@ def main(argv: list[str]) -> int:
     if args.duration > 0 and not args.out:
         print("echo: --duration needs --out", file=sys.stderr)
         return 2
-    manifest = MANIFEST if args.client else []
-    with SealedProcess.connect(args.kernel, args.name, __file__, manifest=manifest) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         if not args.client:
             serve(proc, args.register, args.delay_ms, args.stall)
             return 0

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from apps.echo import MANIFEST
 from apps.runtime import SealedError, SealedProcess
 from apps.runtime.app import app_parser, run_reporting
 from apps.runtime.errors import BadHandle, NotFound, PeerDied
@@ -135,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run echoload ...`"""
     args = build_parser().parse_args(argv)
-    with SealedProcess.connect(args.kernel, args.name, __file__, manifest=MANIFEST) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         return run_reporting(proc, lambda: run(proc, args))
 
 

@@ -1,16 +1,17 @@
 """init: the trusted first sealed process, and the name service.
 
-    SEALEDOS_INIT_TOKEN=... sealedos run init --kernel ADDR
+    sealedos run init --kernel ADDR          (the launcher admits it with role init)
 
 The system starts init right after the kernel, before any app (System, `sealedos up`, and
-its own container in compose), with the kernel's init token in its environment.  Its
-REGISTER carries the token, so the kernel knows it is init; the endpoint it then creates
-with ``nameservice`` becomes handle 0 of every process.
+its own container in compose).  The launcher admits it with the role the service table gives
+program ``init``, so the kernel knows it is init without any secret of init's own; the
+endpoint it then creates with ``nameservice`` becomes handle 0 of every process.
 
 The names protocol (apps.runtime.ipc.NAMESERVICE_CONTRACT):
 
-* ``register {name}`` + one capability: publish an endpoint.  A free name is taken; a name
-  already held is given to a new holder only if it runs the same program with the same
+* ``register {name}`` + one capability: publish an endpoint, if the caller's ``provides``
+  (from the service table, stamped by the kernel) lists the name.  A free name is taken; a
+  name already held is given to a new holder only if it runs the same program with the same
   digest (a restarted service takes its name back); anyone else is refused (EPERM).
 * ``lookup {name}``: the capability, if the caller's manifest lists the name (shell
   patterns, e.g. ``plugin.*``); otherwise ``refused {code: EPERM}`` -- the closed API: an
@@ -24,18 +25,16 @@ logged and forgotten.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from apps.runtime import KERNEL_ADDR_ENV, SealedError, SealedProcess
+import msgpack
+
+from apps.runtime import SealedError, SealedProcess
 from apps.runtime.app import app_parser
 from apps.runtime.ipc import NAMESERVICE_CONTRACT, Received, allowed
 
-INIT_TOKEN_ENV: str = "SEALEDOS_INIT_TOKEN"
-#: Or a file holding it (compose: written by the one-shot keys service, no default token).
-INIT_TOKEN_FILE_ENV: str = "SEALEDOS_INIT_TOKEN_FILE"
 MAX_NAMES: int = 1024
 
 
@@ -53,6 +52,20 @@ class NameService:
 
     def __init__(self) -> None:
         self.names: dict[str, Entry] = {}
+
+    def dump(self) -> bytes:
+        """The table as bytes, for the kernel to hand the next init (STASH)."""
+        return msgpack.packb({n: [e.handle, e.spid, e.program, e.digest]
+                              for n, e in self.names.items()})
+
+    @classmethod
+    def restore(cls, data: bytes) -> "NameService":
+        """The table a previous init stashed (its handles are ours now); empty if none."""
+        ns = cls()
+        if data:
+            for name, (handle, spid, program, digest) in msgpack.unpackb(data).items():
+                ns.names[name] = Entry(handle, spid, program, digest)
+        return ns
 
     def handle(self, rcv: Received) -> tuple[dict[str, Any], list[int], int | None]:
         """(reply, caps to pass, handle init no longer needs) for one request."""
@@ -77,6 +90,10 @@ class NameService:
         name, sender = rcv.msg["name"], rcv.sender
         if len(rcv.caps) != 1:
             return _refuse("EINVAL", "register needs exactly one endpoint capability"), [], None
+        if not allowed(sender.provides, name):
+            return (_refuse("EPERM", f"{name!r} is not among the names program "
+                                     f"{sender.program} provides "
+                                     f"({', '.join(sender.provides) or 'none'})"), [], rcv.caps[0])
         old = self.names.get(name)
         if old is not None and (old.program, old.digest) != (sender.program, sender.digest):
             return (_refuse("EPERM", f"{name!r} is held by program {old.program} (spid "
@@ -93,8 +110,9 @@ def _refuse(code: str, reason: str) -> dict[str, Any]:
 
 
 def serve(proc: SealedProcess, handle: int) -> None:
-    """Answer name-service requests forever (reply-and-receive: one syscall per request)."""
-    ns = NameService()
+    """Answer name-service requests forever (reply-and-receive: one syscall per request),
+    starting from the names a previous init left; every change is stashed for the next."""
+    ns = NameService.restore(proc.inheritance)
     rcv: Received | None = proc.receive(handle)
     while True:
         assert rcv is not None
@@ -109,6 +127,8 @@ def serve(proc: SealedProcess, handle: int) -> None:
             rcv = proc.receive(handle)
         if drop is not None:
             _close_quietly(proc, drop)
+        if reply.get("kind") == "ok":                  # a name was published: keep it safe
+            proc.stash(ns.dump())
 
 
 def _close_quietly(proc: SealedProcess, handle: int) -> None:
@@ -126,17 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """Register as init (the token from the environment) and serve names until killed."""
+    """Register (the launcher admitted this process as init) and serve names until killed."""
     args = build_parser().parse_args(argv)
-    token = os.environ.get(INIT_TOKEN_ENV)
-    token_file = os.environ.get(INIT_TOKEN_FILE_ENV)
-    if not token and token_file and os.path.exists(token_file):
-        with open(token_file, encoding="ascii") as f:
-            token = f.read().strip()
-    if not args.kernel or not token:
-        print(f"init: needs --kernel (or {KERNEL_ADDR_ENV}) and {INIT_TOKEN_ENV}", file=sys.stderr)
-        return 2
-    with SealedProcess.connect(args.kernel, args.name, __file__, init_token=token) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
+        if proc.role != "init":
+            print(f"init: the kernel registered this process as {proc.role!r}, not init "
+                  f"(start it with the launcher, program init)", file=sys.stderr)
+            return 2
         serve(proc, proc.endpoint(NAMESERVICE_CONTRACT, nameservice=True))
     return 0
 

@@ -54,7 +54,6 @@ KV_CONTRACT: dict[str, Any] = {
                          "delete": {"ok": "ready", "missing": "ready"},
                          "stats": {"stats": "ready"}}},
 }
-MANIFEST: list[str] = ["kv", "kv.*"]
 #: How long a client waits for the server to register (it may start after the client).
 LOOKUP_WAIT_S: float = 10.0
 
@@ -197,8 +196,7 @@ def main(argv: list[str]) -> int:
     if args.slots < 1 or args.ops < 0:
         print("kvstore: --slots must be positive and --ops not negative", file=sys.stderr)
         return 2
-    manifest = MANIFEST if args.client else []
-    with SealedProcess.connect(args.kernel, args.name, __file__, manifest=manifest) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         if not args.client:
             serve(proc, args.slots, args.register)
             return 0

@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
     if args.pages < 1 or args.passes < 1 and args.duration <= 0:
         print("memstress: --pages and --passes must be at least 1", file=sys.stderr)
         return 2
-    with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         status = run(proc, args.pages, args.seed, args.passes, args.duration)
         proc.close(status)
     return status

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     """Write the pattern, churn, verify; exit 0 when every pattern page reads back intact."""
     args = build_parser().parse_args(argv)
     page = page_of(args.text)
-    with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         base = proc.map(args.pages)
         for i in range(args.pages):
             proc.write(base + i * PAGE_SIZE, page)

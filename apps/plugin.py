@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """`sealedos run plugin ...`"""
     args = build_parser().parse_args(argv)
-    with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         serve(proc, args.register or args.name)
     return 0
 

@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"refstring: bad --pages: {exc}", file=sys.stderr)
         return 2
-    with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         base = proc.map(max(refs) + 1)
         last, bad = touch_all(proc, base, refs)
         faults = proc.counters()["tlb_misses"]

@@ -184,9 +184,8 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
 def measure(config: Config, rounds: int) -> dict[str, Any]:
     """All sealed-process measurements on one fresh system."""
     with System(config) as system:
-        keys = system.keyring("app")
-        with SealedProcess.connect(system.kernel_addr, "bench", __file__, keypair=keys.own,
-                                   kernel_public=keys.publics.get("kernel")) as proc:
+        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "bench"),
+                                   kernel_public=system.kernel_public()) as proc:
             minor: list[float] = []
             major: list[float] = []
             for _ in range(rounds):
@@ -214,9 +213,8 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
     """Growth of the kernel's RSS per resident page (filling `frames` frames) and per
     swapped page (then pushing `swapped` more pages out), on a 1 GiB device."""
     with System(Config(frames=frames, disk_size_mib=1024)) as system:
-        keys = system.keyring("app")
-        with SealedProcess.connect(system.kernel_addr, "scale", __file__, keypair=keys.own,
-                                   kernel_public=keys.publics.get("kernel")) as proc:
+        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "scale"),
+                                   kernel_public=system.kernel_public()) as proc:
             warm = frames // 8
             addr = proc.map(frames + swapped)
             for i in range(warm):

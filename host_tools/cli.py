@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kernel": ("kernel_daemon.kernel", "run the kernel daemon in the foreground"),
     "pager": ("pager_service.pager", "run an external pager in the foreground"),
     "disk": ("disk_service.disk", "run the disk service (block driver) in the foreground"),
-    "run": ("apps.run", "start one sealed process against a running kernel"),
+    "run": ("launcher.run", "start one sealed process against a running kernel"),
     "stats": ("host_tools.observe", "print the running kernel's counters"),
     "ps": ("host_tools.observe", "list sealed processes and services"),
     "health": ("host_tools.health", "is one component up and doing its job (healthchecks)"),
@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "top": ("host_tools.top", "live view of the running system"),
     "bench": ("host_tools.bench", "benchmarks: `bench paging`, `bench ipc`"),
     "chaos": ("host_tools.chaos", "kill components under load and report recovery"),
+    "tcb": ("host_tools.tcb", "the size of the trusted base (kernel, wire, launcher)"),
     "keys": ("host_tools.keys_cmd", "generate every principal's CURVE keypair"),
 }
 

@@ -6,25 +6,19 @@ key service, or by hand for services started one by one).
 writes ``KEYS/priv/<principal>/<principal>.key_secret`` (0700 directory, 0600 file: in compose
 each is its own volume, mounted only into that principal's container) and
 ``KEYS/public/<principal>.key`` (a volume every container mounts read-only).  Principals:
-kernel, launcher, observer, pager0..N-1, disk0..N-1, and ``app`` (the sealed processes' key
-until the kernel's ADMIT hands each its own credential), and init's token in
-``KEYS/priv/init/init.token`` (mounted into the kernel's and init's containers only).  Existing
-keys are kept (a restarted deployment keeps talking), unless --force.
+kernel, launcher, observer, pager0..N-1, disk0..N-1 (a sealed process has no fixed key: the
+launcher's ADMIT gets it a one-time credential, which is its CURVE secret key).  Existing keys
+are kept (a restarted deployment keeps talking), unless --force.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import sys
 from pathlib import Path
 
 from wire import keys as wkeys
 
-#: The sealed processes' shared principal (host_tools.system.APP_PRINCIPAL).
-APP_PRINCIPAL: str = "app"
-#: init's token (shared by the kernel and init only): KEYS/priv/init/init.token.
-INIT_TOKEN_FILE: str = "init.token"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,16 +39,10 @@ def main(argv: list[str]) -> int:
         print("sealedos keys: give --dir (or SEALEDOS_KEYS) and --pagers >= 1", file=sys.stderr)
         return 2
     keys_dir = Path(args.dir)
-    wanted = [*wkeys.principals_for(args.pagers), APP_PRINCIPAL]
+    wanted = wkeys.principals_for(args.pagers)
     missing = [p for p in wanted if args.force or not wkeys.secret_path(keys_dir, p).exists()
                or not (keys_dir / "public" / f"{p}.key").exists()]
     wkeys.generate(keys_dir, missing)
-    token = keys_dir / "priv" / "init" / INIT_TOKEN_FILE
-    if args.force or not token.exists():
-        token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        token.write_text(secrets.token_hex(32), encoding="ascii")
-        token.chmod(0o600)
-        print(f"init token written to {token}")
     for principal in wanted:
         public = wkeys.load_public(keys_dir, principal).decode("ascii")
         print(f"{principal:<10} {public} {'new' if principal in missing else 'kept'}")

@@ -72,7 +72,8 @@ class CapTable:
     def of(cls, proc: Proc) -> "CapTable":
         """An empty table for proc, with the identity the kernel bound at REGISTER."""
         return cls(proc, {"spid": proc.spid, "name": proc.name, "program": proc.program,
-                          "digest": proc.digest, "manifest": list(proc.manifest)})
+                          "digest": proc.digest, "manifest": list(proc.manifest),
+                          "provides": list(proc.provides)})
 
     def lookup(self, handle: int, root: Endpoint | None) -> Endpoint:
         """The endpoint `handle` names here (0: root); EBADHANDLE if forged or stale."""

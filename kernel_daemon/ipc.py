@@ -19,11 +19,12 @@ capabilities:
 * The kernel stamps each delivered call with the caller's identity (spid, name, program,
   digest, manifest) as bound at REGISTER; a process cannot speak as another.
 
-The name service: the process whose REGISTER carries the kernel's init token is ``init``; the
+The name service: the process the launcher admitted with role ``init`` is init; the
 endpoint it creates with ``nameservice: true`` becomes handle 0 of every process.  Services
 register names with it (passing their endpoint capability) and apps look names up; init
-refuses names missing from the caller's manifest (the closed API).  Code is fixed: a process
-declares its program and digest at REGISTER and there is no operation that loads code.
+refuses lookups of names missing from the caller's manifest (the closed API) and
+registrations of names missing from its ``provides``.  Code is fixed: the launcher tells the
+kernel the program and the digest of the code it starts, and no operation loads code.
 
 Blocking, and death while blocked (the hard part)
 -------------------------------------------------
@@ -50,7 +51,6 @@ outstanding, calls queue FIFO on their endpoint, and a call leaves its place exa
 """
 from __future__ import annotations
 
-import hmac
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,7 +60,7 @@ from kernel_daemon.caps import (
 from kernel_daemon.contract import check, compile_contract, decode_payload
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
-from wire.protocol import PAGE_SIZE, Err, ServiceError
+from wire.protocol import PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
 from wire.server import SUSPEND, Request
 
 if TYPE_CHECKING:
@@ -91,14 +91,24 @@ class Call:
     done: bool = False                    # answered or failed: the caller is no longer waiting
 
 
+@dataclass(slots=True)
+class InitLegacy:
+    """What a dead init leaves its successor: the capabilities it held (same handles) and
+    the stash it last saved (its name table)."""
+    handles: dict[int, Endpoint]
+    next_handle: int
+    stash: bytes
+
+
 class Ipc:
     """Endpoints, capability tables and the CALL/RECEIVE/REPLY path of the kernel."""
 
-    def __init__(self, kernel: "Kernel", init_token: str | None = None) -> None:
+    def __init__(self, kernel: "Kernel") -> None:
         self.k = kernel
         self.max_bytes = kernel.ipc_max_bytes
-        self.init_token = init_token or None
         self.init: Proc | None = None
+        self.stash = b""                       # init's latest STASH
+        self.legacy: InitLegacy | None = None  # a dead init's capabilities, for the next one
         self.root: Endpoint | None = None
         self.tables: dict[int, CapTable] = {}
         self.endpoints: dict[int, Endpoint] = {}
@@ -110,20 +120,34 @@ class Ipc:
             self.stats.setdefault(key, 0)
 
     # -- identity, init, tables ---------------------------------------------------------
-    def check_init_token(self, token: Any) -> bool:
-        """True when a REGISTER's init_token makes it init; EPERM for a wrong or late one."""
-        if token is None:
-            return False
-        if not self.init_token or not isinstance(token, str) or \
-                not hmac.compare_digest(token.encode(), self.init_token.encode()):
-            raise ServiceError(Err.PERM, "register: wrong init token")
+    def check_init_free(self) -> None:
+        """EPERM unless an init may register now (there is no live init)."""
         if self.init is not None and self.init.alive:
             raise ServiceError(Err.PERM, "register: init is already running")
-        return True
 
-    def set_init(self, proc: Proc) -> None:
-        """`proc` registered with the init token: it is init."""
+    def set_init(self, proc: Proc) -> bytes:
+        """`proc` registered with a credential the launcher admitted as init: it is init, and
+        inherits what a previous init left (its capabilities, same handles); return the
+        previous init's stash (b"" if none)."""
         self.init = proc
+        legacy, self.legacy = self.legacy, None
+        if legacy is None:
+            return b""
+        t = self.table(proc)
+        t.handles.update({h: ep for h, ep in legacy.handles.items() if ep.alive})
+        t.next_handle = max(t.next_handle, legacy.next_handle)
+        return legacy.stash
+
+    def save_stash(self, req: Request) -> dict[str, Any]:
+        """STASH: init saves what its successor inherits (EPERM for anyone else)."""
+        if req.caller is not self.init:
+            raise ServiceError(Err.PERM, "stash: only init may stash")
+        data: bytes = req.msg["data"]
+        if len(data) > STASH_MAX_BYTES:
+            raise ServiceError(Err.MSGSIZE, f"stash: {len(data)} bytes exceeds the "
+                                            f"{STASH_MAX_BYTES}-byte limit")
+        self.stash = data
+        return {}
 
     def table(self, proc: Proc) -> CapTable:
         """proc's capability table (created on first use)."""
@@ -405,11 +429,15 @@ class Ipc:
 
     # -- death ------------------------------------------------------------------------------
     def reclaim(self, proc: Proc) -> None:
-        """A process is gone: fail what waits on it, withdraw its calls, drop its capabilities."""
-        if proc is self.init:
+        """A process is gone: fail what waits on it, withdraw its calls, drop its capabilities
+        (a dead init's go to the next init, with its stash)."""
+        was_init = proc is self.init
+        if was_init:
             self.init = None
         t = self.tables.pop(proc.spid, None)
         if t is None:
+            if was_init:
+                self.legacy = InitLegacy({}, 1, self.stash)
             return
         call = t.calling
         if call is not None and not call.done:
@@ -429,6 +457,9 @@ class Ipc:
             ep = self.endpoints.get(eid)
             if ep is not None:
                 ep.chans.pop(proc.spid, None)
+        if was_init:
+            self.legacy = InitLegacy({h: ep for h, ep in t.handles.items() if ep.alive},
+                                     t.next_handle, self.stash)
         t.handles.clear()
         t.serving.clear()
 

@@ -39,7 +39,7 @@ from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
-from kernel_daemon.proc import Proc, ProcState, ProcTable
+from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable
 from wire.protocol import (
     IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
@@ -48,6 +48,7 @@ from wire.server import Request, Server
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 from wire import keys as wkeys
+from wire.credential import new_credential, public_of
 from wire.keys import Keyring, KeysMissing, Role
 
 LIVENESS_MS: int = 500
@@ -57,12 +58,19 @@ KILL_GRACE_MS: int = 2000
 REPORT_MAX_KEYS: int = 64
 
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
-ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS, Op.FAULT_LOG}
+ANYONE = {Op.REGISTER, Op.ATTACH, Op.ADMIT, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS,
+          Op.FAULT_LOG}
+#: Roles the launcher may give a process.
+ROLES: frozenset[str] = frozenset({"app", "init"})
+#: Bounds on what one ADMIT may say (the launcher is trusted; these bound a bug).
+ADMIT_MAX_NAMES: int = 64
+ADMIT_MAX_CHARS: int = 64
+#: Two start times closer than this are the same host process (psutil rounds them).
+SAME_START_S: float = 0.05
 CONTROL = {Op.HEARTBEAT}
-#: Principals whose fixed keys the kernel admits (disks never talk to the kernel).
-ADMITTED_KINDS = frozenset({"kernel", "launcher", "observer", "pager", "app"})
-#: Roles that may REGISTER a sealed process (secure mode): apps only, never a pager's key.
-REGISTER_KINDS = frozenset({"app"})
+#: Principals whose fixed keys the kernel admits (disks never talk to the kernel; sealed
+#: processes are admitted by their credential's key, see allow_key).
+ADMITTED_KINDS = frozenset({"kernel", "launcher", "observer", "pager"})
 
 
 class Kernel(Server):
@@ -71,12 +79,14 @@ class Kernel(Server):
     def __init__(self, addr: str, nframes: int, policy: str, mirrors: int = 1, seal: bool = True,
                  pager_timeout_ms: int = 2000, pager_retries: int = 5,
                  ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None,
-                 init_token: str | None = None, keys: Keyring | None = None) -> None:
+                 launcher_key: str | None = None, keys: Keyring | None = None) -> None:
         super().__init__("kernel", keys=keys)
-        #: Who may connect, and as what: z85 public key -> Role.  Loaded from the fixed
-        #: principals' public keys; the kernel adds an app's key when it admits it (ADMIT).
+        #: Who may connect, and as what: z85 public key -> Role, for the fixed principals
+        #: (sealed processes connect with their credential's key: allow_key).
         self.keys: dict[str, Role] = {
             pub: role for pub, role in self.keyring.roles().items() if role.kind in ADMITTED_KINDS}
+        if launcher_key is None and self.secure:
+            launcher_key = self.keyring.public("launcher").decode("ascii")
         self.addr = addr
         self.host = socket.gethostname()
         self.sock = self.bind_router(addr)
@@ -90,13 +100,17 @@ class Kernel(Server):
         self.resync = Resync(self)               # a returning mirror gets what it missed
         self.pagers.on_up = self.resync.kick
         self.ipc_max_bytes = ipc_max_bytes
-        self.ipc = Ipc(self, init_token)
+        self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
+        self.ipc = Ipc(self)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
 
     # -- the caller check ----------------------------------------------------------------
     def allow_key(self, public: str) -> bool:
-        """Admit a connection only with a key the kernel knows (ZAP, at the handshake)."""
-        return public in self.keys
+        """Admit a connection only with a key the kernel knows (ZAP, at the handshake): a
+        fixed principal's, a credential the launcher ADMITted and nobody has registered with
+        yet, or a live process's (its control connection, a reconnect)."""
+        return public in self.keys or public in self.procs.admissions or \
+            public in self.procs.by_key
 
     def role_of(self, req: Request) -> Role | None:
         """The role bound to the request's authenticated key (None when insecure)."""
@@ -106,11 +120,6 @@ class Kernel(Server):
         """Resolve req.caller to the sending process; refuse ops its connection may not send.
         (A routing id that spoke with one key never speaks with another: wire/server.py.)"""
         if req.op in ANYONE:
-            if self.secure and req.op is Op.REGISTER:
-                role = self.role_of(req)
-                if role is None or role.kind not in REGISTER_KINDS:
-                    raise ServiceError(Err.PERM, f"register: key of {role} may not register "
-                                                 "a sealed process")
             return
         proc = self.procs.by_peer.get(req.peer) if req.peer is not None else None
         if proc is None:
@@ -121,31 +130,76 @@ class Kernel(Server):
         proc.last_heard = time.monotonic()
         req.caller = proc
 
+    # -- identity -------------------------------------------------------------------------
+    def principal(self, req: Request) -> str | None:
+        """The public key the sender proved: its connection's authenticated key (CURVE), else
+        the credential its message carries (insecure transport); None if it proved none."""
+        user_id = getattr(req, "user_id", None)
+        if user_id:
+            return str(user_id)
+        try:
+            return public_of(req.msg.get("cred"))       # type: ignore[arg-type]
+        except ValueError:
+            return None
+
+    def do_admit(self, req: Request) -> dict[str, Any]:
+        """The launcher admits a process it is about to start: record what it vouches for,
+        return the one-time credential that process will REGISTER with."""
+        key = self.principal(req)
+        if self.launcher_key is None or key is None or \
+                not hmac.compare_digest(key, self.launcher_key):
+            raise ServiceError(Err.PERM, "admit: only the launcher admits processes")
+        m = req.msg
+        if m["role"] not in ROLES:
+            raise ServiceError(Err.INVAL, f"admit: role {m['role'][:20]!r} is not one of "
+                                          f"{', '.join(sorted(ROLES))}")
+        if m["hostpid"] < 0:
+            raise ServiceError(Err.INVAL, f"admit: host pid {m['hostpid']} is negative")
+        cred = new_credential()
+        self.procs.admit(public_of(cred), Admission(
+            name=_short(m["name"]), program=_short(m["program"]), digest=_short(m["digest"]),
+            role=m["role"], manifest=_names(m["manifest"]), provides=_names(m["provides"]),
+            quota=_quota_spec(m["quota"]), hostpid=m["hostpid"], started=m["started"],
+            expires_s=time.monotonic() + ADMIT_TTL_MS / 1000))
+        return {"cred": cred}
+
     # -- processes ------------------------------------------------------------------------
     def do_register(self, req: Request) -> dict[str, Any]:
-        """A new sealed process: bind this connection, issue its spid and secret.
+        """A new sealed process proves its credential: bind this connection to what the
+        launcher admitted for it, issue its spid and ATTACH secret.
 
-        Its program and digest are declared here and fixed for its life: there is no op
-        that loads code.  A matching init_token makes it init (see ipc.py)."""
+        Name, program, digest, manifest and role are the launcher's, fixed for the process's
+        life: there is no op that loads code.  Role "init" makes it init (see ipc.py)."""
         if req.peer in self.procs.by_peer:
             raise ServiceError(Err.PERM, "this connection is already registered")
-        manifest = req.msg.get("manifest", [])
-        if not isinstance(manifest, list) or not all(isinstance(m, str) for m in manifest):
-            raise ServiceError(Err.INVAL, "register: manifest must be a list of names")
-        is_init = self.ipc.check_init_token(req.msg.get("init_token"))
-        proc = self.procs.register(req.peer, req.msg)
-        if is_init:
-            self.ipc.set_init(proc)
+        key = self.principal(req)
+        if key is None:
+            raise ServiceError(Err.PERM, "register: no credential")
+        adm = self.procs.admissions.get(key)
+        if adm is not None and adm.role == "init":
+            old = self.ipc.init
+            if old is not None and old.is_local() and \
+                    _same_process(old.hostpid, old.host_started) is None:
+                self.reclaim(old, "died", ProcState.KILLED)      # its successor is here first
+            self.ipc.check_init_free()
+        proc = self.procs.register(req.peer, key, self.host)
+        out = {"spid": proc.spid, "secret": proc.secret, "name": proc.name, "role": proc.role,
+               "nframes": self.vm.pool.nframes, "page_size": PAGE_SIZE}
+        if proc.role == "init":
+            out["stash"] = self.ipc.set_init(proc)
         self.tracer.name_track(proc.spid, f"{proc.name} (spid {proc.spid})")
-        self.log.info("registered %s as spid %d (host pid %d)", proc.name, proc.spid, proc.hostpid)
-        return {"spid": proc.spid, "secret": proc.secret, "nframes": self.vm.pool.nframes,
-                "page_size": PAGE_SIZE}
+        self.log.info("registered %s (%s) as spid %d (host pid %d)", proc.name, proc.program,
+                      proc.spid, proc.hostpid)
+        return out
 
     def do_attach(self, req: Request) -> dict[str, Any]:
         """Bind a process's control connection, proven by the secret."""
         proc = self.procs.by_spid.get(req.msg["spid"])
         if proc is None or not hmac.compare_digest(proc.secret, req.msg["secret"]):
             raise ServiceError(Err.PERM, "attach: no such process or wrong secret")
+        if req.user_id is not None and req.user_id != proc.key:
+            raise ServiceError(Err.PERM, "attach: the control connection must use the "
+                                         "process's own key")
         if proc.ctrl_peer is not None or req.peer in self.procs.by_peer:
             raise ServiceError(Err.PERM, "attach: a control connection is already bound")
         self.procs.attach(proc, req.peer)
@@ -219,6 +273,10 @@ class Kernel(Server):
     def do_cap_close(self, req: Request) -> dict[str, Any]:
         """Drop a capability handle."""
         return self.ipc.cap_close(req)
+
+    def do_stash(self, req: Request) -> dict[str, Any]:
+        """init saves what its successor inherits."""
+        return self.ipc.save_stash(req)
 
     # -- pagers ---------------------------------------------------------------------------
     def do_pager_hello(self, req: Request) -> dict[str, Any]:
@@ -297,10 +355,10 @@ class Kernel(Server):
         if proc.ctrl_peer is not None:
             self.request(self.sock, proc.ctrl_peer, Op.KILL, {"reason": reason[:200]}, _ignore1,
                          KILL_GRACE_MS)
-        hostpid, local = proc.hostpid, proc.is_local(self.host)
+        hostpid, started = proc.hostpid, proc.host_started
         self.reclaim(proc, f"killed by the kernel: {reason}", ProcState.KILLED)
-        if local:
-            self.call_later(KILL_GRACE_MS, lambda: _sigkill_if_sealed(hostpid))
+        if proc.is_local():
+            self.call_later(KILL_GRACE_MS, lambda: _sigkill_if_same(hostpid, started))
 
     def reclaim(self, proc: Proc, reason: str, state: ProcState) -> None:
         """Free every frame, swap block, disk handle and capability of a finished process."""
@@ -322,13 +380,14 @@ class Kernel(Server):
         """Every LIVENESS_MS: notice dead processes and silent pagers."""
         now = time.monotonic()
         for proc in list(self.procs.by_spid.values()):
-            if proc.is_local(self.host):
-                dead = not _pid_alive(proc.hostpid)
+            if proc.is_local():
+                dead = _same_process(proc.hostpid, proc.host_started) is None
             else:
                 dead = (now - proc.last_heard) * 1000 > PROC_DEAD_MS
             if dead:
                 self.reclaim(proc, "died", ProcState.KILLED)
         self.pagers.check_liveness()
+        self.procs.expire_admissions(now)
         self.call_later(LIVENESS_MS, self._watch)
 
     def on_start(self) -> None:
@@ -403,21 +462,51 @@ def _npages(n: int) -> int:
     return n
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _sigkill_if_sealed(pid: int) -> None:
-    """SIGKILL a local sealed process that ignored KILL (checks it is one of ours)."""
+def _same_process(pid: int, started: float) -> psutil.Process | None:
+    """The live host process `pid` if it is the one the launcher started (same start time),
+    else None: it exited, is a zombie, or the pid now belongs to another process."""
+    if pid <= 0:
+        return None
     try:
         p = psutil.Process(pid)
-        if "apps" in " ".join(p.cmdline()) or "sealedos" in " ".join(p.cmdline()):
+        if abs(p.create_time() - started) > SAME_START_S or p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p
+    except (psutil.Error, ValueError, OverflowError):
+        return None
+
+
+def _sigkill_if_same(pid: int, started: float) -> None:
+    """SIGKILL a local sealed process that ignored KILL -- only the very process the launcher
+    started (pid and start time), never a pid a message named."""
+    p = _same_process(pid, started)
+    if p is not None:
+        try:
             p.kill()
-    except psutil.Error:
-        pass
+        except psutil.Error:
+            pass
+
+
+def _short(text: str) -> str:
+    """A launcher-given string, bounded."""
+    return text[:ADMIT_MAX_CHARS]
+
+
+def _names(items: list[Any]) -> list[str]:
+    """A launcher-given list of names (manifest, provides): strings only, bounded."""
+    if len(items) > ADMIT_MAX_NAMES or not all(isinstance(i, str) for i in items):
+        raise ServiceError(Err.INVAL, f"admit: a name list holds at most {ADMIT_MAX_NAMES} "
+                                      f"strings")
+    return [_short(i) for i in items]
+
+
+def _quota_spec(spec: dict[Any, Any]) -> dict[str, int]:
+    """A launcher-given quota map: resource name -> non-negative int."""
+    if len(spec) > ADMIT_MAX_NAMES or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in spec.items()):
+        raise ServiceError(Err.INVAL, "admit: quota maps resource names to non-negative ints")
+    return {k[:ADMIT_MAX_CHARS]: v for k, v in spec.items()}
 
 
 def _percentiles(samples: Any) -> dict[str, float]:
@@ -446,10 +535,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc-max-bytes", type=int,
                    default=int(env("SEALEDOS_IPC_MAX_BYTES", str(IPC_MAX_PAYLOAD_BYTES))))
     p.add_argument("--trace", default=env("SEALEDOS_TRACE"), help="write a Chrome trace here")
-    p.add_argument("--init-token", default=env("SEALEDOS_INIT_TOKEN"),
-                   help="the secret whose REGISTER makes a process init (prefer the env var)")
-    p.add_argument("--init-token-file", default=env("SEALEDOS_INIT_TOKEN_FILE"),
-                   help="read the init token from this file (compose: made by `sealedos keys`)")
+    p.add_argument("--launcher-key", default=env("SEALEDOS_LAUNCHER_KEY"),
+                   help="the trusted launcher's z85 public key: only it may ADMIT processes "
+                        "(default with --keys: KEYS/public/launcher.key)")
     p.add_argument("--keys", default=env(wkeys.KEYS_ENV),
                    help=f"keys directory (env {wkeys.KEYS_ENV}): the kernel's secret, every public")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
@@ -471,8 +559,6 @@ def main(argv: list[str]) -> int:
     if args.frames < 1 or args.pagers < 1:
         print("sealedos kernel: --frames and --pagers must be at least 1", file=sys.stderr)
         return 2
-    if not args.init_token and args.init_token_file:
-        args.init_token = Path(args.init_token_file).read_text(encoding="ascii").strip()
     try:
         keys = wkeys.keyring(args.keys, "kernel", args.insecure)
     except KeysMissing as exc:
@@ -480,7 +566,7 @@ def main(argv: list[str]) -> int:
         return 2
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
-                    args.init_token, keys)
+                    args.launcher_key, keys)
     _attach_extras(kernel, args)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
           f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'}, "

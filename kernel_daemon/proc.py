@@ -1,9 +1,14 @@
 """The process table: every sealed process the kernel knows, how to reach it, and its counters.
 
-A process registers on its *call* connection (REGISTER) and gets a sealed pid and a secret;
-it then binds its *control* connection with ATTACH, proving the secret.  From then on the
-kernel knows which process sent every message by the ZeroMQ routing identity of the
-connection it came on: a process cannot speak as another.
+Identity is issued, never claimed.  The trusted launcher ADMITs a process before it runs: it
+names the program, the digest of the code it starts, the manifest, quota and role (from the
+operator's service table) and, on the kernel's host, the host process (pid and start time).
+The kernel answers with a one-time credential, which the launcher hands the process through
+an inherited descriptor.  The process REGISTERs on its *call* connection with it and gets a
+sealed pid and a secret; it then binds its *control* connection with ATTACH, proving the
+secret.  From then on the kernel knows which process sent every message by the connection it
+came on (and, on CURVE, the key that connection authenticated): a process cannot speak as
+another, nor say what it is.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from kernel_daemon.pagetable import AddressSpace, SwapSpace
+from wire.protocol import Err, ServiceError
 
 #: How many exited processes' final records the kernel keeps for stats.
 EXITED_KEEP: int = 1000
@@ -36,6 +42,27 @@ class ProcState(StrEnum):
     KILLED = "killed"
 
 
+#: How long an admission waits for its REGISTER before it lapses.
+ADMIT_TTL_MS: int = 30000
+#: Most admissions waiting for their REGISTER at once (the launcher is trusted; this bounds a bug).
+MAX_ADMISSIONS: int = 4096
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the launcher vouched for a process it is starting; claimed by one REGISTER."""
+    name: str
+    program: str
+    digest: str
+    role: str                            # "app" or "init"
+    manifest: list[str]
+    provides: list[str]
+    quota: dict[str, int]
+    hostpid: int                         # 0: not on the kernel's host
+    started: float                       # the host process's start time (psutil create_time)
+    expires_s: float
+
+
 @dataclass(slots=True)
 class Proc:
     """One sealed process: identity, connections, address space, swap handles, counters."""
@@ -43,8 +70,13 @@ class Proc:
     name: str
     program: str
     digest: str
-    host: str
-    hostpid: int
+    host: str                            # the kernel's host name when hostpid is set, else ""
+    hostpid: int                         # from the launcher's ADMIT, never from the process
+    host_started: float                  # that host process's start time (the same process?)
+    key: str                             # the credential's public key
+    role: str
+    provides: list[str]
+    quota_spec: dict[str, int]
     call_peer: bytes
     secret: bytes
     space: SwapSpace                     # where this process's pages are sealed and stored
@@ -61,14 +93,14 @@ class Proc:
     resident: int = 0
     swapped: int = 0
 
-    def is_local(self, host: str) -> bool:
-        """True when the process runs on the kernel's host (psutil can watch it)."""
-        return self.host == host
+    def is_local(self) -> bool:
+        """True when the launcher told the kernel this process's host pid (psutil can watch it)."""
+        return self.hostpid > 0
 
     def record(self) -> dict[str, Any]:
         """The process as one JSON-able map (ps, stats, the launcher's summary)."""
         out: dict[str, Any] = {
-            "spid": self.spid, "name": self.name, "program": self.program,
+            "spid": self.spid, "name": self.name, "program": self.program, "role": self.role,
             "digest": self.digest, "host": self.host, "hostpid": self.hostpid,
             "state": str(self.state), "resident_pages": self.resident,
             "swapped_pages": self.swapped, "exit_reason": self.exit_reason,
@@ -84,20 +116,41 @@ class ProcTable:
     def __init__(self) -> None:
         self.by_spid: dict[int, Proc] = {}
         self.by_peer: dict[bytes, Proc] = {}
+        self.by_key: dict[str, Proc] = {}
+        self.admissions: dict[str, Admission] = {}      # credential public key -> admission
         self.exited: deque[dict[str, Any]] = deque(maxlen=EXITED_KEEP)
         self._next = 1
 
-    def register(self, peer: bytes, fields: dict[str, Any]) -> Proc:
-        """Create a process bound to the call connection `peer`."""
-        proc = Proc(spid=self._next, name=fields["name"][:64], program=fields["program"][:64],
-                    digest=fields["digest"][:128], host=fields["host"][:128],
-                    hostpid=fields["hostpid"], call_peer=peer, secret=secrets.token_bytes(16),
-                    space=SwapSpace(os.urandom(16), f"{fields['name'][:24]}#{self._next}"),
-                    manifest=[str(m)[:64] for m in
-                                                      fields.get("manifest", [])[:64]])
+    def admit(self, key: str, adm: Admission) -> None:
+        """Hold `adm` for the one REGISTER proving credential `key` (lapsed ones are dropped)."""
+        self.expire_admissions(adm.expires_s - ADMIT_TTL_MS / 1000)
+        if len(self.admissions) >= MAX_ADMISSIONS:
+            raise ServiceError(Err.QUOTA, f"EQUOTA: admissions {len(self.admissions)}/"
+                                          f"{MAX_ADMISSIONS} waiting for their REGISTER")
+        self.admissions[key] = adm
+
+    def expire_admissions(self, now_s: float) -> None:
+        """Forget admissions whose REGISTER did not come in time."""
+        for key in [k for k, a in self.admissions.items() if a.expires_s <= now_s]:
+            del self.admissions[key]
+
+    def register(self, peer: bytes, key: str, host: str) -> Proc:
+        """Create the process that credential `key` admits, bound to call connection `peer`;
+        the admission is used up.  EPERM when there is none (used, lapsed or forged)."""
+        adm = self.admissions.pop(key, None)
+        if adm is None:
+            raise ServiceError(Err.PERM, "register: this credential admits no process (it was "
+                                         "never issued, is used up, or lapsed)")
+        proc = Proc(spid=self._next, name=adm.name, program=adm.program, digest=adm.digest,
+                    host=host if adm.hostpid > 0 else "", hostpid=adm.hostpid,
+                    host_started=adm.started, key=key, role=adm.role, provides=adm.provides,
+                    quota_spec=adm.quota, call_peer=peer, secret=secrets.token_bytes(16),
+                    space=SwapSpace(os.urandom(16), f"{adm.name[:24]}#{self._next}"),
+                    manifest=adm.manifest)
         self._next += 1
         self.by_spid[proc.spid] = proc
         self.by_peer[peer] = proc
+        self.by_key[key] = proc
         return proc
 
     def attach(self, proc: Proc, peer: bytes) -> None:
@@ -109,6 +162,8 @@ class ProcTable:
         """Forget a dead process's connections, keeping its final record."""
         self.by_spid.pop(proc.spid, None)
         self.by_peer.pop(proc.call_peer, None)
+        if self.by_key.get(proc.key) is proc:
+            del self.by_key[proc.key]
         if proc.ctrl_peer is not None:
             self.by_peer.pop(proc.ctrl_peer, None)
         self.exited.append(proc.record())

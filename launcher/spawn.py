@@ -59,17 +59,21 @@ def python_cmd(*args: str) -> list[str]:
 
 
 def spawn(cmd: Sequence[str], log_path: Path | None = None,
-          env: dict[str, str] | None = None, nice: int = 0) -> subprocess.Popen:
-    """Start one child process that is SIGKILLed if we die; its output goes to log_path;
-    nice > 0 lowers its CPU priority by that much."""
-    out = open(log_path, "ab") if log_path is not None else subprocess.DEVNULL
+          env: dict[str, str] | None = None, nice: int = 0,
+          pass_fds: Sequence[int] = (), inherit_output: bool = False) -> subprocess.Popen:
+    """Start one child process that is SIGKILLed if we die; its output goes to log_path (or,
+    with inherit_output, to ours); nice > 0 lowers its CPU priority by that much; pass_fds
+    are inherited (credentials)."""
+    out = open(log_path, "ab") if log_path is not None else (
+        None if inherit_output else subprocess.DEVNULL)
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
         full_env.update(env)
     try:
-        return subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, env=full_env,
-                                stdin=subprocess.DEVNULL,
+        return subprocess.Popen(list(cmd), stdout=out,
+                                stderr=None if out is None else subprocess.STDOUT, env=full_env,
+                                stdin=subprocess.DEVNULL, pass_fds=tuple(pass_fds),
                                 preexec_fn=lambda: _child_setup(nice))
     finally:
         if log_path is not None:

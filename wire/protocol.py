@@ -33,6 +33,8 @@ BLOCK_SIZE: Final[int] = PAGE_SIZE
 MAX_FRAME_BYTES: Final[int] = 1 << 20
 #: Default cap on one IPC message's payload (configurable on the kernel).
 IPC_MAX_PAYLOAD_BYTES: Final[int] = 64 * 1024
+#: Most bytes init may STASH for its successor.
+STASH_MAX_BYTES: Final[int] = 256 * 1024
 #: Hard transport guard (ZMQ_MAXMSGSIZE): a peer sending more is disconnected by libzmq.
 TRANSPORT_MAX_BYTES: Final[int] = 16 << 20
 
@@ -40,7 +42,7 @@ TRANSPORT_MAX_BYTES: Final[int] = 16 << 20
 class Op(StrEnum):
     """Every request kind on every connection."""
     # -- sealed process -> kernel (call connection) ---------------------------------
-    REGISTER = "register"          # bind this connection to a new sealed process
+    REGISTER = "register"          # bind this connection to the process a credential admits
     MAP = "map"                    # create a region
     UNMAP = "unmap"                # remove a region
     PROTECT = "protect"            # change a region's permissions
@@ -53,12 +55,15 @@ class Op(StrEnum):
     RECEIVE = "receive"            # block until a call arrives on an endpoint
     REPLY = "reply"                # answer a received call
     CAP_CLOSE = "cap_close"        # drop a capability handle
+    STASH = "stash"                # init only: what its successor inherits (its name table)
     # -- sealed process -> kernel (control connection) --------------------------------
     ATTACH = "attach"              # bind the control connection (needs the secret)
     HEARTBEAT = "heartbeat"        # liveness + harvested reference bits
     # -- kernel -> sealed process (control connection) --------------------------------
     SHOOTDOWN = "shootdown"        # drop a TLB entry, hand back the page if asked
     KILL = "kill"                  # stop now, with a reason
+    # -- launcher -> kernel --------------------------------------------------------------
+    ADMIT = "admit"                # admit one process about to start: -> one-time credential
     # -- pager -> kernel --------------------------------------------------------------
     PAGER_HELLO = "pager_hello"    # a pager instance (re)joins a mirror slot
     # -- kernel -> pager, and pager -> disk -------------------------------------------
@@ -97,6 +102,7 @@ class Err(StrEnum):
     KILLED = "EKILLED"             # the process was stopped by the kernel
     BUSY = "EBUSY"
     IO = "EIO"                     # the device failed
+    QUOTA = "EQUOTA"               # over a quota the launcher set for the process
 
 
 # Permissions, as a bit set.  W^X: no region or page may have W and X together.
@@ -127,7 +133,9 @@ _OPT_BYTES = (bytes, type(None))
 #: The fields each request must carry, with their types (checked by the server skeleton
 #: before any handler runs; a handler checks ranges).  Optional fields: OPTIONAL_FIELDS.
 REQUEST_FIELDS: Final[dict[Op, Fields]] = {
-    Op.REGISTER: {"name": str, "program": str, "digest": str, "host": str, "hostpid": int},
+    Op.REGISTER: {},
+    Op.ADMIT: {"name": str, "program": str, "digest": str, "role": str, "manifest": list,
+               "provides": list, "quota": dict, "hostpid": int, "started": float},
     Op.MAP: {"npages": int, "prot": int},
     Op.UNMAP: {"addr": int, "npages": int},
     Op.PROTECT: {"addr": int, "npages": int, "prot": int},
@@ -139,6 +147,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
     Op.RECEIVE: {"handle": int},
     Op.REPLY: {"call": int, "msg": bytes},
     Op.CAP_CLOSE: {"handle": int},
+    Op.STASH: {"data": bytes},
     Op.ATTACH: {"spid": int, "secret": bytes},
     Op.HEARTBEAT: {"refs": list},
     Op.SHOOTDOWN: {"vpn": int, "frame": int, "want": bool},
@@ -159,9 +168,20 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 
 #: Fields a request may carry, with their types when present (checked like REQUEST_FIELDS).
 #:
-#: * REGISTER ``manifest``: the service names this process may look up (init enforces it);
-#:   ``init_token``: the kernel's init secret: the process becomes init.  A process's
-#:   program and digest are fixed at REGISTER; no op loads code.
+#: * REGISTER ``cred``: the one-time credential the launcher handed the process (on an
+#:   insecure transport; on CURVE the connection's authenticated key is the credential).
+#:   The process's name, program, digest, manifest, provides, quota and role come from the
+#:   ADMIT the launcher sent for that credential, never from the process.  Reply: ``spid``,
+#:   ``secret`` (for ATTACH), ``name``, ``role``, ``nframes``, ``page_size``; for init also
+#:   ``stash``: what the previous init STASHed (its capabilities keep their handles).
+#: * STASH (init only) ``data``: at most STASH_MAX_BYTES the next init receives if this one
+#:   dies (init's name table: a restarted init gets its registered names back).
+#: * ADMIT (launcher only; ``cred``: the launcher's own secret on an insecure transport):
+#:   ``name``, ``program`` and ``digest`` (sha256 of the code the launcher starts),
+#:   ``role`` ("app" or "init"), ``manifest`` (names it may look up), ``provides`` (names it
+#:   may register), ``quota`` (resource -> limit), ``hostpid`` and ``started`` (the host
+#:   process and its start time, when it runs on the kernel's host; else 0 and 0.0).
+#:   Reply: ``cred`` (32 bytes), valid for one REGISTER within ADMIT_TTL_MS.
 #: * ENDPOINT ``nameservice``: (init only) this endpoint is handle 0 of every process.
 #:   Reply: ``handle``.
 #: * CALL ``caps``: handles whose capabilities the receiver gets; ``grant``: ``{addr,
@@ -177,7 +197,8 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #:   oldest first), ``cursor`` (ask with it next time), ``dropped`` (records gone from the
 #:   ring before they were asked for), ``now`` (the kernel's monotonic clock).
 OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
-    Op.REGISTER: {"manifest": list, "init_token": str},
+    Op.REGISTER: {"cred": bytes},
+    Op.ADMIT: {"cred": bytes},
     Op.ENDPOINT: {"nameservice": bool},
     Op.CALL: {"caps": list, "grant": dict},
     Op.REPLY: {"caps": list, "receive": int},

@@ -15,13 +15,13 @@ from apps.runtime.errors import (
     KernelUnreachable, MessageTooLarge, NotFound, OutOfMemory, PageIntegrityError, PeerDied,
     PermissionDenied, ProcessKilled, ProtectionFault, SealedError, SegmentationFault)
 from apps.runtime.ipc import NAMESERVICE, Received, Sender
-from apps.runtime.process import SealedProcess, program_digest
+from apps.runtime.process import SealedProcess, inherited_credential
 from apps.runtime.syscall import KERNEL_ADDR_ENV
 from apps.runtime.varray import VArray
 from wire.protocol import PAGE_SIZE, PROT_R, PROT_W, PROT_X
 
 __all__ = [
-    "SealedProcess", "VArray", "program_digest", "KERNEL_ADDR_ENV", "PAGE_SIZE",
+    "SealedProcess", "VArray", "inherited_credential", "KERNEL_ADDR_ENV", "PAGE_SIZE",
     "PROT_R", "PROT_W", "PROT_X", "SealedError", "SegmentationFault", "ProtectionFault",
     "PageIntegrityError", "ProcessKilled", "OutOfMemory", "PermissionDenied", "InvalidArgument",
     "KernelError", "KernelUnreachable", "KernelProtocolError", "PeerDied", "ContractViolation",

@@ -67,6 +67,7 @@ class Sender:
     program: str
     digest: str
     manifest: tuple[str, ...]
+    provides: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -120,7 +121,8 @@ def received(reply: dict[str, Any]) -> Received:
             if len(_SENDERS) >= SENDERS_KEEP:
                 _SENDERS.clear()
             sender = _SENDERS[s["spid"]] = Sender(s["spid"], s["name"], s["program"],
-                                                  s["digest"], tuple(s["manifest"]))
+                                                  s["digest"], tuple(s["manifest"]),
+                                                  tuple(s.get("provides") or ()))
         return Received(reply["call"], unpack(reply["msg"]), sender, reply.get("caps") or [],
                         reply.get("grant_addr"), reply.get("grant_npages", 0))
     except (KeyError, TypeError) as exc:

@@ -1,20 +1,21 @@
 """SealedProcess: what an app holds -- its kernel connection, bank, MMU and control thread.
 
-    with SealedProcess.connect(kernel_addr, "memstress", __file__) as proc:
+    with SealedProcess.connect(kernel_addr) as proc:    # credential: from the launcher
         addr = proc.map(16)                       # 16 pages, read-write
         proc.store_u64(addr, 42)
         v = proc.view(addr, np.int64, 16 * 512)
         v[0:512] = np.arange(512)
         proc.report(checksum="verified")
 
-Start-up is REGISTER (on the call connection: name, program, the digest of the program's
-source, host, pid, manifest), then a bank as large as the kernel's frame pool, then ATTACH of
-the control connection and the control thread.  close() sends EXIT and stops the thread.
+Start-up is REGISTER on the call connection with the one-time credential the launcher handed
+the process (an inherited descriptor named by ``SEALEDOS_CRED_FD``; the kernel knows the
+process's name, program, digest and manifest from the launcher, not from it), then a bank as
+large as the kernel's frame pool, then ATTACH of the control connection and the control
+thread.  close() sends EXIT and stops the thread.
 """
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
+import os
 from typing import Any
 
 import numpy as np
@@ -24,15 +25,24 @@ from apps.runtime.control import ControlThread
 from apps.runtime.errors import SealedError
 from apps.runtime.ipc import Ipc, Received
 from apps.runtime.mmu import Mmu
-from apps.runtime.syscall import Kernel, transport_keys_from_env
+from apps.runtime.syscall import Kernel, kernel_public_from_env
 from apps.runtime.varray import VArray
-from wire.keys import Keypair
-from wire.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W
+from wire.credential import CRED_FD_ENV, read_inherited
+from wire.keys import keypair_of_credential
+from wire.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W, Op
 
 
-def program_digest(path: str | Path) -> str:
-    """The hex sha256 of a program's source file (the code the kernel records)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+def inherited_credential() -> bytes:
+    """The credential the launcher passed on the descriptor SEALEDOS_CRED_FD names (read
+    once: the variable is removed); SealedError if the process was not started by one."""
+    fd = os.environ.pop(CRED_FD_ENV, None)
+    if fd is None or not fd.isdigit():
+        raise SealedError(f"no credential: sealed processes are started by the launcher "
+                          f"(sealedos run / sealedos up), which passes one in ${CRED_FD_ENV}")
+    try:
+        return read_inherited(int(fd))
+    except (OSError, ValueError) as exc:
+        raise SealedError(f"no credential on descriptor {fd}: {exc}") from None
 
 
 class SealedProcess:
@@ -47,6 +57,8 @@ class SealedProcess:
         self.spid = spid
         self.name = name
         self.program = program
+        self.role = "app"
+        self.inheritance = b""            # init only: what the previous init stashed
         self.closed = False
         self.ipc = Ipc(kernel, mmu)
         # Word access is the TLB-hit path: bind the MMU's methods directly (one call less
@@ -55,34 +67,39 @@ class SealedProcess:
         self.store_u64 = mmu.store_u64        # type: ignore[method-assign]
 
     @classmethod
-    def connect(cls, kernel_addr: str, name: str, program_file: str | Path,
-                manifest: list[str] | None = None, init_token: str | None = None,
-                keypair: Keypair | None = None, kernel_public: bytes | None = None
-                ) -> "SealedProcess":
+    def connect(cls, kernel_addr: str, cred: bytes | None = None,
+                kernel_public: bytes | None = None) -> "SealedProcess":
         """Register with the kernel at kernel_addr and start the control thread.
 
-        manifest: the service names this process may look up; init_token: only init's;
-        keypair, kernel_public: the CURVE keys of both connections (default: from the
-        environment, see syscall.transport_keys_from_env)."""
-        program = Path(program_file).stem
-        if keypair is None:
-            keypair, kernel_public = transport_keys_from_env()
+        cred: the credential the launcher issued (default: read it, once, from the inherited
+        descriptor the launcher named in SEALEDOS_CRED_FD).  kernel_public: the kernel's
+        CURVE public key (default: from the environment, syscall.kernel_public_from_env);
+        with it both connections are CURVE with the credential as this process's secret key,
+        without it (an insecure kernel) they are NULL and REGISTER carries the credential."""
+        if cred is None:
+            cred = inherited_credential()
+        if kernel_public is None:
+            kernel_public = kernel_public_from_env()
+        keypair = keypair_of_credential(cred) if kernel_public is not None else None
         kernel = Kernel(kernel_addr, keypair=keypair, kernel_public=kernel_public)
         bank = None
         try:
-            reg = kernel.register(name, program, program_digest(program_file), manifest or [],
-                                  init_token)
+            reg = kernel.register(cred)
             bank = Bank(reg["nframes"])
             mmu = Mmu(kernel, bank)
             sock = kernel.attach_control(reg["spid"], reg["secret"])
-            control = ControlThread(sock, mmu, kernel.liveness, name)
+            control = ControlThread(sock, mmu, kernel.liveness, reg["name"])
             control.start()
         except BaseException:
             if bank is not None:
                 bank.close()
             kernel.close()
             raise
-        return cls(kernel, bank, mmu, control, reg["spid"], name, program)
+        proc = cls(kernel, bank, mmu, control, reg["spid"], reg["name"], "")
+        proc.role = reg["role"]
+        stash = reg.get("stash")
+        proc.inheritance = stash if isinstance(stash, bytes) else b""
+        return proc
 
     # -- regions -----------------------------------------------------------------------
     def map(self, npages: int, prot: int = PROT_R | PROT_W, addr: int = 0) -> int:
@@ -159,6 +176,10 @@ class SealedProcess:
     def register_name(self, name: str, handle: int) -> None:
         """Publish own endpoint `handle` under `name` with init."""
         self.ipc.register_name(name, handle)
+
+    def stash(self, data: bytes) -> None:
+        """(init only) Save what the next init inherits if this one dies."""
+        self.kernel.call(Op.STASH, data=data)
 
     # -- reporting and leaving ----------------------------------------------------------------
     def report(self, **data: Any) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import threading
 import time
 from typing import Any
@@ -40,19 +39,20 @@ WAIT_SLICE_MS: int = 100
 EXIT_WAIT_MS: int = 2000
 
 KERNEL_ADDR_ENV: str = "SEALEDOS_KERNEL_ADDR"
-#: The principal whose key a sealed process uses until the kernel's ADMIT hands each one its
-#: own credential (TODO(lead): replace by the credential read from the inherited fd).
-APP_PRINCIPAL: str = "app"
+#: The kernel's z85 public key, if given directly (else KEYS/public/kernel.key).
+KERNEL_KEY_ENV: str = "SEALEDOS_KERNEL_KEY"
 
 
-def transport_keys_from_env() -> tuple[Keypair | None, bytes | None]:
-    """(this process's keypair, the kernel's public key) for CURVE, from the environment:
-    SEALEDOS_INSECURE=1 -> (None, None) (NULL); else SEALEDOS_KEYS names the keys directory.
-    Without either, (None, None): a secure kernel will refuse the handshake."""
+def kernel_public_from_env() -> bytes | None:
+    """The kernel's CURVE public key from the environment: SEALEDOS_KERNEL_KEY, else the
+    keys directory SEALEDOS_KEYS names; None with SEALEDOS_INSECURE=1 or neither (NULL: a
+    secure kernel will refuse the handshake)."""
+    if wkeys.insecure_from_env():
+        return None
+    if os.environ.get(KERNEL_KEY_ENV):
+        return os.environ[KERNEL_KEY_ENV].encode("ascii")
     keys_dir = os.environ.get(wkeys.KEYS_ENV)
-    if wkeys.insecure_from_env() or not keys_dir:
-        return None, None
-    return wkeys.load_keypair(keys_dir, APP_PRINCIPAL), wkeys.load_public(keys_dir, "kernel")
+    return wkeys.load_public(keys_dir, "kernel") if keys_dir else None
 
 
 class Liveness:
@@ -167,24 +167,24 @@ class Kernel:
         return exc
 
     # -- the syscalls -------------------------------------------------------------------
-    def register(self, name: str, program: str, digest: str, manifest: list[str],
-                 init_token: str | None = None) -> dict[str, Any]:
-        """REGISTER this process; return {spid, secret, nframes, page_size}.
+    def register(self, cred: bytes) -> dict[str, Any]:
+        """REGISTER with the credential the launcher handed this process; return {spid,
+        secret, name, role, nframes, page_size}.
 
-        The program and digest are fixed from here on (no syscall loads code); the manifest
-        lists the services this process may look up; init_token only for init."""
-        self.name = name
-        extra = {"init_token": init_token} if init_token else {}
-        reply = self.call(Op.REGISTER, timeout_ms=KERNEL_DEAD_MS, name=name, program=program,
-                          digest=digest, host=socket.gethostname(), hostpid=os.getpid(),
-                          manifest=list(manifest), **extra)
-        for key, typ in (("spid", int), ("secret", bytes), ("nframes", int), ("page_size", int)):
+        Everything the kernel knows about this process (name, program, digest, manifest,
+        role) it got from the launcher for this credential, not from here."""
+        # on CURVE the connection's key is the credential: it is never sent, even encrypted
+        proof = {} if self.keypair is not None else {"cred": cred}
+        reply = self.call(Op.REGISTER, timeout_ms=KERNEL_DEAD_MS, **proof)
+        for key, typ in (("spid", int), ("secret", bytes), ("nframes", int), ("page_size", int),
+                         ("name", str), ("role", str)):
             if not isinstance(reply.get(key), typ):
                 raise self._named(KernelProtocolError(f"register: reply lacks {key!r}"))
         if reply["page_size"] != PAGE_SIZE or reply["nframes"] <= 0:
             raise self._named(KernelProtocolError(f"register: page size {reply['page_size']} "
                                                   f"/ {reply['nframes']} frames unsupported"))
         self.spid = reply["spid"]
+        self.name = reply["name"]
         return reply
 
     def map(self, addr: int, npages: int, prot: int) -> int:

@@ -27,7 +27,6 @@ from wire.keys import Keypair, Keyring
 from wire.protocol import PROT_R, PROT_W, Err, Op, ServiceError, decode, encode
 from host_tools.system import System
 
-PROGRAM = __file__
 #: How long an attacker waits for a reply that must never come.
 NEVER_MS: int = 1500
 WAIT_S: float = 30.0
@@ -44,6 +43,13 @@ def stranger(server_public: bytes, server: str = "kernel") -> Keyring:
 def as_principal(system: System, principal: str, server: str) -> Keyring:
     """A keyring speaking with `principal`'s real secret to `server`."""
     own = wkeys.load_keypair(system.keys_dir, principal)
+    return Keyring(own, {server: wkeys.load_public(system.keys_dir, server)})
+
+
+def as_sealed_process(system: System, name: str, server: str = "kernel") -> Keyring:
+    """A keyring speaking to `server` with the key of a credential the launcher really
+    admitted (what a hostile sealed process holds)."""
+    own = wkeys.keypair_of_credential(system.admit("memstress", name))
     return Keyring(own, {server: wkeys.load_public(system.keys_dir, server)})
 
 
@@ -103,7 +109,7 @@ def test_a_client_that_expects_the_kernels_key_never_talks_to_an_impostor(
     addr = spawn.ipc_addr(tmp_path, "impostor")
     impostor = sockets.router(ctx, addr, Keypair(public, secret))   # no ZAP: admits anyone
     try:
-        with Client(addr, keys=as_principal(system, "app", "kernel")) as c:
+        with Client(addr, keys=as_principal(system, "observer", "kernel")) as c:
             c.sock.send(encode({"op": "ping", "rid": 1}))
             assert not impostor.poll(NEVER_MS), "the impostor received a message"
     finally:
@@ -114,22 +120,25 @@ def test_a_client_that_expects_the_kernels_key_never_talks_to_an_impostor(
 # -- pager slots ------------------------------------------------------------------------------
 def test_pager_slots_take_only_their_own_pagers_key(make_system: Callable[..., System]) -> None:
     system = make_system(frames=8, disk_size_mib=4, pagers=2)
-    attempts = [("app", 0), ("app", 1), ("observer", 0), ("launcher", 1), ("kernel", 0),
+    attempts = [("observer", 0), ("launcher", 1), ("kernel", 0),
                 ("pager1", 0), ("pager0", 1)]              # the last two: the wrong slot's key
     for principal, mirror in attempts:
         with Client(system.kernel_addr, keys=as_principal(system, principal, "kernel")) as c:
             with pytest.raises(ServiceError) as info:
                 hello(c, mirror)
             assert info.value.code == Err.PERM, (principal, mirror, info.value)
-    with Client(system.kernel_addr, keys=as_principal(system, "app", "kernel")) as c:
-        c.call(Op.REGISTER, name="would-be-pager", program="x", digest="0" * 64,
-               host="h", hostpid=os.getpid())
-        with pytest.raises(ServiceError) as info:              # a sealed process, any key
-            hello(c, 0)
-        assert info.value.code == Err.PERM
+    for mirror in (0, 1):                                      # an admitted sealed process's key
+        with Client(system.kernel_addr, keys=as_sealed_process(system, f"would-be-{mirror}")) as c:
+            with pytest.raises(ServiceError) as info:          # before it registers ...
+                hello(c, mirror)
+            assert info.value.code == Err.PERM
+            c.call(Op.REGISTER)
+            with pytest.raises(ServiceError) as info:          # ... and after
+                hello(c, mirror)
+            assert info.value.code == Err.PERM
     with Client(system.kernel_addr, keys=as_principal(system, "pager0", "kernel")) as c:
-        with pytest.raises(ServiceError) as info:              # a pager's key is not an app
-            c.call(Op.REGISTER, name="x", program="x", digest="0" * 64, host="h", hostpid=1)
+        with pytest.raises(ServiceError) as info:              # a pager's key admits no process
+            c.call(Op.REGISTER)
         assert info.value.code == Err.PERM
     slots_untouched(system)
 
@@ -150,9 +159,11 @@ def test_one_connection_holds_at_most_one_slot(make_system: Callable[..., System
 def test_the_disk_serves_only_its_own_pager(make_system: Callable[..., System]) -> None:
     system = make_system(frames=8, disk_size_mib=4, pagers=2)
     addr = system.services["disk0"].addr or ""
-    for principal in ("app", "pager1", "kernel", "disk1"):      # not admitted at all
+    for principal in ("pager1", "kernel", "disk1"):              # not admitted at all
         with Client(addr, keys=as_principal(system, principal, "disk0"), server="disk0") as c:
             assert refused(c, Op.OPEN, label="x"), principal
+    with Client(addr, keys=as_sealed_process(system, "disk-thief", "disk0"), server="disk0") as c:
+        assert refused(c, Op.OPEN, label="x"), "a sealed process reached the disk"
     with Client(addr, keys=as_principal(system, "observer", "disk0"), server="disk0") as c:
         assert c.call(Op.PING)["service"] == "disk"           # an observer may look ...
         for op, fields in ((Op.OPEN, {"label": "x"}), (Op.READ, {"handle": b"\0" * 16, "slot": 0}),
@@ -165,7 +176,8 @@ def test_the_disk_serves_only_its_own_pager(make_system: Callable[..., System]) 
         assert c.call(Op.STATS)["refused_keys"] >= 4
     with Client(addr, keys=as_principal(system, "pager0", "disk0"), server="disk0") as c:
         assert isinstance(c.call(Op.OPEN, label="mine")["handle"], bytes)  # its pager may
-    with SealedProcess.connect(system.kernel_addr, "pager-user", PROGRAM) as proc:
+    with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "pager-user"),
+                               system.kernel_public()) as proc:
         addr_v = proc.map(24)                                  # paging through both disks
         pages = fill(proc, addr_v, 24)
         assert all(proc.read(addr_v + i * PAGE_SIZE, PAGE_SIZE) == p for i, p in enumerate(pages))
@@ -179,10 +191,9 @@ def test_a_routing_id_stays_with_its_key(make_system: Callable[..., System]) -> 
     victim's process."""
     system = make_system(frames=8, disk_size_mib=4)
     victim_id = b"victim-routing-id"
-    app, observer = as_principal(system, "app", "kernel"), as_principal(system, "observer", "kernel")
+    app, observer = as_sealed_process(system, "victim"), as_principal(system, "observer", "kernel")
     victim = raw_dealer(system, app, victim_id)
-    spid = ask(victim, Op.REGISTER, name="victim", program="v", digest="0" * 64, host="h",
-               hostpid=os.getpid())["spid"]
+    spid = ask(victim, Op.REGISTER)["spid"]
     victim.close(0)
     wait_for("the kernel to drop the victim's connection",
              lambda: attempt_takeover(system, observer, victim_id))
@@ -233,18 +244,19 @@ def ask(sock: zmq.Socket, op: Op, timeout_ms: int = 5000, **fields: object) -> d
 def test_hijack_of_both_mirrors_fails_and_the_victims_data_verifies(
         make_system: Callable[..., System], tmp_path: Path) -> None:
     """Two real hostile pagers (`--hostile zero`) try to take both mirror slots while a
-    victim pages: one with a key nobody admitted, one with the (admitted) sealed-process key.
-    Neither is admitted, the victim reads back every page, nobody is stopped."""
+    victim pages: one with a key nobody admitted, one with a stolen admitted key (the
+    observer's).  Neither is admitted, the victim reads back every page, nobody is stopped."""
     system = make_system(frames=8, disk_size_mib=8, pagers=2)
-    with SealedProcess.connect(system.kernel_addr, "victim", PROGRAM) as proc:
+    with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "victim"),
+                               system.kernel_public()) as proc:
         addr = proc.map(32)
         pages = fill(proc, addr, 32)
         unknown = attacker_keys(system, tmp_path / "unknown", 0, None)
-        stolen_app = attacker_keys(system, tmp_path / "app", 1, "app")
+        stolen = attacker_keys(system, tmp_path / "stolen", 1, "observer")
         attackers = [start_attacker(system, tmp_path, unknown, 0),
-                     start_attacker(system, tmp_path, stolen_app, 1)]
+                     start_attacker(system, tmp_path, stolen, 1)]
         try:
-            wait_for("the app-key attacker's hello to be refused",
+            wait_for("the stolen key's hello to be refused",
                      lambda: "kernel refused hello" in (tmp_path / "attacker1.log").read_text())
             wait_for("the unknown key's handshake to be refused",
                      lambda: kernel_stats(system)["refused_keys"] >= 1)

@@ -167,7 +167,7 @@ def device_ciphertexts(path: Path) -> set[str]:
 def test_mirror_that_was_down_is_resynced(make_system: Callable[..., System]) -> None:
     system = make_system(frames=8, disk_size_mib=8, pagers=2)
     pages = [hashlib.sha256(b"%d" % i).digest() * (PAGE_SIZE // 32) for i in range(48)]
-    with SealedProcess.connect(system.kernel_addr, "writer", PROGRAM) as proc:
+    with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "writer")) as proc:
         addr = proc.map(len(pages))
         for i in range(24):
             proc.write(addr + i * PAGE_SIZE, pages[i])

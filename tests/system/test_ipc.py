@@ -115,12 +115,10 @@ def me(system: System) -> Iterator[Callable[..., SealedProcess]]:
     """me(manifest) registers the test process as a sealed process (closed at teardown)."""
     procs: list[SealedProcess] = []
 
-    keys = system.keyring("app")
-
     def make(manifest: list[str] | None = None) -> SealedProcess:
-        p = SealedProcess.connect(system.kernel_addr, f"test.{next(_names)}", __file__,
-                                  manifest=manifest if manifest is not None else ["*"],
-                                  keypair=keys.own, kernel_public=keys.publics.get("kernel"))
+        cred = system.admit("echo", f"test.{next(_names)}", provides=("*",),
+                            manifest=tuple(manifest) if manifest is not None else ("*",))
+        p = SealedProcess.connect(system.kernel_addr, cred, system.kernel_public())
         procs.append(p)
         return p
     yield make
@@ -377,7 +375,7 @@ def test_a_finished_or_killed_process_loses_every_capability(apps: Apps, system:
 
 # -- outsiders --------------------------------------------------------------------------------
 def test_a_peer_that_never_registered_gets_only_errors(system: System) -> None:
-    with Client(system.kernel_addr, keys=system.keyring("app")) as c:
+    with Client(system.kernel_addr, keys=system.keyring("observer")) as c:
         for op, fields in ((Op.CALL, {"handle": 0, "msg": b"\x80"}), (Op.RECEIVE, {"handle": 1}),
                            (Op.ENDPOINT, {"contract": {}}), (Op.REPLY, {"call": 1, "msg": b""}),
                            (Op.CAP_CLOSE, {"handle": 0})):
@@ -385,8 +383,7 @@ def test_a_peer_that_never_registered_gets_only_errors(system: System) -> None:
                 c.call(op, **fields)
             assert info.value.code == Err.NOTREG
         with pytest.raises(ServiceError) as info:
-            c.call(Op.REGISTER, name="fake-init", program="init", digest="x", host="h",
-                   hostpid=1, init_token="guess")
+            c.call(Op.REGISTER, cred=os.urandom(32))           # a credential never issued
         assert info.value.code == Err.PERM
 
 

@@ -2,8 +2,6 @@
 reply, and the kernel keeps serving (real kernel process, raw ZeroMQ client)."""
 from __future__ import annotations
 
-import os
-import socket
 from typing import Callable
 
 import msgpack
@@ -16,9 +14,10 @@ from host_tools.system import System
 
 def registered(system: System) -> tuple[Client, dict]:
     """A raw connection registered as a sealed process (not attached)."""
-    c = Client(system.kernel_addr, keys=system.keyring("app"))
-    reg = c.call(Op.REGISTER, name="raw", program="raw", digest="0" * 64,
-                 host=socket.gethostname(), hostpid=os.getpid())
+    cred = system.admit("memstress", "raw")
+    c = Client(system.kernel_addr, keys=system.credential_keyring(cred))
+    reg = c.call(Op.REGISTER, cred=cred)
+    reg["cred"] = cred                                # the control connection proves it too
     return c, reg
 
 
@@ -40,7 +39,7 @@ RAW_FRAMES = [
 
 @pytest.mark.parametrize("frame,code", RAW_FRAMES, ids=[f"{c.value}-{i}" for i, (_, c) in enumerate(RAW_FRAMES)])
 def test_malformed_frames_get_error_replies(system: System, frame: bytes, code: Err) -> None:
-    with Client(system.kernel_addr, keys=system.keyring("app")) as c:
+    with Client(system.kernel_addr, keys=system.keyring("observer")) as c:
         c.send_raw(frame)
         reply = c.recv_reply()
         assert reply["err"] == code and reply["msg"]
@@ -48,7 +47,7 @@ def test_malformed_frames_get_error_replies(system: System, frame: bytes, code: 
 
 
 def test_unregistered_connection_gets_only_errors(system: System) -> None:
-    with Client(system.kernel_addr, keys=system.keyring("app")) as c:
+    with Client(system.kernel_addr, keys=system.keyring("observer")) as c:
         for op, fields in [(Op.FAULT, {"vpn": 1, "access": "r", "refs": []}),
                            (Op.MAP, {"npages": 1, "prot": 1}), (Op.EXIT, {"status": 0})]:
             with pytest.raises(ServiceError) as e:
@@ -68,14 +67,13 @@ def test_registered_process_mistakes_are_errors_not_crashes(system: System) -> N
         (Op.FAULT, {"vpn": 1, "access": "r", "refs": []}, Err.PERM),          # not attached
         (Op.HEARTBEAT, {"refs": []}, Err.PERM),                              # wrong connection
         (Op.ATTACH, {"spid": reg["spid"], "secret": b"forged-secret!!!"}, Err.PERM),
-        (Op.REGISTER, {"name": "x", "program": "x", "digest": "x", "host": "h", "hostpid": 1},
-         Err.PERM),                                                          # twice
+        (Op.REGISTER, {"cred": system.admit("memstress", "again")}, Err.PERM),   # twice
     ]
     for op, fields, code in cases:
         with pytest.raises(ServiceError) as e:
             c.call(op, **fields)
         assert e.value.code == code, (op, fields, e.value)
-    ctl = Client(system.kernel_addr, keys=system.keyring("app"))
+    ctl = Client(system.kernel_addr, keys=system.credential_keyring(reg["cred"]))
     ctl.call(Op.ATTACH, spid=reg["spid"], secret=reg["secret"])
     for vpn, access, code in [(-1, "r", Err.SEGV), (1 << 60, "r", Err.SEGV), (5, "q", Err.INVAL)]:
         with pytest.raises(ServiceError) as e:
@@ -90,7 +88,7 @@ def test_registered_process_mistakes_are_errors_not_crashes(system: System) -> N
 
 def test_forged_pager_replies_are_ignored(system: System) -> None:
     """A reply to a request the kernel never sent to this connection changes nothing."""
-    with Client(system.kernel_addr, keys=system.keyring("app")) as c:
+    with Client(system.kernel_addr, keys=system.keyring("observer")) as c:
         for rid in (1, 2, 3, 10 ** 6):
             c.send_raw(msgpack.packb({"re": rid, "data": b"\x00" * 4096}))
         assert c.call(Op.PING)["service"] == "kernel"

@@ -79,7 +79,7 @@ def test_data_survives_heavy_paging_bit_for_bit(make_system: Callable[..., Syste
 def test_segfault_and_protection_fault_stop_only_the_offender(make_system: Callable[..., System]) -> None:
     system = make_system(frames=12, disk_size_mib=8)
     system.spawn_app("memstress", ["--pages", "30", "--passes", "2"], "memstress.1")
-    with SealedProcess.connect(system.kernel_addr, "offender", PROGRAM) as proc:
+    with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "offender")) as proc:
         with pytest.raises(SegmentationFault, match="outside every region"):
             proc.load_u64(0x7000_0000)
         ro = proc.map(1, PROT_R)
@@ -105,7 +105,7 @@ def fill(proc: SealedProcess, addr: int, npages: int, salt: int) -> list[bytes]:
 
 def test_disk_restart_serves_every_page_written_before(make_system: Callable[..., System]) -> None:
     system = make_system(frames=8, disk_size_mib=8)
-    with SealedProcess.connect(system.kernel_addr, "writer", PROGRAM) as proc:
+    with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "writer")) as proc:
         addr = proc.map(32)
         pages = fill(proc, addr, 32, 1)
         swapped = system.process("writer")["swapped_pages"]
@@ -128,7 +128,7 @@ def disk_used_blocks(system: System) -> int:
 def test_exit_frees_frames_swap_and_handle(make_system: Callable[..., System]) -> None:
     system = make_system(frames=8, disk_size_mib=8)
     base = system.stats()["kernel"]
-    proc = SealedProcess.connect(system.kernel_addr, "leaver", PROGRAM)
+    proc = SealedProcess.connect(system.kernel_addr, system.admit("memstress", "leaver"))
     addr = proc.map(24)
     fill(proc, addr, 24, 2)
     rec = system.process("leaver")

@@ -7,7 +7,6 @@ a test asks.  It exists only for these unit tests; the real kernel is tested els
 """
 from __future__ import annotations
 
-import os
 import queue
 import random
 import subprocess
@@ -28,7 +27,8 @@ from apps.runtime import (
 from wire.protocol import Err, Op, decode, encode, error, ok
 
 ROOT = Path(__file__).resolve().parents[2]
-PROGRAM = ROOT / "apps" / "memstress.py"
+#: What the launcher would hand a process (the fake kernel accepts any).
+CRED: bytes = bytes(range(32))
 
 
 class FakeKernel:
@@ -125,7 +125,8 @@ class FakeKernel:
     def do_register(self, peer: bytes, msg: dict[str, Any]) -> dict[str, Any]:
         self.call_peer = peer
         self.registered = msg
-        return ok(msg["rid"], spid=7, secret=self.secret, nframes=self.nframes, page_size=PAGE_SIZE)
+        return ok(msg["rid"], spid=7, secret=self.secret, nframes=self.nframes, page_size=PAGE_SIZE,
+                  name="ident", role="app")
 
     def do_attach(self, peer: bytes, msg: dict[str, Any]) -> dict[str, Any]:
         if msg["secret"] != self.secret:
@@ -261,17 +262,17 @@ def fk() -> Any:
 
 @pytest.fixture
 def proc(fk: FakeKernel) -> Any:
-    p = SealedProcess.connect(fk.addr, "t", PROGRAM, manifest=["echo"])
+    p = SealedProcess.connect(fk.addr, CRED)
     yield p
     p.close()
 
 
 # -- registration ---------------------------------------------------------------------------
-def test_register_carries_identity_and_exit_is_sent(fk: FakeKernel) -> None:
-    p = SealedProcess.connect(fk.addr, "ident", PROGRAM, manifest=["echo"])
+def test_register_carries_only_the_credential_and_exit_is_sent(fk: FakeKernel) -> None:
+    p = SealedProcess.connect(fk.addr, CRED)
     reg = fk.registered
-    assert (reg["name"], reg["program"], reg["manifest"]) == ("ident", "memstress", ["echo"])
-    assert reg["hostpid"] == os.getpid() and len(reg["digest"]) == 64
+    assert set(reg) == {"op", "rid", "cred"} and reg["cred"] == CRED   # identity: the launcher's
+    assert p.name == "ident" and p.role == "app"                       # ... as the kernel says
     assert fk.ctrl_peer is not None
     p.close(5)
     assert fk.exited == 5
@@ -518,7 +519,7 @@ def test_segfault_on_esegv(fk: FakeKernel, proc: SealedProcess) -> None:
     proc.map(1)
     with pytest.raises(SegmentationFault, match="outside every region") as info:
         proc.read(0x10, 1)
-    assert info.value.code == Err.SEGV and info.value.process_name == "t"
+    assert info.value.code == Err.SEGV and info.value.process_name == "ident"
 
 
 @pytest.mark.parametrize("code, cls", [(Err.INTEGRITY, PageIntegrityError),
@@ -553,7 +554,7 @@ def test_varray_faults_page_by_page(fk: FakeKernel, proc: SealedProcess) -> None
 def test_kill_ends_the_process_with_a_message(fk: FakeKernel) -> None:
     script = ("import sys, time\n"
               "from apps.runtime import SealedProcess\n"
-              f"p = SealedProcess.connect(sys.argv[1], 'victim', {str(PROGRAM)!r})\n"
+              f"p = SealedProcess.connect(sys.argv[1], {CRED!r})\n"
               "print('up', flush=True)\n"
               "time.sleep(30)\n")
     child = subprocess.Popen([sys.executable, "-c", script, fk.addr], cwd=ROOT,

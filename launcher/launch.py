@@ -1,0 +1,143 @@
+"""Starting a sealed process: admit it with the kernel, then hand it its credential.
+
+The trusted launcher is the only source of a process's identity (issue: identity is issued,
+never claimed).  To start one:
+
+1. look the program up in the service table (manifest, provides, quota, role) and hash the
+   code file it will run (the digest);
+2. start the child with the read end of a pipe inherited (its number in ``SEALEDOS_CRED_FD``;
+   the credential itself never appears in argv, the environment, or a file);
+3. ADMIT it with the kernel -- program, digest, table row, and, on the kernel's host, the
+   child's pid and start time, so the kernel can later tell *that* process from a reused pid;
+4. write the one-time credential the kernel returns into the pipe and close it.
+
+The child reads the credential, REGISTERs with it, and is bound to what step 3 said.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+import zmq.auth
+
+from launcher import spawn
+from launcher.table import DEFAULT_TABLE, ProgramSpec, load, lookup
+from wire.client import Client
+from wire.credential import CRED_FD_ENV, from_z85
+from wire.keys import Keyring, keypair_of_credential
+from wire.protocol import Op
+
+#: The principal name of the launcher's key files.
+LAUNCHER: str = "launcher"
+
+
+def launcher_key_files(keys_dir: Path) -> tuple[Path, Path]:
+    """(secret file, public file) of the launcher's key under `keys_dir`."""
+    return (keys_dir / "priv" / LAUNCHER / f"{LAUNCHER}.key_secret",
+            keys_dir / "public" / f"{LAUNCHER}.key")
+
+
+def make_launcher_key(keys_dir: Path) -> tuple[str, bytes]:
+    """Create the launcher's key pair under `keys_dir` (secret in a 0700 dir); return
+    (z85 public key, credential)."""
+    secret_file, public_file = launcher_key_files(keys_dir)
+    for d in (keys_dir, keys_dir / "priv", keys_dir / "public"):
+        d.mkdir(mode=0o711 if d != keys_dir / "public" else 0o755, exist_ok=True)
+    secret_file.parent.mkdir(mode=0o700, exist_ok=True)
+    zmq.auth.create_certificates(str(secret_file.parent), LAUNCHER)
+    (secret_file.parent / f"{LAUNCHER}.key").replace(public_file)
+    os.chmod(secret_file, 0o600)
+    return load_launcher_key(keys_dir)
+
+
+def load_launcher_key(keys_dir: Path) -> tuple[str, bytes]:
+    """(z85 public key, credential) of the launcher, from its secret file."""
+    public, secret = zmq.auth.load_certificate(str(launcher_key_files(keys_dir)[0]))
+    if secret is None:
+        raise ValueError(f"{keys_dir}: the launcher's secret key file has no secret key")
+    return public.decode("ascii"), from_z85(secret)
+
+
+class Launcher:
+    """Admits processes with one kernel and starts them with their credentials."""
+
+    def __init__(self, kernel_addr: str, secret: bytes, table_path: Path = DEFAULT_TABLE,
+                 kernel_public: bytes | None = None) -> None:
+        """secret: the launcher's credential (its CURVE secret key); kernel_public: the
+        kernel's CURVE public key -- with it the launcher's connection is CURVE and its key
+        proves it is the launcher; without it (an insecure kernel) ADMIT carries the secret."""
+        self.kernel_addr = kernel_addr
+        self._secret = secret
+        self._keys = Keyring(keypair_of_credential(secret), {"kernel": kernel_public}) \
+            if kernel_public is not None else None
+        self.table = load(table_path)
+        self._client: Client | None = None
+        self._lock = threading.Lock()            # one connection, callers on any thread
+
+    def spec(self, program: str) -> ProgramSpec:
+        """The service table's row of `program` (UnknownProgram if none)."""
+        return lookup(self.table, program)
+
+    def admit(self, program: str, name: str, hostpid: int = 0, started: float = 0.0,
+              **override: Any) -> bytes:
+        """ADMIT one process of `program` called `name`; return its one-time credential.
+
+        hostpid/started: the host process, when it runs on the kernel's host (else 0).
+        override: table fields (manifest, provides, quota, role) the operator sets for this
+        one process (tests)."""
+        spec = dataclasses.replace(self.spec(program), **override)
+        with self._lock:
+            if self._client is None:
+                self._client = Client(self.kernel_addr, keys=self._keys)
+            proof = {} if self._keys is not None else {"cred": self._secret}
+            reply = self._client.call(
+                Op.ADMIT, **proof, name=name, program=program, digest=spec.digest(),
+                role=spec.role, manifest=list(spec.manifest), provides=list(spec.provides),
+                quota=dict(spec.quota), hostpid=hostpid, started=started)
+        cred = reply.get("cred")
+        if not isinstance(cred, bytes):
+            raise RuntimeError("admit: the kernel's reply carries no credential")
+        return cred
+
+    def start(self, program: str, name: str, args: list[str], log: Path | None = None,
+              env: dict[str, str] | None = None, nice: int = 0, local: bool = True,
+              inherit_output: bool = False) -> subprocess.Popen[bytes]:
+        """Start `program` as the sealed process `name` with its credential on a pipe.
+
+        local: the kernel runs on this host, so it may watch (and stop) the child by its pid
+        and start time; else it knows the child only by its connection."""
+        self.spec(program)                           # unknown programs are never started
+        rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        os.set_inheritable(rfd, True)
+        cmd = [sys.executable, "-m", "apps.run", program, "--kernel", self.kernel_addr,
+               "--name", name, *args]
+        try:
+            child = spawn.spawn(cmd, log, {**(env or {}), CRED_FD_ENV: str(rfd)}, nice=nice,
+                                pass_fds=(rfd,), inherit_output=inherit_output)
+        finally:
+            os.close(rfd)
+        try:
+            hostpid, started = (child.pid, psutil.Process(child.pid).create_time()) if local \
+                else (0, 0.0)
+            cred = self.admit(program, name, hostpid, started)
+            os.write(wfd, cred)
+        except BaseException:
+            spawn.stop(child)
+            raise
+        finally:
+            os.close(wfd)
+        return child
+
+    def close(self) -> None:
+        """Close the connection to the kernel."""
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
