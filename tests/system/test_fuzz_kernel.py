@@ -96,7 +96,8 @@ def arena() -> Iterator[tuple[System, SealedProcess, int]]:
     system = System(Config(frames=32, disk_size_mib=16)).start()
     try:
         bystander = SealedProcess.connect(system.kernel_addr,
-                                          system.admit("memstress", "bystander"))
+                                          system.admit("memstress", "bystander"),
+                                          system.kernel_public())
         base = bystander.map(BYSTANDER_PAGES)
         for i in range(BYSTANDER_PAGES):
             bystander.store_u64(base + i * 4096, 0xB0B0 + i)
