@@ -31,7 +31,7 @@ from launcher import spawn
 from launcher.table import DEFAULT_TABLE, ProgramSpec, load, lookup
 from wire.client import Client
 from wire.credential import CRED_FD_ENV, from_z85
-from wire.keys import Keyring, keypair_of_credential
+from wire.keys import INSECURE_ENV, KERNEL_KEY_ENV, Keyring, keypair_of_credential
 from wire.protocol import Op
 
 #: The principal name of the launcher's key files.
@@ -77,6 +77,9 @@ class Launcher:
         self._secret = secret
         self._keys = Keyring(keypair_of_credential(secret), {"kernel": kernel_public}) \
             if kernel_public is not None else None
+        #: What a child needs to know to reach the kernel: its public key, or NULL.
+        self._child_env = {KERNEL_KEY_ENV: kernel_public.decode("ascii")} \
+            if kernel_public is not None else {INSECURE_ENV: "1"}
         self.table = load(table_path)
         self._client: Client | None = None
         self._lock = threading.Lock()            # one connection, callers on any thread
@@ -119,7 +122,8 @@ class Launcher:
         cmd = [sys.executable, "-m", "apps.run", program, "--kernel", self.kernel_addr,
                "--name", name, *args]
         try:
-            child = spawn.spawn(cmd, log, {**(env or {}), CRED_FD_ENV: str(rfd)}, nice=nice,
+            child = spawn.spawn(cmd, log, {**self._child_env, **(env or {}), CRED_FD_ENV: str(rfd)},
+                                nice=nice,
                                 pass_fds=(rfd,), inherit_output=inherit_output)
         finally:
             os.close(rfd)

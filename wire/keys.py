@@ -33,6 +33,9 @@ from zmq.utils import z85
 #: Environment variables every service and observer reads (flags override them).
 KEYS_ENV: str = "SEALEDOS_KEYS"
 INSECURE_ENV: str = "SEALEDOS_INSECURE"
+#: The kernel's z85 public key, handed to a sealed process by its launcher (else it reads
+#: KEYS/public/kernel.key).
+KERNEL_KEY_ENV: str = "SEALEDOS_KERNEL_KEY"
 #: The principals with a fixed key besides the per-slot pagers and disks.
 FIXED_PRINCIPALS: tuple[str, ...] = ("kernel", "launcher", "observer")
 #: Length of a raw Curve25519 key (a credential from ADMIT is one).

@@ -40,7 +40,7 @@ EXIT_WAIT_MS: int = 2000
 
 KERNEL_ADDR_ENV: str = "SEALEDOS_KERNEL_ADDR"
 #: The kernel's z85 public key, if given directly (else KEYS/public/kernel.key).
-KERNEL_KEY_ENV: str = "SEALEDOS_KERNEL_KEY"
+KERNEL_KEY_ENV: str = wkeys.KERNEL_KEY_ENV
 
 
 def kernel_public_from_env() -> bytes | None:
