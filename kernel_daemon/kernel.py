@@ -374,6 +374,9 @@ class Kernel(Server):
         self._maybe_close(proc.space)
         self.ipc.reclaim(proc)
         self.procs.retire(proc)
+        for peer in (proc.call_peer, proc.ctrl_peer):     # its routing ids: nothing left to steal
+            if peer is not None:
+                self.peer_keys.pop(peer, None)
         self.log.info("reclaimed %s (spid %d): %s", proc.name, proc.spid, reason)
 
     def _watch(self) -> None:

@@ -232,7 +232,7 @@ def raw_dealer(system: System, keys: Keyring, routing_id: bytes) -> zmq.Socket:
     return sock
 
 
-def ask(sock: zmq.Socket, op: Op, timeout_ms: int = 5000, **fields: object) -> dict:
+def ask(sock: zmq.Socket, op: Op, timeout_ms: int = 20000, **fields: object) -> dict:
     """One raw request; the reply map (errors included); TimeoutError if none came."""
     sock.send(encode({"op": str(op), "rid": 7, **fields}))
     if not sock.poll(timeout_ms):
