@@ -37,9 +37,11 @@ import psutil
 from kernel_daemon.frames import FramePool
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
-from kernel_daemon.pagetable import PAGE_SHIFT, SwapSpace
+from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import Proc, ProcState, ProcTable
+from kernel_daemon.quota import Resource
+from kernel_daemon.records import bounded_records
 from wire.protocol import (
     IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
@@ -53,6 +55,8 @@ LIVENESS_MS: int = 500
 PROC_DEAD_MS: int = 10000
 KILL_GRACE_MS: int = 2000
 REPORT_MAX_KEYS: int = 64
+#: Longest REPORT value kept (a str's UTF-8 bytes; a number counts as 8).
+REPORT_VALUE_MAX_BYTES: int = 1024
 
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
 ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS, Op.FAULT_LOG}
@@ -136,10 +140,24 @@ class Kernel(Server):
         """Record app-level results (checksum verdict, progress)."""
         proc: Proc = req.caller
         data = req.msg["data"]
-        if len(data) > REPORT_MAX_KEYS or len(proc.report) > REPORT_MAX_KEYS:
+        if len(data) > REPORT_MAX_KEYS:
             raise ServiceError(Err.INVAL, f"report: at most {REPORT_MAX_KEYS} keys")
-        proc.report.update({str(k)[:64]: v for k, v in data.items()
-                            if isinstance(v, (int, float, str, bool, type(None)))})
+        clean = {str(k)[:64]: v for k, v in data.items()
+                 if isinstance(v, (int, float, str, bool, type(None)))}
+        for key, value in clean.items():
+            if _value_bytes(value) > REPORT_VALUE_MAX_BYTES:
+                raise ServiceError(Err.INVAL, f"report: value of {key!r} is "
+                                              f"{_value_bytes(value)} bytes, over the "
+                                              f"{REPORT_VALUE_MAX_BYTES}-byte limit")
+        merged = {**proc.report, **clean}
+        if len(merged) > REPORT_MAX_KEYS:
+            raise ServiceError(Err.INVAL, f"report: at most {REPORT_MAX_KEYS} keys")
+        old, new = _report_bytes(proc.report), _report_bytes(merged)
+        if new > old:
+            proc.quota.charge(Resource.REPORT_BYTES, new - old)
+        else:
+            proc.quota.release(Resource.REPORT_BYTES, old - new)
+        proc.report = merged
         return {}
 
     def do_exit(self, req: Request) -> dict[str, Any]:
@@ -153,20 +171,31 @@ class Kernel(Server):
         addr = req.msg.get("addr", 0)
         if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
             raise ServiceError(Err.INVAL, f"map: address {addr!r} is not page-aligned")
-        vpn = req.caller.aspace.map(addr >> PAGE_SHIFT, req.msg["npages"], req.msg["prot"])
+        proc: Proc = req.caller
+        npages = req.msg["npages"]
+        if 0 < npages <= MAX_MAP_PAGES:          # out of range: map() says EINVAL
+            proc.quota.check(Resource.REGIONS, 1)
+            proc.quota.check(Resource.PAGES, npages)
+        vpn = proc.aspace.map(addr >> PAGE_SHIFT, req.msg["npages"], req.msg["prot"])
+        self.vm.sync_space(proc)
         return {"addr": vpn << PAGE_SHIFT}
 
     def do_unmap(self, req: Request) -> dict[str, Any]:
         """Remove a range: free its frames and its swap blocks."""
         proc: Proc = req.caller
-        vpn = _page_of(req.msg["addr"])
-        self.vm.release_pages(proc, proc.aspace.unmap(vpn, _npages(req.msg["npages"])))
+        vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
+        proc.quota.check(Resource.REGIONS, max(0, proc.aspace.edges_inside(vpn, npages) - 1))
+        self.vm.release_pages(proc, proc.aspace.unmap(vpn, npages))
+        self.vm.sync_space(proc)
         return {}
 
     def do_protect(self, req: Request) -> dict[str, Any]:
         """Change a range's permissions (W^X enforced); the caller's runtime drops its TLB."""
-        req.caller.aspace.protect(_page_of(req.msg["addr"]), _npages(req.msg["npages"]),
-                                  req.msg["prot"])
+        proc: Proc = req.caller
+        vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
+        proc.quota.check(Resource.REGIONS, proc.aspace.edges_inside(vpn, npages))
+        proc.aspace.protect(vpn, npages, req.msg["prot"])
+        self.vm.sync_space(proc)
         return {}
 
     def do_fault(self, req: Request) -> Any:
@@ -283,6 +312,9 @@ class Kernel(Server):
         self.tracer.end_track(proc.spid, outcome=str(state))
         self.vm.release_pages(proc, list(proc.aspace.ptes.items()))
         proc.aspace.ptes.clear()
+        proc.aspace.regions.clear()
+        self.vm.sync_space(proc)
+        proc.quota.release(Resource.REPORT_BYTES, proc.quota.used[Resource.REPORT_BYTES])
         self._maybe_close(proc.space)
         self.ipc.reclaim(proc)
         self.procs.retire(proc)
@@ -319,7 +351,8 @@ class Kernel(Server):
 
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Every counter, the pagers' health and every process (live and exited)."""
-        return {"kernel": self.counters(), "processes": self.process_records()}
+        records = self.process_records()          # first: it counts records_omitted
+        return {"kernel": self.counters(), "processes": records}
 
     def do_fault_log(self, req: Request) -> dict[str, Any]:
         """The faults served since `cursor` (see faultlog.py): records, next cursor, dropped."""
@@ -342,13 +375,18 @@ class Kernel(Server):
         out["live_processes"] = len(self.procs.by_spid)
         out["pagers"] = [s.health() for s in self.pagers.slots]
         out["bad_messages"] = self.bad_messages
+        out["callback_errors"] = self.callback_errors
         out["fault_latency_us"] = {k: _percentiles(v) for k, v in self.vm.latency.items()}
         out["ipc"] = self.ipc.counters()
         return out
 
     def process_records(self) -> list[dict[str, Any]]:
-        """Live processes' records, then exited ones'."""
-        return [p.record() for p in self.procs.by_spid.values()] + list(self.procs.exited)
+        """Live processes' records, then exited ones', within RECORDS_MAX_BYTES together
+        (see records.py: no process's record can make stats or ps too big to send)."""
+        records, omitted = bounded_records([p.record() for p in self.procs.by_spid.values()],
+                                           list(self.procs.exited))
+        self.stats["records_omitted"] = omitted
+        return records
 
 
 def _ignore(reply: dict[str, Any] | None, why: str) -> None:
@@ -357,6 +395,16 @@ def _ignore(reply: dict[str, Any] | None, why: str) -> None:
 
 def _ignore1(reply: dict[str, Any] | None) -> None:
     """A process answer nobody waits for."""
+
+
+def _value_bytes(value: Any) -> int:
+    """What one REPORT value costs: a str its UTF-8 bytes, anything else 8."""
+    return len(value.encode("utf-8", "replace")) if isinstance(value, str) else 8
+
+
+def _report_bytes(report: dict[str, Any]) -> int:
+    """What a whole report costs (keys and values), charged as report_bytes."""
+    return sum(len(k.encode("utf-8", "replace")) + _value_bytes(v) for k, v in report.items())
 
 
 def _page_of(addr: Any) -> int:
@@ -372,19 +420,25 @@ def _npages(n: int) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Is local pid a live (non-zombie) process?  False for any int that is not a pid
+    (negative, zero, too large): never raises."""
+    if not 0 < pid < 1 << 22:
+        return False
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):
         return False
 
 
 def _sigkill_if_sealed(pid: int) -> None:
     """SIGKILL a local sealed process that ignored KILL (checks it is one of ours)."""
+    if not 0 < pid < 1 << 22:
+        return
     try:
         p = psutil.Process(pid)
         if "apps" in " ".join(p.cmdline()) or "sealedos" in " ".join(p.cmdline()):
             p.kill()
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):
         pass
 
 

@@ -424,10 +424,12 @@ class Pagers:
 def _pager_process(pid: int) -> psutil.Process | None:
     """The local pager process `pid`, or None if it is gone (exited, a zombie, or the pid
     now belongs to something that is not a pager)."""
+    if not 0 < pid < 1 << 22:
+        return None
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE or "pager" not in " ".join(proc.cmdline()):
             return None
         return proc
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):
         return None

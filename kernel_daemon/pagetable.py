@@ -144,6 +144,15 @@ class AddressSpace:
         self._next_vpn = max(self._next_vpn, vpn + npages + 1)   # leave a guard page
         return vpn
 
+    def edges_inside(self, vpn: int, npages: int) -> int:
+        """How many of the range's two edges fall strictly inside a region (each one a split
+        would cut: the most regions a protect of the range can add)."""
+        inside = 0
+        for edge in (vpn, vpn + npages):
+            r = self.region_of(edge)
+            inside += r is not None and r.start < edge
+        return inside
+
     def split(self, vpn: int, npages: int) -> list[Region]:
         """Cut regions at the range's edges; return the regions inside it; refuse holes."""
         end = vpn + npages

@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from kernel_daemon.pagetable import AddressSpace, SwapSpace
+from kernel_daemon.quota import Quota
 
 #: How many exited processes' final records the kernel keeps for stats.
 EXITED_KEEP: int = 1000
@@ -60,6 +61,7 @@ class Proc:
     last_heard: float = field(default_factory=time.monotonic)
     resident: int = 0
     swapped: int = 0
+    quota: Quota = field(default_factory=Quota)   # limits and usage of kernel objects
 
     def is_local(self, host: str) -> bool:
         """True when the process runs on the kernel's host (psutil can watch it)."""
@@ -72,7 +74,8 @@ class Proc:
             "digest": self.digest, "host": self.host, "hostpid": self.hostpid,
             "state": str(self.state), "resident_pages": self.resident,
             "swapped_pages": self.swapped, "exit_reason": self.exit_reason,
-            "checksum": self.report.get("checksum"), "report": dict(self.report)}
+            "checksum": self.report.get("checksum"), "report": dict(self.report),
+            "quota": self.quota.usage()}
         out.update(self.counters)
         out["faults"] = self.counters["minor_faults"] + self.counters["major_faults"]
         return out

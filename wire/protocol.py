@@ -97,6 +97,7 @@ class Err(StrEnum):
     KILLED = "EKILLED"             # the process was stopped by the kernel
     BUSY = "EBUSY"
     IO = "EIO"                     # the device failed
+    QUOTA = "EQUOTA"               # over the process's quota; the message names the resource
 
 
 # Permissions, as a bit set.  W^X: no region or page may have W and X together.
