@@ -239,31 +239,36 @@ class Kernel(Server):
     def with_handles(self, space: SwapSpace, then: Callable[[list[bytes | None]], None]) -> None:
         """Run then(handles per mirror) once every mirror's disk handle for `space` is open
         (None for a mirror whose open failed, or that is down while another is up: it is
-        tried again next time, and the resync fills it in when it returns)."""
+        tried again next time, and the resync fills it in when it returns).
+
+        The kernel mints each handle (SwapSpace.handle) and OPEN carries it; the pager's
+        answer tells only ok or error.  A mark that a mirror opened it is kept by the pagers
+        (pagers.py) for the current instance of that mirror: a new instance re-validates it,
+        and a READ/WRITE answered EBADHANDLE (a pager that lied about OPEN) re-opens it."""
         n = self.pagers.nmirrors
         missing = [m for m in range(n)
-                   if m not in space.handles and self.pagers.worth_asking(m)]
+                   if not self.pagers.is_open(m, space.handle(m)) and self.pagers.worth_asking(m)]
         if not missing:
-            then([space.handles.get(m) for m in range(n)])
+            then(self._open_handles(space))
             return
         waiting = {"left": len(missing)}
 
         def opened(m: int) -> Callable[[dict[str, Any] | None, str], None]:
             def on(reply: dict[str, Any] | None, why: str) -> None:
-                handle = reply.get("handle") if reply and "err" not in reply else None
-                if isinstance(handle, bytes):
-                    space.handles.setdefault(m, handle)
-                    if space.handles[m] != handle:    # two opens raced: keep the first
-                        self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
                 waiting["left"] -= 1
                 if waiting["left"] == 0:
-                    then([space.handles.get(k) for k in range(n)])
+                    then(self._open_handles(space))
                     self._maybe_close(space)
             return on
 
         retries = 0 if n > 1 else None         # mirrored: do not wait on one mirror's restart
         for m in missing:
-            self.pagers.submit(m, Op.OPEN, {"label": space.label[:32]}, opened(m), retries=retries)
+            self.pagers.open(m, space.handle(m), space.label[:32], opened(m), retries=retries)
+
+    def _open_handles(self, space: SwapSpace) -> list[bytes | None]:
+        """space's handle per mirror, None where that mirror has not opened it."""
+        return [space.handles[m] if m in space.handles and self.pagers.is_open(m, space.handles[m])
+                else None for m in range(self.pagers.nmirrors)]
 
     def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
         """Tell every mirror to free these swap blocks of `space`; close it if now unused."""
@@ -278,6 +283,7 @@ class Kernel(Server):
         if space.owner_alive or space.pages:
             return
         for m, handle in space.handles.items():
+            self.pagers.forget(m, handle)
             self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
         space.handles.clear()
 

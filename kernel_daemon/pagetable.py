@@ -18,6 +18,7 @@ and tag.
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
@@ -50,10 +51,18 @@ class SwapSpace:
     space outlives its process until the last page stored in it is gone."""
     swap_id: bytes                                   # bound into every seal (16 bytes)
     label: str
-    handles: dict[int, bytes] = field(default_factory=dict)   # mirror -> disk handle
+    handles: dict[int, bytes] = field(default_factory=dict)   # mirror -> disk handle (minted)
     next_slot: int = 0
     pages: int = 0                                   # PTEs anywhere holding a slot here
     owner_alive: bool = True
+
+    def handle(self, mirror: int) -> bytes:
+        """This space's disk handle on `mirror`: 16 random bytes the kernel mints (once per
+        mirror) and the disk only ever stores a hash of."""
+        token = self.handles.get(mirror)
+        if token is None:
+            token = self.handles[mirror] = os.urandom(16)
+        return token
 
     def alloc_slot(self) -> int:
         """A fresh swap slot (slots are never reused, so a late FREE cannot hit new data)."""
