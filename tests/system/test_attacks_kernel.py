@@ -15,8 +15,10 @@ import socket
 import threading
 from typing import Any, Callable, Iterator
 
+import msgpack
 import psutil
 import pytest
+import zmq
 
 from apps.runtime import SealedProcess
 from apps.runtime.errors import SealedError
@@ -25,7 +27,7 @@ from kernel_daemon.contract import CONTRACT_MAX_BYTES
 from kernel_daemon.pagetable import MAX_VPN
 from kernel_daemon.quota import Limits
 from wire.client import Client
-from wire.protocol import PAGE_SIZE, PROT_R, PROT_W, Err, Op, ServiceError
+from wire.protocol import PAGE_SIZE, PROT_R, PROT_W, Err, Op, ServiceError, encode
 
 import polling
 
@@ -261,3 +263,50 @@ def test_map_and_protect_floods_stop_at_the_region_and_page_quotas(
         c.close()
         d.close()
     assert_survived(system, kernel_pid, victim)
+
+
+# -- 3. a departed pager's lies persist ---------------------------------------------------------
+def rogue_pager(system: System, stop: threading.Event, opens: list[bytes]) -> None:
+    """A pager instance on 'another host' that takes over mirror slot 0 (HELLO every 50 ms),
+    answers every OPEN with success and a bogus handle without opening anything, ignores every
+    other request, and leaves once `stop` is set."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(system.kernel_addr)
+    rid = itertools.count(1)
+    try:
+        while not stop.is_set():
+            sock.send(encode({"op": str(Op.PAGER_HELLO), "rid": next(rid), "mirror": 0,
+                              "host": "rogue.invalid", "hostpid": 4242}))
+            while sock.poll(50):
+                msg = msgpack.unpackb(sock.recv(), raw=False)
+                if msg.get("op") == str(Op.OPEN):
+                    opens.append(msg.get("handle", b""))
+                    sock.send(encode({"re": msg["rid"], "handle": os.urandom(16)}))
+    finally:
+        sock.close(0)
+
+
+def test_a_departed_rogue_pagers_open_lies_do_not_persist(
+        system: System, kernel_pid: int) -> None:
+    """A rogue takes the pager slot and answers OPEN with success (and a bogus handle) for a
+    new process's swap space without opening anything, then leaves.  The kernel minted the
+    handle itself and re-validates what the departed instance claimed: the honest pager that
+    takes the slot back opens it for real and the process's pages verify."""
+    stop, opens = threading.Event(), []
+    rogue = threading.Thread(target=rogue_pager, args=(system, stop, opens), daemon=True)
+    rogue.start()
+    try:
+        wait_for("the rogue to hold the slot", lambda: any(
+            p["host"] == "rogue.invalid" for p in system.client().call(Op.PS)["pagers"]))
+        name = f"victim.{next(_names)}"
+        system.spawn_app("memstress", ["--pages", "48", "--duration", "4"], name)
+        wait_for("the rogue to lie about an OPEN", lambda: opens)
+    finally:
+        stop.set()
+        rogue.join(10)
+    assert all(len(h) == 16 for h in opens)           # the kernel, not the pager, minted them
+    assert_survived(system, kernel_pid, name)
+    rec = record(system, name)
+    assert rec["integrity_failures"] == 0
+    assert rec["page_outs"] > 0, rec       # its pages really reached the disk (not only HELD)
