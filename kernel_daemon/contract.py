@@ -336,9 +336,10 @@ def _compile_messages(specs: Any, direction: str) -> dict[str, MessageSpec]:
     return out
 
 
-def compile_contract(src: Any) -> Contract:
-    """Validate a contract map and compile it; raise ServiceError(EINVAL) naming the flaw,
-    EMSGSIZE when its encoding is over CONTRACT_MAX_BYTES (checked before any compiling)."""
+def encoded_size(src: Any) -> int:
+    """The contract's msgpack size in bytes; EMSGSIZE over CONTRACT_MAX_BYTES, EINVAL when
+    it is not a map (cheap next to compiling: the kernel checks it, and charges the
+    compiled size it implies, before compiling)."""
     if not isinstance(src, dict):
         raise _bad("a contract must be a map")
     try:
@@ -348,6 +349,20 @@ def compile_contract(src: Any) -> Contract:
     if encoded > CONTRACT_MAX_BYTES:
         raise ServiceError(Err.MSGSIZE, f"bad contract: {encoded} bytes encoded, over the "
                                         f"{CONTRACT_MAX_BYTES}-byte contract limit")
+    return encoded
+
+
+def compiled_size(encoded: int) -> int:
+    """The kernel memory a contract of `encoded` bytes is charged for once compiled."""
+    return encoded * CONTRACT_COST_PER_BYTE
+
+
+def compile_contract(src: Any, encoded: int | None = None) -> Contract:
+    """Validate a contract map and compile it; raise ServiceError(EINVAL) naming the flaw,
+    EMSGSIZE when its encoding is over CONTRACT_MAX_BYTES (checked before any compiling;
+    `encoded`: its size when the caller already asked encoded_size)."""
+    if encoded is None:
+        encoded = encoded_size(src)
     extra = set(src) - _CONTRACT_KEYS
     if extra:
         raise _bad(f"unknown key {sorted(map(str, extra))[0]!r}")
@@ -385,7 +400,7 @@ def compile_contract(src: Any) -> Contract:
                     raise _bad(f"state {state!r}, call {call!r}, reply {reply!r}: next state "
                                f"{str(nxt)[:40]!r} is not declared")
                 wrow[reply] = (replies[reply], nxt)
-    return Contract(name, initial, calls, replies, table, src, encoded * CONTRACT_COST_PER_BYTE)
+    return Contract(name, initial, calls, replies, table, src, compiled_size(encoded))
 
 
 # -- checking a message ---------------------------------------------------------------------

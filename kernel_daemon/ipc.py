@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.caps import NAMESERVICE_HANDLE, CapTable, Endpoint
 from kernel_daemon.contract import (
-    CONTRACT_MAX_BYTES, check, compile_contract, decode_payload)
+    CONTRACT_MAX_BYTES, check, compile_contract, compiled_size, decode_payload, encoded_size)
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
 from kernel_daemon.quota import Resource
@@ -151,7 +151,10 @@ class Ipc:
         quota = proc.quota
         quota.check(Resource.ENDPOINTS, 1)
         quota.check(Resource.CAPABILITIES, 1)
-        contract = compile_contract(req.msg["contract"])
+        encoded = encoded_size(req.msg["contract"])
+        quota.check(Resource.CONTRACT_BYTES, compiled_size(encoded))
+        quota.spend_compile(encoded, time.monotonic())     # CPU: bytes compiled per second
+        contract = compile_contract(req.msg["contract"], encoded)
         quota.charge(Resource.CONTRACT_BYTES, contract.size_bytes)
         quota.charge(Resource.ENDPOINTS, 1)
         ep = Endpoint(self._next_eid, proc, contract, t.next_handle)

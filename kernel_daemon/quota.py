@@ -44,6 +44,13 @@ class Limits:
     capabilities: int = 4096
     calls: int = 4
     report_bytes: int = 8192
+    #: Contract bytes the kernel compiles for the process per second (CPU, not memory: an
+    #: invalid contract is paid for too); a burst of COMPILE_BURST_S seconds' worth is allowed.
+    compile_bytes_per_s: int = 64 * 1024
+
+
+#: How many seconds of compile_bytes_per_s a process may spend at once.
+COMPILE_BURST_S: float = 4.0
 
 
 @dataclass(slots=True)
@@ -51,6 +58,8 @@ class Quota:
     """One process's limits and its current usage of each resource."""
     limits: Limits = field(default_factory=Limits)
     used: dict[Resource, int] = field(default_factory=lambda: dict.fromkeys(Resource, 0))
+    compile_credit: float = float("inf")   # bytes it may compile now (refilled over time)
+    compile_t: float = 0.0                 # monotonic time of the last refill
 
     def limit(self, resource: Resource) -> int:
         """The limit on `resource`."""
@@ -83,6 +92,18 @@ class Quota:
         if n < 0 or left < 0:
             raise Panic(f"release of {n} {resource} with {self.used[resource]} charged")
         self.used[resource] = left
+
+    def spend_compile(self, nbytes: int, now_s: float) -> None:
+        """Take nbytes from the compile budget (refilled at compile_bytes_per_s, holding at
+        most COMPILE_BURST_S seconds' worth); EQUOTA naming the rate when it is spent."""
+        rate = self.limits.compile_bytes_per_s
+        self.compile_credit = min(rate * COMPILE_BURST_S,
+                                  self.compile_credit + (now_s - self.compile_t) * rate)
+        self.compile_t = now_s
+        if nbytes > self.compile_credit:
+            raise ServiceError(Err.QUOTA, f"compile_bytes_per_s {rate} (a contract of "
+                                          f"{nbytes} bytes; {int(self.compile_credit)} left)")
+        self.compile_credit -= nbytes
 
     def usage(self) -> dict[str, Any]:
         """Usage and limits as one JSON-able map (ps, stats)."""

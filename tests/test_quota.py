@@ -40,6 +40,17 @@ def test_every_resource_is_limited(resource: Resource) -> None:
     assert e.value.msg.startswith(f"{resource} 2/2")
 
 
+def test_compile_budget_refills_with_time() -> None:
+    q = Quota(Limits(compile_bytes_per_s=1000))
+    q.spend_compile(4000, now_s=10.0)                       # the burst: 4 s worth
+    with pytest.raises(ServiceError) as e:
+        q.spend_compile(1, now_s=10.0)
+    assert e.value.code == Err.QUOTA and e.value.msg.startswith("compile_bytes_per_s 1000")
+    q.spend_compile(1000, now_s=11.0)                       # one second later: 1000 more
+    with pytest.raises(ServiceError):
+        q.spend_compile(1, now_s=11.0)
+
+
 def test_releasing_more_than_charged_is_a_panic() -> None:
     q = Quota()
     q.charge(Resource.CALLS)

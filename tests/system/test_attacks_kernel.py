@@ -218,6 +218,34 @@ def test_huge_contract_is_refused_before_it_is_compiled(
     assert_survived(system, kernel_pid, victim)
 
 
+def test_invalid_contract_flood_is_throttled_per_process(
+        system: System, kernel_pid: int, victim: str) -> None:
+    """Invalid contracts are charged nothing in memory, but compiling them costs the kernel
+    CPU: each process gets compile_bytes_per_s, and a flood runs out of it."""
+    c, _ = register_raw(system, f"compiler.{next(_names)}")
+    bad = big_contract(CONTRACT_MAX_BYTES - 2048, valid=False)
+    try:
+        with pytest.raises(ServiceError) as e:
+            for _ in range(1000):
+                try:
+                    c.call(Op.ENDPOINT, contract=bad)
+                except ServiceError as exc:
+                    if exc.code != Err.INVAL:              # the flaw, found by compiling
+                        raise
+        assert e.value.code == Err.QUOTA and e.value.msg.startswith("compile_bytes_per_s "), \
+            e.value
+        with Client(system.kernel_addr) as bystander:
+            assert bystander.call(Op.PING)["pid"] == kernel_pid
+        c2, _ = register_raw(system, f"honest.{next(_names)}")    # others are not throttled
+        try:
+            c2.call(Op.ENDPOINT, contract=tiny_contract(1))
+        finally:
+            c2.close()
+    finally:
+        c.close()
+    assert_survived(system, kernel_pid, victim)
+
+
 def test_report_values_cannot_make_stats_fail(
         system: System, kernel_pid: int, victim: str) -> None:
     attackers = [register_raw(system, f"reporter.{next(_names)}") for _ in range(2)]
