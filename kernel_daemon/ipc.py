@@ -151,7 +151,8 @@ class Ipc:
         quota = proc.quota
         quota.check(Resource.ENDPOINTS, 1)
         quota.check(Resource.CAPABILITIES, 1)
-        encoded = encoded_size(req.msg["contract"])
+        # the frame's size bounds the contract's (no re-encoding: refusing must be cheap)
+        encoded = min(req.size, CONTRACT_MAX_BYTES) or encoded_size(req.msg["contract"])
         quota.check(Resource.CONTRACT_BYTES, compiled_size(encoded))
         quota.spend_compile(encoded, time.monotonic())     # CPU: bytes compiled per second
         contract = compile_contract(req.msg["contract"], encoded)
