@@ -46,7 +46,7 @@ from wire.protocol import (
     IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
-from wire.server import Request, Server
+from wire.server import SUSPEND, Request, Server
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 
@@ -58,6 +58,8 @@ REPORT_MAX_KEYS: int = 64
 #: Longest REPORT value kept (a str's UTF-8 bytes; a number counts as 8).
 REPORT_VALUE_MAX_BYTES: int = 1024
 
+#: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
+QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
 ANYONE = {Op.REGISTER, Op.ATTACH, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS, Op.FAULT_LOG}
 CONTROL = {Op.HEARTBEAT}
@@ -86,6 +88,9 @@ class Kernel(Server):
         self.ipc_max_bytes = ipc_max_bytes
         self.ipc = Ipc(self, init_token)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
+        self.stats.setdefault("quota_refusals", 0)
+        for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
+            self.handlers[op] = self._backoff_on_quota(self.handlers[op])
 
     # -- the caller check ----------------------------------------------------------------
     def check_caller(self, req: Request) -> None:
@@ -100,6 +105,26 @@ class Kernel(Server):
             raise ServiceError(Err.PERM, f"{req.op} is not allowed on this connection")
         proc.last_heard = time.monotonic()
         req.caller = proc
+
+    def _backoff_on_quota(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """handler, except that an EQUOTA refusal of a process refused just before is
+        answered after a delay that doubles with each refusal (quota.py): a flood against
+        a quota costs the kernel a few requests a second, not a core."""
+        def run(req: Request) -> Any:
+            try:
+                return handler(req)
+            except ServiceError as exc:
+                proc = req.caller
+                if exc.code != Err.QUOTA or not isinstance(proc, Proc):
+                    raise
+                self.stats["quota_refusals"] += 1
+                delay_ms = proc.quota.refused(time.monotonic())
+                if not delay_ms:
+                    raise
+                code, text = exc.code, exc.msg         # (exc is unbound after the except)
+                self.call_later(delay_ms, lambda: proc.alive and self.fail(req, code, text))
+                return SUSPEND
+        return run
 
     # -- processes ------------------------------------------------------------------------
     def do_register(self, req: Request) -> dict[str, Any]:

@@ -51,6 +51,12 @@ class Limits:
 
 #: How many seconds of compile_bytes_per_s a process may spend at once.
 COMPILE_BURST_S: float = 4.0
+#: A process refused for quota again within this long is answered later, not at once ...
+REFUSAL_WINDOW_S: float = 1.0
+#: ... after this delay, doubled with each further refusal, up to REFUSAL_DELAY_MAX_MS: a
+#: process hammering its quota gets few answers a second (and costs the kernel few).
+REFUSAL_DELAY_MS: float = 2.0
+REFUSAL_DELAY_MAX_MS: float = 1000.0
 
 
 @dataclass(slots=True)
@@ -60,6 +66,8 @@ class Quota:
     used: dict[Resource, int] = field(default_factory=lambda: dict.fromkeys(Resource, 0))
     compile_credit: float = float("inf")   # bytes it may compile now (refilled over time)
     compile_t: float = 0.0                 # monotonic time of the last refill
+    refusals: int = 0                      # EQUOTA answers in a row (within the window)
+    refused_t: float = float("-inf")       # monotonic time of the last one
 
     def limit(self, resource: Resource) -> int:
         """The limit on `resource`."""
@@ -104,6 +112,15 @@ class Quota:
             raise ServiceError(Err.QUOTA, f"compile_bytes_per_s {rate} (a contract of "
                                           f"{nbytes} bytes; {int(self.compile_credit)} left)")
         self.compile_credit -= nbytes
+
+    def refused(self, now_s: float) -> float:
+        """Count one EQUOTA answer; return how long to hold it back in ms (0: answer now).
+        The first refusal after a quiet REFUSAL_WINDOW_S is answered at once."""
+        self.refusals = self.refusals + 1 if now_s - self.refused_t < REFUSAL_WINDOW_S else 1
+        self.refused_t = now_s
+        if self.refusals == 1:
+            return 0.0
+        return min(REFUSAL_DELAY_MAX_MS, REFUSAL_DELAY_MS * 2 ** min(self.refusals - 2, 20))
 
     def usage(self) -> dict[str, Any]:
         """Usage and limits as one JSON-able map (ps, stats)."""

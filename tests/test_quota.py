@@ -51,6 +51,14 @@ def test_compile_budget_refills_with_time() -> None:
         q.spend_compile(1, now_s=11.0)
 
 
+def test_refusals_in_a_row_are_answered_ever_later() -> None:
+    q = Quota()
+    assert q.refused(now_s=5.0) == 0                        # the first: at once
+    delays = [q.refused(now_s=5.0 + i * 0.01) for i in range(1, 12)]
+    assert delays == sorted(delays) and 0 < delays[0] < delays[-1] <= 1000
+    assert q.refused(now_s=100.0) == 0                      # after a quiet while: at once
+
+
 def test_releasing_more_than_charged_is_a_panic() -> None:
     q = Quota()
     q.charge(Resource.CALLS)
