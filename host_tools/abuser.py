@@ -1,7 +1,7 @@
 """One abusive process for `sealedos bench abuse`: it registers raw (no runtime), pushes every
 kernel resource it can to its quota, then floods the kernel with requests that are refused.
 
-    python -m host_tools.abuser --kernel ADDR --name NAME --duration S
+    python -m host_tools.abuser --kernel ADDR --name NAME [--duration S] [--stop-file PATH]
 
 It prints one JSON line when done: what it got before each quota said no, and how many
 requests it sent.  It is a load generator, not a test: nothing here asserts anything.
@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from wire.client import Client
@@ -54,7 +55,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="abuser")
     p.add_argument("--kernel", required=True)
     p.add_argument("--name", required=True)
-    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=10.0,
+                   help="seconds to flood (with --stop-file: at most)")
+    p.add_argument("--stop-file", type=Path, help="flood until this file exists")
     args = p.parse_args(argv)
     out: dict[str, Any] = {"name": args.name}
     with Client(args.kernel) as c:
@@ -71,7 +74,7 @@ def main(argv: list[str]) -> int:
         deadline = time.monotonic() + args.duration
         flood = [(Op.ENDPOINT, {"contract": _BAD_CONTRACT}), (Op.MAP, {"npages": 1, "prot": 1}),
                  (Op.REPORT, {"data": {"z": "y" * 1000}}), (Op.PING, {})]
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (args.stop_file and args.stop_file.exists()):
             op, fields = flood[sent % len(flood)]
             sent += 1
             try:

@@ -50,6 +50,18 @@ def bystander(system: System, proc: SealedProcess, addr: str, npages: int,
     return {"ping_us": percentiles(pings), "page_us": percentiles(pages)}
 
 
+def wait_at_quota(system: System, abusers: int, timeout_s: float = 300.0) -> None:
+    """Wait until every abuser has filled its region quota (its last filling step)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        full = [p for p in system.stats()["processes"] if p["program"] == "abuser"
+                and p["state"] == "running"
+                and p["quota"]["regions"][0] >= p["quota"]["regions"][1]]
+        if len(full) >= abusers:
+            return
+        time.sleep(0.2)
+
+
 def kernel_rss_mib(system: System) -> float:
     """The kernel's resident set size in MiB."""
     return round(psutil.Process(system.services["kernel"].pid).memory_info().rss / (1 << 20), 1)
@@ -65,17 +77,22 @@ def run(abusers: int, seconds: float, frames: int) -> dict[str, Any]:
             quiet = bystander(system, proc, addr, npages, seconds)
             quiet["kernel_rss_mib"] = kernel_rss_mib(system)
             procs = []
+            stop = system.rundir / "abusers.stop"
             for i in range(abusers):
                 log = system.rundir / f"abuser.{i}.log"
                 cmd = [sys.executable, "-m", "host_tools.abuser", "--kernel",
                        system.kernel_addr, "--name", f"abuser.{i}",
-                       "--duration", str(seconds + 5)]
+                       "--duration", "600", "--stop-file", str(stop)]
                 procs.append(spawn.spawn(cmd, log, nice=APP_NICE))
-            time.sleep(2.0)                                     # let them reach their quotas
+            t0 = time.monotonic()
+            wait_at_quota(system, abusers)          # every one has filled its quotas: flooding
+            filled_s = round(time.monotonic() - t0, 1)
             abuse = bystander(system, proc, addr, npages, seconds)
             abuse["kernel_rss_mib"] = kernel_rss_mib(system)
+            abuse["seconds_to_fill_quotas"] = filled_s
+            stop.touch()
             for p in procs:
-                p.wait(seconds + 60)
+                p.wait(60)
             reports = []
             for i in range(abusers):
                 lines = (system.rundir / f"abuser.{i}.log").read_text().strip().splitlines()
