@@ -47,6 +47,9 @@ class Limits:
     #: Contract bytes the kernel compiles for the process per second (CPU, not memory: an
     #: invalid contract is paid for too); a burst of COMPILE_BURST_S seconds' worth is allowed.
     compile_bytes_per_s: int = 64 * 1024
+    #: Reference-list entries (FAULT and HEARTBEAT ``refs``) the kernel applies per message;
+    #: the runtime sends at most 4096 (apps/runtime/mmu.py); hints beyond this are ignored.
+    refs_per_message: int = 4096
 
 
 #: How many seconds of compile_bytes_per_s a process may spend at once.

@@ -86,9 +86,10 @@ class Vm:
         pte.state = new
 
     def apply_refs(self, proc: Proc, refs: list[Any]) -> None:
-        """Feed the MMU's reference record (vpns in access order) to the policy."""
+        """Feed the MMU's reference record (vpns in access order) to the policy (at most the
+        process's refs_per_message entries: the CPU a message can cost is bounded)."""
         ptes = proc.aspace.ptes
-        for vpn in refs[:100000]:
+        for vpn in refs[:proc.quota.limits.refs_per_message]:
             pte = ptes.get(vpn) if isinstance(vpn, int) else None
             if pte is not None and pte.state == S.RESIDENT:
                 self.policy.touch(pte.frame)
