@@ -72,8 +72,9 @@ def main(argv: list[str]) -> int:
                                                               for i in range(64)}}, 100)
         sent, refused = 0, 0
         deadline = time.monotonic() + args.duration
-        flood = [(Op.ENDPOINT, {"contract": _BAD_CONTRACT}), (Op.MAP, {"npages": 1, "prot": 1}),
-                 (Op.REPORT, {"data": {"z": "y" * 1000}}), (Op.PING, {})]
+        flood: list[tuple[Op, dict[str, Any]]] = [
+            (Op.ENDPOINT, {"contract": _BAD_CONTRACT}), (Op.MAP, {"npages": 1, "prot": 1}),
+            (Op.REPORT, {"data": {"z": "y" * 1000}}), (Op.PING, {})]
         while time.monotonic() < deadline and not (args.stop_file and args.stop_file.exists()):
             op, fields = flood[sent % len(flood)]
             sent += 1

@@ -30,7 +30,7 @@ from wire.protocol import Op
 P99_TARGET_RATIO: float = 3.0
 
 
-def bystander(system: System, proc: SealedProcess, addr: str, npages: int,
+def bystander(system: System, proc: SealedProcess, addr: int, npages: int,
               seconds: float) -> dict[str, Any]:
     """Ping and touch pages for `seconds`; latency percentiles of each (microseconds)."""
     pings: list[float] = []

@@ -41,7 +41,7 @@ from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import Proc, ProcState, ProcTable
 from kernel_daemon.quota import Resource
-from kernel_daemon.records import bounded_records
+from kernel_daemon.records import apply_report, bounded_records
 from wire.protocol import (
     IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
@@ -54,9 +54,6 @@ LIVENESS_MS: int = 500
 #: A process on another host that has not been heard from for this long is dead.
 PROC_DEAD_MS: int = 10000
 KILL_GRACE_MS: int = 2000
-REPORT_MAX_KEYS: int = 64
-#: Longest REPORT value kept (a str's UTF-8 bytes; a number counts as 8).
-REPORT_VALUE_MAX_BYTES: int = 1024
 
 #: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
 QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
@@ -122,7 +119,11 @@ class Kernel(Server):
                 if not delay_ms:
                     raise
                 code, text = exc.code, exc.msg         # (exc is unbound after the except)
-                self.call_later(delay_ms, lambda: proc.alive and self.fail(req, code, text))
+
+                def answer() -> None:
+                    if proc.alive:
+                        self.fail(req, code, text)
+                self.call_later(delay_ms, answer)
                 return SUSPEND
         return run
 
@@ -163,26 +164,7 @@ class Kernel(Server):
 
     def do_report(self, req: Request) -> dict[str, Any]:
         """Record app-level results (checksum verdict, progress)."""
-        proc: Proc = req.caller
-        data = req.msg["data"]
-        if len(data) > REPORT_MAX_KEYS:
-            raise ServiceError(Err.INVAL, f"report: at most {REPORT_MAX_KEYS} keys")
-        clean = {str(k)[:64]: v for k, v in data.items()
-                 if isinstance(v, (int, float, str, bool, type(None)))}
-        for key, value in clean.items():
-            if _value_bytes(value) > REPORT_VALUE_MAX_BYTES:
-                raise ServiceError(Err.INVAL, f"report: value of {key!r} is "
-                                              f"{_value_bytes(value)} bytes, over the "
-                                              f"{REPORT_VALUE_MAX_BYTES}-byte limit")
-        merged = {**proc.report, **clean}
-        if len(merged) > REPORT_MAX_KEYS:
-            raise ServiceError(Err.INVAL, f"report: at most {REPORT_MAX_KEYS} keys")
-        old, new = _report_bytes(proc.report), _report_bytes(merged)
-        if new > old:
-            proc.quota.charge(Resource.REPORT_BYTES, new - old)
-        else:
-            proc.quota.release(Resource.REPORT_BYTES, old - new)
-        proc.report = merged
+        apply_report(req.caller, req.msg["data"])
         return {}
 
     def do_exit(self, req: Request) -> dict[str, Any]:
@@ -426,16 +408,6 @@ def _ignore(reply: dict[str, Any] | None, why: str) -> None:
 
 def _ignore1(reply: dict[str, Any] | None) -> None:
     """A process answer nobody waits for."""
-
-
-def _value_bytes(value: Any) -> int:
-    """What one REPORT value costs: a str its UTF-8 bytes, anything else 8."""
-    return len(value.encode("utf-8", "replace")) if isinstance(value, str) else 8
-
-
-def _report_bytes(report: dict[str, Any]) -> int:
-    """What a whole report costs (keys and values), charged as report_bytes."""
-    return sum(len(k.encode("utf-8", "replace")) + _value_bytes(v) for k, v in report.items())
 
 
 def _page_of(addr: Any) -> int:

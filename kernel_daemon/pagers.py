@@ -271,7 +271,7 @@ class Pagers:
         """pop was answered EBADHANDLE: its handle was never really opened on this mirror
         (a pager lied about OPEN, or the disk lost it).  Drop the mark, OPEN it again and
         resend pop; if that fails, pop fails with the original answer."""
-        handle = pop.fields.get("handle")
+        handle: bytes = pop.fields["handle"]
         self.opened[pop.mirror].discard(handle)
         pop.reopened = True
         self.stats["handle_reopens"] += 1

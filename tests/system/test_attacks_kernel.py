@@ -13,9 +13,11 @@ import itertools
 import os
 import socket
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgpack
+import polling
 import psutil
 import pytest
 import zmq
@@ -28,8 +30,6 @@ from kernel_daemon.pagetable import MAX_VPN
 from kernel_daemon.quota import Limits
 from wire.client import Client
 from wire.protocol import PAGE_SIZE, PROT_R, PROT_W, Err, Op, ServiceError, encode
-
-import polling
 
 WAIT_S: float = 60.0
 wait_for = functools.partial(polling.wait_for, timeout_s=WAIT_S)
@@ -200,8 +200,8 @@ def test_huge_contract_is_refused_before_it_is_compiled(
     c, _ = register_raw(system, f"bigc.{next(_names)}")
     try:
         for valid in (True, False):                    # 0.93 MB, valid-looking or not
-            err = expect(Err.MSGSIZE, lambda: c.call(Op.ENDPOINT,
-                                                     contract=big_contract(930_000, valid)))
+            huge = big_contract(930_000, valid)
+            err = expect(Err.MSGSIZE, functools.partial(c.call, Op.ENDPOINT, contract=huge))
             assert str(CONTRACT_MAX_BYTES) in err.msg
         with Client(system.kernel_addr) as bystander:
             assert bystander.call(Op.PING)["pid"] == kernel_pid
@@ -251,7 +251,8 @@ def test_report_values_cannot_make_stats_fail(
     attackers = [register_raw(system, f"reporter.{next(_names)}") for _ in range(2)]
     try:
         for c, _ in attackers:
-            err = expect(Err.INVAL, lambda: c.call(Op.REPORT, data={"blob": "x" * 600_000}))
+            err = expect(Err.INVAL, functools.partial(c.call, Op.REPORT,
+                                                      data={"blob": "x" * 600_000}))
             assert "limit" in err.msg
             with pytest.raises(ServiceError) as e:
                 for i in range(64):
