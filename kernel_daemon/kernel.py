@@ -43,7 +43,7 @@ from kernel_daemon.proc import Proc, ProcState, ProcTable
 from kernel_daemon.quota import Resource
 from kernel_daemon.records import apply_report, bounded_records
 from wire.protocol import (
-    IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
+    IPC_MAX_PAYLOAD_BYTES, MAX_FRAME_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
 from wire.server import SUSPEND, Request, Server
@@ -54,6 +54,9 @@ LIVENESS_MS: int = 500
 #: A process on another host that has not been heard from for this long is dead.
 PROC_DEAD_MS: int = 10000
 KILL_GRACE_MS: int = 2000
+#: What a kernel request may take beyond an IPC payload (fields, caps, a contract's frame):
+#: a larger frame is refused before it is decoded (decoding 1 MB of msgpack costs ~40 ms).
+FRAME_SLACK_BYTES: int = 64 * 1024
 
 #: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
 QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
@@ -83,11 +86,22 @@ class Kernel(Server):
         self.resync = Resync(self)               # a returning mirror gets what it missed
         self.pagers.on_up = self.resync.kick
         self.ipc_max_bytes = ipc_max_bytes
+        self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
         self.ipc = Ipc(self, init_token)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
         self.stats.setdefault("quota_refusals", 0)
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
             self.handlers[op] = self._backoff_on_quota(self.handlers[op])
+
+    def on_frame(self, sock: Any, peer: bytes | None, frame: bytes) -> None:
+        """Refuse a frame larger than any kernel request needs before decoding it (EMSGSIZE,
+        as the skeleton does past MAX_FRAME_BYTES); hand the rest to the skeleton."""
+        if len(frame) > self.max_frame_bytes:
+            self._refuse(sock, peer, None, Err.MSGSIZE, f"message of {len(frame)} bytes exceeds "
+                                                        f"the kernel's {self.max_frame_bytes}-"
+                                                        f"byte limit")
+            return
+        super().on_frame(sock, peer, frame)
 
     # -- the caller check ----------------------------------------------------------------
     def check_caller(self, req: Request) -> None:

@@ -200,8 +200,12 @@ def test_huge_contract_is_refused_before_it_is_compiled(
     c, _ = register_raw(system, f"bigc.{next(_names)}")
     try:
         for valid in (True, False):                    # 0.93 MB, valid-looking or not
-            huge = big_contract(930_000, valid)
-            err = expect(Err.MSGSIZE, functools.partial(c.call, Op.ENDPOINT, contract=huge))
+            c.send_raw(encode({"op": str(Op.ENDPOINT), "rid": 77,
+                               "contract": big_contract(930_000, valid)}))
+            reply = c.recv_reply()                     # refused before it is even decoded
+            assert reply["err"] == Err.MSGSIZE and "limit" in reply["msg"], reply
+            big = big_contract(2 * CONTRACT_MAX_BYTES, valid)   # decoded, not compiled
+            err = expect(Err.MSGSIZE, functools.partial(c.call, Op.ENDPOINT, contract=big))
             assert str(CONTRACT_MAX_BYTES) in err.msg
         with Client(system.kernel_addr) as bystander:
             assert bystander.call(Op.PING)["pid"] == kernel_pid
@@ -251,9 +255,11 @@ def test_report_values_cannot_make_stats_fail(
     attackers = [register_raw(system, f"reporter.{next(_names)}") for _ in range(2)]
     try:
         for c, _ in attackers:
+            c.send_raw(encode({"op": str(Op.REPORT), "rid": 5, "data": {"blob": "x" * 600_000}}))
+            assert c.recv_reply()["err"] == Err.MSGSIZE          # 600 KB: not even decoded
             err = expect(Err.INVAL, functools.partial(c.call, Op.REPORT,
-                                                      data={"blob": "x" * 600_000}))
-            assert "limit" in err.msg
+                                                      data={"blob": "x" * 60_000}))
+            assert "limit" in err.msg                            # one value: at most 1 KiB
             with pytest.raises(ServiceError) as e:
                 for i in range(64):
                     c.call(Op.REPORT, data={f"k{i}": "y" * 1000})
