@@ -1,10 +1,12 @@
 """The disk service: a user-mode block driver serving one device file over ZeroMQ.
 
 Runs the shared server skeleton (wire.server) with one ROUTER socket.  Every
-request names a handle by its 16-byte token (returned by OPEN); a handle sees only its own
-slots and blocks.  Ops served:
+request names a handle by its 16-byte token (minted by the kernel and created here by OPEN;
+the device file keeps only a hash of it); a handle sees only its own slots and blocks.  Ops
+served:
 
-    open  {label}                      -> {handle}   label: at most 32 bytes UTF-8, longer is EINVAL
+    open  {handle, label}              -> {}         creates the handle; idempotent; label: at
+                                                     most 32 bytes UTF-8, longer is EINVAL
     close {handle}                     -> {freed}    frees every block of the handle
     write {handle, slot, data}         -> {block}    data: exactly BLOCK_SIZE bytes
     read  {handle, slot}               -> {data}     ENOENT if the slot was never written
@@ -82,8 +84,9 @@ class DiskService(Server):
 
     # -- handlers ----------------------------------------------------------------------
     def do_open(self, req: Request) -> dict[str, Any]:
-        """Open a new handle -> {handle}."""
-        return {"handle": self.device.open_handle(req.msg["label"])}
+        """Create the handle named by the request's token (idempotent) -> {}."""
+        self.device.open_handle(req.msg["label"], req.msg["handle"])
+        return {}
 
     def do_close(self, req: Request) -> dict[str, Any]:
         """Close a handle and free its blocks -> {freed}."""

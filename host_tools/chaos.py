@@ -280,7 +280,7 @@ class Chaos:
         caps = sum(n for spid, n in ipc.get("handles_by_spid", {}).items()
                    if spid != str(ipc.get("init_spid")))      # init keeps its name table
         return {"free_frames": k["free_frames"], "live_processes": k["live_processes"],
-                "endpoints": len(ipc["endpoints"]), "capabilities": caps, "disk_blocks": disks}
+                "endpoints": ipc.get("endpoint_count", len(ipc["endpoints"])), "capabilities": caps, "disk_blocks": disks}
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, live: Live | None) -> None:
