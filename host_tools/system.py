@@ -126,7 +126,7 @@ class System:
         kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
                  "--policy", c.policy, "--pagers", str(c.pagers),
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
-                 "--pager-retries", str(c.pager_retries), "--launcher-key", launcher_public,
+                 "--pager-retries", str(c.pager_retries), f"--launcher-key={launcher_public}",
                  *c.kernel_args]
         if c.no_seal:
             kargs.append("--no-seal")
@@ -242,7 +242,7 @@ class System:
             self.services[name] = svc
         return svc
 
-    def admit(self, program: str, name: str, **override: Any) -> bytes:
+    def admit(self, program: str, name: str, /, **override: Any) -> bytes:
         """A credential for a sealed process of `program` that the caller runs itself (tests,
         benchmarks: SealedProcess.connect(addr, cred)); the kernel will not watch or signal
         it by host pid.  override: service-table fields for this one process (manifest ...)."""

@@ -79,7 +79,7 @@ class Launcher:
         """The service table's row of `program` (UnknownProgram if none)."""
         return lookup(self.table, program)
 
-    def admit(self, program: str, name: str, hostpid: int = 0, started: float = 0.0,
+    def admit(self, program: str, name: str, /, hostpid: int = 0, started: float = 0.0,
               **override: Any) -> bytes:
         """ADMIT one process of `program` called `name`; return its one-time credential.
 
@@ -99,7 +99,7 @@ class Launcher:
             raise RuntimeError("admit: the kernel's reply carries no credential")
         return cred
 
-    def start(self, program: str, name: str, args: list[str], log: Path | None = None,
+    def start(self, program: str, name: str, args: list[str], /, log: Path | None = None,
               env: dict[str, str] | None = None, nice: int = 0, local: bool = True,
               inherit_output: bool = False, cmd: list[str] | None = None,
               **override: Any) -> subprocess.Popen[bytes]:

@@ -73,8 +73,9 @@ def test_bad_limits_are_refused() -> None:
 
 
 def _proc(limits: Limits) -> Proc:
-    return Proc(1, "p", "p", "d", "h", 1, b"peer", b"s", SwapSpace(b"0" * 16, "p"), [],
-                quota=Quota(limits))
+    return Proc(spid=1, name="p", program="p", digest="d", host="", hostpid=0, host_started=0.0,
+                key="k", role="app", provides=[], quota_spec={}, call_peer=b"peer", secret=b"s",
+                space=SwapSpace(b"0" * 16, "p"), manifest=[], quota=Quota(limits))
 
 
 def test_capability_table_charges_handles_and_releases_them() -> None:
