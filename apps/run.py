@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from apps.runtime.errors import SealedError
+from wire import host
 
 #: App name -> module.  Adding an app is one line here.
 APPS: dict[str, str] = {
@@ -49,6 +50,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     """Run apps.APP's main(ARGS); map an uncaught SealedError to status 3."""
+    host.make_nondumpable("run")             # before the app holds any data or secret
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

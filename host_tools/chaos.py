@@ -274,7 +274,7 @@ class Chaos:
         k = self.system.stats()["kernel"]
         disks = {}
         for name in sorted(s for s in self.system.services if s.startswith("disk")):
-            with Client(f"ipc://{self.system.rundir}/{name}.sock") as disk:
+            with Client(self.system.services[name].addr or "") as disk:
                 disks[name] = disk.call(Op.STATS)["used_blocks"]
         ipc = k["ipc"]
         caps = sum(n for spid, n in ipc.get("handles_by_spid", {}).items()
