@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from apps.runtime import confine
 from apps.runtime.errors import SealedError
 from wire import host
 
@@ -27,6 +28,7 @@ APPS: dict[str, str] = {
     "kvstore": "apps.kvstore",
     "browser": "apps.browser",
     "plugin": "apps.plugin",
+    "sidechannel": "apps.sidechannel",
 }
 
 #: Exit status of a sealed process that died of an uncaught SealedError.
@@ -51,6 +53,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 def main(argv: list[str]) -> int:
     """Run apps.APP's main(ARGS); map an uncaught SealedError to status 3."""
     host.make_nondumpable("run")             # before the app holds any data or secret
+    confine.arm()                            # a sealed program: connect() confines it
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2

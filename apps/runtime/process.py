@@ -9,7 +9,9 @@
 
 Start-up is REGISTER (on the call connection: name, program, the digest of the program's
 source, host, pid, manifest), then a bank as large as the kernel's frame pool, then ATTACH of
-the control connection and the control thread.  close() sends EXIT and stops the thread.
+the control connection, confinement (:mod:`confine`: no new sockets, files, signals or exec;
+the kernel is the only door from then on) and the control thread.  close() sends EXIT and
+stops the thread.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from apps.runtime.bank import Bank
+from apps.runtime.confine import Confinement, armed, confine
 from apps.runtime.control import ControlThread
 from apps.runtime.errors import SealedError
 from apps.runtime.ipc import Ipc, Received
@@ -48,6 +51,8 @@ class SealedProcess:
         self.program = program
         self.closed = False
         self.ipc = Ipc(kernel, mmu)
+        #: Which host locks confine this process (set by connect).
+        self.confinement: Confinement | None = None
         # Word access is the TLB-hit path: bind the MMU's methods directly (one call less
         # per access than the delegating methods below, which document the API).
         self.load_u64 = mmu.load_u64          # type: ignore[method-assign]
@@ -69,6 +74,8 @@ class SealedProcess:
             bank = Bank(reg["nframes"])
             mmu = Mmu(kernel, bank)
             sock = kernel.attach_control(reg["spid"], reg["secret"])
+            # From here the kernel is the only door (threads started later inherit it).
+            confinement = confine(name) if armed() else None
             control = ControlThread(sock, mmu, kernel.liveness, name)
             control.start()
         except BaseException:
@@ -76,7 +83,9 @@ class SealedProcess:
                 bank.close()
             kernel.close()
             raise
-        return cls(kernel, bank, mmu, control, reg["spid"], name, program)
+        proc = cls(kernel, bank, mmu, control, reg["spid"], name, program)
+        proc.confinement = confinement
+        return proc
 
     # -- regions -----------------------------------------------------------------------
     def map(self, npages: int, prot: int = PROT_R | PROT_W, addr: int = 0) -> int:

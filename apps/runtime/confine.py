@@ -1,0 +1,219 @@
+"""Confinement: once connected, the kernel is a sealed process's only door.
+
+Called by :meth:`SealedProcess.connect` after ATTACH, before the control thread starts (so
+the thread, and every thread the app starts later, inherits it), in every process started as
+a sealed program (``sealedos run`` calls :func:`arm`).  Three locks, each
+independent of the others, none of which can be undone:
+
+* **no_new_privs** -- nothing this process executes can gain privileges.
+* **Landlock** (ctypes syscalls: the PyPI ``landlock`` package knows files only) -- files:
+  read-only access to the code (the Python installation, the project, the shared libraries,
+  /etc), read-write to the process's own private directory (``SEALEDOS_PRIVATE_DIR``) and
+  /dev/null, nothing else (no /tmp, no /dev/shm, no other process's /proc); TCP: neither bind
+  nor connect (ABI 4); scope (ABI 6): no signal to and no abstract unix socket of a process
+  outside this domain.
+* **seccomp** (libseccomp via ``pyseccomp``, synchronised to every thread) -- fails with
+  EPERM: new sockets (socket, socketpair), exec (execve, execveat), signals to another
+  process (kill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo unless aimed at this process;
+  tkill, pidfd_send_signal), other processes' memory (ptrace, process_vm_readv/writev,
+  pidfd_getfd, kcmp, process_madvise), host IPC that bypasses files (System V shm/msg/sem,
+  POSIX message queues, io_uring), and namespace, mount, key-ring and BPF calls.  Everything
+  else is allowed: a Python process with pyzmq and numpy needs threads, futexes, mmap, its
+  open sockets' send/recv/poll.
+
+Its two kernel connections stay open; zmq could not reconnect them (no socket()), which is
+fine: a sealed process whose kernel connection dies is dead anyway.  Where the host cannot
+apply a lock (an older kernel, no libseccomp), one line on stderr says which is missing and
+the process carries on with the others.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wire.host import PRIVATE_DIR_ENV
+
+try:                                     # imported now: nothing is importable once confined
+    import pyseccomp
+except (ImportError, RuntimeError) as _exc:        # no pyseccomp, or no libseccomp
+    pyseccomp = None
+    _SECCOMP_MISSING = f"seccomp unavailable: {_exc}"
+
+PR_SET_NO_NEW_PRIVS: int = 38
+SYS_LANDLOCK_CREATE_RULESET: int = 444
+SYS_LANDLOCK_ADD_RULE: int = 445
+SYS_LANDLOCK_RESTRICT_SELF: int = 446
+LANDLOCK_CREATE_RULESET_VERSION: int = 1
+LANDLOCK_RULE_PATH_BENEATH: int = 1
+
+# Landlock file access rights, and the ABI that introduced the later ones.
+FS_EXECUTE, FS_WRITE_FILE, FS_READ_FILE, FS_READ_DIR = 1, 2, 4, 8
+FS_REMOVE_DIR, FS_REMOVE_FILE, FS_MAKE_CHAR, FS_MAKE_DIR = 16, 32, 64, 128
+FS_MAKE_REG, FS_MAKE_SOCK, FS_MAKE_FIFO, FS_MAKE_BLOCK, FS_MAKE_SYM = 256, 512, 1024, 2048, 4096
+FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 8192, 16384, 32768
+NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
+SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
+
+#: Read-only: what code needs.
+READ_RIGHTS: int = FS_READ_FILE | FS_READ_DIR
+#: The private directory: make, read, write, remove files and directories there.
+PRIVATE_RIGHTS: int = (FS_READ_FILE | FS_READ_DIR | FS_WRITE_FILE | FS_REMOVE_DIR | FS_REMOVE_FILE
+                       | FS_MAKE_DIR | FS_MAKE_REG)
+#: Read-only trees besides the interpreter's and the project's (shared libraries, /etc).
+SYSTEM_READ_DIRS: tuple[str, ...] = ("/usr", "/lib", "/lib64", "/etc")
+
+#: Syscalls refused outright.
+DENIED_SYSCALLS: tuple[str, ...] = (
+    "socket", "socketpair", "execve", "execveat", "ptrace", "process_vm_readv",
+    "process_vm_writev", "pidfd_getfd", "pidfd_send_signal", "pidfd_open", "kcmp",
+    "process_madvise", "tkill", "shmget", "shmat", "msgget", "msgsnd", "msgrcv", "semget",
+    "semop", "semtimedop", "mq_open", "mq_timedsend", "mq_timedreceive", "io_uring_setup",
+    "io_uring_enter", "io_uring_register", "unshare", "setns", "mount", "umount2",
+    "pivot_root", "chroot", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+    "userfaultfd", "mknod", "mknodat")
+#: Syscalls refused unless their first argument is this process's pid.
+SELF_ONLY_SYSCALLS: tuple[str, ...] = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+
+
+#: Set by :func:`arm` in a process started as a sealed program (``sealedos run``); a test or
+#: tool that connects in-process to play a sealed process is not confined.
+_armed: bool = False
+
+
+def arm() -> None:
+    """Declare this process a sealed program: its SealedProcess.connect will confine it."""
+    global _armed
+    _armed = True
+
+
+def armed() -> bool:
+    """True when this process is a sealed program that connect() must confine."""
+    return _armed
+
+
+@dataclass
+class Confinement:
+    """What :func:`confine` achieved: each lock applied, or why not."""
+    no_new_privs: bool = False
+    landlock_abi: int = 0
+    seccomp: bool = False
+    missing: list[str] = field(default_factory=list)
+
+
+def _libc() -> ctypes.CDLL:
+    """The C library, with errno."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _fail(what: str) -> str:
+    """`what` and the errno of the call that just failed."""
+    return f"{what}: {os.strerror(ctypes.get_errno())}"
+
+
+def readable_paths() -> list[str]:
+    """The trees a confined process may read: the interpreter's installation, the project's
+    code (where this package was imported from, and PYTHONPATH), the system's libraries."""
+    project = Path(__file__).resolve().parents[2]
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(project), *SYSTEM_READ_DIRS,
+             *pythonpath}
+    # sys.path also holds the working directory (python -m): not code, and maybe anything.
+    paths |= {p for p in sys.path if p and p != os.getcwd() and os.path.isdir(p)}
+    return sorted(p for p in paths if os.path.exists(p) and p != "/")
+
+
+def _landlock(libc: ctypes.CDLL, private_dir: str | None) -> tuple[int, str | None]:
+    """Restrict this thread (and its future threads) with Landlock; (ABI, problem or None)."""
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    if abi < 1:
+        return 0, _fail("Landlock unavailable")
+    handled = FS_EXECUTE | READ_RIGHTS | PRIVATE_RIGHTS | FS_MAKE_CHAR | FS_MAKE_SOCK \
+        | FS_MAKE_FIFO | FS_MAKE_BLOCK | FS_MAKE_SYM
+    handled |= (FS_REFER if abi >= 2 else 0) | (FS_TRUNCATE if abi >= 3 else 0) \
+        | (FS_IOCTL_DEV if abi >= 5 else 0)
+    net = NET_BIND_TCP | NET_CONNECT_TCP if abi >= 4 else 0
+    scoped = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= 6 else 0
+    attr = struct.pack("=QQQ", handled, net, scoped)
+    size = 8 if abi < 4 else (16 if abi < 6 else 24)
+    buf = ctypes.create_string_buffer(attr[:size], size)
+    ruleset = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, buf, ctypes.c_size_t(size), 0)
+    if ruleset < 0:
+        return 0, _fail("landlock_create_ruleset")
+    try:
+        truncate = FS_TRUNCATE if abi >= 3 else 0
+        rules = [(p, READ_RIGHTS) for p in readable_paths()]
+        rules.append(("/dev/null", FS_READ_FILE | FS_WRITE_FILE | truncate))
+        if private_dir:
+            rules.append((private_dir, PRIVATE_RIGHTS | truncate | (FS_REFER if abi >= 2 else 0)))
+        for path, rights in rules:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                if not os.path.isdir(path):
+                    rights &= FS_READ_FILE | FS_WRITE_FILE | FS_EXECUTE | truncate
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", rights & handled, fd), 12)
+                if libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH,
+                                rule, 0) != 0:
+                    return 0, _fail(f"landlock_add_rule {path}")
+            finally:
+                os.close(fd)
+        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+            return 0, _fail("landlock_restrict_self")
+    finally:
+        os.close(ruleset)
+    return abi, None
+
+
+def _seccomp() -> str | None:
+    """Load the syscall filter on every thread of this process; the problem or None."""
+    sc = pyseccomp
+    if sc is None:
+        return _SECCOMP_MISSING
+    try:
+        flt = sc.SyscallFilter(sc.ALLOW)
+        flt.set_attr(sc.Attr.CTL_TSYNC, 1)           # every thread, not only this one
+        deny = sc.ERRNO(errno.EPERM)
+        for name in DENIED_SYSCALLS:
+            try:
+                flt.add_rule(deny, name)
+            except (OSError, ValueError):           # no such syscall on this architecture
+                continue
+        me = os.getpid()
+        for name in SELF_ONLY_SYSCALLS:
+            try:
+                flt.add_rule(deny, name, sc.Arg(0, sc.NE, me))
+            except (OSError, ValueError):
+                continue
+        flt.load()
+    except OSError as exc:
+        return f"seccomp filter not loaded: {exc}"
+    return None
+
+
+def confine(component: str) -> Confinement:
+    """Apply no_new_privs, Landlock and seccomp to this process (see the module docstring);
+    each lock the host refuses is named in one stderr line, and the process carries on."""
+    libc = _libc()
+    result = Confinement()
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
+        result.no_new_privs = True
+    else:
+        result.missing.append(_fail("no_new_privs"))
+    abi, problem = _landlock(libc, os.environ.get(PRIVATE_DIR_ENV))
+    result.landlock_abi = abi
+    if problem:
+        result.missing.append(problem)
+    problem = _seccomp()
+    result.seccomp = problem is None
+    if problem:
+        result.missing.append(problem)
+    if result.missing:
+        print(f"sealedos: {component}: WARNING: confinement incomplete: "
+              f"{'; '.join(result.missing)}", file=sys.stderr, flush=True)
+    return result
