@@ -178,11 +178,16 @@ class Chaos:
             extra = ["--duration", f"{self.args.duration:g}" if not self.major else left_s]
         elif lin.app == "echoload":
             extra = ["--duration", left_s, "--stop-file", str(self.stop_file),
-                     "--out", str(self.system.rundir / f"{name}.load.json")]
+                     "--out", str(self._load_file(name))]
         elif lin.app == "touchload":
             extra = ["--duration", left_s, "--stop-file", str(self.stop_file)]
         lin.names.append(name)
         self.system.spawn_app(lin.app, lin.args + extra, name)
+
+    def _load_file(self, name: str) -> Path:
+        """Where echoload `name` writes its throughput (its private directory: a sealed
+        process may write nowhere else)."""
+        return self.system.private_dir(name) / "load.json"
 
     @property
     def stop_file(self) -> Path:
@@ -388,7 +393,7 @@ class Chaos:
             verified &= v["checksum"] == "verified"
         loads = []
         for name in self.app_names():
-            path = self.system.rundir / f"{name}.load.json"
+            path = self._load_file(name)
             if path.exists():
                 loads.append(json.loads(path.read_text()))
         times, rates, all_running = ca.ipc_series(loads)
