@@ -150,7 +150,7 @@ def _landlock(libc: ctypes.CDLL, private_dir: str | None) -> tuple[int, str | No
         truncate = FS_TRUNCATE if abi >= 3 else 0
         rules = [(p, READ_RIGHTS) for p in readable_paths()]
         rules.append(("/dev/null", FS_READ_FILE | FS_WRITE_FILE | truncate))
-        if private_dir:
+        if private_dir and os.path.isdir(private_dir):
             rules.append((private_dir, PRIVATE_RIGHTS | truncate | (FS_REFER if abi >= 2 else 0)))
         for path, rights in rules:
             fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -205,7 +205,10 @@ def confine(component: str) -> Confinement:
         result.no_new_privs = True
     else:
         result.missing.append(_fail("no_new_privs"))
-    abi, problem = _landlock(libc, os.environ.get(PRIVATE_DIR_ENV))
+    try:
+        abi, problem = _landlock(libc, os.environ.get(PRIVATE_DIR_ENV))
+    except OSError as exc:                          # a path that vanished, an odd host
+        abi, problem = 0, f"Landlock not applied: {exc}"
     result.landlock_abi = abi
     if problem:
         result.missing.append(problem)

@@ -81,6 +81,16 @@ def connect_as(uid: int | None, path: str, log: Path) -> int:
         spawn.stop(proc)
 
 
+def open_as(uid: int | None, path: Path, log: Path) -> int:
+    """Exit status of a process of `uid` that opens `path` for reading (0: it could)."""
+    proc = spawn.spawn([sys.executable, "-c", "import sys; open(sys.argv[1], 'rb').read(1)",
+                        str(path)], log, uid=uid)
+    try:
+        return proc.wait(60)
+    finally:
+        spawn.stop(proc)
+
+
 def test_a_sealed_process_cannot_reach_another_around_the_kernel(
         make_system: Callable[..., System]) -> None:
     system = make_system(frames=16, disk_size_mib=8)
@@ -185,6 +195,10 @@ def test_each_principal_has_its_own_uid_and_files(make_system: Callable[..., Sys
     assert connect_as(uids["pager1"], sock0, logs / "probe-pager1.log") != 0
     assert connect_as(uids["one"], sock0, logs / "probe-one.log") != 0
     assert "PermissionError" in (logs / "probe-pager1.log").read_text()
+    # Only disk 0 opens its device file: not its own pager, nor another disk.
+    assert open_as(uids["disk0"], system.device_file(0), logs / "open-disk0.log") == 0
+    assert open_as(uids["pager0"], system.device_file(0), logs / "open-pager0.log") != 0
+    assert open_as(uids["disk1"], system.device_file(0), logs / "open-disk1.log") != 0
     assert system.wait_apps(APP_TIMEOUT_S) == {"one": 0, "two": 0}
 
 
