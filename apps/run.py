@@ -10,10 +10,12 @@ line on stderr that says which process died of what:
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from apps.runtime import confine
 from apps.runtime.errors import SealedError
+from apps.runtime.syscall import KERNEL_ADDR_ENV
 from wire import host
 
 #: App name -> module.  Adding an app is one line here.
@@ -53,7 +55,6 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 def main(argv: list[str]) -> int:
     """Run apps.APP's main(ARGS); map an uncaught SealedError to status 3."""
     host.make_nondumpable("run")             # before the app holds any data or secret
-    confine.arm()                            # a sealed program: connect() confines it
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -61,6 +62,8 @@ def main(argv: list[str]) -> int:
     if app not in APPS:
         print(f"sealedos run: unknown app {app!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # Confined before one line of the program runs (its module's top level included).
+    confine.confine_program(app, _flag_value(args, "--kernel") or os.environ.get(KERNEL_ADDR_ENV))
     module = importlib.import_module(APPS[app])
     try:
         return int(module.main(args) or 0)

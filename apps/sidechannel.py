@@ -8,10 +8,11 @@ The victim writes a pattern into its pages and a secret file into its private di
 REPORTs {ready, hostpid}, re-reads its pages until --stop-file exists (a stat: allowed), and
 REPORTs {checksum: verified|failed}.
 
-The attacker, confined like every sealed process, tries each side channel the host offers and
-REPORTs ``ch_<channel>`` = ``blocked: <errno>`` or ``OPEN: <what happened>`` for each, plus
-``open_channels`` (comma-separated, empty when all failed) and its own confinement
-(``landlock_abi``, ``seccomp``).  Channels: a file in /tmp and in /dev/shm, a file planted
+The attacker, confined like every sealed program, tries each side channel the host offers
+once before it connects to the kernel and once after, and REPORTs ``ch_<channel>`` =
+``blocked: <errno>`` or ``OPEN: <what happened>`` for each (after), ``open_channels`` and
+``early_open_channels`` (comma-separated, empty when all failed) and its own confinement
+(``landlock_abi``, ``seccomp``, ``no_new_sockets``).  Channels: a file in /tmp and in /dev/shm, a file planted
 in or read from the victim's private directory, TCP and UDP sockets to 127.0.0.1, a unix
 socket, a socketpair, SIGSTOP to the victim and a signal to the kernel, /proc/PID/mem of the
 victim and of the kernel, the kernel's /proc/PID/environ, ptrace attach, process_vm_readv,
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import errno
 import os
 import signal
@@ -87,9 +87,9 @@ def victim(proc: SealedProcess, args: argparse.Namespace) -> int:
 
 
 # -- the attacker -------------------------------------------------------------------------
-#: The C library, loaded before confinement (finding it later would need exec, which fails
-#: and would make every attempt through it look blocked without being tried).
-LIBC: ctypes.CDLL = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: The C library, by its soname (find_library would need exec and a temporary directory,
+#: which a confined process lacks: every attempt through it would look blocked untried).
+LIBC: ctypes.CDLL = ctypes.CDLL("libc.so.6", use_errno=True)
 LIBC.ptrace.restype = ctypes.c_long
 LIBC.process_vm_readv.restype = ctypes.c_ssize_t
 
@@ -200,11 +200,11 @@ def attempt(fn: Callable[[], str]) -> str:
         return f"blocked: {errno.errorcode.get(exc.errno or 0, exc.errno)}"
 
 
-def attacker(proc: SealedProcess, args: argparse.Namespace) -> int:
-    """Try every side channel; REPORT each outcome; status 0 when all were blocked."""
+def channels(args: argparse.Namespace) -> dict[str, Callable[[], str]]:
+    """Every side channel to try, by name."""
     v, k = args.victim_pid, args.kernel_pid
     tag = f"{os.getpid()}"
-    channels: dict[str, Callable[[], str]] = {
+    return {
         "tmp_file": lambda: _write_file(f"/tmp/sealedos-sidechannel-{tag}"),
         "shm_file": lambda: _write_file(f"/dev/shm/sealedos-sidechannel-{tag}"),
         "victim_dir_write": lambda: _write_file(os.path.join(args.victim_dir, "planted")),
@@ -224,19 +224,37 @@ def attacker(proc: SealedProcess, args: argparse.Namespace) -> int:
         "sysv_shm": _sysv_shm,
         "device_file": lambda: _read_file(args.device_file),
     }
-    results = {name: attempt(fn) for name, fn in channels.items()}
-    opened = [name for name, r in results.items() if not r.startswith("blocked")]
+
+
+def try_all(args: argparse.Namespace) -> dict[str, str]:
+    """Each channel's outcome."""
+    return {name: attempt(fn) for name, fn in channels(args).items()}
+
+
+def opened(results: dict[str, str]) -> list[str]:
+    """The channels that were not blocked."""
+    return [name for name, r in results.items() if not r.startswith("blocked")]
+
+
+def attacker(proc: SealedProcess, args: argparse.Namespace, early: dict[str, str]) -> int:
+    """Try every side channel (`early`: what was tried before connecting); REPORT each
+    outcome; status 0 when all were blocked once connected."""
+    results = try_all(args)
     conf = proc.confinement
     proc.report(**{f"ch_{name}": r[:120] for name, r in results.items()},
-                open_channels=",".join(opened), channels=len(results),
+                open_channels=",".join(opened(results)), channels=len(results),
+                early_open_channels=",".join(opened(early)),
                 landlock_abi=conf.landlock_abi if conf else 0,
-                seccomp=bool(conf and conf.seccomp))
-    return 0 if not opened else 1
+                seccomp=bool(conf and conf.seccomp),
+                no_new_sockets=bool(conf and conf.no_new_sockets))
+    return 0 if not opened(results) else 1
 
 
 def main(argv: list[str]) -> int:
     """Run as victim or attacker (see the module docstring)."""
     args = build_parser().parse_args(argv)
+    early = try_all(args) if args.role == "attacker" else {}     # before the kernel knows us
     with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
-        body = victim if args.role == "victim" else attacker
-        return run_reporting(proc, lambda: body(proc, args))
+        if args.role == "victim":
+            return run_reporting(proc, lambda: victim(proc, args))
+        return run_reporting(proc, lambda: attacker(proc, args, early))

@@ -249,12 +249,14 @@ class System:
 
     def spawn_app(self, app: str, args: list[str], name: str, env: dict[str, str] | None = None) -> Service:
         """Start one sealed process running `app` against this system's kernel, under its own
-        uid (principal app-NAME) with its private directory in SEALEDOS_PRIVATE_DIR."""
+        uid (principal app-NAME) with its private directory in SEALEDOS_PRIVATE_DIR (and
+        TMPDIR: the only place it may write)."""
         cmd = spawn.python_cmd("run", app, "--kernel", self.kernel_addr, "--name", name, *args)
         log = self.rundir / f"{name}.log"
         principal = _principal("app", name)
         uid = self.principals.uid(principal)
-        full_env = {PRIVATE_DIR_ENV: str(self.principals.private_dir(principal)), **(env or {})}
+        private = str(self.principals.private_dir(principal))
+        full_env = {PRIVATE_DIR_ENV: private, "TMPDIR": private, **(env or {})}
         svc = Service(name, "app", cmd, log,
                       spawn.spawn(cmd, log, full_env, nice=APP_NICE, uid=uid),
                       restart=False, env=full_env, uid=uid)

@@ -1,30 +1,35 @@
-"""Confinement: once connected, the kernel is a sealed process's only door.
+"""Confinement: the kernel is a sealed process's only door.
 
-Called by :meth:`SealedProcess.connect` after ATTACH, before the control thread starts (so
-the thread, and every thread the app starts later, inherits it), in every process started as
-a sealed program (``sealedos run`` calls :func:`arm`).  Three locks, each
-independent of the others, none of which can be undone:
+A sealed program (``sealedos run``) is confined in two steps, each a set of locks that cannot
+be undone:
 
-* **no_new_privs** -- nothing this process executes can gain privileges.
-* **Landlock** (ctypes syscalls: the PyPI ``landlock`` package knows files only) -- files:
-  read-only access to the code (the Python installation, the project, the shared libraries,
-  /etc), read-write to the process's own private directory (``SEALEDOS_PRIVATE_DIR``) and
-  /dev/null, nothing else (no /tmp, no /dev/shm, no other process's /proc); TCP: neither bind
-  nor connect (ABI 4); scope (ABI 6): no signal to and no abstract unix socket of a process
-  outside this domain.
-* **seccomp** (libseccomp via ``pyseccomp``, synchronised to every thread) -- fails with
-  EPERM: new sockets (socket, socketpair), exec (execve, execveat), signals to another
-  process (kill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo unless aimed at this process;
-  tkill, pidfd_send_signal), other processes' memory (ptrace, process_vm_readv/writev,
-  pidfd_getfd, kcmp, process_madvise), host IPC that bypasses files (System V shm/msg/sem,
-  POSIX message queues, io_uring), and namespace, mount, key-ring and BPF calls.  Everything
-  else is allowed: a Python process with pyzmq and numpy needs threads, futexes, mmap, its
-  open sockets' send/recv/poll.
+1. :func:`confine_program`, in ``apps/run.py`` before the app's module is even imported, so
+   no line of a hostile program runs unconfined:
 
-Its two kernel connections stay open; zmq could not reconnect them (no socket()), which is
-fine: a sealed process whose kernel connection dies is dead anyway.  Where the host cannot
-apply a lock (an older kernel, no libseccomp), one line on stderr says which is missing and
-the process carries on with the others.
+   * **no_new_privs** -- nothing this process executes can gain privileges;
+   * **Landlock** (ctypes syscalls: the PyPI ``landlock`` package knows files only) -- files:
+     read-only access to the code (the Python installation, the project, the shared
+     libraries, /etc), read-write to the process's own private directory
+     (``SEALEDOS_PRIVATE_DIR``) and /dev/null, nothing else (no /tmp, no /dev/shm, no other
+     process's /proc); TCP (ABI 4): no bind, connect only to the kernel's port; scope (ABI 6):
+     no signal to and no abstract unix socket of a process outside this domain;
+   * **seccomp** (libseccomp via ``pyseccomp``, synchronised to every thread) -- fails with
+     EPERM: exec (execve, execveat), signals to another process (kill, tgkill,
+     rt_sigqueueinfo, rt_tgsigqueueinfo unless aimed at this process; tkill,
+     pidfd_send_signal), other processes' memory (ptrace, process_vm_readv/writev,
+     pidfd_getfd, kcmp, process_madvise), host IPC that bypasses files (System V shm/msg/sem,
+     POSIX message queues, io_uring), namespace, mount, key-ring and BPF calls, socketpair,
+     and any socket but the kernel transport's kind (ipc: unix; tcp: unix, IPv4, IPv6 --
+     not raw or packet).  Everything else is allowed: a Python process with pyzmq and numpy
+     needs threads, futexes, mmap, its sockets' send/recv/poll.
+
+2. :func:`close_the_door`, from :meth:`SealedProcess.connect` after ATTACH: a second seccomp
+   filter refusing every new socket.  The two kernel connections stay open; zmq could not
+   reconnect them, which is fine: a sealed process whose kernel connection dies is dead.
+
+A test or tool that plays a sealed process in-process is not a sealed program: nothing
+confines it.  Where the host cannot apply a lock (an older kernel, no libseccomp), one line
+on stderr says which is missing and the process carries on with the others.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import socket
 import struct
 import sys
 from dataclasses import dataclass, field
@@ -58,6 +64,7 @@ FS_REMOVE_DIR, FS_REMOVE_FILE, FS_MAKE_CHAR, FS_MAKE_DIR = 16, 32, 64, 128
 FS_MAKE_REG, FS_MAKE_SOCK, FS_MAKE_FIFO, FS_MAKE_BLOCK, FS_MAKE_SYM = 256, 512, 1024, 2048, 4096
 FS_REFER, FS_TRUNCATE, FS_IOCTL_DEV = 8192, 16384, 32768
 NET_BIND_TCP, NET_CONNECT_TCP = 1, 2
+LANDLOCK_RULE_NET_PORT: int = 2
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1, 2
 
 #: Read-only: what code needs.
@@ -68,9 +75,13 @@ PRIVATE_RIGHTS: int = (FS_READ_FILE | FS_READ_DIR | FS_WRITE_FILE | FS_REMOVE_DI
 #: Read-only trees besides the interpreter's and the project's (shared libraries, /etc).
 SYSTEM_READ_DIRS: tuple[str, ...] = ("/usr", "/lib", "/lib64", "/etc")
 
+#: The type bits of socket()'s second argument (the rest are SOCK_NONBLOCK, SOCK_CLOEXEC).
+SOCK_TYPE_MASK: int = 0xF
+SOCK_PACKET: int = 10
+
 #: Syscalls refused outright.
 DENIED_SYSCALLS: tuple[str, ...] = (
-    "socket", "socketpair", "execve", "execveat", "ptrace", "process_vm_readv",
+    "socketpair", "execve", "execveat", "ptrace", "process_vm_readv",
     "process_vm_writev", "pidfd_getfd", "pidfd_send_signal", "pidfd_open", "kcmp",
     "process_madvise", "tkill", "shmget", "shmat", "msgget", "msgsnd", "msgrcv", "semget",
     "semop", "semtimedop", "mq_open", "mq_timedsend", "mq_timedreceive", "io_uring_setup",
@@ -81,28 +92,22 @@ DENIED_SYSCALLS: tuple[str, ...] = (
 SELF_ONLY_SYSCALLS: tuple[str, ...] = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 
 
-#: Set by :func:`arm` in a process started as a sealed program (``sealedos run``); a test or
-#: tool that connects in-process to play a sealed process is not confined.
-_armed: bool = False
-
-
-def arm() -> None:
-    """Declare this process a sealed program: its SealedProcess.connect will confine it."""
-    global _armed
-    _armed = True
+#: What confine_program achieved, in a process started as a sealed program (None: not one).
+_state: "Confinement | None" = None
 
 
 def armed() -> bool:
-    """True when this process is a sealed program that connect() must confine."""
-    return _armed
+    """True when this process is a confined sealed program (connect() must close the door)."""
+    return _state is not None
 
 
 @dataclass
 class Confinement:
-    """What :func:`confine` achieved: each lock applied, or why not."""
+    """What confinement achieved: each lock applied, or why not."""
     no_new_privs: bool = False
     landlock_abi: int = 0
     seccomp: bool = False
+    no_new_sockets: bool = False
     missing: list[str] = field(default_factory=list)
 
 
@@ -128,7 +133,18 @@ def readable_paths() -> list[str]:
     return sorted(p for p in paths if os.path.exists(p) and p != "/")
 
 
-def _landlock(libc: ctypes.CDLL, private_dir: str | None) -> tuple[int, str | None]:
+def _kernel_port(kernel_addr: str | None) -> int | None:
+    """The TCP port of a tcp://HOST:PORT kernel address, else None."""
+    if not kernel_addr or not kernel_addr.startswith("tcp://"):
+        return None
+    try:
+        return int(kernel_addr.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _landlock(libc: ctypes.CDLL, private_dir: str | None,
+              kernel_port: int | None) -> tuple[int, str | None]:
     """Restrict this thread (and its future threads) with Landlock; (ABI, problem or None)."""
     libc.syscall.restype = ctypes.c_long
     abi = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
@@ -163,6 +179,10 @@ def _landlock(libc: ctypes.CDLL, private_dir: str | None) -> tuple[int, str | No
                     return 0, _fail(f"landlock_add_rule {path}")
             finally:
                 os.close(fd)
+        if net and kernel_port is not None:
+            rule = ctypes.create_string_buffer(struct.pack("=QQ", NET_CONNECT_TCP, kernel_port), 16)
+            if libc.syscall(SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_NET_PORT, rule, 0) != 0:
+                return 0, _fail(f"landlock_add_rule port {kernel_port}")
         if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
             return 0, _fail("landlock_restrict_self")
     finally:
@@ -170,8 +190,23 @@ def _landlock(libc: ctypes.CDLL, private_dir: str | None) -> tuple[int, str | No
     return abi, None
 
 
-def _seccomp() -> str | None:
-    """Load the syscall filter on every thread of this process; the problem or None."""
+def _socket_rules(sc: object, tcp: bool) -> list[tuple[str, tuple]]:
+    """The (syscall, argument comparisons) that refuse a socket the kernel transport does not
+    need: ipc -- anything but AF_UNIX; tcp -- any family but unix, IPv4, IPv6, and raw or
+    packet sockets."""
+    if not tcp:
+        return [("socket", (sc.Arg(0, sc.NE, socket.AF_UNIX),))]
+    allowed = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+    rules: list[tuple[str, tuple]] = [("socket", (sc.Arg(0, sc.GT, max(allowed)),))]
+    rules += [("socket", (sc.Arg(0, sc.EQ, fam),)) for fam in range(max(allowed)) if fam not in allowed]
+    rules += [("socket", (sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, kind),))
+              for kind in (socket.SOCK_RAW, SOCK_PACKET)]
+    return rules
+
+
+def _seccomp(rules: list[tuple[str, tuple]]) -> str | None:
+    """Load one filter refusing `rules` (syscall, argument comparisons) with EPERM on every
+    thread of this process; the problem or None."""
     sc = pyseccomp
     if sc is None:
         return _SECCOMP_MISSING
@@ -179,16 +214,10 @@ def _seccomp() -> str | None:
         flt = sc.SyscallFilter(sc.ALLOW)
         flt.set_attr(sc.Attr.CTL_TSYNC, 1)           # every thread, not only this one
         deny = sc.ERRNO(errno.EPERM)
-        for name in DENIED_SYSCALLS:
+        for name, args in rules:
             try:
-                flt.add_rule(deny, name)
+                flt.add_rule(deny, name, *args)
             except (OSError, ValueError):           # no such syscall on this architecture
-                continue
-        me = os.getpid()
-        for name in SELF_ONLY_SYSCALLS:
-            try:
-                flt.add_rule(deny, name, sc.Arg(0, sc.NE, me))
-            except (OSError, ValueError):
                 continue
         flt.load()
     except OSError as exc:
@@ -196,9 +225,28 @@ def _seccomp() -> str | None:
     return None
 
 
-def confine(component: str) -> Confinement:
-    """Apply no_new_privs, Landlock and seccomp to this process (see the module docstring);
-    each lock the host refuses is named in one stderr line, and the process carries on."""
+def _program_rules(kernel_addr: str | None) -> list[tuple[str, tuple]]:
+    """Step 1's seccomp rules (see the module docstring)."""
+    sc = pyseccomp
+    if sc is None:
+        return []
+    me = os.getpid()
+    rules: list[tuple[str, tuple]] = [(name, ()) for name in DENIED_SYSCALLS]
+    rules += [(name, (sc.Arg(0, sc.NE, me),)) for name in SELF_ONLY_SYSCALLS]
+    return rules + _socket_rules(sc, _kernel_port(kernel_addr) is not None)
+
+
+def _warn(component: str, result: Confinement) -> None:
+    """One stderr line naming every lock the host refused."""
+    if result.missing:
+        print(f"sealedos: {component}: WARNING: confinement incomplete: "
+              f"{'; '.join(result.missing)}", file=sys.stderr, flush=True)
+
+
+def confine_program(component: str, kernel_addr: str | None) -> Confinement:
+    """Step 1, first thing in a sealed program: no_new_privs, Landlock and seccomp (see the
+    module docstring); each lock the host refuses is named on stderr, and the process goes on."""
+    global _state
     libc = _libc()
     result = Confinement()
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0:
@@ -206,17 +254,30 @@ def confine(component: str) -> Confinement:
     else:
         result.missing.append(_fail("no_new_privs"))
     try:
-        abi, problem = _landlock(libc, os.environ.get(PRIVATE_DIR_ENV))
+        abi, problem = _landlock(libc, os.environ.get(PRIVATE_DIR_ENV), _kernel_port(kernel_addr))
     except OSError as exc:                          # a path that vanished, an odd host
         abi, problem = 0, f"Landlock not applied: {exc}"
     result.landlock_abi = abi
     if problem:
         result.missing.append(problem)
-    problem = _seccomp()
+    problem = _seccomp(_program_rules(kernel_addr))
     result.seccomp = problem is None
     if problem:
         result.missing.append(problem)
-    if result.missing:
-        print(f"sealedos: {component}: WARNING: confinement incomplete: "
-              f"{'; '.join(result.missing)}", file=sys.stderr, flush=True)
+    _warn(component, result)
+    _state = result
     return result
+
+
+def close_the_door(component: str) -> Confinement | None:
+    """Step 2, once the kernel connections are open: no new socket at all.  None when this
+    process is not a confined sealed program (nothing is done)."""
+    if _state is None:
+        return None
+    if _state.seccomp:
+        problem = _seccomp([("socket", ()), ("socketpair", ())])
+        _state.no_new_sockets = problem is None
+        if problem:
+            _state.missing.append(problem)
+            _warn(component, _state)
+    return _state

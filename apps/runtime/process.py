@@ -9,8 +9,8 @@
 
 Start-up is REGISTER (on the call connection: name, program, the digest of the program's
 source, host, pid, manifest), then a bank as large as the kernel's frame pool, then ATTACH of
-the control connection, confinement (:mod:`confine`: no new sockets, files, signals or exec;
-the kernel is the only door from then on) and the control thread.  close() sends EXIT and
+the control connection, the last step of confinement in a sealed program (:mod:`confine`: no
+new socket; the kernel is the only door from then on) and the control thread.  close() sends EXIT and
 stops the thread.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from apps.runtime.bank import Bank
-from apps.runtime.confine import Confinement, armed, confine
+from apps.runtime.confine import Confinement, close_the_door
 from apps.runtime.control import ControlThread
 from apps.runtime.errors import SealedError
 from apps.runtime.ipc import Ipc, Received
@@ -74,8 +74,7 @@ class SealedProcess:
             bank = Bank(reg["nframes"])
             mmu = Mmu(kernel, bank)
             sock = kernel.attach_control(reg["spid"], reg["secret"])
-            # From here the kernel is the only door (threads started later inherit it).
-            confinement = confine(name) if armed() else None
+            confinement = close_the_door(name)   # no new socket: the kernel is the only door
             control = ControlThread(sock, mmu, kernel.liveness, name)
             control.start()
         except BaseException:

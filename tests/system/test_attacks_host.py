@@ -116,8 +116,10 @@ def test_a_sealed_process_cannot_reach_another_around_the_kernel(
     assert opened == {}, f"side channels open: {opened}"
     assert rec["open_channels"] == ""
     assert system.services["attacker"].proc.returncode == 0, system.log_tail("attacker")
+    # Before it connected, only a unix socket (the kernel's transport) was allowed.
+    assert set(filter(None, rec["early_open_channels"].split(","))) <= {"unix_socket"}, rec
     if host_landlock_abi() >= 1:
-        assert rec["landlock_abi"] >= 1 and rec["seccomp"] is True
+        assert rec["landlock_abi"] >= 1 and rec["seccomp"] is True and rec["no_new_sockets"] is True
     # Nothing the attacker tried left a trace, and the victim was never stopped.
     attacker_pid = system.services["attacker"].pid
     assert not Path(f"/tmp/sealedos-sidechannel-{attacker_pid}").exists()
