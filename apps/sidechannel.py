@@ -27,8 +27,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from apps.runtime import PAGE_SIZE, SealedProcess
 from apps.runtime.app import app_parser, run_reporting

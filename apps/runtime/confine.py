@@ -42,6 +42,7 @@ import struct
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wire.host import PRIVATE_DIR_ENV
 
@@ -93,7 +94,7 @@ SELF_ONLY_SYSCALLS: tuple[str, ...] = ("kill", "tgkill", "rt_sigqueueinfo", "rt_
 
 
 #: What confine_program achieved, in a process started as a sealed program (None: not one).
-_state: "Confinement | None" = None
+_state: Confinement | None = None
 
 
 def armed() -> bool:
@@ -190,7 +191,7 @@ def _landlock(libc: ctypes.CDLL, private_dir: str | None,
     return abi, None
 
 
-def _socket_rules(sc: object, tcp: bool) -> list[tuple[str, tuple]]:
+def _socket_rules(sc: Any, tcp: bool) -> list[tuple[str, tuple]]:
     """The (syscall, argument comparisons) that refuse a socket the kernel transport does not
     need: ipc -- anything but AF_UNIX; tcp -- any family but unix, IPv4, IPv6, and raw or
     packet sockets."""

@@ -18,15 +18,15 @@ import ctypes
 import os
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import psutil
 import pytest
+from polling import wait_for
 
 from host_tools.system import System
 from launcher import spawn
-from polling import wait_for
 
 APP_TIMEOUT_S = 90.0
 #: A uid no principal of the system uses: a stand-alone kernel runs as it in one test.
