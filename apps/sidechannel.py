@@ -16,7 +16,8 @@ once before it connects to the kernel and once after, and REPORTs ``ch_<channel>
 in or read from the victim's private directory, TCP and UDP sockets to 127.0.0.1, a unix
 socket, a socketpair, SIGSTOP to the victim and a signal to the kernel, /proc/PID/mem of the
 victim and of the kernel, the kernel's /proc/PID/environ, ptrace attach, process_vm_readv,
-exec of /bin/true, a System V shared memory segment, and the disk's device file.
+exec of /bin/true, a System V shared memory segment, the disk's device file, and locks or
+watches on a file every process may read (flock, fcntl record locks, inotify).
 """
 from __future__ import annotations
 
@@ -192,6 +193,32 @@ def _sysv_shm() -> str:
     return _errno_result(shmid, "shmget")
 
 
+def _flock() -> str:
+    """Lock a file every process may read (its code): another can see the lock come and go."""
+    import fcntl
+    with open(__file__, "rb") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return f"OPEN: flock on {__file__}"
+
+
+def _fcntl_lock() -> str:
+    """A record lock on a file every process may read."""
+    import fcntl
+    with open(__file__, "rb") as f:
+        fcntl.lockf(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.lockf(f, fcntl.LOCK_UN)
+    return f"OPEN: fcntl lock on {__file__}"
+
+
+def _inotify() -> str:
+    """A watch that sees other processes open shared files."""
+    fd = LIBC.inotify_init1(0)
+    if fd >= 0:
+        os.close(fd)
+    return _errno_result(fd, "inotify_init1")
+
+
 def attempt(fn: Callable[[], str]) -> str:
     """Run one attempt: its own verdict, or blocked with the errno it failed with."""
     try:
@@ -223,6 +250,9 @@ def channels(args: argparse.Namespace) -> dict[str, Callable[[], str]]:
         "exec": _exec,
         "sysv_shm": _sysv_shm,
         "device_file": lambda: _read_file(args.device_file),
+        "flock_shared_file": _flock,
+        "fcntl_lock_shared_file": _fcntl_lock,
+        "inotify": _inotify,
     }
 
 

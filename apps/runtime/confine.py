@@ -18,7 +18,8 @@ be undone:
      rt_sigqueueinfo, rt_tgsigqueueinfo unless aimed at this process; tkill,
      pidfd_send_signal), other processes' memory (ptrace, process_vm_readv/writev,
      pidfd_getfd, kcmp, process_madvise), host IPC that bypasses files (System V shm/msg/sem,
-     POSIX message queues, io_uring), namespace, mount, key-ring and BPF calls, socketpair,
+     POSIX message queues, io_uring), locks and watches on shared files (flock, fcntl record
+     locks, inotify, fanotify), namespace, mount, key-ring and BPF calls, socketpair,
      and any socket but the kernel transport's kind (ipc: unix; tcp: unix, IPv4, IPv6 --
      not raw or packet).  Everything else is allowed: a Python process with pyzmq and numpy
      needs threads, futexes, mmap, its sockets' send/recv/poll.
@@ -88,7 +89,11 @@ DENIED_SYSCALLS: tuple[str, ...] = (
     "semop", "semtimedop", "mq_open", "mq_timedsend", "mq_timedreceive", "io_uring_setup",
     "io_uring_enter", "io_uring_register", "unshare", "setns", "mount", "umount2",
     "pivot_root", "chroot", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
-    "userfaultfd", "mknod", "mknodat")
+    "userfaultfd", "mknod", "mknodat",
+    # Covert channels through files every process may read (the code): locks and watches.
+    "flock", "inotify_init", "inotify_init1", "fanotify_init")
+#: fcntl commands refused: record locks on shared files (another covert channel).
+DENIED_FCNTL_CMDS: tuple[int, ...] = (5, 6, 7, 36, 37, 38)   # F_GETLK/SETLK/SETLKW, F_OFD_*
 #: Syscalls refused unless their first argument is this process's pid.
 SELF_ONLY_SYSCALLS: tuple[str, ...] = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 
@@ -234,6 +239,7 @@ def _program_rules(kernel_addr: str | None) -> list[tuple[str, tuple]]:
     me = os.getpid()
     rules: list[tuple[str, tuple]] = [(name, ()) for name in DENIED_SYSCALLS]
     rules += [(name, (sc.Arg(0, sc.NE, me),)) for name in SELF_ONLY_SYSCALLS]
+    rules += [("fcntl", (sc.Arg(1, sc.EQ, cmd),)) for cmd in DENIED_FCNTL_CMDS]
     return rules + _socket_rules(sc, _kernel_port(kernel_addr) is not None)
 
 
