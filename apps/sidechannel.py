@@ -164,6 +164,7 @@ def _ptrace(pid: int) -> str:
 
 
 class _IoVec(ctypes.Structure):
+    """struct iovec."""
     _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
 
 

@@ -120,6 +120,7 @@ def can_drop_uid() -> str | None:
     the_plan = [(d, list(e)) for d, e in cached_plan()]
 
     def child() -> None:
+        """In the probe's child: what spawn() does for a principal."""
         apply(the_plan)
         os.setgroups([])
         os.setgid(PROBE_UID)
