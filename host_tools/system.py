@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher import reach, spawn
-from launcher.principals import Principals
+from launcher.principals import Principals, random_uid_base
 from wire.client import Client
 from wire.host import PRIVATE_DIR_ENV
 from wire.protocol import Op, ServiceError
@@ -376,7 +376,8 @@ def _principals(rundir: Path) -> Principals:
     if why_not is not None:
         print(f"sealedos: launcher: WARNING: every process runs as root: {why_not}; only "
               f"non-dumpable processes and confinement protect them", file=sys.stderr, flush=True)
-    return Principals(rundir, isolate=os.geteuid() == 0 and why_not is None)
+    return Principals(rundir, uid_base=random_uid_base(),
+                      isolate=os.geteuid() == 0 and why_not is None)
 
 
 def _free_port() -> int:

@@ -14,11 +14,16 @@ slot N (``pager0`` ...), disk N (``disk0`` ...), or one sealed process (``app-<n
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 #: Unprivileged uids handed to principals when the launcher runs as root, in order of first
 #: use (no /etc/passwd entry is needed for setuid); one launcher's principals never share one.
 UID_BASE: int = 200_000
+#: Each launcher draws its own block of uids (see :func:`random_uid_base`): this many per block,
+#: and this many blocks above UID_BASE (all below 2**31 + UID_BASE, far from 65534 and -1).
+UID_BLOCK: int = 4096
+UID_BLOCKS: int = 1 << 19
 #: The principal that keeps root (the trusted kernel must signal the processes it stops).
 KERNEL: str = "kernel"
 
@@ -26,6 +31,13 @@ KERNEL: str = "kernel"
 def running_as_root() -> bool:
     """True when this process may hand out uids (the containers' and CI's case)."""
     return os.geteuid() == 0
+
+
+def random_uid_base() -> int:
+    """A uid block for one launcher: two systems on one host (two test runs, two users of
+    `sealedos up`) then almost never hand the same uid to different principals, so one
+    system's disk cannot open another's device file."""
+    return UID_BASE + secrets.randbelow(UID_BLOCKS) * UID_BLOCK
 
 
 class Principals:
