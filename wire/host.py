@@ -21,6 +21,9 @@ PR_SET_DUMPABLE: int = 4
 PR_GET_DUMPABLE: int = 3
 #: Set in a process's environment by the launcher: the directory only it may write.
 PRIVATE_DIR_ENV: str = "SEALEDOS_PRIVATE_DIR"
+#: Set by the launcher when a confined sealed process must read more than its code and its
+#: private directory (e.g. a key directory): paths joined by os.pathsep, read-only.
+CONFINE_READ_ENV: str = "SEALEDOS_CONFINE_READ"
 
 
 def _libc() -> ctypes.CDLL | None:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wire.host import PRIVATE_DIR_ENV
+from wire.host import CONFINE_READ_ENV, PRIVATE_DIR_ENV
 
 try:                                     # imported now: nothing is importable once confined
     import pyseccomp
@@ -129,11 +129,13 @@ def _fail(what: str) -> str:
 
 def readable_paths() -> list[str]:
     """The trees a confined process may read: the interpreter's installation, the project's
-    code (where this package was imported from, and PYTHONPATH), the system's libraries."""
+    code (where this package was imported from, and PYTHONPATH), the system's libraries, and
+    what the launcher lists in SEALEDOS_CONFINE_READ."""
     project = Path(__file__).resolve().parents[2]
     pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    extra = [p for p in os.environ.get(CONFINE_READ_ENV, "").split(os.pathsep) if p]
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(project), *SYSTEM_READ_DIRS,
-             *pythonpath}
+             *pythonpath, *extra}
     # sys.path also holds the working directory (python -m): not code, and maybe anything.
     paths |= {p for p in sys.path if p and p != os.getcwd() and os.path.isdir(p)}
     return sorted(p for p in paths if os.path.exists(p) and p != "/")
