@@ -38,6 +38,8 @@ from wire.server import Panic
 __all__ = ["Device", "DeviceError", "format_device"]
 
 MIB: int = 1 << 20
+#: A device file is readable and writable by its disk's uid only.
+DEVICE_MODE: int = 0o600
 
 
 # -- creating and checking a device file -------------------------------------------------
@@ -49,7 +51,9 @@ def format_device(path: Path, size_mib: int, max_handles: int = DEFAULT_MAX_HAND
     geo = plan(size_mib * MIB // BLOCK_SIZE, max_handles)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.formatting")
     try:
-        with open(tmp, "xb") as f:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DEVICE_MODE)
+        with open(fd, "wb") as f:
+            os.fchmod(fd, DEVICE_MODE)                       # whatever the umask: the disk's only
             f.truncate(geo.size_bytes)                       # sparse: only metadata is written
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
         _map_view(mm, geo)["owner"] = FREE_OWNER

@@ -32,6 +32,7 @@ import zmq
 
 from disk_service.device import Device, DeviceError
 from disk_service.layout import DEFAULT_SIZE_MIB
+from wire import host
 from wire.protocol import Err, ServiceError
 from wire.server import Request, Server
 
@@ -165,6 +166,7 @@ def _ipc_path(addr: str) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """`sealedos disk`: open the device, bind, serve until SIGTERM/SIGINT; return exit status."""
+    host.make_nondumpable("disk")
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         device = Device(args.file, size_mib=args.size_mib)
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"disk: cannot bind {args.addr}: {exc}", file=sys.stderr)
         device.close()
         return EXIT_BIND_FAILED
+    host.open_socket_file(args.addr)
     print(f"disk: serving {args.file} ({device.geo.data_blocks} blocks) at {args.addr}",
           file=sys.stderr, flush=True)
     try:

@@ -42,6 +42,7 @@ from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable
 from kernel_daemon.quota import Resource, limits_from
 from kernel_daemon.records import apply_report, bounded_records
+from wire import host
 from wire.protocol import (
     IPC_MAX_PAYLOAD_BYTES, MAX_FRAME_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
@@ -577,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run the kernel in the foreground until SIGTERM/SIGINT."""
+    host.make_nondumpable("kernel")          # before the key or the init token exist here
     args = build_parser().parse_args(argv)
     if not args.addr:
         if not args.rundir:
@@ -590,6 +592,7 @@ def main(argv: list[str]) -> int:
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
                     args.launcher_key)
     _attach_extras(kernel, args)
+    host.open_socket_file(args.addr)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
           f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'})",
           file=sys.stderr, flush=True)

@@ -102,11 +102,12 @@ class Launcher:
     def start(self, program: str, name: str, args: list[str], /, log: Path | None = None,
               env: dict[str, str] | None = None, nice: int = 0, local: bool = True,
               inherit_output: bool = False, cmd: list[str] | None = None,
-              **override: Any) -> subprocess.Popen[bytes]:
+              uid: int | None = None, **override: Any) -> subprocess.Popen[bytes]:
         """Start `program` as the sealed process `name` with its credential on a pipe.
 
         local: the kernel runs on this host, so it may watch (and stop) the child by its pid
-        and start time; else it knows the child only by its connection.  cmd and override:
+        and start time; else it knows the child only by its connection.  uid: run it as that
+        unprivileged uid (a launcher running as root).  cmd and override:
         another command and table fields (benchmarks that start their own hostile programs;
         the override's module is what the digest covers)."""
         self.spec(program)                           # unknown programs are never started
@@ -116,7 +117,7 @@ class Launcher:
                       "--name", name, *args]
         try:
             child = spawn.spawn(cmd, log, {**(env or {}), CRED_FD_ENV: str(rfd)}, nice=nice,
-                                pass_fds=(rfd,), inherit_output=inherit_output)
+                                pass_fds=(rfd,), inherit_output=inherit_output, uid=uid)
         finally:
             os.close(rfd)
         try:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import zmq
 
+from wire import host
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
 from wire.server import SUSPEND, Request, Server
 from pager_service.hostile import HONEST, HostileOptions, make_behaviour
@@ -373,6 +374,7 @@ def parse_args(argv: list[str]) -> PagerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """`sealedos pager`: serve until SIGTERM or SIGINT; return the exit status."""
+    host.make_nondumpable("pager")
     config = parse_args(list(sys.argv[1:] if argv is None else argv))
     pager = Pager(config)
     print(f"pager[{config.mirror}]: kernel={config.kernel_addr} disk={config.disk_addr} "
