@@ -10,9 +10,13 @@ line on stderr that says which process died of what:
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
+from apps.runtime import confine
 from apps.runtime.errors import SealedError
+from apps.runtime.syscall import KERNEL_ADDR_ENV
+from wire import host
 
 #: App name -> module.  Adding an app is one line here.
 APPS: dict[str, str] = {
@@ -26,6 +30,7 @@ APPS: dict[str, str] = {
     "kvstore": "apps.kvstore",
     "browser": "apps.browser",
     "plugin": "apps.plugin",
+    "sidechannel": "apps.sidechannel",
 }
 
 #: Exit status of a sealed process that died of an uncaught SealedError.
@@ -49,6 +54,7 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 
 def main(argv: list[str]) -> int:
     """Run apps.APP's main(ARGS); map an uncaught SealedError to status 3."""
+    host.make_nondumpable("run")             # before the app holds any data or secret
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -56,6 +62,8 @@ def main(argv: list[str]) -> int:
     if app not in APPS:
         print(f"sealedos run: unknown app {app!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # Confined before one line of the program runs (its module's top level included).
+    confine.confine_program(app, _flag_value(args, "--kernel") or os.environ.get(KERNEL_ADDR_ENV))
     module = importlib.import_module(APPS[app])
     try:
         return int(module.main(args) or 0)

@@ -1,7 +1,7 @@
 """The block device: one file, accessed only through a numpy.memmap of uint8.
 
 The file's format is described in layout.py.  Everything needed to find every handle and
-every block lives in the file; the in-memory indexes (token -> handle, (handle, slot) ->
+every block lives in the file; the in-memory indexes (token hash -> handle, (handle, slot) ->
 block, free blocks) are rebuilt from it on open, so a disk service restarted on the same
 file, even after SIGKILL, serves every handle and block as before.
 
@@ -10,7 +10,7 @@ Write ordering (the crash contract; a SIGKILL can stop us between any two stores
 * a new block: data first, then the map record's slot, then its owner (the commit point),
   so a map entry never points at a block whose data was not written;
 * a rewrite of a slot already mapped: the data is overwritten in place;
-* open: token and label first, then in_use (the commit point);
+* open: token hash and label first, then in_use (the commit point);
 * close and free: map owners are cleared first, then in_use, so no block is ever owned by
   a closed handle.
 
@@ -31,13 +31,15 @@ import numpy as np
 from disk_service.layout import (
     DEFAULT_MAX_HANDLES, DEFAULT_SIZE_MIB, FREE_OWNER, HANDLE_DTYPE, LABEL_MAX_BYTES, MAP_DTYPE,
     SLOT_LIMIT, SUPERBLOCK_DTYPE, TOKEN_BYTES, DeviceError, Geometry, check_superblock,
-    pack_superblock, plan)
+    pack_superblock, plan, token_hash)
 from wire.protocol import BLOCK_SIZE, Err, ServiceError
 from wire.server import Panic
 
 __all__ = ["Device", "DeviceError", "format_device"]
 
 MIB: int = 1 << 20
+#: A device file is readable and writable by its disk's uid only.
+DEVICE_MODE: int = 0o600
 
 
 # -- creating and checking a device file -------------------------------------------------
@@ -49,7 +51,9 @@ def format_device(path: Path, size_mib: int, max_handles: int = DEFAULT_MAX_HAND
     geo = plan(size_mib * MIB // BLOCK_SIZE, max_handles)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.formatting")
     try:
-        with open(tmp, "xb") as f:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, DEVICE_MODE)
+        with open(fd, "wb") as f:
+            os.fchmod(fd, DEVICE_MODE)                       # whatever the umask: the disk's only
             f.truncate(geo.size_bytes)                       # sparse: only metadata is written
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+")
         _map_view(mm, geo)["owner"] = FREE_OWNER
@@ -90,7 +94,7 @@ class _Index:
     """The in-memory indexes rebuilt from one device's metadata."""
 
     def __init__(self) -> None:
-        self.tokens: dict[bytes, int] = {}              # token -> handle index
+        self.tokens: dict[bytes, int] = {}              # token_hash(token) -> handle index
         self.slots: dict[int, dict[int, int]] = {}      # handle index -> slot -> block
         self.free_blocks: list[int] = []                # pop() gives the lowest free block
         self.free_handles: list[int] = []               # pop() gives the lowest free index
@@ -107,13 +111,13 @@ def _scan_handles(ht: np.ndarray, idx: _Index) -> np.ndarray:
     if long_labels.size:
         raise DeviceError(f"corrupt sealedos disk (handle {long_labels[0]} has a label longer "
                           f"than {LABEL_MAX_BYTES} bytes)")
-    tokens = np.array(ht["token"])[used]
-    for h, tok in zip(used.tolist(), tokens):
-        token = tok.tobytes()
-        if token in idx.tokens:
-            raise DeviceError(f"corrupt sealedos disk (handles {idx.tokens[token]} and {h} "
+    hashes = np.array(ht["token_hash"])[used]
+    for h, raw in zip(used.tolist(), hashes):
+        key = raw.tobytes()
+        if key in idx.tokens:
+            raise DeviceError(f"corrupt sealedos disk (handles {idx.tokens[key]} and {h} "
                               f"share one token)")
-        idx.tokens[token] = h
+        idx.tokens[key] = h
         idx.slots[h] = {}
     idx.free_handles = np.flatnonzero(in_use == 0)[::-1].tolist()
     return in_use.astype(bool)
@@ -212,7 +216,7 @@ class Device:
         """The handle index of `token`; ServiceError(BADHANDLE) if it is not an open handle."""
         if self._mm is None:
             raise Panic("device used after close()")
-        h = self._idx.tokens.get(token) if isinstance(token, bytes) else None
+        h = self._idx.tokens.get(token_hash(token)) if isinstance(token, bytes) else None
         if h is None:
             raise ServiceError(Err.BADHANDLE, "unknown or closed handle")
         return h
@@ -249,10 +253,17 @@ class Device:
         return block - self.geo.first_data_block
 
     # -- handles -----------------------------------------------------------------------
-    def open_handle(self, label: str = "") -> bytes:
-        """Open a new handle labelled `label` (<= 32 bytes UTF-8, else INVAL); return its token."""
+    def open_handle(self, label: str = "", token: bytes | None = None) -> bytes:
+        """Open the handle named by `token` (TOKEN_BYTES bytes, minted by the caller; None:
+        a fresh random one), labelled `label` (<= 32 bytes UTF-8, else INVAL); return the
+        token.  Idempotent: opening a token that is already open changes nothing.  Only the
+        token's hash is stored."""
         if self._mm is None:
             raise Panic("device used after close()")
+        if token is not None and (not isinstance(token, bytes) or len(token) != TOKEN_BYTES):
+            raise ServiceError(Err.INVAL, f"a handle is {TOKEN_BYTES} bytes")
+        if token is not None and token_hash(token) in self._idx.tokens:
+            return token
         if not isinstance(label, str):
             raise ServiceError(Err.INVAL, f"label must be a string, got {type(label).__name__}")
         try:
@@ -264,18 +275,18 @@ class Device:
                                           f"at most {LABEL_MAX_BYTES} are allowed")
         if not self._idx.free_handles:
             raise ServiceError(Err.NOSPC, f"handle table full ({self.geo.max_handles} handles open)")
-        token = secrets.token_bytes(TOKEN_BYTES)
-        while token in self._idx.tokens:
+        while token is None or token_hash(token) in self._idx.tokens:
             token = secrets.token_bytes(TOKEN_BYTES)
+        key = token_hash(token)
         h = self._idx.free_handles.pop()
         rec = self._handles[h:h + 1]
         if int(rec["in_use"][0]) != 0:
             raise Panic(f"free handle list holds handle {h}, which is in use")
-        rec["token"] = np.frombuffer(token, dtype=np.uint8)
+        rec["token_hash"] = np.frombuffer(key, dtype=np.uint8)
         rec["label"] = np.frombuffer(raw.ljust(LABEL_MAX_BYTES, b"\0"), dtype=np.uint8)
         rec["label_len"] = len(raw)
         rec["in_use"] = 1                                   # commit point
-        self._idx.tokens[token] = h
+        self._idx.tokens[key] = h
         self._idx.slots[h] = {}
         self.dirty = True
         return token
@@ -286,7 +297,7 @@ class Device:
         blocks = sorted(self._idx.slots[h].values(), reverse=True)
         self._release(blocks)
         self._handles["in_use"][h] = 0                      # commit point
-        del self._idx.tokens[token], self._idx.slots[h]
+        del self._idx.tokens[token_hash(token)], self._idx.slots[h]
         self._idx.free_handles.append(h)
         self.dirty = True
         return len(blocks)

@@ -1,10 +1,12 @@
 """The disk service: a user-mode block driver serving one device file over ZeroMQ.
 
 Runs the shared server skeleton (wire.server) with one ROUTER socket.  Every
-request names a handle by its 16-byte token (returned by OPEN); a handle sees only its own
-slots and blocks.  Ops served:
+request names a handle by its 16-byte token (minted by the kernel and created here by OPEN;
+the device file keeps only a hash of it); a handle sees only its own slots and blocks.  Ops
+served:
 
-    open  {label}                      -> {handle}   label: at most 32 bytes UTF-8, longer is EINVAL
+    open  {handle, label}              -> {}         creates the handle; idempotent; label: at
+                                                     most 32 bytes UTF-8, longer is EINVAL
     close {handle}                     -> {freed}    frees every block of the handle
     write {handle, slot, data}         -> {block}    data: exactly BLOCK_SIZE bytes
     read  {handle, slot}               -> {data}     ENOENT if the slot was never written
@@ -35,6 +37,7 @@ import zmq
 
 from disk_service.device import Device, DeviceError
 from disk_service.layout import DEFAULT_SIZE_MIB
+from wire import host
 from wire import keys as wkeys
 from wire.keys import Keyring, KeysMissing
 from wire.protocol import Err, Op, ServiceError
@@ -109,8 +112,9 @@ class DiskService(Server):
 
     # -- handlers ----------------------------------------------------------------------
     def do_open(self, req: Request) -> dict[str, Any]:
-        """Open a new handle -> {handle}."""
-        return {"handle": self.device.open_handle(req.msg["label"])}
+        """Create the handle named by the request's token (idempotent) -> {}."""
+        self.device.open_handle(req.msg["label"], req.msg["handle"])
+        return {}
 
     def do_close(self, req: Request) -> dict[str, Any]:
         """Close a handle and free its blocks -> {freed}."""
@@ -196,6 +200,7 @@ def _ipc_path(addr: str) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     """`sealedos disk`: open the device, bind, serve until SIGTERM/SIGINT; return exit status."""
+    host.make_nondumpable("disk")
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         device = Device(args.file, size_mib=args.size_mib)
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"disk: cannot bind {args.addr}: {exc}", file=sys.stderr)
         device.close()
         return EXIT_BIND_FAILED
+    host.open_socket_file(args.addr)
     print(f"disk: serving {args.file} ({device.geo.data_blocks} blocks) at {args.addr}",
           file=sys.stderr, flush=True)
     try:

@@ -13,6 +13,7 @@ describes and checks the format; device.py reads and writes it.
 """
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass, fields
 from typing import Final
@@ -22,7 +23,9 @@ import numpy as np
 from wire.protocol import BLOCK_SIZE
 
 MAGIC: Final[bytes] = b"SEALDISK"
-FORMAT_VERSION: Final[int] = 1
+#: 2: the handle table stores a hash of each token, never the token (tokens are minted by
+#: the kernel and are the only credential for a handle's blocks).
+FORMAT_VERSION: Final[int] = 2
 DEFAULT_SIZE_MIB: Final[int] = 64
 DEFAULT_MAX_HANDLES: Final[int] = 4096
 TOKEN_BYTES: Final[int] = 16
@@ -49,9 +52,10 @@ SUPERBLOCK_DTYPE: Final[np.dtype] = np.dtype([
 SUPERBLOCK_CRC_OFFSET: Final[int] = SUPERBLOCK_DTYPE.fields["crc"][1]
 
 #: One handle-table record (64 bytes).  `in_use` is written last on open and cleared last
-#: on close, so it is the commit point of a handle.
+#: on close, so it is the commit point of a handle.  `token_hash` is token_hash(token): a
+#: reader of the file learns no token from it.
 HANDLE_DTYPE: Final[np.dtype] = np.dtype({
-    "names": ["in_use", "label_len", "token", "label"],
+    "names": ["in_use", "label_len", "token_hash", "label"],
     "formats": ["u1", "u1", ("u1", (TOKEN_BYTES,)), ("u1", (LABEL_MAX_BYTES,))],
     "offsets": [0, 1, 16, 32],
     "itemsize": 64,
@@ -61,6 +65,11 @@ HANDLE_DTYPE: Final[np.dtype] = np.dtype({
 #: FREE_OWNER; it is written after `slot` and after the block's data, so it is the commit
 #: point of a block.
 MAP_DTYPE: Final[np.dtype] = np.dtype([("owner", "<i4"), ("slot", "<u4")])
+
+
+def token_hash(token: bytes) -> bytes:
+    """The TOKEN_BYTES-byte hash under which a handle's token is stored and looked up."""
+    return hashlib.blake2b(token, digest_size=TOKEN_BYTES, person=b"sealedos-handle").digest()
 
 
 class DeviceError(Exception):

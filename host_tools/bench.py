@@ -9,6 +9,7 @@ import sys
 BENCHES: dict[str, str] = {
     "paging": "host_tools.bench_paging",
     "ipc": "host_tools.loadgen_ipc",
+    "abuse": "host_tools.bench_abuse",
 }
 
 

@@ -178,11 +178,16 @@ class Chaos:
             extra = ["--duration", f"{self.args.duration:g}" if not self.major else left_s]
         elif lin.app == "echoload":
             extra = ["--duration", left_s, "--stop-file", str(self.stop_file),
-                     "--out", str(self.system.rundir / f"{name}.load.json")]
+                     "--out", str(self._load_file(name))]
         elif lin.app == "touchload":
             extra = ["--duration", left_s, "--stop-file", str(self.stop_file)]
         lin.names.append(name)
         self.system.spawn_app(lin.app, lin.args + extra, name)
+
+    def _load_file(self, name: str) -> Path:
+        """Where echoload `name` writes its throughput (its private directory: a sealed
+        process may write nowhere else)."""
+        return self.system.private_dir(name) / "load.json"
 
     @property
     def stop_file(self) -> Path:
@@ -274,13 +279,14 @@ class Chaos:
         k = self.system.stats()["kernel"]
         disks = {}
         for name in sorted(s for s in self.system.services if s.startswith("disk")):
-            with Client(f"ipc://{self.system.rundir}/{name}.sock", keys=self.system.keys, server=name) as disk:
+            with Client(self.system.services[name].addr or "", keys=self.system.keys,
+                        server=name) as disk:
                 disks[name] = disk.call(Op.STATS)["used_blocks"]
         ipc = k["ipc"]
         caps = sum(n for spid, n in ipc.get("handles_by_spid", {}).items()
                    if spid != str(ipc.get("init_spid")))      # init keeps its name table
         return {"free_frames": k["free_frames"], "live_processes": k["live_processes"],
-                "endpoints": len(ipc["endpoints"]), "capabilities": caps, "disk_blocks": disks}
+                "endpoints": ipc.get("endpoint_count", len(ipc["endpoints"])), "capabilities": caps, "disk_blocks": disks}
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, live: Live | None) -> None:
@@ -388,7 +394,7 @@ class Chaos:
             verified &= v["checksum"] == "verified"
         loads = []
         for name in self.app_names():
-            path = self.system.rundir / f"{name}.load.json"
+            path = self._load_file(name)
             if path.exists():
                 loads.append(json.loads(path.read_text()))
         times, rates, all_running = ca.ipc_series(loads)

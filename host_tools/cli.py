@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from wire import host
+
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("host_tools.up", "run the whole system locally (disk, pager, kernel, apps)"),
@@ -27,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tcb": ("host_tools.tcb", "the size of the trusted base (kernel, wire, launcher)"),
     "keys": ("host_tools.keys_cmd", "generate every principal's CURVE keypair"),
 }
+
+#: The commands that hold secrets or data: their processes are non-dumpable from here (each
+#: main says so again, for whoever starts it another way).
+COMPONENTS: frozenset[str] = frozenset({"kernel", "pager", "disk", "run"})
 
 
 def usage() -> str:
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"sealedos: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    if name in COMPONENTS:               # before the heavy imports: the window is only startup
+        host.make_nondumpable(name)
     logging.basicConfig(level=os.environ.get("SEALEDOS_LOG", "WARNING").upper(),
                         format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(message)s")
     module = importlib.import_module(COMMANDS[name][0])

@@ -121,7 +121,8 @@ class KernelFleet:
         self.servers = [f"echo.{tag}{k}" for k in range(args.servers)]
         self.clients = [f"client.{tag}{i}" for i in range(args.clients)]
         self.go = self.system.rundir / "go"
-        self.outs = [self.system.rundir / f"{c}.json" for c in self.clients]
+        # Each sealed client may write only its own private directory.
+        self.outs = [self.system.private_dir(c) / "out.json" for c in self.clients]
         self._last = (0, 0.0)
 
     def start(self) -> None:

@@ -139,19 +139,35 @@ class HostSampler:
             proc = self._procs.get(pid)
             if proc is None or not proc.is_running():
                 proc = psutil.Process(pid)
-                if not any(w in " ".join(proc.cmdline()) for w in OUR_CMDLINE_WORDS):
+                cmdline = _field(proc.cmdline)
+                if cmdline is not None and not any(w in " ".join(cmdline) for w in OUR_CMDLINE_WORDS):
                     return {}
                 self._procs[pid] = proc
-                times = proc.cpu_times()
+                times = _field(proc.cpu_times)
                 life_s = max(1e-3, time.time() - proc.create_time())
-                cpu = 100.0 * (times.user + times.system) / life_s
-                proc.cpu_percent(None)                  # start the next interval here
+                cpu = None if times is None else 100.0 * (times.user + times.system) / life_s
+                _field(lambda: proc.cpu_percent(None))  # start the next interval here
             else:
-                cpu = proc.cpu_percent(None)
-            return {"rss_bytes": proc.memory_info().rss, "cpu_percent": round(cpu, 1)}
+                cpu = _field(lambda: proc.cpu_percent(None))
+            mem = _field(proc.memory_info)
         except psutil.Error:
             self._procs.pop(pid, None)
             return {}
+        row: dict[str, Any] = {}
+        if mem is not None:
+            row["rss_bytes"] = mem.rss
+        if cpu is not None:
+            row["cpu_percent"] = round(cpu, 1)
+        return row
+
+
+def _field(read: Any) -> Any:
+    """One psutil reading, or None when the host denies it (another uid's non-dumpable
+    process: its /proc files are root's); a vanished process still raises."""
+    try:
+        return read()
+    except psutil.AccessDenied:
+        return None
 
 
 @dataclass
@@ -209,13 +225,15 @@ class Observer:
         return row
 
     def _disk_rows(self) -> list[dict[str, Any]]:
-        """Every RUNDIR/disk*.sock, pinged: up with its latency and usage, or down."""
+        """Every RUNDIR/disk*.sock and RUNDIR/sock/disk*/disk.sock, pinged: up with its
+        latency and usage, or down."""
         rundir = self.target.rundir
         if rundir is None:
             return []
         rows = []
-        for sock in sorted(rundir.glob("disk*.sock")):
-            name = sock.name[:-len(".sock")]
+        found = [(s.name[:-len(".sock")], s) for s in rundir.glob("disk*.sock")]
+        found += [(s.parent.name, s) for s in rundir.glob("sock/disk*/disk.sock")]
+        for name, sock in sorted(found):
             client = self._disks.setdefault(
                 name, Client(f"ipc://{sock}", keys=self.target.keys, server=name))
             t0 = time.perf_counter()

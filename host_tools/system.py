@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import subprocess
 import threading
 import time
@@ -18,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher import spawn
+from launcher import reach, spawn
 from launcher.launch import Launcher, load_launcher_key, make_launcher_key
-from launcher.principals import Principals
+from launcher.principals import Principals, random_uid_base
 from launcher.run import KEYS_ENV
 from wire import keys as wkeys
 from wire.client import Client
+from wire.host import PRIVATE_DIR_ENV
 from wire.keys import Keyring
 from wire.protocol import Op, ServiceError
 from host_tools.watchdog import Watchdog
@@ -51,6 +53,7 @@ class Service:
     restart: bool
     env: dict[str, str] | None = None
     addr: str | None = None        # where it listens (disks: what pagers and the watchdog use)
+    uid: int | None = None         # the principal's uid (None: the launcher's)
     restarts: int = 0
     started: list[float] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
@@ -102,13 +105,15 @@ class System:
         self.kernel_addr = kernel_addr or (
             spawn.ipc_addr(self.rundir, "kernel") if config.transport == "ipc"
             else f"tcp://127.0.0.1:{_free_port()}")
-        self.principals = Principals(self.rundir)
         #: Where every principal's key lives (made by start(); attached: the deployment's).
         self.keys_dir = keys_dir or (Path(os.environ[KEYS_ENV]) if self.attached and
                                      os.environ.get(KEYS_ENV) else self.rundir / "keys")
         #: The supervisor speaks as the launcher (CURVE; Keyring(None) when insecure).
         self.keys: Keyring = Keyring(None)
         self.launcher: Launcher | None = None
+        self.principals = _principals(self.rundir)
+        if self.principals.isolate:
+            os.chmod(self.rundir, 0o711)     # principals reach their sockets, list nothing
         self.services: dict[str, Service] = {}
         self.events: list[tuple[float, str, str]] = []     # (time, service, what)
         self._lock = threading.RLock()
@@ -134,12 +139,12 @@ class System:
             addr = self._listen_addr(f"disk{m}")
             disk = self._launch("disk", f"disk{m}", [
                 "--rundir", str(self.rundir), "--addr", addr, "--principal", f"disk{m}",
-                "--file", str(self.rundir / f"disk{m}.img"), "--size-mib", str(c.disk_size_mib)])
+                "--file", str(self.device_file(m)), "--size-mib", str(c.disk_size_mib)])
             disk.addr = addr
         kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
                  "--policy", c.policy, "--pagers", str(c.pagers),
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
-                 "--pager-retries", str(c.pager_retries), "--launcher-key", launcher_public,
+                 "--pager-retries", str(c.pager_retries), f"--launcher-key={launcher_public}",
                  *c.kernel_args]
         if c.no_seal:
             kargs.append("--no-seal")
@@ -157,7 +162,8 @@ class System:
             pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
                      "--disk", self.services[f"disk{m}"].addr or "", "--mirror", str(m)]
             if c.hostile and m == 0:
-                pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms)]
+                pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms),
+                          "--snoop-file", str(self.snoop_file(m))]
             self._launch("pager", f"pager{m}", pargs)
         self.wait_pagers()
         self.wait_nameservice()
@@ -229,25 +235,45 @@ class System:
 
     def _start(self, kind: str, name: str, cmd: list[str], restart: bool,
                env: dict[str, str] | None) -> Service:
-        """Start `cmd` as service `name`, logging to RUNDIR/NAME.log."""
+        """Start `cmd` as service `name` under its principal's uid, logging to RUNDIR/NAME.log."""
         log = self.rundir / f"{name}.log"
-        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log, env), restart, env)
+        uid = self.principals.uid(name)
+        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log, env, uid=uid), restart, env,
+                      uid=uid)
         svc.started.append(time.monotonic())
         self.services[name] = svc
         return svc
 
     def _listen_addr(self, name: str) -> str:
-        """Where service `name` listens: RUNDIR/NAME.sock, or a free port on 127.0.0.1."""
+        """Where service `name` listens: RUNDIR/NAME.sock (a disk: RUNDIR/sock/diskN/disk.sock,
+        reachable by its pager only), or a free port on 127.0.0.1."""
         if self.config.transport == "ipc":
+            if name.startswith("disk"):
+                where = self.principals.socket_dir(name, "pager" + name[len("disk"):])
+                return spawn.ipc_addr(where, "disk")
             return spawn.ipc_addr(self.rundir, name)
         return f"tcp://127.0.0.1:{_free_port()}"
+
+    def device_file(self, m: int) -> Path:
+        """Disk m's device file, in the disk's private directory (0600, the disk's uid)."""
+        return self.principals.private_dir(f"disk{m}") / f"disk{m}.img"
+
+    def snoop_file(self, m: int) -> Path:
+        """Where a snooping pager m keeps what it saw (its private directory)."""
+        return self.principals.private_dir(f"pager{m}") / f"pager{m}-snoop.bin"
+
+    def private_dir(self, name: str) -> Path:
+        """The private directory of service or sealed process `name` (created on demand)."""
+        kind = self.services[name].kind if name in self.services else "app"
+        return self.principals.private_dir(_principal(kind, name))
 
     def _wait_listening(self, name: str) -> None:
         """Wait until service `name` has bound RUNDIR/NAME.sock (ipc) or answers PING (tcp)."""
         svc = self.services[name]
         try:
             if self.config.transport == "ipc":
-                spawn.wait_for_path(self.rundir / f"{name}.sock", READY_TIMEOUT_S, svc.proc)
+                addr = svc.addr or self.kernel_addr
+                spawn.wait_for_path(Path(addr[len("ipc://"):]), READY_TIMEOUT_S, svc.proc)
             else:
                 self._wait_ping(svc)
         except (RuntimeError, TimeoutError) as exc:
@@ -296,25 +322,31 @@ class System:
 
     def spawn_app(self, app: str, args: list[str], name: str, env: dict[str, str] | None = None) -> Service:
         """Start one sealed process running `app` against this system's kernel (admitted by
-        this system's launcher)."""
+        this system's launcher), under its own uid (principal app-NAME) with its private
+        directory in SEALEDOS_PRIVATE_DIR (and TMPDIR: the only place it may write)."""
         return self._start_sealed("app", app, name, args, env, nice=APP_NICE)
 
     def _start_sealed(self, kind: str, program: str, name: str, args: list[str],
                       env: dict[str, str] | None = None, nice: int = 0) -> Service:
-        """Admit and start one sealed process, logging to RUNDIR/NAME.log."""
+        """Admit and start one sealed process under its principal's uid, logging to
+        RUNDIR/NAME.log."""
         if self.launcher is None:
             raise RuntimeError("the system is not started")
         log = self.rundir / f"{name}.log"
-        env = {**self.app_env(), **(env or {})}
-        child = self.launcher.start(program, name, args, log, env, nice=nice,
+        principal = _principal(kind, name)
+        uid = self.principals.uid(principal)
+        private = str(self.principals.private_dir(principal))
+        full_env = {PRIVATE_DIR_ENV: private, "TMPDIR": private, **(env or {})}
+        child = self.launcher.start(program, name, args, log, full_env, nice=nice, uid=uid,
                                     local=not self.attached or self.kernel_addr.startswith("ipc://"))
-        svc = Service(name, kind, list(child.args), log, child, restart=False)
+        svc = Service(name, kind, list(child.args), log, child, restart=False, env=full_env,
+                      uid=uid)
         svc.started.append(time.monotonic())
         with self._lock:
             self.services[name] = svc
         return svc
 
-    def admit(self, program: str, name: str, **override: Any) -> bytes:
+    def admit(self, program: str, name: str, /, **override: Any) -> bytes:
         """A credential for a sealed process of `program` that the caller runs itself (tests,
         benchmarks: SealedProcess.connect(addr, cred)); the kernel will not watch or signal
         it by host pid.  override: service-table fields for this one process (manifest ...)."""
@@ -364,8 +396,8 @@ class System:
         """A new instance of a restartable service: a service's command again, or init
         admitted afresh (a sealed process needs a new credential)."""
         if svc.kind == "init" and self.launcher is not None:
-            return self.launcher.start("init", svc.name, [], svc.log)
-        return spawn.spawn(svc.cmd, svc.log, svc.env)
+            return self.launcher.start("init", svc.name, [], svc.log, svc.env, uid=svc.uid)
+        return spawn.spawn(svc.cmd, svc.log, svc.env, uid=svc.uid)
 
     def restarts(self) -> dict[str, int]:
         """How many times each restartable service was brought back."""
@@ -427,6 +459,23 @@ class System:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _principal(kind: str, name: str) -> str:
+    """The principal a service or sealed process runs as: its own name (kernel, init, diskN,
+    pagerN), or app-NAME for a sealed process."""
+    return f"app-{name}" if kind == "app" else name
+
+
+def _principals(rundir: Path) -> Principals:
+    """The book of principals for one run: their own uids when root and the host lets a
+    child drop to one (else everyone is the launcher's, said loudly on stderr)."""
+    why_not = reach.can_drop_uid() if os.geteuid() == 0 else None
+    if why_not is not None:
+        print(f"sealedos: launcher: WARNING: every process runs as root: {why_not}; only "
+              f"non-dumpable processes and confinement protect them", file=sys.stderr, flush=True)
+    return Principals(rundir, uid_base=random_uid_base(),
+                      isolate=os.geteuid() == 0 and why_not is None)
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.contract import Contract
 from kernel_daemon.proc import Proc
+from kernel_daemon.quota import Resource
 from wire.protocol import Err, ServiceError
 from wire.server import Request
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 
 #: Handle 0 of every process: init's name-service endpoint.
 NAMESERVICE_HANDLE: int = 0
-MAX_HANDLES: int = 4096
-MAX_ENDPOINTS: int = 256
 MAX_CAPS_PER_MSG: int = 16
 
 
@@ -88,14 +87,28 @@ class CapTable:
             raise ServiceError(Err.BADHANDLE, f"handle {handle} is stale: it was closed")
         raise ServiceError(Err.BADHANDLE, f"handle {handle} was never issued to this process")
 
-    def mint(self, ep: Endpoint) -> int:
-        """A new handle for `ep` here (ENOMEM when the table is full)."""
-        if len(self.handles) >= MAX_HANDLES:
-            raise ServiceError(Err.NOMEM, f"capability table full ({MAX_HANDLES} handles)")
+    def mint(self, ep: Endpoint, force: bool = False) -> int:
+        """A new handle for `ep` here, charged to the process's capabilities quota (EQUOTA
+        when full; force: past the limit, for capabilities whose move was checked earlier
+        and can no longer be refused)."""
+        if force:
+            self.proc.quota.force(Resource.CAPABILITIES, 1)
+        else:
+            self.proc.quota.charge(Resource.CAPABILITIES, 1)
         h = self.next_handle
         self.next_handle += 1
         self.handles[h] = ep
         return h
+
+    def drop(self, handle: int) -> None:
+        """Remove `handle` from the table and release its charge."""
+        del self.handles[handle]
+        self.proc.quota.release(Resource.CAPABILITIES, 1)
+
+    def drop_all(self) -> None:
+        """Remove every handle (the process is gone) and release their charges."""
+        self.proc.quota.release(Resource.CAPABILITIES, len(self.handles))
+        self.handles.clear()
 
     def owned_by_me(self, handle: int, root: Endpoint | None) -> Endpoint:
         """The endpoint this process owns under `handle` (EPERM for anyone else's)."""

@@ -51,6 +51,11 @@ MAX_STATES: int = 64
 MAX_DEPTH: int = 6
 MAX_CAPS: int = 16
 MAX_NAME_LEN: int = 32
+#: Largest contract, as its msgpack encoding (bounds the CPU and memory of compiling it).
+CONTRACT_MAX_BYTES: int = 32 * 1024
+#: Kernel bytes a compiled contract is charged per byte of its encoding (measured: its
+#: checkers, tables and kept source take 15-30 bytes per encoded byte).
+CONTRACT_COST_PER_BYTE: int = 32
 INT_MIN: int = -(1 << 63)
 INT_MAX: int = (1 << 64) - 1
 
@@ -99,6 +104,7 @@ class Contract:
     replies: dict[str, MessageSpec]
     table: dict[str, dict[str, tuple[MessageSpec, str]]]   # state -> kind -> (spec, next)
     source: dict[str, Any]
+    size_bytes: int = 0                 # the kernel memory it is charged for (quota.py)
 
 
 def _bad(text: str) -> ServiceError:
@@ -330,10 +336,33 @@ def _compile_messages(specs: Any, direction: str) -> dict[str, MessageSpec]:
     return out
 
 
-def compile_contract(src: Any) -> Contract:
-    """Validate a contract map and compile it; raise ServiceError(EINVAL) naming the flaw."""
+def encoded_size(src: Any) -> int:
+    """The contract's msgpack size in bytes; EMSGSIZE over CONTRACT_MAX_BYTES, EINVAL when
+    it is not a map (cheap next to compiling: the kernel checks it, and charges the
+    compiled size it implies, before compiling)."""
     if not isinstance(src, dict):
         raise _bad("a contract must be a map")
+    try:
+        encoded = len(msgpack.packb(src, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _bad(f"not encodable: {exc}") from None
+    if encoded > CONTRACT_MAX_BYTES:
+        raise ServiceError(Err.MSGSIZE, f"bad contract: {encoded} bytes encoded, over the "
+                                        f"{CONTRACT_MAX_BYTES}-byte contract limit")
+    return encoded
+
+
+def compiled_size(encoded: int) -> int:
+    """The kernel memory a contract of `encoded` bytes is charged for once compiled."""
+    return encoded * CONTRACT_COST_PER_BYTE
+
+
+def compile_contract(src: Any, encoded: int | None = None) -> Contract:
+    """Validate a contract map and compile it; raise ServiceError(EINVAL) naming the flaw,
+    EMSGSIZE when its encoding is over CONTRACT_MAX_BYTES (checked before any compiling;
+    `encoded`: its size when the caller already asked encoded_size)."""
+    if encoded is None:
+        encoded = encoded_size(src)
     extra = set(src) - _CONTRACT_KEYS
     if extra:
         raise _bad(f"unknown key {sorted(map(str, extra))[0]!r}")
@@ -371,7 +400,7 @@ def compile_contract(src: Any) -> Contract:
                     raise _bad(f"state {state!r}, call {call!r}, reply {reply!r}: next state "
                                f"{str(nxt)[:40]!r} is not declared")
                 wrow[reply] = (replies[reply], nxt)
-    return Contract(name, initial, calls, replies, table, src)
+    return Contract(name, initial, calls, replies, table, src, compiled_size(encoded))
 
 
 # -- checking a message ---------------------------------------------------------------------

@@ -55,11 +55,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kernel_daemon.caps import (
-    MAX_ENDPOINTS, NAMESERVICE_HANDLE, CapTable, Endpoint)
-from kernel_daemon.contract import check, compile_contract, decode_payload
+from kernel_daemon.caps import NAMESERVICE_HANDLE, CapTable, Endpoint
+from kernel_daemon.contract import (
+    CONTRACT_MAX_BYTES, check, compile_contract, compiled_size, decode_payload, encoded_size)
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
+from kernel_daemon.quota import Resource
 from wire.protocol import PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
 from wire.server import SUSPEND, Request
 
@@ -67,6 +68,10 @@ if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel
 
 MAX_GRANT_PAGES: int = 1 << 16
+#: How much an ENDPOINT request may exceed its contract's own limit (the op, rid, keys).
+ENDPOINT_OVERHEAD_BYTES: int = 1024
+#: At most this many endpoint records in STATS (the count is always given in full).
+ENDPOINT_RECORDS_MAX: int = 512
 
 _NO_CAPS: tuple[()] = ()
 _CALL, _RECEIVE, _RUNNING = ProcState.CALL, ProcState.RECEIVE, ProcState.RUNNING
@@ -134,7 +139,9 @@ class Ipc:
         if legacy is None:
             return b""
         t = self.table(proc)
-        t.handles.update({h: ep for h, ep in legacy.handles.items() if ep.alive})
+        inherited = {h: ep for h, ep in legacy.handles.items() if ep.alive}
+        proc.quota.force(Resource.CAPABILITIES, len(inherited))   # its predecessor's, kept
+        t.handles.update(inherited)
         t.next_handle = max(t.next_handle, legacy.next_handle)
         return legacy.stash
 
@@ -161,12 +168,22 @@ class Ipc:
         """Create an endpoint with the given contract; return its handle."""
         proc: Proc = req.caller
         t = self.table(proc)
-        contract = compile_contract(req.msg["contract"])
+        if req.size > CONTRACT_MAX_BYTES + ENDPOINT_OVERHEAD_BYTES:   # refused before compiling
+            raise ServiceError(Err.MSGSIZE, f"endpoint: request of {req.size} bytes; a contract "
+                                            f"may take at most {CONTRACT_MAX_BYTES}")
         ns = req.msg.get("nameservice", False)
         if ns and proc is not self.init:
             raise ServiceError(Err.PERM, "endpoint: only init may create the name service")
-        if len(t.owned) >= MAX_ENDPOINTS:
-            raise ServiceError(Err.NOMEM, f"endpoint: at most {MAX_ENDPOINTS} per process")
+        quota = proc.quota
+        quota.check(Resource.ENDPOINTS, 1)
+        quota.check(Resource.CAPABILITIES, 1)
+        # the frame's size bounds the contract's (no re-encoding: refusing must be cheap)
+        encoded = min(req.size, CONTRACT_MAX_BYTES) or encoded_size(req.msg["contract"])
+        quota.check(Resource.CONTRACT_BYTES, compiled_size(encoded))
+        quota.spend_compile(encoded, time.monotonic())     # CPU: bytes compiled per second
+        contract = compile_contract(req.msg["contract"], encoded)
+        quota.charge(Resource.CONTRACT_BYTES, contract.size_bytes)
+        quota.charge(Resource.ENDPOINTS, 1)
         ep = Endpoint(self._next_eid, proc, contract, t.next_handle)
         t.mint(ep)
         self._next_eid += 1
@@ -184,7 +201,7 @@ class Ipc:
         ep = t.lookup(h, self.root)
         if h == NAMESERVICE_HANDLE and h not in t.handles:
             raise ServiceError(Err.INVAL, "handle 0 (the name service) cannot be closed")
-        del t.handles[h]
+        t.drop(h)
         if ep.owner is t.proc and h == ep.owner_handle and ep.alive:
             t.owned.remove(ep)
             self._kill_endpoint(ep, f"its owner {t.proc.name} closed it")
@@ -218,6 +235,12 @@ class Ipc:
         caps = t.collect(raw_caps, self.root) if raw_caps else _NO_CAPS
         grant = m.get("grant")
         vpn, npages = self._grant_range(grant) if grant is not None else (0, 0)
+        proc.quota.check(Resource.CALLS, 1)
+        receiver = ep.owner.quota
+        receiver.check(Resource.CAPABILITIES, len(caps))   # the receiver must have room
+        if grant is not None:
+            receiver.check(Resource.REGIONS, 1)
+            receiver.check(Resource.PAGES, npages)
         contract = ep.contract
         prior = ep.chans.get(spid) or contract.initial
         try:
@@ -233,6 +256,7 @@ class Ipc:
         ep.chans[spid] = waiting
         t.chans_on.add(ep.eid)
         t.calling = call
+        proc.quota.charge(Resource.CALLS, 1)
         proc.state = _CALL
         counters = proc.counters
         counters["ipc_calls_out"] += 1
@@ -310,7 +334,7 @@ class Ipc:
         counters["ipc_calls_in"] += 1
         counters["ipc_bytes_in"] += len(call.payload)
         out = {"call": call.cid, "msg": call.payload, "sender": call.stamp,
-               "caps": [owner.mint(ep) for ep in call.caps] if call.caps else []}
+               "caps": [owner.mint(ep, force=True) for ep in call.caps] if call.caps else []}
         if rid is not None:
             out["re"] = rid
         if call.caps:
@@ -329,6 +353,7 @@ class Ipc:
             return
         call.done = True
         caller = call.caller
+        caller.quota.release(Resource.CALLS, 1)
         t = self.tables.get(caller.spid)
         if t is not None and t.calling is call:
             t.calling = None
@@ -389,6 +414,8 @@ class Ipc:
                 raise ServiceError(Err.BUSY, "reply: already blocked in a call or receive")
         raw_caps = m.get("caps")
         caps = t.collect(raw_caps, self.root) if raw_caps else _NO_CAPS
+        if caps and not call.done:
+            call.caller.quota.check(Resource.CAPABILITIES, len(caps))  # the caller needs room
         contract = call.ep.contract
         try:
             state = check(contract, call.waiting, decode_payload(contract, payload), len(caps))
@@ -409,6 +436,7 @@ class Ipc:
             return
         call.done = True
         caller = call.caller
+        caller.quota.release(Resource.CALLS, 1)
         ct = self.tables[caller.spid]
         ct.calling = None
         call.ep.chans[caller.spid] = state
@@ -418,7 +446,7 @@ class Ipc:
         self.stats["ipc_bytes_copied"] += n
         if caller.state is _CALL:
             caller.state = _RUNNING
-        handles = [ct.mint(ep) for ep in caps] if caps else []
+        handles = [ct.mint(ep, force=True) for ep in caps] if caps else []
         req = call.req
         self.k.send(req.sock, req.peer, {"re": req.rid, "msg": payload, "caps": handles})
         if self.k.tracer.enabled:
@@ -442,6 +470,7 @@ class Ipc:
         call = t.calling
         if call is not None and not call.done:
             call.done = True                       # orphaned: a server's REPLY is dropped
+            proc.quota.release(Resource.CALLS, 1)
             if call in call.ep.queue:
                 call.ep.queue.remove(call)         # never delivered: withdrawn
             self.k.tracer.end("ipc", "call", call.cid, proc.spid, error="caller died")
@@ -460,11 +489,16 @@ class Ipc:
         if was_init:
             self.legacy = InitLegacy({h: ep for h, ep in t.handles.items() if ep.alive},
                                      t.next_handle, self.stash)
-        t.handles.clear()
+        t.drop_all()
         t.serving.clear()
 
     def _kill_endpoint(self, ep: Endpoint, why: str) -> None:
-        """Mark `ep` dead and fail every call queued on it with EPEERDIED."""
+        """Mark `ep` dead, release its charge to its owner, and fail every call queued on it
+        with EPEERDIED."""
+        if not ep.alive:
+            return
+        ep.owner.quota.release(Resource.ENDPOINTS, 1)
+        ep.owner.quota.release(Resource.CONTRACT_BYTES, ep.contract.size_bytes)
         ep.alive = False
         ep.death = why
         ep.waiter = None
@@ -479,7 +513,9 @@ class Ipc:
         """IPC state for STATS: the name service, and every live endpoint's counters."""
         return {"init_spid": self.init.spid if self.init is not None else None,
                 "nameservice": self.root is not None and self.root.alive,
-                "endpoints": [ep.record() for ep in self.endpoints.values()],
+                "endpoints": [ep.record() for ep, _ in zip(self.endpoints.values(),
+                                                           range(ENDPOINT_RECORDS_MAX))],
+                "endpoint_count": len(self.endpoints),
                 "capabilities": sum(len(t.handles) for t in self.tables.values()),
                 "handles_by_spid": {str(spid): len(t.handles) for spid, t in self.tables.items()},
                 "blocked_calls": sum(1 for t in self.tables.values() if t.calling is not None)}

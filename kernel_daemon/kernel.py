@@ -37,14 +37,17 @@ import psutil
 from kernel_daemon.frames import FramePool
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
-from kernel_daemon.pagetable import PAGE_SHIFT, SwapSpace
+from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable
+from kernel_daemon.quota import Resource, limits_from
+from kernel_daemon.records import apply_report, bounded_records
+from wire import host
 from wire.protocol import (
-    IPC_MAX_PAYLOAD_BYTES, PAGE_SIZE, Err, Op, ServiceError)
+    IPC_MAX_PAYLOAD_BYTES, MAX_FRAME_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
-from wire.server import Request, Server
+from wire.server import SUSPEND, Request, Server
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 from wire import keys as wkeys
@@ -55,8 +58,12 @@ LIVENESS_MS: int = 500
 #: A process on another host that has not been heard from for this long is dead.
 PROC_DEAD_MS: int = 10000
 KILL_GRACE_MS: int = 2000
-REPORT_MAX_KEYS: int = 64
+#: What a kernel request may take beyond an IPC payload (fields, caps, a contract's frame):
+#: a larger frame is refused before it is decoded (decoding 1 MB of msgpack costs ~40 ms).
+FRAME_SLACK_BYTES: int = 64 * 1024
 
+#: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
+QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
 ANYONE = {Op.REGISTER, Op.ATTACH, Op.ADMIT, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS,
           Op.FAULT_LOG}
@@ -101,8 +108,23 @@ class Kernel(Server):
         self.pagers.on_up = self.resync.kick
         self.ipc_max_bytes = ipc_max_bytes
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
+        self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
         self.ipc = Ipc(self)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
+        self.stats.setdefault("quota_refusals", 0)
+        for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
+            self.handlers[op] = self._backoff_on_quota(self.handlers[op])
+
+    def on_frame(self, sock: Any, peer: bytes | None, frame: bytes,
+                 user_id: str | None = None) -> None:
+        """Refuse a frame larger than any kernel request needs before decoding it (EMSGSIZE,
+        as the skeleton does past MAX_FRAME_BYTES); hand the rest to the skeleton."""
+        if len(frame) > self.max_frame_bytes:
+            self._refuse(sock, peer, None, Err.MSGSIZE, f"message of {len(frame)} bytes exceeds "
+                                                        f"the kernel's {self.max_frame_bytes}-"
+                                                        f"byte limit")
+            return
+        super().on_frame(sock, peer, frame, user_id)
 
     # -- the caller check ----------------------------------------------------------------
     def allow_key(self, public: str) -> bool:
@@ -163,6 +185,30 @@ class Kernel(Server):
             expires_s=time.monotonic() + ADMIT_TTL_MS / 1000))
         return {"cred": cred}
 
+    def _backoff_on_quota(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """handler, except that an EQUOTA refusal of a process refused just before is
+        answered after a delay that doubles with each refusal (quota.py): a flood against
+        a quota costs the kernel a few requests a second, not a core."""
+        def run(req: Request) -> Any:
+            try:
+                return handler(req)
+            except ServiceError as exc:
+                proc = req.caller
+                if exc.code != Err.QUOTA or not isinstance(proc, Proc):
+                    raise
+                self.stats["quota_refusals"] += 1
+                delay_ms = proc.quota.refused(time.monotonic())
+                if not delay_ms:
+                    raise
+                code, text = exc.code, exc.msg         # (exc is unbound after the except)
+
+                def answer() -> None:
+                    if proc.alive:
+                        self.fail(req, code, text)
+                self.call_later(delay_ms, answer)
+                return SUSPEND
+        return run
+
     # -- processes ------------------------------------------------------------------------
     def do_register(self, req: Request) -> dict[str, Any]:
         """A new sealed process proves its credential: bind this connection to what the
@@ -212,12 +258,7 @@ class Kernel(Server):
 
     def do_report(self, req: Request) -> dict[str, Any]:
         """Record app-level results (checksum verdict, progress)."""
-        proc: Proc = req.caller
-        data = req.msg["data"]
-        if len(data) > REPORT_MAX_KEYS or len(proc.report) > REPORT_MAX_KEYS:
-            raise ServiceError(Err.INVAL, f"report: at most {REPORT_MAX_KEYS} keys")
-        proc.report.update({str(k)[:64]: v for k, v in data.items()
-                            if isinstance(v, (int, float, str, bool, type(None)))})
+        apply_report(req.caller, req.msg["data"])
         return {}
 
     def do_exit(self, req: Request) -> dict[str, Any]:
@@ -231,20 +272,31 @@ class Kernel(Server):
         addr = req.msg.get("addr", 0)
         if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
             raise ServiceError(Err.INVAL, f"map: address {addr!r} is not page-aligned")
-        vpn = req.caller.aspace.map(addr >> PAGE_SHIFT, req.msg["npages"], req.msg["prot"])
+        proc: Proc = req.caller
+        npages = req.msg["npages"]
+        if 0 < npages <= MAX_MAP_PAGES:          # out of range: map() says EINVAL
+            proc.quota.check(Resource.REGIONS, 1)
+            proc.quota.check(Resource.PAGES, npages)
+        vpn = proc.aspace.map(addr >> PAGE_SHIFT, req.msg["npages"], req.msg["prot"])
+        self.vm.sync_space(proc)
         return {"addr": vpn << PAGE_SHIFT}
 
     def do_unmap(self, req: Request) -> dict[str, Any]:
         """Remove a range: free its frames and its swap blocks."""
         proc: Proc = req.caller
-        vpn = _page_of(req.msg["addr"])
-        self.vm.release_pages(proc, proc.aspace.unmap(vpn, _npages(req.msg["npages"])))
+        vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
+        proc.quota.check(Resource.REGIONS, max(0, proc.aspace.edges_inside(vpn, npages) - 1))
+        self.vm.release_pages(proc, proc.aspace.unmap(vpn, npages))
+        self.vm.sync_space(proc)
         return {}
 
     def do_protect(self, req: Request) -> dict[str, Any]:
         """Change a range's permissions (W^X enforced); the caller's runtime drops its TLB."""
-        req.caller.aspace.protect(_page_of(req.msg["addr"]), _npages(req.msg["npages"]),
-                                  req.msg["prot"])
+        proc: Proc = req.caller
+        vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
+        proc.quota.check(Resource.REGIONS, proc.aspace.edges_inside(vpn, npages))
+        proc.aspace.protect(vpn, npages, req.msg["prot"])
+        self.vm.sync_space(proc)
         return {}
 
     def do_fault(self, req: Request) -> Any:
@@ -298,31 +350,36 @@ class Kernel(Server):
     def with_handles(self, space: SwapSpace, then: Callable[[list[bytes | None]], None]) -> None:
         """Run then(handles per mirror) once every mirror's disk handle for `space` is open
         (None for a mirror whose open failed, or that is down while another is up: it is
-        tried again next time, and the resync fills it in when it returns)."""
+        tried again next time, and the resync fills it in when it returns).
+
+        The kernel mints each handle (SwapSpace.handle) and OPEN carries it; the pager's
+        answer tells only ok or error.  A mark that a mirror opened it is kept by the pagers
+        (pagers.py) for the current instance of that mirror: a new instance re-validates it,
+        and a READ/WRITE answered EBADHANDLE (a pager that lied about OPEN) re-opens it."""
         n = self.pagers.nmirrors
         missing = [m for m in range(n)
-                   if m not in space.handles and self.pagers.worth_asking(m)]
+                   if not self.pagers.is_open(m, space.handle(m)) and self.pagers.worth_asking(m)]
         if not missing:
-            then([space.handles.get(m) for m in range(n)])
+            then(self._open_handles(space))
             return
         waiting = {"left": len(missing)}
 
         def opened(m: int) -> Callable[[dict[str, Any] | None, str], None]:
             def on(reply: dict[str, Any] | None, why: str) -> None:
-                handle = reply.get("handle") if reply and "err" not in reply else None
-                if isinstance(handle, bytes):
-                    space.handles.setdefault(m, handle)
-                    if space.handles[m] != handle:    # two opens raced: keep the first
-                        self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
                 waiting["left"] -= 1
                 if waiting["left"] == 0:
-                    then([space.handles.get(k) for k in range(n)])
+                    then(self._open_handles(space))
                     self._maybe_close(space)
             return on
 
         retries = 0 if n > 1 else None         # mirrored: do not wait on one mirror's restart
         for m in missing:
-            self.pagers.submit(m, Op.OPEN, {"label": space.label[:32]}, opened(m), retries=retries)
+            self.pagers.open(m, space.handle(m), space.label[:32], opened(m), retries=retries)
+
+    def _open_handles(self, space: SwapSpace) -> list[bytes | None]:
+        """space's handle per mirror, None where that mirror has not opened it."""
+        return [space.handles[m] if m in space.handles and self.pagers.is_open(m, space.handles[m])
+                else None for m in range(self.pagers.nmirrors)]
 
     def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
         """Tell every mirror to free these swap blocks of `space`; close it if now unused."""
@@ -337,6 +394,7 @@ class Kernel(Server):
         if space.owner_alive or space.pages:
             return
         for m, handle in space.handles.items():
+            self.pagers.forget(m, handle)
             self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
         space.handles.clear()
 
@@ -371,6 +429,9 @@ class Kernel(Server):
         self.tracer.end_track(proc.spid, outcome=str(state))
         self.vm.release_pages(proc, list(proc.aspace.ptes.items()))
         proc.aspace.ptes.clear()
+        proc.aspace.regions.clear()
+        self.vm.sync_space(proc)
+        proc.quota.release(Resource.REPORT_BYTES, proc.quota.used[Resource.REPORT_BYTES])
         self._maybe_close(proc.space)
         self.ipc.reclaim(proc)
         self.procs.retire(proc)
@@ -411,7 +472,8 @@ class Kernel(Server):
 
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Every counter, the pagers' health and every process (live and exited)."""
-        return {"kernel": self.counters(), "processes": self.process_records()}
+        records = self.process_records()          # first: it counts records_omitted
+        return {"kernel": self.counters(), "processes": records}
 
     def do_fault_log(self, req: Request) -> dict[str, Any]:
         """The faults served since `cursor` (see faultlog.py): records, next cursor, dropped."""
@@ -434,6 +496,7 @@ class Kernel(Server):
         out["live_processes"] = len(self.procs.by_spid)
         out["pagers"] = [s.health() for s in self.pagers.slots]
         out["bad_messages"] = self.bad_messages
+        out["callback_errors"] = self.callback_errors
         out["refused_keys"] = self.refused_keys     # handshakes refused + key/routing-id clashes
         out["secure"] = self.secure
         out["fault_latency_us"] = {k: _percentiles(v) for k, v in self.vm.latency.items()}
@@ -441,8 +504,12 @@ class Kernel(Server):
         return out
 
     def process_records(self) -> list[dict[str, Any]]:
-        """Live processes' records, then exited ones'."""
-        return [p.record() for p in self.procs.by_spid.values()] + list(self.procs.exited)
+        """Live processes' records, then exited ones', within RECORDS_MAX_BYTES together
+        (see records.py: no process's record can make stats or ps too big to send)."""
+        records, omitted = bounded_records([p.record() for p in self.procs.by_spid.values()],
+                                           list(self.procs.exited))
+        self.stats["records_omitted"] = omitted
+        return records
 
 
 def _ignore(reply: dict[str, Any] | None, why: str) -> None:
@@ -509,7 +576,8 @@ def _quota_spec(spec: dict[Any, Any]) -> dict[str, int]:
             isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
             for k, v in spec.items()):
         raise ServiceError(Err.INVAL, "admit: quota maps resource names to non-negative ints")
-    return {k[:ADMIT_MAX_CHARS]: v for k, v in spec.items()}
+    limits_from(spec)                                  # EINVAL names an unknown resource
+    return dict(spec)
 
 
 def _percentiles(samples: Any) -> dict[str, float]:
@@ -553,6 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run the kernel in the foreground until SIGTERM/SIGINT."""
+    host.make_nondumpable("kernel")          # before the key or the init token exist here
     args = build_parser().parse_args(argv)
     if not args.addr:
         if not args.rundir:
@@ -571,6 +640,7 @@ def main(argv: list[str]) -> int:
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
                     args.launcher_key, keys)
     _attach_extras(kernel, args)
+    host.open_socket_file(args.addr)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
           f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'}, "
           f"{'CURVE' if kernel.secure else 'INSECURE (NULL)'})",

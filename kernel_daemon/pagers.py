@@ -50,7 +50,7 @@ from typing import Any, Callable
 import psutil
 import zmq
 
-from wire.protocol import Op
+from wire.protocol import Err, Op
 from kernel_daemon.seal import IntegrityError
 from wire.server import Server
 
@@ -66,6 +66,8 @@ SWEEP_MS: int = 200
 TRANSIENT_BACKOFF_MS: int = 100
 #: Most requests outstanding at one pager instance; the rest wait in the backlog.
 PAGER_WINDOW: int = 32
+#: Requests whose EBADHANDLE answer makes the kernel re-OPEN the handle and ask again.
+REOPEN_OPS: frozenset[Op] = frozenset({Op.PAGE_IN, Op.PAGE_OUT})
 
 Done = Callable[[dict[str, Any] | None, str], None]      # (reply or None, failure text)
 
@@ -83,6 +85,7 @@ class PagerOp:
     deadline_s: float = 0.0            # past this, a failure is final
     attempts: int = 0
     rid: int = 0
+    reopened: bool = False             # EBADHANDLE made us re-OPEN its handle once already
 
 
 @dataclass(slots=True)
@@ -128,6 +131,11 @@ class Pagers:
             stats.setdefault(key, 0)
         #: Called with a mirror number when an instance joins or a silent one is heard again.
         self.on_up: Callable[[int], None] | None = None
+        #: Kernel-minted disk handles in use, with their labels (what a re-OPEN sends) ...
+        self.labels: dict[bytes, str] = {}
+        #: ... and, per mirror, those its current instance answered OPEN for with success.
+        self.opened: list[set[bytes]] = [set() for _ in range(nmirrors)]
+        stats.setdefault("handle_reopens", 0)
         server.call_later(SWEEP_MS, self._sweep)
 
     @property
@@ -171,6 +179,7 @@ class Pagers:
             return
         if slot.joins:
             self.stats["pager_restarts"] += 1
+        self.opened[mirror].clear()        # what the old instance said it opened: re-validate
         slot.joins += 1
         slot.peer, slot.up, slot.trusted_pid = peer, True, 0
         slot.last_answer_s = slot.answered_sent_s = 0.0
@@ -248,6 +257,47 @@ class Pagers:
         for pop in reversed(pops):
             slot.backlog.appendleft(pop)
 
+    # -- kernel-minted disk handles ---------------------------------------------------------
+    def is_open(self, mirror: int, handle: bytes) -> bool:
+        """Has mirror's current instance acknowledged an OPEN of `handle`?"""
+        return handle in self.opened[mirror]
+
+    def open(self, mirror: int, handle: bytes, label: str, done: Done,
+             retries: int | None = None) -> None:
+        """OPEN the kernel-minted `handle` on mirror's disk (idempotent there); on success
+        mark it open for the current instance; then done(reply, why)."""
+        self.labels[handle] = label
+        joins = self.slots[mirror].joins
+
+        def on(reply: dict[str, Any] | None, why: str) -> None:
+            if reply is not None and "err" not in reply and handle in self.labels \
+                    and self.slots[mirror].joins == joins:
+                self.opened[mirror].add(handle)
+            done(reply, why)
+        self.submit(mirror, Op.OPEN, {"handle": handle, "label": label}, on, retries=retries)
+
+    def forget(self, mirror: int, handle: bytes) -> None:
+        """`handle` is being closed: drop its marks; it is never re-OPENed after this."""
+        self.opened[mirror].discard(handle)
+        self.labels.pop(handle, None)
+
+    def _reopen(self, pop: PagerOp, reply: dict[str, Any]) -> None:
+        """pop was answered EBADHANDLE: its handle was never really opened on this mirror
+        (a pager lied about OPEN, or the disk lost it).  Drop the mark, OPEN it again and
+        resend pop; if that fails, pop fails with the original answer."""
+        handle: bytes = pop.fields["handle"]
+        self.opened[pop.mirror].discard(handle)
+        pop.reopened = True
+        self.stats["handle_reopens"] += 1
+
+        def on(open_reply: dict[str, Any] | None, why: str) -> None:
+            if open_reply is not None and "err" not in open_reply:
+                self._send(pop)
+            else:
+                pop.done(reply, "")
+        self.open(pop.mirror, handle, self.labels.get(handle, ""), on,
+                  retries=pop.retries)
+
     # -- sending ----------------------------------------------------------------------------
     def submit(self, mirror: int, op: Op, fields: dict[str, Any], done: Done,
                retries: int | None = None) -> None:
@@ -316,6 +366,10 @@ class Pagers:
         elif reply.get("err") in TRANSIENT_ERRORS and pop.retries > 0:
             self.stats["pager_transient_errors"] += 1      # alive, but its disk is not
             self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
+        elif reply.get("err") == Err.BADHANDLE and pop.op in REOPEN_OPS and not pop.reopened \
+                and pop.fields.get("handle") in self.labels:
+            slot.last_answer_s = time.monotonic()
+            self._reopen(pop, reply)
         else:
             slot.last_answer_s = time.monotonic()
             slot.answered_sent_s = max(slot.answered_sent_s, pop.sent_s)
@@ -438,10 +492,12 @@ class Pagers:
 def _pager_process(pid: int) -> psutil.Process | None:
     """The local pager process `pid`, or None if it is gone (exited, a zombie, or the pid
     now belongs to something that is not a pager)."""
+    if not 0 < pid < 1 << 22:
+        return None
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE or "pager" not in " ".join(proc.cmdline()):
             return None
         return proc
-    except psutil.Error:
+    except (psutil.Error, ValueError, OverflowError):
         return None

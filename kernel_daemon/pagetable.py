@@ -18,6 +18,7 @@ and tag.
 from __future__ import annotations
 
 import bisect
+import os
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
@@ -50,10 +51,18 @@ class SwapSpace:
     space outlives its process until the last page stored in it is gone."""
     swap_id: bytes                                   # bound into every seal (16 bytes)
     label: str
-    handles: dict[int, bytes] = field(default_factory=dict)   # mirror -> disk handle
+    handles: dict[int, bytes] = field(default_factory=dict)   # mirror -> disk handle (minted)
     next_slot: int = 0
     pages: int = 0                                   # PTEs anywhere holding a slot here
     owner_alive: bool = True
+
+    def handle(self, mirror: int) -> bytes:
+        """This space's disk handle on `mirror`: 16 random bytes the kernel mints (once per
+        mirror) and the disk only ever stores a hash of."""
+        token = self.handles.get(mirror)
+        if token is None:
+            token = self.handles[mirror] = os.urandom(16)
+        return token
 
     def alloc_slot(self) -> int:
         """A fresh swap slot (slots are never reused, so a late FREE cannot hit new data)."""
@@ -143,6 +152,15 @@ class AddressSpace:
         bisect.insort(self.regions, Region(vpn, npages, prot), key=lambda r: r.start)
         self._next_vpn = max(self._next_vpn, vpn + npages + 1)   # leave a guard page
         return vpn
+
+    def edges_inside(self, vpn: int, npages: int) -> int:
+        """How many of the range's two edges fall strictly inside a region (each one a split
+        would cut: the most regions a protect of the range can add)."""
+        inside = 0
+        for edge in (vpn, vpn + npages):
+            r = self.region_of(edge)
+            inside += r is not None and r.start < edge
+        return inside
 
     def split(self, vpn: int, npages: int) -> list[Region]:
         """Cut regions at the range's edges; return the regions inside it; refuse holes."""

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from kernel_daemon.pagetable import AddressSpace, SwapSpace
+from kernel_daemon.quota import Quota, limits_from
 from wire.protocol import Err, ServiceError
 
 #: How many exited processes' final records the kernel keeps for stats.
@@ -92,6 +93,7 @@ class Proc:
     last_heard: float = field(default_factory=time.monotonic)
     resident: int = 0
     swapped: int = 0
+    quota: Quota = field(default_factory=Quota)   # limits and usage of kernel objects
 
     def is_local(self) -> bool:
         """True when the launcher told the kernel this process's host pid (psutil can watch it)."""
@@ -104,7 +106,8 @@ class Proc:
             "digest": self.digest, "host": self.host, "hostpid": self.hostpid,
             "state": str(self.state), "resident_pages": self.resident,
             "swapped_pages": self.swapped, "exit_reason": self.exit_reason,
-            "checksum": self.report.get("checksum"), "report": dict(self.report)}
+            "checksum": self.report.get("checksum"), "report": dict(self.report),
+            "quota": self.quota.usage()}
         out.update(self.counters)
         out["faults"] = self.counters["minor_faults"] + self.counters["major_faults"]
         return out
@@ -146,7 +149,7 @@ class ProcTable:
                     host_started=adm.started, key=key, role=adm.role, provides=adm.provides,
                     quota_spec=adm.quota, call_peer=peer, secret=secrets.token_bytes(16),
                     space=SwapSpace(os.urandom(16), f"{adm.name[:24]}#{self._next}"),
-                    manifest=adm.manifest)
+                    manifest=adm.manifest, quota=Quota(limits_from(adm.quota)))
         self._next += 1
         self.by_spid[proc.spid] = proc
         self.by_peer[peer] = proc

@@ -36,6 +36,7 @@ from kernel_daemon.frames import FramePool
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
 from kernel_daemon.proc import Proc, ProcState
+from kernel_daemon.quota import Resource
 from wire.protocol import (
     ACCESS_PROT, FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.seal import Sealer
@@ -85,12 +86,20 @@ class Vm:
         pte.state = new
 
     def apply_refs(self, proc: Proc, refs: list[Any]) -> None:
-        """Feed the MMU's reference record (vpns in access order) to the policy."""
+        """Feed the MMU's reference record (vpns in access order) to the policy (at most the
+        process's refs_per_message entries: the CPU a message can cost is bounded)."""
         ptes = proc.aspace.ptes
-        for vpn in refs[:100000]:
+        for vpn in refs[:proc.quota.limits.refs_per_message]:
             pte = ptes.get(vpn) if isinstance(vpn, int) else None
             if pte is not None and pte.state == S.RESIDENT:
                 self.policy.touch(pte.frame)
+
+    @staticmethod
+    def sync_space(proc: Proc) -> None:
+        """Charge proc's regions and mapped pages as its address space now holds them."""
+        q = proc.quota
+        q.used[Resource.REGIONS] = len(proc.aspace.regions)
+        q.used[Resource.PAGES] = sum(r.npages for r in proc.aspace.regions)
 
     # -- faults -------------------------------------------------------------------------
     def fault(self, proc: Proc, req: Request) -> Any:
@@ -466,6 +475,7 @@ class Vm:
         if len(prots) != 1:
             then(None, "a grant must cover pages of one protection")
             return
+        prot = next(iter(prots))
         ptes = [src.aspace.pte(v) for v in range(vpn, vpn + npages)]
 
         def step() -> None:
@@ -483,8 +493,16 @@ class Vm:
             if busy:
                 self.k.call_later(GRANT_POLL_MS, step)
                 return
+            try:                          # the receiver's space may be full: nothing moves
+                dst.quota.check(Resource.REGIONS, 1)
+                dst.quota.check(Resource.PAGES, npages)
+                dvpn = dst.aspace.map(0, npages, prot)
+            except ServiceError as exc:
+                then(None, f"the receiver cannot take the pages: {exc.msg}")
+                return
             src.aspace.unmap(vpn, npages)
-            dvpn = dst.aspace.map(0, npages, prots.pop())
+            self.sync_space(src)
+            self.sync_space(dst)
             for i, p in enumerate(ptes):
                 state = p.state
                 self.set_state(src, p, S.ZERO)

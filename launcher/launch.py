@@ -88,7 +88,7 @@ class Launcher:
         """The service table's row of `program` (UnknownProgram if none)."""
         return lookup(self.table, program)
 
-    def admit(self, program: str, name: str, hostpid: int = 0, started: float = 0.0,
+    def admit(self, program: str, name: str, /, hostpid: int = 0, started: float = 0.0,
               **override: Any) -> bytes:
         """ADMIT one process of `program` called `name`; return its one-time credential.
 
@@ -101,7 +101,7 @@ class Launcher:
                 self._client = Client(self.kernel_addr, keys=self._keys)
             proof = {} if self._keys is not None else {"cred": self._secret}
             reply = self._client.call(
-                Op.ADMIT, **proof, name=name, program=program, digest=spec.digest(),
+                Op.ADMIT, **proof, name=name, program=spec.program, digest=spec.digest(),
                 role=spec.role, manifest=list(spec.manifest), provides=list(spec.provides),
                 quota=dict(spec.quota), hostpid=hostpid, started=started)
         cred = reply.get("cred")
@@ -109,28 +109,31 @@ class Launcher:
             raise RuntimeError("admit: the kernel's reply carries no credential")
         return cred
 
-    def start(self, program: str, name: str, args: list[str], log: Path | None = None,
+    def start(self, program: str, name: str, args: list[str], /, log: Path | None = None,
               env: dict[str, str] | None = None, nice: int = 0, local: bool = True,
-              inherit_output: bool = False) -> subprocess.Popen[bytes]:
+              inherit_output: bool = False, cmd: list[str] | None = None,
+              uid: int | None = None, **override: Any) -> subprocess.Popen[bytes]:
         """Start `program` as the sealed process `name` with its credential on a pipe.
 
         local: the kernel runs on this host, so it may watch (and stop) the child by its pid
-        and start time; else it knows the child only by its connection."""
+        and start time; else it knows the child only by its connection.  uid: run it as that
+        unprivileged uid (a launcher running as root).  cmd and override:
+        another command and table fields (benchmarks that start their own hostile programs;
+        the override's module is what the digest covers)."""
         self.spec(program)                           # unknown programs are never started
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
         os.set_inheritable(rfd, True)
-        cmd = [sys.executable, "-m", "apps.run", program, "--kernel", self.kernel_addr,
-               "--name", name, *args]
+        cmd = cmd or [sys.executable, "-m", "apps.run", program, "--kernel", self.kernel_addr,
+                      "--name", name, *args]
         try:
             child = spawn.spawn(cmd, log, {**self._child_env, **(env or {}), CRED_FD_ENV: str(rfd)},
-                                nice=nice,
-                                pass_fds=(rfd,), inherit_output=inherit_output)
+                                nice=nice, pass_fds=(rfd,), inherit_output=inherit_output, uid=uid)
         finally:
             os.close(rfd)
         try:
             hostpid, started = (child.pid, psutil.Process(child.pid).create_time()) if local \
                 else (0, 0.0)
-            cred = self.admit(program, name, hostpid, started)
+            cred = self.admit(program, name, hostpid, started, **override)
             os.write(wfd, cred)
         except BaseException:
             spawn.stop(child)

@@ -14,11 +14,16 @@ slot N (``pager0`` ...), disk N (``disk0`` ...), or one sealed process (``app-<n
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 #: Unprivileged uids handed to principals when the launcher runs as root, in order of first
 #: use (no /etc/passwd entry is needed for setuid); one launcher's principals never share one.
 UID_BASE: int = 200_000
+#: Each launcher draws its own block of uids (see :func:`random_uid_base`): this many per block,
+#: and this many blocks above UID_BASE (all below 2**31 + UID_BASE, far from 65534 and -1).
+UID_BLOCK: int = 4096
+UID_BLOCKS: int = 1 << 19
 #: The principal that keeps root (the trusted kernel must signal the processes it stops).
 KERNEL: str = "kernel"
 
@@ -28,18 +33,27 @@ def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
+def random_uid_base() -> int:
+    """A uid block for one launcher: two systems on one host (two test runs, two users of
+    `sealedos up`) then almost never hand the same uid to different principals, so one
+    system's disk cannot open another's device file."""
+    return UID_BASE + secrets.randbelow(UID_BLOCKS) * UID_BLOCK
+
+
 class Principals:
     """One launcher's book of principals: a stable uid each, and their private directories."""
 
-    def __init__(self, rundir: Path, uid_base: int = UID_BASE) -> None:
+    def __init__(self, rundir: Path, uid_base: int = UID_BASE, isolate: bool | None = None) -> None:
+        """isolate: hand out uids (default: when root); False keeps everyone the launcher's."""
         self.rundir = rundir
+        self.isolate = running_as_root() if isolate is None else isolate
         self._uids: dict[str, int] = {}
         self._next = uid_base
 
     def uid(self, principal: str) -> int | None:
         """The uid `principal` runs under (the same every time it is started), or None: the
         launcher's own (not root, or the kernel)."""
-        if not running_as_root() or principal == KERNEL:
+        if not self.isolate or principal == KERNEL:
             return None
         if principal not in self._uids:
             self._uids[principal] = self._next
@@ -55,4 +69,18 @@ class Principals:
         uid = self.uid(principal)
         if uid is not None:
             os.chown(path, uid, uid)
+        return path
+
+    def socket_dir(self, owner: str, client: str) -> Path:
+        """RUNDIR/sock/OWNER: where `owner` binds a socket only `client` (and root) may reach:
+        0710, owned by the owner's uid, group the client's (every principal's gid is its uid).
+        Not root: 0700, the launcher's (everything runs as one uid)."""
+        base = self.rundir / "sock"
+        base.mkdir(mode=0o711, exist_ok=True)
+        path = base / owner
+        path.mkdir(mode=0o700, exist_ok=True)
+        uid, gid = self.uid(owner), self.uid(client)
+        if uid is not None and gid is not None:
+            os.chown(path, uid, gid)
+            os.chmod(path, 0o710)
         return path

@@ -18,7 +18,11 @@ from typing import Sequence
 
 import psutil
 
+from launcher import reach
+
 PR_SET_PDEATHSIG: int = 1
+#: Every child creates its files and sockets private to its uid unless it says otherwise.
+PRIVATE_UMASK: int = 0o077
 STOP_GRACE_S: float = 3.0
 
 
@@ -46,9 +50,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_setup(nice: int) -> None:
-    """In the child, before exec: die with the parent, and take the CPU priority asked for."""
+def _child_setup(nice: int, uid: int | None, plan: reach.Plan) -> None:
+    """In the child, before exec: become `uid` (its own group, no others; the mount plan
+    first, so it can still reach the interpreter), then die with the parent (after the uid
+    change, which clears it), files private by default, and the CPU priority asked for."""
+    if uid is not None:
+        reach.apply(plan)
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
     _die_with_parent()
+    os.umask(PRIVATE_UMASK)
     if nice > 0:
         os.nice(nice)
 
@@ -60,12 +72,15 @@ def python_cmd(*args: str) -> list[str]:
 
 def spawn(cmd: Sequence[str], log_path: Path | None = None,
           env: dict[str, str] | None = None, nice: int = 0,
-          pass_fds: Sequence[int] = (), inherit_output: bool = False) -> subprocess.Popen:
-    """Start one child process that is SIGKILLed if we die; its output goes to log_path (or,
-    with inherit_output, to ours); nice > 0 lowers its CPU priority by that much; pass_fds
-    are inherited (credentials)."""
-    out = open(log_path, "ab") if log_path is not None else (
-        None if inherit_output else subprocess.DEVNULL)
+          pass_fds: Sequence[int] = (), inherit_output: bool = False,
+          uid: int | None = None) -> subprocess.Popen:
+    """Start one child process that is SIGKILLed if we die; its output goes to log_path
+    (opened here, so the log stays the launcher's; or, with inherit_output, to ours); nice > 0
+    lowers its CPU priority by that much; pass_fds are inherited (credentials); uid: run it as
+    that unprivileged uid and gid (the launcher must be root)."""
+    plan = [(d, list(e)) for d, e in reach.cached_plan()] if uid is not None else []
+    out = (open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+           if log_path is not None else (None if inherit_output else subprocess.DEVNULL))
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
@@ -74,7 +89,7 @@ def spawn(cmd: Sequence[str], log_path: Path | None = None,
         return subprocess.Popen(list(cmd), stdout=out,
                                 stderr=None if out is None else subprocess.STDOUT, env=full_env,
                                 stdin=subprocess.DEVNULL, pass_fds=tuple(pass_fds),
-                                preexec_fn=lambda: _child_setup(nice))
+                                preexec_fn=lambda: _child_setup(nice, uid, plan))
     finally:
         if log_path is not None:
             out.close()

@@ -33,6 +33,7 @@ from typing import Any, Callable
 
 import zmq
 
+from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
 from wire.server import SUSPEND, Request, Server
@@ -277,21 +278,13 @@ class Pager(Server):
 
     # -- handlers ------------------------------------------------------------------------
     def do_open(self, req: Request) -> Any:
-        """open {label} -> {handle}: a new disk handle (one per address space)."""
+        """open {handle, label} -> {}: create the kernel-minted disk handle (one per address
+        space) on the disk; idempotent."""
         label = req.msg["label"]
         if len(label) > MAX_LABEL_CHARS:
             raise ServiceError(Err.INVAL, f"a label is at most {MAX_LABEL_CHARS} characters")
         self.counters.opens += 1
-
-        def done(reply: dict[str, Any]) -> None:
-            handle = reply.get("handle")
-            if isinstance(handle, bytes) and len(handle) == HANDLE_BYTES:
-                self.reply(req, handle=handle)
-            else:
-                self.counters.disk_errors += 1
-                self.fail(req, Err.IO, "disk returned a malformed handle")
-        self.to_disk(Op.OPEN, {"label": label}, done, lambda code, msg: self.fail(req, code, msg))
-        return SUSPEND
+        return self.forward(req, Op.OPEN, {"handle": check_handle(req.msg), "label": label})
 
     def do_close(self, req: Request) -> Any:
         """close {handle}: the disk frees every block of the handle."""
@@ -394,6 +387,7 @@ def parse_args(argv: list[str]) -> PagerConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """`sealedos pager`: serve until SIGTERM or SIGINT; return the exit status."""
+    host.make_nondumpable("pager")
     config = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         pager = Pager(config)

@@ -67,7 +67,7 @@ class Op(StrEnum):
     # -- pager -> kernel --------------------------------------------------------------
     PAGER_HELLO = "pager_hello"    # a pager instance (re)joins a mirror slot
     # -- kernel -> pager, and pager -> disk -------------------------------------------
-    OPEN = "open"                  # open a new handle -> handle
+    OPEN = "open"                  # create the kernel-minted handle (idempotent) -> {}
     CLOSE = "close"                # close a handle, freeing its blocks
     WRITE = "write"                # (handle, slot, data)
     READ = "read"                  # (handle, slot) -> data
@@ -102,7 +102,7 @@ class Err(StrEnum):
     KILLED = "EKILLED"             # the process was stopped by the kernel
     BUSY = "EBUSY"
     IO = "EIO"                     # the device failed
-    QUOTA = "EQUOTA"               # over a quota the launcher set for the process
+    QUOTA = "EQUOTA"               # over the process's quota; the message names the resource
 
 
 # Permissions, as a bit set.  W^X: no region or page may have W and X together.
@@ -153,7 +153,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
     Op.SHOOTDOWN: {"vpn": int, "frame": int, "want": bool},
     Op.KILL: {"reason": str},
     Op.PAGER_HELLO: {"mirror": int, "host": str, "hostpid": int},
-    Op.OPEN: {"label": str},
+    Op.OPEN: {"handle": bytes, "label": str},
     Op.CLOSE: {"handle": bytes},
     Op.WRITE: {"handle": bytes, "slot": int, "data": bytes},
     Op.READ: {"handle": bytes, "slot": int},

@@ -71,6 +71,7 @@ class Request:
     op: Op
     msg: dict[str, Any]
     caller: Any = None          # whatever check_caller resolved (a process, a pager ...)
+    size: int = 0               # the encoded frame's length in bytes (bounds costly work)
     #: The sender's authenticated CURVE public key (z85), None on NULL (insecure) sockets
     #: and on DEALER connections (there the peer is the server this side chose to trust).
     user_id: str | None = None
@@ -124,6 +125,7 @@ class Server:
         self._rids = itertools.count(1)
         self.running = True
         self.bad_messages = 0
+        self.callback_errors = 0     # timer or reply callbacks that raised (logged, survived)
         self._rcvtimeo: dict[zmq.Socket, int] = {}
 
     # -- sockets -------------------------------------------------------------------------
@@ -329,7 +331,7 @@ class Server:
         if handler is None:
             self._refuse(sock, peer, msg["rid"], Err.NOSYS, f"{self.name} does not serve {op}")
             return
-        req = Request(sock, peer, msg["rid"], op, msg, None, user_id)
+        req = Request(sock, peer, msg["rid"], op, msg, None, len(frame), user_id)
         try:
             self.check_caller(req)
             result = handler(req)
@@ -395,9 +397,10 @@ class Server:
             pending.timer.cancel()
 
     def _expire(self, rid: int) -> None:
+        """A request's timeout passed: run its callback with None (errors survived)."""
         pending = self._pending.pop(rid, None)
         if pending is not None:
-            pending.callback(None)
+            self._run_callback(pending.callback, None)
 
     def _on_reply(self, sock: zmq.Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         rid = msg.get("re")
@@ -408,7 +411,19 @@ class Server:
         del self._pending[rid]
         if pending.timer is not None:
             pending.timer.cancel()
-        pending.callback(msg)
+        self._run_callback(pending.callback, msg)
+
+    def _run_callback(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run a timer or reply callback; an exception other than Panic is logged with its
+        traceback and counted in callback_errors, and never ends the loop (a Panic does)."""
+        try:
+            fn(*args)
+        except Panic:
+            raise
+        except Exception:  # a bug reached from a callback must not stop every service
+            self.callback_errors += 1
+            self.log.error("%s: callback %s failed:\n%s", self.name,
+                           getattr(fn, "__qualname__", fn), traceback.format_exc())
 
     # -- timers --------------------------------------------------------------------------
     def call_later(self, delay_ms: float, fn: Callable[[], None]) -> Timer:
@@ -430,7 +445,7 @@ class Server:
             timer = heapq.heappop(self._timers)
             fn, timer.fn = timer.fn, None
             if fn is not None:
-                fn()
+                self._run_callback(fn)
 
 
 class _KeyCheck:

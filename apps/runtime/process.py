@@ -10,8 +10,9 @@
 Start-up is REGISTER on the call connection with the one-time credential the launcher handed
 the process (an inherited descriptor named by ``SEALEDOS_CRED_FD``; the kernel knows the
 process's name, program, digest and manifest from the launcher, not from it), then a bank as
-large as the kernel's frame pool, then ATTACH of the control connection and the control
-thread.  close() sends EXIT and stops the thread.
+large as the kernel's frame pool, then ATTACH of the control connection, the last step of
+confinement in a sealed program (:mod:`confine`: no new socket; the kernel is the only door
+from then on) and the control thread.  close() sends EXIT and stops the thread.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from apps.runtime.bank import Bank
+from apps.runtime.confine import Confinement, close_the_door
 from apps.runtime.control import ControlThread
 from apps.runtime.errors import SealedError
 from apps.runtime.ipc import Ipc, Received
@@ -61,6 +63,8 @@ class SealedProcess:
         self.inheritance = b""            # init only: what the previous init stashed
         self.closed = False
         self.ipc = Ipc(kernel, mmu)
+        #: Which host locks confine this process (set by connect).
+        self.confinement: Confinement | None = None
         # Word access is the TLB-hit path: bind the MMU's methods directly (one call less
         # per access than the delegating methods below, which document the API).
         self.load_u64 = mmu.load_u64          # type: ignore[method-assign]
@@ -88,6 +92,7 @@ class SealedProcess:
             bank = Bank(reg["nframes"])
             mmu = Mmu(kernel, bank)
             sock = kernel.attach_control(reg["spid"], reg["secret"])
+            confinement = close_the_door(reg["name"])   # no new socket: the kernel is the door
             control = ControlThread(sock, mmu, kernel.liveness, reg["name"])
             control.start()
         except BaseException:
@@ -99,6 +104,7 @@ class SealedProcess:
         proc.role = reg["role"]
         stash = reg.get("stash")
         proc.inheritance = stash if isinstance(stash, bytes) else b""
+        proc.confinement = confinement
         return proc
 
     # -- regions -----------------------------------------------------------------------

@@ -72,7 +72,7 @@ def start_paging(system: System, duration_s: float = 0) -> list[str]:
 
 def disk_used_blocks(system: System, disk: str = "disk0") -> int:
     """The disk service's count of allocated blocks (its stats op)."""
-    with Client(f"ipc://{system.rundir}/{disk}.sock", keys=system.keyring("observer"), server=disk) as c:
+    with Client(system.services[disk].addr or "", keys=system.keyring("observer"), server=disk) as c:
         return c.call(Op.STATS)["used_blocks"]
 
 
@@ -184,8 +184,8 @@ def test_mirror_that_was_down_is_resynced(make_system: Callable[..., System]) ->
             return quiet and k["resynced"] > 0 and k["resync_pending"] == 0
         wait_for("mirror 1 to rejoin and be resynced", settled)
         # Both mirrors now hold the very same sealed pages (the kernel copies ciphertext).
-        on0 = device_ciphertexts(system.rundir / "disk0.img")
-        on1 = device_ciphertexts(system.rundir / "disk1.img")
+        on0 = device_ciphertexts(system.device_file(0))
+        on1 = device_ciphertexts(system.device_file(1))
         assert on0 and on0 == on1
         for i, page in enumerate(pages):
             assert proc.read(addr + i * PAGE_SIZE, PAGE_SIZE) == page, f"page {i}"

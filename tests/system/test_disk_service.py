@@ -17,7 +17,8 @@ import pytest
 from disk_service import disk
 from disk_service.device import Device, DeviceError
 from disk_service.layout import (
-    FORMAT_VERSION, HANDLE_DTYPE, MAGIC, MAP_DTYPE, SUPERBLOCK_DTYPE, pack_superblock, plan)
+    FORMAT_VERSION, HANDLE_DTYPE, MAGIC, MAP_DTYPE, SUPERBLOCK_DTYPE, pack_superblock, plan,
+    token_hash)
 from launcher import spawn
 from wire.client import Client
 from wire.protocol import BLOCK_SIZE, MAX_FRAME_BYTES, Err, ServiceError, encode
@@ -38,6 +39,14 @@ def random_block() -> bytes:
 def sha256(path: Path) -> str:
     """Hex digest of a file's bytes."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def open_h(service: Any, label: str) -> bytes:
+    """Open a new handle on the disk service with a freshly minted token (as the kernel
+    mints them); return the token."""
+    token = os.urandom(16)
+    assert "handle" not in service.call("open", handle=token, label=label)   # learns nothing
+    return token
 
 
 def expect_err(code: Err, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> ServiceError:
@@ -121,7 +130,7 @@ def run_refused(rundir: Path, image: Path) -> tuple[int, str]:
 
 
 def test_round_trip_random_blocks(service: DiskProc) -> None:
-    h = service.call("open", label="roundtrip")["handle"]
+    h = open_h(service, "roundtrip")
     assert isinstance(h, bytes) and len(h) == 16
     written = {int(s): random_block() for s in rng.choice(2**32, 40, replace=False)}
     blocks = {s: service.call("write", handle=h, slot=s, data=d)["block"] for s, d in written.items()}
@@ -140,8 +149,8 @@ def test_round_trip_random_blocks(service: DiskProc) -> None:
 
 
 def test_handles_are_isolated(service: DiskProc) -> None:
-    a = service.call("open", label="a")["handle"]
-    b = service.call("open", label="b")["handle"]
+    a = open_h(service, "a")
+    b = open_h(service, "b")
     secret = random_block()
     blk = service.call("write", handle=a, slot=3, data=secret)["block"]
     # by slot: b simply has no slot 3
@@ -176,7 +185,7 @@ def test_handles_are_isolated(service: DiskProc) -> None:
 
 
 def test_restart_after_sigkill_serves_everything(service: DiskProc) -> None:
-    handles = [service.call("open", label=f"h{i}")["handle"] for i in range(3)]
+    handles = [open_h(service, f"h{i}") for i in range(3)]
     data = {(h, s): random_block() for h in handles for s in (0, 1, 99, 2**32 - 1)}
     blocks = {k: service.call("write", handle=k[0], slot=k[1], data=d)["block"] for k, d in data.items()}
     gone = handles[0]
@@ -205,8 +214,8 @@ def test_restart_after_sigkill_serves_everything(service: DiskProc) -> None:
 
 
 def test_close_frees_blocks(service: DiskProc) -> None:
-    h = service.call("open", label="doomed")["handle"]
-    keep = service.call("open", label="keep")["handle"]
+    h = open_h(service, "doomed")
+    keep = open_h(service, "keep")
     for s in range(20):
         service.call("write", handle=h, slot=s, data=random_block())
     service.call("write", handle=keep, slot=0, data=random_block())
@@ -286,11 +295,13 @@ def test_malformed_input_gets_error_replies(service: DiskProc) -> None:
     c.sock.send_multipart([b"one", b"two"])
     assert c.recv_reply(REPLY_TIMEOUT_MS)["err"] == Err.BADMSG
     expect_err(Err.NOSYS, service.call, "page_in", handle=b"x" * 16, slot=0)
-    h = service.call("open", label="victim")["handle"]
+    h = open_h(service, "victim")
     service.call("write", handle=h, slot=1, data=random_block())
     cases = [
-        ("open", {"label": 5}),
-        ("open", {"label": "x" * 33}),
+        ("open", {"handle": os.urandom(16), "label": 5}),
+        ("open", {"handle": os.urandom(16), "label": "x" * 33}),
+        ("open", {"handle": b"short", "label": "x"}),
+        ("open", {"label": "x"}),
         ("open", {}),
         ("read", {"handle": "not bytes", "slot": 1}),
         ("read", {"handle": h, "slot": "1"}),
@@ -381,7 +392,8 @@ def test_records_land_in_the_file(image: Path) -> None:
     handles = np.frombuffer(raw, dtype=HANDLE_DTYPE, count=geo.max_handles,
                             offset=geo.handle_table_block * BLOCK_SIZE)
     h = int(rec["owner"])
-    assert handles[h]["in_use"] == 1 and handles[h]["token"].tobytes() == tok
+    assert handles[h]["in_use"] == 1 and handles[h]["token_hash"].tobytes() == token_hash(tok)
+    assert tok not in raw                           # the token itself is never stored
     assert handles[h]["label"].tobytes()[:handles[h]["label_len"]] == "héllo".encode()
     with Device(image) as dev:                      # rebuilt from the file
         assert dev.read(tok, 0xDEADBEEF) == data
@@ -482,3 +494,21 @@ def test_plan_and_gigabyte_device(tmp_path: Path) -> None:
     with Device(big) as dev:
         assert dev.stats()["used_blocks"] == 64
         assert dev.read_block(tok, last) == payload
+
+
+def test_open_of_a_minted_token_is_idempotent_and_only_its_hash_is_stored(image: Path) -> None:
+    """The kernel mints handles: OPEN of the same token twice is one handle (its blocks
+    stay), a reader of the device file finds no token, and a token never opened is refused."""
+    token, data = os.urandom(16), random_block()
+    with Device(image, size_mib=SIZE_MIB) as dev:
+        assert dev.open_handle("once", token) == token
+        dev.write(token, 7, data)
+        assert dev.open_handle("twice", token) == token          # already open: no change
+        assert dev.read(token, 7) == data and dev.label(token) == "once"
+        assert dev.stats()["handles"] == 1
+        expect_err(Err.BADHANDLE, dev.read, os.urandom(16), 7)
+        expect_err(Err.INVAL, dev.open_handle, "bad", b"short")
+    raw = image.read_bytes()
+    assert token not in raw and token_hash(token) in raw
+    with Device(image) as dev:                                    # found again by its hash
+        assert dev.read(token, 7) == data

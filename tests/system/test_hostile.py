@@ -64,7 +64,7 @@ def test_snooping_pager_sees_only_ciphertext(make_system: Callable[..., System])
 def test_snooping_pager_sees_plaintext_without_sealing(make_system: Callable[..., System]) -> None:
     system = make_system(frames=8, disk_size_mib=8, hostile="snoop", pagers=2, no_seal=True)
     found = leaked(system)
-    assert "pager0-snoop.bin" in found and "disk0.img" in found and "disk1.img" in found
+    assert found == ["pager0-snoop.bin", "disk0.img", "disk1.img"]
 
 
 def leaked(system: System) -> list[str]:
@@ -73,6 +73,6 @@ def leaked(system: System) -> list[str]:
     assert system.wait_apps(60) == {"pattern.1": 0}, system.log_tail("pattern.1")
     assert system.process("pattern.1")["checksum"] == "verified"
     assert system.stats()["kernel"]["page_outs"] >= 8
-    files = ["pager0-snoop.bin", "disk0.img", "disk1.img"]
-    assert (system.rundir / "pager0-snoop.bin").stat().st_size >= 8 * 4096
-    return [f for f in files if SECRET.encode() in (system.rundir / f).read_bytes()]
+    files = [system.snoop_file(0), system.device_file(0), system.device_file(1)]
+    assert files[0].stat().st_size >= 8 * 4096
+    return [f.name for f in files if SECRET.encode() in f.read_bytes()]

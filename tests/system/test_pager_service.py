@@ -195,9 +195,9 @@ def random_pages(n: int) -> list[bytes]:
 
 
 def open_handle(kernel: FakeKernel, label: str = "t") -> bytes:
-    """Open a disk handle through the pager."""
-    handle = kernel.ok(Op.OPEN, label=label)["handle"]
-    assert isinstance(handle, bytes) and len(handle) == 16
+    """Open a disk handle through the pager (minted here, as the kernel mints them)."""
+    handle = os.urandom(16)
+    assert "handle" not in kernel.ok(Op.OPEN, handle=handle, label=label)    # learns nothing
     return handle
 
 
@@ -285,7 +285,7 @@ def test_disk_timeout(start_pager: PagerFactory, rundir: Path) -> None:
     assert kernel.call(Op.PAGE_IN, handle=b"\x01" * 16, slot=3)["err"] == Err.TIMEDOUT
     assert kernel.call(Op.PAGE_OUT, handle=b"\x01" * 16, slot=3,
                        data=bytes(PAGE_SIZE))["err"] == Err.TIMEDOUT
-    assert kernel.call(Op.OPEN, label="x")["err"] == Err.TIMEDOUT
+    assert kernel.call(Op.OPEN, handle=b"\x02" * 16, label="x")["err"] == Err.TIMEDOUT
     assert kernel.ok(Op.STATS)["disk_timeouts"] == 3
 
 
@@ -318,7 +318,9 @@ def test_malformed_requests(start_pager: PagerFactory) -> None:
         (Op.PAGE_OUT, {"handle": handle, "slot": 0, "data": page + b"x"}, Err.INVAL),
         (Op.FREE, {"handle": handle, "slots": [1, "two"]}, Err.INVAL),
         (Op.FREE, {"handle": handle, "slots": 3}, Err.INVAL),
-        (Op.OPEN, {"label": 7}, Err.INVAL),
+        (Op.OPEN, {"handle": handle, "label": 7}, Err.INVAL),
+        (Op.OPEN, {"handle": b"short", "label": "x"}, Err.INVAL),
+        (Op.OPEN, {"label": "x"}, Err.INVAL),
         (Op.CLOSE, {"handle": None}, Err.INVAL),
     ]
     for op, fields, code in bad:

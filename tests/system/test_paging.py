@@ -121,7 +121,8 @@ def test_disk_restart_serves_every_page_written_before(make_system: Callable[...
 
 def disk_used_blocks(system: System) -> int:
     """The disk service's count of allocated blocks."""
-    with Client(f"ipc://{system.rundir}/disk0.sock", keys=system.keyring("observer"), server="disk0") as disk:
+    with Client(system.services["disk0"].addr or "", keys=system.keyring("observer"),
+                server="disk0") as disk:
         return disk.call(Op.STATS)["used_blocks"]
 
 

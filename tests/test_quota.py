@@ -1,0 +1,142 @@
+"""Quotas in-process: charge, refuse with EQUOTA naming the resource, release back to zero;
+the capability table charges its handles; process records stay within their byte budget;
+a timer or reply callback that raises is counted and does not end a server's loop."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import zmq
+
+from kernel_daemon.caps import CapTable, Endpoint
+from kernel_daemon.contract import compile_contract
+from kernel_daemon.pagetable import SwapSpace
+from kernel_daemon.proc import Proc
+from kernel_daemon.quota import Limits, Quota, Resource, limits_from
+from kernel_daemon.records import bounded_records
+from wire.client import Client
+from wire.protocol import Err, Op, ServiceError, encode
+from wire.server import Panic, Request, Server
+
+
+def test_charge_until_the_limit_then_equota_naming_the_resource() -> None:
+    q = Quota(Limits(endpoints=3))
+    for _ in range(3):
+        q.charge(Resource.ENDPOINTS)
+    with pytest.raises(ServiceError) as e:
+        q.charge(Resource.ENDPOINTS)
+    assert e.value.code == Err.QUOTA and e.value.msg == "endpoints 3/3"
+    assert q.used[Resource.ENDPOINTS] == 3                  # a refused charge takes nothing
+    q.release(Resource.ENDPOINTS, 3)
+    assert q.idle()
+
+
+@pytest.mark.parametrize("resource", list(Resource))
+def test_every_resource_is_limited(resource: Resource) -> None:
+    q = Quota(limits_from({resource.value: 2}))
+    q.charge(resource, 2)
+    with pytest.raises(ServiceError) as e:
+        q.charge(resource, 1)
+    assert e.value.msg.startswith(f"{resource} 2/2")
+
+
+def test_compile_budget_refills_with_time() -> None:
+    q = Quota(Limits(compile_bytes_per_s=1000))
+    q.spend_compile(4000, now_s=10.0)                       # the burst: 4 s worth
+    with pytest.raises(ServiceError) as e:
+        q.spend_compile(1, now_s=10.0)
+    assert e.value.code == Err.QUOTA and e.value.msg.startswith("compile_bytes_per_s 1000")
+    q.spend_compile(1000, now_s=11.0)                       # one second later: 1000 more
+    with pytest.raises(ServiceError):
+        q.spend_compile(1, now_s=11.0)
+
+
+def test_refusals_in_a_row_are_answered_ever_later() -> None:
+    q = Quota()
+    assert q.refused(now_s=5.0) == 0                        # the first: at once
+    delays = [q.refused(now_s=5.0 + i * 0.01) for i in range(1, 12)]
+    assert delays == sorted(delays) and 0 < delays[0] < delays[-1] <= 1000
+    assert q.refused(now_s=100.0) == 0                      # after a quiet while: at once
+
+
+def test_releasing_more_than_charged_is_a_panic() -> None:
+    q = Quota()
+    q.charge(Resource.CALLS)
+    with pytest.raises(Panic):
+        q.release(Resource.CALLS, 2)
+
+
+def test_bad_limits_are_refused() -> None:
+    for bad in ({"nonsense": 1}, {"pages": -1}, {"pages": True}):
+        with pytest.raises(ServiceError):
+            limits_from(bad)
+
+
+def _proc(limits: Limits) -> Proc:
+    return Proc(spid=1, name="p", program="p", digest="d", host="", hostpid=0, host_started=0.0,
+                key="k", role="app", provides=[], quota_spec={}, call_peer=b"peer", secret=b"s",
+                space=SwapSpace(b"0" * 16, "p"), manifest=[], quota=Quota(limits))
+
+
+def test_capability_table_charges_handles_and_releases_them() -> None:
+    proc = _proc(Limits(capabilities=4))
+    t = CapTable.of(proc)
+    ep = Endpoint(1, proc, compile_contract({"name": "x", "calls": {"a": {}},
+                                             "replies": {"ok": {}}}), 1)
+    handles = [t.mint(ep) for _ in range(4)]
+    with pytest.raises(ServiceError) as e:
+        t.mint(ep)
+    assert e.value.code == Err.QUOTA and e.value.msg == "capabilities 4/4"
+    t.drop(handles[0])
+    t.mint(ep)
+    t.mint(ep, force=True)                      # a checked move may pass the limit
+    assert proc.quota.used[Resource.CAPABILITIES] == 5
+    t.drop_all()
+    assert proc.quota.idle()
+
+
+def test_contract_size_is_charged_by_its_encoding() -> None:
+    small = compile_contract({"name": "x", "calls": {"a": {}}, "replies": {"ok": {}}})
+    big = compile_contract({"name": "x", "calls": {f"k{i}": {} for i in range(60)},
+                            "replies": {"ok": {}}})
+    assert 0 < small.size_bytes < big.size_bytes
+
+
+def test_records_stay_within_their_budget() -> None:
+    report = {f"k{i}": "x" * 1000 for i in range(8)}
+    live = [{"spid": i, "name": f"p{i}", "checksum": None, "report": dict(report)}
+            for i in range(100)]
+    exited = [{"spid": 1000 + i, "name": f"e{i}", "checksum": "verified",
+               "report": dict(report, checksum="verified")} for i in range(1000)]
+    records, omitted = bounded_records(live, exited, max_bytes=200_000)
+    assert len(encode({"processes": records})) <= 200_000 + 100
+    assert omitted > 0
+    assert records[0]["spid"] == 0                           # live processes come first
+    small, none_omitted = bounded_records(live[:2], exited[:2])
+    assert small == live[:2] + exited[:2] and none_omitted == 0
+
+
+class _Boom(Server):
+    """A server whose timers raise."""
+
+    def do_ping(self, req: Request) -> dict[str, str]:
+        """Answer, and arm a timer that raises a plain bug."""
+        self.call_later(0, lambda: 1 / 0)
+        return {"service": "boom"}
+
+
+def test_a_raising_timer_callback_is_counted_and_the_loop_goes_on(tmp_path: object) -> None:
+    server = _Boom("boom", zmq.Context.instance())
+    addr = f"ipc://{tmp_path}/boom.sock"
+    server.bind_router(addr)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        with Client(addr) as c:
+            for _ in range(3):
+                assert c.call(Op.PING)["service"] == "boom"    # still serving after each
+        assert server.callback_errors >= 2
+    finally:
+        server.stop()
+        thread.join(5)
+    assert not thread.is_alive()
