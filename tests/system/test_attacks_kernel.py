@@ -28,6 +28,7 @@ from host_tools.system import Config, System
 from kernel_daemon.contract import CONTRACT_MAX_BYTES
 from kernel_daemon.pagetable import MAX_VPN
 from kernel_daemon.quota import Limits
+from wire import sockets
 from wire.client import Client
 from wire.protocol import PAGE_SIZE, PROT_R, PROT_W, Err, Op, ServiceError, encode
 
@@ -43,8 +44,8 @@ def register_raw(system: System, name: str, hostpid: int | None = None,
     """A raw connection registered as a sealed process (no control connection): the
     attacker's call connection and the kernel's REGISTER reply.  The launcher admits it as
     program "attacker"; hostpid is what the attacker *claims* in its REGISTER (ignored)."""
-    c = Client(system.kernel_addr)
     cred = system.admit("memstress", name, program="attacker", manifest=tuple(manifest or ()))
+    c = Client(system.kernel_addr, keys=system.credential_keyring(cred))   # its key: the credential
     claims = {} if hostpid is None else {"hostpid": hostpid, "host": socket.gethostname()}
     reg = c.call(Op.REGISTER, cred=cred, **claims)
     return c, reg
@@ -54,7 +55,7 @@ def connect_sealed(system: System, name: str, manifest: list[str] | None = None
                    ) -> SealedProcess:
     """The test process registered as an ordinary sealed process (the real runtime)."""
     cred = system.admit("memstress", name, manifest=tuple(manifest or ("*",)), provides=("*",))
-    return SealedProcess.connect(system.kernel_addr, cred)
+    return SealedProcess.connect(system.kernel_addr, cred, system.kernel_public())
 
 
 # -- fixtures and checks ------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def record(system: System, name: str) -> dict[str, Any]:
 def assert_survived(system: System, kernel_pid: int, victim: str) -> None:
     """The kernel (the same process) answers a bystander's ping, the victim's data verifies
     and no callback of the kernel failed."""
-    with Client(system.kernel_addr) as bystander:
+    with Client(system.kernel_addr, keys=system.keyring("observer")) as bystander:
         assert bystander.call(Op.PING)["pid"] == kernel_pid
     rec = wait_for(f"{victim} to finish", lambda: (r := record(system, victim)).get(
         "state") in ("exited", "killed") and r)
@@ -209,7 +210,7 @@ def test_huge_contract_is_refused_before_it_is_compiled(
             big = big_contract(2 * CONTRACT_MAX_BYTES, valid)   # decoded, not compiled
             err = expect(Err.MSGSIZE, functools.partial(c.call, Op.ENDPOINT, contract=big))
             assert str(CONTRACT_MAX_BYTES) in err.msg
-        with Client(system.kernel_addr) as bystander:
+        with Client(system.kernel_addr, keys=system.keyring("observer")) as bystander:
             assert bystander.call(Op.PING)["pid"] == kernel_pid
         # contracts just under the size limit: compiled, charged, until the quota says no
         made = 0
@@ -240,7 +241,7 @@ def test_invalid_contract_flood_is_throttled_per_process(
                         raise
         assert e.value.code == Err.QUOTA and e.value.msg.startswith("compile_bytes_per_s "), \
             e.value
-        with Client(system.kernel_addr) as bystander:
+        with Client(system.kernel_addr, keys=system.keyring("observer")) as bystander:
             assert bystander.call(Op.PING)["pid"] == kernel_pid
         c2, _ = register_raw(system, f"honest.{next(_names)}")    # others are not throttled
         try:
@@ -266,7 +267,7 @@ def test_report_values_cannot_make_stats_fail(
                 for i in range(64):
                     c.call(Op.REPORT, data={f"k{i}": "y" * 1000})
             assert e.value.code == Err.QUOTA and e.value.msg.startswith("report_bytes "), e.value
-        with Client(system.kernel_addr) as bystander:
+        with Client(system.kernel_addr, keys=system.keyring("observer")) as bystander:
             assert bystander.call(Op.STATS)["processes"]
             assert bystander.call(Op.PS)["processes"]
     finally:
@@ -307,9 +308,9 @@ def rogue_pager(system: System, stop: threading.Event, opens: list[bytes]) -> No
     """A pager instance on 'another host' that takes over mirror slot 0 (HELLO every 50 ms),
     answers every OPEN with success and a bogus handle without opening anything, ignores every
     other request, and leaves once `stop` is set."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(system.kernel_addr)
+    keys = system.keyring("pager0")                  # a pager gone bad holds its own key
+    sock = sockets.dealer(zmq.Context.instance(), system.kernel_addr, keys.own,
+                          keys.publics.get("kernel"))
     rid = itertools.count(1)
     try:
         while not stop.is_set():
