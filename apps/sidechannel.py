@@ -285,7 +285,7 @@ def main(argv: list[str]) -> int:
     """Run as victim or attacker (see the module docstring)."""
     args = build_parser().parse_args(argv)
     early = try_all(args) if args.role == "attacker" else {}     # before the kernel knows us
-    with SealedProcess.connect(args.kernel, args.name, __file__) as proc:
+    with SealedProcess.connect(args.kernel) as proc:
         if args.role == "victim":
             return run_reporting(proc, lambda: victim(proc, args))
         return run_reporting(proc, lambda: attacker(proc, args, early))
