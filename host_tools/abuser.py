@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apps.runtime.syscall import kernel_public_from_env
 from wire.client import Client
+from wire.keys import Keyring, keypair_of_credential
 from wire.credential import CRED_FD_ENV, read_inherited
 from wire.protocol import Err, Op, ServiceError
 
@@ -34,10 +36,20 @@ _BIG_CONTRACT: dict[str, Any] = {
     "replies": {"ok": {}}}
 
 
-def register(c: Client, name: str) -> dict[str, Any]:
+def connect(kernel_addr: str) -> tuple[Client, bytes]:
+    """A raw connection proving the credential the launcher passed: CURVE with it as the key
+    when the launcher gave the kernel's public key, else NULL (--insecure)."""
+    cred = read_inherited(int(os.environ.pop(CRED_FD_ENV)))
+    kernel_public = kernel_public_from_env()
+    keys = Keyring(keypair_of_credential(cred), {"kernel": kernel_public}) \
+        if kernel_public is not None else None
+    return Client(kernel_addr, keys=keys), cred
+
+
+def register(c: Client, cred: bytes) -> dict[str, Any]:
     """REGISTER the raw connection with the credential the launcher passed (the one place
     this program does)."""
-    return c.call(Op.REGISTER, cred=read_inherited(int(os.environ.pop(CRED_FD_ENV))))
+    return c.call(Op.REGISTER, cred=cred)
 
 
 def until_refused(c: Client, op: Op, fields: dict[str, Any], most: int) -> tuple[int, str]:
@@ -60,8 +72,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--stop-file", type=Path, help="flood until this file exists")
     args = p.parse_args(argv)
     out: dict[str, Any] = {"name": args.name}
-    with Client(args.kernel) as c:
-        register(c, args.name)
+    c, cred = connect(args.kernel)
+    with c:
+        register(c, cred)
         out["endpoints"] = until_refused(c, Op.ENDPOINT, {"contract": {
             "name": "e", "calls": {"a": {}}, "replies": {"ok": {}}}}, 10_000)
         for h in range(1, 9):                          # room for big contracts

@@ -36,7 +36,7 @@ def bystander(system: System, proc: SealedProcess, addr: int, npages: int,
     pages: list[float] = []
     deadline = time.monotonic() + seconds
     i = 0
-    with Client(system.kernel_addr) as c:
+    with Client(system.kernel_addr, keys=system.keyring("observer")) as c:
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
             c.call(Op.PING)
@@ -69,7 +69,8 @@ def kernel_rss_mib(system: System) -> float:
 def run(abusers: int, seconds: float, frames: int) -> dict[str, Any]:
     """The quiet phase, then the abuse phase, in one system; the figures as one map."""
     with System(Config(frames=frames, disk_size_mib=64)) as system:
-        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "bystander")) as proc:
+        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "bystander"),
+                                   system.kernel_public()) as proc:
             npages = frames + frames // 2
             addr = proc.map(npages)
             bystander(system, proc, addr, npages, 1.0)              # warm up: swap in use
