@@ -2,8 +2,9 @@
 
 Pagers are untrusted mechanism.  A pager instance joins a mirror slot by saying PAGER_HELLO
 (again every HELLO interval: that is its heartbeat).  Every request the kernel sends it has a
-timeout; a request that times out is retried, and the instance is suspected: a local hung
-pager is killed so that its supervisor brings up a new one, and a new instance joining the
+timeout; a request that times out is retried, and the instance is suspected: marked down,
+and killed if the trusted launcher reported its host pid (a pid a pager claims is never acted
+on; the supervisor's watchdog kills a hung one), and a new instance joining the
 slot is handed every request still in flight on the old one.  A slot with no live instance
 queues requests until one joins.  Nothing is lost: the kernel keeps a page-out's bytes until a
 pager acknowledges the write (vm.py), and page-ins are simply asked again.
