@@ -170,7 +170,7 @@ class Server:
         if auth is None:
             return
         zap = auth.zap_socket
-        while zap.getsockopt(_EVENTS) & _POLLIN:
+        while int(zap.getsockopt(_EVENTS)) & _POLLIN:
             coro = auth.handle_zap_message(zap.recv_multipart(_NOBLOCK))
             try:
                 coro.send(None)           # our callback is synchronous: it never suspends
@@ -288,9 +288,10 @@ class Server:
                     continue
                 if user_ids:
                     try:
-                        user_id = part.get("User-Id")
+                        got = part.get("User-Id")
                     except zmq.ZMQError:         # no authenticated key: no role either
-                        user_id = None
+                        got = None
+                    user_id = got if isinstance(got, str) else None
                     self.on_frame(sock, frames[0], frames[1], user_id)
                 else:
                     self.on_frame(sock, frames[0], frames[1])
