@@ -70,7 +70,9 @@ class DiskService(Server):
             self.pager_key = self.keyring.public(pager).decode("ascii")
             self.observer_keys = {self.keyring.publics[p].decode("ascii")
                                   for p in OBSERVERS if p in self.keyring.publics}
-            self.observer_keys.add(self.keyring.own.public_text)   # its own health check
+            own = self.keyring.own
+            if own is not None:
+                self.observer_keys.add(own.public_text)        # its own health check
 
     # -- hooks -------------------------------------------------------------------------
     def on_start(self) -> None:

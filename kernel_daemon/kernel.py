@@ -341,7 +341,7 @@ class Kernel(Server):
                                          f"key, not {self.role_of(req)}'s")
         if req.peer in self.procs.by_peer:
             raise ServiceError(Err.PERM, "a sealed process cannot be a pager")
-        held = self.pagers.holder(req.peer)
+        held = self.pagers.holder(req.peer) if req.peer is not None else None
         if held is not None and held != mirror:
             raise ServiceError(Err.PERM, f"this connection already holds mirror {held}")
         self.pagers.hello(req.peer, mirror, req.msg["host"][:128], req.msg["hostpid"])

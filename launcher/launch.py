@@ -99,7 +99,7 @@ class Launcher:
         with self._lock:
             if self._client is None:
                 self._client = Client(self.kernel_addr, keys=self._keys)
-            proof = {} if self._keys is not None else {"cred": self._secret}
+            proof: dict[str, Any] = {} if self._keys is not None else {"cred": self._secret}
             reply = self._client.call(
                 Op.ADMIT, **proof, name=name, program=spec.program, digest=spec.digest(),
                 role=spec.role, manifest=list(spec.manifest), provides=list(spec.provides),

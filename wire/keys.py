@@ -139,12 +139,12 @@ def generate(keys_dir: Path, principals: list[str],
     return publics
 
 
-def secret_path(keys_dir: Path, principal: str) -> Path:
+def secret_path(keys_dir: str | Path, principal: str) -> Path:
     """Where `principal`'s secret key file lives."""
     return Path(keys_dir) / "priv" / principal / f"{principal}.key_secret"
 
 
-def load_keypair(keys_dir: Path, principal: str) -> Keypair:
+def load_keypair(keys_dir: str | Path, principal: str) -> Keypair:
     """`principal`'s own keypair from KEYS/priv (KeysMissing with the path if unreadable)."""
     path = secret_path(keys_dir, principal)
     try:
@@ -156,7 +156,7 @@ def load_keypair(keys_dir: Path, principal: str) -> Keypair:
     return Keypair(public, secret)
 
 
-def load_public(keys_dir: Path, principal: str) -> bytes:
+def load_public(keys_dir: str | Path, principal: str) -> bytes:
     """`principal`'s z85 public key from KEYS/public (KeysMissing with the path if missing)."""
     path = Path(keys_dir) / "public" / f"{principal}.key"
     try:
@@ -166,7 +166,7 @@ def load_public(keys_dir: Path, principal: str) -> bytes:
     return public
 
 
-def load_publics(keys_dir: Path) -> dict[str, bytes]:
+def load_publics(keys_dir: str | Path) -> dict[str, bytes]:
     """Every public key in KEYS/public: principal -> z85 public."""
     public_dir = Path(keys_dir) / "public"
     if not public_dir.is_dir():
