@@ -164,7 +164,8 @@ class System:
             if c.hostile and m == 0:
                 pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms),
                           "--snoop-file", str(self.snoop_file(m))]
-            self._launch("pager", f"pager{m}", pargs)
+            pager = self._launch("pager", f"pager{m}", pargs)
+            self.launcher.report_pager(m, pager.pid)
         self.wait_pagers()
         self.wait_nameservice()
         self._thread = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -397,7 +398,10 @@ class System:
         admitted afresh (a sealed process needs a new credential)."""
         if svc.kind == "init" and self.launcher is not None:
             return self.launcher.start("init", svc.name, [], svc.log, svc.env, uid=svc.uid)
-        return spawn.spawn(svc.cmd, svc.log, svc.env, uid=svc.uid)
+        child = spawn.spawn(svc.cmd, svc.log, svc.env, uid=svc.uid)
+        if svc.kind == "pager" and self.launcher is not None:
+            self.launcher.report_pager(int(svc.name.removeprefix("pager")), child.pid)
+        return child
 
     def restarts(self) -> dict[str, int]:
         """How many times each restartable service was brought back."""

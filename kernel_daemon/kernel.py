@@ -32,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
 
 from kernel_daemon.frames import FramePool
+from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
@@ -65,15 +65,13 @@ FRAME_SLACK_BYTES: int = 64 * 1024
 #: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
 QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
-ANYONE = {Op.REGISTER, Op.ATTACH, Op.ADMIT, Op.PAGER_HELLO, Op.PING, Op.STATS, Op.PS,
-          Op.FAULT_LOG}
+ANYONE = {Op.REGISTER, Op.ATTACH, Op.ADMIT, Op.PAGER_INSTANCE, Op.PAGER_HELLO, Op.PING,
+          Op.STATS, Op.PS, Op.FAULT_LOG}
 #: Roles the launcher may give a process.
 ROLES: frozenset[str] = frozenset({"app", "init"})
 #: Bounds on what one ADMIT may say (the launcher is trusted; these bound a bug).
 ADMIT_MAX_NAMES: int = 64
 ADMIT_MAX_CHARS: int = 64
-#: Two start times closer than this are the same host process (psutil rounds them).
-SAME_START_S: float = 0.05
 CONTROL = {Op.HEARTBEAT}
 #: Principals whose fixed keys the kernel admits (disks never talk to the kernel; sealed
 #: processes are admitted by their credential's key, see allow_key).
@@ -164,13 +162,17 @@ class Kernel(Server):
         except ValueError:
             return None
 
-    def do_admit(self, req: Request) -> dict[str, Any]:
-        """The launcher admits a process it is about to start: record what it vouches for,
-        return the one-time credential that process will REGISTER with."""
+    def _launcher_only(self, req: Request, op: str) -> None:
+        """EPERM unless the sender proved the launcher's key."""
         key = self.principal(req)
         if self.launcher_key is None or key is None or \
                 not hmac.compare_digest(key, self.launcher_key):
-            raise ServiceError(Err.PERM, "admit: only the launcher admits processes")
+            raise ServiceError(Err.PERM, f"{op}: only the launcher may say this")
+
+    def do_admit(self, req: Request) -> dict[str, Any]:
+        """The launcher admits a process it is about to start: record what it vouches for,
+        return the one-time credential that process will REGISTER with."""
+        self._launcher_only(req, "admit")
         m = req.msg
         if m["role"] not in ROLES:
             raise ServiceError(Err.INVAL, f"admit: role {m['role'][:20]!r} is not one of "
@@ -225,7 +227,7 @@ class Kernel(Server):
         if adm is not None and adm.role == "init":
             old = self.ipc.init
             if old is not None and old.is_local() and \
-                    _same_process(old.hostpid, old.host_started) is None:
+                    same_process(old.hostpid, old.host_started) is None:
                 self.reclaim(old, "died", ProcState.KILLED)      # its successor is here first
             self.ipc.check_init_free()
         proc = self.procs.register(req.peer, key, self.host)
@@ -347,6 +349,16 @@ class Kernel(Server):
         self.pagers.hello(req.peer, mirror, req.msg["host"][:128], req.msg["hostpid"])
         return {}
 
+    def do_pager_instance(self, req: Request) -> dict[str, Any]:
+        """The launcher says which host process it started for a pager slot (pid and start
+        time): the kernel may then notice its exit at once and SIGKILL it when it hangs."""
+        self._launcher_only(req, "pager_instance")
+        mirror = req.msg["mirror"]
+        if not 0 <= mirror < self.pagers.nmirrors:
+            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range 0..{self.pagers.nmirrors - 1}")
+        self.pagers.report_instance_pid(mirror, req.msg["hostpid"], req.msg["started"])
+        return {}
+
     def with_handles(self, space: SwapSpace, then: Callable[[list[bytes | None]], None]) -> None:
         """Run then(handles per mirror) once every mirror's disk handle for `space` is open
         (None for a mirror whose open failed, or that is down while another is up: it is
@@ -416,7 +428,7 @@ class Kernel(Server):
         hostpid, started = proc.hostpid, proc.host_started
         self.reclaim(proc, f"killed by the kernel: {reason}", ProcState.KILLED)
         if proc.is_local():
-            self.call_later(KILL_GRACE_MS, lambda: _sigkill_if_same(hostpid, started))
+            self.call_later(KILL_GRACE_MS, lambda: kill_if_same(hostpid, started))
 
     def reclaim(self, proc: Proc, reason: str, state: ProcState) -> None:
         """Free every frame, swap block, disk handle and capability of a finished process."""
@@ -445,7 +457,7 @@ class Kernel(Server):
         now = time.monotonic()
         for proc in list(self.procs.by_spid.values()):
             if proc.is_local():
-                dead = _same_process(proc.hostpid, proc.host_started) is None
+                dead = same_process(proc.hostpid, proc.host_started) is None
             else:
                 dead = (now - proc.last_heard) * 1000 > PROC_DEAD_MS
             if dead:
@@ -530,31 +542,6 @@ def _npages(n: int) -> int:
     if n <= 0:
         raise ServiceError(Err.INVAL, f"npages {n} must be positive")
     return n
-
-
-def _same_process(pid: int, started: float) -> psutil.Process | None:
-    """The live host process `pid` if it is the one the launcher started (same start time),
-    else None: it exited, is a zombie, or the pid now belongs to another process."""
-    if pid <= 0:
-        return None
-    try:
-        p = psutil.Process(pid)
-        if abs(p.create_time() - started) > SAME_START_S or p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p
-    except (psutil.Error, ValueError, OverflowError):
-        return None
-
-
-def _sigkill_if_same(pid: int, started: float) -> None:
-    """SIGKILL a local sealed process that ignored KILL -- only the very process the launcher
-    started (pid and start time), never a pid a message named."""
-    p = _same_process(pid, started)
-    if p is not None:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
 
 
 def _short(text: str) -> str:

@@ -52,6 +52,7 @@ import psutil
 import zmq
 
 from wire.protocol import Err, Op
+from kernel_daemon.hostproc import same_process
 from kernel_daemon.seal import IntegrityError
 from wire.server import Server
 
@@ -97,6 +98,7 @@ class PagerSlot:
     host: str = ""                     # as the instance claims: shown, never acted on
     hostpid: int = 0                   # as the instance claims: shown, never acted on
     trusted_pid: int = 0               # the instance's host pid as the trusted launcher reports it
+    trusted_started: float = 0.0       # ... and its start time (the same process?)
     up: bool = False
     last_hello: float = 0.0
     joins: int = 0
@@ -158,13 +160,12 @@ class Pagers:
         """The mirror slot connection `peer` holds, if any (one connection, one slot)."""
         return next((s.mirror for s in self.slots if s.peer == peer), None)
 
-    def report_instance_pid(self, mirror: int, pid: int) -> None:
-        """The trusted launcher says slot `mirror`'s current instance is host process `pid`:
-        from then on its exit is noticed at once and a hung one is SIGKILLed.  Only a
-        launcher-authenticated message may call this (TODO(lead): wire it to ADMIT or a
-        launcher op; until then pager liveness comes from hellos and timeouts alone, and the
-        supervisor's watchdog kills hung pagers)."""
-        self.slots[mirror].trusted_pid = pid
+    def report_instance_pid(self, mirror: int, pid: int, started: float) -> None:
+        """The trusted launcher (PAGER_INSTANCE) says it started host process `pid` at
+        `started` for slot `mirror`: from then on its exit is noticed at once and a hung one
+        is SIGKILLed -- that very process, checked by pid and start time (hostproc.py)."""
+        slot = self.slots[mirror]
+        slot.trusted_pid, slot.trusted_started = pid, started
 
     def hello(self, peer: bytes, mirror: int, host: str, hostpid: int) -> None:
         """A pager instance says hello: admit it (a new one takes over the slot's requests).
@@ -182,7 +183,7 @@ class Pagers:
             self.stats["pager_restarts"] += 1
         self.opened[mirror].clear()        # what the old instance said it opened: re-validate
         slot.joins += 1
-        slot.peer, slot.up, slot.trusted_pid = peer, True, 0
+        slot.peer, slot.up = peer, True
         slot.last_answer_s = slot.answered_sent_s = 0.0
         self._requeue(slot, list(slot.inflight.values()))  # the old instance will never answer
         self._pump(slot)
@@ -200,7 +201,7 @@ class Pagers:
         for slot in self.slots:
             if not slot.up:
                 continue
-            if self._is_local(slot) and _pager_process(slot.trusted_pid) is None:
+            if self._is_local(slot) and same_process(slot.trusted_pid, slot.trusted_started) is None:
                 self._instance_gone(slot)
             elif (now - slot.last_hello) * 1000 > PAGER_DEAD_MS:
                 self._mark_down(slot)
@@ -227,7 +228,7 @@ class Pagers:
     def _suspect(self, slot: PagerSlot) -> None:
         """A request timed out: a local instance that still exists is hung, so kill it."""
         self._mark_down(slot)
-        proc = _pager_process(slot.trusted_pid) if self._is_local(slot) else None
+        proc = same_process(slot.trusted_pid, slot.trusted_started) if self._is_local(slot) else None
         if proc is None:
             return
         try:
@@ -488,17 +489,3 @@ class Pagers:
 
         for m in bad:
             self.submit(m, Op.PAGE_OUT, {"handle": handles[m], "slot": slot, "data": sealed}, one(m))
-
-
-def _pager_process(pid: int) -> psutil.Process | None:
-    """The local pager process `pid`, or None if it is gone (exited, a zombie, or the pid
-    now belongs to something that is not a pager)."""
-    if not 0 < pid < 1 << 22:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE or "pager" not in " ".join(proc.cmdline()):
-            return None
-        return proc
-    except (psutil.Error, ValueError, OverflowError):
-        return None

@@ -32,7 +32,7 @@ from launcher.table import DEFAULT_TABLE, ProgramSpec, load, lookup
 from wire.client import Client
 from wire.credential import CRED_FD_ENV, from_z85
 from wire.keys import INSECURE_ENV, KERNEL_KEY_ENV, Keyring, keypair_of_credential
-from wire.protocol import Op
+from wire.protocol import Op, ServiceError
 
 #: The principal name of the launcher's key files.
 LAUNCHER: str = "launcher"
@@ -108,6 +108,25 @@ class Launcher:
         if not isinstance(cred, bytes):
             raise RuntimeError("admit: the kernel's reply carries no credential")
         return cred
+
+    def report_pager(self, mirror: int, pid: int) -> None:
+        """Tell the kernel which host process this launcher started for pager slot `mirror`
+        (pid and start time): the kernel may then notice its death at once, and kill it --
+        that very process -- when it hangs."""
+        try:
+            started = psutil.Process(pid).create_time()
+        except psutil.Error:
+            return                                   # already gone: its successor reports
+        with self._lock:
+            if self._client is None:
+                self._client = Client(self.kernel_addr, keys=self._keys)
+            proof: dict[str, Any] = {} if self._keys is not None else {"cred": self._secret}
+            try:
+                self._client.call(Op.PAGER_INSTANCE, **proof, mirror=mirror, hostpid=pid,
+                                  started=started)
+            except ServiceError as exc:              # the pager still serves: only the fast
+                print(f"sealedos: launcher: could not report pager{mirror}'s pid: {exc.msg}",
+                      file=sys.stderr, flush=True)   # notice of its death is lost
 
     def start(self, program: str, name: str, args: list[str], /, log: Path | None = None,
               env: dict[str, str] | None = None, nice: int = 0, local: bool = True,

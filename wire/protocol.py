@@ -64,6 +64,7 @@ class Op(StrEnum):
     KILL = "kill"                  # stop now, with a reason
     # -- launcher -> kernel --------------------------------------------------------------
     ADMIT = "admit"                # admit one process about to start: -> one-time credential
+    PAGER_INSTANCE = "pager_instance"  # the host process it started for a pager slot
     # -- pager -> kernel --------------------------------------------------------------
     PAGER_HELLO = "pager_hello"    # a pager instance (re)joins a mirror slot
     # -- kernel -> pager, and pager -> disk -------------------------------------------
@@ -152,6 +153,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
     Op.HEARTBEAT: {"refs": list},
     Op.SHOOTDOWN: {"vpn": int, "frame": int, "want": bool},
     Op.KILL: {"reason": str},
+    Op.PAGER_INSTANCE: {"mirror": int, "hostpid": int, "started": float},
     Op.PAGER_HELLO: {"mirror": int, "host": str, "hostpid": int},
     Op.OPEN: {"handle": bytes, "label": str},
     Op.CLOSE: {"handle": bytes},
@@ -199,6 +201,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.REGISTER: {"cred": bytes},
     Op.ADMIT: {"cred": bytes},
+    Op.PAGER_INSTANCE: {"cred": bytes},
     Op.ENDPOINT: {"nameservice": bool},
     Op.CALL: {"caps": list, "grant": dict},
     Op.REPLY: {"caps": list, "receive": int},
