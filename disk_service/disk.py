@@ -32,6 +32,7 @@ from disk_service.device import Device, DeviceError
 from disk_service.layout import DEFAULT_SIZE_MIB
 from wire.protocol import Err, ServiceError
 from wire.server import Request, Server
+from wire.transport import Clock, Transport
 
 #: How often dirty pages of the device are written back (msync) while serving.
 FLUSH_INTERVAL_MS: int = 1000
@@ -44,8 +45,9 @@ EXIT_BIND_FAILED: int = 1
 class DiskService(Server):
     """The disk server: do_* handlers over one Device."""
 
-    def __init__(self, device: Device, ctx: zmq.Context | None = None) -> None:
-        super().__init__("disk", ctx)
+    def __init__(self, device: Device, ctx: zmq.Context | None = None,
+                 transport: Transport | None = None, clock: Clock | None = None) -> None:
+        super().__init__("disk", ctx, transport=transport, clock=clock)
         self.device = device
         self.requests_served = 0
 
@@ -111,7 +113,7 @@ class DiskService(Server):
 
     def do_ping(self, req: Request) -> dict[str, Any]:
         """Liveness -> {service: "disk"}."""
-        return {"service": "disk", "pid": os.getpid()}
+        return {"service": "disk", "pid": self.pid}
 
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Device counters plus request counters."""

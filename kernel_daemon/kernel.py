@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,6 +43,7 @@ from wire.protocol import (
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
 from wire.server import Request, Server
+from wire.transport import Clock, Transport
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 from wire.credential import new_credential, public_of
@@ -74,10 +73,11 @@ class Kernel(Server):
     def __init__(self, addr: str, nframes: int, policy: str, mirrors: int = 1, seal: bool = True,
                  pager_timeout_ms: int = 2000, pager_retries: int = 5,
                  ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None,
-                 launcher_key: str | None = None) -> None:
-        super().__init__("kernel")
+                 launcher_key: str | None = None, transport: Transport | None = None,
+                 clock: Clock | None = None) -> None:
+        super().__init__("kernel", transport=transport, clock=clock)
         self.addr = addr
-        self.host = socket.gethostname()
+        self.host = self.transport.hostname()
         self.sock = self.bind_router(addr)
         self.stats: dict[str, Any] = {"policy": policy, "nframes": nframes, "sealed": seal,
                                       "mirrors": mirrors}
@@ -104,7 +104,7 @@ class Kernel(Server):
         on_control = req.peer == proc.ctrl_peer
         if on_control != (req.op in CONTROL):
             raise ServiceError(Err.PERM, f"{req.op} is not allowed on this connection")
-        proc.last_heard = time.monotonic()
+        proc.last_heard = self.now()
         req.caller = proc
 
     # -- identity -------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class Kernel(Server):
             name=_short(m["name"]), program=_short(m["program"]), digest=_short(m["digest"]),
             role=m["role"], manifest=_names(m["manifest"]), provides=_names(m["provides"]),
             quota=_quota_spec(m["quota"]), hostpid=m["hostpid"], started=m["started"],
-            expires_s=time.monotonic() + ADMIT_TTL_MS / 1000))
+            expires_s=self.now() + ADMIT_TTL_MS / 1000))
         return {"cred": cred}
 
     # -- processes ------------------------------------------------------------------------
@@ -160,6 +160,7 @@ class Kernel(Server):
                 self.reclaim(old, "died", ProcState.KILLED)      # its successor is here first
             self.ipc.check_init_free()
         proc = self.procs.register(req.peer, key, self.host)
+        proc.last_heard = self.now()
         out = {"spid": proc.spid, "secret": proc.secret, "name": proc.name, "role": proc.role,
                "nframes": self.vm.pool.nframes, "page_size": PAGE_SIZE}
         if proc.role == "init":
@@ -346,7 +347,7 @@ class Kernel(Server):
 
     def _watch(self) -> None:
         """Every LIVENESS_MS: notice dead processes and silent pagers."""
-        now = time.monotonic()
+        now = self.now()
         for proc in list(self.procs.by_spid.values()):
             if proc.is_local():
                 dead = _same_process(proc.hostpid, proc.host_started) is None
@@ -372,7 +373,7 @@ class Kernel(Server):
 
     def do_ping(self, req: Request) -> dict[str, Any]:
         """Liveness of the kernel itself."""
-        return {"service": "kernel", "pid": os.getpid()}
+        return {"service": "kernel", "pid": self.pid}
 
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Every counter, the pagers' health and every process (live and exited)."""
@@ -382,7 +383,7 @@ class Kernel(Server):
         """The faults served since `cursor` (see faultlog.py): records, next cursor, dropped."""
         records, cursor, dropped = self.vm.fault_log.since(req.msg["cursor"])
         return {"records": [list(r) for r in records], "cursor": cursor, "dropped": dropped,
-                "now": time.monotonic()}
+                "now": self.now()}
 
     def do_ps(self, req: Request) -> dict[str, Any]:
         """The process table and the pager slots."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import zmq
 
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
 from wire.server import SUSPEND, Request, Server
+from wire.transport import Clock, Transport
 from pager_service.hostile import HONEST, HostileOptions, make_behaviour
 
 #: How often the pager (re)announces itself to the kernel.
@@ -131,11 +131,14 @@ def disk_error(reply: dict[str, Any]) -> tuple[Err, str]:
 class Pager(Server):
     """The external pager: serves the kernel's paging requests through the disk service."""
 
-    def __init__(self, config: PagerConfig, ctx: zmq.Context | None = None) -> None:
-        super().__init__(f"pager{config.mirror}", ctx or _immediate_context())
+    def __init__(self, config: PagerConfig, ctx: zmq.Context | None = None,
+                 transport: Transport | None = None, clock: Clock | None = None) -> None:
+        super().__init__(f"pager{config.mirror}",
+                         ctx or (_immediate_context() if transport is None else None),
+                         transport=transport, clock=clock)
         self.config = config
         self.counters = PagerCounters()
-        self.started = time.monotonic()
+        self.started = self.now()
         self.kernel = self.connect_dealer(config.kernel_addr)
         self.disk = self.connect_dealer(config.disk_addr)
         self.hostile = make_behaviour(config.hostile, self, HostileOptions(
@@ -162,8 +165,8 @@ class Pager(Server):
             return
         self.counters.hellos_sent += 1
         self.request(self.kernel, None, Op.PAGER_HELLO,
-                     {"mirror": self.config.mirror, "host": socket.gethostname(),
-                      "hostpid": os.getpid()},
+                     {"mirror": self.config.mirror, "host": self.transport.hostname(),
+                      "hostpid": self.pid},
                      self._on_hello_reply, HELLO_INTERVAL_MS)
         self.call_later(HELLO_INTERVAL_MS, self.say_hello)
 
@@ -332,7 +335,7 @@ class Pager(Server):
         stats: dict[str, Any] = {"mirror": self.config.mirror, "hostile": self.config.hostile,
                                  "admitted": self.admitted, "in_flight": len(self._pending),
                                  "bad_messages": self.bad_messages,
-                                 "uptime_ms": int((time.monotonic() - self.started) * 1000)}
+                                 "uptime_ms": int((self.now() - self.started) * 1000)}
         stats.update(asdict(self.counters))
         stats.update(self.hostile.counters())
         return stats

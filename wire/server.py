@@ -19,7 +19,6 @@ import itertools
 import logging
 import os
 import signal
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,7 +26,8 @@ from typing import Any, Callable
 import zmq
 
 from wire.protocol import (
-    Err, Op, ServiceError, TRANSPORT_MAX_BYTES, check_request, decode, encode, error, ok)
+    Err, Op, ServiceError, check_request, decode, encode, error, ok)
+from wire.transport import MONOTONIC, Clock, Transport, ZmqTransport
 
 log = logging.getLogger("sealedos.server")
 
@@ -88,9 +88,16 @@ class _Pending:
 class Server:
     """Receive loop + caller check + dispatch table + reply, for one single-threaded service."""
 
-    def __init__(self, name: str, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, name: str, ctx: zmq.Context | None = None,
+                 transport: Transport | None = None, clock: Clock | None = None) -> None:
         self.name = name
         self.ctx = ctx or zmq.Context.instance()
+        # The seam (wire/transport.py): sockets and sends go through the transport, every
+        # time read through the clock; a simulator hands in its own.
+        self.transport: Transport = transport or ZmqTransport(self.ctx)
+        self.clock: Clock = clock or MONOTONIC
+        self.now: Callable[[], float] = self.clock.now
+        self.pid: int = self.transport.pid()
         self.log = logging.getLogger(f"sealedos.{name}")
         self.poller = zmq.Poller()
         self.sockets: dict[zmq.Socket, bool] = {}        # socket -> is ROUTER
@@ -107,32 +114,28 @@ class Server:
     # -- sockets -------------------------------------------------------------------------
     def bind_router(self, addr: str) -> zmq.Socket:
         """Listen on `addr` with a ROUTER socket served by this loop."""
-        sock = self.ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
-        sock.bind(addr)
+        sock = self.transport.bind_router(addr)
         self._add(sock, True)
         return sock
 
     def connect_dealer(self, addr: str) -> zmq.Socket:
         """Connect to `addr` with a DEALER socket served by this loop."""
-        sock = self.ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)
-        sock.connect(addr)
+        sock = self.transport.connect_dealer(addr)
         self._add(sock, False)
         return sock
 
     def _add(self, sock: zmq.Socket, is_router: bool) -> None:
         self.sockets[sock] = is_router
-        self.poller.register(sock, zmq.POLLIN)
+        if self.transport.pollable:
+            self.poller.register(sock, zmq.POLLIN)
 
     def drop_socket(self, sock: zmq.Socket) -> None:
         """Stop serving `sock` and close it; requests pending on it time out as usual."""
         if sock in self.sockets:
-            self.poller.unregister(sock)
+            if self.transport.pollable:
+                self.poller.unregister(sock)
             del self.sockets[sock]
-            sock.close(0)
+            self.transport.close(sock)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -272,15 +275,7 @@ class Server:
     # -- sending -------------------------------------------------------------------------
     def send(self, sock: zmq.Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         """Send one message to `peer` (ROUTER) or down the connection (DEALER)."""
-        frame = encode(msg)
-        try:
-            if peer is None:
-                sock.send(frame, _NOBLOCK)
-            else:
-                sock.send(peer, _MORE_NOBLOCK)
-                sock.send(frame, _NOBLOCK)
-        except zmq.ZMQError as exc:   # peer gone or queue full: the message is dropped
-            self.log.debug("%s: send to %r failed: %s", self.name, peer, exc)
+        self.transport.send(sock, peer, encode(msg))   # peer gone or queue full: dropped
 
     def reply(self, req: Request, **fields: Any) -> None:
         """Answer a suspended request with success."""
@@ -329,7 +324,7 @@ class Server:
     # -- timers --------------------------------------------------------------------------
     def call_later(self, delay_ms: float, fn: Callable[[], None]) -> Timer:
         """Run fn once, `delay_ms` from now, on the loop."""
-        timer = Timer(_now() + delay_ms / 1000.0, next(self._seq), fn)
+        timer = Timer(self.now() + delay_ms / 1000.0, next(self._seq), fn)
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -338,15 +333,23 @@ class Server:
             heapq.heappop(self._timers)
         if not self._timers:
             return 1000
-        return max(0, int((self._timers[0].deadline - _now()) * 1000) + 1)
+        return max(0, int((self._timers[0].deadline - self.now()) * 1000) + 1)
 
     def _fire_timers(self) -> None:
-        now = _now()
+        now = self.now()
         while self._timers and self._timers[0].deadline <= now:
             timer = heapq.heappop(self._timers)
             fn, timer.fn = timer.fn, None
             if fn is not None:
                 fn()
 
+    # -- driving the loop from outside (the simulator, in-process unit tests) -----------
+    def next_deadline(self) -> float | None:
+        """When the earliest live timer is due (clock seconds), or None if none is."""
+        while self._timers and self._timers[0].fn is None:
+            heapq.heappop(self._timers)
+        return self._timers[0].deadline if self._timers else None
 
-_now = time.monotonic
+    def fire_due(self) -> None:
+        """Run every timer due by the clock's now (what one loop turn does after receiving)."""
+        self._fire_timers()
