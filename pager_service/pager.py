@@ -25,7 +25,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -248,19 +247,13 @@ class Pager(Server):
         if isinstance(timing, tuple):
             t_recv, disk_us = timing
             self.reply(req, data=data, disk_us=disk_us,
-                       pager_us=round((time.perf_counter() - t_recv) * 1e6, 1))
+                       pager_us=round((self.now() - t_recv) * 1e6, 1))
         else:
             self.reply(req, data=data)
 
     def send_raw(self, req: Request, frame: bytes) -> None:
         """Send `frame` unencoded on the connection `req` came from."""
-        try:
-            if req.peer is None:
-                req.sock.send(frame, zmq.NOBLOCK)
-            else:
-                req.sock.send_multipart((req.peer, frame), zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self.log.debug("%s: raw send failed: %s", self.name, exc)
+        self.transport.send(req.sock, req.peer, frame)
 
     def read_page(self, handle: bytes, slot: int,
                   callback: Callable[[bytes | None], None]) -> None:
@@ -312,10 +305,10 @@ class Pager(Server):
         """page_in {handle, slot} -> {data}: fetch a sealed page (the hostile hook answers)."""
         handle, slot = check_handle(req.msg), check_slot(req.msg["slot"])
         self.counters.page_ins += 1
-        t_recv = time.perf_counter()
+        t_recv = self.now()
 
         def done(reply: dict[str, Any]) -> None:
-            req.msg["_timing"] = (t_recv, round((time.perf_counter() - t_recv) * 1e6, 1))
+            req.msg["_timing"] = (t_recv, round((self.now() - t_recv) * 1e6, 1))
             data = reply.get("data")
             if not isinstance(data, bytes) or len(data) != PAGE_SIZE:
                 self.counters.disk_errors += 1
