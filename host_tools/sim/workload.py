@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from host_tools.sim import ipcload
 from wire.protocol import (
     ACCESS_READ, ACCESS_WRITE, FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SHIFT, PAGE_SIZE, PROT_R,
     PROT_W, Err, Op, decode, encode)
@@ -46,8 +47,15 @@ class SimProcess:
     """One simulated sealed process (see the module docstring)."""
 
     def __init__(self, name: str, net: "SimNet", kernel_addr: str, rng: random.Random,
-                 npages: int, ops: int, report: Callable[[str, str], None]) -> None:
+                 npages: int, ops: int, report: Callable[[str, str], None],
+                 role: str = "app", server: "SimProcess | None" = None) -> None:
         self.name = name
+        self.role = role                      # "init": the IPC server (ipcload.py)
+        self.server = server                  # a client's server, to know when it is up
+        self.endpoint: int | None = None
+        self.receive_rid = 0
+        self.wants_exit = False
+        self.calls = 0
         self.net = net
         self.rng = rng
         self.npages = npages
@@ -77,12 +85,14 @@ class SimProcess:
         self.reads_checked = 0
 
     # -- wire ------------------------------------------------------------------------------
-    def _request(self, ctrl: bool, op: Op, fields: dict[str, Any], then: Reply) -> None:
-        """Send a request on the call (or control) connection; then(reply) when answered."""
+    def _request(self, ctrl: bool, op: Op, fields: dict[str, Any], then: Reply) -> int:
+        """Send a request on the call (or control) connection; then(reply) when answered.
+        Returns its rid."""
         rid = next(self.rids)
         self.waiting[(ctrl, rid)] = then
         msg = dict(fields, op=str(op), rid=rid)
         self.tr.send(self.ctrl if ctrl else self.call, None, encode(msg))
+        return rid
 
     def on_frame(self, sock: "SimSocket", peer: bytes | None, frame: bytes) -> None:
         """A reply to one of our requests, or the kernel's SHOOTDOWN/KILL on control."""
@@ -133,6 +143,9 @@ class SimProcess:
             self.state = "dead"
             return
         self.net.after(HEARTBEAT_S, self._heartbeat)
+        if self.role == "init":
+            ipcload.serve(self)
+            return
         self._request(False, Op.MAP, {"npages": self.npages, "prot": PROT_R | PROT_W},
                       self._mapped)
 
@@ -159,7 +172,8 @@ class SimProcess:
         self.net.crash(self.tr)
 
     def finish(self) -> None:
-        """Stop taking new work; verify every page, then EXIT (at quiescence)."""
+        """Stop taking new work; verify every page, then EXIT (at quiescence); a server
+        exits once its clients are gone (ipcload.stop_serving)."""
         self.ops_left = 0
 
     def idle(self) -> bool:
@@ -180,6 +194,10 @@ class SimProcess:
             self._verify_from(0)
             return
         self.ops_left -= 1
+        if self.server is not None and self.server.endpoint is not None and \
+                self.rng.random() < 0.08:
+            ipcload.call(self, self._next)
+            return
         vpn = self.base_vpn + self.rng.randrange(self.npages)
         if self.rng.random() < 0.5:
             self.version += 1

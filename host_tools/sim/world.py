@@ -28,7 +28,7 @@ from typing import Any
 
 from disk_service.device import Device
 from disk_service.disk import DiskService
-from host_tools.sim import invariants
+from host_tools.sim import invariants, ipcload
 from host_tools.sim.net import LinkFaults, NodeTransport, SimClock, SimNet
 from host_tools.sim.workload import SimProcess
 from kernel_daemon.kernel import Kernel
@@ -116,7 +116,7 @@ class Launcher:
         self.waiting[self.rid] = proc
         self.tr.send(self.sock, None, encode({
             "op": str(Op.ADMIT), "rid": self.rid, "cred": self.secret, "name": proc.name,
-            "program": "sim", "digest": "sim", "role": "app", "manifest": [], "provides": [],
+            "program": "sim", "digest": "sim", "role": proc.role, "manifest": [], "provides": [],
             "quota": {}, "hostpid": 0, "started": 0.0}))
 
     def on_frame(self, sock: Any, peer: bytes | None, frame: bytes) -> None:
@@ -183,14 +183,26 @@ class World:
         nprocs = self.rng.randint(2, 4)
         self.shape["procs"] = nprocs
         self.procs: list[SimProcess] = []
+        server: SimProcess | None = None
+        if self.rng.random() < 0.6:
+            server = SimProcess("server", self.net, KERNEL_ADDR,
+                                random.Random(self.rng.getrandbits(64)), 0, ops=0,
+                                report=self._report, role="init")
+            self.procs.append(server)
+            self.net.after(0.0, lambda: self.launcher.admit(server))
+        self.server = server
+        self.shape["ipc"] = server is not None
         for i in range(nprocs):
             npages = self.rng.randint(2, 16)
             proc = SimProcess(f"p{i + 1}", self.net, KERNEL_ADDR,
                               random.Random(self.rng.getrandbits(64)), npages,
-                              ops=10 ** 9, report=lambda kind, text: invariants.judge_report(
-                                  self, "", kind, text))
+                              ops=10 ** 9, report=self._report, server=server)
             self.procs.append(proc)
             self.net.after(self.rng.random() * 0.05, lambda p=proc: self.launcher.admit(p))
+
+    def _report(self, kind: str, text: str) -> None:
+        """A process's report, judged by invariants.py."""
+        invariants.judge_report(self, "", kind, text)
 
     # -- configuration ---------------------------------------------------------------------
     def _set_links(self) -> None:
@@ -314,7 +326,7 @@ class World:
                 self.net.after(hang_s, lambda: None)      # time reaches the resume
                 self.net.record(f"hang {target_tr.name} {hang_s}")
         elif "procdie" in f and r < CRASH_P + HANG_P + PROCDIE_P:
-            alive = [p for p in self.procs if p.state == "running"]
+            alive = [p for p in self.procs if p.state in ("running", "serving")]
             if alive:
                 rng.choice(alive).die("the schedule killed it")
 
@@ -379,6 +391,9 @@ class World:
     def _settled(self) -> bool:
         """Every process gone from the kernel, no pager request left, every block freed."""
         k = self.kernel
+        if self.server is not None and self.server.state == "serving" and all(
+                p.state in ("exited", "dead") for p in self.procs if p is not self.server):
+            ipcload.stop_serving(self.server)
         return all(p.state in ("exited", "dead") for p in self.procs) and not k.procs.by_spid \
             and all(not s.inflight and not s.backlog for s in k.pagers.slots) and \
             all(d.service is not None and not d.service.device.stats()["used_blocks"]
