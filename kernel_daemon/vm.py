@@ -482,8 +482,12 @@ class Vm:
             if busy:
                 self.k.call_later(GRANT_POLL_MS, step)
                 return
+            try:                          # room in the receiver first: it may have remapped
+                dvpn = dst.aspace.map(0, npages, next(iter(prots)))
+            except ServiceError as exc:   # (from a timer this would have killed the kernel)
+                then(None, f"the receiver has no room for the pages: {exc.msg}")
+                return
             src.aspace.unmap(vpn, npages)
-            dvpn = dst.aspace.map(0, npages, prots.pop())
             for i, p in enumerate(ptes):
                 state = p.state
                 self.set_state(src, p, S.ZERO)

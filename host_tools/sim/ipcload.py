@@ -178,6 +178,7 @@ def _call(proc: "SimProcess", msg: dict[str, Any], grant: tuple[int, int] | None
             return
         refused_grant = reply.get("err") == Err.INVAL and grant is not None and \
             str(reply.get("msg", "")).startswith("call: page grant failed")
+        proc.grants_refused += refused_grant
         if "err" in reply and reply["err"] not in CALL_ANSWERS and not refused_grant:
             proc._ok(reply, f"call {msg['kind']}")
             return

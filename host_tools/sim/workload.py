@@ -56,6 +56,7 @@ class SimProcess:
         self.receive_rid = 0
         self.wants_exit = False
         self.calls = 0
+        self.grants_refused = 0
         self.net = net
         self.rng = rng
         self.npages = npages

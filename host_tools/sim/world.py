@@ -60,6 +60,10 @@ class SimConfig:
     faults: frozenset[str] = frozenset(FAULTS)
     mirrors: int | None = None
     keep_trace: bool = False
+    #: Force mirror 0's pager behaviour (None: drawn from the seed when "hostile" is on).
+    hostile: str | None = None
+    #: Seal pages (False: the kernel trusts the pager -- a known-bad setup for the tests).
+    seal: bool = True
 
 
 @dataclass
@@ -162,7 +166,7 @@ class World:
         logging.getLogger("sealedos.kernel").addHandler(self.kernel_failures)
         launcher_secret = entropy.token_bytes(32)
         ktr = self.net.transport("kernel")
-        self.kernel = Kernel(KERNEL_ADDR, nframes, policy, self.mirrors, True,
+        self.kernel = Kernel(KERNEL_ADDR, nframes, policy, self.mirrors, cfg.seal,
                              launcher_key=public_of(launcher_secret), transport=ktr,
                              clock=self.clock)
         ktr.owner = self.kernel
@@ -175,6 +179,8 @@ class World:
         hostile = "none"
         if "hostile" in self.faults and self.rng.random() < 0.5:
             hostile = self.rng.choice(HOSTILE_MODES)
+        if cfg.hostile is not None:
+            hostile = cfg.hostile
         self.shape["hostile"] = hostile
         self.pagers = [PagerNode(m, hostile if m == 0 else "none") for m in range(self.mirrors)]
         for p in self.pagers:
@@ -424,6 +430,8 @@ class World:
             stopped=list(self.verdict.stopped), sim_seconds=round(self.clock.t, 3),
             shape=dict(self.shape), trace=self.net.trace_lines,
             work={"reads_checked": sum(p.reads_checked for p in self.procs),
+                  "calls": sum(p.calls for p in self.procs),
+                  "grants_refused": sum(p.grants_refused for p in self.procs),
                   "writes": sum(p.version for p in self.procs),
                   "page_outs": self.kernel.stats.get("page_outs", 0),
                   "page_ins": self.kernel.stats.get("page_ins", 0)})
