@@ -48,6 +48,9 @@ KERNEL_ADDR = "sim://kernel"
 CRASH_P, HANG_P, PROCDIE_P = 1 / 500, 1 / 700, 1 / 1500
 #: Per-write probabilities of the disk faults.
 DISKERR_P, TORN_P = 0.02, 0.005
+#: Per-write probability (with "crash") that the disk, or the pager, dies between the
+#: write and its acknowledgement.
+CRASH_ACK_P: float = 0.01
 #: How long quiescence may take (simulated seconds) before it is a violation.
 QUIESCE_S: float = 120.0
 
@@ -253,7 +256,7 @@ class World:
             pager.hostile = make_behaviour(p.hostile, pager, HostileOptions(
                 snoop_path=self.tmp / f"snoop{p.instances}", stall_ms=4000.0,
                 seed=self.rng.getrandbits(32)))
-        tr.owner = pager
+        tr.owner = _PagerFaults(self, p, pager)
         p.pager, p.tr = pager, tr
         pager.on_start()
         self.net.record(f"start {tr.name} ({p.hostile})")
@@ -473,6 +476,14 @@ class _DiskFaults:
                     tr = self.service.transport
                     tr.send(sock, peer, encode(error(msg.get("rid"), Err.IO, "sim: write failed")))
                     return
+                if "crash" in w.faults and w.rng.random() < CRASH_ACK_P:
+                    w.net.record(f"{self.node.name} dies after writing, before answering")
+                    tr = self.node.tr
+                    assert tr is not None
+                    tr.mute = True
+                    self.service.on_frame(sock, peer, frame)
+                    w.crash_disk(self.node, w.rng.choice((0.01, 0.5)))
+                    return
                 if "torn" in w.faults and r < DISKERR_P + TORN_P:
                     data = msg["data"]
                     half = len(data) // 2
@@ -485,3 +496,23 @@ class _DiskFaults:
                     w.crash_disk(self.node, w.rng.choice((0.01, 0.5)))
                     return
         self.service.on_frame(sock, peer, frame)
+
+
+class _PagerFaults:
+    """Stands in front of a pager instance: it may die holding a disk's write acknowledgement."""
+
+    def __init__(self, world: World, node: PagerNode, pager: Pager) -> None:
+        self.world = world
+        self.node = node
+        self.pager = pager
+
+    def on_frame(self, sock: Any, peer: bytes | None, frame: bytes) -> None:
+        """Deliver, unless this is the disk's answer to a write and the pager dies first."""
+        w = self.world
+        if not w.healing and "crash" in w.faults and self.node.mirror == 0 and \
+                sock is self.pager.disk and frame.find(b"block") >= 0 and \
+                w.rng.random() < CRASH_ACK_P * 5:
+            w.net.record(f"pager{self.node.mirror} dies between a write and its acknowledgement")
+            w.crash_pager(self.node, w.rng.choice((0.01, 0.5, 2.0)))
+            return
+        self.pager.on_frame(sock, peer, frame)
