@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per seed, then a summary")
     p.add_argument("--trace", action="store_true", help="print the event trace (one seed)")
     p.add_argument("--verbose", action="store_true", help="a line per seed, passing ones too")
+    p.add_argument("--shrink", action="store_true",
+                   help="shrink each failing seed: fewest steps, fewest fault kinds")
     return p
 
 
@@ -101,6 +103,8 @@ def main(argv: list[str]) -> int:
         _report(r, args)
         if not r.ok:
             failed.append(r)
+            if args.shrink:
+                print(f"  shrunk: {shrink(r, args, faults)}", flush=True)
     elapsed = time.perf_counter() - t0
     summary: dict[str, Any] = {"seeds": n, "first_seed": first, "failed": [r.seed for r in failed],
                                "seconds": round(elapsed, 2),
@@ -111,6 +115,23 @@ def main(argv: list[str]) -> int:
         print(f"sim: {n} seeds, {len(failed)} failed, {summary['seeds_per_minute']} seeds/min "
               f"({args.steps} steps each)")
     return 1 if failed else 0
+
+
+def shrink(r: RunResult, args: argparse.Namespace, faults: frozenset[str]) -> str:
+    """A smaller schedule that still fails: the steps up to the failure (the run up to a
+    step does not depend on how many steps follow), then without each fault kind the
+    failure does not need.  Returns its replay command."""
+    steps = min(args.steps, r.failed_step or args.steps)
+    kept = set(faults)
+    for name in sorted(faults):
+        trial = frozenset(kept - {name})
+        out = World(SimConfig(r.seed, steps=steps, faults=trial, mirrors=args.mirrors)).run()
+        if not out.ok:
+            kept = set(trial)
+            steps = min(steps, out.failed_step or steps)
+    listed = ",".join(sorted(kept)) or "none"
+    cmd = f"sealedos sim --seed {r.seed} --seeds 1 --steps {steps} --faults {listed}"
+    return cmd + (f" --mirrors {args.mirrors}" if args.mirrors else "")
 
 
 def _report(r: RunResult, args: argparse.Namespace) -> None:
