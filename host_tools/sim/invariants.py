@@ -97,6 +97,8 @@ def check_quiescent(world: "World") -> None:
         leaks.append(f"{len(k.vm.shootdowns)} shootdowns")
     if k.ipc.endpoints:
         leaks.append(f"{len(k.ipc.endpoints)} endpoints")
+    if k.ipc.tables:
+        leaks.append(f"capability tables of spids {sorted(k.ipc.tables)}")
     for slot in k.pagers.slots:
         if slot.inflight or slot.backlog:
             leaks.append(f"pager slot {slot.mirror}: {len(slot.inflight)} in flight, "

@@ -57,6 +57,7 @@ class SimProcess:
         self.wants_exit = False
         self.calls = 0
         self.grants_refused = 0
+        self.install_races = 0                               # shootdowns that overtook a fault
         self.net = net
         self.rng = rng
         self.npages = npages
@@ -312,9 +313,11 @@ class SimProcess:
         """mmu.py shootdown(): park it if it revokes the install in flight, else answer."""
         if vpn == self.inflight and self.resident.get(vpn) != frame:
             self.parked = Parked(rid, frame, want)
+            self.install_races += 1
             return
         if vpn == self.inflight:
             self.revoked = True
+            self.install_races += 1
         dirty = vpn in self.dirty
         self._forget(vpn)
         self._answer(rid, {"dirty": dirty,

@@ -217,7 +217,10 @@ class World:
     def _set_links(self) -> None:
         """Link faults for the faulty mirror's links (0; all of them with one mirror)."""
         f = self.faults
-        proc_link = LinkFaults(latency_s=0.0001, jitter_s=0.0005, fifo=True)
+        # A process's two connections are each in order, but one may overtake the other
+        # (a SHOOTDOWN on control before the FAULT reply on call: the install race).
+        proc_link = LinkFaults(latency_s=0.0001, jitter_s=0.005 if "reorder" in f else 0.0005,
+                               fifo=True, spike_p=0.002 if "delay" in f else 0.0, spike_s=1.0)
         self.net.default_link = proc_link
         bad = LinkFaults(latency_s=0.0002, jitter_s=0.003 if "reorder" in f else 0.0,
                          drop_p=0.01 if "drop" in f else 0.0, dup_p=0.01 if "dup" in f else 0.0,
@@ -435,6 +438,7 @@ class World:
             work={"reads_checked": sum(p.reads_checked for p in self.procs),
                   "calls": sum(p.calls for p in self.procs),
                   "grants_refused": sum(p.grants_refused for p in self.procs),
+                  "install_races": sum(p.install_races for p in self.procs),
                   "writes": sum(p.version for p in self.procs),
                   "page_outs": self.kernel.stats.get("page_outs", 0),
                   "page_ins": self.kernel.stats.get("page_ins", 0)})
