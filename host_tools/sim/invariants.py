@@ -57,7 +57,7 @@ class HandlerFailures(logging.Handler):
             self.failures.append(record.getMessage()[-400:])
 
 
-def judge_report(world: "World", who: str, kind: str, text: str) -> None:
+def judge_report(world: "World", kind: str, text: str) -> None:
     """A process reported something: a violation, or a stop that may be allowed."""
     if kind == "stopped":
         allowed = Err.INTEGRITY in text and not world.mirrors_protect

@@ -106,8 +106,11 @@ def _check_pages(proc: "SimProcess", vpn0: int, npages: int, i: int,
     for v in range(vpn0, vpn0 + npages):
         proc.wrote.pop(v, None)
         proc._forget(v)
-    proc._request(False, Op.UNMAP, {"addr": vpn0 << PAGE_SHIFT, "npages": npages},
-                  lambda reply: proc._ok(reply, "unmap grant") and then())
+    def unmapped(reply: dict[str, Any]) -> None:
+        if proc._ok(reply, "unmap grant"):
+            then()
+
+    proc._request(False, Op.UNMAP, {"addr": vpn0 << PAGE_SHIFT, "npages": npages}, unmapped)
 
 
 def _remap(proc: "SimProcess", then: Callable[[], None]) -> None:

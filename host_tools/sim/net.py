@@ -14,6 +14,7 @@ a dead process); a hung node keeps its frames queued until it resumes (SIGSTOP/S
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import itertools
@@ -229,7 +230,7 @@ class SimNet:
                 key = (src_name, dst_name, peer or sock.identity)
                 t = max(t, self._fifo_last.get(key, 0.0))
                 self._fifo_last[key] = t
-            self.at(t, lambda s=sock, p=peer, f=frame: self.deliver(s, p, f))
+            self.at(t, functools.partial(self.deliver, sock, peer, frame))
 
     def deliver(self, sock: SimSocket, peer: bytes | None, frame: bytes) -> None:
         """Hand `frame` to the owner of its destination socket, if that still exists."""

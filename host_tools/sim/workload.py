@@ -178,11 +178,6 @@ class SimProcess:
         exits once its clients are gone (ipcload.stop_serving)."""
         self.ops_left = 0
 
-    def idle(self) -> bool:
-        """Nothing outstanding on the call connection (exited, dead, or between ops)."""
-        return self.state in ("dead", "exited") or not any(
-            not ctrl for ctrl, _ in self.waiting)
-
     # -- the workload ----------------------------------------------------------------------
     def _next(self) -> None:
         """Schedule the next operation after a short think time."""
@@ -276,6 +271,9 @@ class SimProcess:
             self._ok(reply, f"fault on {vpn:#x}")
             return
         frame, prot, fill = reply.get("frame"), reply.get("prot"), reply.get("fill")
+        if not isinstance(frame, int) or not isinstance(prot, int):
+            self.report("violation", f"{self.name}: malformed fault reply {reply!r:.120}")
+            return
         if fill == FILL_DATA:
             self.bank[frame] = reply["data"]
         elif fill == FILL_ZERO:

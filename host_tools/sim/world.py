@@ -17,6 +17,7 @@ Everything is drawn from one seed: the same seed gives the same trace, byte for 
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import logging
 import random
@@ -129,7 +130,8 @@ class Launcher:
     def on_frame(self, sock: Any, peer: bytes | None, frame: bytes) -> None:
         """The kernel's answer to an ADMIT."""
         msg = decode(frame)
-        proc = self.waiting.pop(msg.get("re"), None)
+        rid = msg.get("re")
+        proc = self.waiting.pop(rid, None) if isinstance(rid, int) else None
         if proc is None:
             return
         if "err" in msg:
@@ -207,11 +209,11 @@ class World:
                               random.Random(self.rng.getrandbits(64)), npages,
                               ops=10 ** 9, report=self._report, server=server)
             self.procs.append(proc)
-            self.net.after(self.rng.random() * 0.05, lambda p=proc: self.launcher.admit(p))
+            self.net.after(self.rng.random() * 0.05, functools.partial(self.launcher.admit, proc))
 
     def _report(self, kind: str, text: str) -> None:
         """A process's report, judged by invariants.py."""
-        invariants.judge_report(self, "", kind, text)
+        invariants.judge_report(self, kind, text)
 
     # -- configuration ---------------------------------------------------------------------
     def _set_links(self) -> None:
@@ -324,12 +326,11 @@ class World:
         rng, f = self.rng, self.faults
         r = rng.random()
         if "crash" in f and r < CRASH_P:
-            target = rng.choice([self.pagers[0], self.disks[0]])
             restart_s = rng.choice((0.01, 0.2, 1.0, 3.0))
-            if isinstance(target, DiskNode):
-                self.crash_disk(target, restart_s)
+            if rng.random() < 0.5:
+                self.crash_pager(self.pagers[0], restart_s)
             else:
-                self.crash_pager(target, restart_s)
+                self.crash_disk(self.disks[0], restart_s)
         elif "hang" in f and r < CRASH_P + HANG_P:
             target_tr = rng.choice([self.pagers[0].tr, self.disks[0].tr])
             if target_tr is not None and target_tr.paused_until <= self.clock.t:
@@ -396,7 +397,7 @@ class World:
             if p.tr is not None:
                 p.tr.paused_until = 0.0
         for node in [*self.disks, *self.pagers]:
-            self._restart(node)
+            self._restart(node)                  # type: ignore[arg-type]
         for proc in self.procs:
             proc.finish()
 
@@ -477,14 +478,14 @@ class _DiskFaults:
                 r = w.rng.random()
                 if "diskerr" in w.faults and r < DISKERR_P:
                     w.net.record(f"disk write error {self.node.name}")
-                    tr = self.service.transport
-                    tr.send(sock, peer, encode(error(msg.get("rid"), Err.IO, "sim: write failed")))
+                    self.service.transport.send(
+                        sock, peer, encode(error(msg.get("rid"), Err.IO, "sim: write failed")))
                     return
                 if "crash" in w.faults and w.rng.random() < CRASH_ACK_P:
                     w.net.record(f"{self.node.name} dies after writing, before answering")
-                    tr = self.node.tr
-                    assert tr is not None
-                    tr.mute = True
+                    node_tr = self.node.tr
+                    assert node_tr is not None
+                    node_tr.mute = True
                     self.service.on_frame(sock, peer, frame)
                     w.crash_disk(self.node, w.rng.choice((0.01, 0.5)))
                     return
@@ -493,9 +494,9 @@ class _DiskFaults:
                     half = len(data) // 2
                     msg["data"] = data[:half] + bytes(len(data) - half)
                     w.net.record(f"torn write {self.node.name}")
-                    tr = self.node.tr
-                    assert tr is not None
-                    tr.mute = True                      # it dies before it can answer
+                    node_tr = self.node.tr
+                    assert node_tr is not None
+                    node_tr.mute = True                      # it dies before it can answer
                     self.service.on_frame(sock, peer, encode(msg))
                     w.crash_disk(self.node, w.rng.choice((0.01, 0.5)))
                     return
