@@ -147,7 +147,15 @@ class World:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         entropy_rng = random.Random(cfg.seed ^ 0x5EA1ED)
-        entropy.set_source(entropy_rng.randbytes)
+        entropy.set_source(entropy_rng.randbytes)    # undone by close(), or below on failure
+        try:
+            self._build(cfg)
+        except BaseException:
+            entropy.set_source(None)
+            raise
+
+    def _build(self, cfg: SimConfig) -> None:
+        """Everything of the world but its rng and entropy (see the module docstring)."""
         self.clock = SimClock()
         self.net = SimNet(random.Random(self.rng.getrandbits(64)), self.clock)
         if cfg.keep_trace:
