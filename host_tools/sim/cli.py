@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(FAULTS)}, 'all' or 'none'")
     p.add_argument("--mirrors", type=int, choices=(1, 2), default=None,
                    help="pager mirrors (default: drawn from the seed)")
+    p.add_argument("--intensity", type=float, default=1.0,
+                   help="multiply every fault probability (default 1; 5 = a storm)")
     p.add_argument("--seconds", type=float, default=None,
                    help="sweep for this long instead of --seeds")
     p.add_argument("--json", action="store_true", help="one JSON object per seed, then a summary")
@@ -66,13 +68,15 @@ def replay_command(r: RunResult, args: argparse.Namespace) -> str:
     cmd = f"sealedos sim --seed {r.seed} --seeds 1 --steps {args.steps} --faults {args.faults}"
     if args.mirrors:
         cmd += f" --mirrors {args.mirrors}"
+    if args.intensity != 1.0:
+        cmd += f" --intensity {args.intensity}"
     return cmd
 
 
 def run_one(seed: int, args: argparse.Namespace, faults: frozenset[str]) -> RunResult:
     """Run one seed with the command line's shape."""
     return World(SimConfig(seed, steps=args.steps, faults=faults, mirrors=args.mirrors,
-                           keep_trace=args.trace)).run()
+                           keep_trace=args.trace, intensity=args.intensity)).run()
 
 
 def main(argv: list[str]) -> int:
@@ -125,13 +129,15 @@ def shrink(r: RunResult, args: argparse.Namespace, faults: frozenset[str]) -> st
     kept = set(faults)
     for name in sorted(faults):
         trial = frozenset(kept - {name})
-        out = World(SimConfig(r.seed, steps=steps, faults=trial, mirrors=args.mirrors)).run()
+        out = World(SimConfig(r.seed, steps=steps, faults=trial, mirrors=args.mirrors,
+                              intensity=args.intensity)).run()
         if not out.ok:
             kept = set(trial)
             steps = min(steps, out.failed_step or steps)
     listed = ",".join(sorted(kept)) or "none"
     cmd = f"sealedos sim --seed {r.seed} --seeds 1 --steps {steps} --faults {listed}"
-    return cmd + (f" --mirrors {args.mirrors}" if args.mirrors else "")
+    cmd += f" --mirrors {args.mirrors}" if args.mirrors else ""
+    return cmd + (f" --intensity {args.intensity}" if args.intensity != 1.0 else "")
 
 
 def _report(r: RunResult, args: argparse.Namespace) -> None:

@@ -68,6 +68,8 @@ class SimConfig:
     hostile: str | None = None
     #: Seal pages (False: the kernel trusts the pager -- a known-bad setup for the tests).
     seal: bool = True
+    #: Multiplies every fault probability (1.0: the default mix; 5.0: a storm).
+    intensity: float = 1.0
 
 
 @dataclass
@@ -162,6 +164,7 @@ class World:
             self.net.trace_lines = []
         self.net.on_error = self._node_raised
         self.faults = cfg.faults
+        self.x = cfg.intensity
         self.mirrors = cfg.mirrors or self.rng.choice((1, 2))
         #: With two mirrors only mirror 0 misbehaves, so nothing may be stopped.
         self.mirrors_protect = self.mirrors > 1
@@ -230,11 +233,13 @@ class World:
         # A process's two connections are each in order, but one may overtake the other
         # (a SHOOTDOWN on control before the FAULT reply on call: the install race).
         proc_link = LinkFaults(latency_s=0.0001, jitter_s=0.005 if "reorder" in f else 0.0005,
-                               fifo=True, spike_p=0.002 if "delay" in f else 0.0, spike_s=1.0)
+                               fifo=True, spike_p=0.002 * self.x if "delay" in f else 0.0,
+                               spike_s=1.0)
         self.net.default_link = proc_link
         bad = LinkFaults(latency_s=0.0002, jitter_s=0.003 if "reorder" in f else 0.0,
-                         drop_p=0.01 if "drop" in f else 0.0, dup_p=0.01 if "dup" in f else 0.0,
-                         fifo="reorder" not in f, spike_p=0.004 if "delay" in f else 0.0,
+                         drop_p=0.01 * self.x if "drop" in f else 0.0,
+                         dup_p=0.01 * self.x if "dup" in f else 0.0,
+                         fifo="reorder" not in f, spike_p=0.004 * self.x if "delay" in f else 0.0,
                          spike_s=4.0)
         good = LinkFaults(latency_s=0.0002, jitter_s=0.0002, fifo=True)
         for m in range(self.mirrors):
@@ -332,7 +337,7 @@ class World:
     def _inject(self) -> None:
         """Maybe one node fault before this step (the seed decides)."""
         rng, f = self.rng, self.faults
-        r = rng.random()
+        r = rng.random() / self.x
         if "crash" in f and r < CRASH_P:
             restart_s = rng.choice((0.01, 0.2, 1.0, 3.0))
             if rng.random() < 0.5:
@@ -483,13 +488,13 @@ class _DiskFaults:
             except Exception:  # noqa: BLE001 -- not ours to judge: the disk refuses it
                 msg = {}
             if msg.get("op") == str(Op.WRITE) and isinstance(msg.get("data"), bytes):
-                r = w.rng.random()
+                r = w.rng.random() / w.x
                 if "diskerr" in w.faults and r < DISKERR_P:
                     w.net.record(f"disk write error {self.node.name}")
                     self.service.transport.send(
                         sock, peer, encode(error(msg.get("rid"), Err.IO, "sim: write failed")))
                     return
-                if "crash" in w.faults and w.rng.random() < CRASH_ACK_P:
+                if "crash" in w.faults and w.rng.random() < CRASH_ACK_P * w.x:
                     w.net.record(f"{self.node.name} dies after writing, before answering")
                     node_tr = self.node.tr
                     assert node_tr is not None
@@ -524,7 +529,7 @@ class _PagerFaults:
         w = self.world
         if not w.healing and "crash" in w.faults and self.node.mirror == 0 and \
                 sock is self.pager.disk and frame.find(b"block") >= 0 and \
-                w.rng.random() < CRASH_ACK_P * 5:
+                w.rng.random() < CRASH_ACK_P * 5 * w.x:
             w.net.record(f"pager{self.node.mirror} dies between a write and its acknowledgement")
             w.crash_pager(self.node, w.rng.choice((0.01, 0.5, 2.0)))
             return
