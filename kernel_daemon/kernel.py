@@ -52,6 +52,8 @@ LIVENESS_MS: int = 500
 #: A process on another host that has not been heard from for this long is dead.
 PROC_DEAD_MS: int = 10000
 KILL_GRACE_MS: int = 2000
+#: How soon a CLOSE that could not reach its disk is asked again.
+CLOSE_RETRY_MS: int = 1000
 REPORT_MAX_KEYS: int = 64
 
 #: Who may send what: ops from anyone, from a registered call connection, from a control one.
@@ -282,7 +284,7 @@ class Kernel(Server):
                 if isinstance(handle, bytes):
                     space.handles.setdefault(m, handle)
                     if space.handles[m] != handle:    # two opens raced: keep the first
-                        self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
+                        self.close_handle(m, handle)
                 waiting["left"] -= 1
                 if waiting["left"] == 0:
                     then([space.handles.get(k) for k in range(n)])
@@ -306,8 +308,18 @@ class Kernel(Server):
         if space.owner_alive or space.pages:
             return
         for m, handle in space.handles.items():
-            self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
+            self.close_handle(m, handle)
         space.handles.clear()
+
+    def close_handle(self, mirror: int, handle: bytes) -> None:
+        """Close a disk handle on a mirror, however long that mirror is away: a CLOSE whose
+        budget runs out (the mirror down or failing for long) is asked again after
+        CLOSE_RETRY_MS, else the handle's blocks would stay allocated on that disk forever.
+        EBADHANDLE means the disk no longer knows it: closed (a lost answer's retry)."""
+        def closed(reply: dict[str, Any] | None, why: str) -> None:
+            if reply is None or reply.get("err") not in (None, Err.BADHANDLE):
+                self.call_later(CLOSE_RETRY_MS, lambda: self.close_handle(mirror, handle))
+        self.pagers.submit(mirror, Op.CLOSE, {"handle": handle}, closed)
 
     # -- stopping processes -----------------------------------------------------------------
     def integrity_lost(self, proc: Proc, req: Request, vpn: int, checks: str) -> None:

@@ -38,6 +38,19 @@ def test_trace_lines_replay_identically() -> None:
     assert any(" timers kernel" in line for line in a.trace)
 
 
+#: Seeds at --intensity 5 (a fault storm) that once broke an invariant.
+STORM_REGRESSION_SEEDS: dict[int, str] = {
+    700085: "a CLOSE whose retry budget ran out while mirror 0's disk kept dying was given up: "
+            "the handle and its blocks stayed allocated on that disk forever",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(STORM_REGRESSION_SEEDS))
+def test_storm_regression_seed(seed: int) -> None:
+    r = World(SimConfig(seed, intensity=5.0)).run()
+    assert r.ok, f"seed {seed} ({STORM_REGRESSION_SEEDS[seed]}): {r.violations}"
+
+
 @pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
 def test_regression_seed(seed: int) -> None:
     r = World(SimConfig(seed)).run()
