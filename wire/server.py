@@ -11,6 +11,12 @@ sends a request to a peer and runs a callback when the matching reply arrives, o
 cannot answer a request that was sent to another.
 
 Everything runs on one thread; no handler may block.
+
+The skeleton touches the world only through its *transport* (sockets, sending) and its
+*clock* (every timer and time read), see wire/transport.py: ZeroMQ and CLOCK_MONOTONIC in
+production.  A simulator (host_tools/sim) gives its own, delivers frames by calling
+:meth:`Server.on_frame` and runs timers with :meth:`Server.fire_due` at the times
+:meth:`Server.next_deadline` names, instead of :meth:`Server.run`.
 """
 from __future__ import annotations
 
