@@ -6,16 +6,17 @@
 Seeds S, S+1, ... S+N-1 (S defaults to one drawn from the OS and printed, so every sweep
 covers new schedules and any of them can be replayed).  ``--seconds T`` sweeps for T
 seconds instead of N seeds (what CI runs).  Each failing seed prints the one-line command
-that replays it and the step at which an invariant broke.  The trace hash is printed per
-seed with ``--verbose`` (a replay must print the same one).
+that replays it and the step at which an invariant broke (``--shrink``: and a smaller one).
+The trace hash is printed per seed (one seed, or ``--verbose``) and for the whole sweep: a
+replay must print the same one.
 
 The same seed gives the same trace byte for byte in any process: nothing in the run reads
-the host clock, host entropy or hash-randomised iteration order that reaches a message
-(the CLI still pins PYTHONHASHSEED for the children it may spawn).
+the host clock or host entropy, and nothing hash-randomised reaches a message.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -94,6 +95,7 @@ def main(argv: list[str]) -> int:
         print(f"sim: seeds from {first}, {args.steps} steps each, faults {args.faults}",
               flush=True)
     t0 = time.perf_counter()
+    sweep_hash = hashlib.sha256()
     failed: list[RunResult] = []
     n = 0
     while True:
@@ -103,6 +105,7 @@ def main(argv: list[str]) -> int:
         elif n >= args.seeds:
             break
         r = run_one(first + n, args, faults)
+        sweep_hash.update(r.trace_hash.encode())
         n += 1
         _report(r, args)
         if not r.ok:
@@ -112,12 +115,13 @@ def main(argv: list[str]) -> int:
     elapsed = time.perf_counter() - t0
     summary: dict[str, Any] = {"seeds": n, "first_seed": first, "failed": [r.seed for r in failed],
                                "seconds": round(elapsed, 2),
+                               "trace_hash": sweep_hash.hexdigest()[:16],
                                "seeds_per_minute": round(n / elapsed * 60, 1) if elapsed else None}
     if args.json:
         print(json.dumps({"summary": summary}))
     else:
         print(f"sim: {n} seeds, {len(failed)} failed, {summary['seeds_per_minute']} seeds/min "
-              f"({args.steps} steps each)")
+              f"({args.steps} steps each), trace hash {summary['trace_hash']}")
     return 1 if failed else 0
 
 
@@ -155,7 +159,7 @@ def _report(r: RunResult, args: argparse.Namespace) -> None:
         for v in r.violations[:5]:
             print(f"  {v}")
         print(f"  replay: {replay_command(r, args)}", flush=True)
-    elif args.verbose:
+    elif args.verbose or (args.seeds == 1 and args.seconds is None):
         print(f"seed {r.seed} ok: trace {r.trace_hash}, {r.steps} steps, {r.sim_seconds} s "
               f"simulated, {r.shape}, {r.work}", flush=True)
     if args.trace and r.trace is not None:
