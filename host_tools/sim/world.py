@@ -173,7 +173,7 @@ class World:
         self.failed_step: int | None = None
         self.healing = False
         self.tmp = Path(tempfile.mkdtemp(prefix="sealedos-sim-"))
-        self.lateness: dict[int, float] = {}
+        self.lateness: dict[str, float] = {}
         nframes = self.rng.randint(4, 12)
         policy = self.rng.choice(sorted(POLICIES))
         self.shape = {"mirrors": self.mirrors, "frames": nframes, "policy": policy}
@@ -361,7 +361,7 @@ class World:
         d = srv.next_deadline()
         if d is None or tr.paused_until > self.clock.t:
             return None
-        return d + self.lateness.get(id(srv), 0.0)
+        return d + self.lateness.get(tr.name, 0.0)
 
     def step(self) -> bool:
         """Run one event or one server's due timers; False when nothing is left to do."""
@@ -392,9 +392,9 @@ class World:
             except Exception as exc:  # noqa: BLE001 -- judged like a crash in on_frame
                 self._node_raised(tr, exc)
             if "late" in self.faults and not self.healing and self.rng.random() < 0.2:
-                self.lateness[id(srv)] = self.rng.random() * 0.3
+                self.lateness[tr.name] = self.rng.random() * 0.3
             else:
-                self.lateness.pop(id(srv), None)
+                self.lateness.pop(tr.name, None)
         invariants.check_step(self)
         return True
 
