@@ -195,6 +195,9 @@ class SimProcess:
                 self.rng.random() < 0.08:
             ipcload.call(self, self._next)
             return
+        if self.rng.random() < 0.03:
+            self._remap_range()
+            return
         vpn = self.base_vpn + self.rng.randrange(self.npages)
         if self.rng.random() < 0.5:
             self.version += 1
@@ -203,6 +206,31 @@ class SimProcess:
             self.access(vpn, ACCESS_WRITE, data, self._next)
         else:
             self.access(vpn, ACCESS_READ, None, self._next)
+
+    def _remap_range(self) -> None:
+        """UNMAP a few pages and MAP them again at the same address: they must read as
+        zeros afterwards, whatever was written, evicted or in flight before."""
+        k = self.rng.randint(1, min(4, self.npages))
+        vpn0 = self.base_vpn + self.rng.randrange(self.npages - k + 1)
+        where = {"addr": vpn0 << PAGE_SHIFT, "npages": k}
+
+        def unmapped(reply: dict[str, Any]) -> None:
+            if not self._ok(reply, "unmap"):
+                return
+            for v in range(vpn0, vpn0 + k):
+                self._forget(v)
+                self.wrote.pop(v, None)
+            self._request(False, Op.MAP, dict(where, prot=PROT_R | PROT_W), remapped)
+
+        def remapped(reply: dict[str, Any]) -> None:
+            if self._ok(reply, "remap") and reply.get("addr") != vpn0 << PAGE_SHIFT:
+                self.report("violation", f"{self.name}: MAP at {vpn0 << PAGE_SHIFT:#x} "
+                                         f"mapped {reply.get('addr')!r}")
+                return
+            if self.state == "running":
+                self._next()
+
+        self._request(False, Op.UNMAP, where, unmapped)
 
     def _verify_from(self, i: int) -> None:
         """Read back every page in order, then EXIT."""
@@ -316,6 +344,10 @@ class SimProcess:
         if vpn == self.inflight:
             self.revoked = True
             self.install_races += 1
+        if self.resident.get(vpn, frame) != frame:     # stale: an older residency of vpn
+            self._answer(rid, {"dirty": False,
+                               "data": self.bank.get(frame, ZERO_PAGE) if want else None})
+            return
         dirty = vpn in self.dirty
         self._forget(vpn)
         self._answer(rid, {"dirty": dirty,
