@@ -198,6 +198,9 @@ class SimProcess:
         if self.rng.random() < 0.03:
             self._remap_range()
             return
+        if self.rng.random() < 0.03:
+            self._protect_range()
+            return
         vpn = self.base_vpn + self.rng.randrange(self.npages)
         if self.rng.random() < 0.5:
             self.version += 1
@@ -231,6 +234,28 @@ class SimProcess:
                 self._next()
 
         self._request(False, Op.UNMAP, where, unmapped)
+
+    def _protect_range(self) -> None:
+        """PROTECT a few pages read-only and back: the TLB drops them each time (the pages,
+        their bytes and dirty bits stay), as the runtime's protected() does."""
+        k = self.rng.randint(1, min(4, self.npages))
+        vpn0 = self.base_vpn + self.rng.randrange(self.npages - k + 1)
+        where = {"addr": vpn0 << PAGE_SHIFT, "npages": k}
+
+        def protected(prot: int, then: Callable[[], None]) -> Reply:
+            def on(reply: dict[str, Any]) -> None:
+                if not self._ok(reply, f"protect {prot}"):
+                    return
+                for v in range(vpn0, vpn0 + k):
+                    self.tlb.pop(v, None)
+                then()
+            return on
+
+        def back() -> None:
+            self._request(False, Op.PROTECT, dict(where, prot=PROT_R | PROT_W),
+                          protected(PROT_R | PROT_W, self._next))
+
+        self._request(False, Op.PROTECT, dict(where, prot=PROT_R), protected(PROT_R, back))
 
     def _verify_from(self, i: int) -> None:
         """Read back every page in order, then EXIT."""
