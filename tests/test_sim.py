@@ -35,6 +35,7 @@ def test_trace_lines_replay_identically() -> None:
     a = World(SimConfig(5, steps=600, keep_trace=True)).run()
     b = World(SimConfig(5, steps=600, keep_trace=True)).run()
     assert a.trace and a.trace == b.trace
+    assert World(SimConfig(5, steps=600)).run().trace_hash == a.trace_hash   # same unkept
     assert any(" timers kernel" in line for line in a.trace)
 
 

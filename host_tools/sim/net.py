@@ -23,6 +23,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+import msgpack
+
 #: zmq.POLLOUT, without importing zmq (Pager.say_hello polls its kernel socket).
 POLLOUT: int = 2
 
@@ -168,13 +170,14 @@ class SimNet:
         """Run fn delay_s from now."""
         self.at(self.clock.t + delay_s, fn)
 
-    def record(self, line: str) -> None:
-        """Add one line to the event trace (hashed; kept too when trace_lines is a list)."""
+    def record(self, line: str, frame: bytes | None = None) -> None:
+        """Add one line to the event trace (hashed; kept too when trace_lines is a list,
+        then with what `frame` says: its op or the rid it answers)."""
         text = f"{self.clock.t:.6f} {line}"
         self.trace.update(text.encode())
         self.trace.update(b"\n")
         if self.trace_lines is not None:
-            self.trace_lines.append(text)
+            self.trace_lines.append(text + _describe(frame) if frame is not None else text)
 
     # -- sockets ---------------------------------------------------------------------------
     def transport(self, name: str) -> NodeTransport:
@@ -219,7 +222,7 @@ class SimNet:
         copies = 1
         if lf.drop_p and rng.random() < lf.drop_p:
             copies = 0
-            self.record(f"drop {src_name}->{dst_name} {zlib.crc32(frame):08x}")
+            self.record(f"drop {src_name}->{dst_name} {zlib.crc32(frame):08x}", frame)
         elif lf.dup_p and rng.random() < lf.dup_p:
             copies = 2
         for _ in range(copies):
@@ -243,12 +246,27 @@ class SimNet:
             self.at(tr.paused_until, lambda: self.deliver(sock, peer, frame))
             return
         self.delivered += 1
-        self.record(f"{sock.transport.name}->{tr.name} {len(frame)} {zlib.crc32(frame):08x}")
+        self.record(f"{sock.transport.name}->{tr.name} {len(frame)} {zlib.crc32(frame):08x}",
+                    frame)
         assert tr.owner is not None
         try:
             tr.owner.on_frame(dst, seen_peer, frame)
         except Exception as exc:  # noqa: BLE001 -- the simulation judges it (invariants.py)
             self.on_error(tr, exc)
+
+
+def _describe(frame: bytes) -> str:
+    """A few words on a frame for a human reading the trace (not hashed)."""
+    try:
+        msg = msgpack.unpackb(frame, raw=False)
+    except Exception:  # noqa: BLE001 -- garbage is a fine thing to trace
+        return " (not msgpack)"
+    if not isinstance(msg, dict):
+        return " (not a map)"
+    if "re" in msg:
+        return f" re={msg['re']}" + (f" {msg['err']}" if "err" in msg else "")
+    extra = "".join(f" {k}={msg[k]}" for k in ("vpn", "slot", "mirror") if k in msg)
+    return f" {msg.get('op')} rid={msg.get('rid')}{extra}"
 
 
 def _reraise(tr: NodeTransport, exc: Exception) -> None:
