@@ -39,20 +39,22 @@ def test_trace_lines_replay_identically() -> None:
     assert any(" timers kernel" in line for line in a.trace)
 
 
-#: Seeds at --intensity 5 (a fault storm) that once broke an invariant.
-STORM_REGRESSION_SEEDS: dict[int, str] = {
-    700085: "a CLOSE whose retry budget ran out while mirror 0's disk kept dying was given up: "
+#: Seeds of fault storms (--intensity X) that once broke an invariant: (seed, X) -> bug.
+STORM_REGRESSION_SEEDS: dict[tuple[int, float], str] = {
+    (700085, 5.0): "a CLOSE whose retry budget ran out while mirror 0's disk kept dying was given up: "
             "the handle and its blocks stayed allocated on that disk forever",
-    2000779: "a SHOOTDOWN of an older residency (delivered late, after UNMAP + MAP + a new "
+    (2000779, 5.0): "a SHOOTDOWN of an older residency (delivered late, after UNMAP + MAP + a new "
              "install at another frame) dropped the new page's dirty bit; the kernel then "
              "took the page for demand-zero and the process read zeros where it had written",
+    (6000088, 3.0): "the simulator's own bug: an exiting server's abandoned RECEIVE was "
+                    "answered with a call from a client the kernel did not know dead yet",
 }
 
 
-@pytest.mark.parametrize("seed", sorted(STORM_REGRESSION_SEEDS))
-def test_storm_regression_seed(seed: int) -> None:
-    r = World(SimConfig(seed, intensity=5.0)).run()
-    assert r.ok, f"seed {seed} ({STORM_REGRESSION_SEEDS[seed]}): {r.violations}"
+@pytest.mark.parametrize("seed,intensity", sorted(STORM_REGRESSION_SEEDS))
+def test_storm_regression_seed(seed: int, intensity: float) -> None:
+    r = World(SimConfig(seed, intensity=intensity)).run()
+    assert r.ok, f"seed {seed} ({STORM_REGRESSION_SEEDS[seed, intensity]}): {r.violations}"
 
 
 @pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))

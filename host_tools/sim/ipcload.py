@@ -135,8 +135,11 @@ def stop_serving(proc: "SimProcess") -> None:
         return
     proc.wants_exit = True
     if (False, proc.receive_rid) in proc.waiting:
-        # blocked in RECEIVE: nobody will call again, and EXIT ends it (no answer is due)
+        # blocked in RECEIVE: EXIT ends it.  A call may still be delivered meanwhile (from
+        # a client the schedule killed that the kernel does not know dead yet): its caller
+        # is gone, and the kernel fails what this server held when it exits.
         del proc.waiting[(False, proc.receive_rid)]
+        proc.abandoned.add((False, proc.receive_rid))
         proc._request(False, Op.EXIT, {"status": 0}, proc._exited)
 
 

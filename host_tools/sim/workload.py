@@ -70,6 +70,9 @@ class SimProcess:
         self.rids = iter(range(1, 1 << 62))
         self.waiting: dict[tuple[bool, int], Reply] = {}     # (on ctrl?, rid) -> callback
         self.answered: set[tuple[bool, int]] = set()
+        #: Requests given up on purpose (a server's last RECEIVE when it exits): their
+        #: answer, should one still come, is no violation.
+        self.abandoned: set[tuple[bool, int]] = set()
         self.spid = 0
         self.base_vpn = 0
         self.bank: dict[int, bytes] = {}                     # frame -> page bytes
@@ -105,6 +108,8 @@ class SimProcess:
         if "re" in msg:
             key = (ctrl, msg["re"])
             then = self.waiting.pop(key, None)
+            if then is None and key in self.abandoned:
+                return
             if then is None:
                 kind = "duplicate reply" if key in self.answered else "unsolicited reply"
                 self.report("violation", f"{self.name}: {kind} {msg!r:.120}")
