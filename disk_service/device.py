@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import secrets
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +31,7 @@ from disk_service.layout import (
     DEFAULT_MAX_HANDLES, DEFAULT_SIZE_MIB, FREE_OWNER, HANDLE_DTYPE, LABEL_MAX_BYTES, MAP_DTYPE,
     SLOT_LIMIT, SUPERBLOCK_DTYPE, TOKEN_BYTES, DeviceError, Geometry, check_superblock,
     pack_superblock, plan, token_hash)
+from wire import entropy
 from wire.protocol import BLOCK_SIZE, Err, ServiceError
 from wire.server import Panic
 
@@ -276,7 +276,7 @@ class Device:
         if not self._idx.free_handles:
             raise ServiceError(Err.NOSPC, f"handle table full ({self.geo.max_handles} handles open)")
         while token is None or token_hash(token) in self._idx.tokens:
-            token = secrets.token_bytes(TOKEN_BYTES)
+            token = entropy.token_bytes(TOKEN_BYTES)
         key = token_hash(token)
         h = self._idx.free_handles.pop()
         rec = self._handles[h:h + 1]

@@ -42,6 +42,7 @@ from wire import keys as wkeys
 from wire.keys import Keyring, KeysMissing
 from wire.protocol import Err, Op, ServiceError
 from wire.server import Request, Server
+from wire.transport import Clock, Transport
 
 #: How often dirty pages of the device are written back (msync) while serving.
 FLUSH_INTERVAL_MS: int = 1000
@@ -59,8 +60,9 @@ class DiskService(Server):
     """The disk server: do_* handlers over one Device."""
 
     def __init__(self, device: Device, ctx: zmq.Context | None = None,
-                 keys: Keyring | None = None, pager: str = "pager0") -> None:
-        super().__init__("disk", ctx, keys)
+                 keys: Keyring | None = None, pager: str = "pager0",
+                 transport: Transport | None = None, clock: Clock | None = None) -> None:
+        super().__init__("disk", ctx, keys, transport=transport, clock=clock)
         self.device = device
         self.requests_served = 0
         #: The one key that may use the device (its pager's), and the observers' keys.
@@ -144,7 +146,7 @@ class DiskService(Server):
 
     def do_ping(self, req: Request) -> dict[str, Any]:
         """Liveness -> {service: "disk"}."""
-        return {"service": "disk", "pid": os.getpid()}
+        return {"service": "disk", "pid": self.pid}
 
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Device counters plus request counters."""

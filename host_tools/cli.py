@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "top": ("host_tools.top", "live view of the running system"),
     "bench": ("host_tools.bench", "benchmarks: `bench paging`, `bench ipc`"),
     "chaos": ("host_tools.chaos", "kill components under load and report recovery"),
+    "sim": ("host_tools.sim.cli", "deterministic simulation: seeds of randomised faults"),
     "tcb": ("host_tools.tcb", "the size of the trusted base (kernel, wire, launcher)"),
     "keys": ("host_tools.keys_cmd", "generate every principal's CURVE keypair"),
 }

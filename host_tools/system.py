@@ -144,7 +144,8 @@ class System:
         kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
                  "--policy", c.policy, "--pagers", str(c.pagers),
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
-                 "--pager-retries", str(c.pager_retries), f"--launcher-key={launcher_public}",
+                 "--pager-retries", str(c.pager_retries),
+                 f"--launcher-key={launcher_public}",    # one argv: a z85 key may begin with "-"
                  *c.kernel_args]
         if c.no_seal:
             kargs.append("--no-seal")

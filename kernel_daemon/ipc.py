@@ -180,7 +180,7 @@ class Ipc:
         # the frame's size bounds the contract's (no re-encoding: refusing must be cheap)
         encoded = min(req.size, CONTRACT_MAX_BYTES) or encoded_size(req.msg["contract"])
         quota.check(Resource.CONTRACT_BYTES, compiled_size(encoded))
-        quota.spend_compile(encoded, time.monotonic())     # CPU: bytes compiled per second
+        quota.spend_compile(encoded, self.k.now())         # CPU: bytes compiled per second
         contract = compile_contract(req.msg["contract"], encoded)
         quota.charge(Resource.CONTRACT_BYTES, contract.size_bytes)
         quota.charge(Resource.ENDPOINTS, 1)

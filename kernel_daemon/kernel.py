@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
-import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,6 +46,7 @@ from wire.protocol import (
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
 from wire.server import SUSPEND, Request, Server
+from wire.transport import Clock, Transport
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 from wire import keys as wkeys
@@ -61,6 +60,8 @@ KILL_GRACE_MS: int = 2000
 #: What a kernel request may take beyond an IPC payload (fields, caps, a contract's frame):
 #: a larger frame is refused before it is decoded (decoding 1 MB of msgpack costs ~40 ms).
 FRAME_SLACK_BYTES: int = 64 * 1024
+#: How soon a CLOSE that could not reach its disk is asked again.
+CLOSE_RETRY_MS: int = 1000
 
 #: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
 QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
@@ -84,8 +85,9 @@ class Kernel(Server):
     def __init__(self, addr: str, nframes: int, policy: str, mirrors: int = 1, seal: bool = True,
                  pager_timeout_ms: int = 2000, pager_retries: int = 5,
                  ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None,
-                 launcher_key: str | None = None, keys: Keyring | None = None) -> None:
-        super().__init__("kernel", keys=keys)
+                 launcher_key: str | None = None, keys: Keyring | None = None,
+                 transport: Transport | None = None, clock: Clock | None = None) -> None:
+        super().__init__("kernel", keys=keys, transport=transport, clock=clock)
         #: Who may connect, and as what: z85 public key -> Role, for the fixed principals
         #: (sealed processes connect with their credential's key: allow_key).
         self.keys: dict[str, Role] = {
@@ -93,7 +95,7 @@ class Kernel(Server):
         if launcher_key is None and self.secure:
             launcher_key = self.keyring.public("launcher").decode("ascii")
         self.addr = addr
-        self.host = socket.gethostname()
+        self.host = self.transport.hostname()
         self.sock = self.bind_router(addr)
         self.stats: dict[str, Any] = {"policy": policy, "nframes": nframes, "sealed": seal,
                                       "mirrors": mirrors}
@@ -147,7 +149,7 @@ class Kernel(Server):
         on_control = req.peer == proc.ctrl_peer
         if on_control != (req.op in CONTROL):
             raise ServiceError(Err.PERM, f"{req.op} is not allowed on this connection")
-        proc.last_heard = time.monotonic()
+        proc.last_heard = self.now()
         req.caller = proc
 
     # -- identity -------------------------------------------------------------------------
@@ -184,7 +186,7 @@ class Kernel(Server):
             name=_short(m["name"]), program=_short(m["program"]), digest=_short(m["digest"]),
             role=m["role"], manifest=_names(m["manifest"]), provides=_names(m["provides"]),
             quota=_quota_spec(m["quota"]), hostpid=m["hostpid"], started=m["started"],
-            expires_s=time.monotonic() + ADMIT_TTL_MS / 1000))
+            expires_s=self.now() + ADMIT_TTL_MS / 1000))
         return {"cred": cred}
 
     def _backoff_on_quota(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
@@ -199,7 +201,7 @@ class Kernel(Server):
                 if exc.code != Err.QUOTA or not isinstance(proc, Proc):
                     raise
                 self.stats["quota_refusals"] += 1
-                delay_ms = proc.quota.refused(time.monotonic())
+                delay_ms = proc.quota.refused(self.now())
                 if not delay_ms:
                     raise
                 code, text = exc.code, exc.msg         # (exc is unbound after the except)
@@ -231,6 +233,7 @@ class Kernel(Server):
                 self.reclaim(old, "died", ProcState.KILLED)      # its successor is here first
             self.ipc.check_init_free()
         proc = self.procs.register(req.peer, key, self.host)
+        proc.last_heard = self.now()
         out = {"spid": proc.spid, "secret": proc.secret, "name": proc.name, "role": proc.role,
                "nframes": self.vm.pool.nframes, "page_size": PAGE_SIZE}
         if proc.role == "init":
@@ -407,8 +410,18 @@ class Kernel(Server):
             return
         for m, handle in space.handles.items():
             self.pagers.forget(m, handle)
-            self.pagers.submit(m, Op.CLOSE, {"handle": handle}, _ignore)
+            self.close_handle(m, handle)
         space.handles.clear()
+
+    def close_handle(self, mirror: int, handle: bytes) -> None:
+        """Close a disk handle on a mirror, however long that mirror is away: a CLOSE whose
+        budget runs out (the mirror down or failing for long) is asked again after
+        CLOSE_RETRY_MS, else the handle's blocks would stay allocated on that disk forever.
+        EBADHANDLE means the disk no longer knows it: closed (a lost answer's retry)."""
+        def closed(reply: dict[str, Any] | None, why: str) -> None:
+            if reply is None or reply.get("err") not in (None, Err.BADHANDLE):
+                self.call_later(CLOSE_RETRY_MS, lambda: self.close_handle(mirror, handle))
+        self.pagers.submit(mirror, Op.CLOSE, {"handle": handle}, closed)
 
     # -- stopping processes -----------------------------------------------------------------
     def integrity_lost(self, proc: Proc, req: Request, vpn: int, checks: str) -> None:
@@ -454,7 +467,7 @@ class Kernel(Server):
 
     def _watch(self) -> None:
         """Every LIVENESS_MS: notice dead processes and silent pagers."""
-        now = time.monotonic()
+        now = self.now()
         for proc in list(self.procs.by_spid.values()):
             if proc.is_local():
                 dead = same_process(proc.hostpid, proc.host_started) is None
@@ -480,7 +493,7 @@ class Kernel(Server):
 
     def do_ping(self, req: Request) -> dict[str, Any]:
         """Liveness of the kernel itself."""
-        return {"service": "kernel", "pid": os.getpid()}
+        return {"service": "kernel", "pid": self.pid}
 
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Every counter, the pagers' health and every process (live and exited)."""
@@ -491,7 +504,7 @@ class Kernel(Server):
         """The faults served since `cursor` (see faultlog.py): records, next cursor, dropped."""
         records, cursor, dropped = self.vm.fault_log.since(req.msg["cursor"])
         return {"records": [list(r) for r in records], "cursor": cursor, "dropped": dropped,
-                "now": time.monotonic()}
+                "now": self.now()}
 
     def do_ps(self, req: Request) -> dict[str, Any]:
         """The process table and the pager slots."""

@@ -41,7 +41,6 @@ transient error from a live pager, and the kernel does not kill a healthy pager 
 """
 from __future__ import annotations
 
-import os
 import signal
 import time
 from collections import deque
@@ -171,7 +170,7 @@ class Pagers:
         """A pager instance says hello: admit it (a new one takes over the slot's requests).
         host and hostpid are what it claims: recorded for display, never acted on."""
         slot = self.slots[mirror]
-        slot.last_hello = time.monotonic()
+        slot.last_hello = self.server.now()
         slot.host, slot.hostpid = host, hostpid
         if slot.peer == peer:
             if not slot.up:
@@ -197,7 +196,7 @@ class Pagers:
     def check_liveness(self) -> None:
         """Mark silent instances down (their requests wait for a new hello), and notice at
         once a local instance whose process has exited (no need to wait for timeouts)."""
-        now = time.monotonic()
+        now = self.server.now()
         for slot in self.slots:
             if not slot.up:
                 continue
@@ -210,7 +209,7 @@ class Pagers:
         """The slot has no live instance (from now on its backlog spends its budget)."""
         if slot.up:
             slot.up = False
-            slot.down_since = time.monotonic()
+            slot.down_since = self.server.now()
 
     def _slow_not_hung(self, slot: PagerSlot, pop: PagerOp) -> bool:
         """pop got no answer in time: is its instance merely slow?  Yes if it answered
@@ -219,11 +218,11 @@ class Pagers:
         and not pop (a withholding pager: drop, stall), or answers nothing (hung, dead), is
         suspected as before."""
         return slot.up and pop.retries > 0 and slot.answered_sent_s <= pop.sent_s and \
-            (time.monotonic() - slot.last_answer_s) * 1000 < self.timeout_ms
+            (self.server.now() - slot.last_answer_s) * 1000 < self.timeout_ms
 
     def _is_local(self, slot: PagerSlot) -> bool:
         """Does the slot's instance run on this host (so its pid means something here)?"""
-        return slot.trusted_pid > 0 and slot.trusted_pid != os.getpid()
+        return slot.trusted_pid > 0 and slot.trusted_pid != self.server.pid
 
     def _suspect(self, slot: PagerSlot) -> None:
         """A request timed out: a local instance that still exists is hung, so kill it."""
@@ -308,7 +307,7 @@ class Pagers:
         Failures are retried within a budget of (retries + 1) timeouts (default retries: the
         kernel's setting); retries=0 means one attempt."""
         retries = self.retries if retries is None else retries
-        now = time.monotonic()
+        now = self.server.now()
         self._send(PagerOp(mirror, op, fields, done, retries, first_s=now,
                            deadline_s=now + (retries + 1) * self.timeout_ms / 1000))
 
@@ -324,7 +323,7 @@ class Pagers:
         while slot.up and slot.peer is not None and slot.backlog \
                 and len(slot.inflight) < PAGER_WINDOW:
             pop = slot.backlog.popleft()
-            pop.sent_s = time.monotonic()
+            pop.sent_s = self.server.now()
             pop.rid = self.server.request(self.sock, slot.peer, pop.op, pop.fields,
                                           lambda reply, pop=pop: self._on_reply(pop, reply),
                                           self.timeout_ms)
@@ -336,7 +335,7 @@ class Pagers:
         the kernel, not withheld by the pager, so it waits (a hung instance is found by the
         timeouts of the requests it does hold).  One pass, no timer per request: under
         overload a backlog holds thousands."""
-        now = time.monotonic()
+        now = self.server.now()
         for slot in self.slots:
             if slot.up or not slot.backlog:
                 continue
@@ -360,7 +359,7 @@ class Pagers:
         if reply is None:                  # no answer in time: suspect the instance ...
             self.stats["pager_timeouts"] += 1
             if self._slow_not_hung(slot, pop):   # ... unless it is only slow: overloaded
-                pop.deadline_s = max(pop.deadline_s, time.monotonic() + self.timeout_ms / 1000)
+                pop.deadline_s = max(pop.deadline_s, self.server.now() + self.timeout_ms / 1000)
                 self.stats["pager_slow"] = self.stats.get("pager_slow", 0) + 1
             elif slot.up:
                 self._suspect(slot)
@@ -370,10 +369,10 @@ class Pagers:
             self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
         elif reply.get("err") == Err.BADHANDLE and pop.op in REOPEN_OPS and not pop.reopened \
                 and pop.fields.get("handle") in self.labels:
-            slot.last_answer_s = time.monotonic()
+            slot.last_answer_s = self.server.now()
             self._reopen(pop, reply)
         else:
-            slot.last_answer_s = time.monotonic()
+            slot.last_answer_s = self.server.now()
             slot.answered_sent_s = max(slot.answered_sent_s, pop.sent_s)
             pop.done(reply, "")
         self._pump(slot)                   # its window has room again
@@ -382,7 +381,7 @@ class Pagers:
         """An attempt failed (reply None: no answer; else a transient error reply): send it
         again after backoff_ms while the budget lasts, else report the failure."""
         pop.attempts += 1
-        now = time.monotonic()
+        now = self.server.now()
         if pop.retries == 0 or now + backoff_ms / 1000 >= pop.deadline_s:
             spent_ms = int((now - pop.first_s) * 1000)
             why = (f"pager {pop.mirror} did not answer {pop.op} ({pop.attempts} tries in "
@@ -435,7 +434,7 @@ class Pagers:
         A mirror with another behind it gets no retries: a timeout fails over at once.
         answered(mirror, reply), if given, sees every non-error answer before it is verified.
         """
-        now = time.monotonic()
+        now = self.server.now()
         order = sorted((m for m in range(self.nmirrors) if mask >> m & 1),
                        key=lambda m: (not self.slots[m].up, self.slots[m].bad_until > now, m))
         failures: list[tuple[int, str, str]] = []
@@ -447,7 +446,7 @@ class Pagers:
             m = order[i]
 
             def on(reply: dict[str, Any] | None, why: str) -> None:
-                self.slots[m].bad_until = time.monotonic() + BAD_MIRROR_MS / 1000
+                self.slots[m].bad_until = self.server.now() + BAD_MIRROR_MS / 1000
                 if reply is None:
                     failures.append((m, "timeout", why))
                 elif "err" in reply:

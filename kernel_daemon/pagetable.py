@@ -18,11 +18,11 @@ and tag.
 from __future__ import annotations
 
 import bisect
-import os
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Callable
 
+from wire import entropy
 from wire.protocol import PAGE_SHIFT, PROT_W, PROT_X, PROT_R, Err, ServiceError
 
 #: Largest virtual page number (a 48-bit address space, as x86-64).
@@ -61,7 +61,7 @@ class SwapSpace:
         mirror) and the disk only ever stores a hash of."""
         token = self.handles.get(mirror)
         if token is None:
-            token = self.handles[mirror] = os.urandom(16)
+            token = self.handles[mirror] = entropy.token_bytes(16)
         return token
 
     def alloc_slot(self) -> int:

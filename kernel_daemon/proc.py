@@ -12,8 +12,6 @@ another, nor say what it is.
 """
 from __future__ import annotations
 
-import os
-import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +20,7 @@ from typing import Any
 
 from kernel_daemon.pagetable import AddressSpace, SwapSpace
 from kernel_daemon.quota import Quota, limits_from
+from wire import entropy
 from wire.protocol import Err, ServiceError
 
 #: How many exited processes' final records the kernel keeps for stats.
@@ -147,8 +146,8 @@ class ProcTable:
         proc = Proc(spid=self._next, name=adm.name, program=adm.program, digest=adm.digest,
                     host=host if adm.hostpid > 0 else "", hostpid=adm.hostpid,
                     host_started=adm.started, key=key, role=adm.role, provides=adm.provides,
-                    quota_spec=adm.quota, call_peer=peer, secret=secrets.token_bytes(16),
-                    space=SwapSpace(os.urandom(16), f"{adm.name[:24]}#{self._next}"),
+                    quota_spec=adm.quota, call_peer=peer, secret=entropy.token_bytes(16),
+                    space=SwapSpace(entropy.token_bytes(16), f"{adm.name[:24]}#{self._next}"),
                     manifest=adm.manifest, quota=Quota(limits_from(adm.quota)))
         self._next += 1
         self.by_spid[proc.spid] = proc

@@ -22,6 +22,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from wire import entropy
 from wire.protocol import PAGE_SIZE
 
 TAG_BYTES: int = 16
@@ -41,7 +42,7 @@ class Sealer:
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._aead = AESGCM(AESGCM.generate_key(bit_length=128))
+        self._aead = AESGCM(entropy.token_bytes(16))   # a 128-bit key
         self._versions = itertools.count(1)
 
     def next_version(self) -> int:

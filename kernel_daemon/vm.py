@@ -27,7 +27,6 @@ steps around it instead of guessing:
 """
 from __future__ import annotations
 
-import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -120,7 +119,7 @@ class Vm:
             self.k.tracer.instant("vm", "protection fault", proc.spid, vpn=vpn, access=access)
             raise ServiceError(Err.PROT, f"protection fault: {access} access to page {vpn:#x} "
                                          f"whose protection is {_prot_str(pte.prot)}")
-        req.caller = (proc, time.perf_counter())
+        req.caller = (proc, self.k.now())
         key = slice_key(proc.spid, req.rid)
         self.k.tracer.begin("vm", "fault", key, proc.spid, vpn=vpn, access=access)
         self.k.tracer.step("vm", "fault", key, proc.spid, "kernel received", page=pte.state.name)
@@ -192,9 +191,9 @@ class Vm:
         proc.state = ProcState.RUNNING
         t0 = req.caller[1] if isinstance(req.caller, tuple) else None
         if t0 is not None:
-            seconds = time.perf_counter() - t0
+            seconds = self.k.now() - t0
             self.latency[kind].append(seconds * 1e6)
-            self.fault_log.add(time.monotonic(), kind, seconds * 1e6, proc.spid)
+            self.fault_log.add(self.k.now(), kind, seconds * 1e6, proc.spid)
             self.k.observe_fault(kind, seconds)
         self.k.tracer.end("vm", "fault", slice_key(proc.spid, req.rid), proc.spid, kind=kind,
                           outcome="installed")

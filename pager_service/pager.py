@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +35,7 @@ from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
 from wire.server import SUSPEND, Request, Server
+from wire.transport import Clock, Transport
 from pager_service.hostile import HONEST, HostileOptions, make_behaviour
 
 #: How often the pager (re)announces itself to the kernel.
@@ -137,13 +136,15 @@ def disk_error(reply: dict[str, Any]) -> tuple[Err, str]:
 class Pager(Server):
     """The external pager: serves the kernel's paging requests through the disk service."""
 
-    def __init__(self, config: PagerConfig, ctx: zmq.Context | None = None) -> None:
+    def __init__(self, config: PagerConfig, ctx: zmq.Context | None = None,
+                 transport: Transport | None = None, clock: Clock | None = None) -> None:
         me = f"pager{config.mirror}"
         keys = wkeys.keyring(config.keys_dir, me, config.insecure, ["kernel", f"disk{config.mirror}"])
-        super().__init__(me, ctx or _immediate_context(), keys)
+        super().__init__(me, ctx or (_immediate_context() if transport is None else None), keys,
+                         transport=transport, clock=clock)
         self.config = config
         self.counters = PagerCounters()
-        self.started = time.monotonic()
+        self.started = self.now()
         # CURVE: the kernel and the disk must prove their keys; both admit this pager by its key
         self.kernel = self.connect_dealer(config.kernel_addr, keys.publics.get("kernel"))
         self.disk = self.connect_dealer(config.disk_addr, keys.publics.get(f"disk{config.mirror}"))
@@ -171,8 +172,8 @@ class Pager(Server):
             return
         self.counters.hellos_sent += 1
         self.request(self.kernel, None, Op.PAGER_HELLO,
-                     {"mirror": self.config.mirror, "host": socket.gethostname(),
-                      "hostpid": os.getpid()},
+                     {"mirror": self.config.mirror, "host": self.transport.hostname(),
+                      "hostpid": self.pid},
                      self._on_hello_reply, HELLO_INTERVAL_MS)
         self.call_later(HELLO_INTERVAL_MS, self.say_hello)
 
@@ -254,19 +255,13 @@ class Pager(Server):
         if isinstance(timing, tuple):
             t_recv, disk_us = timing
             self.reply(req, data=data, disk_us=disk_us,
-                       pager_us=round((time.perf_counter() - t_recv) * 1e6, 1))
+                       pager_us=round((self.now() - t_recv) * 1e6, 1))
         else:
             self.reply(req, data=data)
 
     def send_raw(self, req: Request, frame: bytes) -> None:
         """Send `frame` unencoded on the connection `req` came from."""
-        try:
-            if req.peer is None:
-                req.sock.send(frame, zmq.NOBLOCK)
-            else:
-                req.sock.send_multipart((req.peer, frame), zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            self.log.debug("%s: raw send failed: %s", self.name, exc)
+        self.transport.send(req.sock, req.peer, frame)
 
     def read_page(self, handle: bytes, slot: int,
                   callback: Callable[[bytes | None], None]) -> None:
@@ -310,10 +305,10 @@ class Pager(Server):
         """page_in {handle, slot} -> {data}: fetch a sealed page (the hostile hook answers)."""
         handle, slot = check_handle(req.msg), check_slot(req.msg["slot"])
         self.counters.page_ins += 1
-        t_recv = time.perf_counter()
+        t_recv = self.now()
 
         def done(reply: dict[str, Any]) -> None:
-            req.msg["_timing"] = (t_recv, round((time.perf_counter() - t_recv) * 1e6, 1))
+            req.msg["_timing"] = (t_recv, round((self.now() - t_recv) * 1e6, 1))
             data = reply.get("data")
             if not isinstance(data, bytes) or len(data) != PAGE_SIZE:
                 self.counters.disk_errors += 1
@@ -333,7 +328,7 @@ class Pager(Server):
         stats: dict[str, Any] = {"mirror": self.config.mirror, "hostile": self.config.hostile,
                                  "admitted": self.admitted, "in_flight": len(self._pending),
                                  "bad_messages": self.bad_messages,
-                                 "uptime_ms": int((time.monotonic() - self.started) * 1000)}
+                                 "uptime_ms": int((self.now() - self.started) * 1000)}
         stats.update(asdict(self.counters))
         stats.update(self.hostile.counters())
         return stats

@@ -13,6 +13,8 @@ import os
 import zmq
 from zmq.utils import z85
 
+from wire import entropy
+
 CRED_BYTES: int = 32
 #: The environment variable naming the inherited file descriptor a credential arrives on.
 CRED_FD_ENV: str = "SEALEDOS_CRED_FD"
@@ -20,7 +22,7 @@ CRED_FD_ENV: str = "SEALEDOS_CRED_FD"
 
 def new_credential() -> bytes:
     """A fresh credential (32 bytes from the OS's CSPRNG)."""
-    return os.urandom(CRED_BYTES)
+    return entropy.token_bytes(CRED_BYTES)
 
 
 def public_of(cred: bytes) -> str:

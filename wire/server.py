@@ -11,6 +11,12 @@ sends a request to a peer and runs a callback when the matching reply arrives, o
 cannot answer a request that was sent to another.
 
 Everything runs on one thread; no handler may block.
+
+The skeleton touches the world only through its *transport* (sockets, sending) and its
+*clock* (every timer and time read), see wire/transport.py: ZeroMQ and CLOCK_MONOTONIC in
+production.  A simulator (host_tools/sim) gives its own, delivers frames by calling
+:meth:`Server.on_frame` and runs timers with :meth:`Server.fire_due` at the times
+:meth:`Server.next_deadline` names, instead of :meth:`Server.run`.
 """
 from __future__ import annotations
 
@@ -19,7 +25,6 @@ import itertools
 import logging
 import os
 import signal
-import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,6 +35,7 @@ from zmq.auth.base import Authenticator
 from wire import sockets
 from wire.keys import Keyring
 from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, ok
+from wire.transport import MONOTONIC, Clock, Transport, ZmqTransport
 
 log = logging.getLogger("sealedos.server")
 
@@ -101,7 +107,8 @@ class Server:
     """Receive loop + caller check + dispatch table + reply, for one single-threaded service."""
 
     def __init__(self, name: str, ctx: zmq.Context | None = None,
-                 keys: Keyring | None = None) -> None:
+                 keys: Keyring | None = None, transport: Transport | None = None,
+                 clock: Clock | None = None) -> None:
         self.name = name
         self.ctx = ctx or zmq.Context.instance()
         #: This service's keys; Keyring(None) = insecure (NULL on every socket).
@@ -114,6 +121,12 @@ class Server:
         self.peer_keys: dict[bytes, str] = {}
         self.refused_keys = 0
         self._zap_countdown = 0
+        # The seam (wire/transport.py): sockets and sends go through the transport, every
+        # time read through the clock; a simulator hands in its own.
+        self.transport: Transport = transport or ZmqTransport(self.ctx)
+        self.clock: Clock = clock or MONOTONIC
+        self.now: Callable[[], float] = self.clock.now
+        self.pid: int = self.transport.pid()
         self.log = logging.getLogger(f"sealedos.{name}")
         self.poller = zmq.Poller()
         self.sockets: dict[zmq.Socket, bool] = {}        # socket -> is ROUTER
@@ -134,15 +147,15 @@ class Server:
         service's keypair, clients admitted by allow_key; NULL when insecure)."""
         if self.secure and self.auth is None:
             self._start_zap()
-        sock = sockets.router(self.ctx, addr, self.keyring.own)
+        sock = self.transport.bind_router(addr, self.keyring.own)
         self._add(sock, True)
         return sock
 
     def connect_dealer(self, addr: str, server_public: bytes | None = None) -> zmq.Socket:
         """Connect to `addr` with a DEALER socket served by this loop (a CURVE client
         expecting the server to hold `server_public`'s secret; NULL when insecure)."""
-        sock = sockets.dealer(self.ctx, addr, self.keyring.own,
-                              server_public if self.secure else None)
+        sock = self.transport.connect_dealer(addr, self.keyring.own,
+                                             server_public if self.secure else None)
         self._add(sock, False)
         return sock
 
@@ -181,14 +194,16 @@ class Server:
 
     def _add(self, sock: zmq.Socket, is_router: bool) -> None:
         self.sockets[sock] = is_router
-        self.poller.register(sock, zmq.POLLIN)
+        if self.transport.pollable:
+            self.poller.register(sock, zmq.POLLIN)
 
     def drop_socket(self, sock: zmq.Socket) -> None:
         """Stop serving `sock` and close it; requests pending on it time out as usual."""
         if sock in self.sockets:
-            self.poller.unregister(sock)
+            if self.transport.pollable:
+                self.poller.unregister(sock)
             del self.sockets[sock]
-            sock.close(0)
+            self.transport.close(sock)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> None:
@@ -359,15 +374,7 @@ class Server:
     # -- sending -------------------------------------------------------------------------
     def send(self, sock: zmq.Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         """Send one message to `peer` (ROUTER) or down the connection (DEALER)."""
-        frame = encode(msg)
-        try:
-            if peer is None:
-                sock.send(frame, _NOBLOCK)
-            else:
-                sock.send(peer, _MORE_NOBLOCK)
-                sock.send(frame, _NOBLOCK)
-        except zmq.ZMQError as exc:   # peer gone or queue full: the message is dropped
-            self.log.debug("%s: send to %r failed: %s", self.name, peer, exc)
+        self.transport.send(sock, peer, encode(msg))   # peer gone or queue full: dropped
 
     def reply(self, req: Request, **fields: Any) -> None:
         """Answer a suspended request with success."""
@@ -429,7 +436,7 @@ class Server:
     # -- timers --------------------------------------------------------------------------
     def call_later(self, delay_ms: float, fn: Callable[[], None]) -> Timer:
         """Run fn once, `delay_ms` from now, on the loop."""
-        timer = Timer(_now() + delay_ms / 1000.0, next(self._seq), fn)
+        timer = Timer(self.now() + delay_ms / 1000.0, next(self._seq), fn)
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -438,10 +445,10 @@ class Server:
             heapq.heappop(self._timers)
         if not self._timers:
             return 1000
-        return max(0, int((self._timers[0].deadline - _now()) * 1000) + 1)
+        return max(0, int((self._timers[0].deadline - self.now()) * 1000) + 1)
 
     def _fire_timers(self) -> None:
-        now = _now()
+        now = self.now()
         while self._timers and self._timers[0].deadline <= now:
             timer = heapq.heappop(self._timers)
             fn, timer.fn = timer.fn, None
@@ -464,5 +471,13 @@ class _KeyCheck:
                                     self.server.name, key.decode("ascii"))
         return allowed
 
+    # -- driving the loop from outside (the simulator, in-process unit tests) -----------
+    def next_deadline(self) -> float | None:
+        """When the earliest live timer is due (clock seconds), or None if none is."""
+        while self._timers and self._timers[0].fn is None:
+            heapq.heappop(self._timers)
+        return self._timers[0].deadline if self._timers else None
 
-_now = time.monotonic
+    def fire_due(self) -> None:
+        """Run every timer due by the clock's now (what one loop turn does after receiving)."""
+        self._fire_timers()

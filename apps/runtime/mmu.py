@@ -465,6 +465,10 @@ class Mmu:
                     return parked.answer
             if vpn == self._inflight:
                 self._revoked = True
+            if self._resident.get(vpn, frame) != frame:
+                # Stale: it revokes an older residency of vpn (unmapped and mapped again
+                # since, the control thread late); the page now at another frame is not its.
+                return {"dirty": False, "data": self.bank.page(frame) if want else None}
             dirty = vpn in self._dirty
             self._forget_locked(vpn)
             return {"dirty": dirty, "data": self.bank.page(frame) if (dirty or want) else None}

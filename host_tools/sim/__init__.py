@@ -1,0 +1,1 @@
+"""Deterministic simulation of sealedos (`sealedos sim`): see world.py."""
