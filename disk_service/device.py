@@ -98,6 +98,9 @@ class _Index:
         self.slots: dict[int, dict[int, int]] = {}      # handle index -> slot -> block
         self.free_blocks: list[int] = []                # pop() gives the lowest free block
         self.free_handles: list[int] = []               # pop() gives the lowest free index
+        #: Closed handles whose slot still holds their token hash (a tombstone: a late OPEN
+        #: of that token is refused), oldest first; reused only when no slot is free.
+        self.closed: dict[bytes, int] = {}
 
 
 def _scan_handles(ht: np.ndarray, idx: _Index) -> np.ndarray:
@@ -119,7 +122,10 @@ def _scan_handles(ht: np.ndarray, idx: _Index) -> np.ndarray:
                               f"share one token)")
         idx.tokens[key] = h
         idx.slots[h] = {}
-    idx.free_handles = np.flatnonzero(in_use == 0)[::-1].tolist()
+    unused = np.flatnonzero(in_use == 0)
+    tombs = np.array(ht["token_hash"])[unused].any(axis=1)
+    idx.closed = {np.array(ht["token_hash"])[h].tobytes(): int(h) for h in unused[tombs]}
+    idx.free_handles = unused[~tombs][::-1].tolist()
     return in_use.astype(bool)
 
 
@@ -264,6 +270,10 @@ class Device:
             raise ServiceError(Err.INVAL, f"a handle is {TOKEN_BYTES} bytes")
         if token is not None and token_hash(token) in self._idx.tokens:
             return token
+        if token is not None and token_hash(token) in self._idx.closed:
+            # A handle is opened once: an OPEN arriving after its CLOSE (delayed, retried,
+            # reordered) must not make it again, or its blocks would never be freed.
+            raise ServiceError(Err.BADHANDLE, "that handle was closed; it cannot be reopened")
         if not isinstance(label, str):
             raise ServiceError(Err.INVAL, f"label must be a string, got {type(label).__name__}")
         try:
@@ -273,12 +283,17 @@ class Device:
         if len(raw) > LABEL_MAX_BYTES:
             raise ServiceError(Err.INVAL, f"label is {len(raw)} bytes of UTF-8, "
                                           f"at most {LABEL_MAX_BYTES} are allowed")
-        if not self._idx.free_handles:
+        if not self._idx.free_handles and not self._idx.closed:
             raise ServiceError(Err.NOSPC, f"handle table full ({self.geo.max_handles} handles open)")
-        while token is None or token_hash(token) in self._idx.tokens:
+        while token is None or token_hash(token) in self._idx.tokens \
+                or token_hash(token) in self._idx.closed:
             token = entropy.token_bytes(TOKEN_BYTES)
         key = token_hash(token)
-        h = self._idx.free_handles.pop()
+        if self._idx.free_handles:
+            h = self._idx.free_handles.pop()
+        else:                                               # the oldest tombstone goes
+            oldest = next(iter(self._idx.closed))
+            h = self._idx.closed.pop(oldest)
         rec = self._handles[h:h + 1]
         if int(rec["in_use"][0]) != 0:
             raise Panic(f"free handle list holds handle {h}, which is in use")
@@ -296,9 +311,10 @@ class Device:
         h = self._handle(token)
         blocks = sorted(self._idx.slots[h].values(), reverse=True)
         self._release(blocks)
-        self._handles["in_use"][h] = 0                      # commit point
-        del self._idx.tokens[token_hash(token)], self._idx.slots[h]
-        self._idx.free_handles.append(h)
+        self._handles["in_use"][h] = 0                      # commit point (hash kept: a tomb)
+        key = token_hash(token)
+        del self._idx.tokens[key], self._idx.slots[h]
+        self._idx.closed[key] = h
         self.dirty = True
         return len(blocks)
 

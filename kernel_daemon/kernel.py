@@ -392,9 +392,13 @@ class Kernel(Server):
             self.pagers.open(m, space.handle(m), space.label[:32], opened(m), retries=retries)
 
     def _open_handles(self, space: SwapSpace) -> list[bytes | None]:
-        """space's handle per mirror, None where that mirror has not opened it."""
-        return [space.handles[m] if m in space.handles and self.pagers.is_open(m, space.handles[m])
-                else None for m in range(self.pagers.nmirrors)]
+        """space's handle per mirror.  Every mirror gets it, opened or not: the kernel minted
+        it, so it never depends on what a pager answered, and an OPEN that did not get
+        through (a pager that died or lied) shows as EBADHANDLE on the READ/WRITE, which
+        opens it again and retries (pagers.py).  Withholding it would make a page whose
+        OPEN timed out look lost ("no mirror holds the page": sim seed 13 on the merge).
+        A mirror that is down while another is up is skipped by worth_asking instead."""
+        return [space.handle(m) for m in range(self.pagers.nmirrors)]
 
     def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
         """Tell every mirror to free these swap blocks of `space`; close it if now unused."""

@@ -271,8 +271,11 @@ class Pagers:
         joins = self.slots[mirror].joins
 
         def on(reply: dict[str, Any] | None, why: str) -> None:
-            if reply is not None and "err" not in reply and handle in self.labels \
-                    and self.slots[mirror].joins == joins:
+            if handle not in self.labels:
+                # Closed while this OPEN was on its way: it may have landed after the CLOSE
+                # and made the handle again (a retried or late OPEN), so close it once more.
+                self.submit(mirror, Op.CLOSE, {"handle": handle}, lambda r, w: None)
+            elif reply is not None and "err" not in reply and self.slots[mirror].joins == joins:
                 self.opened[mirror].add(handle)
             done(reply, why)
         self.submit(mirror, Op.OPEN, {"handle": handle, "label": label}, on, retries=retries)

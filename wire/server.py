@@ -455,6 +455,17 @@ class Server:
             if fn is not None:
                 self._run_callback(fn)
 
+    # -- driving the loop from outside (the simulator, in-process unit tests) -----------
+    def next_deadline(self) -> float | None:
+        """When the earliest live timer is due (clock seconds), or None if none is."""
+        while self._timers and self._timers[0].fn is None:
+            heapq.heappop(self._timers)
+        return self._timers[0].deadline if self._timers else None
+
+    def fire_due(self) -> None:
+        """Run every timer due by the clock's now (what one loop turn does after receiving)."""
+        self._fire_timers()
+
 
 class _KeyCheck:
     """The ZAP credentials provider: asks the server's allow_key (pyzmq calls callback)."""
@@ -470,14 +481,3 @@ class _KeyCheck:
             self.server.log.warning("%s: refused a connection with unknown key %s",
                                     self.server.name, key.decode("ascii"))
         return allowed
-
-    # -- driving the loop from outside (the simulator, in-process unit tests) -----------
-    def next_deadline(self) -> float | None:
-        """When the earliest live timer is due (clock seconds), or None if none is."""
-        while self._timers and self._timers[0].fn is None:
-            heapq.heappop(self._timers)
-        return self._timers[0].deadline if self._timers else None
-
-    def fire_due(self) -> None:
-        """Run every timer due by the clock's now (what one loop turn does after receiving)."""
-        self._fire_timers()

@@ -268,7 +268,7 @@ class World:
     def _start_pager(self, p: PagerNode) -> None:
         p.instances += 1
         tr = self.net.transport(f"pager{p.mirror}.{p.instances}")
-        pager = Pager(PagerConfig(KERNEL_ADDR, f"sim://disk{p.mirror}", p.mirror),
+        pager = Pager(PagerConfig(KERNEL_ADDR, f"sim://disk{p.mirror}", p.mirror, insecure=True),
                       transport=tr, clock=self.clock)
         if p.hostile != "none":
             pager.hostile = make_behaviour(p.hostile, pager, HostileOptions(
