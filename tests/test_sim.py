@@ -17,6 +17,11 @@ REGRESSION_SEEDS: dict[int, str] = {
     4: "a page grant completing from a timer while the receiver remapped: vm.grant unmapped "
        "the caller's pages, then the receiver's map raised ServiceError out of the kernel loop",
     28: "the same grant race on another schedule (the caller's pages were already unmapped)",
+    13: "an OPEN that timed out left the page's mirror without a handle: 'no mirror holds the "
+        "page' (kernel-minted handles withheld until a pager acknowledged OPEN)",
+    1263675180: "an OPEN delayed past its space's CLOSE made the handle again on the disk: "
+                "1 handle and its blocks leaked (no tombstone for closed handles)",
+    3931367869: "four OPENs reordered behind their CLOSEs: 4 handles, 9 blocks leaked",
 }
 #: How long the bounded sweep runs (seconds of wall time).
 SWEEP_S: float = float(os.environ.get("SEALEDOS_SIM_SWEEP_S", "20"))
@@ -61,7 +66,8 @@ def test_storm_regression_seed(seed: int, intensity: float) -> None:
 def test_regression_seed(seed: int) -> None:
     r = World(SimConfig(seed)).run()
     assert r.ok, f"seed {seed} ({REGRESSION_SEEDS[seed]}): {r.violations}"
-    assert r.work["grants_refused"] > 0, "the schedule no longer reaches the grant race"
+    if "grant" in REGRESSION_SEEDS[seed]:
+        assert r.work["grants_refused"] > 0, "the schedule no longer reaches the grant race"
 
 
 def test_a_bounded_sweep_of_fresh_seeds_passes() -> None:
