@@ -66,6 +66,10 @@ class Config:
     disk_size_mib: int = 64
     pagers: int = 1
     hostile: str | None = None
+    #: How many pagers (the first ones) --hostile makes hostile.
+    hostile_count: int = 1
+    #: Erasure-code pages "K+R" across the pagers (pagers must be K+R); None: mirroring.
+    code: str | None = None
     no_seal: bool = False
     pager_timeout_ms: int = 2000
     pager_retries: int = 5
@@ -128,6 +132,8 @@ class System:
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
                  "--pager-retries", str(c.pager_retries), f"--launcher-key={launcher_public}",
                  *c.kernel_args]
+        if c.code:
+            kargs += ["--code", c.code]
         if c.no_seal:
             kargs.append("--no-seal")
         if c.trace:
@@ -142,7 +148,7 @@ class System:
         for m in range(c.pagers):
             pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
                      "--disk", self.services[f"disk{m}"].addr or "", "--mirror", str(m)]
-            if c.hostile and m == 0:
+            if c.hostile and m < c.hostile_count:
                 pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms)]
             self._launch("pager", f"pager{m}", pargs)
         self.wait_pagers()
