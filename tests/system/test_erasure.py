@@ -85,3 +85,22 @@ def test_no_pager_or_disk_sees_plaintext(make_system: Callable[..., System]) -> 
     for f in files[:6]:
         assert (system.rundir / f).stat().st_size >= 8 * 4096
     assert [f for f in files if SECRET.encode() in (system.rundir / f).read_bytes()] == []
+
+
+def test_page_swapped_only_with_all_fragments_stored(make_system: Callable[..., System]) -> None:
+    """Durability rule: with one pager gone for good, no page becomes SWAPPED (the kernel
+    keeps the bytes, HELD, and the app runs on); once it is back, pages are swapped out."""
+    system = make_system(**EC)
+    gone = system.services["pager5"]
+    gone.restart = False
+    gone.proc.kill()
+    wait_for("pager5 down", lambda: not system.stats()["kernel"]["pagers"][5]["up"], 30)
+    system.spawn_app("memstress", ["--pages", "24", "--duration", "10"], "memstress.1")
+    wait_for("short writes", lambda: system.stats()["kernel"]["ec_short_writes"] >= 3, 60)
+    rec = system.process("memstress.1")
+    assert rec["swapped_pages"] == 0 and rec["state"] != "killed", rec
+    assert system.stats()["kernel"]["ec_page_ins"] == 0
+    gone.restart = True                               # the supervisor brings it back
+    wait_for("pages swapped out", lambda: system.process("memstress.1")["swapped_pages"] > 0, 60)
+    assert system.wait_apps(120) == {"memstress.1": 0}, system.log_tail("memstress.1")
+    assert system.process("memstress.1")["checksum"] == "verified"
