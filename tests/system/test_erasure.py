@@ -17,6 +17,7 @@ from host_tools.system import System
 from wire.protocol import HOSTILE_MODES
 
 from polling import wait_for
+from test_chaos import run_chaos
 
 EC = dict(pagers=6, code="4+2", frames=8, disk_size_mib=4, pager_timeout_ms=1500,
           pager_retries=1, stall_ms=5000)
@@ -104,3 +105,16 @@ def test_page_swapped_only_with_all_fragments_stored(make_system: Callable[..., 
     wait_for("pages swapped out", lambda: system.process("memstress.1")["swapped_pages"] > 0, 60)
     assert system.wait_apps(120) == {"memstress.1": 0}, system.log_tail("memstress.1")
     assert system.process("memstress.1")["checksum"] == "verified"
+
+
+def test_chaos_kills_r_pagers_at_once_repeatedly() -> None:
+    """`sealedos chaos --pagers 6 --code 4+2 --kill pager --count 2`: nothing lost."""
+    report = run_chaos("--pagers", "6", "--code", "4+2", "--kill", "pager", "--count", "2",
+                       "--every", "1.5", "--duration", "5", "--memstress", "2", "--pages", "96",
+                       "--frames", "32", "--echo-clients", "1")
+    assert report["kills"] >= 2 and report["restarts"] >= 2 * report["kills"]
+    assert sum(n > 0 for svc, n in report["restarts_by_service"].items()
+               if svc.startswith("pager")) >= 4      # a different pair each time
+    assert report["app_errors"] == 0 and report["verified"] is True
+    assert report["reclaimed"] is True
+    assert report["kernel"]["ec_page_ins"] > 0 and report["kernel"]["ec_unrecoverable"] == 0
