@@ -51,7 +51,8 @@ class EcPages:
         self.k, self.r, self.delta = k, r, max(0, delta)
         self.stats = stats
         for key in ("ec_page_outs", "ec_short_writes", "ec_page_ins", "ec_degraded_reads",
-                    "ec_fragments_read", "ec_repairs", "ec_unrecoverable"):
+                    "ec_fragments_read", "ec_repairs", "ec_fragments_lost", "ec_late_failures",
+                    "ec_unrecoverable"):
             stats.setdefault(key, 0)
 
     @property
@@ -98,12 +99,14 @@ class EcPages:
                 done: Callable[[bytes | None, list[Failure]], None],
                 repaired: Callable[[int, int], None] | None = None,
                 answered: Callable[[int, dict[str, Any]], None] | None = None,
-                sealed_out: Callable[[bytes], None] | None = None) -> None:
+                sealed_out: Callable[[bytes], None] | None = None,
+                late_failure: Callable[[int, str, str], None] | None = None) -> None:
         """Late-binding read: decode from the first K verified fragments, then verify the
         whole page with `verify` (the kernel's AES-GCM open) and done(plaintext, failures);
         done(None, failures) if fewer than K fragments verify.  Bad fragments are rewritten
         afterwards; repaired(ok_mask, lost_mask) then.  sealed_out(ciphertext), if given,
-        sees the verified ciphertext before done."""
+        sees the verified ciphertext before done; late_failure(pager, kind, text) hears of a
+        fragment that failed after the page was decoded (it is repaired as well)."""
         now = time.monotonic()
         slots = self.pagers.slots
         order = sorted((m for m in range(self.coder.n) if mask >> m & 1 and handles[m] is not None),
@@ -136,6 +139,7 @@ class EcPages:
         def on(m: int, reply: dict[str, Any] | None, why: str) -> None:
             st["out"] -= 1
             if st["done"]:
+                late(m, reply, why)
                 return
             slots[m].bad_until = time.monotonic() + BAD_MIRROR_MS / 1000
             if reply is None or "err" in reply:
@@ -157,6 +161,26 @@ class EcPages:
             else:
                 more()
 
+        def late(m: int, reply: dict[str, Any] | None, why: str) -> None:
+            """An answer after the page was decoded is still checked: a pager that lies or
+            fails more slowly than K others is caught, counted and repaired too."""
+            sealed = st.get("sealed")
+            if sealed is None:
+                return                          # the read failed: nothing to repair from
+            if reply is None or "err" in reply:
+                kind = "timeout" if reply is None else "error"
+                text = why if reply is None else f"{reply.get('err')}: {reply.get('msg')}"
+            else:
+                try:
+                    self.coder.check(reply.get("data"), *bind, m)
+                    return
+                except IntegrityError as exc:
+                    kind, text = exc.kind, str(exc)
+            self.stats["ec_late_failures"] += 1
+            if late_failure is not None:
+                late_failure(m, kind, text)
+            self.repair(handles, slot, bind, sealed, [m], repaired)
+
         def finish() -> None:
             st["done"] = True
             sealed = self.coder.join(good)
@@ -168,6 +192,7 @@ class EcPages:
                 done(None, failures)
                 return
             self.stats["ec_page_ins"] += 1
+            st["sealed"] = sealed
             if failures:
                 self.stats["ec_degraded_reads"] += 1
             if sealed_out is not None:
@@ -188,6 +213,7 @@ class EcPages:
 
         def on(mask: int, _why: str) -> None:
             self.stats["ec_repairs"] += mask.bit_count()
+            self.stats["ec_fragments_lost"] += (lost & ~mask).bit_count()
             if repaired is not None:
                 repaired(mask, lost & ~mask)
         self._write(handles, slot, blocks, bad, on)

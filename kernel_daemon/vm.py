@@ -296,7 +296,9 @@ class Vm:
                 self.k.ec.page_in(handles, pte.slot, pte.mirrors, (space.swap_id, seal_vpn,
                                   version), verify, on_data, self._ec_repaired(proc, vpn, pte,
                                                                                version),
-                                  lambda m, reply: self.pager_answered(proc, key, m, reply))
+                                  lambda m, reply: self.pager_answered(proc, key, m, reply),
+                                  late_failure=lambda m, kind, text: self.integrity_failure(
+                                      proc, vpn, m, kind, f"(after decoding) {text}"))
                 return
             self.k.pagers.page_in(handles, pte.slot, mask, verify, on_data, on_repaired,
                                   lambda m, reply: self.pager_answered(proc, key, m, reply))

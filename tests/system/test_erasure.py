@@ -7,12 +7,14 @@ holds a known plaintext; a page is SWAPPED only with all K+R fragments stored.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from typing import Callable
 
 import pytest
 
+from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import System
 from wire.protocol import HOSTILE_MODES
 
@@ -21,7 +23,7 @@ from test_chaos import run_chaos
 
 EC = dict(pagers=6, code="4+2", frames=8, disk_size_mib=4, pager_timeout_ms=1500,
           pager_retries=1, stall_ms=5000)
-WORK = ["--pages", "24", "--passes", "1"]
+WORK = ["--pages", "32", "--duration", "2"]   # passes long enough for write-backs to land
 SECRET = "SEALEDOS-EC-KNOWN-PLAINTEXT-51c2"
 
 
@@ -38,7 +40,7 @@ def test_r_hostile_pagers_lose_nothing(make_system: Callable[..., System], mode:
     code, rec = run_memstress(system, "memstress.1")
     kernel = system.stats()["kernel"]
     assert code == 0, (system.log_tail("memstress.1"), kernel)
-    assert rec["checksum"] == "verified" and rec["major_faults"] > 0
+    assert rec["checksum"] == "verified" and rec["major_faults"] > 0, (rec, kernel)
     assert kernel["ec_page_ins"] >= rec["major_faults"] and kernel["ec_unrecoverable"] == 0
     caught = kernel["integrity_failures"]
     if mode == "snoop":
@@ -118,3 +120,41 @@ def test_chaos_kills_r_pagers_at_once_repeatedly() -> None:
     assert report["app_errors"] == 0 and report["verified"] is True
     assert report["reclaimed"] is True
     assert report["kernel"]["ec_page_ins"] > 0 and report["kernel"]["ec_unrecoverable"] == 0
+
+
+def test_fragment_lost_while_a_pager_was_away_is_resynced(
+        make_system: Callable[..., System]) -> None:
+    """A pager hangs during reads (the kernel decodes from the others, then its late timeouts
+    are counted, it is killed and nobody restarts it): the fragments the kernel could not
+    rewrite there are marked lost; when the pager is back, resync rebuilds it
+    from the others.  Then two OTHER pagers die for good and every page still reads back:
+    pager 0's fragments, resynced ones included, are good."""
+    system = make_system(**EC)
+    pages = [hashlib.sha256(b"%d" % i).digest() * (PAGE_SIZE // 32) for i in range(32)]
+    with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "writer")) as proc:
+        addr = proc.map(len(pages))
+        for i, page in enumerate(pages):
+            proc.write(addr + i * PAGE_SIZE, page)
+        wait_for("pages swapped", lambda: system.process("writer")["swapped_pages"] >= 20, 60)
+        pager0 = system.services["pager0"]
+        pager0.restart = False
+        os.kill(pager0.pid, signal.SIGSTOP)             # hangs; the kernel will kill it
+        for i, page in enumerate(pages):
+            assert proc.read(addr + i * PAGE_SIZE, PAGE_SIZE) == page, f"page {i}"
+        wait_for("a fragment marked lost",
+                 lambda: system.stats()["kernel"]["ec_fragments_lost"] >= 1, 60)
+        pager0.restart = True                           # back: resync rebuilds what it lacks
+
+        def resynced() -> bool:
+            k = system.stats()["kernel"]
+            return k["pagers"][0]["up"] and k["resynced"] >= 1 and k["resync_pending"] == 0
+        wait_for("pager 0 to rejoin and be resynced", resynced, 60)
+        for name in ("pager1", "pager2"):               # now pager 0's fragments are needed
+            system.services[name].restart = False
+            os.kill(system.services[name].pid, signal.SIGKILL)
+        wait_for("pagers 1, 2 down",
+                 lambda: not any(p["up"] for p in system.stats()["kernel"]["pagers"][1:3]), 30)
+        for i, page in enumerate(pages):
+            assert proc.read(addr + i * PAGE_SIZE, PAGE_SIZE) == page, f"page {i}"
+    kernel = system.stats()["kernel"]
+    assert kernel["resync_failed"] == 0 and kernel["ec_unrecoverable"] == 0, kernel
