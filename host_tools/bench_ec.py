@@ -49,7 +49,7 @@ def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int) -> 
     b = proc.map(frames)
     for i in range(frames):
         proc.store_u64(b + i * PAGE_SIZE, i)
-    _wait("pages swapped", lambda: system.process(proc.name)["swapped_pages"] >= npages)
+    _wait("pages swapped", lambda: (system.process(proc.name) or {}).get("swapped_pages", 0) >= npages)
     proc.unmap(b, frames)
     n = system.config.pagers
     for m in range(n - down, n):
