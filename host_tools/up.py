@@ -211,7 +211,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(
         f"kernel: {k['nframes']} frames ({k['policy']}), faults minor {k['minor_faults']} "
         f"major {k['major_faults']}, page-ins {k['page_ins']}, page-outs {k['page_outs']}, "
-        f"evictions {k['evictions']}, sealed {k['sealed']}, mirrors {k['mirrors']}")
+        f"evictions {k['evictions']}, sealed {k['sealed']}, " +
+        (f"{k['mirrors']} pagers erasure-coded {k['code']} (degraded reads "
+         f"{k['ec_degraded_reads']}, fragments rewritten {k['ec_repairs']})" if k.get("code")
+         else f"mirrors {k['mirrors']}"))
     fails = k.get("integrity_failures") or {}
     if fails:
         console.print("[bold yellow]integrity failures caught by the kernel:[/] "
