@@ -458,8 +458,12 @@ class Vm:
             return
         if mask and self.k.ec is not None and mask != self.k.ec.full_mask:
             self.stats["ec_short_writes"] += 1   # durability rule: all K+R fragments, or HELD
-            why = f"only {mask.bit_count()} of {self.k.ec.coder.n} fragments stored ({why})"
-            mask = 0
+            if self.stats["ec_short_writes"] & (self.stats["ec_short_writes"] - 1) == 0:
+                self.k.log.warning("page %#x of %s stays HELD: only %d of %d fragments stored "
+                                   "(%s); retrying (logged at powers of two)", vpn, proc.name,
+                                   mask.bit_count(), self.k.ec.coder.n, why)
+            self.k.call_later(WRITEBACK_RETRY_MS, lambda: self._retry_write(proc, vpn, pte))
+            return
         if mask == 0:
             self.stats["writeback_failures"] += 1
             self.k.log.warning("write-back of page %#x of %s failed (%s); retrying", vpn,
