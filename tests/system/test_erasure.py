@@ -49,7 +49,7 @@ def test_r_hostile_pagers_lose_nothing(make_system: Callable[..., System], mode:
         assert sum(caught.values()) >= 1, "the hostile pagers were never caught"
 
 
-@pytest.mark.parametrize("mode", ["flip", "zero", "garbage"])
+@pytest.mark.parametrize("mode", ["flip", "zero", "garbage", "drop"])
 def test_r_plus_1_hostile_stops_only_faulting_processes(make_system: Callable[..., System],
                                                         mode: str) -> None:
     system = make_system(hostile=mode, hostile_count=3, **EC)
