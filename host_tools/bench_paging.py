@@ -1,6 +1,7 @@
 """`sealedos bench paging`: fault latency and paging throughput, each against its floor.
 
     sealedos bench paging [--frames N] [--rounds R] [--json] [--transports ipc,tcp] [--scale]
+    sealedos bench paging --code 4+2 [--frames N] [--rounds R] [--json]   (bench_ec.py)
 
 This process becomes a sealed process of a freshly started system and measures, through its
 own MMU: a TLB hit; minor faults (first touch, a free frame waiting); major faults (a page on
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", action="store_true", help="64 processes on a 1 GiB device instead")
     p.add_argument("--scale-procs", type=int, default=64)
     p.add_argument("--scale-pages", type=int, default=256)
+    p.add_argument("--code", metavar="K+R",
+                   help="erasure-coded pagers K+R against mirrored --pagers 2 (bench_ec.py)")
     return p
 
 
@@ -274,6 +277,14 @@ def main(argv: list[str]) -> int:
     """Run the benchmark and print figures with their ratios to the floors."""
     args = build_parser().parse_args(argv)
     console = Console(stderr=True, quiet=args.json)
+    if args.code:
+        from host_tools import bench_ec
+        result = bench_ec.compare(args.code, args.frames, args.rounds, console)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            bench_ec.print_report(result, Console())
+        return 0
     if args.scale:
         result = scale(args.scale_procs, args.scale_pages, 1024)
         print(json.dumps(result, indent=2) if args.json else _scale_text(result))

@@ -3,7 +3,7 @@ notice nothing but latency.
 
     sealedos chaos [--kill pager|disk|APP] [--signal KILL|STOP] [--every S] [--duration S]
                    [--json] [--plot FILE.png] [--pagers N] [--frames N] [--memstress N]
-                   [--pages N] [--echo-clients N]
+                   [--pages N] [--echo-clients N] [--code K+R --count R]
 
 The workload, on a fresh local System: --memstress instances paging heavily (each array
 several times the frame pool), one echo server (echo.1) and --echo-clients echoload clients
@@ -81,7 +81,8 @@ WARMUP_MAX_S: float = 60.0
 KERNEL_KEYS: tuple[str, ...] = (
     "major_faults", "minor_faults", "page_ins", "page_outs", "pager_timeouts", "pager_retries",
     "pager_transient_errors", "pager_kills", "pager_restarts", "writeback_failures",
-    "repairs", "resynced", "resync_failed", "integrity_failures")
+    "repairs", "resynced", "resync_failed", "integrity_failures",
+    "ec_page_ins", "ec_degraded_reads", "ec_short_writes", "ec_repairs", "ec_unrecoverable")
 SIGNALS: dict[str, signal.Signals] = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP}
 
 
@@ -227,6 +228,9 @@ class Chaos:
 
     def kill_once(self) -> None:
         """Send the signal to the target's current instance (skip one already gone)."""
+        if self.args.count > 1:
+            self._kill_many()
+            return
         name, lin = self.resolve(self.args.kill)
         svc: Service = self.system.services[name]
         last_pid = self.kills[-1].pid if self.kills else None
@@ -243,6 +247,29 @@ class Chaos:
         if lin is not None:
             lin.killed.add(name)
             self.pending_reclaim.append((kill, lin))
+
+    def _kill_many(self) -> None:
+        """--count N: signal N services of the target's kind at once (pagers or disks), a
+        different set each time (rotating), as one kill (its recovery is one recovery)."""
+        kind = re.sub(r"\d+$", "", self.args.kill)
+        names = sorted((n for n in self.system.services if re.fullmatch(rf"{kind}\d+", n)),
+                       key=lambda n: int(n[len(kind):]))
+        start = len(self.kills) * self.args.count
+        chosen = [names[(start + i) % len(names)] for i in range(self.args.count)]
+        pids = []
+        for name in chosen:
+            svc = self.system.services[name]
+            if svc.proc.poll() is not None:
+                continue
+            try:
+                psutil.Process(svc.pid).send_signal(self.sig)
+                pids.append(svc.pid)
+            except psutil.Error:
+                continue
+        if not pids:
+            self.skipped += 1
+            return
+        self.kills.append(Kill(time.monotonic(), "+".join(chosen), pids[0]))
 
     def settle_app_kills(self) -> None:
         """A killed app the kernel has reclaimed: note when, check its record, re-spawn it."""
@@ -519,6 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as one JSON document")
     p.add_argument("--plot", metavar="FILE.png", help="plot fault latency and IPC throughput")
     p.add_argument("--pagers", type=int, default=1, help="mirrored pagers (each with a disk)")
+    p.add_argument("--code", metavar="K+R", help="erasure-code pages K+R across the pagers")
+    p.add_argument("--count", type=int, default=1,
+                   help="with --kill pager or disk: signal this many of them at once")
     p.add_argument("--frames", type=int, default=64)
     p.add_argument("--memstress", type=int, default=3, help="memstress instances")
     p.add_argument("--pages", type=int, default=160, help="pages per memstress array")
@@ -536,7 +566,12 @@ def main(argv: list[str]) -> int:
     if args.every <= 0 or args.duration <= 0:
         raise SystemExit("sealedos chaos: --every and --duration must be positive")
     console = Console(stderr=True)
+    if args.count < 1 or (args.count > 1 and args.kill not in ("pager", "disk")):
+        raise SystemExit("sealedos chaos: --count N > 1 needs --kill pager or --kill disk")
+    if args.count >= args.pagers and args.count > 1:
+        raise SystemExit("sealedos chaos: --count must be below --pagers")
     config = Config(frames=args.frames, pagers=args.pagers, disk_size_mib=args.disk_size,
+                    code=args.code,
                     pager_timeout_ms=args.pager_timeout_ms, pager_retries=args.pager_retries)
 
     def interrupted(*_: Any) -> None:

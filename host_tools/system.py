@@ -72,6 +72,10 @@ class Config:
     disk_size_mib: int = 64
     pagers: int = 1
     hostile: str | None = None
+    #: How many pagers (the first ones) --hostile makes hostile.
+    hostile_count: int = 1
+    #: Erasure-code pages "K+R" across the pagers (pagers must be K+R); None: mirroring.
+    code: str | None = None
     no_seal: bool = False
     pager_timeout_ms: int = 2000
     pager_retries: int = 5
@@ -147,6 +151,8 @@ class System:
                  "--pager-retries", str(c.pager_retries),
                  f"--launcher-key={launcher_public}",    # one argv: a z85 key may begin with "-"
                  *c.kernel_args]
+        if c.code:
+            kargs += ["--code", c.code]
         if c.no_seal:
             kargs.append("--no-seal")
         if c.trace:
@@ -162,7 +168,7 @@ class System:
         for m in range(c.pagers):
             pargs = ["--rundir", str(self.rundir), "--kernel", self.kernel_addr,
                      "--disk", self.services[f"disk{m}"].addr or "", "--mirror", str(m)]
-            if c.hostile and m == 0:
+            if c.hostile and m < c.hostile_count:
                 pargs += ["--hostile", c.hostile, "--stall-ms", str(c.stall_ms),
                           "--snoop-file", str(self.snoop_file(m))]
             pager = self._launch("pager", f"pager{m}", pargs)

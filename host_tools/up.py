@@ -1,7 +1,7 @@
 """`sealedos up`: run the whole system locally, show progress, print the per-process summary.
 
     sealedos up [--frames N] [--policy P] [--disk-size MiB] [--duration S] [--json]
-                [--pagers 2] [--hostile MODE] [--no-seal] [--trace FILE] [APP [ARGS] ...]
+                [--pagers 2 | --pagers 6 --code 4+2] [--hostile MODE [--hostile-count R]] [--no-seal] [--trace FILE] [APP [ARGS] ...]
 
 APPs are `apps` programs (memstress, refstring, ...) each followed by its own flags; the
 same name twice starts two instances (memstress.1, memstress.2).  With no APP, a few
@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document")
     p.add_argument("--pagers", type=int, default=1, help="mirrored pagers, each with its own disk")
     p.add_argument("--hostile", choices=HOSTILE_MODES, help="make the first pager hostile")
+    p.add_argument("--hostile-count", type=int, default=1, metavar="R",
+                   help="with --hostile: make the first R pagers hostile")
+    p.add_argument("--code", metavar="K+R",
+                   help="erasure-code pages across the pagers (--pagers K+R) instead of mirroring")
     p.add_argument("--no-seal", action="store_true", help="plaintext pages (trusted pager)")
     p.add_argument("--pager-timeout-ms", type=int, default=2000)
     p.add_argument("--pager-retries", type=int, default=5)
@@ -84,6 +88,7 @@ def main(argv: list[str]) -> int:
     groups = split_apps(args.apps, set(APPS)) or DEFAULT_APPS
     config = Config(frames=args.frames, policy=args.policy, disk_size_mib=args.disk_size,
                     pagers=args.pagers, hostile=args.hostile, no_seal=args.no_seal,
+                    hostile_count=args.hostile_count, code=args.code,
                     pager_timeout_ms=args.pager_timeout_ms, pager_retries=args.pager_retries,
                     trace=os.path.abspath(args.trace) if args.trace else None,
                     metrics_port=args.metrics_port, stall_ms=args.stall_ms,
@@ -209,7 +214,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(
         f"kernel: {k['nframes']} frames ({k['policy']}), faults minor {k['minor_faults']} "
         f"major {k['major_faults']}, page-ins {k['page_ins']}, page-outs {k['page_outs']}, "
-        f"evictions {k['evictions']}, sealed {k['sealed']}, mirrors {k['mirrors']}")
+        f"evictions {k['evictions']}, sealed {k['sealed']}, " +
+        (f"{k['mirrors']} pagers erasure-coded {k['code']} (degraded reads "
+         f"{k['ec_degraded_reads']}, fragments rewritten {k['ec_repairs']})" if k.get("code")
+         else f"mirrors {k['mirrors']}"))
     fails = k.get("integrity_failures") or {}
     if fails:
         console.print("[bold yellow]integrity failures caught by the kernel:[/] "

@@ -34,6 +34,8 @@ from typing import Any, Callable
 from kernel_daemon.frames import FramePool
 from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
+from kernel_daemon.ecpages import EcPages
+from kernel_daemon.erasure import parse_code
 from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
@@ -86,7 +88,8 @@ class Kernel(Server):
                  pager_timeout_ms: int = 2000, pager_retries: int = 5,
                  ipc_max_bytes: int = IPC_MAX_PAYLOAD_BYTES, trace: str | None = None,
                  launcher_key: str | None = None, keys: Keyring | None = None,
-                 transport: Transport | None = None, clock: Clock | None = None) -> None:
+                 transport: Transport | None = None, clock: Clock | None = None,
+                 code: tuple[int, int] | None = None, ec_delta: int = 1) -> None:
         super().__init__("kernel", keys=keys, transport=transport, clock=clock)
         #: Who may connect, and as what: z85 public key -> Role, for the fixed principals
         #: (sealed processes connect with their credential's key: allow_key).
@@ -104,6 +107,10 @@ class Kernel(Server):
         self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
         self.pagers = Pagers(self, self.sock, mirrors, pager_timeout_ms, pager_retries,
                              self.host, self.stats)
+        #: Erasure-coded pagers (--code K+R): fragment i of every page on pager i (ecpages.py).
+        self.ec = EcPages(self.pagers, *code, ec_delta, self.stats) if code else None
+        if code:
+            self.stats["code"] = f"{code[0]}+{code[1]}"
         self.resync = Resync(self)               # a returning mirror gets what it missed
         self.pagers.on_up = self.resync.kick
         self.ipc_max_bytes = ipc_max_bytes
@@ -603,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", choices=sorted(POLICIES), default=env("SEALEDOS_POLICY", "clock"))
     p.add_argument("--pagers", type=int, default=int(env("SEALEDOS_PAGERS", "1")),
                    help="mirrored pager slots (2 = every page-out goes to both)")
+    p.add_argument("--code", default=env("SEALEDOS_CODE"),
+                   help="erasure-code pages K+R across the pagers (--pagers must be K+R)")
+    p.add_argument("--ec-delta", type=int, default=int(env("SEALEDOS_EC_DELTA", "1")),
+                   help="with --code: a page-in asks K + this many pagers at once")
     p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",
                    help="plaintext pages (a trusted pager; to measure sealing's cost)")
     p.add_argument("--pager-timeout-ms", type=int, default=int(env("SEALEDOS_PAGER_TIMEOUT_MS", "2000")))
@@ -637,16 +648,21 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         keys = wkeys.keyring(args.keys, "kernel", args.insecure)
-    except KeysMissing as exc:
+        code = parse_code(args.code) if args.code else None
+    except (KeysMissing, ValueError) as exc:
         print(f"sealedos kernel: {exc}", file=sys.stderr)
+        return 2
+    if code and sum(code) != args.pagers:
+        print(f"sealedos kernel: --code {args.code} needs --pagers {sum(code)}", file=sys.stderr)
         return 2
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
-                    args.launcher_key, keys)
+                    args.launcher_key, keys, code=code, ec_delta=args.ec_delta)
     _attach_extras(kernel, args)
     host.open_socket_file(args.addr)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
-          f"{args.pagers} pager slot(s), {'sealed' if not args.no_seal else 'UNSEALED'}, "
+          f"{args.pagers} pager slot(s){', code ' + args.code if code else ''}, "
+          f"{'sealed' if not args.no_seal else 'UNSEALED'}, "
           f"{'CURVE' if kernel.secure else 'INSECURE (NULL)'})",
           file=sys.stderr, flush=True)
     try:

@@ -131,6 +131,9 @@ class Resync:
         if not self._current(proc, vpn, pte, pte.version) or pte.mirrors >> mirror & 1:
             self._skipped()
             return
+        if self.k.ec is not None:                   # erasure-coded: rebuild its fragment
+            self.k.ec.resync_copy(self, proc, vpn, pte, mirror)
+            return
         version, tag, slot, space = pte.version, pte.tag, pte.slot, pte.space
         assert space is not None
         sealer, pagers = self.k.vm.sealer, self.k.pagers

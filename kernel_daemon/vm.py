@@ -291,11 +291,29 @@ class Vm:
         def with_handles(handles: list[bytes | None]) -> None:
             self.k.tracer.step("vm", "fault", key, proc.spid, "pager asked")
             mask = pte.mirrors & sum(1 << m for m, h in enumerate(handles) if h is not None)
+            if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
+                self.k.ec.page_in(handles, pte.slot, pte.mirrors, (space.swap_id, seal_vpn,
+                                  version), verify, on_data, self._ec_repaired(proc, vpn, pte,
+                                                                               version),
+                                  lambda m, reply: self.pager_answered(proc, key, m, reply),
+                                  late_failure=lambda m, kind, text: self.integrity_failure(
+                                      proc, vpn, m, kind, f"(after decoding) {text}"))
+                return
             self.k.pagers.page_in(handles, pte.slot, mask, verify, on_data, on_repaired,
                                   lambda m, reply: self.pager_answered(proc, key, m, reply))
 
         self._get_frame(proc, vpn, on_frame)
         self.k.with_handles(space, with_handles)
+
+    def _ec_repaired(self, proc: Proc, vpn: int, pte: Pte,
+                     version: int) -> Callable[[int, int], None]:
+        """After an erasure-coded page's bad fragments were rewritten: set the bits of those
+        rewritten, clear those that were not (resync.py copies them when the pager is back)."""
+        def on(ok: int, lost: int) -> None:
+            if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.version == version:
+                pte.mirrors = (pte.mirrors | ok) & ~lost
+                self.k.resync.kick_missing(~lost)
+        return on
 
     def integrity_failure(self, proc: Proc, vpn: int, mirror: int, kind: str, text: str) -> None:
         """Count one failed check of one mirror's answer."""
@@ -417,6 +435,11 @@ class Vm:
         sealed, tag = self.sealer.seal(space.swap_id, pte.seal_vpn, version, pte.held)
 
         def with_handles(handles: list[bytes | None]) -> None:
+            if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
+                self.k.ec.page_out(handles, pte.slot, (space.swap_id, pte.seal_vpn, version),
+                                   sealed, lambda mask, why: self._written(
+                                       proc, vpn, pte, version, tag, mask, why))
+                return
             self.k.pagers.page_out(handles, pte.slot, sealed,
                                    lambda mask, why: self._written(proc, vpn, pte, version, tag,
                                                                    mask, why))
@@ -431,6 +454,14 @@ class Vm:
         if pte.wb_again:                  # the bytes changed while this was in flight
             pte.wb_again = False
             self.write_back(proc, vpn, pte)
+            return
+        if mask and self.k.ec is not None and mask != self.k.ec.full_mask:
+            self.stats["ec_short_writes"] += 1   # durability rule: all K+R fragments, or HELD
+            if self.stats["ec_short_writes"] & (self.stats["ec_short_writes"] - 1) == 0:
+                self.k.log.warning("page %#x of %s stays HELD: only %d of %d fragments stored "
+                                   "(%s); retrying (logged at powers of two)", vpn, proc.name,
+                                   mask.bit_count(), self.k.ec.coder.n, why)
+            self.k.call_later(WRITEBACK_RETRY_MS, lambda: self._retry_write(proc, vpn, pte))
             return
         if mask == 0:
             self.stats["writeback_failures"] += 1

@@ -1,0 +1,105 @@
+"""Erasure coding of sealed pages: K data + R parity fragments, each authenticated on its own.
+
+A page is sealed first (seal.py: AES-GCM of the whole page, the tag and version stay in the
+kernel's PTE), so no fragment and no set of pagers ever holds plaintext.  The ciphertext is
+split into K equal data fragments and R parity fragments with zfec (a Reed-Solomon code over
+GF(2^8); any K of the K+R fragments give the ciphertext back).  Fragment i goes to pager i.
+
+Each fragment carries its own MAC, stored NEXT TO it on the pager (the SGX hint: only the
+version must stay inside the trusted side, because the version bound into the MAC is what
+stops a replay).  The MAC is keyed BLAKE2b-128 over (swap id, vpn, version, fragment index,
+fragment bytes) under a key made here at boot that never leaves the kernel, so a pager can
+neither forge a fragment, nor move one to another page, index or version.  A fragment that
+fails its check is simply an *erasure*: the kernel knows exactly which pager lied.
+
+Block layout (one PAGE_SIZE disk block per fragment, so the pager and disk keep their strict
+"exactly one page" checks and protocol): fragment (FRAG bytes = ceil(PAGE_SIZE / K)), MAC
+(16 bytes), zeros up to PAGE_SIZE.  The padding is checked to be zero too.  The payload per
+page is (K+R) * (FRAG + 16) bytes; the device blocks it occupies are K+R (sub-block packing
+of fragments in the disk layout is not done).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+import zfec
+
+from kernel_daemon.seal import IntegrityError
+from wire import entropy
+from wire.protocol import PAGE_SIZE
+
+MAC_BYTES: int = 16
+#: swap id (16 bytes), vpn, version, fragment index: what a fragment's MAC binds it to.
+_BIND = struct.Struct(">16sQQH")
+
+
+def parse_code(text: str) -> tuple[int, int]:
+    """'K+R' -> (K, R); ValueError unless 2 <= K, 1 <= R and K + R <= 256 (zfec's limit)."""
+    try:
+        k_text, r_text = text.split("+")
+        k, r = int(k_text), int(r_text)
+    except ValueError:
+        raise ValueError(f"--code wants K+R (e.g. 4+2), got {text!r}") from None
+    if k < 2 or r < 1 or k + r > 256:
+        raise ValueError(f"--code {text}: need K >= 2, R >= 1, K+R <= 256")
+    return k, r
+
+
+class Coder:
+    """Splits sealed pages into authenticated fragments and joins verified ones back."""
+
+    def __init__(self, k: int, r: int) -> None:
+        if k < 2 or r < 1 or k + r > 256:
+            raise ValueError(f"bad code {k}+{r}: need K >= 2, R >= 1, K+R <= 256")
+        self.k, self.r, self.n = k, r, k + r
+        self.frag_bytes = -(-PAGE_SIZE // k)
+        self._encoder = zfec.Encoder(k, self.n)
+        self._decoder = zfec.Decoder(k, self.n)
+        self._key = entropy.token_bytes(32)
+        self._pad = bytes(PAGE_SIZE - self.frag_bytes - MAC_BYTES)
+
+    def _mac(self, swap_id: bytes, vpn: int, version: int, index: int, frag: bytes) -> bytes:
+        h = hashlib.blake2b(key=self._key, digest_size=MAC_BYTES)
+        h.update(_BIND.pack(swap_id, vpn, version, index))
+        h.update(frag)
+        return h.digest()
+
+    def split(self, sealed: bytes, swap_id: bytes, vpn: int, version: int) -> list[bytes]:
+        """Encode one sealed page into K+R blocks of PAGE_SIZE bytes (block i for pager i)."""
+        if len(sealed) != PAGE_SIZE:
+            raise ValueError(f"a sealed page is {PAGE_SIZE} bytes, got {len(sealed)}")
+        padded = sealed + bytes(self.k * self.frag_bytes - PAGE_SIZE)
+        f = self.frag_bytes
+        frags = self._encoder.encode([padded[i * f:(i + 1) * f] for i in range(self.k)])
+        return [bytes(frag) + self._mac(swap_id, vpn, version, i, bytes(frag)) + self._pad
+                for i, frag in enumerate(frags)]
+
+    def check(self, block: object, swap_id: bytes, vpn: int, version: int, index: int) -> bytes:
+        """The fragment in what pager `index` returned; IntegrityError (kind malformed, size,
+        padding or mac) unless it is exactly the block split() made for this binding."""
+        if not isinstance(block, bytes):
+            raise IntegrityError("malformed", f"the pager returned {type(block).__name__}, "
+                                              "not bytes")
+        if len(block) != PAGE_SIZE:
+            raise IntegrityError("size", f"the pager returned {len(block)} bytes, not {PAGE_SIZE}")
+        f = self.frag_bytes
+        frag, mac = block[:f], block[f:f + MAC_BYTES]
+        if block[f + MAC_BYTES:] != self._pad:
+            raise IntegrityError("padding", f"fragment {index}: nonzero padding")
+        if not hmac.compare_digest(mac, self._mac(swap_id, vpn, version, index, frag)):
+            raise IntegrityError("mac", f"fragment {index}: MAC mismatch at version {version} "
+                                        "(altered, swapped or replayed fragment)")
+        return frag
+
+    def join(self, frags: dict[int, bytes]) -> bytes:
+        """The sealed page from any K verified fragments {index: fragment}."""
+        if len(frags) < self.k:
+            raise ValueError(f"need {self.k} fragments, got {len(frags)}")
+        ids = sorted(frags)[:self.k]
+        if ids == list(range(self.k)):
+            data = b"".join(frags[i] for i in ids)
+        else:
+            data = b"".join(bytes(b) for b in self._decoder.decode([frags[i] for i in ids], ids))
+        return data[:PAGE_SIZE]
