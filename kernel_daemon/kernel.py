@@ -193,6 +193,7 @@ class Kernel(Server):
             name=_short(m["name"]), program=_short(m["program"]), digest=_short(m["digest"]),
             role=m["role"], manifest=_names(m["manifest"]), provides=_names(m["provides"]),
             quota=_quota_spec(m["quota"]), hostpid=m["hostpid"], started=m["started"],
+            host=_short(m.get("host") or ""),
             expires_s=self.now() + ADMIT_TTL_MS / 1000))
         return {"cred": cred}
 

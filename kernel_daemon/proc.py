@@ -60,6 +60,7 @@ class Admission:
     quota: dict[str, int]
     hostpid: int                         # 0: not on the kernel's host
     started: float                       # the host process's start time (psutil create_time)
+    host: str                            # the launcher's host (display, health checks)
     expires_s: float
 
 
@@ -144,7 +145,7 @@ class ProcTable:
             raise ServiceError(Err.PERM, "register: this credential admits no process (it was "
                                          "never issued, is used up, or lapsed)")
         proc = Proc(spid=self._next, name=adm.name, program=adm.program, digest=adm.digest,
-                    host=host if adm.hostpid > 0 else "", hostpid=adm.hostpid,
+                    host=host if adm.hostpid > 0 else adm.host, hostpid=adm.hostpid,
                     host_started=adm.started, key=key, role=adm.role, provides=adm.provides,
                     quota_spec=adm.quota, call_peer=peer, secret=entropy.token_bytes(16),
                     space=SwapSpace(entropy.token_bytes(16), f"{adm.name[:24]}#{self._next}"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -103,7 +104,8 @@ class Launcher:
             reply = self._client.call(
                 Op.ADMIT, **proof, name=name, program=spec.program, digest=spec.digest(),
                 role=spec.role, manifest=list(spec.manifest), provides=list(spec.provides),
-                quota=dict(spec.quota), hostpid=hostpid, started=started)
+                quota=dict(spec.quota), hostpid=hostpid, started=started,
+                host=socket.gethostname())
         cred = reply.get("cred")
         if not isinstance(cred, bytes):
             raise RuntimeError("admit: the kernel's reply carries no credential")

@@ -182,7 +182,8 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #:   ``name``, ``program`` and ``digest`` (sha256 of the code the launcher starts),
 #:   ``role`` ("app" or "init"), ``manifest`` (names it may look up), ``provides`` (names it
 #:   may register), ``quota`` (resource -> limit), ``hostpid`` and ``started`` (the host
-#:   process and its start time, when it runs on the kernel's host; else 0 and 0.0).
+#:   process and its start time, when it runs on the kernel's host; else 0 and 0.0);
+#:   ``host``: the launcher's host name (shown; never acted on).
 #:   Reply: ``cred`` (32 bytes), valid for one REGISTER within ADMIT_TTL_MS.
 #: * ENDPOINT ``nameservice``: (init only) this endpoint is handle 0 of every process.
 #:   Reply: ``handle``.
@@ -200,7 +201,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #:   ring before they were asked for), ``now`` (the kernel's monotonic clock).
 OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.REGISTER: {"cred": bytes},
-    Op.ADMIT: {"cred": bytes},
+    Op.ADMIT: {"cred": bytes, "host": str},
     Op.PAGER_INSTANCE: {"cred": bytes},
     Op.ENDPOINT: {"nameservice": bool},
     Op.CALL: {"caps": list, "grant": dict},
