@@ -31,7 +31,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -75,6 +75,12 @@ class DiskService(Server):
             own = self.keyring.own
             if own is not None:
                 self.observer_keys.add(own.public_text)        # its own health check
+
+    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+        """Every op the disk serves, and its handler."""
+        return {Op.OPEN: self.do_open, Op.CLOSE: self.do_close, Op.WRITE: self.do_write,
+                Op.READ: self.do_read, Op.FREE: self.do_free, Op.PING: self.do_ping,
+                Op.STATS: self.do_stats}
 
     # -- hooks -------------------------------------------------------------------------
     def on_start(self) -> None:

@@ -86,7 +86,7 @@ KERNEL_KEYS: tuple[str, ...] = (
 SIGNALS: dict[str, signal.Signals] = {"KILL": signal.SIGKILL, "STOP": signal.SIGSTOP}
 
 
-class _Interrupted(Exception):
+class _ChaosInterrupted(Exception):
     pass
 
 
@@ -575,7 +575,7 @@ def main(argv: list[str]) -> int:
                     pager_timeout_ms=args.pager_timeout_ms, pager_retries=args.pager_retries)
 
     def interrupted(*_: Any) -> None:
-        raise _Interrupted()
+        raise _ChaosInterrupted()
     old = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
     system = System(config)
     result: dict[str, Any] | None = None
@@ -590,7 +590,7 @@ def main(argv: list[str]) -> int:
             chaos.run(live if not args.json else None)
             chaos.finish(live if not args.json else None)
         result = chaos.report()
-    except _Interrupted:
+    except _ChaosInterrupted:
         console.print("sealedos chaos: interrupted; stopping everything")
     finally:
         for s in old:

@@ -30,7 +30,7 @@ the reply moves it to the state the contract names.  :func:`check` is the one en
 
     new_state = check(contract, state, msg, ncaps, grant)
 
-and raises :class:`ContractViolation` (an ``ECONTRACT`` :class:`ServiceError`) naming the rule
+and raises :class:`RuleViolation` (an ``ECONTRACT`` :class:`ServiceError`) naming the rule
 broken.  :func:`compile_contract` validates a contract once, when its endpoint is created
 (``EINVAL`` for a malformed one), into tables that make :func:`check` a few dict lookups.
 """
@@ -68,7 +68,7 @@ _SPEC_KEYS: frozenset[str] = frozenset(
 _MSG_KEYS: frozenset[str] = frozenset({"fields", "caps", "grant"})
 _CONTRACT_KEYS: frozenset[str] = frozenset({"name", "calls", "replies", "initial", "states"})
 
-#: The rules a message can break (ContractViolation.rule).
+#: The rules a message can break (RuleViolation.rule).
 RULES: tuple[str, ...] = ("not_a_map", "unknown_kind", "out_of_order", "missing_field",
                           "unknown_field", "wrong_type", "too_long", "out_of_range", "caps",
                           "grant")
@@ -76,7 +76,7 @@ RULES: tuple[str, ...] = ("not_a_map", "unknown_kind", "out_of_order", "missing_
 Checker = Callable[[Any, str], None]
 
 
-class ContractViolation(ServiceError):
+class RuleViolation(ServiceError):
     """A message broke its channel's contract; `rule` is one of RULES."""
 
     def __init__(self, contract: str, rule: str, text: str) -> None:
@@ -194,7 +194,7 @@ def _compile_fields(specs: Any, where: str, depth: int) -> tuple[dict[str, Check
 
 
 class _Violation(Exception):
-    """Raised by a checker; turned into a ContractViolation naming the message."""
+    """Raised by a checker; turned into a RuleViolation naming the message."""
 
     def __init__(self, rule: str, text: str) -> None:
         super().__init__(text)
@@ -405,21 +405,21 @@ def compile_contract(src: Any, encoded: int | None = None) -> Contract:
 
 # -- checking a message ---------------------------------------------------------------------
 def decode_payload(contract: Contract, payload: bytes) -> dict[str, Any]:
-    """The message map inside a CALL/REPLY payload; ContractViolation if it is not one."""
+    """The message map inside a CALL/REPLY payload; RuleViolation if it is not one."""
     try:
         msg = msgpack.unpackb(payload, raw=False)
     except Exception as exc:  # msgpack raises several unrelated types
-        raise ContractViolation(contract.name, "not_a_map",
+        raise RuleViolation(contract.name, "not_a_map",
                                 f"payload is not msgpack ({type(exc).__name__})") from None
     if msg.__class__ is not dict:
-        raise ContractViolation(contract.name, "not_a_map",
+        raise RuleViolation(contract.name, "not_a_map",
                                 f"a message must be a map, got {_tname(msg)}")
     return msg
 
 
 def check(contract: Contract, state: str, msg: dict[str, Any], ncaps: int = 0,
           grant: bool = False) -> str:
-    """The channel's state after `msg`; raise ContractViolation naming the rule it breaks.
+    """The channel's state after `msg`; raise RuleViolation naming the rule it breaks.
 
     Contract: `state` is the channel's current state (contract.initial for a new channel)."""
     kind = msg.get("kind")
@@ -430,31 +430,31 @@ def check(contract: Contract, state: str, msg: dict[str, Any], ncaps: int = 0,
     try:
         _check_fields(spec.fields, spec.required, msg, "", "kind")
     except _Violation as v:
-        raise ContractViolation(contract.name, v.rule, f"{spec.direction} {kind!r}: {v.text}") from None
+        raise RuleViolation(contract.name, v.rule, f"{spec.direction} {kind!r}: {v.text}") from None
     if ncaps > spec.max_caps:
-        raise ContractViolation(contract.name, "caps", f"{spec.direction} {kind!r} carries "
+        raise RuleViolation(contract.name, "caps", f"{spec.direction} {kind!r} carries "
                                 f"{ncaps} capabilities, the contract allows {spec.max_caps}")
     if grant and not spec.grant:
-        raise ContractViolation(contract.name, "grant", f"{spec.direction} {kind!r} carries a "
+        raise RuleViolation(contract.name, "grant", f"{spec.direction} {kind!r} carries a "
                                 f"page grant, which the contract does not allow")
     return new_state
 
 
-def _misplaced(contract: Contract, state: str, kind: Any) -> ContractViolation:
+def _misplaced(contract: Contract, state: str, kind: Any) -> RuleViolation:
     """The violation for a kind that may not come now: unknown, or out of order."""
     name = contract.name
     if kind.__class__ is not str:
-        return ContractViolation(name, "missing_field", "a message needs a string 'kind'")
+        return RuleViolation(name, "missing_field", "a message needs a string 'kind'")
     allowed = ", ".join(contract.table[state]) or "nothing"
     if kind not in contract.calls and kind not in contract.replies:
         known = ", ".join(dict.fromkeys([*contract.calls, *contract.replies]))
-        return ContractViolation(name, "unknown_kind",
+        return RuleViolation(name, "unknown_kind",
                                  f"unknown message kind {kind[:40]!r} (declared: {known})")
     if ":" in state:
         rest, call = state.split(":", 1)
-        return ContractViolation(name, "out_of_order",
+        return RuleViolation(name, "out_of_order",
                                  f"{kind!r} may not answer call {call!r} (allowed replies: "
                                  f"{allowed})")
     direction = "message" if kind in contract.calls else "reply"
-    return ContractViolation(name, "out_of_order", f"{direction} {kind!r} is not allowed in "
+    return RuleViolation(name, "out_of_order", f"{direction} {kind!r} is not allowed in "
                              f"state {state!r} (allowed there: {allowed})")

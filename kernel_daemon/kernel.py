@@ -133,6 +133,26 @@ class Kernel(Server):
             return
         super().on_frame(sock, peer, frame, user_id)
 
+    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+        """Every op the kernel serves, and its handler."""
+        return {
+            # launcher
+            Op.ADMIT: self.do_admit, Op.PAGER_INSTANCE: self.do_pager_instance,
+            # sealed processes: identity, memory, results
+            Op.REGISTER: self.do_register, Op.ATTACH: self.do_attach,
+            Op.HEARTBEAT: self.do_heartbeat, Op.REPORT: self.do_report, Op.EXIT: self.do_exit,
+            Op.MAP: self.do_map, Op.UNMAP: self.do_unmap, Op.PROTECT: self.do_protect,
+            Op.FAULT: self.do_fault,
+            # IPC (ipc.py)
+            Op.ENDPOINT: self.do_endpoint, Op.CALL: self.do_call, Op.RECEIVE: self.do_receive,
+            Op.REPLY: self.do_reply, Op.CAP_CLOSE: self.do_cap_close, Op.STASH: self.do_stash,
+            # pagers
+            Op.PAGER_HELLO: self.do_pager_hello,
+            # observers
+            Op.PING: self.do_ping, Op.STATS: self.do_stats, Op.FAULT_LOG: self.do_fault_log,
+            Op.PS: self.do_ps,
+        }
+
     # -- the caller check ----------------------------------------------------------------
     def allow_key(self, public: str) -> bool:
         """Admit a connection only with a key the kernel knows (ZAP, at the handshake): a

@@ -60,7 +60,7 @@ class Lru(Fifo):
             self._q.move_to_end(frame)
 
 
-class Clock:
+class ClockPolicy:
     """Second chance: a hand sweeps the frames in load order; a referenced frame has its bit
     cleared and is passed over once."""
     name = "clock"
@@ -95,7 +95,7 @@ class Clock:
         return len(self._ring)
 
 
-POLICIES: dict[str, type] = {"fifo": Fifo, "clock": Clock, "lru": Lru}
+POLICIES: dict[str, type] = {"fifo": Fifo, "clock": ClockPolicy, "lru": Lru}
 
 
 def make_policy(name: str) -> Policy:

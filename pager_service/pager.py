@@ -272,6 +272,12 @@ class Pager(Server):
         self.to_disk(Op.READ, {"handle": handle, "slot": slot}, done, lambda _c, _m: callback(None))
 
     # -- handlers ------------------------------------------------------------------------
+    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+        """Every op the pager serves, and its handler."""
+        return {Op.OPEN: self.do_open, Op.CLOSE: self.do_close, Op.FREE: self.do_free,
+                Op.PAGE_OUT: self.do_page_out, Op.PAGE_IN: self.do_page_in,
+                Op.PING: self.do_ping, Op.STATS: self.do_stats}
+
     def do_open(self, req: Request) -> Any:
         """open {handle, label} -> {}: create the kernel-minted disk handle (one per address
         space) on the disk; idempotent."""

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from kernel_daemon.contract import (
-    ContractViolation, check, compile_contract, decode_payload)
+    RuleViolation, check, compile_contract, decode_payload)
 from wire.protocol import Err, ServiceError
 
 KV: dict[str, Any] = {
@@ -41,8 +41,8 @@ def kv() -> Any:
     return compile_contract(KV)
 
 
-def violation(kv: Any, state: str, msg: dict[str, Any], **kw: Any) -> ContractViolation:
-    with pytest.raises(ContractViolation) as info:
+def violation(kv: Any, state: str, msg: dict[str, Any], **kw: Any) -> RuleViolation:
+    with pytest.raises(RuleViolation) as info:
         check(kv, state, msg, **kw)
     assert info.value.code == Err.CONTRACT
     assert info.value.msg.startswith("contract 'kv': ")
@@ -156,10 +156,10 @@ def test_caps_and_grants_need_the_contracts_leave(kv: Any) -> None:
 
 
 def test_payload_that_is_not_a_map(kv: Any) -> None:
-    with pytest.raises(ContractViolation) as info:
+    with pytest.raises(RuleViolation) as info:
         decode_payload(kv, msgpack.packb([1, 2]))
     assert info.value.rule == "not_a_map"
-    with pytest.raises(ContractViolation):
+    with pytest.raises(RuleViolation):
         decode_payload(kv, b"\xc1")
     assert decode_payload(kv, msgpack.packb({"kind": "ok"})) == {"kind": "ok"}
 

@@ -4,6 +4,7 @@ a timer or reply callback that raises is counted and does not end a server's loo
 from __future__ import annotations
 
 import threading
+from typing import Any, Callable
 
 import pytest
 import zmq
@@ -118,6 +119,9 @@ def test_records_stay_within_their_budget() -> None:
 
 class _Boom(Server):
     """A server whose timers raise."""
+
+    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+        return {Op.PING: self.do_ping}
 
     def do_ping(self, req: Request) -> dict[str, str]:
         """Answer, and arm a timer that raises a plain bug."""

@@ -7,7 +7,7 @@ replies, SUSPEND, error replies -- with exact orders and times and no sleeping.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -22,6 +22,10 @@ ADDR = "sim://svc"
 
 class Echo(Server):
     """A test service: ping answers at once, stats later, ps raises, fault_log panics."""
+
+    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+        return {Op.PING: self.do_ping, Op.STATS: self.do_stats, Op.PS: self.do_ps,
+                Op.FAULT_LOG: self.do_fault_log}
 
     def __init__(self, transport: Transport, clock: Clock) -> None:
         super().__init__("echo", transport=transport, clock=clock)

@@ -130,8 +130,8 @@ class Server:
         self.log = logging.getLogger(f"sealedos.{name}")
         self.poller = zmq.Poller()
         self.sockets: dict[zmq.Socket, bool] = {}        # socket -> is ROUTER
-        self.handlers: dict[Op, Callable[[Request], Any]] = {
-            op: getattr(self, f"do_{op.value}") for op in Op if hasattr(self, f"do_{op.value}")}
+        #: op -> handler: each server's explicit dispatch table (greppable, like MINIX's).
+        self.handlers: dict[Op, Callable[[Request], Any]] = self.dispatch_table()
         self._pending: dict[int, _Pending] = {}
         self._timers: list[Timer] = []
         self._seq = itertools.count(1)
@@ -367,6 +367,10 @@ class Server:
                 code: Err, msg: str) -> None:
         self.bad_messages += 1
         self.send(sock, peer, error(rid, code, msg))
+
+    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+        """Hook: which do_* handler serves each op (an op missing here gets ENOSYS)."""
+        return {}
 
     def check_caller(self, req: Request) -> None:
         """Hook: resolve req.caller and raise ServiceError if the caller may not send req.op."""

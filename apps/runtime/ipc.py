@@ -32,7 +32,7 @@ from apps.runtime.errors import KernelProtocolError, NotFound, from_reply
 
 if TYPE_CHECKING:
     from apps.runtime.mmu import Mmu
-    from apps.runtime.syscall import Kernel
+    from apps.runtime.syscall import KernelLink
 
 #: Every process's handle for init's name-service endpoint.
 NAMESERVICE: int = 0
@@ -129,10 +129,10 @@ def received(reply: dict[str, Any]) -> Received:
         raise KernelProtocolError(f"receive: malformed delivery ({exc})") from None
 
 
-class Ipc:
+class IpcClient:
     """The IPC calls of one sealed process (SealedProcess delegates here)."""
 
-    def __init__(self, kernel: "Kernel", mmu: "Mmu") -> None:
+    def __init__(self, kernel: "KernelLink", mmu: "Mmu") -> None:
         self.kernel = kernel
         self.mmu = mmu
 

@@ -48,7 +48,7 @@ from typing import Any
 
 from apps.runtime.bank import Bank
 from apps.runtime.errors import KernelProtocolError
-from apps.runtime.syscall import Kernel
+from apps.runtime.syscall import KernelLink
 from wire.protocol import (
     ACCESS_EXEC, ACCESS_PROT, ACCESS_READ, ACCESS_WRITE, FILL_DATA, FILL_KEEP, FILL_ZERO,
     PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W, PROT_X)
@@ -88,7 +88,7 @@ class _Deferred:
 class Mmu:
     """Translation, the dirty bit, the reference record and shootdowns for one process."""
 
-    def __init__(self, kernel: Kernel, bank: Bank) -> None:
+    def __init__(self, kernel: KernelLink, bank: Bank) -> None:
         self._k = kernel
         self.bank = bank
         self._buf = bank.buf

@@ -25,9 +25,9 @@ from apps.runtime.bank import Bank
 from apps.runtime.confine import Confinement, close_the_door
 from apps.runtime.control import ControlThread
 from apps.runtime.errors import SealedError
-from apps.runtime.ipc import Ipc, Received
+from apps.runtime.ipc import IpcClient, Received
 from apps.runtime.mmu import Mmu
-from apps.runtime.syscall import Kernel, kernel_public_from_env
+from apps.runtime.syscall import KernelLink, kernel_public_from_env
 from apps.runtime.varray import VArray
 from wire.credential import CRED_FD_ENV, read_inherited
 from wire.keys import keypair_of_credential
@@ -50,7 +50,7 @@ def inherited_credential() -> bytes:
 class SealedProcess:
     """One sealed process: syscalls, memory access through the MMU, reports."""
 
-    def __init__(self, kernel: Kernel, bank: Bank, mmu: Mmu, control: ControlThread,
+    def __init__(self, kernel: KernelLink, bank: Bank, mmu: Mmu, control: ControlThread,
                  spid: int, name: str, program: str) -> None:
         self.kernel = kernel
         self.bank = bank
@@ -62,7 +62,7 @@ class SealedProcess:
         self.role = "app"
         self.inheritance = b""            # init only: what the previous init stashed
         self.closed = False
-        self.ipc = Ipc(kernel, mmu)
+        self.ipc = IpcClient(kernel, mmu)
         #: Which host locks confine this process (set by connect).
         self.confinement: Confinement | None = None
         # Word access is the TLB-hit path: bind the MMU's methods directly (one call less
@@ -85,7 +85,7 @@ class SealedProcess:
         if kernel_public is None:
             kernel_public = kernel_public_from_env()
         keypair = keypair_of_credential(cred) if kernel_public is not None else None
-        kernel = Kernel(kernel_addr, keypair=keypair, kernel_public=kernel_public)
+        kernel = KernelLink(kernel_addr, keypair=keypair, kernel_public=kernel_public)
         bank = None
         try:
             reg = kernel.register(cred)

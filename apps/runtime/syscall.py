@@ -85,7 +85,7 @@ def _dealer(ctx: zmq.Context, addr: str, keypair: Keypair | None,
     return sockets.dealer(ctx, addr, keypair, kernel_public)
 
 
-class Kernel:
+class KernelLink:
     """The call connection to the kernel: one syscall at a time, from the main thread only."""
 
     def __init__(self, addr: str, ctx: zmq.Context | None = None,

@@ -109,7 +109,7 @@ class RunResult:
     work: dict[str, int] = field(default_factory=dict)
 
 
-class Launcher:
+class SimLauncher:
     """The trusted launcher's part: ADMIT each process, hand it its credential."""
 
     def __init__(self, net: SimNet, secret: bytes) -> None:
@@ -201,7 +201,7 @@ class World:
         self.pagers = [PagerNode(m, hostile if m == 0 else "none") for m in range(self.mirrors)]
         for p in self.pagers:
             self._start_pager(p)
-        self.launcher = Launcher(self.net, launcher_secret)
+        self.launcher = SimLauncher(self.net, launcher_secret)
         nprocs = self.rng.randint(2, 4)
         self.shape["procs"] = nprocs
         self.procs: list[SimProcess] = []

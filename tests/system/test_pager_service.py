@@ -35,7 +35,7 @@ NPAGES: int = 24
 DISK_MIB: int = 8
 
 # -- the test plays the kernel -----------------------------------------------------------
-class FakeKernel:
+class KernelStub:
     """A ROUTER at the kernel address: answers every PAGER_HELLO, sends requests to the pager."""
 
     def __init__(self, ctx: zmq.Context, addr: str) -> None:
@@ -157,7 +157,7 @@ def ctx() -> Iterator[zmq.Context]:
     context.destroy(linger=0)
 
 
-PagerFactory = Callable[..., tuple[subprocess.Popen, FakeKernel]]
+PagerFactory = Callable[..., tuple[subprocess.Popen, KernelStub]]
 
 
 @pytest.fixture
@@ -165,13 +165,13 @@ def start_pager(rundir: Path, disk_addr: str, ctx: zmq.Context,
                 request: pytest.FixtureRequest) -> Iterator[PagerFactory]:
     """Factory: start a real pager against a fresh fake kernel (or a given one); wait for hello."""
     procs: list[subprocess.Popen] = []
-    kernels: list[FakeKernel] = []
+    kernels: list[KernelStub] = []
     names = itertools.count()
 
-    def start(*args: str, kernel: FakeKernel | None = None, disk: str | None = None,
-              ) -> tuple[subprocess.Popen, FakeKernel]:
+    def start(*args: str, kernel: KernelStub | None = None, disk: str | None = None,
+              ) -> tuple[subprocess.Popen, KernelStub]:
         if kernel is None:
-            kernel = FakeKernel(ctx, spawn.ipc_addr(rundir, f"k-{request.node.name[:20]}-{next(names)}"))
+            kernel = KernelStub(ctx, spawn.ipc_addr(rundir, f"k-{request.node.name[:20]}-{next(names)}"))
             kernels.append(kernel)
         log = rundir / f"pager-{request.node.name[:40]}-{len(procs)}.log"
         proc = spawn.spawn(spawn.python_cmd("pager", "--kernel", kernel.addr, "--disk",
@@ -194,14 +194,14 @@ def random_pages(n: int) -> list[bytes]:
     return [os.urandom(PAGE_SIZE) for _ in range(n)]
 
 
-def open_handle(kernel: FakeKernel, label: str = "t") -> bytes:
+def open_handle(kernel: KernelStub, label: str = "t") -> bytes:
     """Open a disk handle through the pager (minted here, as the kernel mints them)."""
     handle = os.urandom(16)
     assert "handle" not in kernel.ok(Op.OPEN, handle=handle, label=label)    # learns nothing
     return handle
 
 
-def page_out_all(kernel: FakeKernel, handle: bytes, pages: list[bytes]) -> None:
+def page_out_all(kernel: KernelStub, handle: bytes, pages: list[bytes]) -> None:
     """Page out pages[i] to slot i, pipelined: all requests first, then all replies."""
     rids = [kernel.send(Op.PAGE_OUT, handle=handle, slot=i, data=p) for i, p in enumerate(pages)]
     for rid in rids:
@@ -209,7 +209,7 @@ def page_out_all(kernel: FakeKernel, handle: bytes, pages: list[bytes]) -> None:
         assert reply is not None and "err" not in reply, reply
 
 
-def page_in_all(kernel: FakeKernel, handle: bytes, n: int) -> list[bytes | None]:
+def page_in_all(kernel: KernelStub, handle: bytes, n: int) -> list[bytes | None]:
     """Page in slots 0..n-1, pipelined; the data of each reply (None if an error)."""
     rids = [kernel.send(Op.PAGE_IN, handle=handle, slot=i) for i in range(n)]
     out: list[bytes | None] = []
@@ -332,7 +332,7 @@ def test_malformed_requests(start_pager: PagerFactory) -> None:
 
 # -- hostile modes ---------------------------------------------------------------------------
 def hostile_setup(start_pager: PagerFactory, mode: str, *args: str,
-                  ) -> tuple[FakeKernel, bytes, list[bytes]]:
+                  ) -> tuple[KernelStub, bytes, list[bytes]]:
     """A pager in `mode` with a handle holding 4 random pages in slots 0..3."""
     _, kernel = start_pager("--hostile", mode, *args)
     handle = open_handle(kernel, mode)
@@ -341,7 +341,7 @@ def hostile_setup(start_pager: PagerFactory, mode: str, *args: str,
     return kernel, handle, pages
 
 
-def tampered(kernel: FakeKernel) -> int:
+def tampered(kernel: KernelStub) -> int:
     """The pager's count of falsified page-in replies."""
     return kernel.ok(Op.STATS)["tampered"]
 
