@@ -71,7 +71,9 @@ class EcPages:
     def _write(self, handles: list[bytes | None], slot: int, blocks: list[bytes],
                targets: list[int], done: Callable[[int, str], None]) -> None:
         """PAGE_OUT blocks[m] to each pager m in targets; done(mask acknowledged, why)."""
-        targets = [m for m in targets if handles[m] is not None]
+        # A pager that is down while others are up is not waited for (as mirrored page-outs
+        # do): the page stays HELD (durability rule) and the resync brings it its fragment.
+        targets = [m for m in targets if handles[m] is not None and self.pagers.worth_asking(m)]
         if not targets:
             done(0, "no pager has a disk handle for this page's swap space")
             return
