@@ -77,22 +77,8 @@ class EcPages:
         if not targets:
             done(0, "no pager has a disk handle for this page's swap space")
             return
-        state: dict[str, Any] = {"left": len(targets), "mask": 0, "why": ""}
-
-        def one(m: int) -> Callable[[dict[str, Any] | None, str], None]:
-            def on(reply: dict[str, Any] | None, why: str) -> None:
-                if reply is not None and "err" not in reply:
-                    state["mask"] |= 1 << m
-                else:
-                    state["why"] = why or f"pager {m}: {reply.get('err') if reply else ''}"
-                state["left"] -= 1
-                if state["left"] == 0:
-                    done(state["mask"], state["why"])
-            return on
-
-        for m in targets:
-            self.pagers.submit(m, Op.PAGE_OUT, {"handle": handles[m], "slot": slot,
-                                                "data": blocks[m]}, one(m))
+        self.pagers.write_all(targets, lambda m: {"handle": handles[m], "slot": slot,
+                                                  "data": blocks[m]}, done)
 
     # -- page-in -------------------------------------------------------------------------------
     def page_in(self, handles: list[bytes | None], slot: int, mask: int, bind: Binding,

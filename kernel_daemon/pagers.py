@@ -408,23 +408,30 @@ class Pagers:
         if not targets:
             done(0, "no mirror has a disk handle for this page's swap space")
             return
-        retries = 0 if len(targets) > 1 else None
-        state = {"left": len(targets), "mask": 0, "why": ""}
+        self.write_all(targets, lambda m: {"handle": handles[m], "slot": slot, "data": data},
+                       done, retries=0 if len(targets) > 1 else None)
+
+    def write_all(self, targets: list[int], fields: Callable[[int], dict[str, Any]],
+                  done: Callable[[int, str], None], retries: int | None = None) -> None:
+        """PAGE_OUT fields(m) to every mirror m in `targets` (the one fan-in of page-outs:
+        mirrored, erasure-coded, repairs); done(mask of those that acknowledged, why the last
+        failure) once every one has answered or given up."""
+        state: dict[str, Any] = {"left": len(targets), "mask": 0, "why": ""}
 
         def one(m: int) -> Done:
             def on(reply: dict[str, Any] | None, why: str) -> None:
                 if reply is not None and "err" not in reply:
                     state["mask"] |= 1 << m
                 else:
-                    state["why"] = why or f"pager {m}: {reply.get('err')} {reply.get('msg')}"
+                    state["why"] = why or (f"pager {m}: {reply.get('err')} {reply.get('msg')}"
+                                           if reply is not None else f"pager {m}: no answer")
                 state["left"] -= 1
                 if state["left"] == 0:
                     done(state["mask"], state["why"])
             return on
 
         for m in targets:
-            self.submit(m, Op.PAGE_OUT, {"handle": handles[m], "slot": slot, "data": data}, one(m),
-                        retries=retries)
+            self.submit(m, Op.PAGE_OUT, fields(m), one(m), retries=retries)
 
     def page_in(self, handles: list[bytes], slot: int, mask: int, verify: Callable[[object], bytes],
                 done: Callable[[bytes | None, list[tuple[int, str, str]]], None],
@@ -477,17 +484,8 @@ class Pagers:
         """Rewrite the verified ciphertext to the mirrors that failed; repaired(mask) after."""
         if not bad:
             return
-        state = {"left": len(bad), "mask": 0}
 
-        def one(m: int) -> Done:
-            def on(reply: dict[str, Any] | None, why: str) -> None:
-                if reply is not None and "err" not in reply:
-                    state["mask"] |= 1 << m
-                    self.stats["repairs"] += 1
-                state["left"] -= 1
-                if state["left"] == 0:
-                    repaired(state["mask"])
-            return on
-
-        for m in bad:
-            self.submit(m, Op.PAGE_OUT, {"handle": handles[m], "slot": slot, "data": sealed}, one(m))
+        def written(mask: int, why: str) -> None:
+            self.stats["repairs"] += mask.bit_count()
+            repaired(mask)
+        self.write_all(bad, lambda m: {"handle": handles[m], "slot": slot, "data": sealed}, written)
