@@ -3,14 +3,10 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import psutil
 import pytest
+from systems import assert_no_orphans, children
 
 from host_tools.system import Config, System
-
-
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 @pytest.fixture
@@ -18,7 +14,7 @@ def make_system(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Syste
     """make_system(**Config fields) starts a System; all are stopped at teardown, and the test
     fails if any process it started outlives the stop.  Sealed processes the test itself
     connects find the newest system's keys through the environment, as spawned apps do."""
-    before = _children()
+    before = children()
     systems: list[System] = []
 
     def make(**fields: object) -> System:
@@ -32,9 +28,6 @@ def make_system(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Syste
     yield make
     for system in systems:
         system.stop()
-    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-    for p in left:
-        p.kill()
-    assert not left, f"orphan processes after stop: {[p.cmdline() for p in left]}"
+    assert_no_orphans(before)
     for system in systems:
         assert not system.rundir.exists(), f"stale runtime directory {system.rundir}"

@@ -18,13 +18,13 @@ from typing import Any
 
 import msgpack
 import polling
-import psutil
+from systems import running_system
 import pytest
 import zmq
 
 from apps.runtime import SealedProcess
 from apps.runtime.errors import SealedError
-from host_tools.system import Config, System
+from host_tools.system import System
 from kernel_daemon.contract import CONTRACT_MAX_BYTES
 from kernel_daemon.pagetable import MAX_VPN
 from kernel_daemon.quota import Limits
@@ -62,16 +62,8 @@ def connect_sealed(system: System, name: str, manifest: list[str] | None = None
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     """One system for the module (few frames: the victims page through the pager)."""
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    sys_ = System(Config(frames=32, disk_size_mib=16)).start()
-    try:
-        yield sys_
-    finally:
-        sys_.stop()
-        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-        for p in left:
-            p.kill()
-        assert not left, f"orphans: {[p.cmdline() for p in left]}"
+    with running_system(frames=32, disk_size_mib=16) as system:
+        yield system
 
 
 @pytest.fixture(scope="module")

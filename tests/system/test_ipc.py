@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psutil
 import pytest
 
 from apps.echo import ECHO_CONTRACT
@@ -29,9 +28,10 @@ from apps.runtime.errors import NotFound
 from launcher import spawn
 from wire.client import Client
 from wire.protocol import IPC_MAX_PAYLOAD_BYTES, Err, Op, ServiceError
-from host_tools.system import Config, Service, System
+from host_tools.system import Service, System
 
 import polling
+from systems import running_system
 
 WAIT_S: float = 30.0
 _names = itertools.count(1)
@@ -43,17 +43,8 @@ wait_for = functools.partial(polling.wait_for, timeout_s=WAIT_S)
 @pytest.fixture(scope="module")
 def system() -> Iterator[System]:
     """One system for the module; every process stopped and the rundir removed at the end."""
-    before = {p.pid for p in psutil.Process().children(recursive=True)}
-    sys_ = System(Config(frames=64)).start()
-    try:
-        yield sys_
-    finally:
-        sys_.stop()
-        left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-        for p in left:
-            p.kill()
-        assert not left, f"orphans: {[p.cmdline() for p in left]}"
-        assert not sys_.rundir.exists()
+    with running_system(frames=64) as system:
+        yield system
 
 
 class Apps:
