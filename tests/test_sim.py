@@ -70,9 +70,11 @@ def test_regression_seed(seed: int) -> None:
         assert r.work["grants_refused"] > 0, "the schedule no longer reaches the grant race"
 
 
-def test_a_bounded_sweep_of_fresh_seeds_passes() -> None:
+def test_a_bounded_sweep_of_fresh_seeds_passes(capsys: pytest.CaptureFixture[str]) -> None:
     first = int.from_bytes(os.urandom(4), "big")
-    print(f"sim sweep: seeds from {first}, {SWEEP_S} s")
+    with capsys.disabled():                      # in CI's log too, not only with -s
+        print(f"\nsim sweep: seeds from {first}, {SWEEP_S} s "
+              f"(replay one: sealedos sim --seed SEED --seeds 1)")
     t0 = time.perf_counter()
     seed, failed = first, []
     work = {"reads_checked": 0, "page_ins": 0, "calls": 0}
