@@ -69,8 +69,7 @@ def kernel_rss_mib(system: System) -> float:
 def run(abusers: int, seconds: float, frames: int) -> dict[str, Any]:
     """The quiet phase, then the abuse phase, in one system; the figures as one map."""
     with System(Config(frames=frames, disk_size_mib=64)) as system:
-        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "bystander"),
-                                   system.kernel_public()) as proc:
+        with system.connect_sealed("memstress", "bystander") as proc:
             npages = frames + frames // 2
             addr = proc.map(npages)
             bystander(system, proc, addr, npages, 1.0)              # warm up: swap in use

@@ -21,7 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from apps.runtime import PAGE_SIZE, SealedProcess
-from host_tools.bench_paging import percentiles, throughput_pages_s
+from host_tools.bench_paging import (
+    fill_and_push, percentiles, throughput_pages_s, time_reads_us)
 from host_tools.system import Config, System
 from kernel_daemon.erasure import MAC_BYTES, Coder, parse_code
 
@@ -42,13 +43,7 @@ def _wait(what: str, pred: Any, timeout_s: float = WAIT_S) -> None:
 def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int) -> list[float]:
     """Latency (us) of page-ins with a free frame after `down` pagers (the last ones) were
     killed for good: fill A, push it to swap with B (all pagers up), free B, kill, read A."""
-    npages = frames - 4
-    a = proc.map(npages)
-    for i in range(npages):
-        proc.write(a + i * PAGE_SIZE, os.urandom(64) * (PAGE_SIZE // 64))
-    b = proc.map(frames)
-    for i in range(frames):
-        proc.store_u64(b + i * PAGE_SIZE, i)
+    a, npages, b = fill_and_push(proc, frames)
     _wait("pages swapped", lambda: (system.process(proc.name) or {}).get("swapped_pages", 0) >= npages)
     proc.unmap(b, frames)
     n = system.config.pagers
@@ -59,13 +54,7 @@ def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int) -> 
     if down:
         _wait("pagers down", lambda: sum(not p["up"] for p in
                                          system.stats()["kernel"]["pagers"]) >= down)
-    out = []
-    for i in range(npages):
-        t0 = time.perf_counter()
-        proc.load_u64(a + i * PAGE_SIZE)
-        out.append((time.perf_counter() - t0) * 1e6)
-    proc.unmap(a, npages)
-    return out
+    return time_reads_us(proc, a, npages)
 
 
 def storage(config: Config) -> dict[str, float]:
@@ -81,7 +70,7 @@ def measure(config: Config, rounds: int, degraded: list[int]) -> dict[str, Any]:
     """One configuration: healthy page-ins, throughput, then degraded page-ins per count."""
     out: dict[str, Any] = {"storage": storage(config)}
     with System(config) as system:
-        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "bench")) as proc:
+        with system.connect_sealed("memstress", "bench") as proc:
             major: list[float] = []
             for _ in range(rounds):
                 major += page_ins_us(proc, system, config.frames, 0)
@@ -89,8 +78,7 @@ def measure(config: Config, rounds: int, degraded: list[int]) -> dict[str, Any]:
             out["pages_per_s"] = round(throughput_pages_s(proc, system, config.frames), 1)
     for down in degraded:
         with System(config) as system:
-            with SealedProcess.connect(system.kernel_addr,
-                                       system.admit("memstress", "bench")) as proc:
+            with system.connect_sealed("memstress", "bench") as proc:
                 out[f"degraded_{down}_us"] = percentiles(page_ins_us(proc, system,
                                                                      config.frames, down))
                 out[f"degraded_{down}_verified"] = system.stats()["kernel"].get(

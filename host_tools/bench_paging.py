@@ -146,6 +146,17 @@ def minor_faults_us(proc: SealedProcess, npages: int) -> list[float]:
 def major_faults_us(proc: SealedProcess, system: System, frames: int) -> list[float]:
     """Latency (us) of page-ins with a free frame: fill A, push it to swap with B, free B,
     read A back."""
+    a, npages, b = fill_and_push(proc, frames)
+    deadline = time.monotonic() + WAIT_SWAPPED_S
+    while system.process(proc.name)["swapped_pages"] < npages and time.monotonic() < deadline:
+        time.sleep(0.02)                       # write-backs acknowledged: pages are SWAPPED
+    proc.unmap(b, frames)
+    return time_reads_us(proc, a, npages)
+
+
+def fill_and_push(proc: SealedProcess, frames: int) -> tuple[int, int, int]:
+    """Fill region A (frames - 4 pages of random bytes), then write region B (frames pages)
+    so that A is pushed out to swap; return (A's address, A's pages, B's address)."""
     npages = frames - 4
     a = proc.map(npages)
     for i in range(npages):
@@ -153,10 +164,11 @@ def major_faults_us(proc: SealedProcess, system: System, frames: int) -> list[fl
     b = proc.map(frames)
     for i in range(frames):
         proc.store_u64(b + i * PAGE_SIZE, i)
-    deadline = time.monotonic() + WAIT_SWAPPED_S
-    while system.process(proc.name)["swapped_pages"] < npages and time.monotonic() < deadline:
-        time.sleep(0.02)                       # write-backs acknowledged: pages are SWAPPED
-    proc.unmap(b, frames)
+    return a, npages, b
+
+
+def time_reads_us(proc: SealedProcess, a: int, npages: int) -> list[float]:
+    """Latency (us) of reading one word of each of the npages pages at a; then unmap them."""
     out = []
     for i in range(npages):
         t0 = time.perf_counter()
@@ -185,8 +197,7 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
 def measure(config: Config, rounds: int) -> dict[str, Any]:
     """All sealed-process measurements on one fresh system."""
     with System(config) as system:
-        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "bench"),
-                                   kernel_public=system.kernel_public()) as proc:
+        with system.connect_sealed("memstress", "bench") as proc:
             minor: list[float] = []
             major: list[float] = []
             for _ in range(rounds):
@@ -214,8 +225,7 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
     """Growth of the kernel's RSS per resident page (filling `frames` frames) and per
     swapped page (then pushing `swapped` more pages out), on a 1 GiB device."""
     with System(Config(frames=frames, disk_size_mib=1024)) as system:
-        with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "scale"),
-                                   kernel_public=system.kernel_public()) as proc:
+        with system.connect_sealed("memstress", "scale") as proc:
             warm = frames // 8
             addr = proc.map(frames + swapped)
             for i in range(warm):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apps.runtime import SealedProcess
 from launcher import reach, spawn
 from launcher.launch import Launcher, load_launcher_key, make_launcher_key
 from launcher.principals import Principals, random_uid_base
@@ -361,6 +362,12 @@ class System:
         if self.launcher is None:
             raise RuntimeError("the system is not started")
         return self.launcher.admit(program, name, **override)
+
+    def connect_sealed(self, program: str, name: str, /, **override: Any) -> SealedProcess:
+        """This process becomes a sealed process of `program` called `name` on this system
+        (benchmarks): admitted by its launcher, speaking with the kernel's public key."""
+        return SealedProcess.connect(self.kernel_addr, self.admit(program, name, **override),
+                                     kernel_public=self.kernel_public())
 
     # -- supervision ----------------------------------------------------------------------
     def _supervise(self) -> None:
