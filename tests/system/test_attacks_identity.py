@@ -91,6 +91,26 @@ def test_only_the_launcher_admits(system: System) -> None:
             assert info.value.code == Err.PERM and "only the launcher" in info.value.msg
 
 
+def test_only_the_launcher_names_a_pagers_host_process(system: System) -> None:
+    """PAGER_INSTANCE would let the kernel SIGKILL that pid when slot 0 hangs: an outsider
+    naming the kernel's own pid, or a sealed process, is refused; the kernel keeps serving."""
+    kernel_pid = system.services["kernel"].pid
+    c, _ = register_raw(system)
+    with c, Client(system.kernel_addr, keys=system.keyring("observer")) as outsider:
+        for conn, extra in ((outsider, {}), (outsider, {"cred": os.urandom(32)}), (c, {})):
+            with pytest.raises(ServiceError) as info:
+                conn.call(Op.PAGER_INSTANCE, mirror=0, hostpid=kernel_pid, started=0.0, **extra)
+            assert info.value.code == Err.PERM and "only the launcher" in info.value.msg
+    assert system.client().call(Op.PING)["pid"] == kernel_pid
+
+
+def test_only_init_stashes_what_the_next_init_inherits(system: System) -> None:
+    c, _ = register_raw(system)
+    with c, pytest.raises(ServiceError) as info:
+        c.call(Op.STASH, data=b"\x81\xa2kv\x94\x01\x01\xa1x\xa1y")   # a forged name table
+    assert info.value.code == Err.PERM and "only init" in info.value.msg
+
+
 def test_a_name_outside_provides_cannot_be_taken_over(system: System) -> None:
     server = system.spawn_app("kvstore", ["--slots", "64"], "kv.server")
     thief = SealedProcess.connect(system.kernel_addr, system.admit("memstress", "thief"))
