@@ -59,7 +59,7 @@ class NameService:
                               for n, e in self.names.items()})
 
     @classmethod
-    def restore(cls, data: bytes) -> "NameService":
+    def restore(cls, data: bytes) -> NameService:
         """The table a previous init stashed (its handles are ours now); empty if none."""
         ns = cls()
         if data:

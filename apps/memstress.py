@@ -26,7 +26,8 @@ import argparse
 import hashlib
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ _I64 = np.iinfo(np.int64)
 
 
 # -- the workload, as pure functions of (seed, pages, pass) ----------------------------------
-def fill_chunks(seed: int, pages: int) -> "Any":
+def fill_chunks(seed: int, pages: int) -> Any:
     """The initial contents, one page-sized chunk at a time (a generator)."""
     rng = np.random.default_rng(seed)
     for _ in range(pages):

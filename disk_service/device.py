@@ -22,15 +22,29 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from disk_service.layout import (
-    DEFAULT_MAX_HANDLES, DEFAULT_SIZE_MIB, FREE_OWNER, HANDLE_DTYPE, LABEL_MAX_BYTES, MAP_DTYPE,
-    SLOT_LIMIT, SUPERBLOCK_DTYPE, TOKEN_BYTES, DeviceError, Geometry, check_superblock,
-    pack_superblock, plan, token_hash)
+    DEFAULT_MAX_HANDLES,
+    DEFAULT_SIZE_MIB,
+    FREE_OWNER,
+    HANDLE_DTYPE,
+    LABEL_MAX_BYTES,
+    MAP_DTYPE,
+    SLOT_LIMIT,
+    SUPERBLOCK_DTYPE,
+    TOKEN_BYTES,
+    DeviceError,
+    Geometry,
+    check_superblock,
+    pack_superblock,
+    plan,
+    token_hash,
+)
 from wire import entropy
 from wire.protocol import BLOCK_SIZE, Err, ServiceError
 from wire.server import Panic
@@ -415,7 +429,7 @@ class Device:
         """True after close()."""
         return self._mm is None
 
-    def __enter__(self) -> "Device":
+    def __enter__(self) -> Device:
         """The device itself (closed on exit)."""
         return self
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from apps.runtime.syscall import kernel_public_from_env
 from wire.client import Client
-from wire.keys import Keyring, keypair_of_credential
 from wire.credential import CRED_FD_ENV, read_inherited
+from wire.keys import Keyring, keypair_of_credential
 from wire.protocol import Err, Op, ServiceError
 
 #: A contract of about 30 KB whose last kind is invalid: the kernel compiles it to find out.

@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apps.runtime import PAGE_SIZE, SealedProcess
-from host_tools.bench_paging import (
-    fill_and_push, percentiles, throughput_pages_s, time_reads_us)
+from host_tools.bench_paging import fill_and_push, percentiles, throughput_pages_s, time_reads_us
 from host_tools.system import Config, System
 from kernel_daemon.erasure import MAC_BYTES, Coder, parse_code
 

@@ -39,8 +39,8 @@ from rich.console import Console
 from rich.table import Table
 
 from apps.runtime import PAGE_SIZE, SealedProcess
-from launcher import spawn
 from host_tools.system import Config, System
+from launcher import spawn
 
 WAIT_SWAPPED_S: float = 30.0
 

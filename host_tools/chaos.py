@@ -64,9 +64,9 @@ from rich.table import Table
 from rich.text import Text
 
 from host_tools import chaos_analysis as ca
+from host_tools.system import Config, Service, System
 from wire.client import Client
 from wire.protocol import Op
-from host_tools.system import Config, Service, System
 
 POLL_S: float = 0.25
 #: How long apps get to finish (verify) after the run, beyond --duration.
@@ -616,7 +616,7 @@ def main(argv: list[str]) -> int:
 class _NoLive:
     """Stands in for rich's Live when the display is off (--json)."""
 
-    def __enter__(self) -> "_NoLive":
+    def __enter__(self) -> _NoLive:
         return self
 
     def __exit__(self, *exc: object) -> None:

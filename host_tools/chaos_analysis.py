@@ -24,8 +24,9 @@ Definitions
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 #: One kernel fault record: (end time s, kind, latency us, spid) -- faultlog.FaultRecord.
 Fault = Sequence[Any]

@@ -20,7 +20,6 @@ from pathlib import Path
 from wire import keys as wkeys
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos keys` flags."""
     p = argparse.ArgumentParser(prog="sealedos keys", description="generate CURVE keys")

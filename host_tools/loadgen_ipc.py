@@ -42,20 +42,20 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+import zmq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-import zmq
-
-from launcher import spawn
 from host_tools import bare_broker
 from host_tools.system import Config, System, _free_port
+from launcher import spawn
 from wire.keys import insecure_from_env
 
 READY_TIMEOUT_S: float = 120.0

@@ -19,9 +19,9 @@ from typing import Any
 
 from rich.console import Console
 
+from host_tools.up import print_summary
 from wire import keys as wkeys
 from wire.client import Client
-from host_tools.up import print_summary
 from wire.protocol import Op, ServiceError
 
 POLL_S: float = 1.0

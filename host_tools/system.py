@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from apps.runtime import SealedProcess
+from host_tools.watchdog import Watchdog
 from launcher import reach, spawn
 from launcher.launch import Launcher, load_launcher_key, make_launcher_key
 from launcher.principals import Principals, random_uid_base
@@ -29,7 +30,6 @@ from wire.client import Client
 from wire.host import PRIVATE_DIR_ENV
 from wire.keys import Keyring
 from wire.protocol import Op, ServiceError
-from host_tools.watchdog import Watchdog
 
 #: Sealed processes run at a lower CPU priority than the services, as user processes below a
 #: kernel: with dozens of busy apps on 2 cores, the kernel, pagers and disks still get the CPU
@@ -127,7 +127,7 @@ class System:
         self._clients: dict[int, Client] = {}
 
     # -- starting -----------------------------------------------------------------------
-    def start(self) -> "System":
+    def start(self) -> System:
         """Start disks, kernel, init and pagers; return once the pagers have joined the kernel
         and init serves names.  Attached: only wait for that."""
         if self.attached:
@@ -472,7 +472,7 @@ class System:
                 spawn.stop(svc.proc, TRACE_STOP_GRACE_S if tracing else spawn.STOP_GRACE_S)
         spawn.remove_rundir(self.rundir)
 
-    def __enter__(self) -> "System":
+    def __enter__(self) -> System:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

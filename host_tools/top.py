@@ -208,7 +208,7 @@ class KeyReader:
         self.tty = sys.stdin.isatty()
         self._saved: list[Any] | None = None
 
-    def __enter__(self) -> "KeyReader":
+    def __enter__(self) -> KeyReader:
         if self.tty:
             self._saved = termios.tcgetattr(sys.stdin.fileno())
             tty.setcbreak(sys.stdin.fileno())

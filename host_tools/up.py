@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from host_tools.system import Config, System
 from kernel_daemon.policy import POLICIES
 from wire.protocol import HOSTILE_MODES
-from host_tools.system import Config, System
 
 DEFAULT_APPS: list[list[str]] = [["memstress"]] * 3
 EXIT_GRACE_S: float = 30.0

@@ -62,7 +62,7 @@ class Watchdog:
         self.heard: dict[tuple[str, int], float] = {}   # (service, pid) -> last heard (monotonic)
         self.stopped: dict[tuple[str, int], float] = {}  # (service, pid) -> seen stopped since
 
-    def hung(self, services: list["Service"]) -> list[tuple["Service", str]]:
+    def hung(self, services: list[Service]) -> list[tuple[Service, str]]:
         """The services among `services` that are alive but hung, each with the reason."""
         now = time.monotonic()
         slots = self._pager_slots()

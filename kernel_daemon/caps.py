@@ -39,7 +39,7 @@ class Endpoint:
     owner: Proc
     contract: Contract
     owner_handle: int
-    queue: deque["Call"] = field(default_factory=deque)
+    queue: deque[Call] = field(default_factory=deque)
     waiter: Request | None = None        # the owner's RECEIVE waiting here
     chans: dict[int, str] = field(default_factory=dict)   # caller spid -> channel state
     alive: bool = True
@@ -62,13 +62,13 @@ class CapTable:
     handles: dict[int, Endpoint] = field(default_factory=dict)
     next_handle: int = 1
     owned: list[Endpoint] = field(default_factory=list)
-    serving: dict[int, "Call"] = field(default_factory=dict)  # delivered, awaiting REPLY
-    calling: "Call | None" = None
+    serving: dict[int, Call] = field(default_factory=dict)  # delivered, awaiting REPLY
+    calling: Call | None = None
     receiving: Endpoint | None = None
     chans_on: set[int] = field(default_factory=set)          # eids where it has a channel
 
     @classmethod
-    def of(cls, proc: Proc) -> "CapTable":
+    def of(cls, proc: Proc) -> CapTable:
         """An empty table for proc, with the identity the kernel bound at REGISTER."""
         return cls(proc, {"spid": proc.spid, "name": proc.name, "program": proc.program,
                           "digest": proc.digest, "manifest": list(proc.manifest),

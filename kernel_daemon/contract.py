@@ -37,8 +37,9 @@ broken.  :func:`compile_contract` validates a contract once, when its endpoint i
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 

@@ -22,7 +22,8 @@ and what an answer is worth.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.erasure import Coder
 from kernel_daemon.pagers import BAD_MIRROR_MS, Pagers

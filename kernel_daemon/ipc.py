@@ -57,7 +57,13 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.caps import NAMESERVICE_HANDLE, CapTable, Endpoint
 from kernel_daemon.contract import (
-    CONTRACT_MAX_BYTES, check, compile_contract, compiled_size, decode_payload, encoded_size)
+    CONTRACT_MAX_BYTES,
+    check,
+    compile_contract,
+    compiled_size,
+    decode_payload,
+    encoded_size,
+)
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
 from kernel_daemon.quota import Resource
@@ -108,7 +114,7 @@ class InitLegacy:
 class Ipc:
     """Endpoints, capability tables and the CALL/RECEIVE/REPLY path of the kernel."""
 
-    def __init__(self, kernel: "Kernel") -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.k = kernel
         self.max_bytes = kernel.ipc_max_bytes
         self.init: Proc | None = None

@@ -27,33 +27,32 @@ import argparse
 import hmac
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-
+from kernel_daemon.ecpages import EcPages
+from kernel_daemon.erasure import parse_code
 from kernel_daemon.frames import FramePool
 from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
-from kernel_daemon.ecpages import EcPages
-from kernel_daemon.erasure import parse_code
 from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable
 from kernel_daemon.quota import Resource, limits_from
 from kernel_daemon.records import apply_report, bounded_records
-from wire import host
-from wire.protocol import (
-    IPC_MAX_PAYLOAD_BYTES, MAX_FRAME_BYTES, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
-from wire.server import SUSPEND, Request, Server
-from wire.transport import Clock, Transport
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
+from wire import host
 from wire import keys as wkeys
 from wire.credential import new_credential, public_of
 from wire.keys import Keyring, KeysMissing, Role
+from wire.protocol import IPC_MAX_PAYLOAD_BYTES, MAX_FRAME_BYTES, PAGE_SIZE, Err, Op, ServiceError
+from wire.server import SUSPEND, Request, Server
+from wire.transport import Clock, Transport
 
 LIVENESS_MS: int = 500
 #: A process on another host that has not been heard from for this long is dead.

@@ -13,11 +13,11 @@ counts, fed by the hooks observe_fault, observe_call and observe_disk_read (each
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ NOT_COUNTERS: frozenset[str] = frozenset(
 class KernelCollector(Collector):
     """Turns the kernel's own counters into metric families at scrape time (read-only)."""
 
-    def __init__(self, kernel: "Kernel") -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.k = kernel
 
     def collect(self) -> Iterator[Metric]:
@@ -150,7 +150,7 @@ class KernelCollector(Collector):
 class Metrics:
     """The kernel's metrics: a private registry, the latency hooks, and the HTTP server."""
 
-    def __init__(self, kernel: "Kernel", host: str, port: int, serve: bool = True) -> None:
+    def __init__(self, kernel: Kernel, host: str, port: int, serve: bool = True) -> None:
         """Build the registry; when serve, listen on host:port (raises OSError if taken)."""
         _no_created_series()
         self.registry = CollectorRegistry(auto_describe=False)

@@ -44,15 +44,16 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import zmq
 
-from wire.protocol import Err, Op
 from kernel_daemon.hostproc import same_process
 from kernel_daemon.seal import IntegrityError
+from wire.protocol import Err, Op
 from wire.server import Server
 
 #: A pager silent for this long is considered down until it says hello again.

@@ -18,12 +18,12 @@ and tag.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Callable
 
 from wire import entropy
-from wire.protocol import PAGE_SHIFT, PROT_W, PROT_X, PROT_R, Err, ServiceError
+from wire.protocol import PAGE_SHIFT, PROT_R, PROT_W, PROT_X, Err, ServiceError
 
 #: Largest virtual page number (a 48-bit address space, as x86-64).
 MAX_VPN: int = (1 << (48 - PAGE_SHIFT)) - 1

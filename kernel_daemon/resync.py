@@ -54,7 +54,7 @@ Copy = tuple[Proc, int, Pte, int]          # (process, vpn, its PTE, the mirror 
 class Resync:
     """Background copying of pages to mirrors that missed them."""
 
-    def __init__(self, kernel: "Kernel") -> None:
+    def __init__(self, kernel: Kernel) -> None:
         self.k = kernel
         self.wanted: set[int] = set()          # mirrors kicked since the last pass began
         self.queue: deque[Copy] = deque()

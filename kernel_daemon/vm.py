@@ -28,7 +28,8 @@ steps around it instead of guessing:
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.faultlog import FaultLog
 from kernel_daemon.frames import FramePool
@@ -36,11 +37,19 @@ from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
 from kernel_daemon.proc import Proc, ProcState
 from kernel_daemon.quota import Resource
-from wire.protocol import (
-    ACCESS_PROT, FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SIZE, Err, Op, ServiceError)
 from kernel_daemon.seal import Sealer
-from wire.server import SUSPEND, Panic, Request
 from kernel_daemon.trace import slice_key, us_field
+from wire.protocol import (
+    ACCESS_PROT,
+    FILL_DATA,
+    FILL_KEEP,
+    FILL_ZERO,
+    PAGE_SIZE,
+    Err,
+    Op,
+    ServiceError,
+)
+from wire.server import SUSPEND, Panic, Request
 
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel
@@ -56,7 +65,7 @@ S = PageState
 class Vm:
     """Faults, frames, eviction and swap I/O for every process."""
 
-    def __init__(self, kernel: "Kernel", pool: FramePool, policy: Policy, sealer: Sealer) -> None:
+    def __init__(self, kernel: Kernel, pool: FramePool, policy: Policy, sealer: Sealer) -> None:
         self.k = kernel
         self.pool = pool
         self.policy = policy

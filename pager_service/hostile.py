@@ -19,9 +19,10 @@ replies it falsified, withheld or delayed).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err
 from wire.server import Request

@@ -25,18 +25,19 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
+from pager_service.hostile import HONEST, HostileOptions, make_behaviour
 from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
 from wire.server import SUSPEND, Request, Server
 from wire.transport import Clock, Transport
-from pager_service.hostile import HONEST, HostileOptions, make_behaviour
 
 #: How often the pager (re)announces itself to the kernel.
 HELLO_INTERVAL_MS: float = 500.0

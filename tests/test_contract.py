@@ -7,8 +7,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from kernel_daemon.contract import (
-    RuleViolation, check, compile_contract, decode_payload)
+from kernel_daemon.contract import RuleViolation, check, compile_contract, decode_payload
 from wire.protocol import Err, ServiceError
 
 KV: dict[str, Any] = {

@@ -4,7 +4,8 @@ a timer or reply callback that raises is counted and does not end a server's loo
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import zmq

@@ -7,7 +7,8 @@ replies, SUSPEND, error replies -- with exact orders and times and no sleeping.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 

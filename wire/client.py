@@ -72,7 +72,7 @@ class Client:
         """Close the connection."""
         self.sock.close(0)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -7,7 +7,7 @@ drawn with :func:`token_bytes`.  ``host_tools/sim`` installs a seeded source wit
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 _source: Callable[[int], bytes] = os.urandom
 

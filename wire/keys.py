@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import zmq
 import zmq.auth
@@ -66,7 +66,7 @@ class Role:
     index: int = 0
 
     @staticmethod
-    def of_principal(principal: str) -> "Role":
+    def of_principal(principal: str) -> Role:
         """pager1 -> Role("pager", 1); observer -> Role("observer")."""
         for kind in ("pager", "disk"):
             if principal.startswith(kind) and principal[len(kind):].isdigit():

@@ -26,8 +26,9 @@ import logging
 import os
 import signal
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 from zmq.auth.base import Authenticator

@@ -11,9 +11,24 @@
     app.py       what every app main() shares: --kernel/--name, errors reported on exit
 """
 from apps.runtime.errors import (
-    BadHandle, Busy, ContractViolation, InvalidArgument, KernelError, KernelProtocolError,
-    KernelUnreachable, MessageTooLarge, NotFound, OutOfMemory, PageIntegrityError, PeerDied,
-    PermissionDenied, ProcessKilled, ProtectionFault, SealedError, SegmentationFault)
+    BadHandle,
+    Busy,
+    ContractViolation,
+    InvalidArgument,
+    KernelError,
+    KernelProtocolError,
+    KernelUnreachable,
+    MessageTooLarge,
+    NotFound,
+    OutOfMemory,
+    PageIntegrityError,
+    PeerDied,
+    PermissionDenied,
+    ProcessKilled,
+    ProtectionFault,
+    SealedError,
+    SegmentationFault,
+)
 from apps.runtime.ipc import NAMESERVICE, Received, Sender
 from apps.runtime.process import SealedProcess, inherited_credential
 from apps.runtime.syscall import KERNEL_ADDR_ENV

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from apps.runtime.errors import SealedError
 from apps.runtime.process import SealedProcess

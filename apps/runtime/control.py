@@ -30,8 +30,7 @@ import zmq
 
 from apps.runtime.mmu import Mmu
 from apps.runtime.syscall import KERNEL_DEAD_MS, Liveness
-from wire.protocol import (
-    Err, Op, ServiceError, check_request, decode, encode, error, is_reply, ok)
+from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, is_reply, ok
 
 HEARTBEAT_MS: int = 200
 #: The longest the thread sleeps in one poll (how fast stop() is noticed).

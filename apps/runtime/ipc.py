@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import fnmatch
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -132,7 +133,7 @@ def received(reply: dict[str, Any]) -> Received:
 class IpcClient:
     """The IPC calls of one sealed process (SealedProcess delegates here)."""
 
-    def __init__(self, kernel: "KernelLink", mmu: "Mmu") -> None:
+    def __init__(self, kernel: KernelLink, mmu: Mmu) -> None:
         self.kernel = kernel
         self.mmu = mmu
 

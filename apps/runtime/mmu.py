@@ -50,8 +50,19 @@ from apps.runtime.bank import Bank
 from apps.runtime.errors import KernelProtocolError
 from apps.runtime.syscall import KernelLink
 from wire.protocol import (
-    ACCESS_EXEC, ACCESS_PROT, ACCESS_READ, ACCESS_WRITE, FILL_DATA, FILL_KEEP, FILL_ZERO,
-    PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W, PROT_X)
+    ACCESS_EXEC,
+    ACCESS_PROT,
+    ACCESS_READ,
+    ACCESS_WRITE,
+    FILL_DATA,
+    FILL_KEEP,
+    FILL_ZERO,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PROT_R,
+    PROT_W,
+    PROT_X,
+)
 
 PAGE_MASK: int = PAGE_SIZE - 1
 U64_MASK: int = (1 << 64) - 1

@@ -72,7 +72,7 @@ class SealedProcess:
 
     @classmethod
     def connect(cls, kernel_addr: str, cred: bytes | None = None,
-                kernel_public: bytes | None = None) -> "SealedProcess":
+                kernel_public: bytes | None = None) -> SealedProcess:
         """Register with the kernel at kernel_addr and start the control thread.
 
         cred: the credential the launcher issued (default: read it, once, from the inherited
@@ -208,7 +208,7 @@ class SealedProcess:
             self.kernel.close()
             self.bank.close()
 
-    def __enter__(self) -> "SealedProcess":
+    def __enter__(self) -> SealedProcess:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class VArray:
     """count elements of dtype at virtual address addr of `proc`."""
 
-    def __init__(self, proc: "SealedProcess", addr: int, dtype: Any, count: int) -> None:
+    def __init__(self, proc: SealedProcess, addr: int, dtype: Any, count: int) -> None:
         if count < 0:
             raise ValueError(f"a view needs a non-negative count, not {count}")
         self.proc = proc

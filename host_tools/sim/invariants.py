@@ -57,7 +57,7 @@ class HandlerFailures(logging.Handler):
             self.failures.append(record.getMessage()[-400:])
 
 
-def judge_report(world: "World", kind: str, text: str) -> None:
+def judge_report(world: World, kind: str, text: str) -> None:
     """A process reported something: a violation, or a stop that may be allowed."""
     if kind == "stopped":
         allowed = Err.INTEGRITY in text and not world.mirrors_protect
@@ -73,7 +73,7 @@ def judge_report(world: "World", kind: str, text: str) -> None:
         world.verdict.notes.append(text)
 
 
-def check_step(world: "World") -> None:
+def check_step(world: World) -> None:
     """After every step: the kernel's handlers did not crash."""
     failures = world.kernel_failures.failures
     if failures:
@@ -81,7 +81,7 @@ def check_step(world: "World") -> None:
         failures.clear()
 
 
-def check_quiescent(world: "World") -> None:
+def check_quiescent(world: World) -> None:
     """At quiescence: every call answered, nothing leaked (invariants 3 and 5)."""
     k = world.kernel
     for p in world.procs:

@@ -14,7 +14,8 @@ be answered exactly once -- a reply, an error, or EPEERDIED when the server is g
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -43,26 +44,26 @@ def pattern(name: str, n: int, i: int) -> bytes:
 
 
 # -- the server -------------------------------------------------------------------------------
-def serve(proc: "SimProcess") -> None:
+def serve(proc: SimProcess) -> None:
     """Create the name-service endpoint, then RECEIVE."""
     proc.state = "serving"
     proc._request(False, Op.ENDPOINT, {"contract": CONTRACT, "nameservice": True},
                   lambda reply: _endpoint_made(proc, reply))
 
 
-def _endpoint_made(proc: "SimProcess", reply: dict[str, Any]) -> None:
+def _endpoint_made(proc: SimProcess, reply: dict[str, Any]) -> None:
     if not proc._ok(reply, "endpoint"):
         return
     proc.endpoint = reply["handle"]
     _receive(proc, Op.RECEIVE, {"handle": proc.endpoint})
 
 
-def _receive(proc: "SimProcess", op: Op, fields: dict[str, Any]) -> None:
+def _receive(proc: SimProcess, op: Op, fields: dict[str, Any]) -> None:
     """RECEIVE (or REPLY-and-RECEIVE); the answer is the next call."""
     proc.receive_rid = proc._request(False, op, fields, lambda reply: _got_call(proc, reply))
 
 
-def _got_call(proc: "SimProcess", reply: dict[str, Any]) -> None:
+def _got_call(proc: SimProcess, reply: dict[str, Any]) -> None:
     if proc.state != "serving":
         return
     if not proc._ok(reply, "receive"):
@@ -94,7 +95,7 @@ def _got_call(proc: "SimProcess", reply: dict[str, Any]) -> None:
     _check_pages(proc, vpn0, npages, 0, then)
 
 
-def _check_pages(proc: "SimProcess", vpn0: int, npages: int, i: int,
+def _check_pages(proc: SimProcess, vpn0: int, npages: int, i: int,
                  then: Callable[[], None]) -> None:
     """Read granted page i.. (each read is checked against the caller's pattern), unmap."""
     if proc.state != "serving":
@@ -113,7 +114,7 @@ def _check_pages(proc: "SimProcess", vpn0: int, npages: int, i: int,
     proc._request(False, Op.UNMAP, {"addr": vpn0 << PAGE_SHIFT, "npages": npages}, unmapped)
 
 
-def _remap(proc: "SimProcess", then: Callable[[], None]) -> None:
+def _remap(proc: SimProcess, then: Callable[[], None]) -> None:
     """Map a small region at an explicit address (sometimes at the very top), then go on."""
     npages = proc.rng.randint(1, 4)
     if proc.rng.random() < 0.3:
@@ -125,11 +126,11 @@ def _remap(proc: "SimProcess", then: Callable[[], None]) -> None:
                   lambda reply: then())       # an overlap (EINVAL) is the server's business
 
 
-def _exit_server(proc: "SimProcess", reply: dict[str, Any]) -> None:
+def _exit_server(proc: SimProcess, reply: dict[str, Any]) -> None:
     proc._request(False, Op.EXIT, {"status": 0}, proc._exited)
 
 
-def stop_serving(proc: "SimProcess") -> None:
+def stop_serving(proc: SimProcess) -> None:
     """Quiescence: every client is gone; leave the RECEIVE the kernel holds and EXIT."""
     if proc.state != "serving":
         return
@@ -144,7 +145,7 @@ def stop_serving(proc: "SimProcess") -> None:
 
 
 # -- the client -------------------------------------------------------------------------------
-def call(proc: "SimProcess", then: Callable[[], None]) -> None:
+def call(proc: SimProcess, then: Callable[[], None]) -> None:
     """A ping, or a put with a page grant (see the module docstring)."""
     proc.calls += 1
     n = proc.calls
@@ -156,7 +157,7 @@ def call(proc: "SimProcess", then: Callable[[], None]) -> None:
                   lambda reply: _fill(proc, reply, n, npages, then))
 
 
-def _fill(proc: "SimProcess", reply: dict[str, Any], n: int, npages: int,
+def _fill(proc: SimProcess, reply: dict[str, Any], n: int, npages: int,
           then: Callable[[], None]) -> None:
     if not proc._ok(reply, "map grant"):
         return
@@ -173,7 +174,7 @@ def _fill(proc: "SimProcess", reply: dict[str, Any], n: int, npages: int,
     write(0)
 
 
-def _call(proc: "SimProcess", msg: dict[str, Any], grant: tuple[int, int] | None,
+def _call(proc: SimProcess, msg: dict[str, Any], grant: tuple[int, int] | None,
           then: Callable[[], None]) -> None:
     fields: dict[str, Any] = {"handle": 0, "msg": msgpack.packb(msg)}
     if grant is not None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import heapq
 import random
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from host_tools.sim.net import LinkFaults, NodeTransport, SimClock, SimNet, SimSocket
 from wire.protocol import decode, encode
@@ -22,12 +23,12 @@ S = TypeVar("S", bound=Server)
 class Peer:
     """A test's end of a connection: send raw frames or maps, keep what arrives."""
 
-    def __init__(self, harness: "Harness", name: str, addr: str) -> None:
+    def __init__(self, harness: Harness, name: str, addr: str) -> None:
         self.tr: NodeTransport = harness.net.transport(name)
         self.tr.owner = self
         self.sock: SimSocket = self.tr.connect_dealer(addr)
         self.received: list[dict[str, Any]] = []
-        self.on_request: Callable[["Peer", dict[str, Any]], None] | None = None
+        self.on_request: Callable[[Peer, dict[str, Any]], None] | None = None
 
     @property
     def identity(self) -> bytes:

@@ -20,8 +20,9 @@ import heapq
 import itertools
 import random
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import msgpack
 
@@ -68,7 +69,7 @@ class LinkFaults:
 @dataclass(eq=False, slots=True)
 class SimSocket:
     """A socket handle: ROUTER (bound to addr) or DEALER (connected to addr, with an identity)."""
-    transport: "NodeTransport"
+    transport: NodeTransport
     router: bool
     addr: str
     identity: bytes = b""
@@ -92,7 +93,7 @@ class NodeTransport:
     """One node's view of the simulated network (the Transport seam of wire/transport.py)."""
     pollable: bool = False
 
-    def __init__(self, net: "SimNet", name: str) -> None:
+    def __init__(self, net: SimNet, name: str) -> None:
         self.net = net
         self.name = name
         self.owner: Node | None = None

@@ -15,13 +15,26 @@ verify every page, and eventually EXIT -- or just die, when the schedule says so
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from host_tools.sim import ipcload
 from wire.protocol import (
-    ACCESS_READ, ACCESS_WRITE, FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SHIFT, PAGE_SIZE, PROT_R,
-    PROT_W, Err, Op, decode, encode)
+    ACCESS_READ,
+    ACCESS_WRITE,
+    FILL_DATA,
+    FILL_KEEP,
+    FILL_ZERO,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PROT_R,
+    PROT_W,
+    Err,
+    Op,
+    decode,
+    encode,
+)
 
 if TYPE_CHECKING:
     from host_tools.sim.net import NodeTransport, SimNet, SimSocket
@@ -46,9 +59,9 @@ class Parked:
 class SimProcess:
     """One simulated sealed process (see the module docstring)."""
 
-    def __init__(self, name: str, net: "SimNet", kernel_addr: str, rng: random.Random,
+    def __init__(self, name: str, net: SimNet, kernel_addr: str, rng: random.Random,
                  npages: int, ops: int, report: Callable[[str, str], None],
-                 role: str = "app", server: "SimProcess | None" = None) -> None:
+                 role: str = "app", server: SimProcess | None = None) -> None:
         self.name = name
         self.role = role                      # "init": the IPC server (ipcload.py)
         self.server = server                  # a client's server, to know when it is up
@@ -99,7 +112,7 @@ class SimProcess:
         self.tr.send(self.ctrl if ctrl else self.call, None, encode(msg))
         return rid
 
-    def on_frame(self, sock: "SimSocket", peer: bytes | None, frame: bytes) -> None:
+    def on_frame(self, sock: SimSocket, peer: bytes | None, frame: bytes) -> None:
         """A reply to one of our requests, or the kernel's SHOOTDOWN/KILL on control."""
         if self.state in ("dead", "exited"):
             return

@@ -1,7 +1,7 @@
 """Shared fixtures: whole systems as real processes, always stopped, never leaving orphans."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from systems import assert_no_orphans, children

@@ -3,7 +3,8 @@ timing assertion: the timeout only bounds a test that would otherwise hang)."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 POLL_S: float = 0.05
 

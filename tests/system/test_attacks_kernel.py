@@ -18,9 +18,9 @@ from typing import Any
 
 import msgpack
 import polling
-from systems import running_system
 import pytest
 import zmq
+from systems import running_system
 
 from apps.runtime import SealedProcess
 from apps.runtime.errors import SealedError

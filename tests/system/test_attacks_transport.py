@@ -13,21 +13,21 @@ import select
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+import polling
 import pytest
 import zmq
 
 from apps.runtime import PAGE_SIZE, SealedProcess
+from host_tools.system import System
 from launcher import spawn
-import polling
 from wire import keys as wkeys
 from wire import sockets
 from wire.client import Client
 from wire.keys import Keypair, Keyring
 from wire.protocol import PROT_R, PROT_W, Err, Op, ServiceError, decode, encode
-from host_tools.system import System
 
 #: How long an attacker waits for a reply that must never come.
 NEVER_MS: int = 1500
@@ -344,7 +344,7 @@ class Relay:
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._accept, daemon=True)]
 
-    def __enter__(self) -> "Relay":
+    def __enter__(self) -> Relay:
         self._threads[0].start()
         return self
 

@@ -9,7 +9,6 @@ kill was served"), never from timings; the only time limits are generous deadlin
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import json
 import os
@@ -17,20 +16,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import polling
 import psutil
 import pytest
 
-from host_tools import chaos_analysis as ca
 from apps.runtime import PAGE_SIZE, SealedProcess
 from disk_service.device import check_device
+from host_tools import chaos_analysis as ca
+from host_tools.system import System
 from wire.client import Client
 from wire.protocol import BLOCK_SIZE, Op
-from host_tools.system import System
-
-import polling
 
 PROGRAM = __file__
 DEADLINE_S: float = 90.0

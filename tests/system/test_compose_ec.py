@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 from test_compose import (
-    APPS, APP_DURATION_S, BUILD_TIMEOUT_S, COMPOSE_FILE, UP_TIMEOUT_S, WAIT_S, Deployment,
-    engine_env)
+    APP_DURATION_S,
+    APPS,
+    BUILD_TIMEOUT_S,
+    COMPOSE_FILE,
+    UP_TIMEOUT_S,
+    WAIT_S,
+    Deployment,
+    engine_env,
+)
 
 EC_FILE = COMPOSE_FILE.parent / "docker-compose.ec.yml"
 

@@ -7,8 +7,9 @@ import os
 import signal
 import subprocess
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -17,8 +18,15 @@ import pytest
 from disk_service import disk
 from disk_service.device import Device, DeviceError
 from disk_service.layout import (
-    FORMAT_VERSION, HANDLE_DTYPE, MAGIC, MAP_DTYPE, SUPERBLOCK_DTYPE, pack_superblock, plan,
-    token_hash)
+    FORMAT_VERSION,
+    HANDLE_DTYPE,
+    MAGIC,
+    MAP_DTYPE,
+    SUPERBLOCK_DTYPE,
+    pack_superblock,
+    plan,
+    token_hash,
+)
 from launcher import spawn
 from wire.client import Client
 from wire.protocol import BLOCK_SIZE, MAX_FRAME_BYTES, Err, ServiceError, encode

@@ -10,16 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
+from polling import wait_for
+from test_chaos import run_chaos
 
 from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import System
 from wire.protocol import HOSTILE_MODES
-
-from polling import wait_for
-from test_chaos import run_chaos
 
 EC = dict(pagers=6, code="4+2", frames=8, disk_size_mib=4, pager_timeout_ms=1500,
           pager_retries=1, stall_ms=5000)

@@ -7,12 +7,12 @@ contents from pagers and disks: a known plaintext is found with --no-seal, never
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
-from wire.protocol import HOSTILE_MODES
 from host_tools.system import System
+from wire.protocol import HOSTILE_MODES
 
 TIMEOUTS = dict(pager_timeout_ms=1500, pager_retries=1, stall_ms=5000)
 WORK = ["--pages", "24", "--passes", "1"]

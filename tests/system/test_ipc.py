@@ -11,7 +11,6 @@ about timing: waits are "until it happens, or fail".
 from __future__ import annotations
 
 import functools
-
 import itertools
 import os
 import signal
@@ -19,19 +18,24 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import polling
 import pytest
+from systems import running_system
 
 from apps.echo import ECHO_CONTRACT
 from apps.runtime import (
-    BadHandle, ContractViolation, MessageTooLarge, PeerDied, PermissionDenied, SealedProcess)
+    BadHandle,
+    ContractViolation,
+    MessageTooLarge,
+    PeerDied,
+    PermissionDenied,
+    SealedProcess,
+)
 from apps.runtime.errors import NotFound
+from host_tools.system import Service, System
 from launcher import spawn
 from wire.client import Client
 from wire.protocol import IPC_MAX_PAYLOAD_BYTES, Err, Op, ServiceError
-from host_tools.system import Service, System
-
-import polling
-from systems import running_system
 
 WAIT_S: float = 30.0
 _names = itertools.count(1)

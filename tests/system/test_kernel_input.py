@@ -2,14 +2,14 @@
 reply, and the kernel keeps serving (real kernel process, raw ZeroMQ client)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import msgpack
 import pytest
 
+from host_tools.system import System
 from wire.client import Client
 from wire.protocol import MAX_FRAME_BYTES, PROT_R, PROT_W, PROT_X, Err, Op, ServiceError
-from host_tools.system import System
 
 
 def registered(system: System) -> tuple[Client, dict]:

@@ -7,7 +7,6 @@ about timing.
 from __future__ import annotations
 
 import functools
-
 import json
 import socket
 import subprocess
@@ -17,14 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polling
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from launcher import spawn
 from host_tools.system import Config, System
 from kernel_daemon.trace import Tracer
-
-import polling
+from launcher import spawn
 
 FRAMES: int = 16
 #: memstress keeps faulting this long, so the module's tests see a live, busy process.

@@ -20,9 +20,9 @@ import msgpack
 import pytest
 import zmq
 
+from kernel_daemon.pagers import TRANSIENT_ERRORS
 from launcher import spawn
 from wire.client import Client
-from kernel_daemon.pagers import TRANSIENT_ERRORS
 from wire.protocol import PAGE_SIZE, Err, Op, ServiceError, decode, encode
 
 STARTUP_S: float = 10.0

@@ -11,15 +11,15 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 from apps.runtime import PAGE_SIZE, SealedProcess
 from apps.runtime.errors import ProtectionFault, SegmentationFault
+from host_tools.system import System
 from wire.client import Client
 from wire.protocol import PROT_R, Op
-from host_tools.system import System
 
 BELADY = "1,2,3,4,1,2,5,1,2,3,4,5"
 SILBERSCHATZ = "7,0,1,2,0,3,0,4,2,3,0,3,2,1,2,0,1,7,0,1"

@@ -13,17 +13,26 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 
 from apps.runtime import (
-    PAGE_SIZE, PROT_R, PROT_W, PROT_X, PageIntegrityError, ProcessKilled, ProtectionFault,
-    SealedProcess, SegmentationFault)
+    PAGE_SIZE,
+    PROT_R,
+    PROT_W,
+    PROT_X,
+    PageIntegrityError,
+    ProcessKilled,
+    ProtectionFault,
+    SealedProcess,
+    SegmentationFault,
+)
 from wire.protocol import Err, Op, decode, encode, error, ok
 
 ROOT = Path(__file__).resolve().parents[2]
