@@ -51,7 +51,6 @@ outstanding, calls queue FIFO on their endpoint, and a call leaves its place exa
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +63,7 @@ from kernel_daemon.contract import (
     decode_payload,
     encoded_size,
 )
+from kernel_daemon.histogram import Histograms
 from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState
 from kernel_daemon.quota import Resource
@@ -81,7 +81,6 @@ ENDPOINT_RECORDS_MAX: int = 512
 
 _NO_CAPS: tuple[()] = ()
 _CALL, _RECEIVE, _RUNNING = ProcState.CALL, ProcState.RECEIVE, ProcState.RUNNING
-_perf = time.perf_counter
 
 
 @dataclass(slots=True, eq=False)
@@ -125,6 +124,7 @@ class Ipc:
         self.endpoints: dict[int, Endpoint] = {}
         self._next_eid = 1
         self._next_cid = 1
+        self.histograms = Histograms()         # call latency and bytes, by contract (metrics)
         self.stats = kernel.stats
         for key in ("ipc_calls", "ipc_replies", "ipc_bytes_copied", "ipc_contract_violations",
                     "ipc_peer_died", "ipc_caps_transferred", "ipc_grants", "pages_granted"):
@@ -257,8 +257,7 @@ class Ipc:
             raise
         cid = self._next_cid
         self._next_cid = cid + 1
-        call = Call(cid, proc, req, ep, payload, t.stamp, caps, prior, waiting,
-                    _perf() if self.k.metrics is not None else 0.0)
+        call = Call(cid, proc, req, ep, payload, t.stamp, caps, prior, waiting, self.k.now())
         ep.chans[spid] = waiting
         t.chans_on.add(ep.eid)
         t.calling = call
@@ -457,9 +456,8 @@ class Ipc:
         self.k.send(req.sock, req.peer, {"re": req.rid, "msg": payload, "caps": handles})
         if self.k.tracer.enabled:
             self.k.tracer.end("ipc", "call", call.cid, caller.spid, bytes=n)
-        if self.k.metrics is not None:
-            self.k.metrics.observe_call(call.ep.contract.name, n + len(call.payload),
-                                        _perf() - call.t0)
+        self.histograms.observe(call.ep.contract.name, (self.k.now() - call.t0) * 1e6,
+                                n + len(call.payload))
 
     # -- death ------------------------------------------------------------------------------
     def reclaim(self, proc: Proc) -> None:

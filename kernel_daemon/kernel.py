@@ -34,6 +34,7 @@ from typing import Any
 from kernel_daemon.ecpages import EcPages
 from kernel_daemon.erasure import parse_code
 from kernel_daemon.frames import FramePool
+from kernel_daemon.histogram import BOUNDS_US
 from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
@@ -116,7 +117,6 @@ class Kernel(Server):
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
         self.ipc = Ipc(self)
-        self.metrics: Any = None                 # set by the metrics exporter when enabled
         self.stats.setdefault("quota_refusals", 0)
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
             self.handlers[op] = self._backoff_on_quota(self.handlers[op])
@@ -517,19 +517,17 @@ class Kernel(Server):
         self.tracer.flush()
 
     # -- observation ----------------------------------------------------------------------
-    def observe_fault(self, kind: str, seconds: float) -> None:
-        """One fault served (metrics histogram, when enabled)."""
-        if self.metrics is not None:
-            self.metrics.observe_fault(kind, seconds)
-
     def do_ping(self, req: Request) -> dict[str, Any]:
         """Liveness of the kernel itself."""
         return {"service": "kernel", "pid": self.pid}
 
     def do_stats(self, req: Request) -> dict[str, Any]:
-        """Every counter, the pagers' health and every process (live and exited)."""
+        """Every counter, the pagers' health, every process (live and exited), and the
+        latency histograms (histogram.py) of faults, disk reads and calls."""
         records = self.process_records()          # first: it counts records_omitted
-        return {"kernel": self.counters(), "processes": records}
+        return {"kernel": self.counters(), "processes": records, "histograms": {
+            "bounds_us": BOUNDS_US, "vm": self.vm.histograms.record(),
+            "ipc": self.ipc.histograms.record()}}
 
     def do_fault_log(self, req: Request) -> dict[str, Any]:
         """The faults served since `cursor` (see faultlog.py): records, next cursor, dropped."""
@@ -648,9 +646,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"keys directory (env {wkeys.KEYS_ENV}): the kernel's secret, every public")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
                    help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
-    p.add_argument("--metrics-port", type=int, default=int(env("SEALEDOS_METRICS_PORT", "0")),
-                   help="serve Prometheus metrics on this port (0 = off)")
-    p.add_argument("--metrics-host", default=env("SEALEDOS_METRICS_HOST", "127.0.0.1"))
     return p
 
 
@@ -678,7 +673,6 @@ def main(argv: list[str]) -> int:
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
                     args.launcher_key, keys, code=code, ec_delta=args.ec_delta)
-    _attach_extras(kernel, args)
     host.open_socket_file(args.addr)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "
           f"{args.pagers} pager slot(s){', code ' + args.code if code else ''}, "
@@ -692,9 +686,3 @@ def main(argv: list[str]) -> int:
             Path(args.addr[len("ipc://"):]).unlink(missing_ok=True)
     return 0
 
-
-def _attach_extras(kernel: Kernel, args: argparse.Namespace) -> None:
-    """Optional subsystems that live in their own modules (metrics)."""
-    if args.metrics_port:
-        from kernel_daemon.metrics import Metrics
-        kernel.metrics = Metrics(kernel, args.metrics_host, args.metrics_port)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.faultlog import FaultLog
 from kernel_daemon.frames import FramePool
+from kernel_daemon.histogram import Histograms
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
 from kernel_daemon.proc import Proc, ProcState
@@ -82,6 +83,7 @@ class Vm:
         self.latency: dict[str, deque[float]] = {
             "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP),
             "disk_read": deque(maxlen=LATENCY_KEEP)}
+        self.histograms = Histograms()            # the same kinds, every one (metrics)
         self.fault_log = FaultLog()               # recent faults with their times (chaos, plots)
 
     # -- state bookkeeping --------------------------------------------------------------
@@ -202,8 +204,8 @@ class Vm:
         if t0 is not None:
             seconds = self.k.now() - t0
             self.latency[kind].append(seconds * 1e6)
+            self.histograms.observe(kind, seconds * 1e6)
             self.fault_log.add(self.k.now(), kind, seconds * 1e6, proc.spid)
-            self.k.observe_fault(kind, seconds)
         self.k.tracer.end("vm", "fault", slice_key(proc.spid, req.rid), proc.spid, kind=kind,
                           outcome="installed")
         out: dict[str, Any] = {"vpn": vpn, "frame": pte.frame, "prot": pte.prot, "fill": fill}
@@ -233,8 +235,7 @@ class Vm:
                            disk_us=disk_us, pager_us=pager_us)
         if disk_us is not None:
             self.latency["disk_read"].append(disk_us)
-            if self.k.metrics is not None:
-                self.k.metrics.observe_disk_read(disk_us / 1e6)
+            self.histograms.observe("disk_read", disk_us)
 
     def _wake(self, pte: Pte) -> None:
         waiters, pte.waiters = pte.waiters, []
