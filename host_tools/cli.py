@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "health": ("host_tools.health", "is one component up and doing its job (healthchecks)"),
     "summary": ("host_tools.summary", "per-process summary of a running system's apps"),
     "top": ("host_tools.top", "live view of the running system"),
+    "metrics": ("host_tools.metrics", "serve the kernel's metrics to Prometheus (an observer)"),
     "bench": ("host_tools.bench", "benchmarks: `bench paging`, `bench ipc`"),
     "chaos": ("host_tools.chaos", "kill components under load and report recovery"),
     "sim": ("host_tools.sim.cli", "deterministic simulation: seeds of randomised faults"),

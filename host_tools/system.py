@@ -81,6 +81,8 @@ class Config:
     pager_timeout_ms: int = 2000
     pager_retries: int = 5
     trace: str | None = None
+    #: Serve Prometheus metrics on 127.0.0.1:PORT (a `sealedos metrics` observer beside the
+    #: kernel; 0: none).
     metrics_port: int = 0
     stall_ms: int = 10000
     kernel_args: list[str] = field(default_factory=list)
@@ -158,11 +160,11 @@ class System:
             kargs.append("--no-seal")
         if c.trace:
             kargs += ["--trace", c.trace]
-        if c.metrics_port:
-            kargs += ["--metrics-port", str(c.metrics_port)]
         self._launch("kernel", "kernel", kargs, restart=False)
         for name in ["kernel"] + [f"disk{m}" for m in range(c.pagers)]:
             self._wait_listening(name)
+        if c.metrics_port:
+            self._start_metrics(c.metrics_port)
         self.launcher = Launcher(self.kernel_addr, launcher_secret,
                                  kernel_public=self.kernel_public())
         self._start_sealed("init", "init", "init", []).restart = True   # names survive it
@@ -181,10 +183,29 @@ class System:
         return self
 
     def _launch(self, kind: str, name: str, args: list[str], restart: bool = True,
-                env: dict[str, str] | None = None) -> Service:
-        """Start service `name` (`sealedos KIND ARGS`), logging to RUNDIR/NAME.log."""
+                env: dict[str, str] | None = None, principal: str | None = None) -> Service:
+        """Start service `name` (`sealedos KIND ARGS`) as `principal` (default: `name`),
+        logging to RUNDIR/NAME.log."""
         return self._start(kind, name, spawn.python_cmd(kind, *args), restart,
-                           {**self._security_env(), **(env or {})})
+                           {**self._security_env(), **(env or {})}, principal)
+
+    def _start_metrics(self, port: int) -> None:
+        """Start the Prometheus exporter (`sealedos metrics`, an observer outside the
+        trusted base) on 127.0.0.1:`port`; return once it listens."""
+        svc = self._launch("metrics", "metrics", [
+            "--rundir", str(self.rundir), "--kernel", self.kernel_addr, "--port", str(port),
+            "--host", "127.0.0.1", "--principal", "observer"], restart=False,
+            principal="observer")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                if svc.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the metrics exporter did not start:\n" +
+                                       self.log_tail("metrics")) from None
+                time.sleep(0.05)
 
     # -- keys -----------------------------------------------------------------------------
     def _make_keys(self) -> None:
@@ -243,10 +264,11 @@ class System:
         return self._security_env()
 
     def _start(self, kind: str, name: str, cmd: list[str], restart: bool,
-               env: dict[str, str] | None) -> Service:
-        """Start `cmd` as service `name` under its principal's uid, logging to RUNDIR/NAME.log."""
+               env: dict[str, str] | None, principal: str | None = None) -> Service:
+        """Start `cmd` as service `name` under its principal's uid (default: the one called
+        `name`), logging to RUNDIR/NAME.log."""
         log = self.rundir / f"{name}.log"
-        uid = self.principals.uid(name)
+        uid = self.principals.uid(principal or name)
         svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log, env, uid=uid), restart, env,
                       uid=uid)
         svc.started.append(time.monotonic())
@@ -465,7 +487,7 @@ class System:
         self._clients.clear()
         if self.launcher is not None:
             self.launcher.close()
-        order = {"app": 0, "init": 1, "pager": 1, "kernel": 2, "disk": 3}
+        order = {"app": 0, "metrics": 0, "init": 1, "pager": 1, "kernel": 2, "disk": 3}
         with self._lock:
             for svc in sorted(self.services.values(), key=lambda s: order[s.kind]):
                 tracing = svc.kind == "kernel" and self.config.trace

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import polling
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,6 +31,9 @@ BUSY_S: float = 25.0
 CLI_TIMEOUT_S: float = 30.0
 WAIT_S: float = 45.0
 LIVE_STATES = {"running", "blocked on fault", "blocked on call", "blocked on receive"}
+#: The pages each of the module's sealed processes maps (memstress --pages 48; refstring
+#: maps its highest page + 1).
+MAPPED_PAGES: dict[str, int] = {"memstress.1": 48, "refstring.1": 6}
 
 
 def free_port() -> int:
@@ -82,17 +86,20 @@ def test_ps_json_reports_the_started_processes(busy: System) -> None:
     doc = json.loads(out.stdout)
     procs = {p["name"]: p for p in doc["processes"]}
     assert {"memstress.1", "refstring.1"} <= set(procs)
-    for name in ("memstress.1", "refstring.1"):
+    for name, mapped in MAPPED_PAGES.items():
         p = procs[name]
         assert p["hostpid"] == busy.services[name].pid
         assert p["spid"] > 0
         assert p["minor_faults"] + p["major_faults"] == p["faults"] > 0
-        assert 0 <= p["resident_pages"] <= FRAMES and p["swapped_pages"] >= 0
-        assert p["ipc_calls_in"] >= 0 and p["ipc_calls_out"] >= 0
+        assert p["resident_pages"] <= FRAMES
+        assert p["resident_pages"] + p["swapped_pages"] <= mapped
+        # neither program calls an endpoint nor serves one
+        assert p["ipc_calls_in"] == p["ipc_calls_out"] == 0
     mem = procs["memstress.1"]
     assert mem["state"] in LIVE_STATES
-    assert mem["rss_bytes"] > 0 and mem["cpu_percent"] >= 0
+    assert mem["rss_bytes"] > 0 and mem["cpu_percent"] > 0
     assert mem["major_faults"] > 0, "48 pages through 16 frames must page in"
+    assert mem["swapped_pages"] > 0, "paged in, so 48 pages through 16 frames are swapped"
     services = {s["name"]: s for s in doc["services"]}
     assert services["kernel"]["state"] == "up"
     assert services["kernel"]["hostpid"] == busy.services["kernel"].pid
@@ -113,16 +120,32 @@ def test_ps_and_stats_human_output(busy: System) -> None:
 
 
 def test_no_kernel_is_a_clear_error(tmp_path: Path) -> None:
-    for cmd in ("ps", "stats", "top"):
+    for cmd in ("ps", "stats", "top", "metrics"):
         out = sealedos(cmd, "--kernel", f"ipc://{tmp_path}/kernel.sock")
         assert out.returncode == 2
         assert "kernel" in out.stderr and "Traceback" not in out.stderr
 
 
 # -- metrics -------------------------------------------------------------------------------------
+def test_metrics_come_from_an_observer_not_the_kernel(busy: System) -> None:
+    kernel = psutil.Process(busy.services["kernel"].pid)
+    assert not [c for c in kernel.net_connections("inet") if c.status == psutil.CONN_LISTEN], \
+        "the kernel listens on no TCP port"
+    exporter = psutil.Process(busy.services["metrics"].pid)
+    assert exporter.pid != kernel.pid and "metrics" in exporter.cmdline()
+    assert [c.laddr.port for c in exporter.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN] == [busy.config.metrics_port]
+    once = sealedos("metrics", "--once", "--kernel", busy.kernel_addr)
+    assert once.returncode == 0, once.stderr
+    families = {f.name: f for f in text_string_to_metric_families(once.stdout)}
+    assert families["sealedos_kernel_up"].samples[0].value == 1
+    assert families["sealedos_frames"].samples[0].value == FRAMES
+
+
 def test_metrics_parse_and_fault_counters_move(busy: System) -> None:
     port = busy.config.metrics_port
     first = scrape(port)
+    assert first["sealedos_kernel_up"].samples[0].value == 1
     assert first["sealedos_frames"].samples[0].value == FRAMES
     assert sample_sum(first, "sealedos_pager_up", "sealedos_pager_up", mirror="0") == 1
     before = sample_sum(first, "sealedos_faults", "sealedos_faults_total")
