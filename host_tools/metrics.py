@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from typing import Any, TypedDict, TypeGuard
+from typing import Any, Protocol, TypedDict, TypeGuard
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import (
@@ -82,10 +82,18 @@ class HistogramsRecord(TypedDict):
     ipc: dict[str, SeriesRecord]
 
 
+class StatsSource(Protocol):
+    """Whatever answers the kernel's STATS (an Observer; a canned reply in unit tests)."""
+
+    def kernel_call(self, op: Op) -> dict[str, Any]:
+        """The kernel's reply to `op`; NoKernel when it does not answer."""
+        ...
+
+
 class KernelCollector(Collector):
     """Every family from one STATS reply per scrape (the one kernel connection is locked)."""
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: StatsSource) -> None:
         self.observer = observer
         self.lock = threading.Lock()
 
@@ -238,7 +246,7 @@ def num(value: object) -> float:
 class Exporter:
     """A private registry holding one KernelCollector, rendered or served over HTTP."""
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: StatsSource) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(KernelCollector(observer))
 
