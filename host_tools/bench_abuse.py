@@ -63,7 +63,8 @@ def wait_at_quota(system: System, abusers: int, timeout_s: float = 300.0) -> Non
 
 def kernel_rss_mib(system: System) -> float:
     """The kernel's resident set size in MiB."""
-    return round(psutil.Process(system.services["kernel"].pid).memory_info().rss / (1 << 20), 1)
+    rss_bytes: int = psutil.Process(system.services["kernel"].pid).memory_info().rss
+    return round(rss_bytes / (1 << 20), 1)
 
 
 def run(abusers: int, seconds: float, frames: int) -> dict[str, Any]:
@@ -125,7 +126,8 @@ def main(argv: list[str]) -> int:
         return 0
     for phase in ("quiet", "abuse"):
         f = r[phase]
-        print(f"{phase:6s} ping p50 {f['ping_us']['p50']:8.1f} us  p99 {f['ping_us']['p99']:8.1f} us"
+        print(f"{phase:6s} ping p50 {f['ping_us']['p50']:8.1f} us  "
+              f"p99 {f['ping_us']['p99']:8.1f} us"
               f"   page p50 {f['page_us']['p50']:8.1f} us  p99 {f['page_us']['p99']:8.1f} us"
               f"   kernel RSS {f['kernel_rss_mib']} MiB")
     print(f"p99 abuse/quiet: ping {r['p99_ratio']['ping_us']}x, page {r['p99_ratio']['page_us']}x "

@@ -313,7 +313,8 @@ class Chaos:
         caps = sum(n for spid, n in ipc.get("handles_by_spid", {}).items()
                    if spid != str(ipc.get("init_spid")))      # init keeps its name table
         return {"free_frames": k["free_frames"], "live_processes": k["live_processes"],
-                "endpoints": ipc.get("endpoint_count", len(ipc["endpoints"])), "capabilities": caps, "disk_blocks": disks}
+                "endpoints": ipc.get("endpoint_count", len(ipc["endpoints"])),
+                "capabilities": caps, "disk_blocks": disks}
 
     # -- the run ----------------------------------------------------------------------------
     def run(self, live: Live | None) -> None:
@@ -431,10 +432,14 @@ class Chaos:
         leaks = self.leaks()
         kstats = self.system.stats()["kernel"]
         services = self.system.restarts()
-        rel = lambda t: round(t - self.t_start, 3)  # noqa: E731
+        t_start = self.t_start
+
+        def rel(t: float) -> float:
+            """Seconds since the run began, to the millisecond."""
+            return round(t - t_start, 3)
         self.series = {"faults": [(rel(f[0]), f[1], f[2]) for f in self.faults
                                   if f[0] >= self.t_start - 1],
-                       "ipc": [(rel(t), r) for t, r in zip(times, rates)],
+                       "ipc": [(rel(t), r) for t, r in zip(times, rates, strict=True)],
                        "kills": [rel(k.t_s) for k in self.kills],
                        "outages": [(rel(w.kill_s), rel(w.end_s), w.recovered) for w in windows]}
         return {
@@ -446,7 +451,8 @@ class Chaos:
             "restarts": sum(services.values()), "restarts_by_service": services,
             "recovery_ms": [None if r is None else round(r * 1000, 1) for r in recov],
             "kill_log": [{"t_s": rel(k.t_s), "target": k.target, "pid": k.pid,
-                          "recovery_ms": None if k.recovery_s is None else round(k.recovery_s * 1000, 1),
+                          "recovery_ms": None if k.recovery_s is None
+                          else round(k.recovery_s * 1000, 1),
                           **({"reclaim_ok": k.reclaim_ok} if k.reclaim_ok is not None else {})}
                          for k in self.kills],
             "app_errors": errors, "verified": bool(verified and errors == 0),
@@ -508,8 +514,11 @@ class Chaos:
 def summary_text(result: dict[str, Any]) -> str:
     """The human-readable report."""
     lat = result["latency_us"]
-    fmt = lambda d: (f"p50 {d['p50'] / 1000:.2f} ms  p99 {d['p99'] / 1000:.2f} ms  "  # noqa: E731
-                     f"max {d['max'] / 1000:.2f} ms  (n={d['n']})") if d.get("n") else "(none)"
+
+    def fmt(d: dict[str, Any]) -> str:
+        """One latency window (µs percentiles) in ms, or (none)."""
+        return (f"p50 {d['p50'] / 1000:.2f} ms  p99 {d['p99'] / 1000:.2f} ms  "
+                f"max {d['max'] / 1000:.2f} ms  (n={d['n']})") if d.get("n") else "(none)"
     ipc = result["ipc"]["calls_per_s"]
     touch = result["isolation"]["touchload_minor_faults_per_s"]
     rec = [r for r in result["recovery_ms"] if r is not None]
@@ -587,8 +596,8 @@ def main(argv: list[str]) -> int:
         chaos.resolve(args.kill)                 # a bad target fails before any kill
         with Live(chaos.view(), console=console, refresh_per_second=4,
                   transient=False) if not args.json else _NoLive() as live:
-            chaos.run(live if not args.json else None)
-            chaos.finish(live if not args.json else None)
+            chaos.run(live if isinstance(live, Live) else None)
+            chaos.finish(live if isinstance(live, Live) else None)
         result = chaos.report()
     except _ChaosInterrupted:
         console.print("sealedos chaos: interrupted; stopping everything")

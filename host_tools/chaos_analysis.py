@@ -44,7 +44,7 @@ class Outage:
 
 def fault_begin_s(f: Fault) -> float:
     """When fault f began (its end minus its latency)."""
-    return f[0] - f[2] / 1e6
+    return float(f[0]) - float(f[2]) / 1e6
 
 
 def recovery_s(majors: Sequence[Fault], kill_s: float) -> float | None:
@@ -53,7 +53,7 @@ def recovery_s(majors: Sequence[Fault], kill_s: float) -> float | None:
     ends = [f[0] for f in majors]
     for f in majors[bisect.bisect_left(ends, kill_s):]:
         if fault_begin_s(f) >= kill_s:
-            return f[0] - kill_s
+            return float(f[0]) - kill_s
     return None
 
 
@@ -61,7 +61,7 @@ def outages(kills_s: Sequence[float], recoveries_s: Sequence[float | None],
             end_s: float) -> list[Outage]:
     """The outage window of each kill (see the module docstring)."""
     out = []
-    for i, (k, r) in enumerate(zip(kills_s, recoveries_s)):
+    for i, (k, r) in enumerate(zip(kills_s, recoveries_s, strict=True)):
         if r is not None:
             out.append(Outage(k, k + r, True))
         else:
@@ -75,7 +75,10 @@ def percentiles(values_us: Sequence[float]) -> dict[str, float]:
     data = sorted(values_us)
     if not data:
         return {"n": 0}
-    pick = lambda q: round(data[min(len(data) - 1, int(q * len(data)))], 1)  # noqa: E731
+
+    def pick(q: float) -> float:
+        """The q-quantile (nearest rank), to 0.1 µs."""
+        return round(data[min(len(data) - 1, int(q * len(data)))], 1)
     return {"n": len(data), "p50": pick(0.5), "p99": pick(0.99), "max": round(data[-1], 1)}
 
 
@@ -128,10 +131,13 @@ def ipc_rates(times: Sequence[float], rates: Sequence[float], all_running_s: flo
         return {"before": None, "during": None}
     step = times[1] - times[0] if len(times) > 1 else 0.0
     first_kill = kills_s[0] if kills_s else float("inf")
-    before = [r for t, r in zip(times, rates)
+    before = [r for t, r in zip(times, rates, strict=True)
               if t >= all_running_s + IPC_WARMUP_S and t + step <= first_kill]
-    during = [r for t, r in zip(times, rates) if in_outage(t + step / 2, windows)]
-    mean = lambda xs: round(sum(xs) / len(xs), 1) if xs else None  # noqa: E731
+    during = [r for t, r in zip(times, rates, strict=True) if in_outage(t + step / 2, windows)]
+
+    def mean(xs: list[float]) -> float | None:
+        """The mean to 0.1, or None for no samples."""
+        return round(sum(xs) / len(xs), 1) if xs else None
     return {"before": mean(before), "during": mean(during)}
 
 

@@ -22,14 +22,14 @@ def plot(series: dict[str, Any], result: dict[str, Any], path: str) -> None:
                                      ("major", "tab:blue", 4, "major fault")):
         pts = [(t, lat / 1000) for t, k, lat in series["faults"] if k == kind and t >= 0]
         if pts:
-            ax_lat.scatter(*zip(*pts), s=size, color=color, label=f"{label} ({len(pts)})",
-                           linewidths=0, alpha=0.7, rasterized=True)
+            ax_lat.scatter(*zip(*pts, strict=True), s=size, color=color,
+                           label=f"{label} ({len(pts)})", linewidths=0, alpha=0.7, rasterized=True)
     ax_lat.set_yscale("log")
     ax_lat.set_ylabel("fault latency (ms, log)")
     ipc = series["ipc"]
     if ipc:
-        ax_ipc.plot(*zip(*ipc), color="tab:green", linewidth=1.0, drawstyle="steps-post",
-                    label="echo calls/s (non-faulting clients)")
+        ax_ipc.plot(*zip(*ipc, strict=True), color="tab:green", linewidth=1.0,
+                    drawstyle="steps-post", label="echo calls/s (non-faulting clients)")
     ax_ipc.set_ylabel("IPC calls/s")
     ax_ipc.set_xlabel("time since the workload started (s)")
     ax_ipc.set_ylim(bottom=0)

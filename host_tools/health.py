@@ -44,7 +44,8 @@ def local_addr(addr: str) -> str:
 def ask(args: argparse.Namespace, addr: str, op: Op, server: str = "kernel") -> dict[str, Any]:
     """One request to `addr` (principal `server`), speaking with this container's own key
     (--keys/--principal) or NULL with --insecure; ServiceError(ETIMEDOUT) when nobody answers."""
-    keys = wkeys.keyring(args.keys, args.principal, args.insecure, None if args.insecure else [server])
+    keys = wkeys.keyring(args.keys, args.principal, args.insecure,
+                         None if args.insecure else [server])
     with Client(local_addr(addr), keys=keys, server=server) as client:
         return client.call(op, timeout_ms=args.timeout_ms)
 
@@ -95,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk", default=env("SEALEDOS_DISK_ADDR"), help="disk service address")
     p.add_argument("--mirror", type=int, default=int(env("SEALEDOS_PAGER_MIRROR", "0")))
     p.add_argument("--timeout-ms", type=int, default=DEFAULT_TIMEOUT_MS)
-    p.add_argument("--keys", default=env(wkeys.KEYS_ENV), help=f"keys directory (env {wkeys.KEYS_ENV})")
+    p.add_argument("--keys", default=env(wkeys.KEYS_ENV),
+                   help=f"keys directory (env {wkeys.KEYS_ENV})")
     p.add_argument("--principal", default=env("SEALEDOS_PRINCIPAL", "observer"),
                    help="whose key to speak with (env SEALEDOS_PRINCIPAL: the container's own)")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),

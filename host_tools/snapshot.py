@@ -140,7 +140,8 @@ class HostSampler:
             if proc is None or not proc.is_running():
                 proc = psutil.Process(pid)
                 cmdline = _field(proc.cmdline)
-                if cmdline is not None and not any(w in " ".join(cmdline) for w in OUR_CMDLINE_WORDS):
+                ours = cmdline is None or any(w in " ".join(cmdline) for w in OUR_CMDLINE_WORDS)
+                if not ours:
                     return {}
                 self._procs[pid] = proc
                 times = _field(proc.cpu_times)
@@ -230,7 +231,7 @@ class Observer:
         rundir = self.target.rundir
         if rundir is None:
             return []
-        rows = []
+        rows: list[dict[str, Any]] = []
         found = [(s.name[:-len(".sock")], s) for s in rundir.glob("disk*.sock")]
         found += [(s.parent.name, s) for s in rundir.glob("sock/disk*/disk.sock")]
         for name, sock in sorted(found):

@@ -60,7 +60,7 @@ def summarize(stats: dict[str, Any], names: list[str]) -> dict[str, Any]:
 
 def verdict(summary: dict[str, Any], names: list[str]) -> int:
     """0 when every checksum reported verified and every named process exited 0."""
-    for name, rec in summary["processes"].items():
+    for rec in summary["processes"].values():
         if rec.get("checksum") not in (None, "verified"):
             return 1
         if names and (rec.get("checksum") is None
@@ -79,7 +79,8 @@ def main(argv: list[str]) -> int:
     names = [n for n in args.wait.split(",") if n]
     deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
     try:
-        keys = wkeys.keyring(args.keys, "observer", args.insecure, None if args.insecure else ["kernel"])
+        keys = wkeys.keyring(args.keys, "observer", args.insecure,
+                             None if args.insecure else ["kernel"])
     except wkeys.KeysMissing as exc:
         print(f"sealedos summary: {exc}", file=sys.stderr)
         return NO_KERNEL

@@ -50,7 +50,7 @@ class Service:
     kind: str                      # disk, pager, kernel, app
     cmd: list[str]
     log: Path
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     restart: bool
     env: dict[str, str] | None = None
     addr: str | None = None        # where it listens (disks: what pagers and the watchdog use)
@@ -148,8 +148,8 @@ class System:
                 "--rundir", str(self.rundir), "--addr", addr, "--principal", f"disk{m}",
                 "--file", str(self.device_file(m)), "--size-mib", str(c.disk_size_mib)])
             disk.addr = addr
-        kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr, "--frames", str(c.frames),
-                 "--policy", c.policy, "--pagers", str(c.pagers),
+        kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr,
+                 "--frames", str(c.frames), "--policy", c.policy, "--pagers", str(c.pagers),
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
                  "--pager-retries", str(c.pager_retries),
                  f"--launcher-key={launcher_public}",    # one argv: a z85 key may begin with "-"
@@ -351,7 +351,8 @@ class System:
             time.sleep(0.05)
         raise RuntimeError("init did not start the name service:\n" + self.log_tail("init"))
 
-    def spawn_app(self, app: str, args: list[str], name: str, env: dict[str, str] | None = None) -> Service:
+    def spawn_app(self, app: str, args: list[str], name: str,
+                  env: dict[str, str] | None = None) -> Service:
         """Start one sealed process running `app` against this system's kernel (admitted by
         this system's launcher), under its own uid (principal app-NAME) with its private
         directory in SEALEDOS_PRIVATE_DIR (and TMPDIR: the only place it may write)."""
@@ -370,8 +371,9 @@ class System:
         full_env = {PRIVATE_DIR_ENV: private, "TMPDIR": private, **(env or {})}
         child = self.launcher.start(program, name, args, log, full_env, nice=nice, uid=uid,
                                     local=not self.attached or self.kernel_addr.startswith("ipc://"))
-        svc = Service(name, kind, list(child.args), log, child, restart=False, env=full_env,
-                      uid=uid)
+        argv = child.args
+        cmd = [os.fsdecode(a) for a in argv] if isinstance(argv, (list, tuple)) else [str(argv)]
+        svc = Service(name, kind, cmd, log, child, restart=False, env=full_env, uid=uid)
         svc.started.append(time.monotonic())
         with self._lock:
             self.services[name] = svc
@@ -522,4 +524,5 @@ def _free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (for a tcp:// kernel)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port

@@ -97,7 +97,8 @@ def summary_line(k: dict[str, Any], live: list[dict[str, Any]], snap: dict[str, 
 def rate_line(rates: dict[str, Any]) -> Text:
     """Fault, page and IPC rates (blank figures on the first refresh)."""
     kr = rates["kernel"]
-    parts = [f"{label} {kr[key]:.0f}" if key in kr else f"{label} -" for label, key in RATE_COUNTERS]
+    parts = [f"{label} {kr[key]:.0f}" if key in kr else f"{label} -"
+             for label, key in RATE_COUNTERS]
     ipc = rates["ipc"]
     parts.append(f"ipc {ipc:.0f}" if ipc is not None else "ipc -")
     return Text.assemble(("per s: ", "bold"), "  ".join(parts))
@@ -141,7 +142,8 @@ def frame_legend(k: dict[str, Any], live: list[dict[str, Any]], width: int) -> T
     inflight = max(0, nframes - int(k.get("free_frames") or 0) - held)
     items = [(colour(p["spid"]), "█", f"{p.get('name', '?')[:12]} {p.get('resident_pages', 0)} "
               f"({100 * p.get('resident_pages', 0) / nframes:.0f}%)") for p in live[:8]]
-    items += [("white", "▒", f"in flight {inflight}"), ("grey30", "░", f"free {k.get('free_frames')}")]
+    items += [("white", "▒", f"in flight {inflight}"),
+              ("grey30", "░", f"free {k.get('free_frames')}")]
     out, used = Text("  "), 2
     for style, mark, label in items:
         size = len(label) + 4
@@ -162,12 +164,16 @@ def colour(spid: int) -> str:
 def process_table(live: list[dict[str, Any]], rates: dict[int, dict[str, float]]) -> Table:
     """Live processes: pages, per-second faults, majors and calls, state, host figures."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=0)
-    for header in ("NAME", "SPID", "STATE", "RES", "SWAP", "FLT/s", "MAJ/s", "IPC/s", "CPU%", "RSS"):
+    for header in ("NAME", "SPID", "STATE", "RES", "SWAP", "FLT/s", "MAJ/s", "IPC/s", "CPU%",
+                   "RSS"):
         table.add_column(header, justify="left" if header in ("NAME", "STATE") else "right",
                          no_wrap=True, max_width=12 if header == "NAME" else None)
     for p in live:
         r = rates.get(p["spid"])
-        fig = (lambda key: f"{r[key]:.0f}" if r else "-")  # noqa: E731
+
+        def fig(key: str, r: dict[str, float] | None = r) -> str:
+            """A per-second rate, or - before the second sample."""
+            return f"{r[key]:.0f}" if r else "-"
         table.add_row(Text(p.get("name", "?"), style=colour(p["spid"])), str(p["spid"]),
                       styled_state(p.get("state", "?")), str(p.get("resident_pages", 0)),
                       str(p.get("swapped_pages", 0)), fig("faults"), fig("major"), fig("ipc"),

@@ -1,7 +1,8 @@
 """`sealedos up`: run the whole system locally, show progress, print the per-process summary.
 
     sealedos up [--frames N] [--policy P] [--disk-size MiB] [--duration S] [--json]
-                [--pagers 2 | --pagers 6 --code 4+2] [--hostile MODE [--hostile-count R]] [--no-seal] [--trace FILE] [APP [ARGS] ...]
+                [--pagers 2 | --pagers 6 --code 4+2] [--hostile MODE [--hostile-count R]]
+                [--no-seal] [--trace FILE] [--metrics-port P] [APP [ARGS] ...]
 
 APPs are `apps` programs (memstress, refstring, ...) each followed by its own flags; the
 same name twice starts two instances (memstress.1, memstress.2).  With no APP, a few
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", help="write a Chrome/Perfetto trace of faults and calls here")
     p.add_argument("--metrics-port", type=int, default=0)
     p.add_argument("--insecure", action="store_true",
-                   help="NULL security on every connection (measurement only: no keys, no encryption)")
+                   help="NULL security on every connection (measurement only: no keys, "
+                        "no encryption)")
     p.add_argument("apps", nargs=argparse.REMAINDER, help="APP [ARGS] ... (default: memstress x3)")
     return p
 
@@ -141,8 +143,9 @@ def watch(system: System, names: list[str], duration: float, console: Console,
     limit = (duration + EXIT_GRACE_S) if duration else None
     t0 = time.monotonic()
     idle_since: float | None = None
-    with Progress(TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, disable=quiet, transient=False) as bar:
+    with Progress(TextColumn("{task.description:<14}"), BarColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                  disable=quiet, transient=False) as bar:
         tasks = {n: bar.add_task(n, total=1.0, info="") for n in names}
         while True:
             procs = {p["name"]: p for p in system.stats()["processes"]}
@@ -224,5 +227,6 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                       + ", ".join(f"{kind} {n}" for kind, n in sorted(fails.items())))
     restarts = {n: r for n, r in summary["services"].items() if r}
     if restarts or k.get("pager_timeouts"):
-        console.print(f"pager timeouts {k.get('pager_timeouts', 0)}, kills {k.get('pager_kills', 0)}, "
+        console.print(f"pager timeouts {k.get('pager_timeouts', 0)}, "
+                      f"kills {k.get('pager_kills', 0)}, "
                       f"restarts {restarts or 0}, repairs {k.get('repairs', 0)}")

@@ -66,7 +66,9 @@ def judge_report(world: World, kind: str, text: str) -> None:
             world.net.record(f"stopped {text[:100]}")
             return
         kind = "violation"
-        text = f"{text} (invariant 2: {'mirrored, one mirror faulty' if world.mirrors_protect else 'only integrity errors may stop a process'})"
+        why = ("mirrored, one mirror faulty" if world.mirrors_protect
+               else "only integrity errors may stop a process")
+        text = f"{text} (invariant 2: {why})"
     if kind == "violation":
         world.violate(text)
     else:

@@ -328,8 +328,9 @@ class SimProcess:
         want = self.wrote.get(vpn, ZERO_PAGE)
         self.reads_checked += 1
         if got != want:
-            self.report("violation", f"{self.name}: page {vpn:#x} read {got[:24]!r} but "
-                                     f"{'we wrote ' + repr(want[:24]) if vpn in self.wrote else 'it was never written (zeros)'}")
+            was = ("we wrote " + repr(want[:24]) if vpn in self.wrote
+                   else "it was never written (zeros)")
+            self.report("violation", f"{self.name}: page {vpn:#x} read {got[:24]!r} but {was}")
 
     def _faulted(self, vpn: int, access: str, data: bytes | None, then: Callable[[], None],
                  reply: dict[str, Any]) -> None:
@@ -397,5 +398,5 @@ class SimProcess:
                            "data": self.bank.get(frame, ZERO_PAGE) if (dirty or want) else None})
 
     def _answer_parked(self, p: Parked, dirty: bool) -> None:
-        self._answer(p.rid, {"dirty": dirty,
-                             "data": self.bank.get(p.frame, ZERO_PAGE) if (dirty or p.want) else None})
+        data = self.bank.get(p.frame, ZERO_PAGE) if (dirty or p.want) else None
+        self._answer(p.rid, {"dirty": dirty, "data": data})

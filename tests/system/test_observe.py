@@ -40,7 +40,8 @@ def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 wait_for = functools.partial(polling.wait_for, timeout_s=WAIT_S)
@@ -75,8 +76,9 @@ def scrape(port: int) -> dict[str, Any]:
 
 def sample_sum(families: dict[str, Any], family: str, sample: str, **labels: str) -> float:
     """The sum of a family's samples called `sample` whose labels include `labels`."""
-    return sum(s.value for s in families[family].samples
-               if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()))
+    return float(sum(s.value for s in families[family].samples
+                     if s.name == sample and all(s.labels.get(k) == v
+                                                 for k, v in labels.items())))
 
 
 # -- ps ------------------------------------------------------------------------------------------
