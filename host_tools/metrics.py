@@ -37,7 +37,8 @@ from wire.protocol import Op
 
 log = logging.getLogger("sealedos.metrics")
 
-NO_KERNEL_STATUS: int = 2
+#: Exit status when no kernel answers or the port cannot be bound.
+FAILED_STATUS: int = 2
 #: STATS key -> label value of sealedos_faults_total{kind}.
 FAULT_KINDS: dict[str, str] = {
     "minor_faults": "minor", "major_faults": "major", "soft_faults": "soft",
@@ -282,17 +283,22 @@ def main(argv: list[str]) -> int:
                                            args.principal))
     except NoKernel as exc:
         print(f"sealedos metrics: {exc}", file=sys.stderr)
-        return NO_KERNEL_STATUS
+        return FAILED_STATUS
     exporter = Exporter(observer)
     try:
         if args.once:
             text = exporter.render().decode()
             sys.stdout.write(text)
-            return 0 if "sealedos_kernel_up 1.0" in text else NO_KERNEL_STATUS
+            return 0 if "sealedos_kernel_up 1.0" in text else FAILED_STATUS
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        exporter.serve(args.host, args.port)
+        try:
+            exporter.serve(args.host, args.port)
+        except OSError as exc:
+            print(f"sealedos metrics: cannot listen on {args.host}:{args.port}: {exc}",
+                  file=sys.stderr)
+            return FAILED_STATUS
         print(f"metrics: serving http://{args.host}:{args.port}/metrics for "
               f"{observer.target.addr}", file=sys.stderr, flush=True)
         while not stop.wait(1.0):

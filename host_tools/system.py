@@ -39,6 +39,8 @@ SUPERVISE_MS: int = 100
 #: How often the supervisor asks its watchdog which services are hung.
 WATCHDOG_MS: int = 500
 READY_TIMEOUT_S: float = 20.0
+#: What `sealedos metrics` prints once it listens.
+METRICS_READY: str = "metrics: serving"
 #: How long a tracing kernel gets to write its trace file after SIGTERM.
 TRACE_STOP_GRACE_S: float = 30.0
 
@@ -47,7 +49,7 @@ TRACE_STOP_GRACE_S: float = 30.0
 class Service:
     """One child process the system started, and how to start it again."""
     name: str
-    kind: str                      # disk, pager, kernel, app
+    kind: str                      # disk, pager, kernel, metrics, init, app
     cmd: list[str]
     log: Path
     proc: subprocess.Popen[bytes]
@@ -197,15 +199,11 @@ class System:
             "--host", "127.0.0.1", "--principal", "observer"], restart=False,
             principal="observer")
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                if svc.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the metrics exporter did not start:\n" +
-                                       self.log_tail("metrics")) from None
-                time.sleep(0.05)
+        while METRICS_READY not in svc.log.read_text(errors="replace"):
+            if svc.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the metrics exporter did not start:\n" +
+                                   self.log_tail("metrics"))
+            time.sleep(0.05)
 
     # -- keys -----------------------------------------------------------------------------
     def _make_keys(self) -> None:
