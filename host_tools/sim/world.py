@@ -295,7 +295,7 @@ class World:
             return
         self.net.record(f"crash {p.tr.name}")
         self.net.crash(p.tr)
-        p.pager.hostile.close()
+        p.pager.on_stop()                # releases its hostile behaviour, if any
         p.pager, p.tr = None, None
         self.net.after(restart_s, lambda: self._restart(p))
 
@@ -467,7 +467,7 @@ class World:
                 d.service = None
         for p in self.pagers:
             if p.pager is not None:
-                p.pager.hostile.close()
+                p.pager.on_stop()                # releases its hostile behaviour, if any
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
