@@ -422,7 +422,7 @@ class World:
             ipcload.stop_serving(self.server)
         return all(p.state in ("exited", "dead") for p in self.procs) and not k.procs.by_spid \
             and all(not s.inflight and not s.backlog for s in k.pagers.slots) and \
-            all(d.service is not None and not d.service.device.stats()["used_blocks"]
+            all(d.service is not None and not d.service.device.stats().used_blocks
                 for d in self.disks)
 
     def run(self) -> RunResult:

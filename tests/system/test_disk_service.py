@@ -385,7 +385,7 @@ def test_new_device_layout(image: Path) -> None:
     bmap = np.frombuffer(raw, dtype=MAP_DTYPE, count=geo.data_blocks,
                          offset=geo.map_block * BLOCK_SIZE)
     assert (bmap["owner"] == -1).all()
-    assert st["nblocks"] == st["free_blocks"] == geo.data_blocks and st["used_blocks"] == 0
+    assert st.nblocks == st.free_blocks == geo.data_blocks and st.used_blocks == 0
     assert HANDLE_DTYPE.itemsize == 64 and MAP_DTYPE.itemsize == 8
 
 
@@ -432,11 +432,11 @@ def test_device_full_and_handle_table_full(image: Path) -> None:
         dev.write(b, 0, bytes(BLOCK_SIZE))
         dev.close_handle(a)
         c = dev.open_handle("c")
-        assert dev.stats()["used_blocks"] == 1
+        assert dev.stats().used_blocks == 1
         expect_err(Err.INVAL, dev.open_handle, "é" * 17)
         dev.write(c, 9, bytes(BLOCK_SIZE))
     with Device(image) as dev:
-        assert dev.stats()["handles"] == 2 and dev.stats()["used_blocks"] == 2
+        assert dev.stats().handles == 2 and dev.stats().used_blocks == 2
 
 
 def test_device_refuses_second_opener_and_use_after_close(image: Path) -> None:
@@ -506,7 +506,7 @@ def test_plan_and_gigabyte_device(tmp_path: Path) -> None:
             last = dev.write(tok, s, payload)
     assert big.stat().st_blocks * 512 < 64 << 20          # sparse: metadata and data only
     with Device(big) as dev:
-        assert dev.stats()["used_blocks"] == 64
+        assert dev.stats().used_blocks == 64
         assert dev.read_block(tok, last) == payload
 
 
@@ -519,7 +519,7 @@ def test_open_of_a_minted_token_is_idempotent_and_only_its_hash_is_stored(image:
         dev.write(token, 7, data)
         assert dev.open_handle("twice", token) == token          # already open: no change
         assert dev.read(token, 7) == data and dev.label(token) == "once"
-        assert dev.stats()["handles"] == 1
+        assert dev.stats().handles == 1
         expect_err(Err.BADHANDLE, dev.read, os.urandom(16), 7)
         expect_err(Err.INVAL, dev.open_handle, "bad", b"short")
     raw = image.read_bytes()
