@@ -265,10 +265,10 @@ class Pager(Server):
         self.to_disk(op, fields, done, lambda code, msg: self.fail(req, code, msg))
         return SUSPEND
 
-    # -- PagerPort (used by the hostile behaviours) ----------------------------------------
+    # -- answering page-ins; with call_later and fail, the PagerPort of hostile behaviours --
     def reply_page(self, page: PageIn, data: object) -> None:
         """Answer `page` with {data} (a hostile mode may pass anything), plus disk_us (the
-        disk read's time) and pager_us (time since the request arrived) once the disk read."""
+        disk read's time) and pager_us (time since the request arrived) once the disk answered."""
         if page.disk_us is None:
             self.reply(page.req, data=data)
         else:
