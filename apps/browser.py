@@ -69,7 +69,8 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     plugins = [p for p in args.plugins.split(",") if p]
     with SealedProcess.connect(args.kernel) as proc:
-        return run_reporting(proc, lambda: browse(proc, plugins, args.rounds, args.interval_ms / 1000.0))
+        interval_s = args.interval_ms / 1000.0
+        return run_reporting(proc, lambda: browse(proc, plugins, args.rounds, interval_s))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ was right) or ``failed``.
 Its server may die (chaos kills it on purpose): a call then ends in PeerDied, never a hang.
 echoload counts it (once per death, however many calls to the dead endpoint it takes until
 init hands out the new one), drops the dead handle, looks the name up again until a
-restarted server has registered it, and goes on.  Any other SealedError is REPORTed as ``error`` and ends the
-process with status 1.
+restarted server has registered it, and goes on.  Any other SealedError is REPORTed as
+``error`` and ends the process with status 1.
 """
 from __future__ import annotations
 

@@ -55,8 +55,9 @@ class NameService:
 
     def dump(self) -> bytes:
         """The table as bytes, for the kernel to hand the next init (STASH)."""
-        return msgpack.packb({n: [e.handle, e.spid, e.program, e.digest]
-                              for n, e in self.names.items()})
+        table: bytes = msgpack.packb({n: [e.handle, e.spid, e.program, e.digest]
+                                      for n, e in self.names.items()})
+        return table
 
     @classmethod
     def restore(cls, data: bytes) -> NameService:

@@ -132,6 +132,7 @@ def serve(proc: SealedProcess, slots: int, name: str) -> None:
     rcv = proc.receive(h)
     while True:
         m, kind = rcv.msg, rcv.kind
+        reply: dict[str, object]
         if kind == "put":
             reply = {"kind": "ok" if table.put(m["key"].encode(), m["value"]) else "full"}
         elif kind == "get":
@@ -155,7 +156,10 @@ def client(proc: SealedProcess, target: str, ops: int, seed: int) -> int:
     """Put, get, delete, check; REPORT the verdict; return the exit status
     (run_reporting turns a SealedError or a failed check into a REPORT and status 1)."""
     kv = proc.lookup(target, LOOKUP_WAIT_S)
-    call = lambda **m: proc.call(kv, m)[0]          # noqa: E731
+
+    def call(**m: Any) -> dict[str, Any]:
+        """One call to the server; its reply."""
+        return proc.call(kv, m)[0]
     for i in range(ops):
         k, v = pair(seed, i)
         if call(kind="put", key=k, value=v)["kind"] != "ok":

@@ -12,12 +12,13 @@ The attacker, confined like every sealed program, tries each side channel the ho
 once before it connects to the kernel and once after, and REPORTs ``ch_<channel>`` =
 ``blocked: <errno>`` or ``OPEN: <what happened>`` for each (after), ``open_channels`` and
 ``early_open_channels`` (comma-separated, empty when all failed) and its own confinement
-(``landlock_abi``, ``seccomp``, ``no_new_sockets``).  Channels: a file in /tmp and in /dev/shm, a file planted
-in or read from the victim's private directory, TCP and UDP sockets to 127.0.0.1, a unix
-socket, a socketpair, SIGSTOP to the victim and a signal to the kernel, /proc/PID/mem of the
-victim and of the kernel, the kernel's /proc/PID/environ, ptrace attach, process_vm_readv,
-exec of /bin/true, a System V shared memory segment, the disk's device file, and locks or
-watches on a file every process may read (flock, fcntl record locks, inotify).
+(``landlock_abi``, ``seccomp``, ``no_new_sockets``).  Channels: a file in /tmp and in
+/dev/shm, a file planted in or read from the victim's private directory, TCP and UDP
+sockets to 127.0.0.1, a unix socket, a socketpair, SIGSTOP to the victim and a signal to
+the kernel, /proc/PID/mem of the victim and of the kernel, the kernel's /proc/PID/environ,
+ptrace attach, process_vm_readv, exec of /bin/true, a System V shared memory segment, the
+disk's device file, and locks or watches on a file every process may read (flock, fcntl
+record locks, inotify).
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def victim(proc: SealedProcess, args: argparse.Namespace) -> int:
     deadline = time.monotonic() + args.duration
     ok = True
     while ok and time.monotonic() < deadline:
-        ok = all(proc.read(base + i * PAGE_SIZE, PAGE_SIZE) == pattern(i) for i in range(args.pages))
+        ok = all(proc.read(base + i * PAGE_SIZE, PAGE_SIZE) == pattern(i)
+                 for i in range(args.pages))
         if args.stop_file and os.path.exists(args.stop_file):
             break
         time.sleep(VICTIM_POLL_S)

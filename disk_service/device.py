@@ -23,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from wire import entropy
 from wire.protocol import BLOCK_SIZE, Err, ServiceError
 from wire.server import Panic
 
-__all__ = ["Device", "DeviceError", "format_device"]
+__all__ = ["Device", "DeviceError", "DeviceStats", "format_device"]
 
 MIB: int = 1 << 20
 #: A device file is readable and writable by its disk's uid only.
@@ -122,14 +123,15 @@ def _scan_handles(ht: np.ndarray, idx: _Index) -> np.ndarray:
     in_use = np.array(ht["in_use"])
     bad = np.flatnonzero(in_use > 1)
     if bad.size:
-        raise DeviceError(f"corrupt sealedos disk (handle {bad[0]} has in-use flag {in_use[bad[0]]})")
+        raise DeviceError(f"corrupt sealedos disk (handle {bad[0]} has in-use flag "
+                          f"{in_use[bad[0]]})")
     used = np.flatnonzero(in_use)
     long_labels = used[np.array(ht["label_len"])[used] > LABEL_MAX_BYTES]
     if long_labels.size:
         raise DeviceError(f"corrupt sealedos disk (handle {long_labels[0]} has a label longer "
                           f"than {LABEL_MAX_BYTES} bytes)")
     hashes = np.array(ht["token_hash"])[used]
-    for h, raw in zip(used.tolist(), hashes):
+    for h, raw in zip(used.tolist(), hashes, strict=True):
         key = raw.tobytes()
         if key in idx.tokens:
             raise DeviceError(f"corrupt sealedos disk (handles {idx.tokens[key]} and {h} "
@@ -168,8 +170,9 @@ def _scan_map(bmap: np.ndarray, in_use: np.ndarray, geo: Geometry, idx: _Index) 
     handles, starts = np.unique(owners, return_index=True)
     ends = np.append(starts[1:], owners.size)
     absolute = blocks + geo.first_data_block
-    for h, a, z in zip(handles.tolist(), starts.tolist(), ends.tolist()):
-        idx.slots[h] = dict(zip(slots[a:z].tolist(), absolute[a:z].tolist()))
+    # ends has one element more than handles when no block is used: zip stops at the shorter
+    for h, a, z in zip(handles.tolist(), starts.tolist(), ends.tolist(), strict=False):
+        idx.slots[h] = dict(zip(slots[a:z].tolist(), absolute[a:z].tolist(), strict=True))
     idx.free_blocks = (np.flatnonzero(~used)[::-1] + geo.first_data_block).tolist()
 
 
@@ -207,6 +210,20 @@ def _lock(path: Path) -> int:
 
 
 # -- the device --------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class DeviceStats:
+    """A device's geometry and usage, as the disk's stats reply reports them."""
+    nblocks: int
+    used_blocks: int
+    free_blocks: int
+    handles: int
+    max_handles: int
+    block_size: int
+    total_blocks: int
+    first_data_block: int
+    path: str
+
 
 class Device:
     """One open block device: handles, slots and blocks over a memmapped file."""
@@ -255,7 +272,8 @@ class Device:
             raise ServiceError(Err.INVAL, f"data must be bytes, got {type(data).__name__}")
         buf = np.frombuffer(data, dtype=np.uint8)
         if buf.size != BLOCK_SIZE:
-            raise ServiceError(Err.INVAL, f"data must be exactly {BLOCK_SIZE} bytes, got {buf.size}")
+            raise ServiceError(Err.INVAL,
+                               f"data must be exactly {BLOCK_SIZE} bytes, got {buf.size}")
         return buf
 
     def _owned(self, h: int, block: Any) -> int:
@@ -298,7 +316,8 @@ class Device:
             raise ServiceError(Err.INVAL, f"label is {len(raw)} bytes of UTF-8, "
                                           f"at most {LABEL_MAX_BYTES} are allowed")
         if not self._idx.free_handles and not self._idx.closed:
-            raise ServiceError(Err.NOSPC, f"handle table full ({self.geo.max_handles} handles open)")
+            raise ServiceError(Err.NOSPC,
+                               f"handle table full ({self.geo.max_handles} handles open)")
         while token is None or token_hash(token) in self._idx.tokens \
                 or token_hash(token) in self._idx.closed:
             token = entropy.token_bytes(TOKEN_BYTES)
@@ -354,7 +373,8 @@ class Device:
             self.dirty = True
             return block
         if not self._idx.free_blocks:
-            raise ServiceError(Err.NOSPC, f"device full ({self.geo.data_blocks} data blocks in use)")
+            raise ServiceError(Err.NOSPC,
+                               f"device full ({self.geo.data_blocks} data blocks in use)")
         block = self._idx.free_blocks.pop()
         rec = self._rec(block)
         if int(self._map["owner"][rec]) != FREE_OWNER:
@@ -372,7 +392,8 @@ class Device:
         block = self._idx.slots[h].get(self._check_slot(slot))
         if block is None:
             raise ServiceError(Err.NOENT, f"slot {slot} holds no block of this handle")
-        return self._blocks[block].tobytes()
+        data: bytes = self._blocks[block].tobytes()
+        return data
 
     def free(self, token: bytes, slots: Iterable[int]) -> int:
         """Release the blocks at `slots` of handle `token` (unwritten slots are skipped)."""
@@ -387,7 +408,8 @@ class Device:
     # -- raw blocks --------------------------------------------------------------------
     def read_block(self, token: bytes, block: int) -> bytes:
         """The data of absolute block `block`, which handle `token` must own (else PERM)."""
-        return self._blocks[self._owned(self._handle(token), block)].tobytes()
+        data: bytes = self._blocks[self._owned(self._handle(token), block)].tobytes()
+        return data
 
     def write_block(self, token: bytes, block: int, data: bytes) -> int:
         """Overwrite absolute block `block`, which handle `token` must own; return block."""
@@ -398,14 +420,14 @@ class Device:
         return block
 
     # -- housekeeping ------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
-        """Counters and geometry as one map."""
-        used = self.geo.data_blocks - len(self._idx.free_blocks)
-        return {"nblocks": self.geo.data_blocks, "used_blocks": used,
-                "free_blocks": len(self._idx.free_blocks), "handles": len(self._idx.tokens),
-                "max_handles": self.geo.max_handles, "block_size": BLOCK_SIZE,
-                "total_blocks": self.geo.total_blocks,
-                "first_data_block": self.geo.first_data_block, "path": str(self.path)}
+    def stats(self) -> DeviceStats:
+        """Counters and geometry as one record."""
+        free = len(self._idx.free_blocks)
+        return DeviceStats(nblocks=self.geo.data_blocks, used_blocks=self.geo.data_blocks - free,
+                           free_blocks=free, handles=len(self._idx.tokens),
+                           max_handles=self.geo.max_handles, block_size=BLOCK_SIZE,
+                           total_blocks=self.geo.total_blocks,
+                           first_data_block=self.geo.first_data_block, path=str(self.path))
 
     def flush(self) -> None:
         """Write every dirty page of the mapping to the file (msync)."""

@@ -31,6 +31,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,19 @@ OBSERVER_OPS: frozenset[Op] = frozenset({Op.PING, Op.STATS})
 OBSERVERS: tuple[str, ...] = ("launcher", "observer")
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceCounts:
+    """What the disk service counts about its requests (its stats reply follows the device's
+    DeviceStats with these)."""
+    requests: int
+    bad_messages: int
+    refused_keys: int
+
+
 class DiskService(Server):
     """The disk server: do_* handlers over one Device."""
 
-    def __init__(self, device: Device, ctx: zmq.Context | None = None,
+    def __init__(self, device: Device, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
                  keys: Keyring | None = None, pager: str = "pager0",
                  transport: Transport | None = None, clock: Clock | None = None) -> None:
         super().__init__("disk", ctx, keys, transport=transport, clock=clock)
@@ -157,10 +167,9 @@ class DiskService(Server):
 
     def do_stats(self, req: Request) -> dict[str, Any]:
         """Device counters plus request counters."""
-        stats = self.device.stats()
-        stats.update(requests=self.requests_served, bad_messages=self.bad_messages,
-                     refused_keys=self.refused_keys)
-        return stats
+        served = ServiceCounts(requests=self.requests_served, bad_messages=self.bad_messages,
+                               refused_keys=self.refused_keys)
+        return {**asdict(self.device.stats()), **asdict(served)}
 
 
 # -- command line ------------------------------------------------------------------------
@@ -175,7 +184,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="address to bind (env SEALEDOS_DISK_ADDR; default ipc://RUNDIR/disk.sock)")
     p.add_argument("--file", default=env.get("SEALEDOS_DISK_FILE"),
                    help="device file, created if missing (env SEALEDOS_DISK_FILE)")
-    p.add_argument("--size-mib", type=int, default=_env_int("SEALEDOS_DISK_SIZE_MIB", DEFAULT_SIZE_MIB),
+    p.add_argument("--size-mib", type=int,
+                   default=_env_int("SEALEDOS_DISK_SIZE_MIB", DEFAULT_SIZE_MIB),
                    help=f"size of a new device in MiB (env SEALEDOS_DISK_SIZE_MIB, "
                         f"default {DEFAULT_SIZE_MIB}); ignored for an existing file")
     p.add_argument("--keys", default=env.get(wkeys.KEYS_ENV),
@@ -183,7 +193,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--principal", default=env.get("SEALEDOS_PRINCIPAL", "disk0"),
                    help="whose secret key to serve with (diskN; its pager is pagerN)")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
-                   help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
+                   help="no authentication or encryption "
+                        f"(measurement only; env {wkeys.INSECURE_ENV}=1)")
     args = p.parse_args(argv)
     if not args.addr and not args.rundir:
         p.error("one of --addr or --rundir (or SEALEDOS_DISK_ADDR / SEALEDOS_RUNDIR) is required")

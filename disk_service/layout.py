@@ -49,7 +49,17 @@ SUPERBLOCK_DTYPE: Final[np.dtype] = np.dtype([
     ("data_blocks", "<u8"),
     ("crc", "<u4"),
 ])
-SUPERBLOCK_CRC_OFFSET: Final[int] = SUPERBLOCK_DTYPE.fields["crc"][1]
+
+
+def _field_offset(dtype: np.dtype[np.void], name: str) -> int:
+    """The byte offset of field `name` of the structured `dtype`."""
+    fields = dtype.fields
+    if fields is None:
+        raise TypeError(f"{dtype} is not a structured dtype")
+    return int(fields[name][1])
+
+
+SUPERBLOCK_CRC_OFFSET: Final[int] = _field_offset(SUPERBLOCK_DTYPE, "crc")
 
 #: One handle-table record (64 bytes).  `in_use` is written last on open and cleared last
 #: on close, so it is the commit point of a handle.  `token_hash` is token_hash(token): a

@@ -6,15 +6,17 @@ replies the way a compromised pager could, and the kernel must catch every attem
 tag, a wrong binding, a timeout).  Page-outs are ALWAYS stored honestly: a hostile pager's
 only real power is to withhold pages, and the modes below try to disguise that.
 
-One class per mode; the pager calls exactly two hooks:
+An honest pager has no behaviour object at all: it answers page-ins on its own direct path.
+Only a pager started with ``--hostile MODE`` builds one (:func:`make_behaviour`), one class
+per mode, and calls exactly these hooks:
 
 * ``on_page_out(handle, slot, data)`` when a page-out request arrives (before it is stored);
-* ``on_page_in(req, data)`` with the honest page read back from the disk; the behaviour
+* ``on_page_in(page, data)`` with the honest page read back from the disk; the behaviour
   answers the kernel (honestly or not) through the :class:`PagerPort` it was built with.
-  ``on_page_in_error(req, code, msg)`` handles the disk-failure path (honest by default).
+  ``on_page_in_error(page, code, msg)`` handles the disk-failure path (honest by default).
 
-Every mode counts what it did in ``counters()`` (``tampered`` is the number of page-in
-replies it falsified, withheld or delayed).
+Every mode counts what it did in a typed record, ``counts`` (``tampered`` is the number of
+page-in replies it falsified, withheld or delayed), merged into the pager's stats reply.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err
 from wire.server import Request
@@ -41,11 +43,23 @@ GARBAGE_SHORT_BYTES: int = 17
 PageKey = tuple[bytes, int]
 
 
+@dataclass(slots=True)
+class PageIn:
+    """One page_in being answered: the request, the page it names, and its timing."""
+    req: Request
+    handle: bytes
+    slot: int
+    #: When the request arrived (the pager's clock, seconds).
+    t_recv: float
+    #: How long the disk read took (microseconds), once it answered.
+    disk_us: float | None = None
+
+
 class PagerPort(Protocol):
     """What a behaviour may ask of the pager: answer the kernel, read the disk, wait."""
 
-    def reply_page(self, req: Request, data: Any) -> None:
-        """Answer page_in `req` with a reply map {re, data} (data of any type)."""
+    def reply_page(self, page: PageIn, data: object) -> None:
+        """Answer `page`'s request with a reply map {re, data} (data of any type)."""
 
     def fail(self, req: Request, code: Err, msg: str) -> None:
         """Answer `req` with an error."""
@@ -57,7 +71,7 @@ class PagerPort(Protocol):
                   callback: Callable[[bytes | None], None]) -> None:
         """Read one page from the disk; callback(data), or callback(None) on any failure."""
 
-    def call_later(self, delay_ms: float, fn: Callable[[], None]) -> Any:
+    def call_later(self, delay_ms: float, fn: Callable[[], None]) -> object:
         """Run fn once after delay_ms, on the loop."""
 
 
@@ -79,41 +93,66 @@ def flip_bits(data: bytes, rng: random.Random, nbits: int = FLIP_BITS) -> bytes:
     return bytes(buf)
 
 
-class Honest:
-    """The behaviour of a correct pager: store honestly, answer honestly."""
-    name: str = HONEST
+# -- what each mode counts (merged into the pager's stats reply) ----------------------------
+@dataclass(slots=True)
+class HostileCounts:
+    """What every mode counts."""
+    #: Page-in replies falsified, withheld or delayed.
+    tampered: int = 0
+
+
+@dataclass(slots=True)
+class SnoopCounts(HostileCounts):
+    """What snoop counts: the pages it recorded, and where."""
+    snooped_pages: int = 0
+    snoop_file: str = ""
+
+
+@dataclass(slots=True)
+class SwapCounts(HostileCounts):
+    """What swap counts: answers with another page, and bit-flip fallbacks."""
+    swapped: int = 0
+    flipped: int = 0
+
+
+@dataclass(slots=True)
+class ReplayCounts(HostileCounts):
+    """What replay counts: answers with an older version, and bit-flip fallbacks."""
+    replayed: int = 0
+    flipped: int = 0
+
+
+class Hostile:
+    """The base of every mode: stores honestly, answers honestly unless a mode overrides."""
+    name: str = ""
 
     def __init__(self, port: PagerPort, options: HostileOptions) -> None:
         self.port = port
         self.options = options
         self.rng = random.Random(options.seed)
-        self.tampered = 0
+        self.counts: HostileCounts = HostileCounts()
 
     def on_page_out(self, handle: bytes, slot: int, data: bytes) -> None:
         """Hook: a page-out of `data` to (handle, slot) arrived (it is stored honestly)."""
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
-        """Hook: answer page_in `req`, whose honest answer is `data`."""
-        self.port.reply_page(req, data)
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
+        """Hook: answer `page`, whose honest answer is `data`."""
+        self.port.reply_page(page, data)
 
-    def on_page_in_error(self, req: Request, code: Err, msg: str) -> None:
-        """Hook: answer page_in `req`, which failed on the disk with `code`."""
-        self.port.fail(req, code, msg)
-
-    def counters(self) -> dict[str, Any]:
-        """This behaviour's counters, merged into the pager's stats reply."""
-        return {"tampered": self.tampered}
+    def on_page_in_error(self, page: PageIn, code: Err, msg: str) -> None:
+        """Hook: answer `page`, which failed on the disk with `code`."""
+        self.port.fail(page.req, code, msg)
 
     def close(self) -> None:
         """Release whatever the behaviour holds open."""
 
-    def _tamper(self, req: Request, data: bytes) -> None:
-        """Answer `req` with `data`, counted as a falsified reply."""
-        self.tampered += 1
-        self.port.reply_page(req, data)
+    def _tamper(self, page: PageIn, data: object) -> None:
+        """Answer `page` with `data`, counted as a falsified reply."""
+        self.counts.tampered += 1
+        self.port.reply_page(page, data)
 
 
-class Snoop(Honest):
+class Snoop(Hostile):
     """Correct, but appends every page it sees (out and in) to the snoop file."""
     name = "snoop"
 
@@ -123,38 +162,34 @@ class Snoop(Honest):
             raise ValueError("snoop mode needs a snoop file")
         options.snoop_path.parent.mkdir(parents=True, exist_ok=True)
         self.file: BinaryIO = open(options.snoop_path, "ab")
-        self.snooped_pages = 0
+        self.counts = self.snoop = SnoopCounts(snoop_file=str(options.snoop_path))
 
     def _record(self, data: bytes) -> None:
         """Append one page to the snoop file and flush it (so a reader sees it at once)."""
         self.file.write(data)
         self.file.flush()
-        self.snooped_pages += 1
+        self.snoop.snooped_pages += 1
 
     def on_page_out(self, handle: bytes, slot: int, data: bytes) -> None:
         self._record(data)
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
         self._record(data)
-        self.port.reply_page(req, data)
-
-    def counters(self) -> dict[str, Any]:
-        return {"tampered": self.tampered, "snooped_pages": self.snooped_pages,
-                "snoop_file": str(self.options.snoop_path)}
+        self.port.reply_page(page, data)
 
     def close(self) -> None:
         self.file.close()
 
 
-class Flip(Honest):
+class Flip(Hostile):
     """Answers page-ins with a few bits inverted."""
     name = "flip"
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
-        self._tamper(req, flip_bits(data, self.rng))
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
+        self._tamper(page, flip_bits(data, self.rng))
 
 
-class Swap(Honest):
+class Swap(Hostile):
     """Answers a page-in with another stored page: same handle if it can, else another's."""
     name = "swap"
 
@@ -162,8 +197,7 @@ class Swap(Honest):
         super().__init__(port, options)
         self.slots: dict[bytes, list[int]] = {}     # handle -> slots seen, in arrival order
         self.known: set[PageKey] = set()
-        self.swapped = 0
-        self.flipped = 0
+        self.counts = self.swap = SwapCounts()
 
     def on_page_out(self, handle: bytes, slot: int, data: bytes) -> None:
         if (handle, slot) not in self.known:
@@ -181,38 +215,34 @@ class Swap(Honest):
             return other, self.rng.choice(self.slots[other])
         return None
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
-        other = self.pick_other(req.msg["handle"], req.msg["slot"])
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
+        other = self.pick_other(page.handle, page.slot)
         if other is None:
-            self._flip(req, data)
+            self._flip(page, data)
             return
 
         def got(other_data: bytes | None) -> None:
             if other_data is None or other_data == data:
-                self._flip(req, data)         # freed meanwhile, or identical: still attack
+                self._flip(page, data)        # freed meanwhile, or identical: still attack
             else:
-                self.swapped += 1
-                self._tamper(req, other_data)
+                self.swap.swapped += 1
+                self._tamper(page, other_data)
         self.port.read_page(other[0], other[1], got)
 
-    def _flip(self, req: Request, data: bytes) -> None:
+    def _flip(self, page: PageIn, data: bytes) -> None:
         """The fallback attack: flip bits of the honest page."""
-        self.flipped += 1
-        self._tamper(req, flip_bits(data, self.rng))
-
-    def counters(self) -> dict[str, Any]:
-        return {"tampered": self.tampered, "swapped": self.swapped, "flipped": self.flipped}
+        self.swap.flipped += 1
+        self._tamper(page, flip_bits(data, self.rng))
 
 
-class Replay(Honest):
+class Replay(Hostile):
     """Remembers past versions of each page; answers with an older one (else flips bits)."""
     name = "replay"
 
     def __init__(self, port: PagerPort, options: HostileOptions) -> None:
         super().__init__(port, options)
         self.history: dict[PageKey, list[bytes]] = {}
-        self.replayed = 0
-        self.flipped = 0
+        self.counts = self.replay = ReplayCounts()
 
     def on_page_out(self, handle: bytes, slot: int, data: bytes) -> None:
         versions = self.history.setdefault((handle, slot), [])
@@ -226,52 +256,49 @@ class Replay(Honest):
                 return old
         return None
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
-        old = self.older_version((req.msg["handle"], req.msg["slot"]), data)
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
+        old = self.older_version((page.handle, page.slot), data)
         if old is not None:
-            self.replayed += 1
-            self._tamper(req, old)
+            self.replay.replayed += 1
+            self._tamper(page, old)
         else:
-            self.flipped += 1
-            self._tamper(req, flip_bits(data, self.rng))
-
-    def counters(self) -> dict[str, Any]:
-        return {"tampered": self.tampered, "replayed": self.replayed, "flipped": self.flipped}
+            self.replay.flipped += 1
+            self._tamper(page, flip_bits(data, self.rng))
 
 
-class Zero(Honest):
+class Zero(Hostile):
     """Answers page-ins with a page of zeros, as a dead userfaultfd handler would."""
     name = "zero"
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
-        self._tamper(req, bytes(PAGE_SIZE))
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
+        self._tamper(page, bytes(PAGE_SIZE))
 
 
-class Drop(Honest):
+class Drop(Hostile):
     """Never answers a page-in (not even with an error); everything else is answered."""
     name = "drop"
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
-        self.tampered += 1
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
+        self.counts.tampered += 1
 
-    def on_page_in_error(self, req: Request, code: Err, msg: str) -> None:
-        self.tampered += 1
+    def on_page_in_error(self, page: PageIn, code: Err, msg: str) -> None:
+        self.counts.tampered += 1
 
 
-class Stall(Honest):
+class Stall(Hostile):
     """Answers page-ins honestly, but only after stall_ms (on a timer; the loop never blocks)."""
     name = "stall"
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
-        self.tampered += 1
-        self.port.call_later(self.options.stall_ms, lambda: self.port.reply_page(req, data))
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
+        self.counts.tampered += 1
+        self.port.call_later(self.options.stall_ms, lambda: self.port.reply_page(page, data))
 
-    def on_page_in_error(self, req: Request, code: Err, msg: str) -> None:
-        self.tampered += 1
-        self.port.call_later(self.options.stall_ms, lambda: self.port.fail(req, code, msg))
+    def on_page_in_error(self, page: PageIn, code: Err, msg: str) -> None:
+        self.counts.tampered += 1
+        self.port.call_later(self.options.stall_ms, lambda: self.port.fail(page.req, code, msg))
 
 
-class Garbage(Honest):
+class Garbage(Hostile):
     """Answers page-ins with malformed replies: raw bytes, an int, a 17-byte page, in turn."""
     name = "garbage"
 
@@ -279,25 +306,28 @@ class Garbage(Honest):
         super().__init__(port, options)
         self.turn = 0
 
-    def on_page_in(self, req: Request, data: bytes) -> None:
+    def on_page_in(self, page: PageIn, data: bytes) -> None:
         kind, self.turn = self.turn % 3, self.turn + 1
-        self.tampered += 1
+        self.counts.tampered += 1
         if kind == 0:
-            self.port.send_raw(req, GARBAGE_FRAME)
+            self.port.send_raw(page.req, GARBAGE_FRAME)
         elif kind == 1:
-            self.port.reply_page(req, self.rng.randrange(1 << 32))
+            self.port.reply_page(page, self.rng.randrange(1 << 32))
         else:
-            self.port.reply_page(req, data[:GARBAGE_SHORT_BYTES])
+            self.port.reply_page(page, data[:GARBAGE_SHORT_BYTES])
 
 
-#: mode name -> behaviour class; "none" is the honest pager.
-BEHAVIOURS: dict[str, type[Honest]] = {
-    cls.name: cls for cls in (Honest, Snoop, Flip, Swap, Replay, Zero, Drop, Stall, Garbage)}
-assert set(BEHAVIOURS) == {HONEST, *HOSTILE_MODES}, "hostile.py and protocol.HOSTILE_MODES disagree"
+#: hostile mode name -> behaviour class (an honest pager, mode "none", has none).
+BEHAVIOURS: dict[str, type[Hostile]] = {
+    cls.name: cls for cls in (Snoop, Flip, Swap, Replay, Zero, Drop, Stall, Garbage)}
+assert set(BEHAVIOURS) == set(HOSTILE_MODES), "hostile.py and protocol.HOSTILE_MODES disagree"
 
 
-def make_behaviour(mode: str, port: PagerPort, options: HostileOptions) -> Honest:
-    """The behaviour for `mode` ("none" or one of HOSTILE_MODES); ValueError if unknown."""
+def make_behaviour(mode: str, port: PagerPort, options: HostileOptions) -> Hostile | None:
+    """The behaviour for `mode`: None for "none" (honest), else one of HOSTILE_MODES';
+    ValueError if unknown."""
+    if mode == HONEST:
+        return None
     try:
         cls = BEHAVIOURS[mode]
     except KeyError:

@@ -15,9 +15,12 @@ comes from a new instance (another pid: the old one died and was restarted), eve
 request sent before that ping and still unanswered went to the dead instance and never
 will be answered -- the disk serves one connection in order, so anything the new instance
 received before the ping was answered before it.  Those requests fail at once with EIO
-(transient: the kernel asks again) instead of waiting out the disk timeout.  It announces itself with PAGER_HELLO (admission + heartbeat)
-every HELLO_INTERVAL_MS.  ``--hostile MODE`` makes it misbehave on page-in (see
-:mod:`pager_service.hostile`).
+(transient: the kernel asks again) instead of waiting out the disk timeout.  It announces
+itself with PAGER_HELLO (admission + heartbeat) every HELLO_INTERVAL_MS.
+
+An honest pager answers a page-in itself ({data, disk_us, pager_us}).  Only ``--hostile
+MODE`` builds a behaviour (see :mod:`pager_service.hostile`) that sees page-outs and
+answers page-ins in its place.
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from typing import Any
 
 import zmq
 
-from pager_service.hostile import HONEST, HostileOptions, make_behaviour
+from pager_service.hostile import HONEST, HostileCounts, HostileOptions, PageIn, make_behaviour
 from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
@@ -95,10 +98,22 @@ class PagerCounters:
     hellos_answered: int = 0
 
 
+@dataclass(slots=True)
+class PagerStatus:
+    """Who the pager is and how it stands: the first fields of its stats reply (the
+    counters of PagerCounters and of the hostile behaviour, if any, follow)."""
+    mirror: int
+    hostile: str
+    admitted: bool
+    in_flight: int
+    bad_messages: int
+    uptime_ms: int
+
+
 # -- field checks (ranges; the skeleton already checked the types) ----------------------
 def check_handle(msg: dict[str, Any]) -> bytes:
     """The request's handle; ServiceError(EINVAL) unless it is HANDLE_BYTES long."""
-    handle = msg["handle"]
+    handle: bytes = msg["handle"]
     if len(handle) != HANDLE_BYTES:
         raise ServiceError(Err.INVAL, f"a handle is {HANDLE_BYTES} bytes, got {len(handle)}")
     return handle
@@ -113,7 +128,7 @@ def check_slot(value: Any) -> int:
 
 def check_page(msg: dict[str, Any]) -> bytes:
     """The request's page data; ServiceError(EINVAL) unless it is exactly PAGE_SIZE bytes."""
-    data = msg["data"]
+    data: bytes = msg["data"]
     if len(data) != PAGE_SIZE:
         raise ServiceError(Err.INVAL, f"a page is {PAGE_SIZE} bytes, got {len(data)}")
     return data
@@ -137,10 +152,11 @@ def disk_error(reply: dict[str, Any]) -> tuple[Err, str]:
 class Pager(Server):
     """The external pager: serves the kernel's paging requests through the disk service."""
 
-    def __init__(self, config: PagerConfig, ctx: zmq.Context | None = None,
+    def __init__(self, config: PagerConfig, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,
                  transport: Transport | None = None, clock: Clock | None = None) -> None:
         me = f"pager{config.mirror}"
-        keys = wkeys.keyring(config.keys_dir, me, config.insecure, ["kernel", f"disk{config.mirror}"])
+        keys = wkeys.keyring(config.keys_dir, me, config.insecure,
+                             ["kernel", f"disk{config.mirror}"])
         super().__init__(me, ctx or (_immediate_context() if transport is None else None), keys,
                          transport=transport, clock=clock)
         self.config = config
@@ -163,7 +179,8 @@ class Pager(Server):
 
     def on_stop(self) -> None:
         """Release the hostile behaviour's resources (the snoop file)."""
-        self.hostile.close()
+        if self.hostile is not None:
+            self.hostile.close()
 
     def say_hello(self) -> None:
         """Send one PAGER_HELLO to the kernel and schedule the next (sooner if not connected)."""
@@ -248,17 +265,15 @@ class Pager(Server):
         self.to_disk(op, fields, done, lambda code, msg: self.fail(req, code, msg))
         return SUSPEND
 
-    # -- PagerPort (used by the hostile behaviours) ----------------------------------------
-    def reply_page(self, req: Request, data: Any) -> None:
-        """Answer page_in `req` with {data} (a hostile mode may pass anything), plus disk_us
-        (the disk read's time) and pager_us (time since the request arrived) when known."""
-        timing = req.msg.get("_timing")            # set by do_page_in; a tuple never decodes
-        if isinstance(timing, tuple):
-            t_recv, disk_us = timing
-            self.reply(req, data=data, disk_us=disk_us,
-                       pager_us=round((self.now() - t_recv) * 1e6, 1))
+    # -- answering page-ins; with call_later and fail, the PagerPort of hostile behaviours --
+    def reply_page(self, page: PageIn, data: object) -> None:
+        """Answer `page` with {data} (a hostile mode may pass anything), plus disk_us (the
+        disk read's time) and pager_us (time since the request arrived) once the disk answered."""
+        if page.disk_us is None:
+            self.reply(page.req, data=data)
         else:
-            self.reply(req, data=data)
+            self.reply(page.req, data=data, disk_us=page.disk_us,
+                       pager_us=round((self.now() - page.t_recv) * 1e6, 1))
 
     def send_raw(self, req: Request, frame: bytes) -> None:
         """Send `frame` unencoded on the connection `req` came from."""
@@ -303,45 +318,55 @@ class Pager(Server):
         """page_out {handle, slot, data} -> {}: store a sealed page (always honestly)."""
         handle, slot, data = check_handle(req.msg), check_slot(req.msg["slot"]), check_page(req.msg)
         self.counters.page_outs += 1
-        self.hostile.on_page_out(handle, slot, data)
+        if self.hostile is not None:
+            self.hostile.on_page_out(handle, slot, data)
         self.to_disk(Op.WRITE, {"handle": handle, "slot": slot, "data": data},
                      lambda _reply: self.reply(req), lambda code, msg: self.fail(req, code, msg))
         return SUSPEND
 
     def do_page_in(self, req: Request) -> Any:
-        """page_in {handle, slot} -> {data}: fetch a sealed page (the hostile hook answers)."""
-        handle, slot = check_handle(req.msg), check_slot(req.msg["slot"])
+        """page_in {handle, slot} -> {data, disk_us, pager_us}: fetch a sealed page (a hostile
+        behaviour, if configured, answers instead)."""
+        page = PageIn(req, check_handle(req.msg), check_slot(req.msg["slot"]), self.now())
         self.counters.page_ins += 1
-        t_recv = self.now()
 
         def done(reply: dict[str, Any]) -> None:
-            req.msg["_timing"] = (t_recv, round((self.now() - t_recv) * 1e6, 1))
+            page.disk_us = round((self.now() - page.t_recv) * 1e6, 1)
             data = reply.get("data")
             if not isinstance(data, bytes) or len(data) != PAGE_SIZE:
                 self.counters.disk_errors += 1
-                self.hostile.on_page_in_error(req, Err.IO, "disk returned a malformed page")
+                self.page_in_failed(page, Err.IO, "disk returned a malformed page")
+            elif self.hostile is None:
+                self.reply_page(page, data)
             else:
-                self.hostile.on_page_in(req, data)
-        self.to_disk(Op.READ, {"handle": handle, "slot": slot}, done,
-                     lambda code, msg: self.hostile.on_page_in_error(req, code, msg))
+                self.hostile.on_page_in(page, data)
+        self.to_disk(Op.READ, {"handle": page.handle, "slot": page.slot}, done,
+                     lambda code, msg: self.page_in_failed(page, code, msg))
         return SUSPEND
+
+    def page_in_failed(self, page: PageIn, code: Err, msg: str) -> None:
+        """Answer a page-in the disk failed: with the error (or as the hostile mode decides)."""
+        if self.hostile is None:
+            self.fail(page.req, code, msg)
+        else:
+            self.hostile.on_page_in_error(page, code, msg)
 
     def do_ping(self, req: Request) -> dict[str, Any]:
         """ping -> {mirror}: liveness, answered without the disk."""
         return {"mirror": self.config.mirror}
 
     def do_stats(self, req: Request) -> dict[str, Any]:
-        """stats -> counters: this pager's and its hostile behaviour's."""
-        stats: dict[str, Any] = {"mirror": self.config.mirror, "hostile": self.config.hostile,
-                                 "admitted": self.admitted, "in_flight": len(self._pending),
-                                 "bad_messages": self.bad_messages,
-                                 "uptime_ms": int((self.now() - self.started) * 1000)}
-        stats.update(asdict(self.counters))
-        stats.update(self.hostile.counters())
-        return stats
+        """stats -> status and counters: this pager's and its hostile behaviour's (an honest
+        pager reports tampered = 0)."""
+        status = PagerStatus(mirror=self.config.mirror, hostile=self.config.hostile,
+                             admitted=self.admitted, in_flight=len(self._pending),
+                             bad_messages=self.bad_messages,
+                             uptime_ms=int((self.now() - self.started) * 1000))
+        counts = self.hostile.counts if self.hostile is not None else HostileCounts()
+        return {**asdict(status), **asdict(self.counters), **asdict(counts)}
 
 
-def _immediate_context() -> zmq.Context:
+def _immediate_context() -> zmq.Context[zmq.Socket[bytes]]:
     """A context whose sockets queue nothing for absent peers (no stale writes on reconnect)."""
     ctx = zmq.Context()
     ctx.setsockopt(zmq.IMMEDIATE, 1)
@@ -360,16 +385,19 @@ def parse_args(argv: list[str]) -> PagerConfig:
     p.add_argument("--mirror", type=int, default=env.get("SEALEDOS_PAGER_MIRROR", "0"),
                    help="mirror slot served (env SEALEDOS_PAGER_MIRROR, default 0)")
     p.add_argument("--hostile", default=env.get("SEALEDOS_HOSTILE", HONEST),
-                   choices=(HONEST, *HOSTILE_MODES), help="misbehave on page-in (env SEALEDOS_HOSTILE)")
+                   choices=(HONEST, *HOSTILE_MODES),
+                   help="misbehave on page-in (env SEALEDOS_HOSTILE)")
     p.add_argument("--stall-ms", type=float, default=STALL_MS, help="delay of the stall mode")
     p.add_argument("--disk-timeout-ms", type=float, default=DISK_TIMEOUT_MS,
                    help="wait for the disk before answering ETIMEDOUT")
     p.add_argument("--rundir", default=env.get("SEALEDOS_RUNDIR"),
                    help="runtime directory (env SEALEDOS_RUNDIR)")
     p.add_argument("--keys", default=env.get(wkeys.KEYS_ENV),
-                   help=f"keys directory (env {wkeys.KEYS_ENV}): pagerN's secret, kernel and diskN publics")
+                   help=f"keys directory (env {wkeys.KEYS_ENV}): pagerN's secret, "
+                        "kernel and diskN publics")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
-                   help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
+                   help="no authentication or encryption "
+                        f"(measurement only; env {wkeys.INSECURE_ENV}=1)")
     p.add_argument("--snoop-file", default=None,
                    help="where snoop mode appends pages (default RUNDIR/pager{mirror}-snoop.bin)")
     args = p.parse_args(argv)

@@ -54,7 +54,8 @@ def test_a_session_walks_the_state_machine(kv: Any) -> None:
     assert s == "start:login"
     s = check(kv, s, {"kind": "ok"})
     assert s == "authed"
-    s = check(kv, check(kv, s, {"kind": "put", "key": "a", "value": b"x", "ttl": 5}), {"kind": "ok"})
+    s = check(kv, check(kv, s, {"kind": "put", "key": "a", "value": b"x", "ttl": 5}),
+              {"kind": "ok"})
     assert s == "authed"
     s = check(kv, check(kv, s, {"kind": "logout"}), {"kind": "ok"})
     assert s == "start"
@@ -112,7 +113,8 @@ def test_unknown_field(kv: Any) -> None:
 def test_wrong_type(kv: Any) -> None:
     v = violation(kv, "authed", {"kind": "put", "key": 12, "value": b""})
     assert v.rule == "wrong_type" and "field 'key' is int, the contract says str" in v.msg
-    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": "text"}).rule == "wrong_type"
+    v = violation(kv, "authed", {"kind": "put", "key": "a", "value": "text"})
+    assert v.rule == "wrong_type"
     assert violation(kv, "authed", {"kind": "put", "key": "a", "value": b"", "ttl": True}
                      ).rule == "wrong_type"
 
@@ -122,12 +124,14 @@ def test_string_too_long_counts_utf8_bytes(kv: Any) -> None:
     assert v.rule == "too_long"
     assert v.msg == ("contract 'kv': message 'put': field 'key' is 80 bytes, longer than "
                      "max_len 64")
-    assert violation(kv, "authed", {"kind": "put", "key": "é" * 33, "value": b""}).rule == "too_long"
+    v = violation(kv, "authed", {"kind": "put", "key": "é" * 33, "value": b""})
+    assert v.rule == "too_long"
     check(kv, "authed", {"kind": "put", "key": "é" * 32, "value": b""})
 
 
 def test_bytes_and_list_too_long(kv: Any) -> None:
-    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": bytes(129)}).rule == "too_long"
+    v = violation(kv, "authed", {"kind": "put", "key": "a", "value": bytes(129)})
+    assert v.rule == "too_long"
     v = violation(kv, "authed", {"kind": "batch", "items": [{"k": "a", "n": 1}] * 5})
     assert v.rule == "too_long" and "has 5 items, more than max_len 4" in v.msg
 
@@ -140,7 +144,8 @@ def test_out_of_range(kv: Any) -> None:
 
 
 def test_nested_items_are_checked_with_their_path(kv: Any) -> None:
-    v = violation(kv, "authed", {"kind": "batch", "items": [{"k": "a", "n": 1}, {"k": "b", "n": 10}]})
+    v = violation(kv, "authed",
+                  {"kind": "batch", "items": [{"k": "a", "n": 1}, {"k": "b", "n": 10}]})
     assert v.rule == "out_of_range" and "'items[1].n'" in v.msg
     v = violation(kv, "authed", {"kind": "batch", "items": [{"k": "a"}]})
     assert v.rule == "missing_field" and "'items[0].n'" in v.msg
@@ -149,7 +154,8 @@ def test_nested_items_are_checked_with_their_path(kv: Any) -> None:
 def test_caps_and_grants_need_the_contracts_leave(kv: Any) -> None:
     check(kv, "authed", {"kind": "share"}, ncaps=1)
     assert violation(kv, "authed", {"kind": "share"}, ncaps=2).rule == "caps"
-    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": b""}, ncaps=1).rule == "caps"
+    v = violation(kv, "authed", {"kind": "put", "key": "a", "value": b""}, ncaps=1)
+    assert v.rule == "caps"
     check(kv, "authed", {"kind": "bulk"}, grant=True)
     assert violation(kv, "authed", {"kind": "logout"}, grant=True).rule == "grant"
 
@@ -203,4 +209,5 @@ def test_deep_nesting_is_refused() -> None:
     for _ in range(10):
         spec = {"type": "list", "max_len": 1, "items": spec}
     with pytest.raises(ServiceError, match="nested deeper"):
-        compile_contract({"name": "x", "calls": {"a": {"fields": {"f": spec}}}, "replies": {"ok": {}}})
+        compile_contract({"name": "x", "calls": {"a": {"fields": {"f": spec}}},
+                          "replies": {"ok": {}}})

@@ -44,7 +44,9 @@ def test_every_lie_is_caught(lie: str) -> None:
     block: object = blocks[2]
     where = dict(swap_id=SWAP_ID, vpn=7, version=42, index=2)
     if lie == "flip":
-        b = bytearray(blocks[2]); b[5] ^= 1; block = bytes(b)
+        b = bytearray(blocks[2])
+        b[5] ^= 1
+        block = bytes(b)
     elif lie == "index":
         block = blocks[3]
     elif lie == "vpn":
@@ -58,7 +60,9 @@ def test_every_lie_is_caught(lie: str) -> None:
     elif lie == "type":
         block = "text"
     elif lie == "padding":
-        b = bytearray(blocks[2]); b[coder.frag_bytes + MAC_BYTES + 3] = 1; block = bytes(b)
+        b = bytearray(blocks[2])
+        b[coder.frag_bytes + MAC_BYTES + 3] = 1
+        block = bytes(b)
     elif lie == "zero":
         block = bytes(PAGE_SIZE)
     with pytest.raises(IntegrityError):

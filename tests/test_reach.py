@@ -16,7 +16,8 @@ def test_plan_names_each_blocking_directory_and_the_entries_needed(tmp_path: Pat
     os.chmod(closed, 0o700)
     os.chmod(inner, 0o700)
     plan = reach.plan([str(inner / "py" / "bin"), str(closed / "other")])
-    ours = [(d, e) for d, e in plan if d.startswith(str(tmp_path))]   # pytest's own dirs may block too
+    # pytest's own dirs may block too
+    ours = [(d, e) for d, e in plan if d.startswith(str(tmp_path))]
     assert ours == [(str(closed), ["inner", "other"]), (str(inner), ["py"])]
 
 

@@ -19,7 +19,8 @@ def test_digest_is_the_sha256_of_the_code_file() -> None:
     import hashlib
     spec = lookup(load(), "memstress")
     root = Path(__file__).resolve().parents[1]
-    assert spec.digest() == hashlib.sha256((root / "apps" / "memstress.py").read_bytes()).hexdigest()
+    program = (root / "apps" / "memstress.py").read_bytes()
+    assert spec.digest() == hashlib.sha256(program).hexdigest()
 
 
 def test_unknown_programs_and_malformed_rows_are_refused(tmp_path: Path) -> None:

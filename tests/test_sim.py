@@ -46,8 +46,8 @@ def test_trace_lines_replay_identically() -> None:
 
 #: Seeds of fault storms (--intensity X) that once broke an invariant: (seed, X) -> bug.
 STORM_REGRESSION_SEEDS: dict[tuple[int, float], str] = {
-    (700085, 5.0): "a CLOSE whose retry budget ran out while mirror 0's disk kept dying was given up: "
-            "the handle and its blocks stayed allocated on that disk forever",
+    (700085, 5.0): "a CLOSE whose retry budget ran out while mirror 0's disk kept dying was "
+            "given up: the handle and its blocks stayed allocated on that disk forever",
     (2000779, 5.0): "a SHOOTDOWN of an older residency (delivered late, after UNMAP + MAP + a new "
              "install at another frame) dropped the new page's dirty bit; the kernel then "
              "took the page for demand-zero and the process read zeros where it had written",

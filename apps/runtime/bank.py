@@ -13,6 +13,7 @@ own).  Page contents leave the bank only as messages (a SHOOTDOWN reply).
 from __future__ import annotations
 
 import mmap
+from typing import TypeGuard
 
 from wire.protocol import PAGE_SIZE
 
@@ -36,7 +37,7 @@ class Bank:
         """The byte offset of `frame` (contract: 0 <= frame < nframes)."""
         return frame * PAGE_SIZE
 
-    def valid(self, frame: object) -> bool:
+    def valid(self, frame: object) -> TypeGuard[int]:
         """True when `frame` is a frame number of this bank."""
         return isinstance(frame, int) and not isinstance(frame, bool) and 0 <= frame < self.nframes
 

@@ -97,6 +97,9 @@ DENIED_FCNTL_CMDS: tuple[int, ...] = (5, 6, 7, 36, 37, 38)   # F_GETLK/SETLK/SET
 #: Syscalls refused unless their first argument is this process's pid.
 SELF_ONLY_SYSCALLS: tuple[str, ...] = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
 
+#: One seccomp rule: a syscall's name and its argument comparisons (pyseccomp Arg objects).
+SeccompRule = tuple[str, tuple[object, ...]]
+
 
 #: What confine_program achieved, in a process started as a sealed program (None: not one).
 _state: Confinement | None = None
@@ -198,21 +201,22 @@ def _landlock(libc: ctypes.CDLL, private_dir: str | None,
     return abi, None
 
 
-def _socket_rules(sc: Any, tcp: bool) -> list[tuple[str, tuple]]:
+def _socket_rules(sc: Any, tcp: bool) -> list[SeccompRule]:
     """The (syscall, argument comparisons) that refuse a socket the kernel transport does not
     need: ipc -- anything but AF_UNIX; tcp -- any family but unix, IPv4, IPv6, and raw or
     packet sockets."""
     if not tcp:
         return [("socket", (sc.Arg(0, sc.NE, socket.AF_UNIX),))]
     allowed = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
-    rules: list[tuple[str, tuple]] = [("socket", (sc.Arg(0, sc.GT, max(allowed)),))]
-    rules += [("socket", (sc.Arg(0, sc.EQ, fam),)) for fam in range(max(allowed)) if fam not in allowed]
+    rules: list[SeccompRule] = [("socket", (sc.Arg(0, sc.GT, max(allowed)),))]
+    rules += [("socket", (sc.Arg(0, sc.EQ, fam),))
+              for fam in range(max(allowed)) if fam not in allowed]
     rules += [("socket", (sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, kind),))
               for kind in (socket.SOCK_RAW, SOCK_PACKET)]
     return rules
 
 
-def _seccomp(rules: list[tuple[str, tuple]]) -> str | None:
+def _seccomp(rules: list[SeccompRule]) -> str | None:
     """Load one filter refusing `rules` (syscall, argument comparisons) with EPERM on every
     thread of this process; the problem or None."""
     sc = pyseccomp
@@ -233,13 +237,13 @@ def _seccomp(rules: list[tuple[str, tuple]]) -> str | None:
     return None
 
 
-def _program_rules(kernel_addr: str | None) -> list[tuple[str, tuple]]:
+def _program_rules(kernel_addr: str | None) -> list[SeccompRule]:
     """Step 1's seccomp rules (see the module docstring)."""
     sc = pyseccomp
     if sc is None:
         return []
     me = os.getpid()
-    rules: list[tuple[str, tuple]] = [(name, ()) for name in DENIED_SYSCALLS]
+    rules: list[SeccompRule] = [(name, ()) for name in DENIED_SYSCALLS]
     rules += [(name, (sc.Arg(0, sc.NE, me),)) for name in SELF_ONLY_SYSCALLS]
     rules += [("fcntl", (sc.Arg(1, sc.EQ, cmd),)) for cmd in DENIED_FCNTL_CMDS]
     return rules + _socket_rules(sc, _kernel_port(kernel_addr) is not None)

@@ -29,7 +29,7 @@ from typing import Any
 import zmq
 
 from apps.runtime.mmu import Mmu
-from apps.runtime.syscall import KERNEL_DEAD_MS, Liveness
+from apps.runtime.syscall import KERNEL_DEAD_MS, Liveness, Socket
 from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, is_reply, ok
 
 HEARTBEAT_MS: int = 200
@@ -58,7 +58,7 @@ def _leave(status: int, line: str) -> None:
 class ControlThread(threading.Thread):
     """Serves SHOOTDOWN and KILL, sends HEARTBEATs, watches the kernel's liveness."""
 
-    def __init__(self, sock: zmq.Socket, mmu: Mmu, liveness: Liveness, name: str) -> None:
+    def __init__(self, sock: Socket, mmu: Mmu, liveness: Liveness, name: str) -> None:
         super().__init__(name=f"sealedos-control-{name}", daemon=True)
         self.sock = sock
         self.mmu = mmu

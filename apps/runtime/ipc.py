@@ -84,12 +84,14 @@ class Received:
     @property
     def kind(self) -> str:
         """The message's kind."""
-        return self.msg["kind"]
+        kind: str = self.msg["kind"]
+        return kind
 
 
 def pack(msg: dict[str, Any]) -> bytes:
     """A message as its wire payload."""
-    return msgpack.packb(msg, use_bin_type=True)
+    payload: bytes = msgpack.packb(msg, use_bin_type=True)
+    return payload
 
 
 def unpack(payload: Any) -> dict[str, Any]:
@@ -115,7 +117,7 @@ SENDERS_KEEP: int = 4096
 
 def received(reply: dict[str, Any]) -> Received:
     """A RECEIVE reply as a Received; KernelProtocolError when it is malformed."""
-    s = reply.get("sender")
+    s: Any = reply.get("sender")            # None or malformed: caught below
     try:
         sender = _SENDERS.get(s["spid"])
         if sender is None:

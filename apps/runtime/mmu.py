@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,7 @@ from wire.protocol import (
 PAGE_MASK: int = PAGE_SIZE - 1
 U64_MASK: int = (1 << 64) - 1
 _U64 = struct.Struct("<Q")
-_unpack_u64 = _U64.unpack_from
+_unpack_u64: Callable[[memoryview, int], tuple[int]] = _U64.unpack_from
 _pack_u64 = _U64.pack_into
 _LAST_WORD: int = PAGE_SIZE - 8
 
@@ -404,7 +405,7 @@ class Mmu:
             data = None
         else:
             raise KernelProtocolError(f"fault on page {vpn:#x}: unknown fill {fill!r}")
-        return frame, prot, fill, data
+        return frame, prot, str(fill), data
 
     def _install_locked(self, vpn: int, frame: int, prot: int, fill: str, access: str) -> int:
         """Insert vpn's TLB entries; return the offset for `access`."""

@@ -17,7 +17,7 @@ from then on) and the control thread.  close() sends EXIT and stops the thread.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -164,6 +164,13 @@ class SealedProcess:
     def receive(self, handle: int) -> Received:
         """Block until a call arrives on own endpoint `handle`."""
         return self.ipc.receive(handle)
+
+    @overload
+    def reply(self, call: Received | int, msg: dict[str, Any], caps: Any = (),
+              receive: None = None) -> None: ...
+    @overload
+    def reply(self, call: Received | int, msg: dict[str, Any], caps: Any = (), *,
+              receive: int) -> Received: ...
 
     def reply(self, call: Received | int, msg: dict[str, Any], caps: Any = (),
               receive: int | None = None) -> Received | None:

@@ -31,6 +31,10 @@ from wire import sockets
 from wire.keys import Keypair
 from wire.protocol import PAGE_SIZE, Op, ServiceError, decode, encode
 
+#: A ZeroMQ socket of bytes frames, and a context making them (pyzmq's generic types).
+Socket = zmq.Socket[bytes]
+Context = zmq.Context[Socket]
+
 #: The kernel is declared dead when it has answered nothing for this long.
 KERNEL_DEAD_MS: int = 10000
 #: How often a waiting syscall looks at the liveness verdict.
@@ -79,8 +83,8 @@ class Liveness:
         self.dead.set()
 
 
-def _dealer(ctx: zmq.Context, addr: str, keypair: Keypair | None,
-            kernel_public: bytes | None) -> zmq.Socket:
+def _dealer(ctx: Context, addr: str, keypair: Keypair | None,
+            kernel_public: bytes | None) -> Socket:
     """A DEALER socket connected to the kernel (CURVE with `keypair`, NULL without)."""
     return sockets.dealer(ctx, addr, keypair, kernel_public)
 
@@ -88,7 +92,7 @@ def _dealer(ctx: zmq.Context, addr: str, keypair: Keypair | None,
 class KernelLink:
     """The call connection to the kernel: one syscall at a time, from the main thread only."""
 
-    def __init__(self, addr: str, ctx: zmq.Context | None = None,
+    def __init__(self, addr: str, ctx: Context | None = None,
                  keypair: Keypair | None = None, kernel_public: bytes | None = None) -> None:
         """Connect to the kernel at `addr`: CURVE with `keypair` (both connections) and the
         kernel's public key, or NULL when keypair is None (an insecure kernel)."""
@@ -103,7 +107,7 @@ class KernelLink:
         self.spid = 0
         self._rids = itertools.count(1)
         self.closed = False
-        self._rcvtimeo: dict[zmq.Socket, int] = {}     # the RCVTIMEO each socket has now
+        self._rcvtimeo: dict[Socket, int] = {}     # the RCVTIMEO each socket has now
 
     # -- the one request/reply --------------------------------------------------------
     def call(self, op: Op, timeout_ms: int | None = None, **fields: Any) -> dict[str, Any]:
@@ -114,7 +118,7 @@ class KernelLink:
             raise self._named(KernelUnreachable(f"{op}: the connection to the kernel is closed"))
         return self._request(self.sock, op, timeout_ms, fields)
 
-    def _request(self, sock: zmq.Socket, op: Op, timeout_ms: int | None,
+    def _request(self, sock: Socket, op: Op, timeout_ms: int | None,
                  fields: dict[str, Any]) -> dict[str, Any]:
         """One request/reply on `sock`; errors become SealedErrors."""
         rid = next(self._rids)
@@ -127,7 +131,7 @@ class KernelLink:
             raise self._named(from_reply(reply, str(op)))
         return reply
 
-    def _wait(self, sock: zmq.Socket, op: Op, rid: int, timeout_ms: int | None) -> dict[str, Any]:
+    def _wait(self, sock: Socket, op: Op, rid: int, timeout_ms: int | None) -> dict[str, Any]:
         """The reply to `rid` (stale replies skipped); KernelUnreachable on timeout or death.
 
         A reply already received wins over a death verdict reached meanwhile."""
@@ -150,13 +154,13 @@ class KernelLink:
             except zmq.Again:
                 if self.liveness.dead.is_set():
                     raise self._named(KernelUnreachable(
-                        f"{op}: the kernel is unreachable ({self.liveness.reason})"))
+                        f"{op}: the kernel is unreachable ({self.liveness.reason})")) from None
                 continue
             try:
                 reply = decode(frame)
             except ServiceError as exc:
                 raise self._named(KernelProtocolError(
-                    f"{op}: bad frame from the kernel: {exc.msg}"))
+                    f"{op}: bad frame from the kernel: {exc.msg}")) from None
             self.liveness.heard()
             if reply.get("re") == rid:
                 return reply
@@ -190,9 +194,10 @@ class KernelLink:
     def map(self, addr: int, npages: int, prot: int) -> int:
         """MAP a region of npages at addr (0: the kernel chooses); return its address."""
         reply = self.call(Op.MAP, addr=addr, npages=npages, prot=prot)
-        if not isinstance(reply.get("addr"), int):
+        start = reply.get("addr")
+        if not isinstance(start, int):
             raise self._named(KernelProtocolError("map: reply lacks 'addr'"))
-        return reply["addr"]
+        return start
 
     def unmap(self, addr: int, npages: int) -> None:
         """UNMAP a range."""
@@ -224,9 +229,10 @@ class KernelLink:
         """ENDPOINT with a contract; return its handle."""
         extra = {"nameservice": True} if nameservice else {}
         reply = self.call(Op.ENDPOINT, contract=contract, **extra)
-        if not isinstance(reply.get("handle"), int):
+        handle = reply.get("handle")
+        if not isinstance(handle, int):
             raise self._named(KernelProtocolError("endpoint: reply lacks 'handle'"))
-        return reply["handle"]
+        return handle
 
     def ipc_call(self, handle: int, msg: bytes, caps: list[int] | None,
                  grant: dict[str, int] | None) -> dict[str, Any]:
@@ -261,7 +267,7 @@ class KernelLink:
         return self._named(exc)
 
     # -- connections --------------------------------------------------------------------
-    def attach_control(self, spid: int, secret: bytes) -> zmq.Socket:
+    def attach_control(self, spid: int, secret: bytes) -> Socket:
         """Open the control connection and ATTACH it; the control thread serves it after."""
         sock = _dealer(self.ctx, self.addr, self.keypair, self.kernel_public)
         try:

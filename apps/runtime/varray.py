@@ -26,7 +26,7 @@ class VArray:
         self.addr = addr
         self.dtype = np.dtype(dtype)
         self.count = count
-        self.itemsize = self.dtype.itemsize
+        self.itemsize: int = self.dtype.itemsize
 
     def __len__(self) -> int:
         return self.count
@@ -59,7 +59,7 @@ class VArray:
         """Elements [start, stop) copied out of virtual memory."""
         out = np.empty(stop - start, dtype=self.dtype)
         if stop > start:
-            self.proc.mmu.read_into(self.addr + start * self.itemsize, memoryview(out).cast("B"))
+            self.proc.mmu.read_into(self.addr + start * self.itemsize, out.data.cast("B"))
         return out
 
     def __getitem__(self, key: int | slice) -> Any:
@@ -76,7 +76,7 @@ class VArray:
         else:
             src = np.ascontiguousarray(src)
         if n:
-            self.proc.mmu.write(self.addr + start * self.itemsize, memoryview(src).cast("B"))
+            self.proc.mmu.write(self.addr + start * self.itemsize, src.data.cast("B"))
 
     def to_numpy(self) -> np.ndarray:
         """The whole view as a numpy array (a copy)."""

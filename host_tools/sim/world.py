@@ -295,7 +295,7 @@ class World:
             return
         self.net.record(f"crash {p.tr.name}")
         self.net.crash(p.tr)
-        p.pager.hostile.close()
+        p.pager.on_stop()                # releases its hostile behaviour, if any
         p.pager, p.tr = None, None
         self.net.after(restart_s, lambda: self._restart(p))
 
@@ -422,7 +422,7 @@ class World:
             ipcload.stop_serving(self.server)
         return all(p.state in ("exited", "dead") for p in self.procs) and not k.procs.by_spid \
             and all(not s.inflight and not s.backlog for s in k.pagers.slots) and \
-            all(d.service is not None and not d.service.device.stats()["used_blocks"]
+            all(d.service is not None and not d.service.device.stats().used_blocks
                 for d in self.disks)
 
     def run(self) -> RunResult:
@@ -467,7 +467,7 @@ class World:
                 d.service = None
         for p in self.pagers:
             if p.pager is not None:
-                p.pager.hostile.close()
+                p.pager.on_stop()                # releases its hostile behaviour, if any
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

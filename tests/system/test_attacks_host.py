@@ -147,8 +147,8 @@ def test_no_same_uid_process_reads_a_service_or_sealed_process(
         if svc.uid is None and os.geteuid() == 0:
             continue                     # root reads anything: the kernel is checked below
         verdict = read_as(svc.uid, svc.pid, system.rundir / f"reader-{name}.out")
-        assert verdict == {"environ": "blocked:PermissionError", "mem": "blocked:PermissionError"}, \
-            (name, verdict)
+        blocked = "blocked:PermissionError"
+        assert verdict == {"environ": blocked, "mem": blocked}, (name, verdict)
         if svc.uid is not None:          # non-dumpable: its /proc files are root's, not its own
             assert os.stat(f"/proc/{svc.pid}/environ").st_uid == 0, name
     stop_file.touch()

@@ -165,7 +165,8 @@ def test_the_disk_serves_only_its_own_pager(make_system: Callable[..., System]) 
         with Client(addr, keys=as_principal(system, principal, "disk0"), server="disk0") as c:
             assert refused(c, Op.OPEN, handle=b"\1" * 16, label="x"), principal
     with Client(addr, keys=as_sealed_process(system, "disk-thief", "disk0"), server="disk0") as c:
-        assert refused(c, Op.OPEN, handle=b"\1" * 16, label="x"), "a sealed process reached the disk"
+        assert refused(c, Op.OPEN, handle=b"\1" * 16, label="x"), \
+            "a sealed process reached the disk"
     with Client(addr, keys=as_principal(system, "observer", "disk0"), server="disk0") as c:
         assert c.call(Op.PING)["service"] == "disk"           # an observer may look ...
         for op, fields in ((Op.OPEN, {"handle": b"\0" * 16, "label": "x"}),

@@ -71,7 +71,8 @@ def start_paging(system: System, duration_s: float = 0) -> list[str]:
 
 def disk_used_blocks(system: System, disk: str = "disk0") -> int:
     """The disk service's count of allocated blocks (its stats op)."""
-    with Client(system.services[disk].addr or "", keys=system.keyring("observer"), server=disk) as c:
+    addr = system.services[disk].addr or ""
+    with Client(addr, keys=system.keyring("observer"), server=disk) as c:
         return c.call(Op.STATS)["used_blocks"]
 
 

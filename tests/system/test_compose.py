@@ -268,7 +268,7 @@ def test_crashed_pager_and_disk_come_back_and_apps_verify(deployment: Deployment
     d.wait("the apps and the summary to finish",
            lambda: all(d.inspect(s)["status"] == "exited" for s in [*APPS.values(), "summary"]),
            timeout=APP_DURATION_S + 2 * WAIT_S)
-    for name, service in APPS.items():
+    for service in APPS.values():
         state = d.inspect(service)
         assert state["exit_code"] == 0, f"{service} exited {state['exit_code']}\n{d.logs(service)}"
     procs = d.processes()

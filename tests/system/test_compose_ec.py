@@ -96,5 +96,6 @@ def test_ec_profile_survives_r_crashed_pagers_and_a_hung_one(ec_deployment: EcDe
         assert procs[name]["checksum"] == "verified", procs[name]
     stats = d.stats()
     assert stats["ec_unrecoverable"] == 0 and stats["ec_page_ins"] > 0, stats
-    altered = {k: n for k, n in stats["integrity_failures"].items() if k not in ("timeout", "error")}
+    altered = {k: n for k, n in stats["integrity_failures"].items()
+               if k not in ("timeout", "error")}
     assert not altered, stats["integrity_failures"]

@@ -141,7 +141,8 @@ def test_round_trip_random_blocks(service: DiskProc) -> None:
     h = open_h(service, "roundtrip")
     assert isinstance(h, bytes) and len(h) == 16
     written = {int(s): random_block() for s in rng.choice(2**32, 40, replace=False)}
-    blocks = {s: service.call("write", handle=h, slot=s, data=d)["block"] for s, d in written.items()}
+    blocks = {s: service.call("write", handle=h, slot=s, data=d)["block"]
+              for s, d in written.items()}
     assert len(set(blocks.values())) == len(blocks)
     for s, d in written.items():
         assert service.call("read", handle=h, slot=s)["data"] == d
@@ -195,7 +196,8 @@ def test_handles_are_isolated(service: DiskProc) -> None:
 def test_restart_after_sigkill_serves_everything(service: DiskProc) -> None:
     handles = [open_h(service, f"h{i}") for i in range(3)]
     data = {(h, s): random_block() for h in handles for s in (0, 1, 99, 2**32 - 1)}
-    blocks = {k: service.call("write", handle=k[0], slot=k[1], data=d)["block"] for k, d in data.items()}
+    blocks = {k: service.call("write", handle=k[0], slot=k[1], data=d)["block"]
+              for k, d in data.items()}
     gone = handles[0]
     service.call("free", handle=gone, slots=[99])
     del data[(gone, 99)]
@@ -246,7 +248,8 @@ def _garbage(path: Path) -> str:
 
 
 def _foreign(path: Path) -> str:
-    """A file that is something else entirely (an ELF header).  Return the words the refusal must name."""
+    """A file that is something else entirely (an ELF header).  Return the words the refusal
+    must name."""
     path.write_bytes(b"\x7fELF\x02\x01\x01" + bytes(BLOCK_SIZE * 10))
     return "bad magic"
 
@@ -379,9 +382,10 @@ def test_new_device_layout(image: Path) -> None:
     assert geo.first_data_block == geo.map_block + geo.map_blocks
     assert geo.map_blocks * BLOCK_SIZE >= geo.data_blocks * MAP_DTYPE.itemsize
     assert geo.first_data_block + geo.data_blocks <= geo.total_blocks
-    bmap = np.frombuffer(raw, dtype=MAP_DTYPE, count=geo.data_blocks, offset=geo.map_block * BLOCK_SIZE)
+    bmap = np.frombuffer(raw, dtype=MAP_DTYPE, count=geo.data_blocks,
+                         offset=geo.map_block * BLOCK_SIZE)
     assert (bmap["owner"] == -1).all()
-    assert st["nblocks"] == st["free_blocks"] == geo.data_blocks and st["used_blocks"] == 0
+    assert st.nblocks == st.free_blocks == geo.data_blocks and st.used_blocks == 0
     assert HANDLE_DTYPE.itemsize == 64 and MAP_DTYPE.itemsize == 8
 
 
@@ -410,7 +414,8 @@ def test_records_land_in_the_file(image: Path) -> None:
     raw = image.read_bytes()
     handles = np.frombuffer(raw, dtype=HANDLE_DTYPE, count=geo.max_handles,
                             offset=geo.handle_table_block * BLOCK_SIZE)
-    bmap = np.frombuffer(raw, dtype=MAP_DTYPE, count=geo.data_blocks, offset=geo.map_block * BLOCK_SIZE)
+    bmap = np.frombuffer(raw, dtype=MAP_DTYPE, count=geo.data_blocks,
+                         offset=geo.map_block * BLOCK_SIZE)
     assert handles["in_use"].sum() == 0 and (bmap["owner"] == -1).all()
 
 
@@ -427,11 +432,11 @@ def test_device_full_and_handle_table_full(image: Path) -> None:
         dev.write(b, 0, bytes(BLOCK_SIZE))
         dev.close_handle(a)
         c = dev.open_handle("c")
-        assert dev.stats()["used_blocks"] == 1
+        assert dev.stats().used_blocks == 1
         expect_err(Err.INVAL, dev.open_handle, "é" * 17)
         dev.write(c, 9, bytes(BLOCK_SIZE))
     with Device(image) as dev:
-        assert dev.stats()["handles"] == 2 and dev.stats()["used_blocks"] == 2
+        assert dev.stats().handles == 2 and dev.stats().used_blocks == 2
 
 
 def test_device_refuses_second_opener_and_use_after_close(image: Path) -> None:
@@ -468,7 +473,8 @@ def _poke_map(path: Path, rec: int, owner: int, slot: int) -> None:
 
 
 @pytest.mark.parametrize("damage, reason", [
-    (lambda p: _rewrite_superblock(p, version=FORMAT_VERSION + 1), "unsupported sealedos disk format version"),
+    (lambda p: _rewrite_superblock(p, version=FORMAT_VERSION + 1),
+     "unsupported sealedos disk format version"),
     (lambda p: _rewrite_superblock(p, block_size=512), "block size 512"),
     (lambda p: _rewrite_superblock(p, first_data_block=3), "superblock field first_data_block"),
     (lambda p: _poke_map(p, 5, 77, 1), "belongs to closed handle 77"),
@@ -500,7 +506,7 @@ def test_plan_and_gigabyte_device(tmp_path: Path) -> None:
             last = dev.write(tok, s, payload)
     assert big.stat().st_blocks * 512 < 64 << 20          # sparse: metadata and data only
     with Device(big) as dev:
-        assert dev.stats()["used_blocks"] == 64
+        assert dev.stats().used_blocks == 64
         assert dev.read_block(tok, last) == payload
 
 
@@ -513,7 +519,7 @@ def test_open_of_a_minted_token_is_idempotent_and_only_its_hash_is_stored(image:
         dev.write(token, 7, data)
         assert dev.open_handle("twice", token) == token          # already open: no change
         assert dev.read(token, 7) == data and dev.label(token) == "once"
-        assert dev.stats()["handles"] == 1
+        assert dev.stats().handles == 1
         expect_err(Err.BADHANDLE, dev.read, os.urandom(16), 7)
         expect_err(Err.INVAL, dev.open_handle, "bad", b"short")
     raw = image.read_bytes()

@@ -37,7 +37,8 @@ RAW_FRAMES = [
 ]
 
 
-@pytest.mark.parametrize("frame,code", RAW_FRAMES, ids=[f"{c.value}-{i}" for i, (_, c) in enumerate(RAW_FRAMES)])
+@pytest.mark.parametrize("frame,code", RAW_FRAMES,
+                         ids=[f"{c.value}-{i}" for i, (_, c) in enumerate(RAW_FRAMES)])
 def test_malformed_frames_get_error_replies(system: System, frame: bytes, code: Err) -> None:
     with Client(system.kernel_addr, keys=system.keyring("observer")) as c:
         c.send_raw(frame)

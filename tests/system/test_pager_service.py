@@ -1,5 +1,6 @@
 """The external pager, as real processes: a real disk service, a real pager, and the test as
-the kernel (a ROUTER at the kernel address that answers PAGER_HELLO and sends requests).
+the kernel (tests/system/fakekernel.py: a ROUTER at the kernel address that answers
+PAGER_HELLO and sends requests).
 
 Covers: page round trips bit for bit, a SIGKILLed pager losing nothing, disk errors and
 timeouts forwarded, malformed requests refused without harm, and every hostile mode doing
@@ -11,7 +12,6 @@ import itertools
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,111 +19,18 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from fakekernel import REPLY_TIMEOUT_MS, FakeKernel
 
-from kernel_daemon.pagers import TRANSIENT_ERRORS
 from launcher import spawn
 from wire.client import Client
 from wire.protocol import PAGE_SIZE, Err, Op, ServiceError, decode, encode
 
 STARTUP_S: float = 10.0
-REPLY_TIMEOUT_MS: int = 5000
-TRANSIENT_TRIES: int = 5
 #: How long "never answers" is watched for.
 SILENCE_MS: int = 1000
 STALL_MS: int = 1500
 NPAGES: int = 24
 DISK_MIB: int = 8
-
-# -- the test plays the kernel -----------------------------------------------------------
-class KernelStub:
-    """A ROUTER at the kernel address: answers every PAGER_HELLO, sends requests to the pager."""
-
-    def __init__(self, ctx: zmq.Context, addr: str) -> None:
-        self.addr = addr
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(addr)
-        self.peer: bytes | None = None
-        self.hellos: list[dict[str, Any]] = []
-        self._rids = itertools.count(1)
-
-    def _recv(self, timeout_ms: int) -> tuple[bytes, list[bytes]] | None:
-        """One message (routing id, frames) within timeout_ms; hellos are answered here."""
-        if not self.sock.poll(timeout_ms):
-            return None
-        peer, *frames = self.sock.recv_multipart()
-        if len(frames) == 1:
-            try:
-                msg = decode(frames[0])
-            except Exception:
-                msg = {}
-            if msg.get("op") == Op.PAGER_HELLO:
-                self.sock.send_multipart([peer, encode({"re": msg.get("rid")})])
-                self.hellos.append(msg)
-                self.peer = peer
-                return peer, []
-        return peer, frames
-
-    def await_hello(self, timeout_s: float = STARTUP_S) -> dict[str, Any]:
-        """Wait for the next PAGER_HELLO (from a new or the current pager) and return it."""
-        seen = len(self.hellos)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self._recv(100)
-            if len(self.hellos) > seen:
-                return self.hellos[-1]
-        raise AssertionError(f"no PAGER_HELLO on {self.addr} within {timeout_s} s")
-
-    def next_frame(self, timeout_ms: int = REPLY_TIMEOUT_MS) -> bytes | None:
-        """The next single-frame message from the current pager (not a hello), or None."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-            got = self._recv(left_ms)
-            if got is not None and got[0] == self.peer and len(got[1]) == 1:
-                return got[1][0]
-        return None
-
-    def send(self, op: Op | str, **fields: Any) -> int:
-        """Send one request to the pager; return its rid."""
-        rid = next(self._rids)
-        self.send_frames(encode({**fields, "op": str(op), "rid": rid}))
-        return rid
-
-    def send_frames(self, *frames: bytes) -> None:
-        """Send raw frames to the pager (malformed-input tests)."""
-        assert self.peer is not None, "no pager said hello yet"
-        self.sock.send_multipart([self.peer, *frames])
-
-    def wait_reply(self, rid: int | None, timeout_ms: int = REPLY_TIMEOUT_MS) -> dict[str, Any] | None:
-        """The reply to `rid` (other replies are skipped), or None if none came in time."""
-        deadline = time.monotonic() + timeout_ms / 1000
-        while (left_ms := int((deadline - time.monotonic()) * 1000)) > 0:
-            frame = self.next_frame(left_ms)
-            if frame is not None and decode(frame).get("re") == rid:
-                return decode(frame)
-        return None
-
-    def call(self, op: Op | str, timeout_ms: int = REPLY_TIMEOUT_MS, **fields: Any) -> dict[str, Any]:
-        """Send a request and return its reply (fail the test if none comes)."""
-        reply = self.wait_reply(self.send(op, **fields), timeout_ms)
-        assert reply is not None, f"no reply to {op} within {timeout_ms} ms"
-        return reply
-
-    def ok(self, op: Op | str, **fields: Any) -> dict[str, Any]:
-        """call() that also fails the test on an error reply; a transient one (the disk did
-        not answer in time, e.g. while the machine is loaded) is asked again, as the real
-        kernel does (pagers.TRANSIENT_ERRORS), a few times."""
-        for _ in range(TRANSIENT_TRIES):
-            reply = self.call(op, **fields)
-            if reply.get("err") not in TRANSIENT_ERRORS:
-                break
-            time.sleep(0.1)
-        assert "err" not in reply, f"{op} failed: {reply}"
-        return reply
-
-    def close(self) -> None:
-        """Unbind."""
-        self.sock.close(0)
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -157,7 +64,7 @@ def ctx() -> Iterator[zmq.Context]:
     context.destroy(linger=0)
 
 
-PagerFactory = Callable[..., tuple[subprocess.Popen, KernelStub]]
+PagerFactory = Callable[..., tuple[subprocess.Popen, FakeKernel]]
 
 
 @pytest.fixture
@@ -165,18 +72,19 @@ def start_pager(rundir: Path, disk_addr: str, ctx: zmq.Context,
                 request: pytest.FixtureRequest) -> Iterator[PagerFactory]:
     """Factory: start a real pager against a fresh fake kernel (or a given one); wait for hello."""
     procs: list[subprocess.Popen] = []
-    kernels: list[KernelStub] = []
+    kernels: list[FakeKernel] = []
     names = itertools.count()
 
-    def start(*args: str, kernel: KernelStub | None = None, disk: str | None = None,
-              ) -> tuple[subprocess.Popen, KernelStub]:
+    def start(*args: str, kernel: FakeKernel | None = None, disk: str | None = None,
+              ) -> tuple[subprocess.Popen, FakeKernel]:
         if kernel is None:
-            kernel = KernelStub(ctx, spawn.ipc_addr(rundir, f"k-{request.node.name[:20]}-{next(names)}"))
+            name = f"k-{request.node.name[:20]}-{next(names)}"
+            kernel = FakeKernel(spawn.ipc_addr(rundir, name), ctx)
             kernels.append(kernel)
         log = rundir / f"pager-{request.node.name[:40]}-{len(procs)}.log"
-        proc = spawn.spawn(spawn.python_cmd("pager", "--kernel", kernel.addr, "--disk",
-                                            disk or disk_addr, "--rundir", str(rundir), "--insecure",
-                                            *args),
+        proc = spawn.spawn(spawn.python_cmd("pager", "--kernel", kernel.addr,
+                                            "--disk", disk or disk_addr, "--rundir", str(rundir),
+                                            "--insecure", *args),
                            log_path=log)
         procs.append(proc)
         hello = kernel.await_hello()
@@ -186,7 +94,7 @@ def start_pager(rundir: Path, disk_addr: str, ctx: zmq.Context,
     yield start
     spawn.stop_all(procs)
     for k in kernels:
-        k.close()
+        k.stop()
 
 
 def random_pages(n: int) -> list[bytes]:
@@ -194,14 +102,14 @@ def random_pages(n: int) -> list[bytes]:
     return [os.urandom(PAGE_SIZE) for _ in range(n)]
 
 
-def open_handle(kernel: KernelStub, label: str = "t") -> bytes:
+def open_handle(kernel: FakeKernel, label: str = "t") -> bytes:
     """Open a disk handle through the pager (minted here, as the kernel mints them)."""
     handle = os.urandom(16)
     assert "handle" not in kernel.ok(Op.OPEN, handle=handle, label=label)    # learns nothing
     return handle
 
 
-def page_out_all(kernel: KernelStub, handle: bytes, pages: list[bytes]) -> None:
+def page_out_all(kernel: FakeKernel, handle: bytes, pages: list[bytes]) -> None:
     """Page out pages[i] to slot i, pipelined: all requests first, then all replies."""
     rids = [kernel.send(Op.PAGE_OUT, handle=handle, slot=i, data=p) for i, p in enumerate(pages)]
     for rid in rids:
@@ -209,7 +117,7 @@ def page_out_all(kernel: KernelStub, handle: bytes, pages: list[bytes]) -> None:
         assert reply is not None and "err" not in reply, reply
 
 
-def page_in_all(kernel: KernelStub, handle: bytes, n: int) -> list[bytes | None]:
+def page_in_all(kernel: FakeKernel, handle: bytes, n: int) -> list[bytes | None]:
     """Page in slots 0..n-1, pipelined; the data of each reply (None if an error)."""
     rids = [kernel.send(Op.PAGE_IN, handle=handle, slot=i) for i in range(n)]
     out: list[bytes | None] = []
@@ -332,7 +240,7 @@ def test_malformed_requests(start_pager: PagerFactory) -> None:
 
 # -- hostile modes ---------------------------------------------------------------------------
 def hostile_setup(start_pager: PagerFactory, mode: str, *args: str,
-                  ) -> tuple[KernelStub, bytes, list[bytes]]:
+                  ) -> tuple[FakeKernel, bytes, list[bytes]]:
     """A pager in `mode` with a handle holding 4 random pages in slots 0..3."""
     _, kernel = start_pager("--hostile", mode, *args)
     handle = open_handle(kernel, mode)
@@ -341,7 +249,7 @@ def hostile_setup(start_pager: PagerFactory, mode: str, *args: str,
     return kernel, handle, pages
 
 
-def tampered(kernel: KernelStub) -> int:
+def tampered(kernel: FakeKernel) -> int:
     """The pager's count of falsified page-in replies."""
     return kernel.ok(Op.STATS)["tampered"]
 
@@ -351,12 +259,12 @@ def test_flip_and_zero_corrupt_page_ins(start_pager: PagerFactory, mode: str) ->
     """flip and zero answer every page-in with a full page that is not the stored one."""
     kernel, handle, pages = hostile_setup(start_pager, mode)
     got = page_in_all(kernel, handle, len(pages))
-    for want, data in zip(pages, got):
+    for want, data in zip(pages, got, strict=True):
         assert isinstance(data, bytes) and len(data) == PAGE_SIZE and data != want
         if mode == "zero":
             assert data == bytes(PAGE_SIZE)
         else:
-            diff = sum(bin(x ^ y).count("1") for x, y in zip(want, data))
+            diff = sum(bin(x ^ y).count("1") for x, y in zip(want, data, strict=True))
             assert 0 < diff <= 8
     assert tampered(kernel) == len(pages)
 
@@ -404,7 +312,7 @@ def test_garbage_sends_malformed_replies(start_pager: PagerFactory) -> None:
     kernel.send(Op.PAGE_IN, handle=handle, slot=0)
     raw = kernel.next_frame()
     assert raw is not None
-    with pytest.raises(Exception):
+    with pytest.raises(ServiceError):
         decode(raw)
     assert isinstance(kernel.call(Op.PAGE_IN, handle=handle, slot=1)["data"], int)
     short = kernel.call(Op.PAGE_IN, handle=handle, slot=2)["data"]

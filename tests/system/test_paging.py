@@ -10,10 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from polling import wait_for
 
 from apps.runtime import PAGE_SIZE, SealedProcess
 from apps.runtime.errors import ProtectionFault, SegmentationFault
@@ -24,9 +25,14 @@ from wire.protocol import PROT_R, Op
 BELADY = "1,2,3,4,1,2,5,1,2,3,4,5"
 SILBERSCHATZ = "7,0,1,2,0,3,0,4,2,3,0,3,2,1,2,0,1,7,0,1"
 PROGRAM = __file__
+#: Bound on waiting for paging activity (write-backs, page-outs) to show in the stats.
+SETTLE_S: float = 10.0
+#: Bound on waiting for an exited or killed process's frames and blocks to be reclaimed.
+FREED_S: float = 10.0
 
 
-def refstring_faults(make_system: Callable[..., System], policy: str, frames: int, refs: str) -> int:
+def refstring_faults(make_system: Callable[..., System], policy: str, frames: int,
+                     refs: str) -> int:
     """Run refstring on a fresh system; return the kernel's fault count for it."""
     system = make_system(frames=frames, policy=policy, disk_size_mib=4)
     system.spawn_app("refstring", ["--pages", refs], "refstring.1")
@@ -62,7 +68,8 @@ def test_sealedos_up_reports_beladys_anomaly_as_json() -> None:
 
 
 @pytest.mark.parametrize("policy", ["fifo", "clock", "lru"])
-def test_data_survives_heavy_paging_bit_for_bit(make_system: Callable[..., System], policy: str) -> None:
+def test_data_survives_heavy_paging_bit_for_bit(make_system: Callable[..., System],
+                                                policy: str) -> None:
     system = make_system(frames=12, policy=policy, disk_size_mib=8)
     for i in (1, 2):
         system.spawn_app("memstress", ["--pages", "40", "--passes", "2", "--seed", str(i)],
@@ -76,7 +83,8 @@ def test_data_survives_heavy_paging_bit_for_bit(make_system: Callable[..., Syste
     assert stats["kernel"]["integrity_failures"] == {}
 
 
-def test_segfault_and_protection_fault_stop_only_the_offender(make_system: Callable[..., System]) -> None:
+def test_segfault_and_protection_fault_stop_only_the_offender(
+        make_system: Callable[..., System]) -> None:
     system = make_system(frames=12, disk_size_mib=8)
     system.spawn_app("memstress", ["--pages", "30", "--passes", "2"], "memstress.1")
     with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "offender")) as proc:
@@ -132,41 +140,34 @@ def test_exit_frees_frames_swap_and_handle(make_system: Callable[..., System]) -
     proc = SealedProcess.connect(system.kernel_addr, system.admit("memstress", "leaver"))
     addr = proc.map(24)
     fill(proc, addr, 24, 2)
-    for _ in range(200):                        # write-backs settle (HELD -> SWAPPED) after the
-        rec = system.process("leaver")          # faults that caused them were answered
-        if rec["swapped_pages"] > 0:
-            break
-        time.sleep(0.05)
-    assert rec["swapped_pages"] > 0 and system.stats()["kernel"]["free_frames"] == 0
+    # write-backs settle (HELD -> SWAPPED) after the faults that caused them were answered
+    wait_for("a swapped page", lambda: system.process("leaver")["swapped_pages"] > 0, SETTLE_S)
+    assert system.stats()["kernel"]["free_frames"] == 0
     assert disk_used_blocks(system) > 0
     proc.close()
     kernel = system.stats()["kernel"]
     assert kernel["free_frames"] == 8 - (base["nframes"] - base["free_frames"])
     assert kernel["swapped_pages"] == base["swapped_pages"]
-    for _ in range(100):                        # CLOSE reaches the disk through the pager
-        if disk_used_blocks(system) == 0:
-            break
-        time.sleep(0.05)
-    assert disk_used_blocks(system) == 0, "swap blocks were not freed"
+    # CLOSE reaches the disk through the pager
+    wait_for("swap blocks freed", lambda: disk_used_blocks(system) == 0, FREED_S)
 
 
 def test_killed_process_is_reclaimed(make_system: Callable[..., System]) -> None:
     system = make_system(frames=10, disk_size_mib=8)
     base = system.stats()["kernel"]
     app = system.spawn_app("memstress", ["--pages", "40", "--passes", "50"], "memstress.1")
-    for _ in range(200):
-        rec = system.process("memstress.1")
-        if rec and rec["page_outs"] > 0:
-            break
-        time.sleep(0.05)
+    wait_for("a page-out", lambda: (system.process("memstress.1") or {}).get("page_outs", 0) > 0,
+             SETTLE_S)
     os.kill(app.proc.pid, signal.SIGKILL)
     app.proc.wait()
-    for _ in range(100):
+
+    def reclaimed() -> dict[str, Any] | None:
+        """The kernel's stats once the process, its frames and its blocks are all reclaimed."""
         kernel = system.stats()["kernel"]
-        if kernel["live_processes"] == base["live_processes"] and disk_used_blocks(system) == 0 \
-                and kernel["free_frames"] == base["free_frames"]:
-            break
-        time.sleep(0.05)
+        done = kernel["live_processes"] == base["live_processes"] \
+            and kernel["free_frames"] == base["free_frames"] and disk_used_blocks(system) == 0
+        return kernel if done else None
+    kernel = wait_for("the killed process reclaimed", reclaimed, FREED_S)
     assert kernel["live_processes"] == base["live_processes"]
     assert kernel["free_frames"] == base["free_frames"]
     assert disk_used_blocks(system) == 0

@@ -1,13 +1,13 @@
 """The sealed-process runtime's MMU against a fake kernel.
 
-The fake kernel is a real ZeroMQ ROUTER loop on a thread of the test process: it speaks the
+The fake kernel is the tests' shared one (tests/system/fakekernel.py: a real ZeroMQ ROUTER
+loop on a thread of the test process) with a small VM model: it speaks the
 wire protocol (REGISTER, ATTACH, MAP, UNMAP, PROTECT, FAULT with zero-fill or the captured
 data, HEARTBEAT, REPORT, EXIT) and sends SHOOTDOWN and KILL on the control connection when
 a test asks.  It exists only for these unit tests; the real kernel is tested elsewhere.
 """
 from __future__ import annotations
 
-import queue
 import random
 import subprocess
 import sys
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zmq
+from fakekernel import FakeKernel, Handler
 
 from apps.runtime import (
     PAGE_SIZE,
@@ -33,21 +33,20 @@ from apps.runtime import (
     SealedProcess,
     SegmentationFault,
 )
-from wire.protocol import Err, Op, decode, encode, error, ok
+from wire.protocol import Err, Op, error, ok
 
 ROOT = Path(__file__).resolve().parents[2]
 #: What the launcher would hand a process (the fake kernel accepts any).
 CRED: bytes = bytes(range(32))
+#: How long a raced fault reply is held back, so that the shootdown overtakes it.
+RACE_DELAY_S: float = 0.05
 
 
-class FakeKernel:
-    """A tiny kernel: FIFO eviction over `nframes`, backing store in a dict, a log of refs."""
+class MmuKernel(FakeKernel):
+    """The shared fake kernel serving one sealed process: FIFO eviction over `nframes`,
+    backing store in a dict, a log of refs."""
 
     def __init__(self, nframes: int = 8) -> None:
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        port = self.sock.bind_to_random_port("tcp://127.0.0.1")
-        self.addr = f"tcp://127.0.0.1:{port}"
         self.nframes = nframes
         self.free = list(range(nframes - 1, -1, -1))
         self.resident: dict[int, int] = {}         # vpn -> frame, in install (FIFO) order
@@ -59,6 +58,7 @@ class FakeKernel:
         self.call_peer: bytes | None = None
         self.ctrl_peer: bytes | None = None
         self.secret = b"s3cret-s3cret-16"
+        self.registered: dict[str, Any] = {}
         self.faults: list[tuple[int, str, list[int]]] = []
         self.refs_log: list[tuple[str, list[int]]] = []   # (fault|heartbeat, refs), as arrived
         self.call_msgs = 0
@@ -67,68 +67,19 @@ class FakeKernel:
         self.exited: int | None = None
         self.fail_next: tuple[Err, str] | None = None
         self.race_next_fault = False               # shoot the page down before replying
-        self._pending: dict[int, Callable[[dict[str, Any]], None]] = {}
-        self._rid = 1000
-        self._timers: list[tuple[float, Callable[[], None]]] = []
-        self._cmds: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    # -- the loop ------------------------------------------------------------------------
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            if self.sock.poll(2):
-                while True:
-                    try:
-                        peer, frame = self.sock.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._on(peer, decode(frame))
-            now = time.monotonic()
-            due = [t for t in self._timers if t[0] <= now]
-            self._timers = [t for t in self._timers if t[0] > now]
-            for _, fn in due:
-                fn()
-            while not self._cmds.empty():
-                fn, fut = self._cmds.get()
-                try:
-                    fut.set_result(fn())
-                except Exception as exc:          # pragma: no cover - test diagnostics
-                    fut.set_exception(exc)
-        self.sock.close(0)
+    def handlers(self) -> dict[Op, Handler]:
+        """The calls a sealed process makes, and their handlers."""
+        return {Op.REGISTER: self.do_register, Op.ATTACH: self.do_attach,
+                Op.HEARTBEAT: self.do_heartbeat, Op.MAP: self.do_map, Op.UNMAP: self.do_unmap,
+                Op.PROTECT: self.do_protect, Op.REPORT: self.do_report, Op.EXIT: self.do_exit,
+                Op.FAULT: self.do_fault}
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        """Run fn on the loop thread and return its result."""
-        fut: Future = Future()
-        self._cmds.put((fn, fut))
-        return fut.result(5)
-
-    def _send(self, peer: bytes, msg: dict[str, Any]) -> None:
-        self.sock.send_multipart([peer, encode(msg)])
-
-    def _request(self, peer: bytes, op: Op, fields: dict[str, Any],
-                 then: Callable[[dict[str, Any]], None]) -> None:
-        self._rid += 1
-        self._pending[self._rid] = then
-        self._send(peer, {"op": str(op), "rid": self._rid, **fields})
-
-    def _on(self, peer: bytes, msg: dict[str, Any]) -> None:
-        if "re" in msg:
-            cb = self._pending.pop(msg["re"], None)
-            if cb is not None:
-                cb(msg)
-            return
-        op = msg["op"]
+    def on_request(self, peer: bytes, msg: dict[str, Any]) -> None:
+        """Count the requests on the process's call connection."""
         if peer == self.call_peer:
             self.call_msgs += 1
-        reply = getattr(self, f"do_{op}")(peer, msg)
-        if reply is not None:
-            self._send(peer, reply)
 
     # -- requests --------------------------------------------------------------------------
     def do_register(self, peer: bytes, msg: dict[str, Any]) -> dict[str, Any]:
@@ -225,9 +176,9 @@ class FakeKernel:
             # The reply is "sent" first, but the shootdown overtakes it on the wire.
             self.race_next_fault = False
             self.shoot(vpn, True, lambda _: None)
-            self._timers.append((time.monotonic() + 0.05, lambda: self._send(peer, reply)))
+            self.call_later(RACE_DELAY_S, lambda: self.send_to(peer, reply))
             return
-        self._send(peer, reply)
+        self.send_to(peer, reply)
 
     def shoot(self, vpn: int, want: bool, then: Callable[[dict[str, Any]], None]) -> bool:
         """Take vpn back (loop thread only); then(reply) when the process answered."""
@@ -247,7 +198,7 @@ class FakeKernel:
             then(reply)
             for w in self.waiters.pop(vpn, []):
                 w()
-        self._request(self.ctrl_peer, Op.SHOOTDOWN, {"vpn": vpn, "frame": frame, "want": want},
+        self.request(self.ctrl_peer, Op.SHOOTDOWN, {"vpn": vpn, "frame": frame, "want": want},
                       answered)
         return True
 
@@ -259,25 +210,25 @@ class FakeKernel:
         return done.result(5) if started else None
 
     def kill(self, reason: str) -> None:
-        self.run(lambda: self._request(self.ctrl_peer, Op.KILL, {"reason": reason}, lambda _: None))
+        self.run(lambda: self.request(self.ctrl_peer, Op.KILL, {"reason": reason}, lambda _: None))
 
 
 @pytest.fixture
 def fk() -> Any:
-    kernel = FakeKernel(nframes=8)
+    kernel = MmuKernel(nframes=8)
     yield kernel
     kernel.stop()
 
 
 @pytest.fixture
-def proc(fk: FakeKernel) -> Any:
+def proc(fk: MmuKernel) -> Any:
     p = SealedProcess.connect(fk.addr, CRED)
     yield p
     p.close()
 
 
 # -- registration ---------------------------------------------------------------------------
-def test_register_carries_only_the_credential_and_exit_is_sent(fk: FakeKernel) -> None:
+def test_register_carries_only_the_credential_and_exit_is_sent(fk: MmuKernel) -> None:
     p = SealedProcess.connect(fk.addr, CRED)
     reg = fk.registered
     assert set(reg) == {"op", "rid", "cred"} and reg["cred"] == CRED   # identity: the launcher's
@@ -289,7 +240,7 @@ def test_register_carries_only_the_credential_and_exit_is_sent(fk: FakeKernel) -
 
 
 # -- the TLB ----------------------------------------------------------------------------------
-def test_tlb_fills_only_on_fault(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_tlb_fills_only_on_fault(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(4)
     vpn = addr // PAGE_SIZE
     assert not proc.mmu._r and not fk.faults                 # mapping installs nothing
@@ -302,7 +253,7 @@ def test_tlb_fills_only_on_fault(fk: FakeKernel, proc: SealedProcess) -> None:
     assert [f[0] for f in fk.faults] == [vpn, vpn + 1]
 
 
-def test_tlb_hits_send_nothing(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_tlb_hits_send_nothing(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(2)
     proc.write(addr, b"x")
     proc.write(addr + PAGE_SIZE, b"y")
@@ -319,7 +270,7 @@ def test_tlb_hits_send_nothing(fk: FakeKernel, proc: SealedProcess) -> None:
     assert proc.counters()["tlb_hits"] == hits + 3
 
 
-def test_dirty_trap_is_local_and_feeds_shootdown(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_dirty_trap_is_local_and_feeds_shootdown(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(2)
     vpn = addr // PAGE_SIZE
     proc.read(addr, 1)                                       # installed RW, clean
@@ -340,7 +291,7 @@ def test_dirty_trap_is_local_and_feeds_shootdown(fk: FakeKernel, proc: SealedPro
     assert fk.shootdown(vpn)["dirty"] is False               # the dirty bit was reset
 
 
-def test_write_fault_installs_dirty(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_write_fault_installs_dirty(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(1)
     proc.store_u64(addr, 99)
     assert fk.faults[-1][:2] == (addr // PAGE_SIZE, "w")
@@ -371,7 +322,7 @@ class _RacingBuffer:
 
 
 @pytest.mark.parametrize("before", [True, False], ids=["shot-before-store", "shot-after-store"])
-def test_shootdown_between_lookup_and_store_loses_nothing(fk: FakeKernel, proc: SealedProcess,
+def test_shootdown_between_lookup_and_store_loses_nothing(fk: MmuKernel, proc: SealedProcess,
                                                           before: bool) -> None:
     addr = proc.map(1)
     vpn = addr // PAGE_SIZE
@@ -389,7 +340,7 @@ def test_shootdown_between_lookup_and_store_loses_nothing(fk: FakeKernel, proc: 
     assert final["dirty"] is True and final["data"][100:103] == b"NEW"
 
 
-def test_shootdowns_during_busy_store_loop_lose_no_store(fk: FakeKernel,
+def test_shootdowns_during_busy_store_loop_lose_no_store(fk: MmuKernel,
                                                          proc: SealedProcess) -> None:
     npages = 12                                              # more pages than the 8 frames
     addr = proc.map(npages)
@@ -435,7 +386,7 @@ def test_shootdowns_during_busy_store_loop_lose_no_store(fk: FakeKernel,
 
 # -- the install race ---------------------------------------------------------------------------
 def test_shootdown_overtaking_its_fault_reply_is_answered_with_the_fill(
-        fk: FakeKernel, proc: SealedProcess) -> None:
+        fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(1)
     vpn = addr // PAGE_SIZE
     proc.write(addr, b"paged out")
@@ -449,7 +400,7 @@ def test_shootdown_overtaking_its_fault_reply_is_answered_with_the_fill(
     assert proc.mmu._r[vpn] == fk.resident[vpn] * PAGE_SIZE  # the TLB matches the kernel
 
 
-def test_shootdown_of_old_residency_during_keep_fault_refaults(fk: FakeKernel,
+def test_shootdown_of_old_residency_during_keep_fault_refaults(fk: MmuKernel,
                                                               proc: SealedProcess) -> None:
     addr = proc.map(1)
     vpn = addr // PAGE_SIZE
@@ -465,7 +416,7 @@ def test_shootdown_of_old_residency_during_keep_fault_refaults(fk: FakeKernel,
 
 
 def test_stale_shootdown_of_an_older_residency_leaves_the_page_alone(
-        fk: FakeKernel, proc: SealedProcess) -> None:
+        fk: MmuKernel, proc: SealedProcess) -> None:
     """A SHOOTDOWN the control thread handles late, after vpn was unmapped, mapped again and
     installed at another frame, must not drop the new page or its dirty bit (sim seed
     2000779 at --intensity 5: the lost dirty bit made the kernel treat the page as
@@ -485,7 +436,7 @@ def test_stale_shootdown_of_an_older_residency_leaves_the_page_alone(
 
 
 # -- unmap / protect ----------------------------------------------------------------------------
-def test_protect_keeps_dirty_bit_unmap_drops_everything(fk: FakeKernel,
+def test_protect_keeps_dirty_bit_unmap_drops_everything(fk: MmuKernel,
                                                          proc: SealedProcess) -> None:
     addr = proc.map(2)
     vpn = addr // PAGE_SIZE
@@ -505,7 +456,7 @@ def test_protect_keeps_dirty_bit_unmap_drops_everything(fk: FakeKernel,
         proc.read(addr, 1)
 
 
-def test_exec_needs_an_executable_page(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_exec_needs_an_executable_page(fk: MmuKernel, proc: SealedProcess) -> None:
     code = proc.map(1, PROT_R | PROT_X)
     assert proc.exec_read(code, 4) == bytes(4)
     assert fk.faults[-1][1] == "x" and code // PAGE_SIZE in proc.mmu._x
@@ -515,7 +466,7 @@ def test_exec_needs_an_executable_page(fk: FakeKernel, proc: SealedProcess) -> N
 
 
 # -- reference record ---------------------------------------------------------------------------
-def test_refs_arrive_in_access_order(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_refs_arrive_in_access_order(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(8)
     v0 = addr // PAGE_SIZE
     for p in range(4):
@@ -530,7 +481,7 @@ def test_refs_arrive_in_access_order(fk: FakeKernel, proc: SealedProcess) -> Non
     assert fk.refs_log[-1][0] == "fault" and fk.faults[-1][0] == v0 + 5
 
 
-def test_heartbeat_hands_over_refs_of_a_busy_process(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_heartbeat_hands_over_refs_of_a_busy_process(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(2)
     proc.read(addr, 1)
     proc.read(addr + PAGE_SIZE, 1)
@@ -544,7 +495,7 @@ def test_heartbeat_hands_over_refs_of_a_busy_process(fk: FakeKernel, proc: Seale
 
 
 # -- errors ---------------------------------------------------------------------------------------
-def test_segfault_on_esegv(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_segfault_on_esegv(fk: MmuKernel, proc: SealedProcess) -> None:
     proc.map(1)
     with pytest.raises(SegmentationFault, match="outside every region") as info:
         proc.read(0x10, 1)
@@ -553,7 +504,7 @@ def test_segfault_on_esegv(fk: FakeKernel, proc: SealedProcess) -> None:
 
 @pytest.mark.parametrize("code, cls", [(Err.INTEGRITY, PageIntegrityError),
                                        (Err.KILLED, ProcessKilled)])
-def test_fault_errors_map_to_exceptions(fk: FakeKernel, proc: SealedProcess, code: Err,
+def test_fault_errors_map_to_exceptions(fk: MmuKernel, proc: SealedProcess, code: Err,
                                         cls: type) -> None:
     addr = proc.map(1)
     fk.fail_next = (code, "page integrity lost: page 0x100 failed check tag")
@@ -563,7 +514,7 @@ def test_fault_errors_map_to_exceptions(fk: FakeKernel, proc: SealedProcess, cod
 
 
 # -- the typed view --------------------------------------------------------------------------------
-def test_varray_faults_page_by_page(fk: FakeKernel, proc: SealedProcess) -> None:
+def test_varray_faults_page_by_page(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(4)
     v = proc.view(addr, np.int64, 4 * 512)
     assert len(v) == 2048 and not fk.faults
@@ -580,7 +531,7 @@ def test_varray_faults_page_by_page(fk: FakeKernel, proc: SealedProcess) -> None
 
 
 # -- KILL ---------------------------------------------------------------------------------------
-def test_kill_ends_the_process_with_a_message(fk: FakeKernel) -> None:
+def test_kill_ends_the_process_with_a_message(fk: MmuKernel) -> None:
     script = ("import sys, time\n"
               "from apps.runtime import SealedProcess\n"
               f"p = SealedProcess.connect(sys.argv[1], {CRED!r})\n"
