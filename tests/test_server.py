@@ -115,7 +115,8 @@ def _requester(h: Harness) -> tuple[Echo, Peer, list[Any]]:
     peer.send({"op": "ping", "rid": 99})          # connects: the service learns its id
     h.run_for(0.01)
     got: list[Any] = []
-    svc.request(svc.sock, peer.identity, Op.PING, {}, got.append, timeout_ms=100)
+    svc.request(svc.sock, peer.identity, Op.PING, {}, lambda _rid, reply: got.append(reply),
+                timeout_ms=100)
     return svc, peer, got
 
 
