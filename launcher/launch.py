@@ -25,45 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import zmq
-import zmq.auth
 
 from launcher import spawn
 from launcher.table import DEFAULT_TABLE, ProgramSpec, load, lookup
 from wire.client import Client
 from wire.credential import CRED_FD_ENV, from_z85
-from wire.keys import INSECURE_ENV, KERNEL_KEY_ENV, Keyring, keypair_of_credential
+from wire.keys import INSECURE_ENV, KERNEL_KEY_ENV, Keyring, keypair_of_credential, load_keypair
 from wire.protocol import Op, ServiceError
 
 #: The principal name of the launcher's key files.
 LAUNCHER: str = "launcher"
 
 
-def launcher_key_files(keys_dir: Path) -> tuple[Path, Path]:
-    """(secret file, public file) of the launcher's key under `keys_dir`."""
-    return (keys_dir / "priv" / LAUNCHER / f"{LAUNCHER}.key_secret",
-            keys_dir / "public" / f"{LAUNCHER}.key")
-
-
-def make_launcher_key(keys_dir: Path) -> tuple[str, bytes]:
-    """Create the launcher's key pair under `keys_dir` (secret in a 0700 dir); return
-    (z85 public key, credential)."""
-    secret_file, public_file = launcher_key_files(keys_dir)
-    for d in (keys_dir, keys_dir / "priv", keys_dir / "public"):
-        d.mkdir(mode=0o711 if d != keys_dir / "public" else 0o755, exist_ok=True)
-    secret_file.parent.mkdir(mode=0o700, exist_ok=True)
-    zmq.auth.create_certificates(str(secret_file.parent), LAUNCHER)
-    (secret_file.parent / f"{LAUNCHER}.key").replace(public_file)
-    os.chmod(secret_file, 0o600)
-    return load_launcher_key(keys_dir)
-
-
 def load_launcher_key(keys_dir: Path) -> tuple[str, bytes]:
     """(z85 public key, credential) of the launcher, from its secret file."""
-    public, secret = zmq.auth.load_certificate(str(launcher_key_files(keys_dir)[0]))
-    if secret is None:
-        raise ValueError(f"{keys_dir}: the launcher's secret key file has no secret key")
-    return public.decode("ascii"), from_z85(secret)
+    pair = load_keypair(keys_dir, LAUNCHER)          # KeysMissing if absent or unreadable
+    return pair.public_text, from_z85(pair.secret)
 
 
 class Launcher:

@@ -32,11 +32,6 @@ def public_of(cred: bytes) -> str:
     return zmq.curve_public(z85.encode(cred)).decode("ascii")
 
 
-def secret_z85(cred: bytes) -> bytes:
-    """The credential as a z85 CURVE secret key (what zmq's CURVE_SECRETKEY option takes)."""
-    return z85.encode(cred)
-
-
 def from_z85(secret: bytes | str) -> bytes:
     """A z85 CURVE secret key (as zmq.auth certificates store it) as a credential."""
     raw = z85.decode(secret.encode("ascii") if isinstance(secret, str) else secret)
