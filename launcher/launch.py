@@ -74,15 +74,10 @@ class Launcher:
         override: table fields (manifest, provides, quota, role) the operator sets for this
         one process (tests)."""
         spec = dataclasses.replace(self.spec(program), **override)
-        with self._lock:
-            if self._client is None:
-                self._client = Client(self.kernel_addr, keys=self._keys)
-            proof: dict[str, Any] = {} if self._keys is not None else {"cred": self._secret}
-            reply = self._client.call(
-                Op.ADMIT, **proof, name=name, program=spec.program, digest=spec.digest(),
-                role=spec.role, manifest=list(spec.manifest), provides=list(spec.provides),
-                quota=dict(spec.quota), hostpid=hostpid, started=started,
-                host=socket.gethostname())
+        reply = self._call(Op.ADMIT, name=name, program=spec.program, digest=spec.digest(),
+                           role=spec.role, manifest=list(spec.manifest),
+                           provides=list(spec.provides), quota=dict(spec.quota),
+                           hostpid=hostpid, started=started, host=socket.gethostname())
         cred = reply.get("cred")
         if not isinstance(cred, bytes):
             raise RuntimeError("admit: the kernel's reply carries no credential")
@@ -96,16 +91,21 @@ class Launcher:
             started = psutil.Process(pid).create_time()
         except psutil.Error:
             return                                   # already gone: its successor reports
+        try:
+            self._call(Op.PAGER_INSTANCE, mirror=mirror, hostpid=pid, started=started)
+        except ServiceError as exc:                  # the pager still serves: only the fast
+            print(f"sealedos: launcher: could not report pager{mirror}'s pid: {exc.msg}",
+                  file=sys.stderr, flush=True)       # notice of its death is lost
+
+    def _call(self, op: Op, **fields: Any) -> dict[str, Any]:
+        """One request to the kernel as the launcher (connecting on first use; on an
+        insecure kernel the launcher's secret rides along as its proof)."""
+        if self._keys is None:
+            fields["cred"] = self._secret
         with self._lock:
             if self._client is None:
                 self._client = Client(self.kernel_addr, keys=self._keys)
-            proof: dict[str, Any] = {} if self._keys is not None else {"cred": self._secret}
-            try:
-                self._client.call(Op.PAGER_INSTANCE, **proof, mirror=mirror, hostpid=pid,
-                                  started=started)
-            except ServiceError as exc:              # the pager still serves: only the fast
-                print(f"sealedos: launcher: could not report pager{mirror}'s pid: {exc.msg}",
-                      file=sys.stderr, flush=True)   # notice of its death is lost
+            return self._client.call(op, **fields)
 
     def start(self, program: str, name: str, args: list[str], /, log: Path | None = None,
               env: dict[str, str] | None = None, nice: int = 0, local: bool = True,

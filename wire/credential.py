@@ -8,8 +8,6 @@ kernel looks the process up by :func:`public_of`, never by anything else it says
 """
 from __future__ import annotations
 
-import os
-
 import zmq
 from zmq.utils import z85
 
@@ -38,19 +36,3 @@ def from_z85(secret: bytes | str) -> bytes:
     if len(raw) != CRED_BYTES:
         raise ValueError(f"a secret key is {CRED_BYTES} bytes")
     return raw
-
-
-def read_inherited(fd: int) -> bytes:
-    """Read one credential from inherited descriptor `fd` and close it (ValueError if short)."""
-    data = b""
-    try:
-        while len(data) < CRED_BYTES:
-            chunk = os.read(fd, CRED_BYTES - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) != CRED_BYTES:
-        raise ValueError(f"the launcher sent {len(data)} credential bytes, not {CRED_BYTES}")
-    return data

@@ -222,7 +222,7 @@ class Server:
                     for sock, _ in events:
                         self._drain(sock)
                     self._serve_zap()
-                self._fire_timers()
+                self.fire_due()
         finally:
             self.on_stop()
             for sock in list(self.sockets):
@@ -448,21 +448,11 @@ class Server:
         return timer
 
     def _poll_timeout_ms(self) -> int:
-        while self._timers and self._timers[0].fn is None:
-            heapq.heappop(self._timers)
-        if not self._timers:
-            return 1000
-        return max(0, int((self._timers[0].deadline - self.now()) * 1000) + 1)
+        """How long the loop may wait for a message: until the next timer (1 s if none)."""
+        deadline = self.next_deadline()
+        return 1000 if deadline is None else max(0, int((deadline - self.now()) * 1000) + 1)
 
-    def _fire_timers(self) -> None:
-        now = self.now()
-        while self._timers and self._timers[0].deadline <= now:
-            timer = heapq.heappop(self._timers)
-            fn, timer.fn = timer.fn, None
-            if fn is not None:
-                self._run_callback(fn)
-
-    # -- driving the loop from outside (the simulator, in-process unit tests) -----------
+    # -- driven by run(), or from outside (the simulator, in-process unit tests) ---------
     def next_deadline(self) -> float | None:
         """When the earliest live timer is due (clock seconds), or None if none is."""
         while self._timers and self._timers[0].fn is None:
@@ -471,7 +461,12 @@ class Server:
 
     def fire_due(self) -> None:
         """Run every timer due by the clock's now (what one loop turn does after receiving)."""
-        self._fire_timers()
+        now = self.now()
+        while self._timers and self._timers[0].deadline <= now:
+            timer = heapq.heappop(self._timers)
+            fn, timer.fn = timer.fn, None
+            if fn is not None:
+                self._run_callback(fn)
 
 
 class _KeyCheck:
