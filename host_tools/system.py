@@ -25,11 +25,10 @@ from host_tools.watchdog import Watchdog
 from launcher import reach, spawn
 from launcher.launch import LAUNCHER, Launcher, load_launcher_key
 from launcher.principals import Principals, random_uid_base
-from launcher.run import KEYS_ENV
 from wire import keys as wkeys
 from wire.client import Client
 from wire.host import PRIVATE_DIR_ENV
-from wire.keys import Keyring
+from wire.keys import KEYS_ENV, Keyring
 from wire.protocol import Op, ServiceError
 
 #: Sealed processes run at a lower CPU priority than the services, as user processes below a
