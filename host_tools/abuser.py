@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from apps.runtime.process import read_inherited
 from apps.runtime.syscall import kernel_public_from_env
 from wire.client import Client
-from wire.credential import CRED_FD_ENV, read_inherited
+from wire.credential import CRED_FD_ENV
 from wire.keys import Keyring, keypair_of_credential
 from wire.protocol import Err, Op, ServiceError
 

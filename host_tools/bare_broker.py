@@ -37,6 +37,9 @@ from pathlib import Path
 import msgpack
 import zmq
 
+from wire import sockets
+from wire.keys import Keypair
+
 #: The broker's CURVE secret key (z85); unset: NULL everywhere.
 SECRET_ENV: str = "SEALEDOS_BARE_SECRET"
 GO_POLL_S: float = 0.05
@@ -119,19 +122,13 @@ def client(addr: str, ident: int, target: int, size: int, duration_s: float, sli
     return 0
 
 
-def _dealer(addr: str, ident: bytes) -> zmq.Socket:
-    """A DEALER with routing id `ident`, connected to the broker."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, ident)
+def _dealer(addr: str, ident: bytes) -> zmq.Socket[bytes]:
+    """A DEALER with routing id `ident`, connected to the broker: the services' socket recipe
+    (wire/sockets.py), CURVE with a fresh keypair of its own when the broker has a secret."""
     secret = os.environ.get(SECRET_ENV)
-    if secret:
-        public, own_secret = zmq.curve_keypair()
-        sock.setsockopt(zmq.CURVE_SERVERKEY, zmq.curve_public(secret.encode("ascii")))
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, own_secret)
-    sock.connect(addr)
-    return sock
+    own = Keypair(*zmq.curve_keypair()) if secret else None
+    broker_public = zmq.curve_public(secret.encode("ascii")) if secret else None
+    return sockets.dealer(zmq.Context.instance(), addr, own, broker_public, routing_id=ident)
 
 
 def main(argv: list[str]) -> int:

@@ -41,6 +41,7 @@ from rich.table import Table
 from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import Config, System
 from launcher import spawn
+from wire import sockets
 
 WAIT_SWAPPED_S: float = 30.0
 
@@ -72,9 +73,7 @@ def bare_round_trip_us(addr: str, size: int, n: int) -> float:
     echo = subprocess.Popen([sys.executable, "-c", _ECHO, addr], stdout=subprocess.PIPE, text=True)
     try:
         echo.stdout.readline()
-        sock = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(addr)
+        sock = sockets.dealer(zmq.Context.instance(), addr, None, None)
         frame = os.urandom(size)
         for _ in range(200):
             sock.send(frame)

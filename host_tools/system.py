@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from apps.runtime import SealedProcess
+from host_tools import keys_cmd
 from host_tools.watchdog import Watchdog
 from launcher import reach, spawn
-from launcher.launch import Launcher, load_launcher_key, make_launcher_key
+from launcher.launch import LAUNCHER, Launcher, load_launcher_key
 from launcher.principals import Principals, random_uid_base
-from launcher.run import KEYS_ENV
 from wire import keys as wkeys
 from wire.client import Client
 from wire.host import PRIVATE_DIR_ENV
-from wire.keys import Keyring
+from wire.keys import KEYS_ENV, Keyring
 from wire.protocol import Op, ServiceError
 
 #: Sealed processes run at a lower CPU priority than the services, as user processes below a
@@ -211,18 +211,19 @@ class System:
         principal's private 0700 directory, owned by its uid when root); the supervisor
         keeps the launcher's keyring.  Insecure: only the launcher's (ADMIT needs it)."""
         if self.config.insecure:
-            make_launcher_key(self.keys_dir)
+            self.keys_dir.mkdir(mode=0o711, exist_ok=True)
+            keys_cmd.generate(self.keys_dir, [LAUNCHER])
             return
         self.keys_dir.mkdir(mode=0o755)
         keys_dir = self.keys_dir
 
         def private_dir(principal: str) -> Path:
-            path = wkeys._default_private_dir(keys_dir, principal)
+            path = keys_cmd.default_private_dir(keys_dir, principal)
             uid = self.principals.uid(principal)
             if uid is not None:
                 os.chown(path, uid, uid)
             return path
-        wkeys.generate(keys_dir, wkeys.principals_for(self.config.pagers), private_dir)
+        keys_cmd.generate(keys_dir, keys_cmd.principals_for(self.config.pagers), private_dir)
         self._load_keys()
 
     def _load_keys(self) -> None:

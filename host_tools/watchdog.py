@@ -33,7 +33,7 @@ import zmq
 from launcher import spawn
 from wire.client import Client
 from wire.keys import Keyring
-from wire.protocol import Op, ServiceError, encode
+from wire.protocol import Op, ServiceError, encode, request
 
 if TYPE_CHECKING:
     from host_tools.system import Service
@@ -103,7 +103,7 @@ class Watchdog:
         """Send a disk service one PING (at addr, default RUNDIR/NAME.sock); True if any answer
         (to this or an earlier one) came."""
         client = self._client(name, addr or spawn.ipc_addr(self.rundir, name))
-        client.sock.send(encode({"op": str(Op.PING), "rid": 0}))
+        client.sock.send(encode(request(Op.PING, 0)))
         heard, wait_ms = False, PING_TIMEOUT_MS
         while client.sock.poll(wait_ms):
             client.sock.recv()

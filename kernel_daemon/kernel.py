@@ -467,8 +467,8 @@ class Kernel(Server):
         """Stop a process the kernel can no longer serve: tell it, reclaim, and make sure."""
         self.log.error("killing %s (spid %d): %s", proc.name, proc.spid, reason)
         if proc.ctrl_peer is not None:
-            self.request(self.sock, proc.ctrl_peer, Op.KILL, {"reason": reason[:200]}, _ignore1,
-                         KILL_GRACE_MS)
+            self.request(self.sock, proc.ctrl_peer, Op.KILL, {"reason": reason[:200]},
+                         _ignore_reply, KILL_GRACE_MS)
         hostpid, started = proc.hostpid, proc.host_started
         self.reclaim(proc, f"killed by the kernel: {reason}", ProcState.KILLED)
         if proc.is_local():
@@ -570,7 +570,7 @@ def _ignore(reply: dict[str, Any] | None, why: str) -> None:
     """A pager answer nobody waits for."""
 
 
-def _ignore1(reply: dict[str, Any] | None) -> None:
+def _ignore_reply(rid: int, reply: dict[str, Any] | None) -> None:
     """A process answer nobody waits for."""
 
 

@@ -329,7 +329,7 @@ class Pagers:
             pop = slot.backlog.popleft()
             pop.sent_s = self.server.now()
             pop.rid = self.server.request(self.sock, slot.peer, pop.op, pop.fields,
-                                          lambda reply, pop=pop: self._on_reply(pop, reply),
+                                          lambda _rid, reply, pop=pop: self._on_reply(pop, reply),
                                           self.timeout_ms)
             slot.inflight[pop.rid] = pop
 

@@ -367,11 +367,9 @@ class Vm:
         self.set_state(proc, pte, S.EVICTING)
         self.evicting += 1
         want = not (pte.swap_valid or pte.zero_content or pte.held is not None)
-        box: list[int] = []
         rid = self.k.request(self.k.sock, proc.ctrl_peer, Op.SHOOTDOWN,
                              {"vpn": vpn, "frame": frame, "want": want},
-                             lambda reply: self._answered(box[0], reply), SHOOTDOWN_TIMEOUT_MS)
-        box.append(rid)
+                             self._answered, SHOOTDOWN_TIMEOUT_MS)
         self.shootdowns[rid] = (proc, vpn, pte, frame)
 
     def _answered(self, rid: int, reply: dict[str, Any] | None) -> None:

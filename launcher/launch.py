@@ -25,45 +25,22 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import zmq
-import zmq.auth
 
 from launcher import spawn
 from launcher.table import DEFAULT_TABLE, ProgramSpec, load, lookup
 from wire.client import Client
 from wire.credential import CRED_FD_ENV, from_z85
-from wire.keys import INSECURE_ENV, KERNEL_KEY_ENV, Keyring, keypair_of_credential
+from wire.keys import INSECURE_ENV, KERNEL_KEY_ENV, Keyring, keypair_of_credential, load_keypair
 from wire.protocol import Op, ServiceError
 
 #: The principal name of the launcher's key files.
 LAUNCHER: str = "launcher"
 
 
-def launcher_key_files(keys_dir: Path) -> tuple[Path, Path]:
-    """(secret file, public file) of the launcher's key under `keys_dir`."""
-    return (keys_dir / "priv" / LAUNCHER / f"{LAUNCHER}.key_secret",
-            keys_dir / "public" / f"{LAUNCHER}.key")
-
-
-def make_launcher_key(keys_dir: Path) -> tuple[str, bytes]:
-    """Create the launcher's key pair under `keys_dir` (secret in a 0700 dir); return
-    (z85 public key, credential)."""
-    secret_file, public_file = launcher_key_files(keys_dir)
-    for d in (keys_dir, keys_dir / "priv", keys_dir / "public"):
-        d.mkdir(mode=0o711 if d != keys_dir / "public" else 0o755, exist_ok=True)
-    secret_file.parent.mkdir(mode=0o700, exist_ok=True)
-    zmq.auth.create_certificates(str(secret_file.parent), LAUNCHER)
-    (secret_file.parent / f"{LAUNCHER}.key").replace(public_file)
-    os.chmod(secret_file, 0o600)
-    return load_launcher_key(keys_dir)
-
-
 def load_launcher_key(keys_dir: Path) -> tuple[str, bytes]:
     """(z85 public key, credential) of the launcher, from its secret file."""
-    public, secret = zmq.auth.load_certificate(str(launcher_key_files(keys_dir)[0]))
-    if secret is None:
-        raise ValueError(f"{keys_dir}: the launcher's secret key file has no secret key")
-    return public.decode("ascii"), from_z85(secret)
+    pair = load_keypair(keys_dir, LAUNCHER)          # KeysMissing if absent or unreadable
+    return pair.public_text, from_z85(pair.secret)
 
 
 class Launcher:
@@ -97,15 +74,10 @@ class Launcher:
         override: table fields (manifest, provides, quota, role) the operator sets for this
         one process (tests)."""
         spec = dataclasses.replace(self.spec(program), **override)
-        with self._lock:
-            if self._client is None:
-                self._client = Client(self.kernel_addr, keys=self._keys)
-            proof: dict[str, Any] = {} if self._keys is not None else {"cred": self._secret}
-            reply = self._client.call(
-                Op.ADMIT, **proof, name=name, program=spec.program, digest=spec.digest(),
-                role=spec.role, manifest=list(spec.manifest), provides=list(spec.provides),
-                quota=dict(spec.quota), hostpid=hostpid, started=started,
-                host=socket.gethostname())
+        reply = self._call(Op.ADMIT, name=name, program=spec.program, digest=spec.digest(),
+                           role=spec.role, manifest=list(spec.manifest),
+                           provides=list(spec.provides), quota=dict(spec.quota),
+                           hostpid=hostpid, started=started, host=socket.gethostname())
         cred = reply.get("cred")
         if not isinstance(cred, bytes):
             raise RuntimeError("admit: the kernel's reply carries no credential")
@@ -119,16 +91,21 @@ class Launcher:
             started = psutil.Process(pid).create_time()
         except psutil.Error:
             return                                   # already gone: its successor reports
+        try:
+            self._call(Op.PAGER_INSTANCE, mirror=mirror, hostpid=pid, started=started)
+        except ServiceError as exc:                  # the pager still serves: only the fast
+            print(f"sealedos: launcher: could not report pager{mirror}'s pid: {exc.msg}",
+                  file=sys.stderr, flush=True)       # notice of its death is lost
+
+    def _call(self, op: Op, **fields: Any) -> dict[str, Any]:
+        """One request to the kernel as the launcher (connecting on first use; on an
+        insecure kernel the launcher's secret rides along as its proof)."""
+        if self._keys is None:
+            fields["cred"] = self._secret
         with self._lock:
             if self._client is None:
                 self._client = Client(self.kernel_addr, keys=self._keys)
-            proof: dict[str, Any] = {} if self._keys is not None else {"cred": self._secret}
-            try:
-                self._client.call(Op.PAGER_INSTANCE, **proof, mirror=mirror, hostpid=pid,
-                                  started=started)
-            except ServiceError as exc:              # the pager still serves: only the fast
-                print(f"sealedos: launcher: could not report pager{mirror}'s pid: {exc.msg}",
-                      file=sys.stderr, flush=True)   # notice of its death is lost
+            return self._client.call(op, **fields)
 
     def start(self, program: str, name: str, args: list[str], /, log: Path | None = None,
               env: dict[str, str] | None = None, nice: int = 0, local: bool = True,

@@ -9,7 +9,8 @@ slot N (``pager0`` ...), disk N (``disk0`` ...), or one sealed process (``app-<n
   under that user, and the non-dumpable guarantee (no /proc/PID/mem, no ptrace, no environ)
   is what remains.
 * Each principal has a private directory ``RUNDIR/priv/<principal>/`` (0700, owned by its
-  uid): its secret key and anything else only it may read live there (:meth:`Principals.private_dir`).
+  uid): its secret key and anything else only it may read live there
+  (:meth:`Principals.private_dir`).
 """
 from __future__ import annotations
 

@@ -20,10 +20,9 @@ from urllib.parse import urlparse
 
 from launcher.launch import Launcher, load_launcher_key
 from launcher.table import UnknownProgram, load
-from wire.keys import KeysMissing, insecure_from_env, load_public
+from wire.keys import KEYS_ENV, KeysMissing, insecure_from_env, load_public
 
 KERNEL_ADDR_ENV: str = "SEALEDOS_KERNEL_ADDR"
-KEYS_ENV: str = "SEALEDOS_KEYS"
 
 
 def keys_dir_for(kernel_addr: str, given: str | None) -> Path:

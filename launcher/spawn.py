@@ -73,14 +73,15 @@ def python_cmd(*args: str) -> list[str]:
 def spawn(cmd: Sequence[str], log_path: Path | None = None,
           env: dict[str, str] | None = None, nice: int = 0,
           pass_fds: Sequence[int] = (), inherit_output: bool = False,
-          uid: int | None = None) -> subprocess.Popen:
+          uid: int | None = None) -> subprocess.Popen[bytes]:
     """Start one child process that is SIGKILLed if we die; its output goes to log_path
     (opened here, so the log stays the launcher's; or, with inherit_output, to ours); nice > 0
     lowers its CPU priority by that much; pass_fds are inherited (credentials); uid: run it as
     that unprivileged uid and gid (the launcher must be root)."""
     plan = [(d, list(e)) for d, e in reach.cached_plan()] if uid is not None else []
-    out = (open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
-           if log_path is not None else (None if inherit_output else subprocess.DEVNULL))
+    log = (open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
+           if log_path is not None else None)
+    out = log or (None if inherit_output else subprocess.DEVNULL)
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
@@ -91,22 +92,24 @@ def spawn(cmd: Sequence[str], log_path: Path | None = None,
                                 stdin=subprocess.DEVNULL, pass_fds=tuple(pass_fds),
                                 preexec_fn=lambda: _child_setup(nice, uid, plan))
     finally:
-        if log_path is not None:
-            out.close()
+        if log is not None:
+            log.close()
 
 
-def wait_for_path(path: Path, timeout_s: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_path(path: Path, timeout_s: float = 10.0,
+                  proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until `path` exists (a service bound its socket); raise if it does not in time."""
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before creating {path}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} "
+                               f"before creating {path}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear within {timeout_s} s")
         time.sleep(0.02)
 
 
-def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int | None:
+def stop(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int | None:
     """Stop a child (and its descendants): SIGTERM, then SIGKILL after grace_s; reap it."""
     if proc.poll() is not None:
         return proc.returncode
@@ -133,7 +136,7 @@ def stop(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int | None:
     return proc.returncode
 
 
-def stop_all(procs: Sequence[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
     """Stop every child in `procs`, most recently started first."""
     for p in reversed(list(procs)):
         stop(p, grace_s)

@@ -38,7 +38,7 @@ import zmq
 from pager_service.hostile import HONEST, HostileCounts, HostileOptions, PageIn, make_behaviour
 from wire import host
 from wire import keys as wkeys
-from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError
+from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError, err_code
 from wire.server import SUSPEND, Request, Server
 from wire.transport import Clock, Transport
 
@@ -145,7 +145,7 @@ def check_slots(msg: dict[str, Any]) -> list[int]:
 def disk_error(reply: dict[str, Any]) -> tuple[Err, str]:
     """The (code, message) of a disk error reply; an unknown code becomes EIO."""
     raw, msg = reply.get("err"), reply.get("msg")
-    code = Err(raw) if isinstance(raw, str) and raw in Err._value2member_map_ else Err.IO
+    code = err_code(raw) or Err.IO
     return code, msg if isinstance(msg, str) else f"disk error {raw!r:.40}"
 
 
@@ -195,7 +195,7 @@ class Pager(Server):
                      self._on_hello_reply, HELLO_INTERVAL_MS)
         self.call_later(HELLO_INTERVAL_MS, self.say_hello)
 
-    def _on_hello_reply(self, reply: dict[str, Any] | None) -> None:
+    def _on_hello_reply(self, rid: int, reply: dict[str, Any] | None) -> None:
         """Note the kernel's answer to a hello (None: no answer yet, keep sending)."""
         if reply is None:
             return
@@ -219,9 +219,7 @@ class Pager(Server):
     # -- talking to the disk -------------------------------------------------------------
     def ping_disk(self) -> None:
         """Ping the disk service now and every DISK_PING_MS (see the module docstring)."""
-        box: list[int] = []
-        box.append(self.request(self.disk, None, Op.PING, {},
-                                lambda reply: self._on_disk_ping(box[0], reply), DISK_PING_MS))
+        self.request(self.disk, None, Op.PING, {}, self._on_disk_ping, DISK_PING_MS)
         self.call_later(DISK_PING_MS, self.ping_disk)
 
     def _on_disk_ping(self, ping_rid: int, reply: dict[str, Any] | None) -> None:
@@ -241,10 +239,8 @@ class Pager(Server):
 
     def to_disk(self, op: Op, fields: dict[str, Any], done: DiskDone, failed: DiskFailed) -> None:
         """Send one request to the disk; done(reply) on success, failed(code, msg) otherwise."""
-        box: list[int] = []
-
-        def on_reply(reply: dict[str, Any] | None) -> None:
-            self.disk_inflight.pop(box[0], None)
+        def on_reply(rid: int, reply: dict[str, Any] | None) -> None:
+            self.disk_inflight.pop(rid, None)
             if reply is None:
                 self.counters.disk_timeouts += 1
                 failed(Err.TIMEDOUT, f"disk did not answer {op} within "
@@ -254,9 +250,8 @@ class Pager(Server):
                 failed(*disk_error(reply))
             else:
                 done(reply)
-        box.append(self.request(self.disk, None, op, fields, on_reply,
-                                self.config.disk_timeout_ms))
-        self.disk_inflight[box[0]] = failed
+        rid = self.request(self.disk, None, op, fields, on_reply, self.config.disk_timeout_ms)
+        self.disk_inflight[rid] = failed
 
     def forward(self, req: Request, op: Op, fields: dict[str, Any]) -> Any:
         """Forward `req` to the disk as `op`; reply its success fields or its error. SUSPEND."""

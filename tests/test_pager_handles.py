@@ -44,7 +44,7 @@ class Rig:
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
             self.server._drain(self.sock)
-            self.server._fire_timers()
+            self.server.fire_due()
             got = pred()
             if got:
                 return got

@@ -11,7 +11,8 @@ import zmq
 
 from wire import sockets
 from wire.keys import Keyring
-from wire.protocol import Err, Op, ServiceError, decode, encode
+from wire.protocol import Err, Op, ServiceError, decode, encode, err_code, request
+from wire.sockets import Context
 
 DEFAULT_TIMEOUT_MS: int = 5000
 
@@ -19,7 +20,7 @@ DEFAULT_TIMEOUT_MS: int = 5000
 class Client:
     """One DEALER connection to a service; call() sends a request and waits for its reply."""
 
-    def __init__(self, addr: str, ctx: zmq.Context | None = None, keys: Keyring | None = None,
+    def __init__(self, addr: str, ctx: Context | None = None, keys: Keyring | None = None,
                  server: str = "kernel") -> None:
         """Connect to `addr`: CURVE with keys.own as this client's keypair, expecting the
         server to hold principal `server`'s key (kernel, disk0 ...); NULL without keys (an
@@ -36,10 +37,7 @@ class Client:
              **fields: Any) -> dict[str, Any]:
         """Send `op` with `fields`; return the reply map or raise ServiceError."""
         rid = next(self._rids)
-        msg = dict(fields)
-        msg["op"] = str(op)
-        msg["rid"] = rid
-        self.send_raw(encode(msg))
+        self.send_raw(encode(request(op, rid, **fields)))
         return self.wait(rid, timeout_ms)
 
     def send_raw(self, frame: bytes) -> None:
@@ -64,8 +62,7 @@ class Client:
             if reply.get("re") != rid:
                 continue
             if "err" in reply:
-                raise ServiceError(Err(reply["err"]) if reply["err"] in Err._value2member_map_
-                                   else Err.INVAL, str(reply.get("msg", "")))
+                raise ServiceError(err_code(reply["err"]) or Err.INVAL, str(reply.get("msg", "")))
             return reply
 
     def close(self) -> None:

@@ -8,8 +8,6 @@ kernel looks the process up by :func:`public_of`, never by anything else it says
 """
 from __future__ import annotations
 
-import os
-
 import zmq
 from zmq.utils import z85
 
@@ -32,30 +30,9 @@ def public_of(cred: bytes) -> str:
     return zmq.curve_public(z85.encode(cred)).decode("ascii")
 
 
-def secret_z85(cred: bytes) -> bytes:
-    """The credential as a z85 CURVE secret key (what zmq's CURVE_SECRETKEY option takes)."""
-    return z85.encode(cred)
-
-
 def from_z85(secret: bytes | str) -> bytes:
     """A z85 CURVE secret key (as zmq.auth certificates store it) as a credential."""
     raw = z85.decode(secret.encode("ascii") if isinstance(secret, str) else secret)
     if len(raw) != CRED_BYTES:
         raise ValueError(f"a secret key is {CRED_BYTES} bytes")
     return raw
-
-
-def read_inherited(fd: int) -> bytes:
-    """Read one credential from inherited descriptor `fd` and close it (ValueError if short)."""
-    data = b""
-    try:
-        while len(data) < CRED_BYTES:
-            chunk = os.read(fd, CRED_BYTES - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) != CRED_BYTES:
-        raise ValueError(f"the launcher sent {len(data)} credential bytes, not {CRED_BYTES}")
-    return data

@@ -18,7 +18,6 @@ import os
 import sys
 
 PR_SET_DUMPABLE: int = 4
-PR_GET_DUMPABLE: int = 3
 #: Set in a process's environment by the launcher: the directory only it may write.
 PRIVATE_DIR_ENV: str = "SEALEDOS_PRIVATE_DIR"
 #: Set by the launcher when a confined sealed process must read more than its code and its
@@ -44,12 +43,6 @@ def make_nondumpable(component: str) -> bool:
     print(f"sealedos: {component}: WARNING: cannot make this process non-dumpable ({err}): "
           f"same-uid processes may read its memory and environment", file=sys.stderr, flush=True)
     return False
-
-
-def is_dumpable() -> bool:
-    """This process's dumpable flag as the host reports it (True where it cannot tell)."""
-    libc = _libc()
-    return libc is None or libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0
 
 
 def open_socket_file(addr: str) -> None:

@@ -7,7 +7,8 @@ N, disk N's pager, the launcher, an observer, an admitted sealed process -- is b
 key, never to anything it says afterwards.  ``--insecure`` (measurement only) switches every
 connection to NULL, and then no keys are loaded at all.
 
-Layout of a keys directory ``KEYS`` (made by ``sealedos keys`` or the supervisor)::
+Layout of a keys directory ``KEYS`` (made by ``sealedos keys`` or the supervisor, with
+``host_tools/keys_cmd.py``: nothing here writes a key)::
 
     KEYS/priv/<principal>/<principal>.key_secret   only the principal may read (0700 dir)
     KEYS/public/<principal>.key                     anyone may read
@@ -16,13 +17,11 @@ Principals with fixed keys: ``kernel``, ``launcher``, ``observer``, ``pager0..N-
 ``disk0..N-1``.  A sealed process gets its key from the kernel's ADMIT: the one-time 32-byte
 credential *is* its CURVE secret key (:func:`keypair_of_credential`).
 
-Nothing here hand-rolls cryptography: keys are made, written and read by ``zmq.auth``.
+Nothing here hand-rolls cryptography: keys are read by ``zmq.auth``.
 """
 from __future__ import annotations
 
 import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +35,6 @@ INSECURE_ENV: str = "SEALEDOS_INSECURE"
 #: The kernel's z85 public key, handed to a sealed process by its launcher (else it reads
 #: KEYS/public/kernel.key).
 KERNEL_KEY_ENV: str = "SEALEDOS_KERNEL_KEY"
-#: The principals with a fixed key besides the per-slot pagers and disks.
-FIXED_PRINCIPALS: tuple[str, ...] = ("kernel", "launcher", "observer")
 #: Length of a raw Curve25519 key (a credential from ADMIT is one).
 KEY_BYTES: int = 32
 
@@ -101,44 +98,6 @@ class Keyring:
         return {pub.decode("ascii"): Role.of_principal(p) for p, pub in self.publics.items()}
 
 
-def principals_for(npagers: int) -> list[str]:
-    """Every principal with a fixed key in a system with `npagers` pager slots."""
-    return [*FIXED_PRINCIPALS, *(f"pager{m}" for m in range(npagers)),
-            *(f"disk{m}" for m in range(npagers))]
-
-
-def _default_private_dir(keys_dir: Path, principal: str) -> Path:
-    """KEYS/priv/PRINCIPAL, created 0700 (the launcher passes its own maker when it runs)."""
-    base = keys_dir / "priv"
-    base.mkdir(mode=0o711, parents=True, exist_ok=True)
-    path = base / principal
-    path.mkdir(mode=0o700, exist_ok=True)
-    path.chmod(0o700)                          # a pre-made mount point (compose volume) too
-    return path
-
-
-def generate(keys_dir: Path, principals: list[str],
-             private_dir: Callable[[str], Path] | None = None) -> dict[str, bytes]:
-    """Make a fresh keypair for each principal under `keys_dir` (layout in the module
-    docstring); return principal -> z85 public.  `private_dir(principal)` makes and returns
-    the principal's private directory (default: KEYS/priv/PRINCIPAL, 0700)."""
-    keys_dir = Path(keys_dir)
-    public_dir = keys_dir / "public"
-    public_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    publics: dict[str, bytes] = {}
-    for principal in principals:
-        priv = private_dir(principal) if private_dir else _default_private_dir(keys_dir, principal)
-        pub_file, secret_file = zmq.auth.create_certificates(priv, principal)
-        os.chmod(secret_file, 0o600)
-        shutil.move(pub_file, public_dir / f"{principal}.key")
-        os.chmod(public_dir / f"{principal}.key", 0o644)
-        owner = os.stat(priv).st_uid
-        if owner != os.geteuid():               # the launcher chowned the dir to the principal
-            os.chown(secret_file, owner, owner)
-        publics[principal] = load_public(keys_dir, principal)
-    return publics
-
-
 def secret_path(keys_dir: str | Path, principal: str) -> Path:
     """Where `principal`'s secret key file lives."""
     return Path(keys_dir) / "priv" / principal / f"{principal}.key_secret"
@@ -192,25 +151,13 @@ def keyring(keys_dir: str | Path | None, principal: str, insecure: bool,
     return Keyring(own, publics)
 
 
-def public_of(secret: bytes) -> bytes:
-    """The z85 public key of a secret key (z85 text of 40 bytes, or 32 raw bytes)."""
-    return zmq.curve_public(_z85_secret(secret))
-
-
 def keypair_of_credential(cred: bytes) -> Keypair:
     """The CURVE keypair whose secret is an ADMIT credential (any 32 random bytes are a
     valid Curve25519 secret key)."""
-    secret = _z85_secret(cred)
+    if len(cred) != KEY_BYTES:
+        raise KeysMissing(f"a credential is {KEY_BYTES} bytes, not {len(cred)}")
+    secret = z85.encode(cred)
     return Keypair(zmq.curve_public(secret), secret)
-
-
-def _z85_secret(secret: bytes) -> bytes:
-    """A secret key as z85 (40 bytes), from either encoding."""
-    if len(secret) == KEY_BYTES:
-        return z85.encode(secret)
-    if len(secret) == 40:
-        return secret
-    raise KeysMissing(f"a CURVE secret key is 32 raw or 40 z85 bytes, not {len(secret)}")
 
 
 def insecure_from_env() -> bool:

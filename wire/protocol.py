@@ -223,13 +223,15 @@ class ServiceError(Exception):
 
 def encode(msg: dict[str, Any]) -> bytes:
     """Pack one message into one frame."""
-    return msgpack.packb(msg, use_bin_type=True)
+    frame: bytes = msgpack.packb(msg, use_bin_type=True)
+    return frame
 
 
 def decode(frame: bytes, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
     """Unpack one frame into a message map; raise ServiceError on any malformation."""
     if len(frame) > limit:
-        raise ServiceError(Err.MSGSIZE, f"message of {len(frame)} bytes exceeds the {limit}-byte limit")
+        raise ServiceError(Err.MSGSIZE,
+                           f"message of {len(frame)} bytes exceeds the {limit}-byte limit")
     try:
         msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -241,6 +243,7 @@ def decode(frame: bytes, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
 
 # The same tables, precomputed for the hot path (every request of every service).
 _OPS: Final[dict[str, Op]] = {op.value: op for op in Op}
+_ERRS: Final[dict[str, Err]] = {err.value: err for err in Err}
 _REQUIRED: Final[dict[Op, tuple[tuple[str, Any], ...]]] = {
     op: tuple(f.items()) for op, f in REQUEST_FIELDS.items()}
 _OPTIONAL: Final[dict[Op, tuple[tuple[str, Any], ...]]] = {
@@ -280,6 +283,13 @@ def check_request(msg: dict[str, Any]) -> Op:
     return op
 
 
+def request(op: Op | str, rid: int, /, **fields: Any) -> dict[str, Any]:
+    """Request `rid` of kind `op` carrying `fields` (the one place a request is framed)."""
+    fields["op"] = str(op)
+    fields["rid"] = rid
+    return fields
+
+
 def ok(rid: int | None, **fields: Any) -> dict[str, Any]:
     """A success reply to request `rid`."""
     fields["re"] = rid
@@ -290,6 +300,11 @@ def error(rid: int | None, code: Err, msg: str, **fields: Any) -> dict[str, Any]
     """An error reply to request `rid`."""
     fields.update(re=rid, err=str(code), msg=msg)
     return fields
+
+
+def err_code(raw: object) -> Err | None:
+    """The Err an error reply's 'err' names, or None when it names none we know."""
+    return _ERRS.get(raw) if isinstance(raw, str) else None
 
 
 def is_reply(msg: dict[str, Any]) -> bool:

@@ -6,9 +6,9 @@ Shaped after MINIX 3's servers: a receive loop, a check of the caller, a dispatc
 through :meth:`Server.reply` (a page fault waiting on the pager never blocks the loop).
 
 The skeleton also lets a server be a *client* without blocking: :meth:`Server.request`
-sends a request to a peer and runs a callback when the matching reply arrives, or with
-``None`` when the timeout passes.  Replies are matched on (socket, peer, rid), so one peer
-cannot answer a request that was sent to another.
+sends a request to a peer and runs ``callback(rid, reply)`` when the matching reply arrives,
+or ``callback(rid, None)`` when the timeout passes.  Replies are matched on (socket, peer,
+rid), so one peer cannot answer a request that was sent to another.
 
 Everything runs on one thread; no handler may block.
 
@@ -28,14 +28,15 @@ import signal
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.auth.base import Authenticator
 
 from wire import sockets
 from wire.keys import Keyring
-from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, ok
+from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, ok, request
+from wire.sockets import Context, Socket
 from wire.transport import MONOTONIC, Clock, Transport, ZmqTransport
 
 log = logging.getLogger("sealedos.server")
@@ -62,7 +63,8 @@ ZAP_WAIT_MS: int = 10
 #: about 1 us, six times what reading a message's User-Id does).
 ZAP_EVERY: int = 32
 
-ReplyCallback = Callable[[dict[str, Any] | None], None]
+#: What Server.request runs: callback(rid, reply), reply None when the timeout passed.
+ReplyCallback = Callable[[int, dict[str, Any] | None], None]
 
 
 class Panic(Exception):
@@ -72,7 +74,7 @@ class Panic(Exception):
 @dataclass(slots=True)
 class Request:
     """One received request: where it came from, its op and fields, and who sent it."""
-    sock: zmq.Socket
+    sock: Socket
     peer: bytes | None          # ROUTER routing id, None on a DEALER connection
     rid: int
     op: Op
@@ -98,7 +100,8 @@ class Timer:
 
 @dataclass(slots=True)
 class _Pending:
-    sock: zmq.Socket
+    rid: int
+    sock: Socket
     peer: bytes | None
     callback: ReplyCallback
     timer: Timer | None
@@ -107,7 +110,7 @@ class _Pending:
 class Server:
     """Receive loop + caller check + dispatch table + reply, for one single-threaded service."""
 
-    def __init__(self, name: str, ctx: zmq.Context | None = None,
+    def __init__(self, name: str, ctx: Context | None = None,
                  keys: Keyring | None = None, transport: Transport | None = None,
                  clock: Clock | None = None) -> None:
         self.name = name
@@ -130,7 +133,7 @@ class Server:
         self.pid: int = self.transport.pid()
         self.log = logging.getLogger(f"sealedos.{name}")
         self.poller = zmq.Poller()
-        self.sockets: dict[zmq.Socket, bool] = {}        # socket -> is ROUTER
+        self.sockets: dict[Socket, bool] = {}        # socket -> is ROUTER
         #: op -> handler: each server's explicit dispatch table (greppable, like MINIX's).
         self.handlers: dict[Op, Callable[[Request], Any]] = self.dispatch_table()
         self._pending: dict[int, _Pending] = {}
@@ -140,23 +143,23 @@ class Server:
         self.running = True
         self.bad_messages = 0
         self.callback_errors = 0     # timer or reply callbacks that raised (logged, survived)
-        self._rcvtimeo: dict[zmq.Socket, int] = {}
+        self._rcvtimeo: dict[Socket, int] = {}
 
     # -- sockets -------------------------------------------------------------------------
-    def bind_router(self, addr: str) -> zmq.Socket:
+    def bind_router(self, addr: str) -> Socket:
         """Listen on `addr` with a ROUTER socket served by this loop (CURVE server with this
         service's keypair, clients admitted by allow_key; NULL when insecure)."""
         if self.secure and self.auth is None:
             self._start_zap()
-        sock = self.transport.bind_router(addr, self.keyring.own)
+        sock: Socket = self.transport.bind_router(addr, self.keyring.own)
         self._add(sock, True)
         return sock
 
-    def connect_dealer(self, addr: str, server_public: bytes | None = None) -> zmq.Socket:
+    def connect_dealer(self, addr: str, server_public: bytes | None = None) -> Socket:
         """Connect to `addr` with a DEALER socket served by this loop (a CURVE client
         expecting the server to hold `server_public`'s secret; NULL when insecure)."""
-        sock = self.transport.connect_dealer(addr, self.keyring.own,
-                                             server_public if self.secure else None)
+        sock: Socket = self.transport.connect_dealer(addr, self.keyring.own,
+                                                     server_public if self.secure else None)
         self._add(sock, False)
         return sock
 
@@ -193,12 +196,12 @@ class Server:
             coro.close()
             raise Panic(f"{self.name}: the ZAP handler suspended")
 
-    def _add(self, sock: zmq.Socket, is_router: bool) -> None:
+    def _add(self, sock: Socket, is_router: bool) -> None:
         self.sockets[sock] = is_router
         if self.transport.pollable:
             self.poller.register(sock, zmq.POLLIN)
 
-    def drop_socket(self, sock: zmq.Socket) -> None:
+    def drop_socket(self, sock: Socket) -> None:
         """Stop serving `sock` and close it; requests pending on it time out as usual."""
         if sock in self.sockets:
             if self.transport.pollable:
@@ -219,7 +222,7 @@ class Server:
                     for sock, _ in events:
                         self._drain(sock)
                     self._serve_zap()
-                self._fire_timers()
+                self.fire_due()
         finally:
             self.on_stop()
             for sock in list(self.sockets):
@@ -274,14 +277,14 @@ class Server:
             self._rcvtimeo[sock] = step
         self._drain(sock, 1, 0)
 
-    def _drain(self, sock: zmq.Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
+    def _drain(self, sock: Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
                ) -> None:
         """Receive and dispatch up to `batch` messages waiting on `sock` (the first one with
         `first_flags`: 0 blocks for the socket's RCVTIMEO)."""
         is_router = self.sockets.get(sock)
         if is_router is None:
             return
-        recv, getopt = sock.recv, sock.getsockopt
+        recv, getopt = sock.recv, cast("Callable[[int], int]", sock.getsockopt)  # EVENTS: int
         user_ids = is_router and self.secure
         for i in range(batch):
             # poll() vouched for the first message; for the next ones asking EVENTS is far
@@ -318,7 +321,7 @@ class Server:
                     continue
                 self.on_frame(sock, None, frames[0])
 
-    def on_frame(self, sock: zmq.Socket, peer: bytes | None, frame: bytes,
+    def on_frame(self, sock: Socket, peer: bytes | None, frame: bytes,
                  user_id: str | None = None) -> None:
         """Decode one frame and route it: a reply to its pending request, a request to do_*.
         `user_id` is the sender's authenticated key (secure ROUTERs): a routing id keeps the
@@ -359,12 +362,13 @@ class Server:
             raise
         except Exception as exc:  # a bug on odd input must not kill the service
             self.log.error("%s handler for %s failed:\n%s", self.name, op, traceback.format_exc())
-            self.send(sock, peer, error(req.rid, Err.INVAL, f"{op} failed: {type(exc).__name__}: {exc}"))
+            self.send(sock, peer, error(req.rid, Err.INVAL,
+                                        f"{op} failed: {type(exc).__name__}: {exc}"))
             return
         if result is not SUSPEND:
             self.send(sock, peer, ok(req.rid, **(result or {})))
 
-    def _refuse(self, sock: zmq.Socket, peer: bytes | None, rid: int | None,
+    def _refuse(self, sock: Socket, peer: bytes | None, rid: int | None,
                 code: Err, msg: str) -> None:
         self.bad_messages += 1
         self.send(sock, peer, error(rid, code, msg))
@@ -377,7 +381,7 @@ class Server:
         """Hook: resolve req.caller and raise ServiceError if the caller may not send req.op."""
 
     # -- sending -------------------------------------------------------------------------
-    def send(self, sock: zmq.Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
+    def send(self, sock: Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         """Send one message to `peer` (ROUTER) or down the connection (DEALER)."""
         self.transport.send(sock, peer, encode(msg))   # peer gone or queue full: dropped
 
@@ -389,18 +393,16 @@ class Server:
         """Answer a suspended request with an error."""
         self.send(req.sock, req.peer, error(req.rid, code, msg, **fields))
 
-    def request(self, sock: zmq.Socket, peer: bytes | None, op: Op, fields: dict[str, Any],
+    def request(self, sock: Socket, peer: bytes | None, op: Op, fields: dict[str, Any],
                 callback: ReplyCallback, timeout_ms: float | None) -> int:
-        """Send a request to a peer; later run callback(reply), or callback(None) on timeout."""
+        """Send a request to a peer and return its rid; later run callback(rid, reply), or
+        callback(rid, None) when `timeout_ms` passes first."""
         rid = next(self._rids)
         timer = None
         if timeout_ms is not None:
             timer = self.call_later(timeout_ms, lambda: self._expire(rid))
-        self._pending[rid] = _Pending(sock, peer, callback, timer)
-        msg = dict(fields)
-        msg["op"] = str(op)
-        msg["rid"] = rid
-        self.send(sock, peer, msg)
+        self._pending[rid] = _Pending(rid, sock, peer, callback, timer)
+        self.send(sock, peer, request(op, rid, **fields))
         return rid
 
     def forget(self, rid: int) -> None:
@@ -413,18 +415,18 @@ class Server:
         """A request's timeout passed: run its callback with None (errors survived)."""
         pending = self._pending.pop(rid, None)
         if pending is not None:
-            self._run_callback(pending.callback, None)
+            self._run_callback(pending.callback, rid, None)
 
-    def _on_reply(self, sock: zmq.Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
+    def _on_reply(self, sock: Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         rid = msg.get("re")
         pending = self._pending.get(rid) if isinstance(rid, int) else None
         if pending is None or pending.sock is not sock or pending.peer != peer:
             self.bad_messages += 1     # late, duplicate or forged reply: ignore it
             return
-        del self._pending[rid]
+        del self._pending[pending.rid]
         if pending.timer is not None:
             pending.timer.cancel()
-        self._run_callback(pending.callback, msg)
+        self._run_callback(pending.callback, pending.rid, msg)
 
     def _run_callback(self, fn: Callable[..., None], *args: Any) -> None:
         """Run a timer or reply callback; an exception other than Panic is logged with its
@@ -446,21 +448,11 @@ class Server:
         return timer
 
     def _poll_timeout_ms(self) -> int:
-        while self._timers and self._timers[0].fn is None:
-            heapq.heappop(self._timers)
-        if not self._timers:
-            return 1000
-        return max(0, int((self._timers[0].deadline - self.now()) * 1000) + 1)
+        """How long the loop may wait for a message: until the next timer (1 s if none)."""
+        deadline = self.next_deadline()
+        return 1000 if deadline is None else max(0, int((deadline - self.now()) * 1000) + 1)
 
-    def _fire_timers(self) -> None:
-        now = self.now()
-        while self._timers and self._timers[0].deadline <= now:
-            timer = heapq.heappop(self._timers)
-            fn, timer.fn = timer.fn, None
-            if fn is not None:
-                self._run_callback(fn)
-
-    # -- driving the loop from outside (the simulator, in-process unit tests) -----------
+    # -- driven by run(), or from outside (the simulator, in-process unit tests) ---------
     def next_deadline(self) -> float | None:
         """When the earliest live timer is due (clock seconds), or None if none is."""
         while self._timers and self._timers[0].fn is None:
@@ -469,7 +461,12 @@ class Server:
 
     def fire_due(self) -> None:
         """Run every timer due by the clock's now (what one loop turn does after receiving)."""
-        self._fire_timers()
+        now = self.now()
+        while self._timers and self._timers[0].deadline <= now:
+            timer = heapq.heappop(self._timers)
+            fn, timer.fn = timer.fn, None
+            if fn is not None:
+                self._run_callback(fn)
 
 
 class _KeyCheck:

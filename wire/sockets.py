@@ -7,6 +7,8 @@ socket is NULL (``--insecure`` only): no authentication, no encryption.
 """
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import zmq
 
 from wire.keys import Keypair
@@ -14,9 +16,12 @@ from wire.protocol import TRANSPORT_MAX_BYTES
 
 #: The ZAP domain every sealedos server socket names (so libzmq always asks ZAP).
 ZAP_DOMAIN: str = "sealedos"
+#: pyzmq's generic socket and context types, spelled once (a sealedos socket moves bytes).
+Socket: TypeAlias = zmq.Socket[bytes]
+Context: TypeAlias = zmq.Context[Socket]
 
 
-def router(ctx: zmq.Context, addr: str, keypair: Keypair | None) -> zmq.Socket:
+def router(ctx: Context, addr: str, keypair: Keypair | None) -> Socket:
     """A ROUTER bound to `addr`: a CURVE server with `keypair`, or NULL without one."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
@@ -30,12 +35,15 @@ def router(ctx: zmq.Context, addr: str, keypair: Keypair | None) -> zmq.Socket:
     return sock
 
 
-def dealer(ctx: zmq.Context, addr: str, keypair: Keypair | None,
-           server_public: bytes | None) -> zmq.Socket:
+def dealer(ctx: Context, addr: str, keypair: Keypair | None,
+           server_public: bytes | None, routing_id: bytes | None = None) -> Socket:
     """A DEALER connected to `addr`: a CURVE client with `keypair` expecting the server to
-    hold `server_public`'s secret, or NULL when keypair is None."""
+    hold `server_public`'s secret, or NULL when keypair is None; `routing_id`: the id its
+    ROUTER knows it by (default: one the ROUTER picks)."""
     sock = ctx.socket(zmq.DEALER)
     _common(sock)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
     if keypair is not None:
         if server_public is None:
             raise ValueError("a CURVE client needs the server's public key")
@@ -46,7 +54,7 @@ def dealer(ctx: zmq.Context, addr: str, keypair: Keypair | None,
     return sock
 
 
-def _common(sock: zmq.Socket) -> None:
+def _common(sock: Socket) -> None:
     """Options every sealedos socket has: close at once, refuse oversized messages."""
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, TRANSPORT_MAX_BYTES)

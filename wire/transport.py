@@ -18,6 +18,7 @@ import zmq
 
 from wire import sockets
 from wire.keys import Keypair
+from wire.sockets import Context, Socket
 
 _NOBLOCK: int = int(zmq.NOBLOCK)
 _MORE_NOBLOCK: int = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -78,19 +79,19 @@ class ZmqTransport:
     """ZeroMQ sockets on a context (production)."""
     pollable: bool = True
 
-    def __init__(self, ctx: zmq.Context) -> None:
+    def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
 
-    def bind_router(self, addr: str, keypair: Keypair | None = None) -> zmq.Socket:
+    def bind_router(self, addr: str, keypair: Keypair | None = None) -> Socket:
         """A ROUTER bound to `addr` (the socket recipe: wire/sockets.py)."""
         return sockets.router(self.ctx, addr, keypair)
 
     def connect_dealer(self, addr: str, keypair: Keypair | None = None,
-                       server_public: bytes | None = None) -> zmq.Socket:
+                       server_public: bytes | None = None) -> Socket:
         """A DEALER connected to `addr` (the socket recipe: wire/sockets.py)."""
         return sockets.dealer(self.ctx, addr, keypair, server_public)
 
-    def send(self, sock: zmq.Socket, peer: bytes | None, frame: bytes) -> None:
+    def send(self, sock: Socket, peer: bytes | None, frame: bytes) -> None:
         """Non-blocking send; a full queue or a vanished peer drops the frame."""
         try:
             if peer is None:
@@ -101,7 +102,7 @@ class ZmqTransport:
         except zmq.ZMQError:
             pass
 
-    def close(self, sock: zmq.Socket) -> None:
+    def close(self, sock: Socket) -> None:
         """Close at once (LINGER 0)."""
         sock.close(0)
 

@@ -30,7 +30,18 @@ import zmq
 
 from apps.runtime.mmu import Mmu
 from apps.runtime.syscall import KERNEL_DEAD_MS, Liveness, Socket
-from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, is_reply, ok
+from wire.protocol import (
+    Err,
+    Op,
+    ServiceError,
+    check_request,
+    decode,
+    encode,
+    error,
+    is_reply,
+    ok,
+    request,
+)
 
 HEARTBEAT_MS: int = 200
 #: The longest the thread sleeps in one poll (how fast stop() is noticed).
@@ -126,7 +137,7 @@ class ControlThread(threading.Thread):
         rid = next(self._rids)
         if refs:
             self._refs_rid = rid
-        self.sock.send(encode({"op": str(Op.HEARTBEAT), "rid": rid, "refs": refs}))
+        self.sock.send(encode(request(Op.HEARTBEAT, rid, refs=refs)))
         self.heartbeats += 1
 
     def _on_reply(self, msg: dict[str, Any]) -> None:

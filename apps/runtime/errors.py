@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from wire.protocol import Err
+from wire.protocol import Err, err_code
 
 
 class SealedError(Exception):
@@ -131,7 +131,7 @@ _CLASSES: dict[str, type[SealedError]] = {
 def from_reply(reply: dict[str, Any], op: str) -> SealedError:
     """The exception for an error reply to `op`; the kernel's msg is its text."""
     raw = reply.get("err")
-    code = Err(raw) if isinstance(raw, str) and raw in Err._value2member_map_ else None
+    code = err_code(raw)
     msg = reply.get("msg")
     text = msg if isinstance(msg, str) and msg else f"{op} failed with {raw!r}"
     cls = _CLASSES.get(code, KernelError) if code is not None else KernelError

@@ -29,9 +29,25 @@ from apps.runtime.ipc import IpcClient, Received
 from apps.runtime.mmu import Mmu
 from apps.runtime.syscall import KernelLink, kernel_public_from_env
 from apps.runtime.varray import VArray
-from wire.credential import CRED_FD_ENV, read_inherited
+from wire.credential import CRED_BYTES, CRED_FD_ENV
 from wire.keys import keypair_of_credential
 from wire.protocol import PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W, Op
+
+
+def read_inherited(fd: int) -> bytes:
+    """Read one credential from inherited descriptor `fd` and close it (ValueError if short)."""
+    data = b""
+    try:
+        while len(data) < CRED_BYTES:
+            chunk = os.read(fd, CRED_BYTES - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) != CRED_BYTES:
+        raise ValueError(f"the launcher sent {len(data)} credential bytes, not {CRED_BYTES}")
+    return data
 
 
 def inherited_credential() -> bytes:

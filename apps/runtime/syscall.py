@@ -29,7 +29,7 @@ from apps.runtime.errors import KernelProtocolError, KernelUnreachable, SealedEr
 from wire import keys as wkeys
 from wire import sockets
 from wire.keys import Keypair
-from wire.protocol import PAGE_SIZE, Op, ServiceError, decode, encode
+from wire.protocol import PAGE_SIZE, Op, ServiceError, decode, encode, request
 
 #: A ZeroMQ socket of bytes frames, and a context making them (pyzmq's generic types).
 Socket = zmq.Socket[bytes]
@@ -122,10 +122,7 @@ class KernelLink:
                  fields: dict[str, Any]) -> dict[str, Any]:
         """One request/reply on `sock`; errors become SealedErrors."""
         rid = next(self._rids)
-        msg = dict(fields)
-        msg["op"] = str(op)
-        msg["rid"] = rid
-        sock.send(encode(msg))
+        sock.send(encode(request(op, rid, **fields)))
         reply = self._wait(sock, op, rid, timeout_ms)
         if "err" in reply:
             raise self._named(from_reply(reply, str(op)))

@@ -34,6 +34,7 @@ from wire.protocol import (
     Op,
     decode,
     encode,
+    request,
 )
 
 if TYPE_CHECKING:
@@ -108,8 +109,7 @@ class SimProcess:
         Returns its rid."""
         rid = next(self.rids)
         self.waiting[(ctrl, rid)] = then
-        msg = dict(fields, op=str(op), rid=rid)
-        self.tr.send(self.ctrl if ctrl else self.call, None, encode(msg))
+        self.tr.send(self.ctrl if ctrl else self.call, None, encode(request(op, rid, **fields)))
         return rid
 
     def on_frame(self, sock: SimSocket, peer: bytes | None, frame: bytes) -> None:

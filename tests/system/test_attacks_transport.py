@@ -21,6 +21,7 @@ import pytest
 import zmq
 
 from apps.runtime import PAGE_SIZE, SealedProcess
+from host_tools import keys_cmd
 from host_tools.system import System
 from launcher import spawn
 from wire import keys as wkeys
@@ -282,7 +283,7 @@ def attacker_keys(system: System, keys_dir: Path, mirror: int, steal: str | None
     (steal None) or a copy of principal `steal`'s real secret; the publics are the real
     kernel's and disk's (public anyway)."""
     me = f"pager{mirror}"
-    wkeys.generate(keys_dir, [me])
+    keys_cmd.generate(keys_dir, [me])
     if steal is not None:
         shutil.copy(wkeys.secret_path(system.keys_dir, steal), wkeys.secret_path(keys_dir, me))
     for public in ("kernel", f"disk{mirror}"):
