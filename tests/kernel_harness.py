@@ -176,7 +176,7 @@ class FakePager:
         self.behaviour: dict[str, Behaviour] = {}
         self.alive = True
         self.hello_rids: list[int] = []
-        self._hello()
+        self.hello()
 
     @property
     def admitted(self) -> bool:
@@ -184,12 +184,13 @@ class FakePager:
         first = self.peer.replies().get(self.hello_rids[0]) if self.hello_rids else None
         return bool(first) and "err" not in first[0]  # type: ignore[index]
 
-    def _hello(self) -> None:
+    def hello(self) -> None:
+        """Say PAGER_HELLO now and every HELLO_S while alive (admission and heartbeat)."""
         if not self.alive:
             return
         self.hello_rids.append(self.rig.send(self.peer, "pager_hello", mirror=self.mirror,
                                              host="fake", hostpid=0))
-        self.rig.h.net.after(HELLO_S, self._hello)
+        self.rig.h.net.after(HELLO_S, self.hello)
 
     def crash(self) -> None:
         """The instance dies: no more hellos, frames to it are lost."""
