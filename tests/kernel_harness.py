@@ -26,7 +26,17 @@ from typing import Any
 from host_tools.sim.kit import Harness, Peer
 from kernel_daemon.kernel import Kernel
 from wire.credential import new_credential, public_of
-from wire.protocol import FILL_DATA, FILL_KEEP, FILL_ZERO, PAGE_SHIFT, PAGE_SIZE, PROT_R, PROT_W
+from wire.protocol import (
+    FILL_DATA,
+    FILL_KEEP,
+    FILL_ZERO,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    PROT_R,
+    PROT_W,
+    decode,
+    encode,
+)
 
 ADDR = "sim://kernel"
 ZERO_PAGE: bytes = bytes(PAGE_SIZE)
@@ -38,10 +48,34 @@ HEARTBEAT_S: float = 1.0
 #: The longest a test waits, in simulated seconds, for something it expects.
 WAIT_S: float = 60.0
 #: The simulated time one waiting step advances.
-STEP_S: float = 0.001
+STEP_S: float = 0.01
 
 Msg = dict[str, Any]
 _rids = itertools.count(1)
+
+#: init's name service, as the tests' init speaks it: register (with the capability to
+#: publish) and lookup (answered with it).
+NAMES_CONTRACT: Msg = {
+    "name": "names",
+    "calls": {"register": {"fields": {"name": {"type": "str", "max_len": 32}}, "caps": 1},
+              "lookup": {"fields": {"name": {"type": "str", "max_len": 32}}}},
+    "replies": {"ok": {}, "found": {"caps": 1}, "missing": {}}}
+#: A small service: echo bytes back; "share" passes one capability.
+ECHO_CONTRACT: Msg = {
+    "name": "echo",
+    "calls": {"echo": {"fields": {"data": {"type": "bytes", "max_len": 64}}},
+              "share": {"caps": 1}},
+    "replies": {"echo": {"fields": {"data": {"type": "bytes", "max_len": 64}}}, "ok": {}}}
+
+
+def packed(kind: str, **fields: Any) -> bytes:
+    """An IPC message (the msgpack map a CALL or REPLY carries in `msg`)."""
+    return encode(dict(fields, kind=kind))
+
+
+def unpacked(msg: bytes) -> Msg:
+    """The map an IPC message carries."""
+    return decode(msg)
 
 
 def page(text: str) -> bytes:
@@ -77,13 +111,15 @@ class Rig:
         """Let `seconds` of simulated time pass (frames delivered, timers fired)."""
         self.h.run_for(seconds)
 
-    def run_until(self, what: str, pred: Callable[[], object], limit_s: float = WAIT_S) -> None:
-        """Run until pred() is truthy; AssertionError naming `what` after limit_s."""
+    def run_until(self, what: str, pred: Callable[[], object], limit_s: float = WAIT_S,
+                  step_s: float = STEP_S) -> None:
+        """Run, step_s at a time, until pred() is truthy; AssertionError naming `what` after
+        limit_s."""
         end = self.now + limit_s
         while not pred():
             if self.now >= end:
                 raise AssertionError(f"not within {limit_s} simulated seconds: {what}")
-            self.h.run_for(STEP_S)
+            self.h.run_for(step_s)
 
     # -- frames -------------------------------------------------------------------------
     def send(self, peer: Peer, op: str, **fields: Any) -> int:
@@ -93,8 +129,10 @@ class Rig:
         return rid
 
     def answer(self, peer: Peer, rid: int, limit_s: float = WAIT_S) -> Msg:
-        """The reply to request `rid` on `peer`, waiting for it if it has not come yet."""
-        self.run_until(f"the reply to request {rid}", lambda: rid in peer.replies(), limit_s)
+        """The reply to request `rid` on `peer`, waiting for it if it has not come yet (in
+        steps of one link latency: the clock moves no further than the reply needs)."""
+        self.run_until(f"the reply to request {rid}", lambda: rid in peer.replies(), limit_s,
+                       step_s=0.001)
         return peer.replies()[rid][0]
 
     def has_answer(self, peer: Peer, rid: int) -> bool:
@@ -232,14 +270,14 @@ class App:
     def __init__(self, rig: Rig, name: str, cred: bytes) -> None:
         self.rig = rig
         self.name = name
-        self.call = rig.h.peer(f"{name}.call", ADDR)
-        self.ctrl = rig.h.peer(f"{name}.ctrl", ADDR)
-        self.ctrl.on_request = lambda _peer, msg: self._control(msg)
-        reg = rig.ask(self.call, "register", cred=cred)
+        self.syscalls = rig.h.peer(f"{name}.call", ADDR)
+        self.control = rig.h.peer(f"{name}.ctrl", ADDR)
+        self.control.on_request = lambda _peer, msg: self._control(msg)
+        reg = rig.ask(self.syscalls, "register", cred=cred)
         assert "err" not in reg, reg
         self.spid: int = reg["spid"]
         self.registered: Msg = reg
-        att = rig.ask(self.ctrl, "attach", spid=self.spid, secret=reg["secret"])
+        att = rig.ask(self.control, "attach", spid=self.spid, secret=reg["secret"])
         assert "err" not in att, att
         self.bank: dict[int, bytes] = {}           # frame -> bytes
         self.resident: dict[int, int] = {}         # vpn -> frame
@@ -255,15 +293,19 @@ class App:
     # -- requests -----------------------------------------------------------------------
     def ask(self, op: str, **fields: Any) -> Msg:
         """A request on the call connection, and its reply."""
-        return self.rig.ask(self.call, op, **fields)
+        return self.rig.ask(self.syscalls, op, **fields)
 
     def send(self, op: str, **fields: Any) -> int:
         """A request on the call connection, without waiting (CALL, RECEIVE block)."""
-        return self.rig.send(self.call, op, **fields)
+        return self.rig.send(self.syscalls, op, **fields)
 
     def answer(self, rid: int) -> Msg:
         """The reply to request `rid` on the call connection (waiting for it)."""
-        return self.rig.answer(self.call, rid)
+        return self.rig.answer(self.syscalls, rid)
+
+    def answered(self, rid: int) -> bool:
+        """Has request `rid` on the call connection been answered yet?"""
+        return self.rig.has_answer(self.syscalls, rid)
 
     def map(self, npages: int, prot: int = PROT_R | PROT_W) -> int:
         """MAP a region; return its first vpn."""
@@ -280,8 +322,26 @@ class App:
     def die(self) -> None:
         """Vanish (no EXIT): both connections go."""
         self.alive = False
-        self.rig.h.net.crash(self.call.tr)
-        self.rig.h.net.crash(self.ctrl.tr)
+        self.rig.h.net.crash(self.syscalls.tr)
+        self.rig.h.net.crash(self.control.tr)
+
+    # -- IPC ------------------------------------------------------------------------------
+    def endpoint(self, contract: Msg, nameservice: bool = False) -> int:
+        """ENDPOINT with `contract`; return its handle."""
+        fields: Msg = {"contract": contract}
+        if nameservice:
+            fields["nameservice"] = True
+        reply = self.ask("endpoint", **fields)
+        assert "err" not in reply, reply
+        return reply["handle"]  # type: ignore[no-any-return]
+
+    def call(self, handle: int, msg: bytes, **fields: Any) -> int:
+        """CALL (it blocks: returns the rid; answer() waits for the reply)."""
+        return self.send("call", handle=handle, msg=msg, **fields)
+
+    def receive(self, handle: int) -> int:
+        """RECEIVE (it blocks: returns the rid; answer() waits for the call)."""
+        return self.send("receive", handle=handle)
 
     # -- the MMU ------------------------------------------------------------------------
     def fault(self, vpn: int, access: str = "r") -> Msg:
@@ -326,13 +386,13 @@ class App:
     def _control(self, msg: Msg) -> None:
         if msg.get("op") == "kill":
             self.killed = str(msg.get("reason"))
-            self.ctrl.send({"re": msg["rid"]})
+            self.control.send({"re": msg["rid"]})
             return
         if msg.get("op") != "shootdown":
             return
         self.shootdowns.append(msg)
         if self.answers_shootdowns:
-            self.ctrl.send(dict(self.give_back(msg["vpn"], msg["frame"], msg["want"]),
+            self.control.send(dict(self.give_back(msg["vpn"], msg["frame"], msg["want"]),
                                 re=msg["rid"]))
 
     def give_back(self, vpn: int, frame: int, want: bool) -> Msg:
@@ -348,5 +408,57 @@ class App:
     def _heartbeat(self) -> None:
         if not self.alive:
             return
-        self.rig.send(self.ctrl, "heartbeat", refs=[])
+        self.rig.send(self.control, "heartbeat", refs=[])
         self.rig.h.net.after(HEARTBEAT_S, self._heartbeat)
+
+
+@dataclass
+class EchoWorld:
+    """init with the name service, an echo server, and a client holding the echo capability
+    it looked up (the capability moved server -> init -> client inside messages)."""
+    init: App
+    names: int                 # init's handle of its name-service endpoint
+    server: App
+    echo: int                  # the server's handle of its echo endpoint
+    published: int             # init's handle of the echo endpoint (what lookup hands out)
+    client: App
+    held: int                  # the client's handle of the echo endpoint
+
+
+def serve_one(rig: Rig, server: App, handle: int, answer: Callable[[Msg], tuple[bytes, list[int]]]
+              ) -> Msg:
+    """server RECEIVEs one call on handle and REPLYs answer(call) = (msg, caps); returns the
+    delivered call."""
+    got = server.answer(server.receive(handle))
+    assert "err" not in got, got
+    msg, caps = answer(got)
+    reply = server.ask("reply", call=got["call"], msg=msg, caps=caps)
+    assert "err" not in reply, reply
+    return got
+
+
+def look_up(rig: Rig, w: EchoWorld, app: App) -> int:
+    """app looks the echo service up through init; returns its new handle."""
+    rid = app.call(0, packed("lookup", name="echo"))
+    serve_one(rig, w.init, w.names, lambda call: (packed("found"), [w.published]))
+    found = app.answer(rid)
+    assert "err" not in found, found
+    return found["caps"][0]  # type: ignore[no-any-return]
+
+
+def echo_world(rig: Rig) -> EchoWorld:
+    """Build an :class:`EchoWorld` through the kernel's message interface only."""
+    init = rig.app("init", role="init")
+    names = init.endpoint(NAMES_CONTRACT, nameservice=True)
+    server = rig.app("server", provides=("echo",))
+    echo = server.endpoint(ECHO_CONTRACT)
+    rid = server.call(0, packed("register", name="echo"), caps=[echo])
+    got = serve_one(rig, init, names, lambda call: (packed("ok"), []))
+    published = got["caps"][0]
+    assert "err" not in server.answer(rid)
+    client = rig.app("client", manifest=("echo",))
+    rid = client.call(0, packed("lookup", name="echo"))
+    serve_one(rig, init, names, lambda call: (packed("found"), [published]))
+    found = client.answer(rid)
+    assert "err" not in found, found
+    return EchoWorld(init, names, server, echo, published, client, found["caps"][0])

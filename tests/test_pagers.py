@@ -36,7 +36,7 @@ def test_a_pager_joins_only_a_slot_that_exists_and_only_one_slot_per_connection(
     assert rig.ask(stranger, "pager_hello", mirror=2, host="h", hostpid=0)["err"] == "EINVAL"
     assert rig.ask(stranger, "pager_hello", mirror=-1, host="h", hostpid=0)["err"] == "EINVAL"
     app = rig.app()
-    reply = rig.ask(app.call, "pager_hello", mirror=1, host="h", hostpid=0)
+    reply = rig.ask(app.syscalls, "pager_hello", mirror=1, host="h", hostpid=0)
     assert reply["err"] == "EPERM"                # a sealed process cannot be a pager
     assert [s["up"] for s in rig.pager_slots()] == [True, False]
     rig.pager(1)
@@ -68,7 +68,7 @@ def test_a_withheld_page_in_times_out_and_the_other_mirror_serves_it() -> None:
     bad.behaviour["page_in"] = withhold
     rid = app.send("fault", vpn=v, access="r", refs=[])
     rig.run(TIMEOUT_MS / 1000 - 0.01)
-    assert not rig.has_answer(app.call, rid)      # waiting on mirror 0, nobody else asked
+    assert not app.answered(rid)      # waiting on mirror 0, nobody else asked
     assert len(good.ops("page_in")) == 0
     reply = app.answer(rid)
     assert reply["fill"] == "data" and reply["data"] == page("mirrored")
@@ -94,7 +94,7 @@ def test_a_transient_error_is_asked_again_after_a_backoff() -> None:
     pager.behaviour["page_in"] = disk_down_once
     rid = app.send("fault", vpn=v, access="r", refs=[])
     rig.run(TRANSIENT_BACKOFF_MS / 1000 - 0.01)
-    assert len(pager.ops("page_in")) == 1 and not rig.has_answer(app.call, rid)
+    assert len(pager.ops("page_in")) == 1 and not app.answered(rid)
     reply = app.answer(rid)
     assert reply["data"] == page("transient")
     assert len(pager.ops("page_in")) == 2
@@ -114,7 +114,7 @@ def test_a_dead_pagers_requests_are_handed_to_the_next_instance() -> None:
     asked = first.ops("page_in")[-1]
     first.crash()                                 # dies holding the request
     rig.run(0.5)
-    assert not rig.has_answer(app.call, rid)
+    assert not app.answered(rid)
     second = rig.pager()                          # the supervisor's restart, same disk
     reply = app.answer(rid)
     assert reply["data"] == page("survives")
