@@ -146,16 +146,16 @@ class Rig:
     # -- observing (STATS, PS) ----------------------------------------------------------
     def stats(self) -> Msg:
         """The kernel-wide counters (STATS "kernel")."""
-        return self.ask(self.observer, "stats")["kernel"]  # type: ignore[no-any-return]
+        return dict(self.ask(self.observer, "stats")["kernel"])
 
     def ps(self, spid: int) -> Msg:
         """One process's record (PS), live or exited."""
         records = self.ask(self.observer, "ps")["processes"]
-        return next(r for r in reversed(records) if r["spid"] == spid)  # type: ignore[no-any-return]
+        return dict(next(r for r in reversed(records) if r["spid"] == spid))
 
     def pager_slots(self) -> list[Msg]:
         """The pager slots' health (PS "pagers")."""
-        return self.ask(self.observer, "ps")["pagers"]  # type: ignore[no-any-return]
+        return list(self.ask(self.observer, "ps")["pagers"])
 
     # -- parties ------------------------------------------------------------------------
     def admit(self, name: str, role: str = "app", manifest: tuple[str, ...] = (),
@@ -165,7 +165,7 @@ class Rig:
                          digest="d" * 64, role=role, manifest=list(manifest),
                          provides=list(provides), quota=quota or {}, hostpid=0, started=0.0)
         assert "err" not in reply, reply
-        return reply["cred"]  # type: ignore[no-any-return]
+        return bytes(reply["cred"])
 
     def app(self, name: str = "", role: str = "app", manifest: tuple[str, ...] = (),
             provides: tuple[str, ...] = (), quota: dict[str, int] | None = None) -> App:
@@ -219,8 +219,8 @@ class FakePager:
     @property
     def admitted(self) -> bool:
         """Did the kernel accept this instance's first hello?"""
-        first = self.peer.replies().get(self.hello_rids[0]) if self.hello_rids else None
-        return bool(first) and "err" not in first[0]  # type: ignore[index]
+        first = self.peer.replies().get(self.hello_rids[0], []) if self.hello_rids else []
+        return bool(first) and "err" not in first[0]
 
     def hello(self) -> None:
         """Say PAGER_HELLO now and every HELLO_S while alive (admission and heartbeat)."""
@@ -249,15 +249,15 @@ class FakePager:
 
     def honest(self, msg: Msg) -> Msg:
         """What a correct pager with a working disk answers."""
-        op, handle = msg.get("op"), msg.get("handle")
+        op, handle, slot = msg.get("op"), bytes(msg.get("handle") or b""), msg.get("slot", -1)
         if op == "open":
-            self.disk.opened.add(handle)  # type: ignore[arg-type]
+            self.disk.opened.add(handle)
             return {}
         if op == "page_out":
-            self.disk.writes.setdefault((handle, msg["slot"]), []).append(msg["data"])  # type: ignore[arg-type]
+            self.disk.writes.setdefault((handle, slot), []).append(msg["data"])
             return {}
         if op == "page_in":
-            data = self.disk.current(handle, msg["slot"])  # type: ignore[arg-type]
+            data = self.disk.current(handle, slot)
             if data is None:
                 return {"err": "ENOENT", "msg": "fake pager: slot never written"}
             return {"data": data}
@@ -311,7 +311,7 @@ class App:
         """MAP a region; return its first vpn."""
         reply = self.ask("map", npages=npages, prot=prot)
         assert "err" not in reply, reply
-        return reply["addr"] >> PAGE_SHIFT  # type: ignore[no-any-return]
+        return int(reply["addr"]) >> PAGE_SHIFT
 
     def exit(self, status: int = 0) -> Msg:
         """EXIT, and stop."""
@@ -333,7 +333,7 @@ class App:
             fields["nameservice"] = True
         reply = self.ask("endpoint", **fields)
         assert "err" not in reply, reply
-        return reply["handle"]  # type: ignore[no-any-return]
+        return int(reply["handle"])
 
     def call(self, handle: int, msg: bytes, **fields: Any) -> int:
         """CALL (it blocks: returns the rid; answer() waits for the reply)."""
@@ -443,7 +443,7 @@ def look_up(rig: Rig, w: EchoWorld, app: App) -> int:
     serve_one(rig, w.init, w.names, lambda call: (packed("found"), [w.published]))
     found = app.answer(rid)
     assert "err" not in found, found
-    return found["caps"][0]  # type: ignore[no-any-return]
+    return int(found["caps"][0])
 
 
 def echo_world(rig: Rig) -> EchoWorld:
