@@ -146,16 +146,23 @@ class Rig:
     # -- observing (STATS, PS) ----------------------------------------------------------
     def stats(self) -> Msg:
         """The kernel-wide counters (STATS "kernel")."""
-        return dict(self.ask(self.observer, "stats")["kernel"])
+        return dict(self._observe("stats")["kernel"])
 
     def ps(self, spid: int) -> Msg:
         """One process's record (PS), live or exited."""
-        records = self.ask(self.observer, "ps")["processes"]
+        records = self._observe("ps")["processes"]
         return dict(next(r for r in reversed(records) if r["spid"] == spid))
 
     def pager_slots(self) -> list[Msg]:
         """The pager slots' health (PS "pagers")."""
-        return list(self.ask(self.observer, "ps")["pagers"])
+        return list(self._observe("ps")["pagers"])
+
+    def _observe(self, op: str) -> Msg:
+        """The observer's request and reply (its inbox is emptied: a test that polls STATS
+        thousands of times must not rescan every earlier reply)."""
+        reply = self.ask(self.observer, op)
+        self.observer.received.clear()
+        return reply
 
     # -- parties ------------------------------------------------------------------------
     def admit(self, name: str, role: str = "app", manifest: tuple[str, ...] = (),
