@@ -453,12 +453,13 @@ def look_up(rig: Rig, w: EchoWorld, app: App) -> int:
     return int(found["caps"][0])
 
 
-def echo_world(rig: Rig) -> EchoWorld:
-    """Build an :class:`EchoWorld` through the kernel's message interface only."""
+def echo_world(rig: Rig, contract: Msg | None = None) -> EchoWorld:
+    """Build an :class:`EchoWorld` through the kernel's message interface only (the server's
+    endpoint has ECHO_CONTRACT, or `contract`)."""
     init = rig.app("init", role="init")
     names = init.endpoint(NAMES_CONTRACT, nameservice=True)
     server = rig.app("server", provides=("echo",))
-    echo = server.endpoint(ECHO_CONTRACT)
+    echo = server.endpoint(contract or ECHO_CONTRACT)
     rid = server.call(0, packed("register", name="echo"), caps=[echo])
     got = serve_one(rig, init, names, lambda call: (packed("ok"), []))
     published = got["caps"][0]

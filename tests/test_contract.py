@@ -1,13 +1,23 @@
 """Channel contracts, unit by unit: validation of the contract itself (EINVAL) and every kind
-of violation a message can commit (ECONTRACT, each naming its rule)."""
+of violation a message can commit (ECONTRACT, each naming its rule); then, through the kernel
+(tests/kernel_harness.py), the channel: one state machine per endpoint and calling process."""
 from __future__ import annotations
 
 from typing import Any
 
 import msgpack
 import pytest
+from kernel_harness import Rig, echo_world, look_up, packed, serve_one, unpacked
 
-from kernel_daemon.contract import RuleViolation, check, compile_contract, decode_payload
+from kernel_daemon.contract import (
+    CONTRACT_MAX_BYTES,
+    RuleViolation,
+    check,
+    compile_contract,
+    compiled_size,
+    decode_payload,
+    encoded_size,
+)
 from wire.protocol import Err, ServiceError
 
 KV: dict[str, Any] = {
@@ -54,7 +64,8 @@ def test_a_session_walks_the_state_machine(kv: Any) -> None:
     assert s == "start:login"
     s = check(kv, s, {"kind": "ok"})
     assert s == "authed"
-    s = check(kv, check(kv, s, {"kind": "put", "key": "a", "value": b"x", "ttl": 5}), {"kind": "ok"})
+    s = check(kv, check(kv, s, {"kind": "put", "key": "a", "value": b"x", "ttl": 5}),
+              {"kind": "ok"})
     assert s == "authed"
     s = check(kv, check(kv, s, {"kind": "logout"}), {"kind": "ok"})
     assert s == "start"
@@ -112,7 +123,8 @@ def test_unknown_field(kv: Any) -> None:
 def test_wrong_type(kv: Any) -> None:
     v = violation(kv, "authed", {"kind": "put", "key": 12, "value": b""})
     assert v.rule == "wrong_type" and "field 'key' is int, the contract says str" in v.msg
-    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": "text"}).rule == "wrong_type"
+    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": "text"}
+                     ).rule == "wrong_type"
     assert violation(kv, "authed", {"kind": "put", "key": "a", "value": b"", "ttl": True}
                      ).rule == "wrong_type"
 
@@ -122,12 +134,14 @@ def test_string_too_long_counts_utf8_bytes(kv: Any) -> None:
     assert v.rule == "too_long"
     assert v.msg == ("contract 'kv': message 'put': field 'key' is 80 bytes, longer than "
                      "max_len 64")
-    assert violation(kv, "authed", {"kind": "put", "key": "é" * 33, "value": b""}).rule == "too_long"
+    assert violation(kv, "authed", {"kind": "put", "key": "é" * 33, "value": b""}
+                     ).rule == "too_long"
     check(kv, "authed", {"kind": "put", "key": "é" * 32, "value": b""})
 
 
 def test_bytes_and_list_too_long(kv: Any) -> None:
-    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": bytes(129)}).rule == "too_long"
+    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": bytes(129)}
+                     ).rule == "too_long"
     v = violation(kv, "authed", {"kind": "batch", "items": [{"k": "a", "n": 1}] * 5})
     assert v.rule == "too_long" and "has 5 items, more than max_len 4" in v.msg
 
@@ -140,7 +154,8 @@ def test_out_of_range(kv: Any) -> None:
 
 
 def test_nested_items_are_checked_with_their_path(kv: Any) -> None:
-    v = violation(kv, "authed", {"kind": "batch", "items": [{"k": "a", "n": 1}, {"k": "b", "n": 10}]})
+    v = violation(kv, "authed", {"kind": "batch",
+                                 "items": [{"k": "a", "n": 1}, {"k": "b", "n": 10}]})
     assert v.rule == "out_of_range" and "'items[1].n'" in v.msg
     v = violation(kv, "authed", {"kind": "batch", "items": [{"k": "a"}]})
     assert v.rule == "missing_field" and "'items[0].n'" in v.msg
@@ -149,7 +164,8 @@ def test_nested_items_are_checked_with_their_path(kv: Any) -> None:
 def test_caps_and_grants_need_the_contracts_leave(kv: Any) -> None:
     check(kv, "authed", {"kind": "share"}, ncaps=1)
     assert violation(kv, "authed", {"kind": "share"}, ncaps=2).rule == "caps"
-    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": b""}, ncaps=1).rule == "caps"
+    assert violation(kv, "authed", {"kind": "put", "key": "a", "value": b""}, ncaps=1
+                     ).rule == "caps"
     check(kv, "authed", {"kind": "bulk"}, grant=True)
     assert violation(kv, "authed", {"kind": "logout"}, grant=True).rule == "grant"
 
@@ -203,4 +219,54 @@ def test_deep_nesting_is_refused() -> None:
     for _ in range(10):
         spec = {"type": "list", "max_len": 1, "items": spec}
     with pytest.raises(ServiceError, match="nested deeper"):
-        compile_contract({"name": "x", "calls": {"a": {"fields": {"f": spec}}}, "replies": {"ok": {}}})
+        compile_contract({"name": "x", "calls": {"a": {"fields": {"f": spec}}},
+                          "replies": {"ok": {}}})
+
+
+# -- sizes --------------------------------------------------------------------------------------
+def test_a_contract_is_charged_by_its_encoded_size_and_refused_over_the_limit() -> None:
+    n = encoded_size(KV)
+    assert n == len(msgpack.packb(KV, use_bin_type=True))
+    assert compile_contract(KV).size_bytes == compiled_size(n) > n
+    huge = {"name": "x", "calls": {"a": {}}, "replies": {"ok": {}}, "pad": "x" * CONTRACT_MAX_BYTES}
+    with pytest.raises(ServiceError) as info:
+        compile_contract(huge)
+    assert info.value.code == Err.MSGSIZE            # refused before anything is compiled
+
+
+# -- channels, through the kernel (tests/kernel_harness.py) -----------------------------------
+def test_each_calling_process_has_its_own_channel_state() -> None:
+    rig = Rig()
+    w = echo_world(rig, KV)
+    other = rig.app("other", manifest=("echo",))
+    other_held = look_up(rig, w, other)
+    put = packed("put", key="k", value=b"v")
+    assert w.client.ask("call", handle=w.held, msg=put)["err"] == "ECONTRACT"   # not logged in
+    rid = w.client.call(w.held, packed("login", user="ann"))
+    serve_one(rig, w.server, w.echo, lambda call: (packed("ok"), []))
+    assert "err" not in w.client.answer(rid)
+    reply = other.ask("call", handle=other_held, msg=put)    # ann's login is not other's
+    assert reply["err"] == "ECONTRACT" and "not allowed in state 'start'" in reply["msg"]
+    rid = w.client.call(w.held, put)
+    got = serve_one(rig, w.server, w.echo, lambda call: (packed("ok"), []))
+    assert unpacked(got["msg"]) == {"kind": "put", "key": "k", "value": b"v"}
+    assert "err" not in w.client.answer(rid)
+    assert rig.stats()["ipc_contract_violations"] == 2
+
+
+def test_a_refused_reply_leaves_the_channel_awaiting_and_a_denial_moves_it_back() -> None:
+    rig = Rig()
+    w = echo_world(rig, KV)
+    rid = w.client.call(w.held, packed("login", user="eve"))
+    got = w.server.answer(w.server.receive(w.echo))
+    wrong = w.server.ask("reply", call=got["call"], msg=packed("denied"))   # missing 'why'
+    assert wrong["err"] == "ECONTRACT"
+    assert not w.client.answered(rid)
+    w.server.ask("reply", call=got["call"], msg=packed("denied", why="no"))
+    assert unpacked(w.client.answer(rid)["msg"]) == {"kind": "denied", "why": "no"}
+    reply = w.client.ask("call", handle=w.held, msg=packed("logout"))
+    assert reply["err"] == "ECONTRACT"                    # denied: back in 'start' ...
+    rid = w.client.call(w.held, packed("login", user="eve"))   # ... where login is allowed
+    got = serve_one(rig, w.server, w.echo, lambda call: (packed("ok"), []))
+    assert unpacked(got["msg"]) == {"kind": "login", "user": "eve"}
+    assert "err" not in w.client.answer(rid)
