@@ -110,7 +110,7 @@ class KernelCollector(Collector):
                                     "Requests queued for a slot with no live pager", labels=["mirror"])
         joins = CounterMetricFamily("sealedos_pager_joins", "Pager instances that joined the slot",
                                     labels=["mirror"])
-        for h in [s.health() for s in list(self.k.pagers.slots)]:
+        for h in [s.health(self.k.now()) for s in list(self.k.pagers.slots)]:
             m = [str(h["mirror"])]
             up.add_metric(m, 1.0 if h["up"] else 0.0)
             inflight.add_metric(m, h["inflight"])

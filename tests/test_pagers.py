@@ -157,3 +157,12 @@ def test_a_page_out_whose_budget_runs_out_is_counted_and_written_later() -> None
     rig.run_until("the retried write-back", lambda: rig.stats()["page_outs"] == 1)
     assert rig.stats()["swapped_pages"] == 1
     assert app.read(v) == page("late")
+
+
+def test_a_slots_silence_is_measured_on_the_kernels_clock() -> None:
+    rig = Rig()
+    p = rig.pager()
+    assert rig.pager_slots()[0]["silent_ms"] < 500
+    p.alive = False
+    rig.run(2.0)
+    assert 2000 <= rig.pager_slots()[0]["silent_ms"] <= 2600   # the watchdog reads this
