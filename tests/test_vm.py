@@ -208,3 +208,51 @@ def test_a_process_that_does_not_answer_a_shootdown_is_killed_and_its_frame_reus
     assert reply["fill"] == "zero"
     assert hung.killed is not None and "TLB shootdown" in hung.killed
     assert rig.ps(hung.spid)["state"] == "killed"
+
+
+def test_a_page_unmapped_while_its_page_in_is_in_flight_is_never_installed() -> None:
+    rig = Rig(nframes=1)
+    pager = rig.pager()
+    app = rig.app()
+    v = app.map(2)
+    app.write(v, page("gone"))
+    app.read(v + 1)
+    rig.run(0.05)
+    held: list[Msg] = []
+
+    def later(p: FakePager, m: Msg) -> None:
+        held.append(m)                             # answered by hand, below
+    pager.behaviour["page_in"] = later
+    rid = app.send("fault", vpn=v, access="r", refs=[])
+    rig.run(0.05)
+    assert len(held) == 1
+    assert "err" not in app.ask("unmap", addr=v << 12, npages=1)
+    pager.peer.send(dict(pager.honest(held[0]), re=held[0]["rid"]))
+    reply = app.answer(rid)
+    assert reply["err"] == "ESEGV" and "unmapped" in reply["msg"]
+    st = rig.stats()                               # the frame it was read into is free again
+    assert (st["page_ins"], st["swapped_pages"], st["free_frames"]) == (0, 0, 1)
+    assert app.fault(v + 1, "r")["fill"] == "zero"
+    assert app.fault(v, "r")["err"] == "ESEGV"
+
+
+def test_everything_a_finished_process_held_is_given_back() -> None:
+    rig = Rig(nframes=2)
+    pager = rig.pager()
+    app, other = rig.app(), rig.app()
+    v = app.map(4)
+    for i in range(4):
+        app.write(v + i, page(f"p{i}"))
+    rig.run(0.05)
+    assert rig.stats()["swapped_pages"] == 2
+    handle = pager.ops("page_out")[0]["handle"]
+    assert "err" not in app.exit()
+    rig.run(0.1)
+    st = rig.stats()
+    assert (st["free_frames"], st["resident_pages"], st["swapped_pages"]) == (2, 0, 0)
+    freed = sorted(s for m in pager.ops("free") if m["handle"] == handle for s in m["slots"])
+    assert freed == sorted({m["slot"] for m in pager.ops("page_out")})
+    assert [m["handle"] for m in pager.ops("close")] == [handle]
+    o = other.map(2)                               # and the frames serve someone else
+    assert other.fault(o, "w")["fill"] == "zero" and other.fault(o + 1, "w")["fill"] == "zero"
+    assert rig.stats()["evictions"] == 2           # only app's two, none for other's pages
