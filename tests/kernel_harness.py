@@ -60,11 +60,11 @@ NAMES_CONTRACT: Msg = {
     "calls": {"register": {"fields": {"name": {"type": "str", "max_len": 32}}, "caps": 1},
               "lookup": {"fields": {"name": {"type": "str", "max_len": 32}}}},
     "replies": {"ok": {}, "found": {"caps": 1}, "missing": {}}}
-#: A small service: echo bytes back; "share" passes one capability.
+#: A small service: echo bytes back; "share" passes one capability, "bulk" a page grant.
 ECHO_CONTRACT: Msg = {
     "name": "echo",
     "calls": {"echo": {"fields": {"data": {"type": "bytes", "max_len": 64}}},
-              "share": {"caps": 1}},
+              "share": {"caps": 1}, "bulk": {"grant": True}},
     "replies": {"echo": {"fields": {"data": {"type": "bytes", "max_len": 64}}}, "ok": {}}}
 
 

@@ -6,7 +6,16 @@ server -> init -> client inside messages, as in the real system.
 """
 from __future__ import annotations
 
-from kernel_harness import ECHO_CONTRACT, Rig, echo_world, look_up, packed, serve_one, unpacked
+from kernel_harness import (
+    ECHO_CONTRACT,
+    Rig,
+    echo_world,
+    look_up,
+    packed,
+    page,
+    serve_one,
+    unpacked,
+)
 
 from kernel_daemon.kernel import PROC_DEAD_MS
 
@@ -131,3 +140,29 @@ def test_a_dead_callers_queued_call_is_withdrawn_never_delivered() -> None:
     rig.run(1.0)
     assert not w.server.answered(waiting)
     assert rig.stats()["ipc"]["blocked_calls"] == 0
+
+
+def test_a_page_grant_moves_resident_and_swapped_pages_to_the_receiver() -> None:
+    rig = Rig(nframes=2)
+    pager = rig.pager()
+    w = echo_world(rig)
+    v = w.client.map(3)
+    for i in range(3):
+        w.client.write(v + i, page(f"granted{i}"))
+    rig.run(0.05)
+    assert v not in w.client.resident                     # v on swap, v+1 and v+2 resident
+    reads = len(pager.ops("page_in"))
+    refused = w.client.ask("call", handle=w.held, msg=packed("echo", data=b"x"),
+                           grant={"addr": v << 12, "npages": 2})
+    assert refused["err"] == "ECONTRACT"                  # echo carries no grant
+    rid = w.client.call(w.held, packed("bulk"), grant={"addr": v << 12, "npages": 2})
+    got = w.server.answer(w.server.receive(w.echo))
+    assert got["grant_npages"] == 2
+    assert len(pager.ops("page_in")) == reads              # the swapped page moved unread
+    base = got["grant_addr"] >> 12
+    assert w.server.read(base) == page("granted0") and w.server.read(base + 1) == page("granted1")
+    w.server.ask("reply", call=got["call"], msg=packed("ok"))
+    assert "err" not in w.client.answer(rid)
+    assert w.client.fault(v, "r")["err"] == "ESEGV"        # gone from the sender
+    assert w.client.read(v + 2) == page("granted2")        # the rest stays
+    assert rig.stats()["pages_granted"] == 2
