@@ -86,3 +86,24 @@ def test_only_an_endpoints_owner_may_receive_on_it() -> None:
     assert reply["err"] == "EPERM"
     reply = w.client.ask("receive", handle=0)
     assert reply["err"] == "EPERM"
+
+
+def test_a_restarted_init_inherits_its_predecessors_handles_and_stash() -> None:
+    rig = Rig()
+    w = echo_world(rig)
+    assert "err" not in w.init.ask("stash", data=b"echo -> handle")
+    assert w.client.ask("stash", data=b"forged")["err"] == "EPERM"
+    assert "err" not in w.init.exit()
+    successor = rig.app("init", role="init")
+    assert successor.registered["stash"] == b"echo -> handle"
+    names = successor.endpoint({"name": "names2", "calls": {"lookup": {}},
+                                "replies": {"found": {"caps": 1}}}, nameservice=True)
+    late = rig.app("late")
+    rid = late.call(0, packed("lookup"))                   # handle 0 is the new name service
+    got = successor.answer(successor.receive(names))
+    successor.ask("reply", call=got["call"], msg=packed("found"), caps=[w.published])
+    held = late.answer(rid)["caps"][0]                     # the inherited handle still works
+    rid = late.call(held, packed("echo", data=b"hi"))
+    got = serve_one(rig, w.server, w.echo, lambda call: (packed("echo", data=b"hi"), []))
+    assert got["sender"]["spid"] == late.spid
+    assert unpacked(late.answer(rid)["msg"]) == {"kind": "echo", "data": b"hi"}

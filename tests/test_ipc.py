@@ -166,3 +166,21 @@ def test_a_page_grant_moves_resident_and_swapped_pages_to_the_receiver() -> None
     assert w.client.fault(v, "r")["err"] == "ESEGV"        # gone from the sender
     assert w.client.read(v + 2) == page("granted2")        # the rest stays
     assert rig.stats()["pages_granted"] == 2
+
+
+def test_reply_and_wait_answers_one_call_and_blocks_for_the_next() -> None:
+    rig = Rig()
+    w = echo_world(rig)
+    first = w.client.call(w.held, packed("echo", data=b"1"))
+    got = w.server.answer(w.server.receive(w.echo))
+    again = w.server.send("reply", call=got["call"], msg=packed("echo", data=b"one"),
+                          receive=w.echo)
+    assert unpacked(w.client.answer(first)["msg"]) == {"kind": "echo", "data": b"one"}
+    rig.run(0.1)
+    assert not w.server.answered(again)                    # blocked in the receive
+    second = w.client.call(w.held, packed("echo", data=b"2"))
+    nxt = w.server.answer(again)                           # the REPLY's answer is the call
+    assert unpacked(nxt["msg"]) == {"kind": "echo", "data": b"2"}
+    assert nxt["call"] != got["call"] and nxt["sender"]["spid"] == w.client.spid
+    w.server.ask("reply", call=nxt["call"], msg=packed("ok"))
+    assert unpacked(w.client.answer(second)["msg"]) == {"kind": "ok"}
