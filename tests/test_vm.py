@@ -256,3 +256,40 @@ def test_everything_a_finished_process_held_is_given_back() -> None:
     o = other.map(2)                               # and the frames serve someone else
     assert other.fault(o, "w")["fill"] == "zero" and other.fault(o + 1, "w")["fill"] == "zero"
     assert rig.stats()["evictions"] == 2           # only app's two, none for other's pages
+
+
+def test_when_every_mirror_fails_the_stop_names_each_failure() -> None:
+    rig = Rig(nframes=1, mirrors=2)
+    p0, p1 = rig.pager(0), rig.pager(1)
+    app = rig.app()
+    v = app.map(2)
+    app.write(v, page("both lie"))
+    app.read(v + 1)
+    rig.run(0.05)
+    p0.behaviour["page_in"], p1.behaviour["page_in"] = flip, short
+    reply = app.fault(v, "r")
+    assert reply["err"] == "EINTEGRITY"
+    assert "pager 0: tag:" in reply["msg"] and "pager 1: size:" in reply["msg"]
+    assert rig.stats()["integrity_failures"] == {"tag": 1, "size": 1}
+
+
+def test_a_wrong_answer_to_a_shootdown_stops_that_process() -> None:
+    rig = Rig(nframes=1)
+    rig.pager()
+    liar, other = rig.app("liar"), rig.app("other")
+    h = liar.map(1)
+    liar.write(h, page("x"))
+    liar.answers_shootdowns = False
+    o = other.map(1)
+    rid = other.send("fault", vpn=o, access="w", refs=[])
+    rig.run(0.05)
+    [sd] = liar.shootdowns
+    other_ctrl_forgery = {"re": sd["rid"], "dirty": True, "data": page("forged")}
+    other.control.send(other_ctrl_forgery)             # not the asked connection: ignored
+    rig.run(0.05)
+    assert not other.answered(rid) and rig.ps(liar.spid)["state"] == "running"
+    liar.control.send({"re": sd["rid"], "dirty": True, "data": b"short"})
+    assert other.answer(rid)["fill"] == "zero"
+    rec = rig.ps(liar.spid)
+    assert rec["state"] == "killed" and "answered wrongly" in rec["exit_reason"]
+    assert liar.killed is not None
