@@ -538,7 +538,7 @@ class Kernel(Server):
     def do_ps(self, req: Request) -> dict[str, Any]:
         """The process table and the pager slots."""
         return {"processes": self.process_records(),
-                "pagers": [s.health() for s in self.pagers.slots]}
+                "pagers": [s.health(self.now()) for s in self.pagers.slots]}
 
     def counters(self) -> dict[str, Any]:
         """The kernel-wide counters as one map."""
@@ -548,7 +548,7 @@ class Kernel(Server):
         out["resident_pages"] = sum(p.resident for p in self.procs.by_spid.values())
         out["swapped_pages"] = sum(p.swapped for p in self.procs.by_spid.values())
         out["live_processes"] = len(self.procs.by_spid)
-        out["pagers"] = [s.health() for s in self.pagers.slots]
+        out["pagers"] = [s.health(self.now()) for s in self.pagers.slots]
         out["bad_messages"] = self.bad_messages
         out["callback_errors"] = self.callback_errors
         out["refused_keys"] = self.refused_keys     # handshakes refused + key/routing-id clashes

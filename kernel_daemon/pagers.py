@@ -42,7 +42,6 @@ transient error from a live pager, and the kernel does not kill a healthy pager 
 from __future__ import annotations
 
 import signal
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -109,12 +108,12 @@ class PagerSlot:
     inflight: dict[int, PagerOp] = field(default_factory=dict)
     backlog: deque[PagerOp] = field(default_factory=deque)
 
-    def health(self) -> dict[str, Any]:
-        """The slot as one map (stats, ps, top)."""
+    def health(self, now_s: float) -> dict[str, Any]:
+        """The slot as one map (stats, ps, top); `now_s`: the kernel's clock."""
         return {"mirror": self.mirror, "up": self.up, "host": self.host,
                 "hostpid": self.hostpid, "joins": self.joins, "inflight": len(self.inflight),
                 "backlog": len(self.backlog),
-                "silent_ms": int((time.monotonic() - self.last_hello) * 1000) if self.joins else None}
+                "silent_ms": int((now_s - self.last_hello) * 1000) if self.joins else None}
 
 
 class Pagers:

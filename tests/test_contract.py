@@ -1,13 +1,23 @@
 """Channel contracts, unit by unit: validation of the contract itself (EINVAL) and every kind
-of violation a message can commit (ECONTRACT, each naming its rule)."""
+of violation a message can commit (ECONTRACT, each naming its rule); then, through the kernel
+(tests/kernel_harness.py), the channel: one state machine per endpoint and calling process."""
 from __future__ import annotations
 
 from typing import Any
 
 import msgpack
 import pytest
+from kernel_harness import Rig, echo_world, look_up, packed, serve_one, unpacked
 
-from kernel_daemon.contract import RuleViolation, check, compile_contract, decode_payload
+from kernel_daemon.contract import (
+    CONTRACT_MAX_BYTES,
+    RuleViolation,
+    check,
+    compile_contract,
+    compiled_size,
+    decode_payload,
+    encoded_size,
+)
 from wire.protocol import Err, ServiceError
 
 KV: dict[str, Any] = {
@@ -211,3 +221,52 @@ def test_deep_nesting_is_refused() -> None:
     with pytest.raises(ServiceError, match="nested deeper"):
         compile_contract({"name": "x", "calls": {"a": {"fields": {"f": spec}}},
                           "replies": {"ok": {}}})
+
+
+# -- sizes --------------------------------------------------------------------------------------
+def test_a_contract_is_charged_by_its_encoded_size_and_refused_over_the_limit() -> None:
+    n = encoded_size(KV)
+    assert n == len(msgpack.packb(KV, use_bin_type=True))
+    assert compile_contract(KV).size_bytes == compiled_size(n) > n
+    huge = {"name": "x", "calls": {"a": {}}, "replies": {"ok": {}}, "pad": "x" * CONTRACT_MAX_BYTES}
+    with pytest.raises(ServiceError) as info:
+        compile_contract(huge)
+    assert info.value.code == Err.MSGSIZE            # refused before anything is compiled
+
+
+# -- channels, through the kernel (tests/kernel_harness.py) -----------------------------------
+def test_each_calling_process_has_its_own_channel_state() -> None:
+    rig = Rig()
+    w = echo_world(rig, KV)
+    other = rig.app("other", manifest=("echo",))
+    other_held = look_up(rig, w, other)
+    put = packed("put", key="k", value=b"v")
+    assert w.client.ask("call", handle=w.held, msg=put)["err"] == "ECONTRACT"   # not logged in
+    rid = w.client.call(w.held, packed("login", user="ann"))
+    serve_one(rig, w.server, w.echo, lambda call: (packed("ok"), []))
+    assert "err" not in w.client.answer(rid)
+    reply = other.ask("call", handle=other_held, msg=put)    # ann's login is not other's
+    assert reply["err"] == "ECONTRACT" and "not allowed in state 'start'" in reply["msg"]
+    rid = w.client.call(w.held, put)
+    got = serve_one(rig, w.server, w.echo, lambda call: (packed("ok"), []))
+    assert unpacked(got["msg"]) == {"kind": "put", "key": "k", "value": b"v"}
+    assert "err" not in w.client.answer(rid)
+    assert rig.stats()["ipc_contract_violations"] == 2
+
+
+def test_a_refused_reply_leaves_the_channel_awaiting_and_a_denial_moves_it_back() -> None:
+    rig = Rig()
+    w = echo_world(rig, KV)
+    rid = w.client.call(w.held, packed("login", user="eve"))
+    got = w.server.answer(w.server.receive(w.echo))
+    wrong = w.server.ask("reply", call=got["call"], msg=packed("denied"))   # missing 'why'
+    assert wrong["err"] == "ECONTRACT"
+    assert not w.client.answered(rid)
+    w.server.ask("reply", call=got["call"], msg=packed("denied", why="no"))
+    assert unpacked(w.client.answer(rid)["msg"]) == {"kind": "denied", "why": "no"}
+    reply = w.client.ask("call", handle=w.held, msg=packed("logout"))
+    assert reply["err"] == "ECONTRACT"                    # denied: back in 'start' ...
+    rid = w.client.call(w.held, packed("login", user="eve"))   # ... where login is allowed
+    got = serve_one(rig, w.server, w.echo, lambda call: (packed("ok"), []))
+    assert unpacked(got["msg"]) == {"kind": "login", "user": "eve"}
+    assert "err" not in w.client.answer(rid)
