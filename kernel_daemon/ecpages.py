@@ -48,6 +48,7 @@ class EcPages:
                              f"got {pagers.nmirrors}")
         self.pagers = pagers
         self.coder = Coder(k, r)
+        pagers.open_fields = {"block_size": self.coder.block_bytes}     # disks pack fragments
         self.k, self.r, self.delta = k, r, max(0, delta)
         self.stats = stats
         for key in ("ec_page_outs", "ec_short_writes", "ec_page_ins", "ec_degraded_reads",

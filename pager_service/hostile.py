@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err
+from wire.protocol import HOSTILE_MODES, Err
 from wire.server import Request
 
 #: The mode name of an honest pager.
@@ -244,7 +244,7 @@ class Zero(Honest):
     name = "zero"
 
     def on_page_in(self, req: Request, data: bytes) -> None:
-        self._tamper(req, bytes(PAGE_SIZE))
+        self._tamper(req, bytes(len(data)))
 
 
 class Drop(Honest):

@@ -19,7 +19,8 @@ def test_any_k_fragments_decode(k: int, r: int) -> None:
     coder = Coder(k, r)
     page = os.urandom(PAGE_SIZE)
     blocks = coder.split(page, SWAP_ID, 7, 42)
-    assert len(blocks) == k + r and all(len(b) == PAGE_SIZE for b in blocks)
+    assert len(blocks) == k + r and all(len(b) == coder.block_bytes for b in blocks)
+    assert coder.block_bytes == -(-PAGE_SIZE // k) + MAC_BYTES
     for ids in itertools.combinations(range(k + r), k):
         frags = {i: coder.check(blocks[i], SWAP_ID, 7, 42, i) for i in ids}
         assert coder.join(frags) == page
@@ -36,7 +37,7 @@ def test_sealed_page_roundtrip_and_no_plaintext_in_fragments() -> None:
 
 
 @pytest.mark.parametrize("lie", ["flip", "index", "vpn", "version", "swap", "size", "type",
-                                 "padding", "zero"])
+                                 "longer", "zero"])
 def test_every_lie_is_caught(lie: str) -> None:
     coder = Coder(4, 2)
     blocks = coder.split(os.urandom(PAGE_SIZE), SWAP_ID, 7, 42)
@@ -44,7 +45,9 @@ def test_every_lie_is_caught(lie: str) -> None:
     block: object = blocks[2]
     where = dict(swap_id=SWAP_ID, vpn=7, version=42, index=2)
     if lie == "flip":
-        b = bytearray(blocks[2]); b[5] ^= 1; block = bytes(b)
+        b = bytearray(blocks[2])
+        b[5] ^= 1
+        block = bytes(b)
     elif lie == "index":
         block = blocks[3]
     elif lie == "vpn":
@@ -57,8 +60,8 @@ def test_every_lie_is_caught(lie: str) -> None:
         block = blocks[2][:100]
     elif lie == "type":
         block = "text"
-    elif lie == "padding":
-        b = bytearray(blocks[2]); b[coder.frag_bytes + MAC_BYTES + 3] = 1; block = bytes(b)
+    elif lie == "longer":                                       # a whole zero-padded block
+        block = blocks[2] + bytes(PAGE_SIZE - coder.block_bytes)
     elif lie == "zero":
         block = bytes(PAGE_SIZE)
     with pytest.raises(IntegrityError):
@@ -77,6 +80,6 @@ def test_too_few_fragments_and_bad_codes_refused() -> None:
     with pytest.raises(ValueError):
         coder.join({i: coder.check(blocks[i], SWAP_ID, 1, 1, i) for i in range(3)})
     assert parse_code("4+2") == (4, 2)
-    for bad in ("4", "1+1", "4+0", "a+b", "200+100", "4+2+1"):
+    for bad in ("4", "1+1", "4+0", "a+b", "200+100", "4+2+1", "17+2"):
         with pytest.raises(ValueError):
             parse_code(bad)
