@@ -4,8 +4,10 @@ For each of mirrored (`--pagers 2`) and erasure-coded (`--pagers K+R --code K+R`
 fresh system and measures, through a sealed process's own MMU: major faults with every pager
 up (page-in p50/p99), paging throughput (a write scan over 4x the frames), and degraded reads
 (page-ins after one and two pagers were killed for good; mirrored cannot lose two), plus the
-bytes stored on the devices per page (blocks written per page x 4 KiB) and the payload bytes
-per page (what the page needs: a mirror copy, or K+R fragments with their MACs).
+bytes stored on the devices per page -- what the disks report (STATS: blocks in use x block
+size, summed over the disks, over the pages they hold: slots stored on the fullest disk), with
+the pages swapped out -- and the payload bytes per page (what the page needs: a mirror copy,
+or K+R fragments with their MACs; the disks pack fragments, layout.py).
 
 Reference printed beside ours: Hydra (USENIX FAST '22) reads erasure-coded remote memory
 within a few microseconds of replication at about 1.6x less memory, tolerating crashes only.
@@ -24,6 +26,8 @@ from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.bench_paging import fill_and_push, percentiles, throughput_pages_s, time_reads_us
 from host_tools.system import Config, System
 from kernel_daemon.erasure import MAC_BYTES, Coder, parse_code
+from wire.client import Client
+from wire.protocol import Op
 
 WAIT_S: float = 30.0
 HYDRA: str = ("Hydra (FAST '22): EC remote memory reads within a few us of replication at "
@@ -39,11 +43,16 @@ def _wait(what: str, pred: Any, timeout_s: float = WAIT_S) -> None:
         time.sleep(0.02)
 
 
-def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int) -> list[float]:
+def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int,
+                at_rest: dict[str, float] | None = None) -> list[float]:
     """Latency (us) of page-ins with a free frame after `down` pagers (the last ones) were
-    killed for good: fill A, push it to swap with B (all pagers up), free B, kill, read A."""
+    killed for good: fill A, push it to swap with B (all pagers up), free B, kill, read A.
+    at_rest, if given, gets device_storage() while A is on swap."""
     a, npages, b = fill_and_push(proc, frames)
-    _wait("pages swapped", lambda: (system.process(proc.name) or {}).get("swapped_pages", 0) >= npages)
+    _wait("pages swapped",
+          lambda: (system.process(proc.name) or {}).get("swapped_pages", 0) >= npages)
+    if at_rest is not None:
+        at_rest.update(device_storage(system))
     proc.unmap(b, frames)
     n = system.config.pagers
     for m in range(n - down, n):
@@ -56,23 +65,36 @@ def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int) -> 
     return time_reads_us(proc, a, npages)
 
 
-def storage(config: Config) -> dict[str, float]:
-    """Bytes per 4 KiB page: on the devices (whole blocks) and its payload."""
+def payload(config: Config) -> dict[str, float]:
+    """What one 4 KiB page needs: a copy per mirror, or K+R fragments with their MACs."""
     if config.code:
         k, r = parse_code(config.code)
-        frag = Coder(k, r).frag_bytes
-        return {"device_bytes": (k + r) * PAGE_SIZE, "payload_bytes": (k + r) * (frag + MAC_BYTES)}
-    return {"device_bytes": config.pagers * PAGE_SIZE, "payload_bytes": config.pagers * PAGE_SIZE}
+        return {"payload_bytes": (k + r) * (Coder(k, r).frag_bytes + MAC_BYTES)}
+    return {"payload_bytes": config.pagers * PAGE_SIZE}
+
+
+def device_storage(system: System) -> dict[str, float]:
+    """Bytes the disks really hold per stored page: every disk's STATS (used blocks x block
+    size), summed, over the pages stored (slots on the fullest disk)."""
+    used, pages = 0, 0
+    for m in range(system.config.pagers):
+        name = f"disk{m}"
+        with Client(system.services[name].addr or "", keys=system.keys, server=name) as disk:
+            st = disk.call(Op.STATS)
+        used += st["used_blocks"] * st["block_size"]
+        pages = max(pages, st["slots_stored"])
+    return {"device_bytes": round(used / max(pages, 1), 1), "pages_stored": pages}
 
 
 def measure(config: Config, rounds: int, degraded: list[int]) -> dict[str, Any]:
     """One configuration: healthy page-ins, throughput, then degraded page-ins per count."""
-    out: dict[str, Any] = {"storage": storage(config)}
+    out: dict[str, Any] = {"storage": payload(config)}
     with System(config) as system:
         with system.connect_sealed("memstress", "bench") as proc:
             major: list[float] = []
-            for _ in range(rounds):
-                major += page_ins_us(proc, system, config.frames, 0)
+            for i in range(rounds):
+                major += page_ins_us(proc, system, config.frames, 0,
+                                     out["storage"] if i == 0 else None)
             out["page_in_us"] = percentiles(major)
             out["pages_per_s"] = round(throughput_pages_s(proc, system, config.frames), 1)
     for down in degraded:
@@ -131,6 +153,6 @@ def print_report(result: dict[str, Any], console: Console) -> None:
     for name, value in result["ratios"].items():
         console.print(f"  {name}: {value}x")
     console.print(f"reference: {result['reference']}")
-    console.print("note: each fragment occupies a whole 4 KiB device block (the pager/disk "
-                  "protocol stores one page per block), so device bytes are (K+R) blocks; the "
-                  "payload is (K+R)/K of the page")
+    console.print("note: device bytes are what the disks report in use (blocks x block size) "
+                  "over the pages they hold; the disks pack fragments below a block, so they "
+                  "approach the payload ((K+R)/K of the page + a MAC per fragment)")
