@@ -56,7 +56,7 @@ class Coder:
         self.block_bytes = self.frag_bytes + MAC_BYTES
         self._encoder = zfec.Encoder(k, self.n)
         self._decoder = zfec.Decoder(k, self.n)
-        self._key = entropy.token_bytes(32)
+        self._keyed = hashlib.blake2b(key=entropy.token_bytes(32), digest_size=MAC_BYTES)
 
     @staticmethod
     def check_code(k: int, r: int) -> None:
@@ -65,29 +65,30 @@ class Coder:
             raise ValueError(f"bad code {k}+{r}: need 2 <= K <= 16, R >= 1, K+R <= 256")
 
     def _mac(self, swap_id: bytes, vpn: int, version: int, index: int, frag: bytes) -> bytes:
-        h = hashlib.blake2b(key=self._key, digest_size=MAC_BYTES)
+        h = self._keyed.copy()                  # the key's block is hashed once, at boot
         h.update(_BIND.pack(swap_id, vpn, version, index))
         h.update(frag)
         return h.digest()
 
-    def split(self, sealed: bytes, swap_id: bytes, vpn: int, version: int) -> list[bytes]:
-        """Encode one sealed page into K+R records of block_bytes (record i for pager i)."""
+    def split(self, sealed: bytes, swap_id: bytes, vpn: int, version: int,
+              which: list[int] | None = None) -> dict[int, bytes]:
+        """Encode one sealed page into records of block_bytes {i: record for pager i}: all
+        K+R, or only those in `which` (a repair computes no other parity, MACs no other)."""
         if len(sealed) != PAGE_SIZE:
             raise ValueError(f"a sealed page is {PAGE_SIZE} bytes, got {len(sealed)}")
-        padded = sealed + bytes(self.k * self.frag_bytes - PAGE_SIZE)
-        f = self.frag_bytes
-        frags = self._encoder.encode([padded[i * f:(i + 1) * f] for i in range(self.k)])
-        return [frag + self._mac(swap_id, vpn, version, i, frag) for i, frag in enumerate(frags)]
+        padded, f = sealed + bytes(self.k * self.frag_bytes - PAGE_SIZE), self.frag_bytes
+        ids = list(range(self.n)) if which is None else sorted(which)
+        frags = self._encoder.encode([padded[i * f:(i + 1) * f] for i in range(self.k)], ids)
+        return {i: frag + self._mac(swap_id, vpn, version, i, frag)
+                for i, frag in zip(ids, frags, strict=True)}
 
     def check(self, block: object, swap_id: bytes, vpn: int, version: int, index: int) -> bytes:
         """The fragment in what pager `index` returned; IntegrityError (kind malformed, size,
         or mac) unless it is exactly the record split() made for this binding."""
         if not isinstance(block, bytes):
-            raise IntegrityError("malformed", f"the pager returned {type(block).__name__}, "
-                                              "not bytes")
+            raise IntegrityError("malformed", f"the pager returned {type(block).__name__}")
         if len(block) != self.block_bytes:
-            raise IntegrityError("size", f"the pager returned {len(block)} bytes, "
-                                         f"not {self.block_bytes}")
+            raise IntegrityError("size", f"{len(block)} bytes, not {self.block_bytes}")
         frag, mac = block[:self.frag_bytes], block[self.frag_bytes:]
         if not hmac.compare_digest(mac, self._mac(swap_id, vpn, version, index, frag)):
             raise IntegrityError("mac", f"fragment {index}: MAC mismatch at version {version} "
@@ -99,8 +100,6 @@ class Coder:
         if len(frags) < self.k:
             raise ValueError(f"need {self.k} fragments, got {len(frags)}")
         ids = sorted(frags)[:self.k]
-        if ids == list(range(self.k)):
-            data = b"".join(frags[i] for i in ids)
-        else:
-            data = b"".join(bytes(b) for b in self._decoder.decode([frags[i] for i in ids], ids))
+        got = [frags[i] for i in ids]           # the data fragments themselves need no decode
+        data = b"".join(got if ids == list(range(self.k)) else self._decoder.decode(got, ids))
         return data[:PAGE_SIZE]

@@ -19,7 +19,9 @@ def test_any_k_fragments_decode(k: int, r: int) -> None:
     coder = Coder(k, r)
     page = os.urandom(PAGE_SIZE)
     blocks = coder.split(page, SWAP_ID, 7, 42)
-    assert len(blocks) == k + r and all(len(b) == coder.block_bytes for b in blocks)
+    assert len(blocks) == k + r and all(len(b) == coder.block_bytes for b in blocks.values())
+    assert coder.split(page, SWAP_ID, 7, 42, [k + r - 1, 0]) == {0: blocks[0],
+                                                                  k + r - 1: blocks[k + r - 1]}
     assert coder.block_bytes == -(-PAGE_SIZE // k) + MAC_BYTES
     for ids in itertools.combinations(range(k + r), k):
         frags = {i: coder.check(blocks[i], SWAP_ID, 7, 42, i) for i in ids}
@@ -31,7 +33,7 @@ def test_sealed_page_roundtrip_and_no_plaintext_in_fragments() -> None:
     plain = b"KNOWN-PLAINTEXT!" * (PAGE_SIZE // 16)
     sealed, tag = sealer.seal(SWAP_ID, 3, 9, plain)
     blocks = coder.split(sealed, SWAP_ID, 3, 9)
-    assert not any(b"KNOWN-PLAINTEXT!" in b for b in blocks)
+    assert not any(b"KNOWN-PLAINTEXT!" in b for b in blocks.values())
     frags = {i: coder.check(blocks[i], SWAP_ID, 3, 9, i) for i in (1, 3, 4, 5)}
     assert sealer.open(SWAP_ID, 3, 9, tag, coder.join(frags)) == plain
 
