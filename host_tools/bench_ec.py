@@ -7,7 +7,10 @@ up (page-in p50/p99), paging throughput (a write scan over 4x the frames), and d
 bytes stored on the devices per page -- what the disks report (STATS: blocks in use x block
 size, summed over the disks, over the pages they hold: slots stored on the fullest disk), with
 the pages swapped out -- and the payload bytes per page (what the page needs: a mirror copy,
-or K+R fragments with their MACs; the disks pack fragments, layout.py).
+or K+R fragments with their MACs; the disks pack fragments, layout.py).  Beside the page-in
+latency it shows the CPU a page-in costs the kernel and the pagers + disks (their processes'
+CPU time over the healthy reads): on a small machine that, not the network, is what the K+delta
+fan-out costs.
 
 Reference printed beside ours: Hydra (USENIX FAST '22) reads erasure-coded remote memory
 within a few microseconds of replication at about 1.6x less memory, tolerating crashes only.
@@ -19,6 +22,7 @@ import signal
 import time
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -43,11 +47,23 @@ def _wait(what: str, pred: Any, timeout_s: float = WAIT_S) -> None:
         time.sleep(0.02)
 
 
+def cpu_s(system: System) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the kernel, and by the pagers + disks."""
+    out = {"kernel": 0.0, "pagers_disks": 0.0}
+    for svc in system.services.values():
+        if svc.kind in ("kernel", "pager", "disk") and svc.proc.poll() is None:
+            t = psutil.Process(svc.proc.pid).cpu_times()
+            out["kernel" if svc.kind == "kernel" else "pagers_disks"] += t.user + t.system
+    return out
+
+
 def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int,
-                at_rest: dict[str, float] | None = None) -> list[float]:
+                at_rest: dict[str, float] | None = None,
+                cpu: dict[str, float] | None = None) -> list[float]:
     """Latency (us) of page-ins with a free frame after `down` pagers (the last ones) were
     killed for good: fill A, push it to swap with B (all pagers up), free B, kill, read A.
-    at_rest, if given, gets device_storage() while A is on swap."""
+    at_rest, if given, gets device_storage() while A is on swap; cpu, if given, adds the
+    CPU seconds (cpu_s) spent during the reads and the number of reads ("reads")."""
     a, npages, b = fill_and_push(proc, frames)
     _wait("pages swapped",
           lambda: (system.process(proc.name) or {}).get("swapped_pages", 0) >= npages)
@@ -62,7 +78,13 @@ def page_ins_us(proc: SealedProcess, system: System, frames: int, down: int,
     if down:
         _wait("pagers down", lambda: sum(not p["up"] for p in
                                          system.stats()["kernel"]["pagers"]) >= down)
-    return time_reads_us(proc, a, npages)
+    before = cpu_s(system)
+    reads = time_reads_us(proc, a, npages)
+    if cpu is not None:
+        for kind, spent in cpu_s(system).items():
+            cpu[kind] = cpu.get(kind, 0.0) + spent - before[kind]
+        cpu["reads"] = cpu.get("reads", 0) + npages
+    return reads
 
 
 def payload(config: Config) -> dict[str, float]:
@@ -92,10 +114,13 @@ def measure(config: Config, rounds: int, degraded: list[int]) -> dict[str, Any]:
     with System(config) as system:
         with system.connect_sealed("memstress", "bench") as proc:
             major: list[float] = []
+            cpu: dict[str, float] = {}
             for i in range(rounds):
                 major += page_ins_us(proc, system, config.frames, 0,
-                                     out["storage"] if i == 0 else None)
+                                     out["storage"] if i == 0 else None, cpu)
             out["page_in_us"] = percentiles(major)
+            out["cpu_us_per_page_in"] = {kind: round(spent / cpu["reads"] * 1e6, 1)
+                                         for kind, spent in cpu.items() if kind != "reads"}
             out["pages_per_s"] = round(throughput_pages_s(proc, system, config.frames), 1)
     for down in degraded:
         with System(config) as system:
@@ -144,6 +169,9 @@ def print_report(result: dict[str, Any], console: Console) -> None:
             ("degraded read p99, 1 pager down (us)", lambda r: cell(r, "degraded_1_us", "p99")),
             ("degraded read p50, 2 pagers down (us)", lambda r: cell(r, "degraded_2_us", "p50")),
             ("degraded read p99, 2 pagers down (us)", lambda r: cell(r, "degraded_2_us", "p99")),
+            ("CPU per page-in, kernel (us)", lambda r: str(r["cpu_us_per_page_in"]["kernel"])),
+            ("CPU per page-in, pagers + disks (us)",
+             lambda r: str(r["cpu_us_per_page_in"]["pagers_disks"])),
             ("device bytes per page", lambda r: str(r["storage"]["device_bytes"])),
             ("payload bytes per page", lambda r: str(r["storage"]["payload_bytes"]))]
     for label, get in rows:

@@ -593,3 +593,16 @@ def test_small_records_fill_the_device_exactly(image: Path) -> None:
             dev.write(tok, s, bytes(FRAG_BYTES))
         expect_err(Err.NOSPC, dev.write, tok, fits, bytes(FRAG_BYTES))
         assert dev.stats()["slots_stored"] == fits
+
+
+def test_a_live_record_whose_second_block_is_gone_is_refused(image: Path) -> None:
+    with Device(image, size_mib=1) as dev:
+        tok = dev.open_handle("ec", block_size=FRAG_BYTES)
+        first = dev.write(tok, 3, os.urandom(FRAG_BYTES))   # bytes 3120..4159: two blocks
+        assert dev.stats()["used_blocks"] == 2
+        rec = first - dev.geo.first_data_block
+    _poke_map(image, rec + 1, -1, 0, live=0)                 # its second block "freed"
+    digest = sha256(image)
+    with pytest.raises(DeviceError, match="not all its blocks are mapped"):
+        Device(image)
+    assert sha256(image) == digest
