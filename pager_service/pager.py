@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import zmq
 
@@ -120,7 +120,7 @@ def check_page(msg: dict[str, Any]) -> bytes:
     return data
 
 
-def is_record(data: object) -> bool:
+def is_record(data: object) -> TypeGuard[bytes]:
     """Is `data` something a disk slot can hold: 1..PAGE_SIZE bytes?"""
     return isinstance(data, bytes) and 0 < len(data) <= PAGE_SIZE
 
