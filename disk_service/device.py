@@ -1,18 +1,23 @@
 """The block device: one file, accessed only through a numpy.memmap of uint8.
 
 The file's format is described in layout.py.  Everything needed to find every handle and
-every block lives in the file; the in-memory indexes (token hash -> handle, (handle, slot) ->
-block, free blocks) are rebuilt from it on open, so a disk service restarted on the same
-file, even after SIGKILL, serves every handle and block as before.
+every block lives in the file; the in-memory indexes (token hash -> handle, (handle, virtual
+block) -> block, live slots, free blocks) are rebuilt from it on open, so a disk service
+restarted on the same file, even after SIGKILL, serves every handle and block as before.
+A handle's slots are records of its own size (layout.py: several to a block, packed).
 
 Write ordering (the crash contract; a SIGKILL can stop us between any two stores):
 
-* a new block: data first, then the map record's slot, then its owner (the commit point),
-  so a map entry never points at a block whose data was not written;
-* a rewrite of a slot already mapped: the data is overwritten in place;
-* open: token hash and label first, then in_use (the commit point);
-* close and free: map owners are cleared first, then in_use, so no block is ever owned by
-  a closed handle.
+* a new block: zeroed data first, then the map record's virtual block and cleared live
+  mask, then its owner (the commit point of the block);
+* a new slot: its blocks exist first, then its bytes, then its live bit (the commit point),
+  so a live slot never points at bytes that were not written;
+* a rewrite of a live slot: the data is overwritten in place;
+* open: token hash, label and record size first, then in_use (the commit point);
+* free: the live bit is cleared first, then blocks no live slot touches are released;
+  close: map owners are cleared first, then in_use, so no block is ever owned by a closed
+  handle.  (A crash between the steps of a write or a free can leave a block owned but
+  unused: it is freed when its handle is closed.)
 
 A file that exists but fails any check is refused with DeviceError and is never written:
 it is checked through a read-only mapping and reopened writable only once it passed.
@@ -36,14 +41,18 @@ from disk_service.layout import (
     HANDLE_DTYPE,
     LABEL_MAX_BYTES,
     MAP_DTYPE,
+    MIN_RECORD_BYTES,
     SLOT_LIMIT,
     SUPERBLOCK_DTYPE,
     TOKEN_BYTES,
     DeviceError,
     Geometry,
     check_superblock,
+    first_slot,
     pack_superblock,
     plan,
+    slot_span,
+    slots_touching,
     token_hash,
 )
 from wire import entropy
@@ -110,7 +119,9 @@ class _Index:
 
     def __init__(self) -> None:
         self.tokens: dict[bytes, int] = {}              # token_hash(token) -> handle index
-        self.slots: dict[int, dict[int, int]] = {}      # handle index -> slot -> block
+        self.slots: dict[int, dict[int, int]] = {}      # handle index -> virtual block -> block
+        self.live: dict[int, set[int]] = {}             # handle index -> slots holding data
+        self.size: dict[int, int] = {}                  # handle index -> record size (bytes)
         self.free_blocks: list[int] = []                # pop() gives the lowest free block
         self.free_handles: list[int] = []               # pop() gives the lowest free index
         #: Closed handles whose slot still holds their token hash (a tombstone: a late OPEN
@@ -131,13 +142,16 @@ def _scan_handles(ht: np.ndarray, idx: _Index) -> np.ndarray:
         raise DeviceError(f"corrupt sealedos disk (handle {long_labels[0]} has a label longer "
                           f"than {LABEL_MAX_BYTES} bytes)")
     hashes = np.array(ht["token_hash"])[used]
-    for h, raw in zip(used.tolist(), hashes, strict=True):
+    sizes = np.array(ht["block_size"])[used]
+    for h, raw, size in zip(used.tolist(), hashes, sizes.tolist(), strict=True):
         key = raw.tobytes()
         if key in idx.tokens:
             raise DeviceError(f"corrupt sealedos disk (handles {idx.tokens[key]} and {h} "
                               f"share one token)")
+        if not MIN_RECORD_BYTES <= size <= BLOCK_SIZE:
+            raise DeviceError(f"corrupt sealedos disk (handle {h} has record size {size})")
         idx.tokens[key] = h
-        idx.slots[h] = {}
+        idx.slots[h], idx.live[h], idx.size[h] = {}, set(), size
     unused = np.flatnonzero(in_use == 0)
     tombs = np.array(ht["token_hash"])[unused].any(axis=1)
     idx.closed = {np.array(ht["token_hash"])[h].tobytes(): int(h) for h in unused[tombs]}
@@ -168,12 +182,33 @@ def _scan_map(bmap: np.ndarray, in_use: np.ndarray, geo: Geometry, idx: _Index) 
         raise DeviceError(f"corrupt sealedos disk (handle {k >> 32} maps slot "
                           f"{k & 0xFFFFFFFF} to two blocks)")
     handles, starts = np.unique(owners, return_index=True)
-    ends = np.append(starts[1:], owners.size)
+    ends = np.append(starts[1:], owners.size)           # one too many when no block is used
     absolute = blocks + geo.first_data_block
-    # ends has one element more than handles when no block is used: zip stops at the shorter
     for h, a, z in zip(handles.tolist(), starts.tolist(), ends.tolist(), strict=False):
         idx.slots[h] = dict(zip(slots[a:z].tolist(), absolute[a:z].tolist(), strict=True))
     idx.free_blocks = (np.flatnonzero(~used)[::-1] + geo.first_data_block).tolist()
+    live = np.array(bmap["live"]).astype(np.int64)
+    marked = np.flatnonzero(used & (live != 0))
+    for rec in marked.tolist():
+        _scan_live(int(owner[rec]), int(slot[rec]), int(live[rec]),
+                   rec + geo.first_data_block, idx)
+
+
+def _scan_live(h: int, vblock: int, mask: int, block: int, idx: _Index) -> None:
+    """Add the live slots of `mask` (of handle h's virtual block `vblock`) to idx.live;
+    raise unless each is a slot starting there whose every virtual block is mapped."""
+    size, first = idx.size[h], first_slot(vblock, idx.size[h])
+    count = first_slot(vblock + 1, size) - first
+    if mask >> count:
+        raise DeviceError(f"corrupt sealedos disk (block {block} marks slots that do not "
+                          f"start in it live)")
+    for bit in range(count):
+        if mask >> bit & 1:
+            slot = first + bit
+            if slot >= SLOT_LIMIT or slot_span(slot, size)[1] not in idx.slots[h]:
+                raise DeviceError(f"corrupt sealedos disk (handle {h}'s slot {slot} is live "
+                                  f"but not all its blocks are mapped)")
+            idx.live[h].add(slot)
 
 
 def check_device(path: Path) -> tuple[Geometry, _Index]:
@@ -216,6 +251,7 @@ class DeviceStats:
     """A device's geometry and usage, as the disk's stats reply reports them."""
     nblocks: int
     used_blocks: int
+    slots_stored: int
     free_blocks: int
     handles: int
     max_handles: int
@@ -266,15 +302,24 @@ class Device:
         return slot
 
     @staticmethod
-    def _check_data(data: Any) -> np.ndarray:
-        """`data` as a uint8 array if it is exactly one block of bytes; ServiceError(INVAL) else."""
+    def _check_data(data: Any, size: int = BLOCK_SIZE) -> np.ndarray:
+        """`data` as a uint8 array if it is exactly `size` bytes; ServiceError(INVAL) else."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ServiceError(Err.INVAL, f"data must be bytes, got {type(data).__name__}")
         buf = np.frombuffer(data, dtype=np.uint8)
-        if buf.size != BLOCK_SIZE:
-            raise ServiceError(Err.INVAL,
-                               f"data must be exactly {BLOCK_SIZE} bytes, got {buf.size}")
+        if buf.size != size:
+            raise ServiceError(Err.INVAL, f"data must be exactly {size} bytes (this handle's "
+                                          f"block size), got {buf.size}")
         return buf
+
+    @staticmethod
+    def _check_size(size: Any) -> int:
+        """`size` if it is a record size a handle may have; ServiceError(INVAL) otherwise."""
+        if not isinstance(size, int) or isinstance(size, bool) \
+                or not MIN_RECORD_BYTES <= size <= BLOCK_SIZE:
+            raise ServiceError(Err.INVAL, f"block size {size!r} is not an integer in "
+                                          f"[{MIN_RECORD_BYTES}, {BLOCK_SIZE}]")
+        return size
 
     def _owned(self, h: int, block: Any) -> int:
         """`block` if handle `h` owns it; INVAL if out of range, PERM if not h's."""
@@ -291,16 +336,21 @@ class Device:
         return block - self.geo.first_data_block
 
     # -- handles -----------------------------------------------------------------------
-    def open_handle(self, label: str = "", token: bytes | None = None) -> bytes:
+    def open_handle(self, label: str = "", token: bytes | None = None,
+                    block_size: int = BLOCK_SIZE) -> bytes:
         """Open the handle named by `token` (TOKEN_BYTES bytes, minted by the caller; None:
-        a fresh random one), labelled `label` (<= 32 bytes UTF-8, else INVAL); return the
-        token.  Idempotent: opening a token that is already open changes nothing.  Only the
-        token's hash is stored."""
+        a fresh random one), labelled `label` (<= 32 bytes UTF-8, else INVAL), whose slots
+        hold `block_size` bytes each; return the token.  Idempotent: opening a token that
+        is already open with the same block size changes nothing (another size: INVAL).
+        Only the token's hash is stored."""
         if self._mm is None:
             raise Panic("device used after close()")
         if token is not None and (not isinstance(token, bytes) or len(token) != TOKEN_BYTES):
             raise ServiceError(Err.INVAL, f"a handle is {TOKEN_BYTES} bytes")
+        block_size = self._check_size(block_size)
         if token is not None and token_hash(token) in self._idx.tokens:
+            if self._idx.size[self._idx.tokens[token_hash(token)]] != block_size:
+                raise ServiceError(Err.INVAL, "that handle is open with another block size")
             return token
         if token is not None and token_hash(token) in self._idx.closed:
             # A handle is opened once: an OPEN arriving after its CLOSE (delayed, retried,
@@ -333,9 +383,10 @@ class Device:
         rec["token_hash"] = np.frombuffer(key, dtype=np.uint8)
         rec["label"] = np.frombuffer(raw.ljust(LABEL_MAX_BYTES, b"\0"), dtype=np.uint8)
         rec["label_len"] = len(raw)
+        rec["block_size"] = block_size
         rec["in_use"] = 1                                   # commit point
         self._idx.tokens[key] = h
-        self._idx.slots[h] = {}
+        self._idx.slots[h], self._idx.live[h], self._idx.size[h] = {}, set(), block_size
         self.dirty = True
         return token
 
@@ -346,7 +397,7 @@ class Device:
         self._release(blocks)
         self._handles["in_use"][h] = 0                      # commit point (hash kept: a tomb)
         key = token_hash(token)
-        del self._idx.tokens[key], self._idx.slots[h]
+        del self._idx.tokens[key], self._idx.slots[h], self._idx.live[h], self._idx.size[h]
         self._idx.closed[key] = h
         self.dirty = True
         return len(blocks)
@@ -364,46 +415,79 @@ class Device:
 
     # -- slots -------------------------------------------------------------------------
     def write(self, token: bytes, slot: int, data: bytes) -> int:
-        """Store one block of `data` at `slot` of handle `token`; return the block used."""
+        """Store `data` (exactly the handle's block size) at `slot` of handle `token`;
+        return the (first) block it landed in."""
         h = self._handle(token)
-        slot, buf = self._check_slot(slot), self._check_data(data)
-        block = self._idx.slots[h].get(slot)
-        if block is not None:
-            self._blocks[block] = buf                       # rewrite in place
-            self.dirty = True
-            return block
-        if not self._idx.free_blocks:
+        size = self._idx.size[h]
+        slot, buf = self._check_slot(slot), self._check_data(data, size)
+        v0, v1, bit = slot_span(slot, size)
+        mine = self._idx.slots[h]
+        new = [v for v in dict.fromkeys((v0, v1)) if v not in mine]
+        if len(new) > len(self._idx.free_blocks):
             raise ServiceError(Err.NOSPC,
                                f"device full ({self.geo.data_blocks} data blocks in use)")
-        block = self._idx.free_blocks.pop()
-        rec = self._rec(block)
-        if int(self._map["owner"][rec]) != FREE_OWNER:
-            raise Panic(f"free list holds block {block}, owned by handle {self._map['owner'][rec]}")
-        self._blocks[block] = buf                           # 1. data
-        self._map["slot"][rec] = slot                       # 2. slot
-        self._map["owner"][rec] = h                         # 3. owner: commit point
-        self._idx.slots[h][slot] = block
+        for v in new:
+            self._allocate(h, v)
+        self._store(mine, slot * size, buf)
+        live = self._idx.live[h]
+        if slot not in live:
+            self._map["live"][self._rec(mine[v0])] |= 1 << bit   # commit point of the slot
+            live.add(slot)
         self.dirty = True
-        return block
+        return mine[v0]
 
     def read(self, token: bytes, slot: int) -> bytes:
         """The data at `slot` of handle `token`; ServiceError(NOENT) if never written."""
         h = self._handle(token)
-        block = self._idx.slots[h].get(self._check_slot(slot))
-        if block is None:
+        if self._check_slot(slot) not in self._idx.live[h]:
             raise ServiceError(Err.NOENT, f"slot {slot} holds no block of this handle")
-        data: bytes = self._blocks[block].tobytes()
-        return data
+        size = self._idx.size[h]
+        start, mine = slot * size, self._idx.slots[h]
+        v0, off = divmod(start, BLOCK_SIZE)
+        if off + size <= BLOCK_SIZE:
+            return self._blocks[mine[v0], off:off + size].tobytes()
+        return (self._blocks[mine[v0], off:].tobytes()
+                + self._blocks[mine[v0 + 1], :off + size - BLOCK_SIZE].tobytes())
 
     def free(self, token: bytes, slots: Iterable[int]) -> int:
-        """Release the blocks at `slots` of handle `token` (unwritten slots are skipped)."""
+        """Drop the data at `slots` of handle `token` (unwritten slots are skipped) and
+        release the blocks no live slot touches any more; return how many slots held data."""
         h = self._handle(token)
         wanted = [self._check_slot(s) for s in slots]        # check all before freeing any
-        mine = self._idx.slots[h]
-        blocks = [mine.pop(s) for s in dict.fromkeys(wanted) if s in mine]
-        self._release(blocks)
-        self.dirty = self.dirty or bool(blocks)
-        return len(blocks)
+        size, mine, live = self._idx.size[h], self._idx.slots[h], self._idx.live[h]
+        dropped = [s for s in dict.fromkeys(wanted) if s in live]
+        touched: set[int] = set()
+        for s in dropped:
+            v0, v1, bit = slot_span(s, size)
+            self._map["live"][self._rec(mine[v0])] &= ~(1 << bit) & 0xFFFF
+            live.discard(s)
+            touched.update((v0, v1))
+        unused = [v for v in sorted(touched)
+                  if not any(t in live for t in slots_touching(v, size))]
+        self._release([mine.pop(v) for v in unused])
+        self.dirty = self.dirty or bool(dropped)
+        return len(dropped)
+
+    def _allocate(self, h: int, vblock: int) -> None:
+        """Give handle h a zeroed free block as its virtual block `vblock` (caller checked
+        that one is free)."""
+        block = self._idx.free_blocks.pop()
+        rec = self._rec(block)
+        if int(self._map["owner"][rec]) != FREE_OWNER:
+            raise Panic(f"free list holds block {block}, owned by handle {self._map['owner'][rec]}")
+        self._blocks[block] = 0                             # 1. data (no other handle's bytes)
+        self._map["slot"][rec] = vblock                     # 2. which piece of h's space
+        self._map["live"][rec] = 0
+        self._map["owner"][rec] = h                         # 3. owner: commit point
+        self._idx.slots[h][vblock] = block
+
+    def _store(self, mine: dict[int, int], start: int, buf: np.ndarray) -> None:
+        """Write `buf` at byte `start` of a handle's space (virtual blocks -> blocks `mine`)."""
+        v0, off = divmod(start, BLOCK_SIZE)
+        head = min(buf.size, BLOCK_SIZE - off)
+        self._blocks[mine[v0], off:off + head] = buf[:head]
+        if head < buf.size:
+            self._blocks[mine[v0 + 1], :buf.size - head] = buf[head:]
 
     # -- raw blocks --------------------------------------------------------------------
     def read_block(self, token: bytes, block: int) -> bytes:
@@ -424,6 +508,7 @@ class Device:
         """Counters and geometry as one record."""
         free = len(self._idx.free_blocks)
         return DeviceStats(nblocks=self.geo.data_blocks, used_blocks=self.geo.data_blocks - free,
+                           slots_stored=sum(len(live) for live in self._idx.live.values()),
                            free_blocks=free, handles=len(self._idx.tokens),
                            max_handles=self.geo.max_handles, block_size=BLOCK_SIZE,
                            total_blocks=self.geo.total_blocks,

@@ -5,10 +5,12 @@ request names a handle by its 16-byte token (minted by the kernel and created he
 the device file keeps only a hash of it); a handle sees only its own slots and blocks.  Ops
 served:
 
-    open  {handle, label}              -> {}         creates the handle; idempotent; label: at
-                                                     most 32 bytes UTF-8, longer is EINVAL
+    open  {handle, label, block_size?} -> {}         creates the handle; idempotent; label: at
+                                                     most 32 bytes UTF-8, longer is EINVAL;
+                                                     block_size: bytes per slot (256..4096,
+                                                     default 4096; smaller slots are packed)
     close {handle}                     -> {freed}    frees every block of the handle
-    write {handle, slot, data}         -> {block}    data: exactly BLOCK_SIZE bytes
+    write {handle, slot, data}         -> {block}    data: exactly the handle's block size
     read  {handle, slot}               -> {data}     ENOENT if the slot was never written
     free  {handle, slots}              -> {freed}    slots never written are skipped
     ping  {}                           -> {service: "disk"}
@@ -42,7 +44,7 @@ from disk_service.layout import DEFAULT_SIZE_MIB
 from wire import host
 from wire import keys as wkeys
 from wire.keys import Keyring, KeysMissing
-from wire.protocol import Err, Op, ServiceError
+from wire.protocol import BLOCK_SIZE, Err, Op, ServiceError
 from wire.server import Request, Server
 from wire.transport import Clock, Transport
 
@@ -134,7 +136,8 @@ class DiskService(Server):
     # -- handlers ----------------------------------------------------------------------
     def do_open(self, req: Request) -> dict[str, Any]:
         """Create the handle named by the request's token (idempotent) -> {}."""
-        self.device.open_handle(req.msg["label"], req.msg["handle"])
+        self.device.open_handle(req.msg["label"], req.msg["handle"],
+                                req.msg.get("block_size", BLOCK_SIZE))
         return {}
 
     def do_close(self, req: Request) -> dict[str, Any]:

@@ -10,6 +10,17 @@ A disk file is an array of BLOCK_SIZE-byte blocks, laid out like a small file sy
 Every integer is little-endian.  Block numbers are absolute (block 0 is the superblock), so
 data block b is described by block-map record b - first_data_block.  This module only
 describes and checks the format; device.py reads and writes it.
+
+**Records smaller than a block.**  A handle is opened with a record size (`block_size`,
+MIN_RECORD_BYTES .. BLOCK_SIZE; BLOCK_SIZE unless said otherwise).  Its slot s is the byte
+range [s * size, (s + 1) * size) of the handle's own sparse address space, which is backed
+by data blocks on demand: the map record of a data block names its owner and which BLOCK_SIZE
+piece of that space it holds (its "virtual block").  Records are packed back to back and may
+straddle two virtual blocks, so a handle of 1040-byte erasure-code fragments stores about
+1040 bytes per slot, not a whole block.  Which slots hold data is the `live` mask of the
+virtual block where the slot *starts* (bit j: the j-th slot starting in it; at most
+BLOCK_SIZE / MIN_RECORD_BYTES = 16 do), and a live slot's every virtual block is mapped.
+With the default size a slot is exactly one block, as in format 2.
 """
 from __future__ import annotations
 
@@ -25,7 +36,8 @@ from wire.protocol import BLOCK_SIZE
 MAGIC: Final[bytes] = b"SEALDISK"
 #: 2: the handle table stores a hash of each token, never the token (tokens are minted by
 #: the kernel and are the only credential for a handle's blocks).
-FORMAT_VERSION: Final[int] = 2
+#: 3: handles have a record size; map records carry a virtual block and a live-slot mask.
+FORMAT_VERSION: Final[int] = 3
 DEFAULT_SIZE_MIB: Final[int] = 64
 DEFAULT_MAX_HANDLES: Final[int] = 4096
 TOKEN_BYTES: Final[int] = 16
@@ -33,6 +45,9 @@ LABEL_MAX_BYTES: Final[int] = 32
 FREE_OWNER: Final[int] = -1
 SLOT_LIMIT: Final[int] = 1 << 32          # a slot is a uint32: 0 <= slot < SLOT_LIMIT
 MAX_HANDLES_LIMIT: Final[int] = 1 << 20   # sanity bound on the superblock's max_handles
+#: Smallest record size a handle may be opened with: at most 16 records start in one block,
+#: one bit each in the 16-bit `live` mask of its map record.
+MIN_RECORD_BYTES: Final[int] = 256
 
 #: The superblock, at offset 0 of block 0.  `crc` is CRC32 over every byte before it.
 SUPERBLOCK_DTYPE: Final[np.dtype] = np.dtype([
@@ -63,18 +78,37 @@ SUPERBLOCK_CRC_OFFSET: Final[int] = _field_offset(SUPERBLOCK_DTYPE, "crc")
 
 #: One handle-table record (64 bytes).  `in_use` is written last on open and cleared last
 #: on close, so it is the commit point of a handle.  `token_hash` is token_hash(token): a
-#: reader of the file learns no token from it.
+#: reader of the file learns no token from it.  `block_size`: the handle's record size.
 HANDLE_DTYPE: Final[np.dtype] = np.dtype({
-    "names": ["in_use", "label_len", "token_hash", "label"],
-    "formats": ["u1", "u1", ("u1", (TOKEN_BYTES,)), ("u1", (LABEL_MAX_BYTES,))],
-    "offsets": [0, 1, 16, 32],
+    "names": ["in_use", "label_len", "block_size", "token_hash", "label"],
+    "formats": ["u1", "u1", "<u4", ("u1", (TOKEN_BYTES,)), ("u1", (LABEL_MAX_BYTES,))],
+    "offsets": [0, 1, 4, 16, 32],
     "itemsize": 64,
 })
 
-#: One block-map record (8 bytes) per data block.  `owner` is the handle index, or
-#: FREE_OWNER; it is written after `slot` and after the block's data, so it is the commit
-#: point of a block.
-MAP_DTYPE: Final[np.dtype] = np.dtype([("owner", "<i4"), ("slot", "<u4")])
+#: One block-map record (12 bytes) per data block.  `owner` is the handle index, or
+#: FREE_OWNER; it is written after `slot` (the virtual block: which piece of the handle's space it
+#: holds), `live` (cleared) and the block's (zeroed) data, so it is the commit point of a
+#: block.  `live` bit j set is the commit point of the j-th slot starting in this block.
+MAP_DTYPE: Final[np.dtype] = np.dtype([("owner", "<i4"), ("slot", "<u4"), ("live", "<u2"),
+                                       ("pad", "<u2")])
+
+
+def first_slot(vblock: int, size: int) -> int:
+    """The first slot of record size `size` that starts in virtual block `vblock`."""
+    return -(-vblock * BLOCK_SIZE // size)
+
+
+def slot_span(slot: int, size: int) -> tuple[int, int, int]:
+    """(first virtual block, last virtual block, live bit) of slot `slot` of size `size`."""
+    start = slot * size
+    v0 = start // BLOCK_SIZE
+    return v0, (start + size - 1) // BLOCK_SIZE, slot - first_slot(v0, size)
+
+
+def slots_touching(vblock: int, size: int) -> range:
+    """Every slot of size `size` with a byte in virtual block `vblock`."""
+    return range(vblock * BLOCK_SIZE // size, ((vblock + 1) * BLOCK_SIZE - 1) // size + 1)
 
 
 def token_hash(token: bytes) -> bytes:

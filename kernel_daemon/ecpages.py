@@ -48,6 +48,7 @@ class EcPages:
                              f"got {pagers.nmirrors}")
         self.pagers = pagers
         self.coder = Coder(k, r)
+        pagers.open_fields = {"block_size": self.coder.block_bytes}     # disks pack fragments
         self.k, self.r, self.delta = k, r, max(0, delta)
         self.stats = stats
         for key in ("ec_page_outs", "ec_short_writes", "ec_page_ins", "ec_degraded_reads",
@@ -65,16 +66,15 @@ class EcPages:
                  done: Callable[[int, str], None]) -> None:
         """Write fragment i of `sealed` to pager i (each with the full retry budget);
         done(mask of pagers that acknowledged, why) once every pager has answered or given up."""
-        blocks = self.coder.split(sealed, *bind)
         self.stats["ec_page_outs"] += 1
-        self._write(handles, slot, blocks, list(range(self.coder.n)), done)
+        self._write(handles, slot, self.coder.split(sealed, *bind), done)
 
-    def _write(self, handles: list[bytes | None], slot: int, blocks: list[bytes],
-               targets: list[int], done: Callable[[int, str], None]) -> None:
-        """PAGE_OUT blocks[m] to each pager m in targets; done(mask acknowledged, why)."""
+    def _write(self, handles: list[bytes | None], slot: int, blocks: dict[int, bytes],
+               done: Callable[[int, str], None]) -> None:
+        """PAGE_OUT blocks[m] to each pager m in blocks; done(mask acknowledged, why)."""
         # A pager that is down while others are up is not waited for (as mirrored page-outs
         # do): the page stays HELD (durability rule) and the resync brings it its fragment.
-        targets = [m for m in targets if handles[m] is not None and self.pagers.worth_asking(m)]
+        targets = [m for m in blocks if handles[m] is not None and self.pagers.worth_asking(m)]
         if not targets:
             done(0, "no pager has a disk handle for this page's swap space")
             return
@@ -131,8 +131,7 @@ class EcPages:
                 return
             slots[m].bad_until = self.pagers.server.now() + BAD_MIRROR_MS / 1000
             if reply is None or "err" in reply:
-                text = why if reply is None else f"{reply.get('err')}: {reply.get('msg')}"
-                failures.append((m, "timeout" if reply is None else "error", text))
+                failures.append((m, *_failure(reply, why)))
                 if not any(f[0] == m for f in failures[:-1]):
                     st["again"].append(m)        # it may only be slow: ask once more at the end
             else:
@@ -156,8 +155,7 @@ class EcPages:
             if sealed is None:
                 return                          # the read failed: nothing to repair from
             if reply is None or "err" in reply:
-                kind = "timeout" if reply is None else "error"
-                text = why if reply is None else f"{reply.get('err')}: {reply.get('msg')}"
+                kind, text = _failure(reply, why)
             else:
                 try:
                     self.coder.check(reply.get("data"), *bind, m)
@@ -196,7 +194,6 @@ class EcPages:
                bad: list[int], repaired: Callable[[int, int], None] | None) -> None:
         """Rewrite the fragments of pagers `bad` from the verified ciphertext;
         repaired(ok_mask, lost_mask) after."""
-        blocks = self.coder.split(sealed, *bind)
         lost = sum(1 << m for m in bad)
 
         def on(mask: int, _why: str) -> None:
@@ -204,7 +201,7 @@ class EcPages:
             self.stats["ec_fragments_lost"] += (lost & ~mask).bit_count()
             if repaired is not None:
                 repaired(mask, lost & ~mask)
-        self._write(handles, slot, blocks, bad, on)
+        self._write(handles, slot, self.coder.split(sealed, *bind, bad), on)
 
     # -- resync of a pager that missed fragments --------------------------------------------------
     def resync_copy(self, resync: Resync, proc: Proc, vpn: int, pte: Pte, mirror: int) -> None:
@@ -235,7 +232,7 @@ class EcPages:
                 resync._skipped()
                 return
             pte.wb_version = version
-            self._write(handles, slot, self.coder.split(got["sealed"], *bind), [mirror], written)
+            self._write(handles, slot, self.coder.split(got["sealed"], *bind, [mirror]), written)
 
         def written(mask: int, _why: str) -> None:
             if not (proc.alive and proc.aspace.ptes.get(vpn) is pte):
@@ -259,3 +256,8 @@ class EcPages:
                          sealed_out=lambda sealed: got.__setitem__("sealed", sealed))
 
         k.with_handles(space, with_handles)
+
+
+def _failure(reply: dict[str, Any] | None, why: str) -> tuple[str, str]:
+    """(kind, text) of a page-in answer that brought no fragment: no reply, or an error."""
+    return ("timeout", why) if reply is None else ("error", f"{reply['err']}: {reply.get('msg')}")

@@ -137,6 +137,8 @@ class Pagers:
         self.labels: dict[bytes, str] = {}
         #: ... and, per mirror, those its current instance answered OPEN for with success.
         self.opened: list[set[bytes]] = [set() for _ in range(nmirrors)]
+        #: Extra fields of every OPEN (erasure coding: the fragment record's block_size).
+        self.open_fields: dict[str, int] = {}
         stats.setdefault("handle_reopens", 0)
         server.call_later(SWEEP_MS, self._sweep)
 
@@ -278,7 +280,8 @@ class Pagers:
             elif reply is not None and "err" not in reply and self.slots[mirror].joins == joins:
                 self.opened[mirror].add(handle)
             done(reply, why)
-        self.submit(mirror, Op.OPEN, {"handle": handle, "label": label}, on, retries=retries)
+        self.submit(mirror, Op.OPEN, {"handle": handle, "label": label, **self.open_fields}, on,
+                    retries=retries)
 
     def forget(self, mirror: int, handle: bytes) -> None:
         """`handle` is being closed: drop its marks; it is never re-OPENed after this."""

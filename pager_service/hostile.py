@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err
+from wire.protocol import HOSTILE_MODES, Err
 from wire.server import Request
 
 #: The mode name of an honest pager.
@@ -271,7 +271,7 @@ class Zero(Hostile):
     name = "zero"
 
     def on_page_in(self, page: PageIn, data: bytes) -> None:
-        self._tamper(page, bytes(PAGE_SIZE))
+        self._tamper(page, bytes(len(data)))
 
 
 class Drop(Hostile):

@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import zmq
 
@@ -127,11 +127,17 @@ def check_slot(value: Any) -> int:
 
 
 def check_page(msg: dict[str, Any]) -> bytes:
-    """The request's page data; ServiceError(EINVAL) unless it is exactly PAGE_SIZE bytes."""
+    """The request's page data: a page, or a smaller record (an erasure-code fragment; the
+    disk checks it is its handle's block size); ServiceError(EINVAL) unless 1..PAGE_SIZE bytes."""
     data: bytes = msg["data"]
-    if len(data) != PAGE_SIZE:
-        raise ServiceError(Err.INVAL, f"a page is {PAGE_SIZE} bytes, got {len(data)}")
+    if not is_record(data):
+        raise ServiceError(Err.INVAL, f"a page is at most {PAGE_SIZE} bytes, got {len(data)}")
     return data
+
+
+def is_record(data: object) -> TypeGuard[bytes]:
+    """Is `data` something a disk slot can hold: 1..PAGE_SIZE bytes?"""
+    return isinstance(data, bytes) and 0 < len(data) <= PAGE_SIZE
 
 
 def check_slots(msg: dict[str, Any]) -> list[int]:
@@ -279,7 +285,7 @@ class Pager(Server):
         """Read (handle, slot) from the disk; callback(data) or callback(None) on failure."""
         def done(reply: dict[str, Any]) -> None:
             data = reply.get("data")
-            callback(data if isinstance(data, bytes) and len(data) == PAGE_SIZE else None)
+            callback(data if is_record(data) else None)
         self.to_disk(Op.READ, {"handle": handle, "slot": slot}, done, lambda _c, _m: callback(None))
 
     # -- handlers ------------------------------------------------------------------------
@@ -290,13 +296,16 @@ class Pager(Server):
                 Op.PING: self.do_ping, Op.STATS: self.do_stats}
 
     def do_open(self, req: Request) -> Any:
-        """open {handle, label} -> {}: create the kernel-minted disk handle (one per address
-        space) on the disk; idempotent."""
+        """open {handle, label, block_size?} -> {}: create the kernel-minted disk handle (one
+        per address space; block_size: bytes per slot, for fragments) on the disk; idempotent."""
         label = req.msg["label"]
         if len(label) > MAX_LABEL_CHARS:
             raise ServiceError(Err.INVAL, f"a label is at most {MAX_LABEL_CHARS} characters")
         self.counters.opens += 1
-        return self.forward(req, Op.OPEN, {"handle": check_handle(req.msg), "label": label})
+        fields = {"handle": check_handle(req.msg), "label": label}
+        if "block_size" in req.msg:
+            fields["block_size"] = req.msg["block_size"]
+        return self.forward(req, Op.OPEN, fields)
 
     def do_close(self, req: Request) -> Any:
         """close {handle}: the disk frees every block of the handle."""
@@ -328,7 +337,7 @@ class Pager(Server):
         def done(reply: dict[str, Any]) -> None:
             page.disk_us = round((self.now() - page.t_recv) * 1e6, 1)
             data = reply.get("data")
-            if not isinstance(data, bytes) or len(data) != PAGE_SIZE:
+            if not is_record(data):
                 self.counters.disk_errors += 1
                 self.page_in_failed(page, Err.IO, "disk returned a malformed page")
             elif self.hostile is None:

@@ -202,6 +202,7 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.REGISTER: {"cred": bytes},
     Op.ADMIT: {"cred": bytes, "host": str},
+    Op.OPEN: {"block_size": int},
     Op.PAGER_INSTANCE: {"cred": bytes},
     Op.ENDPOINT: {"nameservice": bool},
     Op.CALL: {"caps": list, "grant": dict},

@@ -386,7 +386,7 @@ def test_new_device_layout(image: Path) -> None:
                          offset=geo.map_block * BLOCK_SIZE)
     assert (bmap["owner"] == -1).all()
     assert st.nblocks == st.free_blocks == geo.data_blocks and st.used_blocks == 0
-    assert HANDLE_DTYPE.itemsize == 64 and MAP_DTYPE.itemsize == 8
+    assert HANDLE_DTYPE.itemsize == 64 and MAP_DTYPE.itemsize == 12
 
 
 def test_records_land_in_the_file(image: Path) -> None:
@@ -399,8 +399,9 @@ def test_records_land_in_the_file(image: Path) -> None:
     raw = image.read_bytes()
     assert raw[block * BLOCK_SIZE:(block + 1) * BLOCK_SIZE] == data
     rec = np.frombuffer(raw, dtype=MAP_DTYPE, count=1,
-                        offset=geo.map_block * BLOCK_SIZE + (block - geo.first_data_block) * 8)[0]
-    assert int(rec["slot"]) == 0xDEADBEEF
+                        offset=geo.map_block * BLOCK_SIZE
+                        + (block - geo.first_data_block) * MAP_DTYPE.itemsize)[0]
+    assert int(rec["slot"]) == 0xDEADBEEF and int(rec["live"]) == 1
     handles = np.frombuffer(raw, dtype=HANDLE_DTYPE, count=geo.max_handles,
                             offset=geo.handle_table_block * BLOCK_SIZE)
     h = int(rec["owner"])
@@ -452,6 +453,16 @@ def test_device_refuses_second_opener_and_use_after_close(image: Path) -> None:
         Device(image.with_name("absent.img"), create=False)
 
 
+def _poke_handle(path: Path, h: int, block_size: int) -> None:
+    """Overwrite the record size of handle-table record `h` of the device at `path`."""
+    with Device(path) as dev:
+        off = dev.geo.handle_table_block * BLOCK_SIZE + h * HANDLE_DTYPE.itemsize \
+            + HANDLE_DTYPE.fields["block_size"][1]
+    raw = bytearray(path.read_bytes())
+    raw[off:off + 4] = block_size.to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+
+
 def _rewrite_superblock(path: Path, **fields: int) -> None:
     """Rewrite the superblock with some fields changed and a correct CRC."""
     raw = bytearray(path.read_bytes())
@@ -463,12 +474,13 @@ def _rewrite_superblock(path: Path, **fields: int) -> None:
     path.write_bytes(bytes(raw))
 
 
-def _poke_map(path: Path, rec: int, owner: int, slot: int) -> None:
+def _poke_map(path: Path, rec: int, owner: int, slot: int, live: int = 1) -> None:
     """Overwrite block-map record `rec` of the device at `path`."""
     with Device(path) as dev:
         off = dev.geo.map_block * BLOCK_SIZE + rec * MAP_DTYPE.itemsize
     raw = bytearray(path.read_bytes())
-    raw[off:off + 8] = np.array([(owner, slot)], dtype=MAP_DTYPE).tobytes()
+    raw[off:off + MAP_DTYPE.itemsize] = np.array([(owner, slot, live, 0)],
+                                                 dtype=MAP_DTYPE).tobytes()
     path.write_bytes(bytes(raw))
 
 
@@ -480,6 +492,8 @@ def _poke_map(path: Path, rec: int, owner: int, slot: int) -> None:
     (lambda p: _poke_map(p, 5, 77, 1), "belongs to closed handle 77"),
     (lambda p: _poke_map(p, 5, 1 << 30, 1), "outside the handle table"),
     (lambda p: _poke_map(p, 5, 0, 4), "maps slot 4 to two blocks"),
+    (lambda p: _poke_map(p, 5, 0, 9, live=2), "do not start in it"),
+    (lambda p: _poke_handle(p, 0, 100), "record size 100"),
 ])
 def test_device_refuses_inconsistent_metadata(image: Path, damage: Callable[[Path], None],
                                               reason: str) -> None:
@@ -526,3 +540,75 @@ def test_open_of_a_minted_token_is_idempotent_and_only_its_hash_is_stored(image:
     assert token not in raw and token_hash(token) in raw
     with Device(image) as dev:                                    # found again by its hash
         assert dev.read(token, 7) == data
+
+
+# -- handles with records smaller than a block (erasure-code fragments) ---------------------
+
+FRAG_BYTES = 1040                                    # a 4+2 fragment and its MAC
+
+
+def test_small_records_are_packed_and_straddle_blocks(image: Path) -> None:
+    frags = {s: os.urandom(FRAG_BYTES) for s in range(64)}
+    with Device(image, size_mib=SIZE_MIB) as dev:
+        tok = dev.open_handle("ec", block_size=FRAG_BYTES)
+        for s, data in frags.items():
+            dev.write(tok, s, data)
+        # 64 records of 1040 bytes are 66560 bytes: 17 blocks, not 64
+        assert dev.stats()["used_blocks"] == -(-64 * FRAG_BYTES // BLOCK_SIZE) == 17
+        assert dev.stats()["slots_stored"] == 64
+        assert all(dev.read(tok, s) == data for s, data in frags.items())
+        expect_err(Err.INVAL, dev.write, tok, 64, bytes(BLOCK_SIZE))    # not this handle's size
+        expect_err(Err.NOENT, dev.read, tok, 64)
+        expect_err(Err.INVAL, dev.open_handle, "ec", tok, 2048)         # open with another size
+        assert dev.open_handle("ec", tok, FRAG_BYTES) == tok            # idempotent
+        expect_err(Err.INVAL, dev.open_handle, "tiny", None, 255)
+        frags[3] = os.urandom(FRAG_BYTES)
+        dev.write(tok, 3, frags[3])                                     # rewrite in place
+        assert dev.stats()["used_blocks"] == 17
+    with Device(image) as dev:                                          # rebuilt from the file
+        assert all(dev.read(tok, s) == data for s, data in frags.items())
+        assert dev.free(tok, [3]) == 1 and dev.stats()["used_blocks"] == 17   # neighbours stay
+        expect_err(Err.NOENT, dev.read, tok, 3)
+        assert dev.read(tok, 2) == frags[2] and dev.read(tok, 4) == frags[4]
+        assert dev.free(tok, range(64)) == 63 and dev.stats()["used_blocks"] == 0
+        assert dev.close_handle(tok) == 0
+
+
+def test_small_records_never_show_another_handles_bytes(image: Path) -> None:
+    with Device(image, size_mib=1) as dev:
+        full = dev.open_handle("full")
+        dev.write(full, 0, b"\xaa" * BLOCK_SIZE)
+        block = dev.stats()["used_blocks"]
+        dev.free(full, [0])
+        small = dev.open_handle("small", block_size=1024)
+        dev.write(small, 1, bytes(range(256)) * 4)
+        assert dev.stats()["used_blocks"] == block
+        raw = dev.read_block(small, dev.write(small, 1, bytes(range(256)) * 4))
+        assert raw[:1024] == bytes(1024) and raw[2048:] == bytes(2048)   # the rest is zeroed
+        expect_err(Err.NOENT, dev.read, small, 0)
+        expect_err(Err.BADHANDLE, dev.read, full + b"x", 1)
+        expect_err(Err.NOENT, dev.read, full, 0)
+
+
+def test_small_records_fill_the_device_exactly(image: Path) -> None:
+    with Device(image, size_mib=1, max_handles=2) as dev:
+        n = dev.geo.data_blocks
+        tok = dev.open_handle("ec", block_size=FRAG_BYTES)
+        fits = n * BLOCK_SIZE // FRAG_BYTES
+        for s in range(fits):
+            dev.write(tok, s, bytes(FRAG_BYTES))
+        expect_err(Err.NOSPC, dev.write, tok, fits, bytes(FRAG_BYTES))
+        assert dev.stats()["slots_stored"] == fits
+
+
+def test_a_live_record_whose_second_block_is_gone_is_refused(image: Path) -> None:
+    with Device(image, size_mib=1) as dev:
+        tok = dev.open_handle("ec", block_size=FRAG_BYTES)
+        first = dev.write(tok, 3, os.urandom(FRAG_BYTES))   # bytes 3120..4159: two blocks
+        assert dev.stats()["used_blocks"] == 2
+        rec = first - dev.geo.first_data_block
+    _poke_map(image, rec + 1, -1, 0, live=0)                 # its second block "freed"
+    digest = sha256(image)
+    with pytest.raises(DeviceError, match="not all its blocks are mapped"):
+        Device(image)
+    assert sha256(image) == digest
