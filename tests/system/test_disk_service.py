@@ -554,8 +554,8 @@ def test_small_records_are_packed_and_straddle_blocks(image: Path) -> None:
         for s, data in frags.items():
             dev.write(tok, s, data)
         # 64 records of 1040 bytes are 66560 bytes: 17 blocks, not 64
-        assert dev.stats()["used_blocks"] == -(-64 * FRAG_BYTES // BLOCK_SIZE) == 17
-        assert dev.stats()["slots_stored"] == 64
+        assert dev.stats().used_blocks == -(-64 * FRAG_BYTES // BLOCK_SIZE) == 17
+        assert dev.stats().slots_stored == 64
         assert all(dev.read(tok, s) == data for s, data in frags.items())
         expect_err(Err.INVAL, dev.write, tok, 64, bytes(BLOCK_SIZE))    # not this handle's size
         expect_err(Err.NOENT, dev.read, tok, 64)
@@ -564,13 +564,13 @@ def test_small_records_are_packed_and_straddle_blocks(image: Path) -> None:
         expect_err(Err.INVAL, dev.open_handle, "tiny", None, 255)
         frags[3] = os.urandom(FRAG_BYTES)
         dev.write(tok, 3, frags[3])                                     # rewrite in place
-        assert dev.stats()["used_blocks"] == 17
+        assert dev.stats().used_blocks == 17
     with Device(image) as dev:                                          # rebuilt from the file
         assert all(dev.read(tok, s) == data for s, data in frags.items())
-        assert dev.free(tok, [3]) == 1 and dev.stats()["used_blocks"] == 17   # neighbours stay
+        assert dev.free(tok, [3]) == 1 and dev.stats().used_blocks == 17   # neighbours stay
         expect_err(Err.NOENT, dev.read, tok, 3)
         assert dev.read(tok, 2) == frags[2] and dev.read(tok, 4) == frags[4]
-        assert dev.free(tok, range(64)) == 63 and dev.stats()["used_blocks"] == 0
+        assert dev.free(tok, range(64)) == 63 and dev.stats().used_blocks == 0
         assert dev.close_handle(tok) == 0
 
 
@@ -578,11 +578,11 @@ def test_small_records_never_show_another_handles_bytes(image: Path) -> None:
     with Device(image, size_mib=1) as dev:
         full = dev.open_handle("full")
         dev.write(full, 0, b"\xaa" * BLOCK_SIZE)
-        block = dev.stats()["used_blocks"]
+        block = dev.stats().used_blocks
         dev.free(full, [0])
         small = dev.open_handle("small", block_size=1024)
         dev.write(small, 1, bytes(range(256)) * 4)
-        assert dev.stats()["used_blocks"] == block
+        assert dev.stats().used_blocks == block
         raw = dev.read_block(small, dev.write(small, 1, bytes(range(256)) * 4))
         assert raw[:1024] == bytes(1024) and raw[2048:] == bytes(2048)   # the rest is zeroed
         expect_err(Err.NOENT, dev.read, small, 0)
@@ -598,14 +598,14 @@ def test_small_records_fill_the_device_exactly(image: Path) -> None:
         for s in range(fits):
             dev.write(tok, s, bytes(FRAG_BYTES))
         expect_err(Err.NOSPC, dev.write, tok, fits, bytes(FRAG_BYTES))
-        assert dev.stats()["slots_stored"] == fits
+        assert dev.stats().slots_stored == fits
 
 
 def test_a_live_record_whose_second_block_is_gone_is_refused(image: Path) -> None:
     with Device(image, size_mib=1) as dev:
         tok = dev.open_handle("ec", block_size=FRAG_BYTES)
         first = dev.write(tok, 3, os.urandom(FRAG_BYTES))   # bytes 3120..4159: two blocks
-        assert dev.stats()["used_blocks"] == 2
+        assert dev.stats().used_blocks == 2
         rec = first - dev.geo.first_data_block
     _poke_map(image, rec + 1, -1, 0, live=0)                 # its second block "freed"
     digest = sha256(image)
