@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_daemon.erasure import Coder
 from kernel_daemon.pagers import BAD_MIRROR_MS, Pagers
 from kernel_daemon.seal import IntegrityError
+from kernel_daemon.stats import KernelStats
 from wire.protocol import Op
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ Failure = tuple[int, str, str]                        # (pager, kind, text)
 class EcPages:
     """Fragment I/O of sealed pages over the kernel's pager slots."""
 
-    def __init__(self, pagers: Pagers, k: int, r: int, delta: int, stats: dict[str, Any]) -> None:
+    def __init__(self, pagers: Pagers, k: int, r: int, delta: int, stats: KernelStats) -> None:
         if pagers.nmirrors != k + r:
             raise ValueError(f"--code {k}+{r} needs exactly {k + r} pagers, "
                              f"got {pagers.nmirrors}")
@@ -50,10 +51,6 @@ class EcPages:
         self.coder = Coder(k, r)
         self.k, self.r, self.delta = k, r, max(0, delta)
         self.stats = stats
-        for key in ("ec_page_outs", "ec_short_writes", "ec_page_ins", "ec_degraded_reads",
-                    "ec_fragments_read", "ec_repairs", "ec_fragments_lost", "ec_late_failures",
-                    "ec_unrecoverable"):
-            stats.setdefault(key, 0)
 
     @property
     def full_mask(self) -> int:
@@ -66,7 +63,7 @@ class EcPages:
         """Write fragment i of `sealed` to pager i (each with the full retry budget);
         done(mask of pagers that acknowledged, why) once every pager has answered or given up."""
         blocks = self.coder.split(sealed, *bind)
-        self.stats["ec_page_outs"] += 1
+        self.stats.ec_page_outs += 1
         self._write(handles, slot, blocks, list(range(self.coder.n)), done)
 
     def _write(self, handles: list[bytes | None], slot: int, blocks: list[bytes],
@@ -121,7 +118,7 @@ class EcPages:
                     break
             if not st["done"] and st["out"] == 0 and len(good) < self.k:
                 st["done"] = True
-                self.stats["ec_unrecoverable"] += 1
+                self.stats.ec_unrecoverable += 1
                 done(None, failures)
 
         def on(m: int, reply: dict[str, Any] | None, why: str) -> None:
@@ -141,7 +138,7 @@ class EcPages:
                 try:
                     good[m] = self.coder.check(reply.get("data"), *bind, m)
                     slots[m].bad_until = 0.0
-                    self.stats["ec_fragments_read"] += 1
+                    self.stats.ec_fragments_read += 1
                 except IntegrityError as exc:
                     failures.append((m, exc.kind, str(exc)))
             if len(good) >= self.k:
@@ -164,7 +161,7 @@ class EcPages:
                     return
                 except IntegrityError as exc:
                     kind, text = exc.kind, str(exc)
-            self.stats["ec_late_failures"] += 1
+            self.stats.ec_late_failures += 1
             if late_failure is not None:
                 late_failure(m, kind, text)
             self.repair(handles, slot, bind, sealed, [m], repaired)
@@ -176,13 +173,13 @@ class EcPages:
                 plain = verify(sealed)
             except IntegrityError as exc:       # K fragments with valid MACs but a bad page
                 failures.append((-1, exc.kind, f"decoded page: {exc}"))
-                self.stats["ec_unrecoverable"] += 1
+                self.stats.ec_unrecoverable += 1
                 done(None, failures)
                 return
-            self.stats["ec_page_ins"] += 1
+            self.stats.ec_page_ins += 1
             st["sealed"] = sealed
             if failures:
-                self.stats["ec_degraded_reads"] += 1
+                self.stats.ec_degraded_reads += 1
             if sealed_out is not None:
                 sealed_out(sealed)
             done(plain, failures)
@@ -200,8 +197,8 @@ class EcPages:
         lost = sum(1 << m for m in bad)
 
         def on(mask: int, _why: str) -> None:
-            self.stats["ec_repairs"] += mask.bit_count()
-            self.stats["ec_fragments_lost"] += (lost & ~mask).bit_count()
+            self.stats.ec_repairs += mask.bit_count()
+            self.stats.ec_fragments_lost += (lost & ~mask).bit_count()
             if repaired is not None:
                 repaired(mask, lost & ~mask)
         self._write(handles, slot, blocks, bad, on)

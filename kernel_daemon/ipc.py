@@ -126,9 +126,6 @@ class Ipc:
         self._next_eid = 1
         self._next_cid = 1
         self.stats = kernel.stats
-        for key in ("ipc_calls", "ipc_replies", "ipc_bytes_copied", "ipc_contract_violations",
-                    "ipc_peer_died", "ipc_caps_transferred", "ipc_grants", "pages_granted"):
-            self.stats.setdefault(key, 0)
 
     # -- identity, init, tables ---------------------------------------------------------
     def check_init_free(self) -> None:
@@ -228,7 +225,7 @@ class Ipc:
         h = m["handle"]
         ep = t.handles.get(h) or t.lookup(h, self.root)
         if not ep.alive:
-            self.stats["ipc_peer_died"] += 1
+            self.stats.ipc_peer_died += 1
             raise ServiceError(Err.PEERDIED, f"call: endpoint {ep.contract.name!r} is gone: "
                                              f"{ep.death}")
         if ep.owner is proc:
@@ -253,7 +250,7 @@ class Ipc:
             msg = decode_payload(contract, payload)
             waiting = check(contract, prior, msg, len(caps), grant is not None)
         except ServiceError:
-            self.stats["ipc_contract_violations"] += 1
+            self.stats.ipc_contract_violations += 1
             raise
         cid = self._next_cid
         self._next_cid = cid + 1
@@ -268,8 +265,8 @@ class Ipc:
         counters["ipc_calls_out"] += 1
         counters["ipc_bytes_out"] += n
         stats = self.stats
-        stats["ipc_calls"] += 1
-        stats["ipc_bytes_copied"] += n
+        stats.ipc_calls += 1
+        stats.ipc_bytes_copied += n
         ep.calls += 1
         ep.bytes += n
         tracer = self.k.tracer
@@ -315,7 +312,7 @@ class Ipc:
             self._fail(call, Err.INVAL, f"call: page grant failed: {why}")
             return
         call.grant_addr = addr
-        self.stats["ipc_grants"] += 1
+        self.stats.ipc_grants += 1
         self._post(call)
 
     def _post(self, call: Call) -> None:
@@ -344,7 +341,7 @@ class Ipc:
         if rid is not None:
             out["re"] = rid
         if call.caps:
-            self.stats["ipc_caps_transferred"] += len(call.caps)
+            self.stats.ipc_caps_transferred += len(call.caps)
         if call.grant_addr is not None:
             out["grant_addr"] = call.grant_addr
             out["grant_npages"] = call.grant_npages
@@ -364,7 +361,7 @@ class Ipc:
         if t is not None and t.calling is call:
             t.calling = None
         if code == Err.PEERDIED:
-            self.stats["ipc_peer_died"] += 1
+            self.stats.ipc_peer_died += 1
         if call.ep.alive and caller.alive and call.ep.chans.get(caller.spid) == call.waiting:
             call.ep.chans[caller.spid] = call.prior       # the call never happened
         if caller.alive:
@@ -426,7 +423,7 @@ class Ipc:
         try:
             state = check(contract, call.waiting, decode_payload(contract, payload), len(caps))
         except ServiceError:
-            self.stats["ipc_contract_violations"] += 1
+            self.stats.ipc_contract_violations += 1
             raise
         del t.serving[cid]
         self._answer(call, state, payload, caps)
@@ -437,7 +434,7 @@ class Ipc:
     def _answer(self, call: Call, state: str, payload: bytes,
                 caps: list[Endpoint] | tuple[()]) -> None:
         """Wake `call`'s caller with the reply (an orphaned call's reply is dropped)."""
-        self.stats["ipc_replies"] += 1
+        self.stats.ipc_replies += 1
         if call.done:
             return
         call.done = True
@@ -449,7 +446,7 @@ class Ipc:
         n = len(payload)
         caller.counters["ipc_bytes_in"] += n
         call.ep.owner.counters["ipc_bytes_out"] += n
-        self.stats["ipc_bytes_copied"] += n
+        self.stats.ipc_bytes_copied += n
         if caller.state is _CALL:
             caller.state = _RUNNING
         handles = [ct.mint(ep, force=True) for ep in caps] if caps else []

@@ -44,6 +44,7 @@ from kernel_daemon.quota import Resource, limits_from
 from kernel_daemon.records import apply_report, bounded_records
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
+from kernel_daemon.stats import KernelStats
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 from wire import host
@@ -99,8 +100,8 @@ class Kernel(Server):
         self.addr = addr
         self.host = self.transport.hostname()
         self.sock = self.bind_router(addr)
-        self.stats: dict[str, Any] = {"policy": policy, "nframes": nframes, "sealed": seal,
-                                      "mirrors": mirrors}
+        self.stats = KernelStats(policy, nframes, seal, mirrors,
+                                 f"{code[0]}+{code[1]}" if code else None)
         self.procs = ProcTable()
         self.tracer = Tracer(trace)
         self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
@@ -108,8 +109,6 @@ class Kernel(Server):
                              self.host, self.stats)
         #: Erasure-coded pagers (--code K+R): fragment i of every page on pager i (ecpages.py).
         self.ec = EcPages(self.pagers, *code, ec_delta, self.stats) if code else None
-        if code:
-            self.stats["code"] = f"{code[0]}+{code[1]}"
         self.resync = Resync(self)               # a returning mirror gets what it missed
         self.pagers.on_up = self.resync.kick
         self.ipc_max_bytes = ipc_max_bytes
@@ -117,7 +116,6 @@ class Kernel(Server):
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
         self.ipc = Ipc(self)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
-        self.stats.setdefault("quota_refusals", 0)
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
             self.handlers[op] = self._backoff_on_quota(self.handlers[op])
 
@@ -227,7 +225,7 @@ class Kernel(Server):
                 proc = req.caller
                 if exc.code != Err.QUOTA or not isinstance(proc, Proc):
                     raise
-                self.stats["quota_refusals"] += 1
+                self.stats.quota_refusals += 1
                 delay_ms = proc.quota.refused(self.now())
                 if not delay_ms:
                     raise
@@ -544,8 +542,7 @@ class Kernel(Server):
 
     def counters(self) -> dict[str, Any]:
         """The kernel-wide counters as one map."""
-        out = dict(self.stats)
-        out["integrity_failures"] = dict(self.stats["integrity_failures"])
+        out = self.stats.as_dict()
         out["free_frames"] = self.vm.pool.free_count
         out["resident_pages"] = sum(p.resident for p in self.procs.by_spid.values())
         out["swapped_pages"] = sum(p.swapped for p in self.procs.by_spid.values())
@@ -564,7 +561,7 @@ class Kernel(Server):
         (see records.py: no process's record can make stats or ps too big to send)."""
         records, omitted = bounded_records([p.record() for p in self.procs.by_spid.values()],
                                            list(self.procs.exited))
-        self.stats["records_omitted"] = omitted
+        self.stats.records_omitted = omitted
         return records
 
 

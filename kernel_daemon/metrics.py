@@ -64,7 +64,7 @@ class KernelCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield every kernel-wide, per-pager and per-process family from one snapshot."""
-        stats = dict(self.k.stats)                     # one C-level copy: consistent enough
+        stats = self.k.stats.as_dict()                   # one C-level copy: consistent enough
         yield from self._kernel(stats)
         yield from self._pagers()
         yield from self._processes()

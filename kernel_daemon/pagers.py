@@ -53,6 +53,7 @@ import zmq
 
 from kernel_daemon.hostproc import same_process
 from kernel_daemon.seal import IntegrityError
+from kernel_daemon.stats import KernelStats
 from wire.protocol import Err, Op
 from wire.server import Server
 
@@ -121,7 +122,7 @@ class Pagers:
     """Every mirror slot, and the sending, retrying and mirroring of pager requests."""
 
     def __init__(self, server: Server, sock: zmq.Socket, nmirrors: int, timeout_ms: int,
-                 retries: int, host: str, stats: dict[str, Any]) -> None:
+                 retries: int, host: str, stats: KernelStats) -> None:
         self.server = server
         self.sock = sock
         self.slots = [PagerSlot(m) for m in range(nmirrors)]
@@ -129,16 +130,12 @@ class Pagers:
         self.retries = retries
         self.host = host
         self.stats = stats
-        for key in ("pager_timeouts", "pager_restarts", "pager_kills", "pager_retries",
-                    "pager_transient_errors", "repairs"):
-            stats.setdefault(key, 0)
         #: Called with a mirror number when an instance joins or a silent one is heard again.
         self.on_up: Callable[[int], None] | None = None
         #: Kernel-minted disk handles in use, with their labels (what a re-OPEN sends) ...
         self.labels: dict[bytes, str] = {}
         #: ... and, per mirror, those its current instance answered OPEN for with success.
         self.opened: list[set[bytes]] = [set() for _ in range(nmirrors)]
-        stats.setdefault("handle_reopens", 0)
         server.call_later(SWEEP_MS, self._sweep)
 
     @property
@@ -180,7 +177,7 @@ class Pagers:
                 self._came_up(mirror)
             return
         if slot.joins:
-            self.stats["pager_restarts"] += 1
+            self.stats.pager_restarts += 1
         self.opened[mirror].clear()        # what the old instance said it opened: re-validate
         slot.joins += 1
         slot.peer, slot.up = peer, True
@@ -235,7 +232,7 @@ class Pagers:
             proc.send_signal(signal.SIGKILL)
         except psutil.Error:
             return
-        self.stats["pager_kills"] += 1
+        self.stats.pager_kills += 1
         self._instance_gone(slot)
 
     def _instance_gone(self, slot: PagerSlot) -> None:
@@ -293,7 +290,7 @@ class Pagers:
         handle: bytes = pop.fields["handle"]
         self.opened[pop.mirror].discard(handle)
         pop.reopened = True
-        self.stats["handle_reopens"] += 1
+        self.stats.handle_reopens += 1
 
         def on(open_reply: dict[str, Any] | None, why: str) -> None:
             if open_reply is not None and "err" not in open_reply:
@@ -350,7 +347,7 @@ class Pagers:
                 continue
             slot.backlog = deque(pop for pop in slot.backlog if budget(pop) > now)
             for pop in expired:
-                self.stats["pager_timeouts"] += 1
+                self.stats.pager_timeouts += 1
                 pop.attempts += 1
                 pop.done(None, f"pager {pop.mirror} was not there for {pop.op} "
                                f"({int((now - pop.first_s) * 1000)} ms)")
@@ -361,15 +358,15 @@ class Pagers:
         if slot.inflight.pop(pop.rid, None) is None:
             return                         # requeued meanwhile (the instance was replaced)
         if reply is None:                  # no answer in time: suspect the instance ...
-            self.stats["pager_timeouts"] += 1
+            self.stats.pager_timeouts += 1
             if self._slow_not_hung(slot, pop):   # ... unless it is only slow: overloaded
                 pop.deadline_s = max(pop.deadline_s, self.server.now() + self.timeout_ms / 1000)
-                self.stats["pager_slow"] = self.stats.get("pager_slow", 0) + 1
+                self.stats.pager_slow += 1
             elif slot.up:
                 self._suspect(slot)
             self._failed(pop, None, 0)
         elif reply.get("err") in TRANSIENT_ERRORS and pop.retries > 0:
-            self.stats["pager_transient_errors"] += 1      # alive, but its disk is not
+            self.stats.pager_transient_errors += 1      # alive, but its disk is not
             self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
         elif reply.get("err") == Err.BADHANDLE and pop.op in REOPEN_OPS and not pop.reopened \
                 and pop.fields.get("handle") in self.labels:
@@ -392,7 +389,7 @@ class Pagers:
                    f"{spent_ms} ms)" if reply is None else "")
             pop.done(reply, why)
             return
-        self.stats["pager_retries"] += 1
+        self.stats.pager_retries += 1
         if backoff_ms:
             self.server.call_later(backoff_ms, lambda: self._send(pop))
         else:
@@ -487,6 +484,6 @@ class Pagers:
             return
 
         def written(mask: int, why: str) -> None:
-            self.stats["repairs"] += mask.bit_count()
+            self.stats.repairs += mask.bit_count()
             repaired(mask)
         self.write_all(bad, lambda m: {"handle": handles[m], "slot": slot, "data": sealed}, written)

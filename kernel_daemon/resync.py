@@ -61,8 +61,6 @@ class Resync:
         self.inflight = 0
         self.scheduled = False
         self.stats = kernel.stats
-        for key in ("resynced", "resync_failed", "resync_passes", "resync_pending"):
-            self.stats.setdefault(key, 0)
 
     # -- triggers ---------------------------------------------------------------------------
     def kick(self, mirror: int) -> None:
@@ -96,7 +94,7 @@ class Resync:
         self.wanted.clear()            # a mirror that is down is kicked again when it joins
         if not mirrors:
             return
-        self.stats["resync_passes"] += 1
+        self.stats.resync_passes += 1
         for proc in list(self.k.procs.by_spid.values()):
             for vpn, pte in proc.aspace.ptes.items():
                 if not _copyable(pte):
@@ -112,13 +110,16 @@ class Resync:
         while self.queue and self.inflight < RESYNC_WINDOW:
             self.inflight += 1
             self._copy(*self.queue.popleft())
-        self.stats["resync_pending"] = len(self.queue) + self.inflight
+        self.stats.resync_pending = len(self.queue) + self.inflight
         if not self.busy and self.wanted:
             self._schedule()
 
     def _finished(self, ok: bool) -> None:
         self.inflight -= 1
-        self.stats["resynced" if ok else "resync_failed"] += 1
+        if ok:
+            self.stats.resynced += 1
+        else:
+            self.stats.resync_failed += 1
         self._pump()
 
     def _skipped(self) -> None:

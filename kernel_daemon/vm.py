@@ -73,12 +73,7 @@ class Vm:
         self.frame_waiters: deque[tuple[Proc, int, Callable[[int], None]]] = deque()
         self.evicting = 0
         self.shootdowns: dict[int, tuple[Proc, int, Pte, int]] = {}   # rid -> what it takes back
-        self.stats: dict[str, Any] = kernel.stats
-        for key in ("minor_faults", "major_faults", "page_ins", "page_outs", "evictions",
-                    "clean_drops", "soft_faults", "writeback_failures", "segfaults",
-                    "protection_faults"):
-            self.stats.setdefault(key, 0)
-        self.stats.setdefault("integrity_failures", {})
+        self.stats = kernel.stats
         self.latency: dict[str, deque[float]] = {
             "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP),
             "disk_read": deque(maxlen=LATENCY_KEEP)}
@@ -119,12 +114,12 @@ class Vm:
         self.apply_refs(proc, req.msg["refs"])
         pte = proc.aspace.pte(vpn) if 0 <= vpn <= MAX_VPN else None
         if pte is None:
-            self.stats["segfaults"] += 1
+            self.stats.segfaults += 1
             self.k.tracer.instant("vm", "segfault", proc.spid, vpn=vpn, access=access)
             raise ServiceError(Err.SEGV, f"segmentation fault: {access} access at address "
                                          f"{vpn << 12:#x} (page {vpn:#x}) is outside every region")
         if not pte.prot & need:
-            self.stats["protection_faults"] += 1
+            self.stats.protection_faults += 1
             self.k.tracer.instant("vm", "protection fault", proc.spid, vpn=vpn, access=access)
             raise ServiceError(Err.PROT, f"protection fault: {access} access to page {vpn:#x} "
                                          f"whose protection is {_prot_str(pte.prot)}")
@@ -146,7 +141,7 @@ class Vm:
             return self._done(proc, req, vpn, pte, FILL_KEEP, None, "minor")
         if st == S.ZERO or st == S.HELD:
             if st == S.HELD:
-                self.stats["soft_faults"] += 1
+                self.stats.soft_faults += 1
             self.set_state(proc, pte, S.PAGING_IN)     # pinned while it waits for a frame
             self._get_frame(proc, vpn, lambda f: self._install_local(proc, req, vpn, pte, f, st))
             return SUSPEND
@@ -196,7 +191,10 @@ class Vm:
               data: bytes | None, kind: str) -> dict[str, Any]:
         """Count the fault and build the reply that installs the page."""
         proc.counters[f"{kind}_faults"] += 1
-        self.stats[f"{kind}_faults"] += 1
+        if kind == "major":
+            self.stats.major_faults += 1
+        else:
+            self.stats.minor_faults += 1
         proc.state = ProcState.RUNNING
         t0 = req.caller[1] if isinstance(req.caller, tuple) else None
         if t0 is not None:
@@ -289,7 +287,7 @@ class Vm:
             pte.zero_content = False
             self._make_resident(proc, pte, pte.frame)
             proc.counters["page_ins"] += 1
-            self.stats["page_ins"] += 1
+            self.stats.page_ins += 1
             self.k.tracer.step("vm", "fault", key, proc.spid, "installed")
             self.k.reply(req, **self._done(proc, req, vpn, pte, FILL_DATA, got["data"], "major"))
 
@@ -326,8 +324,7 @@ class Vm:
 
     def integrity_failure(self, proc: Proc, vpn: int, mirror: int, kind: str, text: str) -> None:
         """Count one failed check of one mirror's answer."""
-        fails = self.stats["integrity_failures"]
-        fails[kind] = fails.get(kind, 0) + 1
+        self.stats.integrity_failures[kind] += 1
         proc.counters["integrity_failures"] += 1
         self.k.log.warning("page %#x of %s (spid %d): pager %d failed check %s: %s",
                            vpn, proc.name, proc.spid, mirror, kind, text)
@@ -403,15 +400,15 @@ class Vm:
             return
         dirty = bool(reply.get("dirty"))
         proc.counters["evictions"] += 1
-        self.stats["evictions"] += 1
+        self.stats.evictions += 1
         pte.frame = -1
         if not dirty and pte.zero_content:
             pte.zero_content = False
             self.set_state(proc, pte, S.ZERO)            # never written: demand-zero again
-            self.stats["clean_drops"] += 1
+            self.stats.clean_drops += 1
         elif not dirty and pte.swap_valid:
             self.set_state(proc, pte, S.SWAPPED)         # clean, swap copy current: no I/O
-            self.stats["clean_drops"] += 1
+            self.stats.clean_drops += 1
         elif not dirty and pte.held is not None:
             self.set_state(proc, pte, S.HELD)            # its write-back is in flight ...
             if not pte.wb_version:
@@ -465,15 +462,15 @@ class Vm:
             self.write_back(proc, vpn, pte)
             return
         if mask and self.k.ec is not None and mask != self.k.ec.full_mask:
-            self.stats["ec_short_writes"] += 1   # durability rule: all K+R fragments, or HELD
-            if self.stats["ec_short_writes"] & (self.stats["ec_short_writes"] - 1) == 0:
+            self.stats.ec_short_writes += 1   # durability rule: all K+R fragments, or HELD
+            if self.stats.ec_short_writes & (self.stats.ec_short_writes - 1) == 0:
                 self.k.log.warning("page %#x of %s stays HELD: only %d of %d fragments stored "
                                    "(%s); retrying (logged at powers of two)", vpn, proc.name,
                                    mask.bit_count(), self.k.ec.coder.n, why)
             self.k.call_later(WRITEBACK_RETRY_MS, lambda: self._retry_write(proc, vpn, pte))
             return
         if mask == 0:
-            self.stats["writeback_failures"] += 1
+            self.stats.writeback_failures += 1
             self.k.log.warning("write-back of page %#x of %s failed (%s); retrying", vpn,
                                proc.name, why)
             self.k.call_later(WRITEBACK_RETRY_MS, lambda: self._retry_write(proc, vpn, pte))
@@ -483,7 +480,7 @@ class Vm:
         if mask != (1 << self.k.pagers.nmirrors) - 1:
             self.k.resync.kick_missing(mask)     # a mirror missed it: copy it there later
         proc.counters["page_outs"] += 1
-        self.stats["page_outs"] += 1
+        self.stats.page_outs += 1
         if pte.state == S.HELD:
             pte.held = None
             self.set_state(proc, pte, S.SWAPPED)
@@ -549,7 +546,7 @@ class Vm:
                 self.set_state(dst, p, state)
                 dst.aspace.ptes[dvpn + i] = p
             src.counters["pages_granted"] += npages
-            self.stats["pages_granted"] = self.stats.get("pages_granted", 0) + npages
+            self.stats.pages_granted += npages
             then(dvpn << 12, "")
 
         step()
