@@ -18,23 +18,18 @@ and what an answer is worth.
 * **Repair.** Fragments that failed are rewritten in the background from the verified
   ciphertext (re-encoded); repaired(ok_mask, lost_mask) lets the caller keep the page's
   fragment mask true, so a pager whose fragment could not be rewritten is resynced when it
-  rejoins (resync.py -> resync_copy here).
+  rejoins (resync.py reads the page through page_in here and writes the pager its block).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kernel_daemon.erasure import Coder
-from kernel_daemon.pagers import BAD_MIRROR_MS, Pagers
+from kernel_daemon.pagers import BAD_MIRROR_MS, Pagers, ReadDone, Repaired
 from kernel_daemon.seal import IntegrityError
 from kernel_daemon.stats import KernelStats
 from wire.protocol import Op
-
-if TYPE_CHECKING:
-    from kernel_daemon.pagetable import Pte
-    from kernel_daemon.proc import Proc
-    from kernel_daemon.resync import Resync
 
 Binding = tuple[bytes, int, int]                      # (swap id, vpn, version)
 Failure = tuple[int, str, str]                        # (pager, kind, text)
@@ -58,7 +53,7 @@ class EcPages:
         return (1 << self.coder.n) - 1
 
     # -- page-out ------------------------------------------------------------------------------
-    def page_out(self, handles: list[bytes | None], slot: int, bind: Binding, sealed: bytes,
+    def page_out(self, handles: list[bytes], slot: int, bind: Binding, sealed: bytes,
                  done: Callable[[int, str], None]) -> None:
         """Write fragment i of `sealed` to pager i (each with the full retry budget);
         done(mask of pagers that acknowledged, why) once every pager has answered or given up."""
@@ -66,35 +61,29 @@ class EcPages:
         self.stats.ec_page_outs += 1
         self._write(handles, slot, blocks, list(range(self.coder.n)), done)
 
-    def _write(self, handles: list[bytes | None], slot: int, blocks: list[bytes],
+    def _write(self, handles: list[bytes], slot: int, blocks: list[bytes],
                targets: list[int], done: Callable[[int, str], None]) -> None:
         """PAGE_OUT blocks[m] to each pager m in targets; done(mask acknowledged, why)."""
         # A pager that is down while others are up is not waited for (as mirrored page-outs
         # do): the page stays HELD (durability rule) and the resync brings it its fragment.
-        targets = [m for m in targets if handles[m] is not None and self.pagers.worth_asking(m)]
-        if not targets:
-            done(0, "no pager has a disk handle for this page's swap space")
-            return
+        targets = [m for m in targets if self.pagers.worth_asking(m)]
         self.pagers.write_all(targets, lambda m: {"handle": handles[m], "slot": slot,
                                                   "data": blocks[m]}, done)
 
     # -- page-in -------------------------------------------------------------------------------
-    def page_in(self, handles: list[bytes | None], slot: int, mask: int, bind: Binding,
-                verify: Callable[[bytes], bytes],
-                done: Callable[[bytes | None, list[Failure]], None],
-                repaired: Callable[[int, int], None] | None = None,
-                answered: Callable[[int, dict[str, Any]], None] | None = None,
-                sealed_out: Callable[[bytes], None] | None = None,
-                late_failure: Callable[[int, str, str], None] | None = None) -> None:
+    def page_in(self, handles: list[bytes], slot: int, mask: int, bind: Binding,
+                verify: Callable[[object], bytes], done: ReadDone, repaired: Repaired,
+                answered: Callable[[int, dict[str, Any]], None] | None,
+                late_failure: Callable[[int, str, str], None]) -> None:
         """Late-binding read: decode from the first K verified fragments, then verify the
-        whole page with `verify` (the kernel's AES-GCM open) and done(plaintext, failures);
-        done(None, failures) if fewer than K fragments verify.  Bad fragments are rewritten
-        afterwards; repaired(ok_mask, lost_mask) then.  sealed_out(ciphertext), if given,
-        sees the verified ciphertext before done; late_failure(pager, kind, text) hears of a
-        fragment that failed after the page was decoded (it is repaired as well)."""
+        whole page with `verify` (the kernel's AES-GCM open) and done(plaintext, ciphertext,
+        failures); done(None, b"", failures) if fewer than K fragments verify.  Bad fragments
+        are rewritten afterwards; repaired(ok_mask, lost_mask) then.  late_failure(pager,
+        kind, text) hears of a fragment that failed after the page was decoded (it is
+        repaired as well)."""
         now = self.pagers.server.now()
         slots = self.pagers.slots
-        order = sorted((m for m in range(self.coder.n) if mask >> m & 1 and handles[m] is not None),
+        order = sorted((m for m in range(self.coder.n) if mask >> m & 1),
                        key=lambda m: (not slots[m].up, slots[m].bad_until > now, m))
         good: dict[int, bytes] = {}
         failures: list[Failure] = []
@@ -119,7 +108,7 @@ class EcPages:
             if not st["done"] and st["out"] == 0 and len(good) < self.k:
                 st["done"] = True
                 self.stats.ec_unrecoverable += 1
-                done(None, failures)
+                done(None, b"", failures)
 
         def on(m: int, reply: dict[str, Any] | None, why: str) -> None:
             st["out"] -= 1
@@ -162,8 +151,7 @@ class EcPages:
                 except IntegrityError as exc:
                     kind, text = exc.kind, str(exc)
             self.stats.ec_late_failures += 1
-            if late_failure is not None:
-                late_failure(m, kind, text)
+            late_failure(m, kind, text)
             self.repair(handles, slot, bind, sealed, [m], repaired)
 
         def finish() -> None:
@@ -174,23 +162,21 @@ class EcPages:
             except IntegrityError as exc:       # K fragments with valid MACs but a bad page
                 failures.append((-1, exc.kind, f"decoded page: {exc}"))
                 self.stats.ec_unrecoverable += 1
-                done(None, failures)
+                done(None, b"", failures)
                 return
             self.stats.ec_page_ins += 1
             st["sealed"] = sealed
             if failures:
                 self.stats.ec_degraded_reads += 1
-            if sealed_out is not None:
-                sealed_out(sealed)
-            done(plain, failures)
+            done(plain, sealed, failures)
             bad = sorted({f[0] for f in failures if f[0] >= 0} - set(good))
             if bad:
                 self.repair(handles, slot, bind, sealed, bad, repaired)
 
         more()
 
-    def repair(self, handles: list[bytes | None], slot: int, bind: Binding, sealed: bytes,
-               bad: list[int], repaired: Callable[[int, int], None] | None) -> None:
+    def repair(self, handles: list[bytes], slot: int, bind: Binding, sealed: bytes,
+               bad: list[int], repaired: Repaired) -> None:
         """Rewrite the fragments of pagers `bad` from the verified ciphertext;
         repaired(ok_mask, lost_mask) after."""
         blocks = self.coder.split(sealed, *bind)
@@ -199,60 +185,5 @@ class EcPages:
         def on(mask: int, _why: str) -> None:
             self.stats.ec_repairs += mask.bit_count()
             self.stats.ec_fragments_lost += (lost & ~mask).bit_count()
-            if repaired is not None:
-                repaired(mask, lost & ~mask)
+            repaired(mask, lost & ~mask)
         self._write(handles, slot, blocks, bad, on)
-
-    # -- resync of a pager that missed fragments --------------------------------------------------
-    def resync_copy(self, resync: Resync, proc: Proc, vpn: int, pte: Pte, mirror: int) -> None:
-        """Give pager `mirror` its fragment of one page: read and decode the page from the
-        others, re-encode, write block `mirror` (holding the PTE's write slot as resync.py's
-        mirror copy does, so a write-back queues behind it); set its bit if still current."""
-        k = resync.k
-        version, tag, slot, space = pte.version, pte.tag, pte.slot, pte.space
-        assert space is not None
-        bind = (space.swap_id, pte.seal_vpn, version)
-        got: dict[str, bytes] = {}
-
-        def verify(sealed: bytes) -> bytes:
-            return k.vm.sealer.open(space.swap_id, pte.seal_vpn, version, tag, sealed)
-
-        def on_read(plain: bytes | None, failures: list[Failure]) -> None:
-            for m, kind, text in failures:
-                if proc.alive:
-                    k.vm.integrity_failure(proc, vpn, m, kind, f"(resync) {text}")
-            if plain is None:
-                resync._finished(False)
-                return
-            k.with_handles(space, write)
-
-        def write(handles: list[bytes | None]) -> None:
-            if handles[mirror] is None or not resync._current(proc, vpn, pte, version) \
-                    or pte.wb_version:
-                resync._skipped()
-                return
-            pte.wb_version = version
-            self._write(handles, slot, self.coder.split(got["sealed"], *bind), [mirror], written)
-
-        def written(mask: int, _why: str) -> None:
-            if not (proc.alive and proc.aspace.ptes.get(vpn) is pte):
-                resync._finished(bool(mask))
-                return
-            pte.wb_version = 0
-            if mask and pte.version == version:
-                pte.mirrors |= mask
-            if pte.wb_again:
-                pte.wb_again = False
-                if pte.held is not None:
-                    k.vm.write_back(proc, vpn, pte)
-            resync._finished(bool(mask))
-
-        def with_handles(handles: list[bytes | None]) -> None:
-            others = pte.mirrors & ~(1 << mirror)
-            if not resync._current(proc, vpn, pte, version) or others.bit_count() < self.k:
-                resync._skipped()
-                return
-            self.page_in(handles, slot, others, bind, verify, on_read,
-                         sealed_out=lambda sealed: got.__setitem__("sealed", sealed))
-
-        k.with_handles(space, with_handles)

@@ -65,7 +65,7 @@ from kernel_daemon.contract import (
     encoded_size,
 )
 from kernel_daemon.pagetable import PAGE_SHIFT
-from kernel_daemon.proc import Proc, ProcState
+from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
 from wire.protocol import PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
 from wire.server import SUSPEND, Request
@@ -169,7 +169,7 @@ class Ipc:
     # -- ENDPOINT, CAP_CLOSE ------------------------------------------------------------
     def endpoint(self, req: Request) -> dict[str, Any]:
         """Create an endpoint with the given contract; return its handle."""
-        proc: Proc = req.caller
+        proc = caller(req)
         t = self.table(proc)
         if req.size > CONTRACT_MAX_BYTES + ENDPOINT_OVERHEAD_BYTES:   # refused before compiling
             raise ServiceError(Err.MSGSIZE, f"endpoint: request of {req.size} bytes; a contract "
@@ -199,7 +199,7 @@ class Ipc:
 
     def cap_close(self, req: Request) -> dict[str, Any]:
         """Drop a handle; the owner closing its own endpoint's handle destroys the endpoint."""
-        t = self.table(req.caller)
+        t = self.table(caller(req))
         h = req.msg["handle"]
         ep = t.lookup(h, self.root)
         if h == NAMESERVICE_HANDLE and h not in t.handles:
@@ -213,7 +213,7 @@ class Ipc:
     # -- CALL -----------------------------------------------------------------------------
     def call(self, req: Request) -> Any:
         """Check a call (size, handle, contract, caps, grant) and post it; SUSPEND until REPLY."""
-        proc: Proc = req.caller
+        proc = caller(req)
         spid = proc.spid
         t = self.tables.get(spid) or self.table(proc)
         m = req.msg
@@ -373,7 +373,7 @@ class Ipc:
     # -- RECEIVE, REPLY ---------------------------------------------------------------------
     def receive(self, req: Request) -> Any:
         """The next call on an endpoint the caller owns; SUSPEND until one arrives."""
-        t = self.table(req.caller)
+        t = self.table(caller(req))
         ep = t.owned_by_me(req.msg["handle"], self.root)
         if t.calling is not None or t.receiving is not None:
             raise ServiceError(Err.BUSY, "receive: this process is already blocked in a call "
@@ -394,7 +394,7 @@ class Ipc:
 
     def reply(self, req: Request) -> Any:
         """Answer a received call (contract-checked); with `receive`, then wait for the next."""
-        proc: Proc = req.caller
+        proc = caller(req)
         t = self.tables.get(proc.spid) or self.table(proc)
         m = req.msg
         cid = m["call"]

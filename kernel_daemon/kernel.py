@@ -37,9 +37,9 @@ from kernel_daemon.frames import FramePool
 from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
-from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
+from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT
 from kernel_daemon.policy import POLICIES, make_policy
-from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable
+from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable, caller
 from kernel_daemon.quota import Resource, limits_from
 from kernel_daemon.records import apply_report, bounded_records
 from kernel_daemon.resync import Resync
@@ -62,8 +62,6 @@ KILL_GRACE_MS: int = 2000
 #: What a kernel request may take beyond an IPC payload (fields, caps, a contract's frame):
 #: a larger frame is refused before it is decoded (decoding 1 MB of msgpack costs ~40 ms).
 FRAME_SLACK_BYTES: int = 64 * 1024
-#: How soon a CLOSE that could not reach its disk is asked again.
-CLOSE_RETRY_MS: int = 1000
 
 #: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
 QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
@@ -90,6 +88,15 @@ class Kernel(Server):
                  launcher_key: str | None = None, keys: Keyring | None = None,
                  transport: Transport | None = None, clock: Clock | None = None,
                  code: tuple[int, int] | None = None, ec_delta: int = 1) -> None:
+        self.stats = KernelStats(policy, nframes, seal, mirrors,
+                                 f"{code[0]}+{code[1]}" if code else None)
+        self.procs = ProcTable()
+        self.tracer = Tracer(trace)
+        self.ipc_max_bytes = ipc_max_bytes
+        # vm and ipc before the skeleton's __init__: it reads the dispatch table, which
+        # points straight at their handlers.
+        self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
+        self.ipc = Ipc(self)
         super().__init__("kernel", keys=keys, transport=transport, clock=clock)
         #: Who may connect, and as what: z85 public key -> Role, for the fixed principals
         #: (sealed processes connect with their credential's key: allow_key).
@@ -100,21 +107,14 @@ class Kernel(Server):
         self.addr = addr
         self.host = self.transport.hostname()
         self.sock = self.bind_router(addr)
-        self.stats = KernelStats(policy, nframes, seal, mirrors,
-                                 f"{code[0]}+{code[1]}" if code else None)
-        self.procs = ProcTable()
-        self.tracer = Tracer(trace)
-        self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
         self.pagers = Pagers(self, self.sock, mirrors, pager_timeout_ms, pager_retries,
                              self.host, self.stats)
         #: Erasure-coded pagers (--code K+R): fragment i of every page on pager i (ecpages.py).
         self.ec = EcPages(self.pagers, *code, ec_delta, self.stats) if code else None
         self.resync = Resync(self)               # a returning mirror gets what it missed
         self.pagers.on_up = self.resync.kick
-        self.ipc_max_bytes = ipc_max_bytes
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
-        self.ipc = Ipc(self)
         self.metrics: Any = None                 # set by the metrics exporter when enabled
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
             self.handlers[op] = self._backoff_on_quota(self.handlers[op])
@@ -139,10 +139,11 @@ class Kernel(Server):
             Op.REGISTER: self.do_register, Op.ATTACH: self.do_attach,
             Op.HEARTBEAT: self.do_heartbeat, Op.REPORT: self.do_report, Op.EXIT: self.do_exit,
             Op.MAP: self.do_map, Op.UNMAP: self.do_unmap, Op.PROTECT: self.do_protect,
-            Op.FAULT: self.do_fault,
+            Op.FAULT: self.vm.fault,                                    # vm.py
             # IPC (ipc.py)
-            Op.ENDPOINT: self.do_endpoint, Op.CALL: self.do_call, Op.RECEIVE: self.do_receive,
-            Op.REPLY: self.do_reply, Op.CAP_CLOSE: self.do_cap_close, Op.STASH: self.do_stash,
+            Op.ENDPOINT: self.ipc.endpoint, Op.CALL: self.ipc.call, Op.RECEIVE: self.ipc.receive,
+            Op.REPLY: self.ipc.reply, Op.CAP_CLOSE: self.ipc.cap_close,
+            Op.STASH: self.ipc.save_stash,
             # pagers
             Op.PAGER_HELLO: self.do_pager_hello,
             # observers
@@ -283,17 +284,17 @@ class Kernel(Server):
 
     def do_heartbeat(self, req: Request) -> dict[str, Any]:
         """Liveness, and the reference bits the MMU harvested since the last message."""
-        self.vm.apply_refs(req.caller, req.msg["refs"])
+        self.vm.apply_refs(caller(req), req.msg["refs"])
         return {}
 
     def do_report(self, req: Request) -> dict[str, Any]:
         """Record app-level results (checksum verdict, progress)."""
-        apply_report(req.caller, req.msg["data"])
+        apply_report(caller(req), req.msg["data"])
         return {}
 
     def do_exit(self, req: Request) -> dict[str, Any]:
         """An orderly exit: reclaim everything the process holds."""
-        self.reclaim(req.caller, f"exited with status {req.msg['status']}", ProcState.EXITED)
+        self.reclaim(caller(req), f"exited with status {req.msg['status']}", ProcState.EXITED)
         return {}
 
     # -- memory ---------------------------------------------------------------------------
@@ -302,7 +303,7 @@ class Kernel(Server):
         addr = req.msg.get("addr", 0)
         if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
             raise ServiceError(Err.INVAL, f"map: address {addr!r} is not page-aligned")
-        proc: Proc = req.caller
+        proc = caller(req)
         npages = req.msg["npages"]
         if 0 < npages <= MAX_MAP_PAGES:          # out of range: map() says EINVAL
             proc.quota.check(Resource.REGIONS, 1)
@@ -313,7 +314,7 @@ class Kernel(Server):
 
     def do_unmap(self, req: Request) -> dict[str, Any]:
         """Remove a range: free its frames and its swap blocks."""
-        proc: Proc = req.caller
+        proc = caller(req)
         vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
         proc.quota.check(Resource.REGIONS, max(0, proc.aspace.edges_inside(vpn, npages) - 1))
         self.vm.release_pages(proc, proc.aspace.unmap(vpn, npages))
@@ -322,43 +323,12 @@ class Kernel(Server):
 
     def do_protect(self, req: Request) -> dict[str, Any]:
         """Change a range's permissions (W^X enforced); the caller's runtime drops its TLB."""
-        proc: Proc = req.caller
+        proc = caller(req)
         vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
         proc.quota.check(Resource.REGIONS, proc.aspace.edges_inside(vpn, npages))
         proc.aspace.protect(vpn, npages, req.msg["prot"])
         self.vm.sync_space(proc)
         return {}
-
-    def do_fault(self, req: Request) -> Any:
-        """A TLB miss: see vm.py."""
-        if req.caller.ctrl_peer is None:
-            raise ServiceError(Err.PERM, "fault: attach the control connection first")
-        return self.vm.fault(req.caller, req)
-
-    # -- IPC (thin delegations; see ipc.py) -----------------------------------------------
-    def do_endpoint(self, req: Request) -> dict[str, Any]:
-        """Create an endpoint with a contract; return its handle."""
-        return self.ipc.endpoint(req)
-
-    def do_call(self, req: Request) -> Any:
-        """Send a message on a handle and block until the reply."""
-        return self.ipc.call(req)
-
-    def do_receive(self, req: Request) -> Any:
-        """Block until a call arrives on an endpoint the caller owns."""
-        return self.ipc.receive(req)
-
-    def do_reply(self, req: Request) -> Any:
-        """Answer a received call (optionally then receive the next)."""
-        return self.ipc.reply(req)
-
-    def do_cap_close(self, req: Request) -> dict[str, Any]:
-        """Drop a capability handle."""
-        return self.ipc.cap_close(req)
-
-    def do_stash(self, req: Request) -> dict[str, Any]:
-        """init saves what its successor inherits."""
-        return self.ipc.save_stash(req)
 
     # -- pagers ---------------------------------------------------------------------------
     def do_pager_hello(self, req: Request) -> dict[str, Any]:
@@ -387,80 +357,7 @@ class Kernel(Server):
         self.pagers.report_instance_pid(mirror, req.msg["hostpid"], req.msg["started"])
         return {}
 
-    def with_handles(self, space: SwapSpace, then: Callable[[list[bytes | None]], None]) -> None:
-        """Run then(handles per mirror) once every mirror's disk handle for `space` is open
-        (None for a mirror whose open failed, or that is down while another is up: it is
-        tried again next time, and the resync fills it in when it returns).
-
-        The kernel mints each handle (SwapSpace.handle) and OPEN carries it; the pager's
-        answer tells only ok or error.  A mark that a mirror opened it is kept by the pagers
-        (pagers.py) for the current instance of that mirror: a new instance re-validates it,
-        and a READ/WRITE answered EBADHANDLE (a pager that lied about OPEN) re-opens it."""
-        n = self.pagers.nmirrors
-        missing = [m for m in range(n)
-                   if not self.pagers.is_open(m, space.handle(m)) and self.pagers.worth_asking(m)]
-        if not missing:
-            then(self._open_handles(space))
-            return
-        waiting = {"left": len(missing)}
-
-        def opened(m: int) -> Callable[[dict[str, Any] | None, str], None]:
-            def on(reply: dict[str, Any] | None, why: str) -> None:
-                waiting["left"] -= 1
-                if waiting["left"] == 0:
-                    then(self._open_handles(space))
-                    self._maybe_close(space)
-            return on
-
-        retries = 0 if n > 1 else None         # mirrored: do not wait on one mirror's restart
-        for m in missing:
-            self.pagers.open(m, space.handle(m), space.label[:32], opened(m), retries=retries)
-
-    def _open_handles(self, space: SwapSpace) -> list[bytes | None]:
-        """space's handle per mirror.  Every mirror gets it, opened or not: the kernel minted
-        it, so it never depends on what a pager answered, and an OPEN that did not get
-        through (a pager that died or lied) shows as EBADHANDLE on the READ/WRITE, which
-        opens it again and retries (pagers.py).  Withholding it would make a page whose
-        OPEN timed out look lost ("no mirror holds the page": sim seed 13 on the merge).
-        A mirror that is down while another is up is skipped by worth_asking instead."""
-        return [space.handle(m) for m in range(self.pagers.nmirrors)]
-
-    def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
-        """Tell every mirror to free these swap blocks of `space`; close it if now unused."""
-        for m, handle in space.handles.items():
-            for i in range(0, len(slots), 1024):
-                self.pagers.submit(m, Op.FREE, {"handle": handle, "slots": slots[i:i + 1024]},
-                                   _ignore, retries=1)
-        self._maybe_close(space)
-
-    def _maybe_close(self, space: SwapSpace) -> None:
-        """Close a space's disk handles once its process is gone and no page lives in it."""
-        if space.owner_alive or space.pages:
-            return
-        for m, handle in space.handles.items():
-            self.pagers.forget(m, handle)
-            self.close_handle(m, handle)
-        space.handles.clear()
-
-    def close_handle(self, mirror: int, handle: bytes) -> None:
-        """Close a disk handle on a mirror, however long that mirror is away: a CLOSE whose
-        budget runs out (the mirror down or failing for long) is asked again after
-        CLOSE_RETRY_MS, else the handle's blocks would stay allocated on that disk forever.
-        EBADHANDLE means the disk no longer knows it: closed (a lost answer's retry)."""
-        def closed(reply: dict[str, Any] | None, why: str) -> None:
-            if reply is None or reply.get("err") not in (None, Err.BADHANDLE):
-                self.call_later(CLOSE_RETRY_MS, lambda: self.close_handle(mirror, handle))
-        self.pagers.submit(mirror, Op.CLOSE, {"handle": handle}, closed)
-
     # -- stopping processes -----------------------------------------------------------------
-    def integrity_lost(self, proc: Proc, req: Request, vpn: int, checks: str) -> None:
-        """No mirror returned a page that verifies: stop the faulting process, and only it."""
-        text = (f"page integrity lost: page {vpn:#x} (address {vpn << PAGE_SHIFT:#x}) of "
-                f"{proc.name} (spid {proc.spid}) failed verification: {checks}")
-        self.log.error("%s", text)
-        self.fail(req, Err.INTEGRITY, text)
-        self.reclaim(proc, text, ProcState.KILLED)
-
     def kill_proc(self, proc: Proc, reason: str) -> None:
         """Stop a process the kernel can no longer serve: tell it, reclaim, and make sure."""
         self.log.error("killing %s (spid %d): %s", proc.name, proc.spid, reason)
@@ -486,7 +383,7 @@ class Kernel(Server):
         proc.aspace.regions.clear()
         self.vm.sync_space(proc)
         proc.quota.release(Resource.REPORT_BYTES, proc.quota.used[Resource.REPORT_BYTES])
-        self._maybe_close(proc.space)
+        self.pagers.maybe_close(proc.space)
         self.ipc.reclaim(proc)
         self.procs.retire(proc)
         for peer in (proc.call_peer, proc.ctrl_peer):     # its routing ids: nothing left to steal
@@ -563,10 +460,6 @@ class Kernel(Server):
                                            list(self.procs.exited))
         self.stats.records_omitted = omitted
         return records
-
-
-def _ignore(reply: dict[str, Any] | None, why: str) -> None:
-    """A pager answer nobody waits for."""
 
 
 def _ignore1(reply: dict[str, Any] | None) -> None:
