@@ -151,6 +151,7 @@ def _compile_field(spec: Any, where: str, depth: int) -> tuple[Checker, bool]:
     if tname in ("str", "bytes", "list"):
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 0:
             raise _bad(f"{where}: a {tname} needs max_len, a non-negative integer")
+        length: int = max_len
     elif max_len is not None:
         raise _bad(f"{where}: max_len applies to str, bytes and list only")
     if ("items" in spec) != (tname == "list"):
@@ -166,19 +167,20 @@ def _compile_field(spec: Any, where: str, depth: int) -> tuple[Checker, bool]:
     if tname == "float":
         return _float_checker(lo, hi), optional
     if tname == "str":
-        return _str_checker(max_len), optional
+        return _str_checker(length), optional
     if tname == "bytes":
-        return _bytes_checker(max_len), optional
+        return _bytes_checker(length), optional
     if tname == "list":
         item, _ = _compile_field(spec["items"], f"{where}[]", depth + 1)
-        return _list_checker(max_len, item), optional
+        return _list_checker(length, item), optional
     if tname == "map":
         fields, required = _compile_fields(spec["fields"], where, depth + 1)
         return _map_checker(fields, required), optional
     return _type_checker(tname), optional
 
 
-def _compile_fields(specs: Any, where: str, depth: int) -> tuple[dict[str, Checker], tuple[str, ...]]:
+def _compile_fields(specs: Any, where: str, depth: int
+                    ) -> tuple[dict[str, Checker], tuple[str, ...]]:
     """Checkers for a map of field specs, and the names that are required."""
     if not isinstance(specs, dict) or len(specs) > MAX_FIELDS:
         raise _bad(f"{where}: fields must be a map of at most {MAX_FIELDS} field specs")

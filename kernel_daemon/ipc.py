@@ -51,6 +51,7 @@ outstanding, calls queue FIFO on their endpoint, and a call leaves its place exa
 """
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,10 +65,9 @@ from kernel_daemon.contract import (
     decode_payload,
     encoded_size,
 )
-from kernel_daemon.pagetable import PAGE_SHIFT
 from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
-from wire.protocol import PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
+from wire.protocol import PAGE_SHIFT, PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
 from wire.server import SUSPEND, Request
 
 if TYPE_CHECKING:
@@ -486,9 +486,9 @@ class Ipc:
             self._fail(call, Err.PEERDIED, f"call: the server {proc.name} (spid {proc.spid}) "
                                            f"died while serving it")
         for eid in t.chans_on:
-            ep = self.endpoints.get(eid)
-            if ep is not None:
-                ep.chans.pop(proc.spid, None)
+            chan_ep = self.endpoints.get(eid)
+            if chan_ep is not None:
+                chan_ep.chans.pop(proc.spid, None)
         if was_init:
             self.legacy = InitLegacy({h: ep for h, ep in t.handles.items() if ep.alive},
                                      t.next_handle, self.stash)
@@ -516,8 +516,8 @@ class Ipc:
         """IPC state for STATS: the name service, and every live endpoint's counters."""
         return {"init_spid": self.init.spid if self.init is not None else None,
                 "nameservice": self.root is not None and self.root.alive,
-                "endpoints": [ep.record() for ep, _ in zip(self.endpoints.values(),
-                                                           range(ENDPOINT_RECORDS_MAX))],
+                "endpoints": [ep.record() for ep in
+                              itertools.islice(self.endpoints.values(), ENDPOINT_RECORDS_MAX)],
                 "endpoint_count": len(self.endpoints),
                 "capabilities": sum(len(t.handles) for t in self.tables.values()),
                 "handles_by_spid": {str(spid): len(t.handles) for spid, t in self.tables.items()},

@@ -27,7 +27,7 @@ import argparse
 import hmac
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from kernel_daemon.frames import FramePool
 from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
-from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT
+from kernel_daemon.pagetable import MAX_MAP_PAGES
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable, caller
 from kernel_daemon.quota import Resource, limits_from
@@ -51,8 +51,16 @@ from wire import host
 from wire import keys as wkeys
 from wire.credential import new_credential, public_of
 from wire.keys import Keyring, KeysMissing, Role
-from wire.protocol import IPC_MAX_PAYLOAD_BYTES, MAX_FRAME_BYTES, PAGE_SIZE, Err, Op, ServiceError
-from wire.server import SUSPEND, Request, Server
+from wire.protocol import (
+    IPC_MAX_PAYLOAD_BYTES,
+    MAX_FRAME_BYTES,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    Err,
+    Op,
+    ServiceError,
+)
+from wire.server import SUSPEND, Panic, Request, Server
 from wire.transport import Clock, Transport
 
 LIVENESS_MS: int = 500
@@ -181,11 +189,10 @@ class Kernel(Server):
     def principal(self, req: Request) -> str | None:
         """The public key the sender proved: its connection's authenticated key (CURVE), else
         the credential its message carries (insecure transport); None if it proved none."""
-        user_id = getattr(req, "user_id", None)
-        if user_id:
-            return str(user_id)
+        if req.user_id:
+            return req.user_id
         try:
-            return public_of(req.msg.get("cred"))       # type: ignore[arg-type]
+            return public_of(req.msg.get("cred", b""))
         except ValueError:
             return None
 
@@ -258,7 +265,7 @@ class Kernel(Server):
                     same_process(old.hostpid, old.host_started) is None:
                 self.reclaim(old, "died", ProcState.KILLED)      # its successor is here first
             self.ipc.check_init_free()
-        proc = self.procs.register(req.peer, key, self.host)
+        proc = self.procs.register(_peer(req), key, self.host)
         proc.last_heard = self.now()
         out = {"spid": proc.spid, "secret": proc.secret, "name": proc.name, "role": proc.role,
                "nframes": self.vm.pool.nframes, "page_size": PAGE_SIZE}
@@ -279,7 +286,7 @@ class Kernel(Server):
                                          "process's own key")
         if proc.ctrl_peer is not None or req.peer in self.procs.by_peer:
             raise ServiceError(Err.PERM, "attach: a control connection is already bound")
-        self.procs.attach(proc, req.peer)
+        self.procs.attach(proc, _peer(req))
         return {}
 
     def do_heartbeat(self, req: Request) -> dict[str, Any]:
@@ -300,15 +307,13 @@ class Kernel(Server):
     # -- memory ---------------------------------------------------------------------------
     def do_map(self, req: Request) -> dict[str, Any]:
         """Create a region; the kernel picks the address when addr is 0 or absent."""
-        addr = req.msg.get("addr", 0)
-        if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
-            raise ServiceError(Err.INVAL, f"map: address {addr!r} is not page-aligned")
+        vpn = _page_of(req.msg.get("addr", 0), "map: ")
         proc = caller(req)
         npages = req.msg["npages"]
         if 0 < npages <= MAX_MAP_PAGES:          # out of range: map() says EINVAL
             proc.quota.check(Resource.REGIONS, 1)
             proc.quota.check(Resource.PAGES, npages)
-        vpn = proc.aspace.map(addr >> PAGE_SHIFT, req.msg["npages"], req.msg["prot"])
+        vpn = proc.aspace.map(vpn, npages, req.msg["prot"])
         self.vm.sync_space(proc)
         return {"addr": vpn << PAGE_SHIFT}
 
@@ -333,9 +338,7 @@ class Kernel(Server):
     # -- pagers ---------------------------------------------------------------------------
     def do_pager_hello(self, req: Request) -> dict[str, Any]:
         """A pager instance joins (or keeps) its mirror slot."""
-        mirror = req.msg["mirror"]
-        if not 0 <= mirror < self.pagers.nmirrors:
-            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range 0..{self.pagers.nmirrors - 1}")
+        mirror = self._mirror(req)
         if self.secure and self.role_of(req) != Role("pager", mirror):
             raise ServiceError(Err.PERM, f"pager_hello: mirror {mirror} takes only pager{mirror}'s "
                                          f"key, not {self.role_of(req)}'s")
@@ -344,18 +347,23 @@ class Kernel(Server):
         held = self.pagers.holder(req.peer) if req.peer is not None else None
         if held is not None and held != mirror:
             raise ServiceError(Err.PERM, f"this connection already holds mirror {held}")
-        self.pagers.hello(req.peer, mirror, req.msg["host"][:128], req.msg["hostpid"])
+        self.pagers.hello(_peer(req), mirror, req.msg["host"][:128], req.msg["hostpid"])
         return {}
 
     def do_pager_instance(self, req: Request) -> dict[str, Any]:
         """The launcher says which host process it started for a pager slot (pid and start
         time): the kernel may then notice its exit at once and SIGKILL it when it hangs."""
         self._launcher_only(req, "pager_instance")
-        mirror = req.msg["mirror"]
-        if not 0 <= mirror < self.pagers.nmirrors:
-            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range 0..{self.pagers.nmirrors - 1}")
-        self.pagers.report_instance_pid(mirror, req.msg["hostpid"], req.msg["started"])
+        self.pagers.report_instance_pid(self._mirror(req), req.msg["hostpid"], req.msg["started"])
         return {}
+
+    def _mirror(self, req: Request) -> int:
+        """The request's mirror slot number; EINVAL out of range."""
+        mirror: int = req.msg["mirror"]
+        if not 0 <= mirror < self.pagers.nmirrors:
+            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range "
+                                          f"0..{self.pagers.nmirrors - 1}")
+        return mirror
 
     # -- stopping processes -----------------------------------------------------------------
     def kill_proc(self, proc: Proc, reason: str) -> None:
@@ -367,7 +375,10 @@ class Kernel(Server):
         hostpid, started = proc.hostpid, proc.host_started
         self.reclaim(proc, f"killed by the kernel: {reason}", ProcState.KILLED)
         if proc.is_local():
-            self.call_later(KILL_GRACE_MS, lambda: kill_if_same(hostpid, started))
+
+            def make_sure() -> None:
+                kill_if_same(hostpid, started)
+            self.call_later(KILL_GRACE_MS, make_sure)
 
     def reclaim(self, proc: Proc, reason: str, state: ProcState) -> None:
         """Free every frame, swap block, disk handle and capability of a finished process."""
@@ -466,9 +477,10 @@ def _ignore1(reply: dict[str, Any] | None) -> None:
     """A process answer nobody waits for."""
 
 
-def _page_of(addr: Any) -> int:
+def _page_of(addr: Any, what: str = "") -> int:
+    """The page number of a page-aligned address; EINVAL otherwise."""
     if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
-        raise ServiceError(Err.INVAL, f"address {addr!r} is not page-aligned")
+        raise ServiceError(Err.INVAL, f"{what}address {addr!r} is not page-aligned")
     return addr >> PAGE_SHIFT
 
 
@@ -501,19 +513,30 @@ def _quota_spec(spec: dict[Any, Any]) -> dict[str, int]:
     return dict(spec)
 
 
-def _percentiles(samples: Any) -> dict[str, float]:
+def _percentiles(samples: Iterable[float]) -> dict[str, float]:
+    """n, p50, p99 and max of samples (just n when there are none)."""
     data = sorted(samples)
     if not data:
         return {"n": 0}
-    pick = lambda q: round(data[min(len(data) - 1, int(q * len(data)))], 1)  # noqa: E731
+
+    def pick(q: float) -> float:
+        return round(data[min(len(data) - 1, int(q * len(data)))], 1)
     return {"n": len(data), "p50": pick(0.5), "p99": pick(0.99), "max": round(data[-1], 1)}
+
+
+def _peer(req: Request) -> bytes:
+    """The ROUTER routing id a request came from (the kernel serves ROUTER connections only)."""
+    if req.peer is None:
+        raise Panic(f"{req.op} reached the kernel on a connection with no routing id")
+    return req.peer
 
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos kernel` flags; every one has an environment-variable default."""
     env = os.environ.get
     p = argparse.ArgumentParser(prog="sealedos kernel", description="run the kernel daemon")
-    p.add_argument("--rundir", default=env("SEALEDOS_RUNDIR"), help="runtime directory (ipc sockets)")
+    p.add_argument("--rundir", default=env("SEALEDOS_RUNDIR"),
+                   help="runtime directory (ipc sockets)")
     p.add_argument("--addr", default=env("SEALEDOS_KERNEL_ADDR"),
                    help="address to listen on (default ipc://RUNDIR/kernel.sock)")
     p.add_argument("--frames", type=int, default=int(env("SEALEDOS_FRAMES", "128")))
@@ -526,7 +549,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --code: a page-in asks K + this many pagers at once")
     p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",
                    help="plaintext pages (a trusted pager; to measure sealing's cost)")
-    p.add_argument("--pager-timeout-ms", type=int, default=int(env("SEALEDOS_PAGER_TIMEOUT_MS", "2000")))
+    p.add_argument("--pager-timeout-ms", type=int,
+                   default=int(env("SEALEDOS_PAGER_TIMEOUT_MS", "2000")))
     p.add_argument("--pager-retries", type=int, default=int(env("SEALEDOS_PAGER_RETRIES", "5")))
     p.add_argument("--ipc-max-bytes", type=int,
                    default=int(env("SEALEDOS_IPC_MAX_BYTES", str(IPC_MAX_PAYLOAD_BYTES))))
@@ -537,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", default=env(wkeys.KEYS_ENV),
                    help=f"keys directory (env {wkeys.KEYS_ENV}): the kernel's secret, every public")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
-                   help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
+                   help=f"no authentication or encryption (measurement only; "
+                        f"env {wkeys.INSECURE_ENV}=1)")
     p.add_argument("--metrics-port", type=int, default=int(env("SEALEDOS_METRICS_PORT", "0")),
                    help="serve Prometheus metrics on this port (0 = off)")
     p.add_argument("--metrics-host", default=env("SEALEDOS_METRICS_HOST", "127.0.0.1"))

@@ -42,17 +42,15 @@ transient error from a live pager, and the kernel does not kill a healthy pager 
 from __future__ import annotations
 
 import functools
-import signal
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import zmq
 
-from kernel_daemon.hostproc import same_process
+from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.pagetable import SwapSpace
 from kernel_daemon.seal import IntegrityError
 from kernel_daemon.stats import KernelStats
@@ -137,7 +135,8 @@ class PagerSlot:
         return {"mirror": self.mirror, "up": self.up, "host": self.host,
                 "hostpid": self.hostpid, "joins": self.joins, "inflight": len(self.inflight),
                 "backlog": len(self.backlog),
-                "silent_ms": int((time.monotonic() - self.last_hello) * 1000) if self.joins else None}
+                "silent_ms": int((time.monotonic() - self.last_hello) * 1000) if self.joins
+                else None}
 
 
 class Pagers:
@@ -164,10 +163,6 @@ class Pagers:
     def nmirrors(self) -> int:
         """How many mirror slots there are."""
         return len(self.slots)
-
-    def peers(self) -> set[bytes]:
-        """The connections of the current pager instances."""
-        return {s.peer for s in self.slots if s.peer is not None}
 
     def worth_asking(self, mirror: int) -> bool:
         """Should a request wait for this mirror?  Yes if it is up, or if no mirror is up
@@ -220,7 +215,8 @@ class Pagers:
         for slot in self.slots:
             if not slot.up:
                 continue
-            if self._is_local(slot) and same_process(slot.trusted_pid, slot.trusted_started) is None:
+            if self._is_local(slot) and \
+                    same_process(slot.trusted_pid, slot.trusted_started) is None:
                 self._instance_gone(slot)
             elif (now - slot.last_hello) * 1000 > PAGER_DEAD_MS:
                 self._mark_down(slot)
@@ -247,15 +243,9 @@ class Pagers:
     def _suspect(self, slot: PagerSlot) -> None:
         """A request timed out: a local instance that still exists is hung, so kill it."""
         self._mark_down(slot)
-        proc = same_process(slot.trusted_pid, slot.trusted_started) if self._is_local(slot) else None
-        if proc is None:
-            return
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            return
-        self.stats.pager_kills += 1
-        self._instance_gone(slot)
+        if self._is_local(slot) and kill_if_same(slot.trusted_pid, slot.trusted_started):
+            self.stats.pager_kills += 1
+            self._instance_gone(slot)
 
     def _instance_gone(self, slot: PagerSlot) -> None:
         """The slot's instance is dead: mark the slot down; a request that has somewhere

@@ -116,10 +116,8 @@ class Resync:
 
     def _finished(self, ok: bool) -> None:
         self.inflight -= 1
-        if ok:
-            self.stats.resynced += 1
-        else:
-            self.stats.resync_failed += 1
+        self.stats.resynced += ok
+        self.stats.resync_failed += not ok
         self._pump()
 
     def _skipped(self) -> None:
@@ -149,7 +147,8 @@ class Resync:
                 self._finished(False)
                 return
             if ec is not None:                       # erasure-coded: its fragment only
-                sealed = ec.coder.split(sealed, *copy.binding)[mirror]
+                sealed = ec.coder.split(sealed, copy.space.swap_id, copy.seal_vpn,
+                                        copy.version)[mirror]
             pagers.with_handles(copy.space, lambda handles: write(handles, sealed))
 
         def write(handles: list[bytes], data: bytes) -> None:

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_daemon.faultlog import FaultLog
 from kernel_daemon.frames import FramePool
 from kernel_daemon.pagers import ReadDone
-from kernel_daemon.pagetable import MAX_VPN, PAGE_SHIFT, PageState, Pte, SwapSpace
+from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
 from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
@@ -51,6 +51,7 @@ from wire.protocol import (
     FILL_DATA,
     FILL_KEEP,
     FILL_ZERO,
+    PAGE_SHIFT,
     PAGE_SIZE,
     Err,
     Op,
@@ -100,11 +101,6 @@ class SwapCopy:
         if pte.space is None or pte.slot < 0:
             raise Panic(f"a page with no swap copy (state {pte.state.name}) was read")
         return cls(pte.space, pte.slot, pte.seal_vpn, pte.version, pte.tag)
-
-    @property
-    def binding(self) -> tuple[bytes, int, int]:
-        """(swap id, vpn, version): what the seal and every fragment MAC bind it to."""
-        return self.space.swap_id, self.seal_vpn, self.version
 
 
 class Vm:
@@ -238,10 +234,8 @@ class Vm:
         """Count the fault (kind "minor" or "major") and build the reply that installs it."""
         proc = f.proc
         proc.counters[f"{kind}_faults"] += 1
-        if kind == "major":
-            self.stats.major_faults += 1
-        else:
-            self.stats.minor_faults += 1
+        self.stats.major_faults += kind == "major"
+        self.stats.minor_faults += kind == "minor"
         proc.state = ProcState.RUNNING
         seconds = self.k.now() - f.t0
         self.latency[kind].append(seconds * 1e6)
@@ -306,7 +300,8 @@ class Vm:
         if ec is None:
             self.k.pagers.page_in(handles, copy.slot, mask, verify, checked, repaired, answered)
             return
-        ec.page_in(handles, copy.slot, mask, copy.binding, verify, checked, repaired, answered,
+        ec.page_in(handles, copy.slot, mask, (copy.space.swap_id, copy.seal_vpn, copy.version),
+                   verify, checked, repaired, answered,
                    lambda m, kind, text: self.integrity_failure(
                        proc, vpn, m, kind, f"{note}(after decoding) {text}"))
 
@@ -336,8 +331,9 @@ class Vm:
         self.pool.release(frame)
         while self.frame_waiters and self.pool.free_count:
             proc, vpn, then = self.frame_waiters.popleft()
-            if proc.alive:
-                then(self.pool.alloc(proc.spid, vpn))
+            lent = self.pool.alloc(proc.spid, vpn) if proc.alive else None
+            if lent is not None:
+                then(lent)
 
     def _evict(self, frame: int) -> None:
         """Start taking `frame` back from its owner (a TLB shootdown)."""
