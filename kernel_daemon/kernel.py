@@ -451,17 +451,15 @@ class Kernel(Server):
     def counters(self) -> dict[str, Any]:
         """The kernel-wide counters as one map."""
         out = self.stats.as_dict()
-        out["free_frames"] = self.vm.pool.free_count
-        out["resident_pages"] = sum(p.resident for p in self.procs.by_spid.values())
-        out["swapped_pages"] = sum(p.swapped for p in self.procs.by_spid.values())
-        out["live_processes"] = len(self.procs.by_spid)
-        out["pagers"] = [s.health() for s in self.pagers.slots]
-        out["bad_messages"] = self.bad_messages
-        out["callback_errors"] = self.callback_errors
-        out["refused_keys"] = self.refused_keys     # handshakes refused + key/routing-id clashes
-        out["secure"] = self.secure
-        out["fault_latency_us"] = {k: _percentiles(v) for k, v in self.vm.latency.items()}
-        out["ipc"] = self.ipc.counters()
+        live = self.procs.by_spid.values()
+        out.update(free_frames=self.vm.pool.free_count,
+                   resident_pages=sum(p.resident for p in live),
+                   swapped_pages=sum(p.swapped for p in live), live_processes=len(live),
+                   pagers=[s.health() for s in self.pagers.slots],
+                   bad_messages=self.bad_messages, callback_errors=self.callback_errors,
+                   refused_keys=self.refused_keys,   # handshakes refused + key/routing-id clashes
+                   secure=self.secure, ipc=self.ipc.counters(),
+                   fault_latency_us={k: _percentiles(v) for k, v in self.vm.latency.items()})
         return out
 
     def process_records(self) -> list[dict[str, Any]]:
