@@ -191,7 +191,8 @@ class Pagers:
             if not slot.up:
                 slot.up = True
                 self._pump(slot)
-                self._came_up(mirror)
+                if self.on_up is not None:
+                    self.on_up(mirror)   # it may have missed page-outs
             return
         if slot.joins:
             self.stats.pager_restarts += 1
@@ -201,10 +202,6 @@ class Pagers:
         slot.last_answer_s = slot.answered_sent_s = 0.0
         self._requeue(slot, list(slot.inflight.values()))  # the old instance will never answer
         self._pump(slot)
-        self._came_up(mirror)
-
-    def _came_up(self, mirror: int) -> None:
-        """Tell the kernel a mirror is serving again (it may have missed page-outs)."""
         if self.on_up is not None:
             self.on_up(mirror)
 

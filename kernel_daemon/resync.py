@@ -140,7 +140,7 @@ class Resync:
                     mask.bit_count() < (ec.k if ec is not None else 1):
                 self._skipped()                      # changed meanwhile, or no source
                 return
-            vm.read_verified(proc, vpn, pte, copy, handles, mask, on_read, note="(resync) ")
+            vm.read_verified(proc, vpn, pte, copy, handles, mask, on_read, resync=True)
 
         def on_read(plain: bytes | None, sealed: bytes, _f: list[tuple[int, str, str]]) -> None:
             if plain is None:

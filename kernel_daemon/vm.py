@@ -275,12 +275,15 @@ class Vm:
     def read_verified(self, proc: Proc, vpn: int, pte: Pte, copy: SwapCopy,
                       handles: list[bytes], mask: int, done: ReadDone,
                       answered: Callable[[int, dict[str, Any]], None] | None = None,
-                      note: str = "") -> None:
+                      resync: bool = False) -> None:
         """Read `copy` of proc's page vpn from the mirrors in `mask` (fragments, with
         --code: ecpages.py; else whole pages: pagers.py), verify it against the version and
-        tag the kernel kept, count every failed check (`note` prefixes the log), then
-        done(plaintext, ciphertext, failures) or done(None, b"", failures).  Mirrors that
-        failed are rewritten afterwards and pte.mirrors follows, if pte still has `copy`."""
+        tag the kernel kept, count every failed check, then done(plaintext, ciphertext,
+        failures) or done(None, b"", failures).  Mirrors that failed are rewritten afterwards
+        and pte.mirrors follows, if pte still has `copy`: rewritten bits are set; for a
+        fault's read, fragments not rewritten are cleared and resynced later (a resync's own
+        read does neither: two lying pagers would keep it busy forever)."""
+        note = "(resync) " if resync else ""
         def verify(data: object) -> bytes:
             return self.sealer.open(copy.space.swap_id, copy.seal_vpn, copy.version, copy.tag,
                                     data)
@@ -293,8 +296,10 @@ class Vm:
 
         def repaired(ok: int, lost: int) -> None:
             if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.version == copy.version:
-                pte.mirrors = (pte.mirrors | ok) & ~lost
-                self.k.resync.kick_missing(~lost)   # a fragment not rewritten: resync it
+                pte.mirrors |= ok
+                if not resync:
+                    pte.mirrors &= ~lost
+                    self.k.resync.kick_missing(~lost)   # a fragment not rewritten: resync it
 
         ec = self.k.ec
         if ec is None:
@@ -530,7 +535,6 @@ class Vm:
             for i, p in enumerate(ptes):
                 state = p.state
                 self.set_state(src, p, S.ZERO)
-                p.state = S.ZERO
                 self.set_state(dst, p, state)
                 dst.aspace.ptes[dvpn + i] = p
             src.counters["pages_granted"] += npages
@@ -613,14 +617,20 @@ class PageIn:
                 failures: list[tuple[int, str, str]]) -> None:
         """The read ended: install if the frame is in; if no mirror verified, stop the
         faulting process, and only it (EINTEGRITY)."""
+        proc, vpn = self.f.proc, self.f.vpn
         if plain is None:
             self.failed = True
             if self.frame is not None:
                 self.vm._free_frame(self.frame)
-            self.k.tracer.end("vm", "fault", self.f.key, self.f.proc.spid, outcome="integrity",
+            self.k.tracer.end("vm", "fault", self.f.key, proc.spid, outcome="integrity",
                               failures=len(failures))
             checks = "; ".join(f"pager {m}: {kind}: {text}" for m, kind, text in failures)
-            self._integrity_lost(checks or "no mirror holds the page")
+            text = (f"page integrity lost: page {vpn:#x} (address {vpn << PAGE_SHIFT:#x}) of "
+                    f"{proc.name} (spid {proc.spid}) failed verification: "
+                    f"{checks or 'no mirror holds the page'}")
+            self.k.log.error("%s", text)
+            self.k.fail(self.f.req, Err.INTEGRITY, text)
+            self.k.reclaim(proc, text, ProcState.KILLED)
             return
         self._step("verified")
         self.plain = plain
@@ -640,14 +650,6 @@ class PageIn:
         self.vm.stats.page_ins += 1
         self._step("installed")
         self.k.reply(f.req, **self.vm._done(f, FILL_DATA, plain, "major"))
-
-    def _integrity_lost(self, checks: str) -> None:
-        proc, vpn = self.f.proc, self.f.vpn
-        text = (f"page integrity lost: page {vpn:#x} (address {vpn << PAGE_SHIFT:#x}) of "
-                f"{proc.name} (spid {proc.spid}) failed verification: {checks}")
-        self.k.log.error("%s", text)
-        self.k.fail(self.f.req, Err.INTEGRITY, text)
-        self.k.reclaim(proc, text, ProcState.KILLED)
 
     def _step(self, step: str, **args: Any) -> None:
         self.k.tracer.step("vm", "fault", self.f.key, self.f.proc.spid, step, **args)
