@@ -151,6 +151,7 @@ def _compile_field(spec: Any, where: str, depth: int) -> tuple[Checker, bool]:
     if tname in ("str", "bytes", "list"):
         if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 0:
             raise _bad(f"{where}: a {tname} needs max_len, a non-negative integer")
+        length: int = max_len
     elif max_len is not None:
         raise _bad(f"{where}: max_len applies to str, bytes and list only")
     if ("items" in spec) != (tname == "list"):
@@ -161,24 +162,25 @@ def _compile_field(spec: Any, where: str, depth: int) -> tuple[Checker, bool]:
     if not isinstance(optional, bool):
         raise _bad(f"{where}: optional must be true or false")
     if tname == "int":
-        return _int_checker(lo if lo is not None else INT_MIN,
-                            hi if hi is not None else INT_MAX), optional
+        return _number_checker(tname, INT_MIN if lo is None else lo,
+                               INT_MAX if hi is None else hi), optional
     if tname == "float":
-        return _float_checker(lo, hi), optional
+        return _number_checker(tname, lo, hi), optional
     if tname == "str":
-        return _str_checker(max_len), optional
+        return _str_checker(length), optional
     if tname == "bytes":
-        return _bytes_checker(max_len), optional
+        return _bytes_checker(length), optional
     if tname == "list":
         item, _ = _compile_field(spec["items"], f"{where}[]", depth + 1)
-        return _list_checker(max_len, item), optional
+        return _list_checker(length, item), optional
     if tname == "map":
         fields, required = _compile_fields(spec["fields"], where, depth + 1)
         return _map_checker(fields, required), optional
     return _type_checker(tname), optional
 
 
-def _compile_fields(specs: Any, where: str, depth: int) -> tuple[dict[str, Checker], tuple[str, ...]]:
+def _compile_fields(specs: Any, where: str, depth: int
+                    ) -> tuple[dict[str, Checker], tuple[str, ...]]:
     """Checkers for a map of field specs, and the names that are required."""
     if not isinstance(specs, dict) or len(specs) > MAX_FIELDS:
         raise _bad(f"{where}: fields must be a map of at most {MAX_FIELDS} field specs")
@@ -217,27 +219,18 @@ def _wrong(path: str, value: Any, want: str) -> _Violation:
     return _Violation("wrong_type", f"field {path!r} is {_tname(value)}, the contract says {want}")
 
 
-def _int_checker(lo: int | float, hi: int | float) -> Checker:
-    """A checker for an int in [lo, hi]."""
-    def check(v: Any, path: str) -> None:
-        if v.__class__ is not int:
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise _wrong(path, v, "int")
-        if v < lo:
-            raise _Violation("out_of_range", f"field {path!r} is {v}, below min {lo}")
-        if v > hi:
-            raise _Violation("out_of_range", f"field {path!r} is {v}, above max {hi}")
-    return check
+def _number_checker(want: str, lo: int | float | None, hi: int | float | None) -> Checker:
+    """A checker for an int (want "int") or any number (want "float") in [lo, hi] (None:
+    unbounded); a bool is neither (payloads are decoded msgpack: exact types)."""
+    exact = frozenset({int} if want == "int" else {int, float})
 
-
-def _float_checker(lo: int | float | None, hi: int | float | None) -> Checker:
-    """A checker for a number in [lo, hi] (None: unbounded)."""
     def check(v: Any, path: str) -> None:
-        if not isinstance(v, (float, int)) or isinstance(v, bool):
-            raise _wrong(path, v, "float")
-        if lo is not None and v < lo:
+        n: float = v                   # (checked next: exactly an int, or a float)
+        if v.__class__ not in exact:
+            raise _wrong(path, v, want)
+        if lo is not None and n < lo:
             raise _Violation("out_of_range", f"field {path!r} is {v}, below min {lo}")
-        if hi is not None and v > hi:
+        if hi is not None and n > hi:
             raise _Violation("out_of_range", f"field {path!r} is {v}, above max {hi}")
     return check
 

@@ -18,22 +18,18 @@ and what an answer is worth.
 * **Repair.** Fragments that failed are rewritten in the background from the verified
   ciphertext (re-encoded); repaired(ok_mask, lost_mask) lets the caller keep the page's
   fragment mask true, so a pager whose fragment could not be rewritten is resynced when it
-  rejoins (resync.py -> resync_copy here).
+  rejoins (resync.py reads the page through page_in here and writes the pager its block).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kernel_daemon.erasure import Coder
-from kernel_daemon.pagers import BAD_MIRROR_MS, Pagers
+from kernel_daemon.pagers import BAD_MIRROR_MS, Pagers, ReadDone, Repaired
 from kernel_daemon.seal import IntegrityError
+from kernel_daemon.stats import KernelStats
 from wire.protocol import Op
-
-if TYPE_CHECKING:
-    from kernel_daemon.pagetable import Pte
-    from kernel_daemon.proc import Proc
-    from kernel_daemon.resync import Resync
 
 Binding = tuple[bytes, int, int]                      # (swap id, vpn, version)
 Failure = tuple[int, str, str]                        # (pager, kind, text)
@@ -42,7 +38,7 @@ Failure = tuple[int, str, str]                        # (pager, kind, text)
 class EcPages:
     """Fragment I/O of sealed pages over the kernel's pager slots."""
 
-    def __init__(self, pagers: Pagers, k: int, r: int, delta: int, stats: dict[str, Any]) -> None:
+    def __init__(self, pagers: Pagers, k: int, r: int, delta: int, stats: KernelStats) -> None:
         if pagers.nmirrors != k + r:
             raise ValueError(f"--code {k}+{r} needs exactly {k + r} pagers, "
                              f"got {pagers.nmirrors}")
@@ -51,10 +47,6 @@ class EcPages:
         pagers.open_fields = {"block_size": self.coder.block_bytes}     # disks pack fragments
         self.k, self.r, self.delta = k, r, max(0, delta)
         self.stats = stats
-        for key in ("ec_page_outs", "ec_short_writes", "ec_page_ins", "ec_degraded_reads",
-                    "ec_fragments_read", "ec_repairs", "ec_fragments_lost", "ec_late_failures",
-                    "ec_unrecoverable"):
-            stats.setdefault(key, 0)
 
     @property
     def full_mask(self) -> int:
@@ -62,42 +54,36 @@ class EcPages:
         return (1 << self.coder.n) - 1
 
     # -- page-out ------------------------------------------------------------------------------
-    def page_out(self, handles: list[bytes | None], slot: int, bind: Binding, sealed: bytes,
+    def page_out(self, handles: list[bytes], slot: int, bind: Binding, sealed: bytes,
                  done: Callable[[int, str], None]) -> None:
         """Write fragment i of `sealed` to pager i (each with the full retry budget);
         done(mask of pagers that acknowledged, why) once every pager has answered or given up."""
-        self.stats["ec_page_outs"] += 1
+        self.stats.ec_page_outs += 1
         self._write(handles, slot, self.coder.split(sealed, *bind), done)
 
-    def _write(self, handles: list[bytes | None], slot: int, blocks: dict[int, bytes],
+    def _write(self, handles: list[bytes], slot: int, blocks: dict[int, bytes],
                done: Callable[[int, str], None]) -> None:
         """PAGE_OUT blocks[m] to each pager m in blocks; done(mask acknowledged, why)."""
         # A pager that is down while others are up is not waited for (as mirrored page-outs
         # do): the page stays HELD (durability rule) and the resync brings it its fragment.
-        targets = [m for m in blocks if handles[m] is not None and self.pagers.worth_asking(m)]
-        if not targets:
-            done(0, "no pager has a disk handle for this page's swap space")
-            return
+        targets = [m for m in blocks if self.pagers.worth_asking(m)]
         self.pagers.write_all(targets, lambda m: {"handle": handles[m], "slot": slot,
                                                   "data": blocks[m]}, done)
 
     # -- page-in -------------------------------------------------------------------------------
-    def page_in(self, handles: list[bytes | None], slot: int, mask: int, bind: Binding,
-                verify: Callable[[bytes], bytes],
-                done: Callable[[bytes | None, list[Failure]], None],
-                repaired: Callable[[int, int], None] | None = None,
-                answered: Callable[[int, dict[str, Any]], None] | None = None,
-                sealed_out: Callable[[bytes], None] | None = None,
-                late_failure: Callable[[int, str, str], None] | None = None) -> None:
+    def page_in(self, handles: list[bytes], slot: int, mask: int, bind: Binding,
+                verify: Callable[[object], bytes], done: ReadDone, repaired: Repaired,
+                answered: Callable[[int, dict[str, Any]], None] | None,
+                late_failure: Callable[[int, str, str], None]) -> None:
         """Late-binding read: decode from the first K verified fragments, then verify the
-        whole page with `verify` (the kernel's AES-GCM open) and done(plaintext, failures);
-        done(None, failures) if fewer than K fragments verify.  Bad fragments are rewritten
-        afterwards; repaired(ok_mask, lost_mask) then.  sealed_out(ciphertext), if given,
-        sees the verified ciphertext before done; late_failure(pager, kind, text) hears of a
-        fragment that failed after the page was decoded (it is repaired as well)."""
+        whole page with `verify` (the kernel's AES-GCM open) and done(plaintext, ciphertext,
+        failures); done(None, b"", failures) if fewer than K fragments verify.  Bad fragments
+        are rewritten afterwards; repaired(ok_mask, lost_mask) then.  late_failure(pager,
+        kind, text) hears of a fragment that failed after the page was decoded (it is
+        repaired as well)."""
         now = self.pagers.server.now()
         slots = self.pagers.slots
-        order = sorted((m for m in range(self.coder.n) if mask >> m & 1 and handles[m] is not None),
+        order = sorted((m for m in range(self.coder.n) if mask >> m & 1),
                        key=lambda m: (not slots[m].up, slots[m].bad_until > now, m))
         good: dict[int, bytes] = {}
         failures: list[Failure] = []
@@ -121,8 +107,8 @@ class EcPages:
                     break
             if not st["done"] and st["out"] == 0 and len(good) < self.k:
                 st["done"] = True
-                self.stats["ec_unrecoverable"] += 1
-                done(None, failures)
+                self.stats.ec_unrecoverable += 1
+                done(None, b"", failures)
 
         def on(m: int, reply: dict[str, Any] | None, why: str) -> None:
             st["out"] -= 1
@@ -140,7 +126,7 @@ class EcPages:
                 try:
                     good[m] = self.coder.check(reply.get("data"), *bind, m)
                     slots[m].bad_until = 0.0
-                    self.stats["ec_fragments_read"] += 1
+                    self.stats.ec_fragments_read += 1
                 except IntegrityError as exc:
                     failures.append((m, exc.kind, str(exc)))
             if len(good) >= self.k:
@@ -162,9 +148,8 @@ class EcPages:
                     return
                 except IntegrityError as exc:
                     kind, text = exc.kind, str(exc)
-            self.stats["ec_late_failures"] += 1
-            if late_failure is not None:
-                late_failure(m, kind, text)
+            self.stats.ec_late_failures += 1
+            late_failure(m, kind, text)
             self.repair(handles, slot, bind, sealed, [m], repaired)
 
         def finish() -> None:
@@ -174,88 +159,31 @@ class EcPages:
                 plain = verify(sealed)
             except IntegrityError as exc:       # K fragments with valid MACs but a bad page
                 failures.append((-1, exc.kind, f"decoded page: {exc}"))
-                self.stats["ec_unrecoverable"] += 1
-                done(None, failures)
+                self.stats.ec_unrecoverable += 1
+                done(None, b"", failures)
                 return
-            self.stats["ec_page_ins"] += 1
+            self.stats.ec_page_ins += 1
             st["sealed"] = sealed
             if failures:
-                self.stats["ec_degraded_reads"] += 1
-            if sealed_out is not None:
-                sealed_out(sealed)
-            done(plain, failures)
+                self.stats.ec_degraded_reads += 1
+            done(plain, sealed, failures)
             bad = sorted({f[0] for f in failures if f[0] >= 0} - set(good))
             if bad:
                 self.repair(handles, slot, bind, sealed, bad, repaired)
 
         more()
 
-    def repair(self, handles: list[bytes | None], slot: int, bind: Binding, sealed: bytes,
-               bad: list[int], repaired: Callable[[int, int], None] | None) -> None:
+    def repair(self, handles: list[bytes], slot: int, bind: Binding, sealed: bytes,
+               bad: list[int], repaired: Repaired) -> None:
         """Rewrite the fragments of pagers `bad` from the verified ciphertext;
         repaired(ok_mask, lost_mask) after."""
         lost = sum(1 << m for m in bad)
 
         def on(mask: int, _why: str) -> None:
-            self.stats["ec_repairs"] += mask.bit_count()
-            self.stats["ec_fragments_lost"] += (lost & ~mask).bit_count()
-            if repaired is not None:
-                repaired(mask, lost & ~mask)
+            self.stats.ec_repairs += mask.bit_count()
+            self.stats.ec_fragments_lost += (lost & ~mask).bit_count()
+            repaired(mask, lost & ~mask)
         self._write(handles, slot, self.coder.split(sealed, *bind, bad), on)
-
-    # -- resync of a pager that missed fragments --------------------------------------------------
-    def resync_copy(self, resync: Resync, proc: Proc, vpn: int, pte: Pte, mirror: int) -> None:
-        """Give pager `mirror` its fragment of one page: read and decode the page from the
-        others, re-encode, write block `mirror` (holding the PTE's write slot as resync.py's
-        mirror copy does, so a write-back queues behind it); set its bit if still current."""
-        k = resync.k
-        version, tag, slot, space = pte.version, pte.tag, pte.slot, pte.space
-        assert space is not None
-        bind = (space.swap_id, pte.seal_vpn, version)
-        got: dict[str, bytes] = {}
-
-        def verify(sealed: bytes) -> bytes:
-            return k.vm.sealer.open(space.swap_id, pte.seal_vpn, version, tag, sealed)
-
-        def on_read(plain: bytes | None, failures: list[Failure]) -> None:
-            for m, kind, text in failures:
-                if proc.alive:
-                    k.vm.integrity_failure(proc, vpn, m, kind, f"(resync) {text}")
-            if plain is None:
-                resync._finished(False)
-                return
-            k.with_handles(space, write)
-
-        def write(handles: list[bytes | None]) -> None:
-            if handles[mirror] is None or not resync._current(proc, vpn, pte, version) \
-                    or pte.wb_version:
-                resync._skipped()
-                return
-            pte.wb_version = version
-            self._write(handles, slot, self.coder.split(got["sealed"], *bind, [mirror]), written)
-
-        def written(mask: int, _why: str) -> None:
-            if not (proc.alive and proc.aspace.ptes.get(vpn) is pte):
-                resync._finished(bool(mask))
-                return
-            pte.wb_version = 0
-            if mask and pte.version == version:
-                pte.mirrors |= mask
-            if pte.wb_again:
-                pte.wb_again = False
-                if pte.held is not None:
-                    k.vm.write_back(proc, vpn, pte)
-            resync._finished(bool(mask))
-
-        def with_handles(handles: list[bytes | None]) -> None:
-            others = pte.mirrors & ~(1 << mirror)
-            if not resync._current(proc, vpn, pte, version) or others.bit_count() < self.k:
-                resync._skipped()
-                return
-            self.page_in(handles, slot, others, bind, verify, on_read,
-                         sealed_out=lambda sealed: got.__setitem__("sealed", sealed))
-
-        k.with_handles(space, with_handles)
 
 
 def _failure(reply: dict[str, Any] | None, why: str) -> tuple[str, str]:

@@ -46,7 +46,8 @@ class FaultLog:
         self.ring.append(FaultRecord(t_s, kind, round(latency_us, 1), spid))
         self.next_seq += 1
 
-    def since(self, cursor: int, limit: int = FAULT_LOG_MAX_REPLY) -> tuple[list[FaultRecord], int, int]:
+    def since(self, cursor: int, limit: int = FAULT_LOG_MAX_REPLY
+              ) -> tuple[list[FaultRecord], int, int]:
         """(records numbered >= cursor, oldest first, at most `limit`; the next cursor; how
         many records numbered >= cursor were already gone).  A cursor beyond the newest
         record, or negative, is read as "from the oldest still kept" / "nothing new"."""

@@ -44,7 +44,3 @@ class FramePool:
             raise Panic(f"double free of frame {frame}")
         self.owner[frame] = FREE
         self._free.append(frame)
-
-    def owned_by(self, spid: int) -> int:
-        """How many frames spid holds (for ps/stats; O(n))."""
-        return sum(1 for o in self.owner if o[0] == spid)

@@ -51,6 +51,7 @@ outstanding, calls queue FIFO on their endpoint, and a call leaves its place exa
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,10 +65,9 @@ from kernel_daemon.contract import (
     encoded_size,
 )
 from kernel_daemon.histogram import Histograms
-from kernel_daemon.pagetable import PAGE_SHIFT
-from kernel_daemon.proc import Proc, ProcState
+from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
-from wire.protocol import PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
+from wire.protocol import PAGE_SHIFT, PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
 from wire.server import SUSPEND, Request
 
 if TYPE_CHECKING:
@@ -126,9 +126,6 @@ class Ipc:
         self._next_cid = 1
         self.histograms = Histograms()         # call latency and bytes, by contract (metrics)
         self.stats = kernel.stats
-        for key in ("ipc_calls", "ipc_replies", "ipc_bytes_copied", "ipc_contract_violations",
-                    "ipc_peer_died", "ipc_caps_transferred", "ipc_grants", "pages_granted"):
-            self.stats.setdefault(key, 0)
 
     # -- identity, init, tables ---------------------------------------------------------
     def check_init_free(self) -> None:
@@ -172,7 +169,7 @@ class Ipc:
     # -- ENDPOINT, CAP_CLOSE ------------------------------------------------------------
     def endpoint(self, req: Request) -> dict[str, Any]:
         """Create an endpoint with the given contract; return its handle."""
-        proc: Proc = req.caller
+        proc = caller(req)
         t = self.table(proc)
         if req.size > CONTRACT_MAX_BYTES + ENDPOINT_OVERHEAD_BYTES:   # refused before compiling
             raise ServiceError(Err.MSGSIZE, f"endpoint: request of {req.size} bytes; a contract "
@@ -202,7 +199,7 @@ class Ipc:
 
     def cap_close(self, req: Request) -> dict[str, Any]:
         """Drop a handle; the owner closing its own endpoint's handle destroys the endpoint."""
-        t = self.table(req.caller)
+        t = self.table(caller(req))
         h = req.msg["handle"]
         ep = t.lookup(h, self.root)
         if h == NAMESERVICE_HANDLE and h not in t.handles:
@@ -216,7 +213,7 @@ class Ipc:
     # -- CALL -----------------------------------------------------------------------------
     def call(self, req: Request) -> Any:
         """Check a call (size, handle, contract, caps, grant) and post it; SUSPEND until REPLY."""
-        proc: Proc = req.caller
+        proc = caller(req)
         spid = proc.spid
         t = self.tables.get(spid) or self.table(proc)
         m = req.msg
@@ -228,7 +225,7 @@ class Ipc:
         h = m["handle"]
         ep = t.handles.get(h) or t.lookup(h, self.root)
         if not ep.alive:
-            self.stats["ipc_peer_died"] += 1
+            self.stats.ipc_peer_died += 1
             raise ServiceError(Err.PEERDIED, f"call: endpoint {ep.contract.name!r} is gone: "
                                              f"{ep.death}")
         if ep.owner is proc:
@@ -253,7 +250,7 @@ class Ipc:
             msg = decode_payload(contract, payload)
             waiting = check(contract, prior, msg, len(caps), grant is not None)
         except ServiceError:
-            self.stats["ipc_contract_violations"] += 1
+            self.stats.ipc_contract_violations += 1
             raise
         cid = self._next_cid
         self._next_cid = cid + 1
@@ -267,8 +264,8 @@ class Ipc:
         counters["ipc_calls_out"] += 1
         counters["ipc_bytes_out"] += n
         stats = self.stats
-        stats["ipc_calls"] += 1
-        stats["ipc_bytes_copied"] += n
+        stats.ipc_calls += 1
+        stats.ipc_bytes_copied += n
         ep.calls += 1
         ep.bytes += n
         tracer = self.k.tracer
@@ -314,7 +311,7 @@ class Ipc:
             self._fail(call, Err.INVAL, f"call: page grant failed: {why}")
             return
         call.grant_addr = addr
-        self.stats["ipc_grants"] += 1
+        self.stats.ipc_grants += 1
         self._post(call)
 
     def _post(self, call: Call) -> None:
@@ -343,7 +340,7 @@ class Ipc:
         if rid is not None:
             out["re"] = rid
         if call.caps:
-            self.stats["ipc_caps_transferred"] += len(call.caps)
+            self.stats.ipc_caps_transferred += len(call.caps)
         if call.grant_addr is not None:
             out["grant_addr"] = call.grant_addr
             out["grant_npages"] = call.grant_npages
@@ -363,7 +360,7 @@ class Ipc:
         if t is not None and t.calling is call:
             t.calling = None
         if code == Err.PEERDIED:
-            self.stats["ipc_peer_died"] += 1
+            self.stats.ipc_peer_died += 1
         if call.ep.alive and caller.alive and call.ep.chans.get(caller.spid) == call.waiting:
             call.ep.chans[caller.spid] = call.prior       # the call never happened
         if caller.alive:
@@ -375,7 +372,7 @@ class Ipc:
     # -- RECEIVE, REPLY ---------------------------------------------------------------------
     def receive(self, req: Request) -> Any:
         """The next call on an endpoint the caller owns; SUSPEND until one arrives."""
-        t = self.table(req.caller)
+        t = self.table(caller(req))
         ep = t.owned_by_me(req.msg["handle"], self.root)
         if t.calling is not None or t.receiving is not None:
             raise ServiceError(Err.BUSY, "receive: this process is already blocked in a call "
@@ -396,7 +393,7 @@ class Ipc:
 
     def reply(self, req: Request) -> Any:
         """Answer a received call (contract-checked); with `receive`, then wait for the next."""
-        proc: Proc = req.caller
+        proc = caller(req)
         t = self.tables.get(proc.spid) or self.table(proc)
         m = req.msg
         cid = m["call"]
@@ -425,7 +422,7 @@ class Ipc:
         try:
             state = check(contract, call.waiting, decode_payload(contract, payload), len(caps))
         except ServiceError:
-            self.stats["ipc_contract_violations"] += 1
+            self.stats.ipc_contract_violations += 1
             raise
         del t.serving[cid]
         self._answer(call, state, payload, caps)
@@ -436,7 +433,7 @@ class Ipc:
     def _answer(self, call: Call, state: str, payload: bytes,
                 caps: list[Endpoint] | tuple[()]) -> None:
         """Wake `call`'s caller with the reply (an orphaned call's reply is dropped)."""
-        self.stats["ipc_replies"] += 1
+        self.stats.ipc_replies += 1
         if call.done:
             return
         call.done = True
@@ -448,7 +445,7 @@ class Ipc:
         n = len(payload)
         caller.counters["ipc_bytes_in"] += n
         call.ep.owner.counters["ipc_bytes_out"] += n
-        self.stats["ipc_bytes_copied"] += n
+        self.stats.ipc_bytes_copied += n
         if caller.state is _CALL:
             caller.state = _RUNNING
         handles = [ct.mint(ep, force=True) for ep in caps] if caps else []
@@ -487,9 +484,9 @@ class Ipc:
             self._fail(call, Err.PEERDIED, f"call: the server {proc.name} (spid {proc.spid}) "
                                            f"died while serving it")
         for eid in t.chans_on:
-            ep = self.endpoints.get(eid)
-            if ep is not None:
-                ep.chans.pop(proc.spid, None)
+            chan_ep = self.endpoints.get(eid)
+            if chan_ep is not None:
+                chan_ep.chans.pop(proc.spid, None)
         if was_init:
             self.legacy = InitLegacy({h: ep for h, ep in t.handles.items() if ep.alive},
                                      t.next_handle, self.stash)
@@ -517,8 +514,8 @@ class Ipc:
         """IPC state for STATS: the name service, and every live endpoint's counters."""
         return {"init_spid": self.init.spid if self.init is not None else None,
                 "nameservice": self.root is not None and self.root.alive,
-                "endpoints": [ep.record() for ep, _ in zip(self.endpoints.values(),
-                                                           range(ENDPOINT_RECORDS_MAX))],
+                "endpoints": [ep.record() for ep in
+                              itertools.islice(self.endpoints.values(), ENDPOINT_RECORDS_MAX)],
                 "endpoint_count": len(self.endpoints),
                 "capabilities": sum(len(t.handles) for t in self.tables.values()),
                 "handles_by_spid": {str(spid): len(t.handles) for spid, t in self.tables.items()},

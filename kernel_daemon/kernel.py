@@ -27,7 +27,7 @@ import argparse
 import hmac
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -38,21 +38,30 @@ from kernel_daemon.histogram import BOUNDS_US
 from kernel_daemon.hostproc import kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
-from kernel_daemon.pagetable import MAX_MAP_PAGES, PAGE_SHIFT, SwapSpace
+from kernel_daemon.pagetable import MAX_MAP_PAGES
 from kernel_daemon.policy import POLICIES, make_policy
-from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable
+from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable, caller
 from kernel_daemon.quota import Resource, limits_from
 from kernel_daemon.records import apply_report, bounded_records
 from kernel_daemon.resync import Resync
 from kernel_daemon.seal import Sealer
+from kernel_daemon.stats import KernelStats
 from kernel_daemon.trace import Tracer
 from kernel_daemon.vm import Vm
 from wire import host
 from wire import keys as wkeys
 from wire.credential import new_credential, public_of
 from wire.keys import Keyring, KeysMissing, Role
-from wire.protocol import IPC_MAX_PAYLOAD_BYTES, MAX_FRAME_BYTES, PAGE_SIZE, Err, Op, ServiceError
-from wire.server import SUSPEND, Request, Server
+from wire.protocol import (
+    IPC_MAX_PAYLOAD_BYTES,
+    MAX_FRAME_BYTES,
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    Err,
+    Op,
+    ServiceError,
+)
+from wire.server import SUSPEND, Panic, Request, Server
 from wire.transport import Clock, Transport
 
 LIVENESS_MS: int = 500
@@ -62,8 +71,6 @@ KILL_GRACE_MS: int = 2000
 #: What a kernel request may take beyond an IPC payload (fields, caps, a contract's frame):
 #: a larger frame is refused before it is decoded (decoding 1 MB of msgpack costs ~40 ms).
 FRAME_SLACK_BYTES: int = 64 * 1024
-#: How soon a CLOSE that could not reach its disk is asked again.
-CLOSE_RETRY_MS: int = 1000
 
 #: Ops that charge a quota: a process refused EQUOTA again and again waits for its answers.
 QUOTA_OPS = (Op.MAP, Op.UNMAP, Op.PROTECT, Op.REPORT, Op.ENDPOINT, Op.CALL, Op.REPLY)
@@ -90,6 +97,15 @@ class Kernel(Server):
                  launcher_key: str | None = None, keys: Keyring | None = None,
                  transport: Transport | None = None, clock: Clock | None = None,
                  code: tuple[int, int] | None = None, ec_delta: int = 1) -> None:
+        self.stats = KernelStats(policy, nframes, seal, mirrors,
+                                 f"{code[0]}+{code[1]}" if code else None)
+        self.procs = ProcTable()
+        self.tracer = Tracer(trace)
+        self.ipc_max_bytes = ipc_max_bytes
+        # vm and ipc before the skeleton's __init__: it reads the dispatch table, which
+        # points straight at their handlers.
+        self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
+        self.ipc = Ipc(self)
         super().__init__("kernel", keys=keys, transport=transport, clock=clock)
         #: Who may connect, and as what: z85 public key -> Role, for the fixed principals
         #: (sealed processes connect with their credential's key: allow_key).
@@ -100,24 +116,15 @@ class Kernel(Server):
         self.addr = addr
         self.host = self.transport.hostname()
         self.sock = self.bind_router(addr)
-        self.stats: dict[str, Any] = {"policy": policy, "nframes": nframes, "sealed": seal,
-                                      "mirrors": mirrors}
-        self.procs = ProcTable()
-        self.tracer = Tracer(trace)
-        self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal))
         self.pagers = Pagers(self, self.sock, mirrors, pager_timeout_ms, pager_retries,
                              self.host, self.stats)
         #: Erasure-coded pagers (--code K+R): fragment i of every page on pager i (ecpages.py).
         self.ec = EcPages(self.pagers, *code, ec_delta, self.stats) if code else None
-        if code:
-            self.stats["code"] = f"{code[0]}+{code[1]}"
         self.resync = Resync(self)               # a returning mirror gets what it missed
         self.pagers.on_up = self.resync.kick
-        self.ipc_max_bytes = ipc_max_bytes
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
         self.ipc = Ipc(self)
-        self.stats.setdefault("quota_refusals", 0)
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
             self.handlers[op] = self._backoff_on_quota(self.handlers[op])
 
@@ -141,10 +148,11 @@ class Kernel(Server):
             Op.REGISTER: self.do_register, Op.ATTACH: self.do_attach,
             Op.HEARTBEAT: self.do_heartbeat, Op.REPORT: self.do_report, Op.EXIT: self.do_exit,
             Op.MAP: self.do_map, Op.UNMAP: self.do_unmap, Op.PROTECT: self.do_protect,
-            Op.FAULT: self.do_fault,
+            Op.FAULT: self.vm.fault,                                    # vm.py
             # IPC (ipc.py)
-            Op.ENDPOINT: self.do_endpoint, Op.CALL: self.do_call, Op.RECEIVE: self.do_receive,
-            Op.REPLY: self.do_reply, Op.CAP_CLOSE: self.do_cap_close, Op.STASH: self.do_stash,
+            Op.ENDPOINT: self.ipc.endpoint, Op.CALL: self.ipc.call, Op.RECEIVE: self.ipc.receive,
+            Op.REPLY: self.ipc.reply, Op.CAP_CLOSE: self.ipc.cap_close,
+            Op.STASH: self.ipc.save_stash,
             # pagers
             Op.PAGER_HELLO: self.do_pager_hello,
             # observers
@@ -182,11 +190,10 @@ class Kernel(Server):
     def principal(self, req: Request) -> str | None:
         """The public key the sender proved: its connection's authenticated key (CURVE), else
         the credential its message carries (insecure transport); None if it proved none."""
-        user_id = getattr(req, "user_id", None)
-        if user_id:
-            return str(user_id)
+        if req.user_id:
+            return req.user_id
         try:
-            return public_of(req.msg.get("cred"))       # type: ignore[arg-type]
+            return public_of(req.msg.get("cred", b""))
         except ValueError:
             return None
 
@@ -227,7 +234,7 @@ class Kernel(Server):
                 proc = req.caller
                 if exc.code != Err.QUOTA or not isinstance(proc, Proc):
                     raise
-                self.stats["quota_refusals"] += 1
+                self.stats.quota_refusals += 1
                 delay_ms = proc.quota.refused(self.now())
                 if not delay_ms:
                     raise
@@ -259,7 +266,7 @@ class Kernel(Server):
                     same_process(old.hostpid, old.host_started) is None:
                 self.reclaim(old, "died", ProcState.KILLED)      # its successor is here first
             self.ipc.check_init_free()
-        proc = self.procs.register(req.peer, key, self.host)
+        proc = self.procs.register(_peer(req), key, self.host)
         proc.last_heard = self.now()
         out = {"spid": proc.spid, "secret": proc.secret, "name": proc.name, "role": proc.role,
                "nframes": self.vm.pool.nframes, "page_size": PAGE_SIZE}
@@ -280,42 +287,40 @@ class Kernel(Server):
                                          "process's own key")
         if proc.ctrl_peer is not None or req.peer in self.procs.by_peer:
             raise ServiceError(Err.PERM, "attach: a control connection is already bound")
-        self.procs.attach(proc, req.peer)
+        self.procs.attach(proc, _peer(req))
         return {}
 
     def do_heartbeat(self, req: Request) -> dict[str, Any]:
         """Liveness, and the reference bits the MMU harvested since the last message."""
-        self.vm.apply_refs(req.caller, req.msg["refs"])
+        self.vm.apply_refs(caller(req), req.msg["refs"])
         return {}
 
     def do_report(self, req: Request) -> dict[str, Any]:
         """Record app-level results (checksum verdict, progress)."""
-        apply_report(req.caller, req.msg["data"])
+        apply_report(caller(req), req.msg["data"])
         return {}
 
     def do_exit(self, req: Request) -> dict[str, Any]:
         """An orderly exit: reclaim everything the process holds."""
-        self.reclaim(req.caller, f"exited with status {req.msg['status']}", ProcState.EXITED)
+        self.reclaim(caller(req), f"exited with status {req.msg['status']}", ProcState.EXITED)
         return {}
 
     # -- memory ---------------------------------------------------------------------------
     def do_map(self, req: Request) -> dict[str, Any]:
         """Create a region; the kernel picks the address when addr is 0 or absent."""
-        addr = req.msg.get("addr", 0)
-        if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
-            raise ServiceError(Err.INVAL, f"map: address {addr!r} is not page-aligned")
-        proc: Proc = req.caller
+        vpn = _page_of(req.msg.get("addr", 0), "map: ")
+        proc = caller(req)
         npages = req.msg["npages"]
         if 0 < npages <= MAX_MAP_PAGES:          # out of range: map() says EINVAL
             proc.quota.check(Resource.REGIONS, 1)
             proc.quota.check(Resource.PAGES, npages)
-        vpn = proc.aspace.map(addr >> PAGE_SHIFT, req.msg["npages"], req.msg["prot"])
+        vpn = proc.aspace.map(vpn, npages, req.msg["prot"])
         self.vm.sync_space(proc)
         return {"addr": vpn << PAGE_SHIFT}
 
     def do_unmap(self, req: Request) -> dict[str, Any]:
         """Remove a range: free its frames and its swap blocks."""
-        proc: Proc = req.caller
+        proc = caller(req)
         vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
         proc.quota.check(Resource.REGIONS, max(0, proc.aspace.edges_inside(vpn, npages) - 1))
         self.vm.release_pages(proc, proc.aspace.unmap(vpn, npages))
@@ -324,50 +329,17 @@ class Kernel(Server):
 
     def do_protect(self, req: Request) -> dict[str, Any]:
         """Change a range's permissions (W^X enforced); the caller's runtime drops its TLB."""
-        proc: Proc = req.caller
+        proc = caller(req)
         vpn, npages = _page_of(req.msg["addr"]), _npages(req.msg["npages"])
         proc.quota.check(Resource.REGIONS, proc.aspace.edges_inside(vpn, npages))
         proc.aspace.protect(vpn, npages, req.msg["prot"])
         self.vm.sync_space(proc)
         return {}
 
-    def do_fault(self, req: Request) -> Any:
-        """A TLB miss: see vm.py."""
-        if req.caller.ctrl_peer is None:
-            raise ServiceError(Err.PERM, "fault: attach the control connection first")
-        return self.vm.fault(req.caller, req)
-
-    # -- IPC (thin delegations; see ipc.py) -----------------------------------------------
-    def do_endpoint(self, req: Request) -> dict[str, Any]:
-        """Create an endpoint with a contract; return its handle."""
-        return self.ipc.endpoint(req)
-
-    def do_call(self, req: Request) -> Any:
-        """Send a message on a handle and block until the reply."""
-        return self.ipc.call(req)
-
-    def do_receive(self, req: Request) -> Any:
-        """Block until a call arrives on an endpoint the caller owns."""
-        return self.ipc.receive(req)
-
-    def do_reply(self, req: Request) -> Any:
-        """Answer a received call (optionally then receive the next)."""
-        return self.ipc.reply(req)
-
-    def do_cap_close(self, req: Request) -> dict[str, Any]:
-        """Drop a capability handle."""
-        return self.ipc.cap_close(req)
-
-    def do_stash(self, req: Request) -> dict[str, Any]:
-        """init saves what its successor inherits."""
-        return self.ipc.save_stash(req)
-
     # -- pagers ---------------------------------------------------------------------------
     def do_pager_hello(self, req: Request) -> dict[str, Any]:
         """A pager instance joins (or keeps) its mirror slot."""
-        mirror = req.msg["mirror"]
-        if not 0 <= mirror < self.pagers.nmirrors:
-            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range 0..{self.pagers.nmirrors - 1}")
+        mirror = self._mirror(req)
         if self.secure and self.role_of(req) != Role("pager", mirror):
             raise ServiceError(Err.PERM, f"pager_hello: mirror {mirror} takes only pager{mirror}'s "
                                          f"key, not {self.role_of(req)}'s")
@@ -376,93 +348,25 @@ class Kernel(Server):
         held = self.pagers.holder(req.peer) if req.peer is not None else None
         if held is not None and held != mirror:
             raise ServiceError(Err.PERM, f"this connection already holds mirror {held}")
-        self.pagers.hello(req.peer, mirror, req.msg["host"][:128], req.msg["hostpid"])
+        self.pagers.hello(_peer(req), mirror, req.msg["host"][:128], req.msg["hostpid"])
         return {}
 
     def do_pager_instance(self, req: Request) -> dict[str, Any]:
         """The launcher says which host process it started for a pager slot (pid and start
         time): the kernel may then notice its exit at once and SIGKILL it when it hangs."""
         self._launcher_only(req, "pager_instance")
-        mirror = req.msg["mirror"]
-        if not 0 <= mirror < self.pagers.nmirrors:
-            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range 0..{self.pagers.nmirrors - 1}")
-        self.pagers.report_instance_pid(mirror, req.msg["hostpid"], req.msg["started"])
+        self.pagers.report_instance_pid(self._mirror(req), req.msg["hostpid"], req.msg["started"])
         return {}
 
-    def with_handles(self, space: SwapSpace, then: Callable[[list[bytes | None]], None]) -> None:
-        """Run then(handles per mirror) once every mirror's disk handle for `space` is open
-        (None for a mirror whose open failed, or that is down while another is up: it is
-        tried again next time, and the resync fills it in when it returns).
-
-        The kernel mints each handle (SwapSpace.handle) and OPEN carries it; the pager's
-        answer tells only ok or error.  A mark that a mirror opened it is kept by the pagers
-        (pagers.py) for the current instance of that mirror: a new instance re-validates it,
-        and a READ/WRITE answered EBADHANDLE (a pager that lied about OPEN) re-opens it."""
-        n = self.pagers.nmirrors
-        missing = [m for m in range(n)
-                   if not self.pagers.is_open(m, space.handle(m)) and self.pagers.worth_asking(m)]
-        if not missing:
-            then(self._open_handles(space))
-            return
-        waiting = {"left": len(missing)}
-
-        def opened(m: int) -> Callable[[dict[str, Any] | None, str], None]:
-            def on(reply: dict[str, Any] | None, why: str) -> None:
-                waiting["left"] -= 1
-                if waiting["left"] == 0:
-                    then(self._open_handles(space))
-                    self._maybe_close(space)
-            return on
-
-        retries = 0 if n > 1 else None         # mirrored: do not wait on one mirror's restart
-        for m in missing:
-            self.pagers.open(m, space.handle(m), space.label[:32], opened(m), retries=retries)
-
-    def _open_handles(self, space: SwapSpace) -> list[bytes | None]:
-        """space's handle per mirror.  Every mirror gets it, opened or not: the kernel minted
-        it, so it never depends on what a pager answered, and an OPEN that did not get
-        through (a pager that died or lied) shows as EBADHANDLE on the READ/WRITE, which
-        opens it again and retries (pagers.py).  Withholding it would make a page whose
-        OPEN timed out look lost ("no mirror holds the page": sim seed 13 on the merge).
-        A mirror that is down while another is up is skipped by worth_asking instead."""
-        return [space.handle(m) for m in range(self.pagers.nmirrors)]
-
-    def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
-        """Tell every mirror to free these swap blocks of `space`; close it if now unused."""
-        for m, handle in space.handles.items():
-            for i in range(0, len(slots), 1024):
-                self.pagers.submit(m, Op.FREE, {"handle": handle, "slots": slots[i:i + 1024]},
-                                   _ignore, retries=1)
-        self._maybe_close(space)
-
-    def _maybe_close(self, space: SwapSpace) -> None:
-        """Close a space's disk handles once its process is gone and no page lives in it."""
-        if space.owner_alive or space.pages:
-            return
-        for m, handle in space.handles.items():
-            self.pagers.forget(m, handle)
-            self.close_handle(m, handle)
-        space.handles.clear()
-
-    def close_handle(self, mirror: int, handle: bytes) -> None:
-        """Close a disk handle on a mirror, however long that mirror is away: a CLOSE whose
-        budget runs out (the mirror down or failing for long) is asked again after
-        CLOSE_RETRY_MS, else the handle's blocks would stay allocated on that disk forever.
-        EBADHANDLE means the disk no longer knows it: closed (a lost answer's retry)."""
-        def closed(reply: dict[str, Any] | None, why: str) -> None:
-            if reply is None or reply.get("err") not in (None, Err.BADHANDLE):
-                self.call_later(CLOSE_RETRY_MS, lambda: self.close_handle(mirror, handle))
-        self.pagers.submit(mirror, Op.CLOSE, {"handle": handle}, closed)
+    def _mirror(self, req: Request) -> int:
+        """The request's mirror slot number; EINVAL out of range."""
+        mirror: int = req.msg["mirror"]
+        if not 0 <= mirror < self.pagers.nmirrors:
+            raise ServiceError(Err.INVAL, f"mirror {mirror} out of range "
+                                          f"0..{self.pagers.nmirrors - 1}")
+        return mirror
 
     # -- stopping processes -----------------------------------------------------------------
-    def integrity_lost(self, proc: Proc, req: Request, vpn: int, checks: str) -> None:
-        """No mirror returned a page that verifies: stop the faulting process, and only it."""
-        text = (f"page integrity lost: page {vpn:#x} (address {vpn << PAGE_SHIFT:#x}) of "
-                f"{proc.name} (spid {proc.spid}) failed verification: {checks}")
-        self.log.error("%s", text)
-        self.fail(req, Err.INTEGRITY, text)
-        self.reclaim(proc, text, ProcState.KILLED)
-
     def kill_proc(self, proc: Proc, reason: str) -> None:
         """Stop a process the kernel can no longer serve: tell it, reclaim, and make sure."""
         self.log.error("killing %s (spid %d): %s", proc.name, proc.spid, reason)
@@ -472,7 +376,10 @@ class Kernel(Server):
         hostpid, started = proc.hostpid, proc.host_started
         self.reclaim(proc, f"killed by the kernel: {reason}", ProcState.KILLED)
         if proc.is_local():
-            self.call_later(KILL_GRACE_MS, lambda: kill_if_same(hostpid, started))
+
+            def make_sure() -> None:
+                kill_if_same(hostpid, started)
+            self.call_later(KILL_GRACE_MS, make_sure)
 
     def reclaim(self, proc: Proc, reason: str, state: ProcState) -> None:
         """Free every frame, swap block, disk handle and capability of a finished process."""
@@ -488,7 +395,7 @@ class Kernel(Server):
         proc.aspace.regions.clear()
         self.vm.sync_space(proc)
         proc.quota.release(Resource.REPORT_BYTES, proc.quota.used[Resource.REPORT_BYTES])
-        self._maybe_close(proc.space)
+        self.pagers.maybe_close(proc.space)
         self.ipc.reclaim(proc)
         self.procs.retire(proc)
         for peer in (proc.call_peer, proc.ctrl_peer):     # its routing ids: nothing left to steal
@@ -542,19 +449,16 @@ class Kernel(Server):
 
     def counters(self) -> dict[str, Any]:
         """The kernel-wide counters as one map."""
-        out = dict(self.stats)
-        out["integrity_failures"] = dict(self.stats["integrity_failures"])
-        out["free_frames"] = self.vm.pool.free_count
-        out["resident_pages"] = sum(p.resident for p in self.procs.by_spid.values())
-        out["swapped_pages"] = sum(p.swapped for p in self.procs.by_spid.values())
-        out["live_processes"] = len(self.procs.by_spid)
-        out["pagers"] = [s.health(self.now()) for s in self.pagers.slots]
-        out["bad_messages"] = self.bad_messages
-        out["callback_errors"] = self.callback_errors
-        out["refused_keys"] = self.refused_keys     # handshakes refused + key/routing-id clashes
-        out["secure"] = self.secure
-        out["fault_latency_us"] = {k: _percentiles(v) for k, v in self.vm.latency.items()}
-        out["ipc"] = self.ipc.counters()
+        out = self.stats.as_dict()
+        live = self.procs.by_spid.values()
+        out.update(free_frames=self.vm.pool.free_count,
+                   resident_pages=sum(p.resident for p in live),
+                   swapped_pages=sum(p.swapped for p in live), live_processes=len(live),
+                   pagers=[s.health(self.now()) for s in self.pagers.slots],
+                   bad_messages=self.bad_messages, callback_errors=self.callback_errors,
+                   refused_keys=self.refused_keys,   # handshakes refused + key/routing-id clashes
+                   secure=self.secure, ipc=self.ipc.counters(),
+                   fault_latency_us={k: _percentiles(v) for k, v in self.vm.latency.items()})
         return out
 
     def process_records(self) -> list[dict[str, Any]]:
@@ -562,21 +466,18 @@ class Kernel(Server):
         (see records.py: no process's record can make stats or ps too big to send)."""
         records, omitted = bounded_records([p.record() for p in self.procs.by_spid.values()],
                                            list(self.procs.exited))
-        self.stats["records_omitted"] = omitted
+        self.stats.records_omitted = omitted
         return records
-
-
-def _ignore(reply: dict[str, Any] | None, why: str) -> None:
-    """A pager answer nobody waits for."""
 
 
 def _ignore_reply(rid: int, reply: dict[str, Any] | None) -> None:
     """A process answer nobody waits for."""
 
 
-def _page_of(addr: Any) -> int:
+def _page_of(addr: Any, what: str = "") -> int:
+    """The page number of a page-aligned address; EINVAL otherwise."""
     if not isinstance(addr, int) or addr < 0 or addr % PAGE_SIZE:
-        raise ServiceError(Err.INVAL, f"address {addr!r} is not page-aligned")
+        raise ServiceError(Err.INVAL, f"{what}address {addr!r} is not page-aligned")
     return addr >> PAGE_SHIFT
 
 
@@ -609,19 +510,30 @@ def _quota_spec(spec: dict[Any, Any]) -> dict[str, int]:
     return dict(spec)
 
 
-def _percentiles(samples: Any) -> dict[str, float]:
+def _percentiles(samples: Iterable[float]) -> dict[str, float]:
+    """n, p50, p99 and max of samples (just n when there are none)."""
     data = sorted(samples)
     if not data:
         return {"n": 0}
-    pick = lambda q: round(data[min(len(data) - 1, int(q * len(data)))], 1)  # noqa: E731
+
+    def pick(q: float) -> float:
+        return round(data[min(len(data) - 1, int(q * len(data)))], 1)
     return {"n": len(data), "p50": pick(0.5), "p99": pick(0.99), "max": round(data[-1], 1)}
+
+
+def _peer(req: Request) -> bytes:
+    """The ROUTER routing id a request came from (the kernel serves ROUTER connections only)."""
+    if req.peer is None:
+        raise Panic(f"{req.op} reached the kernel on a connection with no routing id")
+    return req.peer
 
 
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos kernel` flags; every one has an environment-variable default."""
     env = os.environ.get
     p = argparse.ArgumentParser(prog="sealedos kernel", description="run the kernel daemon")
-    p.add_argument("--rundir", default=env("SEALEDOS_RUNDIR"), help="runtime directory (ipc sockets)")
+    p.add_argument("--rundir", default=env("SEALEDOS_RUNDIR"),
+                   help="runtime directory (ipc sockets)")
     p.add_argument("--addr", default=env("SEALEDOS_KERNEL_ADDR"),
                    help="address to listen on (default ipc://RUNDIR/kernel.sock)")
     p.add_argument("--frames", type=int, default=int(env("SEALEDOS_FRAMES", "128")))
@@ -634,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --code: a page-in asks K + this many pagers at once")
     p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",
                    help="plaintext pages (a trusted pager; to measure sealing's cost)")
-    p.add_argument("--pager-timeout-ms", type=int, default=int(env("SEALEDOS_PAGER_TIMEOUT_MS", "2000")))
+    p.add_argument("--pager-timeout-ms", type=int,
+                   default=int(env("SEALEDOS_PAGER_TIMEOUT_MS", "2000")))
     p.add_argument("--pager-retries", type=int, default=int(env("SEALEDOS_PAGER_RETRIES", "5")))
     p.add_argument("--ipc-max-bytes", type=int,
                    default=int(env("SEALEDOS_IPC_MAX_BYTES", str(IPC_MAX_PAYLOAD_BYTES))))
@@ -645,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", default=env(wkeys.KEYS_ENV),
                    help=f"keys directory (env {wkeys.KEYS_ENV}): the kernel's secret, every public")
     p.add_argument("--insecure", action="store_true", default=wkeys.insecure_from_env(),
-                   help=f"no authentication or encryption (measurement only; env {wkeys.INSECURE_ENV}=1)")
+                   help=f"no authentication or encryption (measurement only; "
+                        f"env {wkeys.INSECURE_ENV}=1)")
     return p
 
 

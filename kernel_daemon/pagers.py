@@ -41,17 +41,18 @@ transient error from a live pager, and the kernel does not kill a healthy pager 
 """
 from __future__ import annotations
 
-import signal
+import functools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
 import zmq
 
-from kernel_daemon.hostproc import same_process
+from kernel_daemon.hostproc import kill_if_same, same_process
+from kernel_daemon.pagetable import SwapSpace
 from kernel_daemon.seal import IntegrityError
+from kernel_daemon.stats import KernelStats
 from wire.protocol import Err, Op
 from wire.server import Server
 
@@ -69,8 +70,28 @@ TRANSIENT_BACKOFF_MS: int = 100
 PAGER_WINDOW: int = 32
 #: Requests whose EBADHANDLE answer makes the kernel re-OPEN the handle and ask again.
 REOPEN_OPS: frozenset[Op] = frozenset({Op.PAGE_IN, Op.PAGE_OUT})
+#: How soon a CLOSE that could not reach its disk is asked again.
+CLOSE_RETRY_MS: int = 1000
 
 Done = Callable[[dict[str, Any] | None, str], None]      # (reply or None, failure text)
+#: A verified read: (plaintext or None, the verified ciphertext or b"", failures as
+#: (mirror, check kind, text)).
+ReadDone = Callable[[bytes | None, bytes, list[tuple[int, str, str]]], None]
+#: After repair writes: (mask of mirrors rewritten, mask of those that could not be).
+Repaired = Callable[[int, int], None]
+
+
+@dataclass(slots=True)
+class FanIn:
+    """A countdown for fan-in: then() runs when the last of `left` answers is in."""
+    left: int
+    then: Callable[[], None]
+
+    def one(self) -> None:
+        """One more answer is in."""
+        self.left -= 1
+        if self.left == 0:
+            self.then()
 
 
 @dataclass(slots=True, eq=False)
@@ -119,8 +140,8 @@ class PagerSlot:
 class Pagers:
     """Every mirror slot, and the sending, retrying and mirroring of pager requests."""
 
-    def __init__(self, server: Server, sock: zmq.Socket, nmirrors: int, timeout_ms: int,
-                 retries: int, host: str, stats: dict[str, Any]) -> None:
+    def __init__(self, server: Server, sock: zmq.Socket[bytes], nmirrors: int, timeout_ms: int,
+                 retries: int, host: str, stats: KernelStats) -> None:
         self.server = server
         self.sock = sock
         self.slots = [PagerSlot(m) for m in range(nmirrors)]
@@ -128,9 +149,6 @@ class Pagers:
         self.retries = retries
         self.host = host
         self.stats = stats
-        for key in ("pager_timeouts", "pager_restarts", "pager_kills", "pager_retries",
-                    "pager_transient_errors", "repairs"):
-            stats.setdefault(key, 0)
         #: Called with a mirror number when an instance joins or a silent one is heard again.
         self.on_up: Callable[[int], None] | None = None
         #: Kernel-minted disk handles in use, with their labels (what a re-OPEN sends) ...
@@ -139,17 +157,12 @@ class Pagers:
         self.opened: list[set[bytes]] = [set() for _ in range(nmirrors)]
         #: Extra fields of every OPEN (erasure coding: the fragment record's block_size).
         self.open_fields: dict[str, int] = {}
-        stats.setdefault("handle_reopens", 0)
         server.call_later(SWEEP_MS, self._sweep)
 
     @property
     def nmirrors(self) -> int:
         """How many mirror slots there are."""
         return len(self.slots)
-
-    def peers(self) -> set[bytes]:
-        """The connections of the current pager instances."""
-        return {s.peer for s in self.slots if s.peer is not None}
 
     def worth_asking(self, mirror: int) -> bool:
         """Should a request wait for this mirror?  Yes if it is up, or if no mirror is up
@@ -178,20 +191,17 @@ class Pagers:
             if not slot.up:
                 slot.up = True
                 self._pump(slot)
-                self._came_up(mirror)
+                if self.on_up is not None:
+                    self.on_up(mirror)   # it may have missed page-outs
             return
         if slot.joins:
-            self.stats["pager_restarts"] += 1
+            self.stats.pager_restarts += 1
         self.opened[mirror].clear()        # what the old instance said it opened: re-validate
         slot.joins += 1
         slot.peer, slot.up = peer, True
         slot.last_answer_s = slot.answered_sent_s = 0.0
         self._requeue(slot, list(slot.inflight.values()))  # the old instance will never answer
         self._pump(slot)
-        self._came_up(mirror)
-
-    def _came_up(self, mirror: int) -> None:
-        """Tell the kernel a mirror is serving again (it may have missed page-outs)."""
         if self.on_up is not None:
             self.on_up(mirror)
 
@@ -202,7 +212,8 @@ class Pagers:
         for slot in self.slots:
             if not slot.up:
                 continue
-            if self._is_local(slot) and same_process(slot.trusted_pid, slot.trusted_started) is None:
+            if self._is_local(slot) and \
+                    same_process(slot.trusted_pid, slot.trusted_started) is None:
                 self._instance_gone(slot)
             elif (now - slot.last_hello) * 1000 > PAGER_DEAD_MS:
                 self._mark_down(slot)
@@ -229,15 +240,9 @@ class Pagers:
     def _suspect(self, slot: PagerSlot) -> None:
         """A request timed out: a local instance that still exists is hung, so kill it."""
         self._mark_down(slot)
-        proc = same_process(slot.trusted_pid, slot.trusted_started) if self._is_local(slot) else None
-        if proc is None:
-            return
-        try:
-            proc.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            return
-        self.stats["pager_kills"] += 1
-        self._instance_gone(slot)
+        if self._is_local(slot) and kill_if_same(slot.trusted_pid, slot.trusted_started):
+            self.stats.pager_kills += 1
+            self._instance_gone(slot)
 
     def _instance_gone(self, slot: PagerSlot) -> None:
         """The slot's instance is dead: mark the slot down; a request that has somewhere
@@ -276,7 +281,7 @@ class Pagers:
             if handle not in self.labels:
                 # Closed while this OPEN was on its way: it may have landed after the CLOSE
                 # and made the handle again (a retried or late OPEN), so close it once more.
-                self.submit(mirror, Op.CLOSE, {"handle": handle}, lambda r, w: None)
+                self.submit(mirror, Op.CLOSE, {"handle": handle}, _ignore)
             elif reply is not None and "err" not in reply and self.slots[mirror].joins == joins:
                 self.opened[mirror].add(handle)
             done(reply, why)
@@ -288,6 +293,58 @@ class Pagers:
         self.opened[mirror].discard(handle)
         self.labels.pop(handle, None)
 
+    def with_handles(self, space: SwapSpace, then: Callable[[list[bytes]], None]) -> None:
+        """Run then(space's disk handle per mirror) once every mirror worth asking has
+        answered an OPEN of it (a mirror down while another is up is skipped: the resync
+        fills it in when it returns).
+
+        The kernel mints each handle (SwapSpace.handle) and OPEN carries it; the pager's
+        answer tells only ok or error, so every mirror gets its handle, opened or not: an
+        OPEN that did not get through (a pager that died or lied) shows as EBADHANDLE on the
+        READ/WRITE, which opens it again and retries (_reopen).  Withholding it would make a
+        page whose OPEN timed out look lost ("no mirror holds the page": sim seed 13)."""
+        handles = [space.handle(m) for m in range(self.nmirrors)]
+        missing = [m for m in range(self.nmirrors)
+                   if not self.is_open(m, handles[m]) and self.worth_asking(m)]
+        if not missing:
+            then(handles)
+            return
+
+        def all_answered() -> None:
+            then(handles)
+            self.maybe_close(space)
+        fan = FanIn(len(missing), all_answered)
+        retries = 0 if self.nmirrors > 1 else None   # mirrored: do not wait on one's restart
+        for m in missing:
+            self.open(m, handles[m], space.label[:32], lambda r, w: fan.one(), retries=retries)
+
+    def free_slots(self, space: SwapSpace, slots: list[int]) -> None:
+        """Tell every mirror to free these swap blocks of `space`; close it if now unused."""
+        for m, handle in space.handles.items():
+            for i in range(0, len(slots), 1024):
+                self.submit(m, Op.FREE, {"handle": handle, "slots": slots[i:i + 1024]},
+                            _ignore, retries=1)
+        self.maybe_close(space)
+
+    def maybe_close(self, space: SwapSpace) -> None:
+        """Close a space's disk handles once its process is gone and no page lives in it."""
+        if space.owner_alive or space.pages:
+            return
+        for m, handle in space.handles.items():
+            self.forget(m, handle)
+            self.close_handle(m, handle)
+        space.handles.clear()
+
+    def close_handle(self, mirror: int, handle: bytes) -> None:
+        """Close a disk handle on a mirror, however long that mirror is away: a CLOSE whose
+        budget runs out (the mirror down or failing for long) is asked again after
+        CLOSE_RETRY_MS, else the handle's blocks would stay allocated on that disk forever.
+        EBADHANDLE means the disk no longer knows it: closed (a lost answer's retry)."""
+        def closed(reply: dict[str, Any] | None, why: str) -> None:
+            if reply is None or reply.get("err") not in (None, Err.BADHANDLE):
+                self.server.call_later(CLOSE_RETRY_MS, lambda: self.close_handle(mirror, handle))
+        self.submit(mirror, Op.CLOSE, {"handle": handle}, closed)
+
     def _reopen(self, pop: PagerOp, reply: dict[str, Any]) -> None:
         """pop was answered EBADHANDLE: its handle was never really opened on this mirror
         (a pager lied about OPEN, or the disk lost it).  Drop the mark, OPEN it again and
@@ -295,7 +352,7 @@ class Pagers:
         handle: bytes = pop.fields["handle"]
         self.opened[pop.mirror].discard(handle)
         pop.reopened = True
-        self.stats["handle_reopens"] += 1
+        self.stats.handle_reopens += 1
 
         def on(open_reply: dict[str, Any] | None, why: str) -> None:
             if open_reply is not None and "err" not in open_reply:
@@ -331,7 +388,7 @@ class Pagers:
             pop = slot.backlog.popleft()
             pop.sent_s = self.server.now()
             pop.rid = self.server.request(self.sock, slot.peer, pop.op, pop.fields,
-                                          lambda _rid, reply, pop=pop: self._on_reply(pop, reply),
+                                          functools.partial(self._on_reply, pop),
                                           self.timeout_ms)
             slot.inflight[pop.rid] = pop
 
@@ -345,33 +402,36 @@ class Pagers:
         for slot in self.slots:
             if slot.up or not slot.backlog:
                 continue
-            budget = lambda pop: max(pop.deadline_s, slot.down_since  # noqa: E731
-                                     + (pop.retries + 1) * self.timeout_ms / 1000)
-            expired = [pop for pop in slot.backlog if budget(pop) <= now]
+            expired = [pop for pop in slot.backlog if self._budget_end(slot, pop) <= now]
             if not expired:
                 continue
-            slot.backlog = deque(pop for pop in slot.backlog if budget(pop) > now)
+            slot.backlog = deque(pop for pop in slot.backlog if self._budget_end(slot, pop) > now)
             for pop in expired:
-                self.stats["pager_timeouts"] += 1
+                self.stats.pager_timeouts += 1
                 pop.attempts += 1
                 pop.done(None, f"pager {pop.mirror} was not there for {pop.op} "
                                f"({int((now - pop.first_s) * 1000)} ms)")
         self.server.call_later(SWEEP_MS, self._sweep)
 
-    def _on_reply(self, pop: PagerOp, reply: dict[str, Any] | None) -> None:
+    def _budget_end(self, slot: PagerSlot, pop: PagerOp) -> float:
+        """When a backlog request's budget runs out: its own deadline, or a full budget
+        counted from when its slot went down, whichever is later."""
+        return max(pop.deadline_s, slot.down_since + (pop.retries + 1) * self.timeout_ms / 1000)
+
+    def _on_reply(self, pop: PagerOp, _rid: int, reply: dict[str, Any] | None) -> None:
         slot = self.slots[pop.mirror]
         if slot.inflight.pop(pop.rid, None) is None:
             return                         # requeued meanwhile (the instance was replaced)
         if reply is None:                  # no answer in time: suspect the instance ...
-            self.stats["pager_timeouts"] += 1
+            self.stats.pager_timeouts += 1
             if self._slow_not_hung(slot, pop):   # ... unless it is only slow: overloaded
                 pop.deadline_s = max(pop.deadline_s, self.server.now() + self.timeout_ms / 1000)
-                self.stats["pager_slow"] = self.stats.get("pager_slow", 0) + 1
+                self.stats.pager_slow += 1
             elif slot.up:
                 self._suspect(slot)
             self._failed(pop, None, 0)
         elif reply.get("err") in TRANSIENT_ERRORS and pop.retries > 0:
-            self.stats["pager_transient_errors"] += 1      # alive, but its disk is not
+            self.stats.pager_transient_errors += 1      # alive, but its disk is not
             self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
         elif reply.get("err") == Err.BADHANDLE and pop.op in REOPEN_OPS and not pop.reopened \
                 and pop.fields.get("handle") in self.labels:
@@ -394,7 +454,7 @@ class Pagers:
                    f"{spent_ms} ms)" if reply is None else "")
             pop.done(reply, why)
             return
-        self.stats["pager_retries"] += 1
+        self.stats.pager_retries += 1
         if backoff_ms:
             self.server.call_later(backoff_ms, lambda: self._send(pop))
         else:
@@ -403,50 +463,46 @@ class Pagers:
     # -- mirrored page I/O ----------------------------------------------------------------
     def page_out(self, handles: list[bytes], slot: int, data: bytes,
                  done: Callable[[int, str], None]) -> None:
-        """Write one sealed page to the mirrors worth asking (see worth_asking) that have a
-        handle; done(mask of mirrors that acknowledged, why).  With several targets each gets
-        one attempt: a mirror that misses the write is brought up to date by the resync."""
-        targets = [m for m in range(self.nmirrors)
-                   if handles[m] is not None and self.worth_asking(m)]
-        if not targets:
-            done(0, "no mirror has a disk handle for this page's swap space")
-            return
+        """Write one sealed page to the mirrors worth asking (see worth_asking); done(mask of
+        mirrors that acknowledged, why).  With several targets each gets one attempt: a
+        mirror that misses the write is brought up to date by the resync."""
+        targets = [m for m in range(self.nmirrors) if self.worth_asking(m)]
         self.write_all(targets, lambda m: {"handle": handles[m], "slot": slot, "data": data},
                        done, retries=0 if len(targets) > 1 else None)
 
     def write_all(self, targets: list[int], fields: Callable[[int], dict[str, Any]],
                   done: Callable[[int, str], None], retries: int | None = None) -> None:
         """PAGE_OUT fields(m) to every mirror m in `targets` (the one fan-in of page-outs:
-        mirrored, erasure-coded, repairs); done(mask of those that acknowledged, why the last
-        failure) once every one has answered or given up."""
-        state: dict[str, Any] = {"left": len(targets), "mask": 0, "why": ""}
-
-        def one(m: int) -> Done:
-            def on(reply: dict[str, Any] | None, why: str) -> None:
+        mirrored, erasure-coded, repairs, resync); done(mask of those that acknowledged, why
+        the last failure) once every one has answered or given up."""
+        if not targets:
+            done(0, "no pager is worth asking for this page")
+            return
+        acked: list[int] = []
+        failed: list[str] = []
+        fan = FanIn(len(targets), lambda: done(sum(1 << m for m in acked),
+                                               failed[-1] if failed else ""))
+        for target in targets:
+            def on(reply: dict[str, Any] | None, why: str, m: int = target) -> None:
                 if reply is not None and "err" not in reply:
-                    state["mask"] |= 1 << m
+                    acked.append(m)
                 else:
-                    state["why"] = why or (f"pager {m}: {reply.get('err')} {reply.get('msg')}"
-                                           if reply is not None else f"pager {m}: no answer")
-                state["left"] -= 1
-                if state["left"] == 0:
-                    done(state["mask"], state["why"])
-            return on
+                    failed.append(why or (f"pager {m}: {reply.get('err')} {reply.get('msg')}"
+                                          if reply is not None else f"pager {m}: no answer"))
+                fan.one()
+            self.submit(target, Op.PAGE_OUT, fields(target), on, retries=retries)
 
-        for m in targets:
-            self.submit(m, Op.PAGE_OUT, fields(m), one(m), retries=retries)
-
-    def page_in(self, handles: list[bytes], slot: int, mask: int, verify: Callable[[object], bytes],
-                done: Callable[[bytes | None, list[tuple[int, str, str]]], None],
-                repaired: Callable[[int], None],
+    def page_in(self, handles: list[bytes], slot: int, mask: int,
+                verify: Callable[[object], bytes], done: ReadDone, repaired: Repaired,
                 answered: Callable[[int, dict[str, Any]], None] | None = None) -> None:
-        """Read a page from the first mirror whose answer verifies; then repair those that failed.
+        """Read a page from the first mirror whose answer verifies; then repair those that
+        failed.
 
-        done(plaintext or None, failures as (mirror, kind, text)) runs as soon as a verified copy
-        (or none) is had; repaired(mask of mirrors rewritten) runs later, after the repair writes.
-        A mirror with another behind it gets no retries: a timeout fails over at once.
-        answered(mirror, reply), if given, sees every non-error answer before it is verified.
-        """
+        done(plaintext, ciphertext, failures) runs as soon as a verified copy (or none:
+        done(None, b"", failures)) is had; repaired(mask of mirrors rewritten, 0) runs later,
+        after the repair writes.  A mirror with another behind it gets no retries: a timeout
+        fails over at once.  answered(mirror, reply), if given, sees every non-error answer
+        before it is verified."""
         now = self.server.now()
         order = sorted((m for m in range(self.nmirrors) if mask >> m & 1),
                        key=lambda m: (not self.slots[m].up, self.slots[m].bad_until > now, m))
@@ -454,7 +510,7 @@ class Pagers:
 
         def attempt(i: int) -> None:
             if i == len(order):
-                done(None, failures)
+                done(None, b"", failures)
                 return
             m = order[i]
 
@@ -473,8 +529,9 @@ class Pagers:
                         failures.append((m, exc.kind, str(exc)))
                     else:
                         self.slots[m].bad_until = 0.0
-                        done(plain, failures)
-                        self._repair(handles, slot, reply["data"], [f[0] for f in failures], repaired)
+                        done(plain, reply["data"], failures)
+                        self._repair(handles, slot, reply["data"], [f[0] for f in failures],
+                                     repaired)
                         return
                 attempt(i + 1)
             self.submit(m, Op.PAGE_IN, {"handle": handles[m], "slot": slot}, on,
@@ -483,12 +540,18 @@ class Pagers:
         attempt(0)
 
     def _repair(self, handles: list[bytes], slot: int, sealed: bytes, bad: list[int],
-                repaired: Callable[[int], None]) -> None:
-        """Rewrite the verified ciphertext to the mirrors that failed; repaired(mask) after."""
+                repaired: Repaired) -> None:
+        """Rewrite the verified ciphertext to the mirrors that failed; repaired(mask, 0)
+        after (a mirror whose rewrite failed keeps its bit: it is tried, and fails over,
+        again)."""
         if not bad:
             return
 
         def written(mask: int, why: str) -> None:
-            self.stats["repairs"] += mask.bit_count()
-            repaired(mask)
+            self.stats.repairs += mask.bit_count()
+            repaired(mask, 0)
         self.write_all(bad, lambda m: {"handle": handles[m], "slot": slot, "data": sealed}, written)
+
+
+def _ignore(reply: dict[str, Any] | None, why: str) -> None:
+    """A pager answer nobody waits for."""

@@ -148,7 +148,8 @@ class AddressSpace:
             raise ServiceError(Err.INVAL, f"region at vpn {vpn:#x} is outside the address space")
         for r in self.regions:
             if r.start < vpn + npages and vpn < r.end:
-                raise ServiceError(Err.INVAL, f"region at vpn {vpn:#x} overlaps one at {r.start:#x}")
+                raise ServiceError(Err.INVAL, f"region at vpn {vpn:#x} overlaps one at "
+                                              f"{r.start:#x}")
         bisect.insort(self.regions, Region(vpn, npages, prot), key=lambda r: r.start)
         self._next_vpn = max(self._next_vpn, vpn + npages + 1)   # leave a guard page
         return vpn

@@ -10,6 +10,7 @@ accesses, not only fault order.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -21,7 +22,6 @@ class Policy(Protocol):
     def remove(self, frame: int) -> None: ...
     def touch(self, frame: int) -> None: ...
     def victim(self) -> int | None: ...
-    def __len__(self) -> int: ...
 
 
 class Fifo:
@@ -29,11 +29,11 @@ class Fifo:
     name = "fifo"
 
     def __init__(self) -> None:
-        self._q: OrderedDict[int, None] = OrderedDict()
+        self._q: OrderedDict[int, bool] = OrderedDict()     # frame -> referenced (clock)
 
     def insert(self, frame: int) -> None:
-        """frame became resident: it goes to the back of the queue."""
-        self._q[frame] = None
+        """frame became resident: it goes to the back of the queue (bit clear)."""
+        self._q[frame] = False
 
     def remove(self, frame: int) -> None:
         """frame is no longer a candidate."""
@@ -46,9 +46,6 @@ class Fifo:
         """The oldest resident frame, or None."""
         return next(iter(self._q), None)
 
-    def __len__(self) -> int:
-        return len(self._q)
-
 
 class Lru(Fifo):
     """Least recently used: a reference moves the frame to the back."""
@@ -60,42 +57,29 @@ class Lru(Fifo):
             self._q.move_to_end(frame)
 
 
-class ClockPolicy:
-    """Second chance: a hand sweeps the frames in load order; a referenced frame has its bit
-    cleared and is passed over once."""
+class ClockPolicy(Fifo):
+    """Second chance: a hand sweeps the frames in load order (the queue: a new frame is
+    placed just behind the hand); a referenced frame has its bit cleared and is passed over
+    once."""
     name = "clock"
-
-    def __init__(self) -> None:
-        self._ring: OrderedDict[int, bool] = OrderedDict()   # frame -> referenced
-
-    def insert(self, frame: int) -> None:
-        """frame became resident: placed just behind the hand, referenced bit clear."""
-        self._ring[frame] = False
-
-    def remove(self, frame: int) -> None:
-        """frame is no longer a candidate."""
-        self._ring.pop(frame, None)
 
     def touch(self, frame: int) -> None:
         """A real access sets the referenced bit."""
-        if frame in self._ring:
-            self._ring[frame] = True
+        if frame in self._q:
+            self._q[frame] = True
 
     def victim(self) -> int | None:
         """Advance the hand until an unreferenced frame is found (clearing bits on the way)."""
-        while self._ring:
-            frame, referenced = next(iter(self._ring.items()))
+        while self._q:
+            frame, referenced = next(iter(self._q.items()))
             if not referenced:
                 return frame
-            self._ring.move_to_end(frame)          # the hand passes: second chance
-            self._ring[frame] = False
+            self._q.move_to_end(frame)             # the hand passes: second chance
+            self._q[frame] = False
         return None
 
-    def __len__(self) -> int:
-        return len(self._ring)
 
-
-POLICIES: dict[str, type] = {"fifo": Fifo, "clock": ClockPolicy, "lru": Lru}
+POLICIES: dict[str, Callable[[], Policy]] = {"fifo": Fifo, "clock": ClockPolicy, "lru": Lru}
 
 
 def make_policy(name: str) -> Policy:

@@ -22,6 +22,7 @@ from kernel_daemon.pagetable import AddressSpace, SwapSpace
 from kernel_daemon.quota import Quota, limits_from
 from wire import entropy
 from wire.protocol import Err, ServiceError
+from wire.server import Panic, Request
 
 #: How many exited processes' final records the kernel keeps for stats.
 EXITED_KEEP: int = 1000
@@ -170,3 +171,12 @@ class ProcTable:
         if proc.ctrl_peer is not None:
             self.by_peer.pop(proc.ctrl_peer, None)
         self.exited.append(proc.record())
+
+
+def caller(req: Request) -> Proc:
+    """The process the kernel's check_caller bound to `req` (by its connection); a Panic if
+    there is none (an op from ANYONE reached a handler that needs a process)."""
+    proc = req.caller
+    if not isinstance(proc, Proc):
+        raise Panic(f"{req.op}: no registered process behind this request")
+    return proc

@@ -74,7 +74,8 @@ class Quota:
 
     def limit(self, resource: Resource) -> int:
         """The limit on `resource`."""
-        return getattr(self.limits, resource.value)
+        limit: int = getattr(self.limits, resource.value)
+        return limit
 
     def check(self, resource: Resource, n: int = 1) -> None:
         """Raise EQUOTA naming `resource` unless n more of it fit (charges nothing)."""
@@ -123,7 +124,7 @@ class Quota:
         self.refused_t = now_s
         if self.refusals == 1:
             return 0.0
-        return min(REFUSAL_DELAY_MAX_MS, REFUSAL_DELAY_MS * 2 ** min(self.refusals - 2, 20))
+        return min(REFUSAL_DELAY_MAX_MS, REFUSAL_DELAY_MS * 2.0 ** min(self.refusals - 2, 20))
 
     def usage(self) -> dict[str, Any]:
         """Usage and limits as one JSON-able map (ps, stats)."""

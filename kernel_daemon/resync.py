@@ -34,11 +34,11 @@ failed), `resync_passes`, `resync_pending` (copies queued or in flight now).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kernel_daemon.pagetable import PageState, Pte
 from kernel_daemon.proc import Proc
-from wire.protocol import Op
+from kernel_daemon.vm import SwapCopy
 
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel
@@ -61,8 +61,6 @@ class Resync:
         self.inflight = 0
         self.scheduled = False
         self.stats = kernel.stats
-        for key in ("resynced", "resync_failed", "resync_passes", "resync_pending"):
-            self.stats.setdefault(key, 0)
 
     # -- triggers ---------------------------------------------------------------------------
     def kick(self, mirror: int) -> None:
@@ -96,7 +94,7 @@ class Resync:
         self.wanted.clear()            # a mirror that is down is kicked again when it joins
         if not mirrors:
             return
-        self.stats["resync_passes"] += 1
+        self.stats.resync_passes += 1
         for proc in list(self.k.procs.by_spid.values()):
             for vpn, pte in proc.aspace.ptes.items():
                 if not _copyable(pte):
@@ -112,13 +110,14 @@ class Resync:
         while self.queue and self.inflight < RESYNC_WINDOW:
             self.inflight += 1
             self._copy(*self.queue.popleft())
-        self.stats["resync_pending"] = len(self.queue) + self.inflight
+        self.stats.resync_pending = len(self.queue) + self.inflight
         if not self.busy and self.wanted:
             self._schedule()
 
     def _finished(self, ok: bool) -> None:
         self.inflight -= 1
-        self.stats["resynced" if ok else "resync_failed"] += 1
+        self.stats.resynced += ok
+        self.stats.resync_failed += not ok
         self._pump()
 
     def _skipped(self) -> None:
@@ -127,68 +126,53 @@ class Resync:
 
     # -- one page -----------------------------------------------------------------------------
     def _copy(self, proc: Proc, vpn: int, pte: Pte, mirror: int) -> None:
-        """Read a verified copy of the page from a mirror holding it; write it to `mirror`."""
+        """Read a verified copy of the page from the mirrors holding it (as a major fault
+        does: Vm.read_verified); write it (with --code: its fragment) to `mirror`."""
         if not self._current(proc, vpn, pte, pte.version) or pte.mirrors >> mirror & 1:
             self._skipped()
             return
-        if self.k.ec is not None:                   # erasure-coded: rebuild its fragment
-            self.k.ec.resync_copy(self, proc, vpn, pte, mirror)
-            return
-        version, tag, slot, space = pte.version, pte.tag, pte.slot, pte.space
-        assert space is not None
-        sealer, pagers = self.k.vm.sealer, self.k.pagers
-        got: dict[str, Any] = {}
+        copy = SwapCopy.of(pte)
+        vm, pagers, ec = self.k.vm, self.k.pagers, self.k.ec
 
-        def verify(data: object) -> bytes:
-            return sealer.open(space.swap_id, pte.seal_vpn, version, tag, data)
+        def read(handles: list[bytes]) -> None:
+            mask = pte.mirrors & ~(1 << mirror)
+            if not self._current(proc, vpn, pte, copy.version) or \
+                    mask.bit_count() < (ec.k if ec is not None else 1):
+                self._skipped()                      # changed meanwhile, or no source
+                return
+            vm.read_verified(proc, vpn, pte, copy, handles, mask, on_read, resync=True)
 
-        def answered(_m: int, reply: dict[str, Any]) -> None:
-            got["sealed"] = reply.get("data")        # the last answer before a verified one
-
-        def on_read(plain: bytes | None, failures: list[tuple[int, str, str]]) -> None:
-            for m, kind, text in failures:
-                if proc.alive:
-                    self.k.vm.integrity_failure(proc, vpn, m, kind, f"(resync) {text}")
+        def on_read(plain: bytes | None, sealed: bytes, _f: list[tuple[int, str, str]]) -> None:
             if plain is None:
                 self._finished(False)
                 return
-            self.k.with_handles(space, lambda handles: write(handles, got["sealed"]))
+            if ec is not None:                       # erasure-coded: its fragment only
+                sealed = ec.coder.split(sealed, copy.space.swap_id, copy.seal_vpn,
+                                        copy.version, [mirror])[mirror]
+            pagers.with_handles(copy.space, lambda handles: write(handles, sealed))
 
-        def on_repaired(mask: int) -> None:
-            if self._current(proc, vpn, pte, version):
-                pte.mirrors |= mask
-
-        def write(handles: list[bytes | None], sealed: bytes) -> None:
-            if handles[mirror] is None or not self._current(proc, vpn, pte, version) \
-                    or pte.wb_version:
+        def write(handles: list[bytes], data: bytes) -> None:
+            if not self._current(proc, vpn, pte, copy.version) or pte.wb_version:
                 self._skipped()                      # changed meanwhile: nothing to copy
                 return
-            pte.wb_version = version                 # hold the slot's write (vm.write_back waits)
-            pagers.submit(mirror, Op.PAGE_OUT, {"handle": handles[mirror], "slot": slot,
-                                                "data": sealed},
-                          lambda reply, why: written(reply is not None and "err" not in reply))
+            pte.wb_version = copy.version            # hold the slot's write (vm.write_back waits)
+            pagers.write_all([mirror], lambda m: {"handle": handles[m], "slot": copy.slot,
+                                                  "data": data}, written)
 
-        def written(ok: bool) -> None:
+        def written(mask: int, _why: str) -> None:
             if not (proc.alive and proc.aspace.ptes.get(vpn) is pte):
-                self._finished(ok)                   # the page is gone; its slot went with it
+                self._finished(bool(mask))           # the page is gone; its slot went with it
                 return
             pte.wb_version = 0
-            if ok and pte.version == version:
-                pte.mirrors |= 1 << mirror
+            if mask and pte.version == copy.version:
+                pte.mirrors |= mask
             if pte.wb_again:                         # a write-back queued behind ours
                 pte.wb_again = False
                 if pte.held is not None:
-                    self.k.vm.write_back(proc, vpn, pte)
-            self._finished(ok)
+                    vm.write_back(proc, vpn, pte)
+            self._finished(bool(mask))
 
-        def with_handles(handles: list[bytes | None]) -> None:
-            mask = pte.mirrors & sum(1 << m for m, h in enumerate(handles) if h is not None)
-            if not self._current(proc, vpn, pte, version) or not mask:
-                self._skipped()
-                return
-            pagers.page_in(handles, slot, mask, verify, on_read, on_repaired, answered)
-
-        self.k.with_handles(space, with_handles)
+        pagers.with_handles(copy.space, read)
 
     @staticmethod
     def _current(proc: Proc, vpn: int, pte: Pte, version: int) -> bool:

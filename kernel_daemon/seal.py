@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from wire import entropy
 from wire.protocol import PAGE_SIZE
 
-TAG_BYTES: int = 16
 _AD = struct.Struct(">16sQQ")
 
 
@@ -61,7 +60,8 @@ class Sealer:
     def open(self, handle: bytes, vpn: int, version: int, tag: bytes, data: object) -> bytes:
         """Verify and decrypt what a pager returned; raise IntegrityError if it is not the page."""
         if not isinstance(data, bytes):
-            raise IntegrityError("malformed", f"the pager returned {type(data).__name__}, not bytes")
+            raise IntegrityError("malformed",
+                                 f"the pager returned {type(data).__name__}, not bytes")
         if len(data) != PAGE_SIZE:
             raise IntegrityError("size", f"the pager returned {len(data)} bytes, not {PAGE_SIZE}")
         if not self.enabled:

@@ -6,6 +6,11 @@ owner's runtime hands the page back (only when it is dirty or the kernel has no 
 None of this blocks the kernel: a fault that needs a frame or a page-in SUSPENDs and is
 answered from a callback.
 
+A fault, in this file: Vm.fault (the FAULT handler: checks, a Fault record) -> Vm._serve
+(by page state) -> for a SWAPPED page a PageIn: PageIn.start asks for a frame (Vm._get_frame)
+and reads the page (Vm.read_verified -> pagers.py or ecpages.py), PageIn.on_frame and
+PageIn.on_data collect the two, PageIn.finish installs and replies (Vm._done).
+
 Eviction races (the hard part)
 ------------------------------
 A page in flight is pinned in an intermediate state, and every path that meets it waits or
@@ -29,14 +34,16 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.faultlog import FaultLog
 from kernel_daemon.frames import FramePool
 from kernel_daemon.histogram import Histograms
+from kernel_daemon.pagers import ReadDone
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
-from kernel_daemon.proc import Proc, ProcState
+from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
 from kernel_daemon.seal import Sealer
 from kernel_daemon.trace import slice_key, us_field
@@ -45,6 +52,7 @@ from wire.protocol import (
     FILL_DATA,
     FILL_KEEP,
     FILL_ZERO,
+    PAGE_SHIFT,
     PAGE_SIZE,
     Err,
     Op,
@@ -63,6 +71,39 @@ LATENCY_KEEP: int = 20000
 S = PageState
 
 
+@dataclass(slots=True, eq=False)
+class Fault:
+    """One TLB miss being served: whose, which page, and when the kernel received it."""
+    proc: Proc
+    req: Request
+    vpn: int
+    pte: Pte
+    t0: float                 # clock seconds when the kernel received the FAULT
+    key: int                  # its trace slice (trace.slice_key)
+
+    def current(self) -> bool:
+        """Is the page still the live process's (not unmapped, the process not gone)?"""
+        return self.proc.alive and self.proc.aspace.ptes.get(self.vpn) is self.pte
+
+
+@dataclass(frozen=True, slots=True)
+class SwapCopy:
+    """Where a page's sealed copy lives and what it must verify as (taken from its PTE
+    when a read starts: the PTE may be released or rewritten while the read is out)."""
+    space: SwapSpace
+    slot: int
+    seal_vpn: int
+    version: int
+    tag: bytes
+
+    @classmethod
+    def of(cls, pte: Pte) -> SwapCopy:
+        """The swap copy `pte` names (a Panic if it names none)."""
+        if pte.space is None or pte.slot < 0:
+            raise Panic(f"a page with no swap copy (state {pte.state.name}) was read")
+        return cls(pte.space, pte.slot, pte.seal_vpn, pte.version, pte.tag)
+
+
 class Vm:
     """Faults, frames, eviction and swap I/O for every process."""
 
@@ -74,12 +115,7 @@ class Vm:
         self.frame_waiters: deque[tuple[Proc, int, Callable[[int], None]]] = deque()
         self.evicting = 0
         self.shootdowns: dict[int, tuple[Proc, int, Pte, int]] = {}   # rid -> what it takes back
-        self.stats: dict[str, Any] = kernel.stats
-        for key in ("minor_faults", "major_faults", "page_ins", "page_outs", "evictions",
-                    "clean_drops", "soft_faults", "writeback_failures", "segfaults",
-                    "protection_faults"):
-            self.stats.setdefault(key, 0)
-        self.stats.setdefault("integrity_failures", {})
+        self.stats = kernel.stats
         self.latency: dict[str, deque[float]] = {
             "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP),
             "disk_read": deque(maxlen=LATENCY_KEEP)}
@@ -112,8 +148,12 @@ class Vm:
         q.used[Resource.PAGES] = sum(r.npages for r in proc.aspace.regions)
 
     # -- faults -------------------------------------------------------------------------
-    def fault(self, proc: Proc, req: Request) -> Any:
-        """Serve a TLB miss: reply now, SUSPEND, or raise SEGV/PROT."""
+    def fault(self, req: Request) -> Any:
+        """FAULT, a TLB miss (kernel.py's dispatch table points here): check it, then serve
+        it: reply now, SUSPEND, or raise SEGV/PROT."""
+        proc = caller(req)
+        if proc.ctrl_peer is None:
+            raise ServiceError(Err.PERM, "fault: attach the control connection first")
         vpn, access = req.msg["vpn"], req.msg["access"]
         need = ACCESS_PROT.get(access)
         if need is None:
@@ -121,61 +161,59 @@ class Vm:
         self.apply_refs(proc, req.msg["refs"])
         pte = proc.aspace.pte(vpn) if 0 <= vpn <= MAX_VPN else None
         if pte is None:
-            self.stats["segfaults"] += 1
+            self.stats.segfaults += 1
             self.k.tracer.instant("vm", "segfault", proc.spid, vpn=vpn, access=access)
             raise ServiceError(Err.SEGV, f"segmentation fault: {access} access at address "
                                          f"{vpn << 12:#x} (page {vpn:#x}) is outside every region")
         if not pte.prot & need:
-            self.stats["protection_faults"] += 1
+            self.stats.protection_faults += 1
             self.k.tracer.instant("vm", "protection fault", proc.spid, vpn=vpn, access=access)
             raise ServiceError(Err.PROT, f"protection fault: {access} access to page {vpn:#x} "
                                          f"whose protection is {_prot_str(pte.prot)}")
-        req.caller = (proc, self.k.now())
-        key = slice_key(proc.spid, req.rid)
-        self.k.tracer.begin("vm", "fault", key, proc.spid, vpn=vpn, access=access)
-        self.k.tracer.step("vm", "fault", key, proc.spid, "kernel received", page=pte.state.name)
+        f = Fault(proc, req, vpn, pte, self.k.now(), slice_key(proc.spid, req.rid))
+        self.k.tracer.begin("vm", "fault", f.key, proc.spid, vpn=vpn, access=access)
+        self.k.tracer.step("vm", "fault", f.key, proc.spid, "kernel received", page=pte.state.name)
         try:
-            return self._serve(proc, req, vpn, pte)
+            return self._serve(f)
         except Exception as exc:      # the fault ends in an error reply (or a panic)
-            self.k.tracer.end("vm", "fault", key, proc.spid, outcome=type(exc).__name__)
+            self.k.tracer.end("vm", "fault", f.key, proc.spid, outcome=type(exc).__name__)
             raise
 
-    def _serve(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> Any:
+    def _serve(self, f: Fault) -> Any:
         """Serve a fault on a page in whatever state it is in."""
-        st = pte.state
+        pte, st = f.pte, f.pte.state
         if st == S.RESIDENT:
             self.policy.touch(pte.frame)
-            return self._done(proc, req, vpn, pte, FILL_KEEP, None, "minor")
+            return self._done(f, FILL_KEEP, None, "minor")
         if st == S.ZERO or st == S.HELD:
             if st == S.HELD:
-                self.stats["soft_faults"] += 1
-            self.set_state(proc, pte, S.PAGING_IN)     # pinned while it waits for a frame
-            self._get_frame(proc, vpn, lambda f: self._install_local(proc, req, vpn, pte, f, st))
+                self.stats.soft_faults += 1
+            self.set_state(f.proc, pte, S.PAGING_IN)     # pinned while it waits for a frame
+            self._get_frame(f.proc, f.vpn, lambda frame: self._install_local(f, frame, st))
             return SUSPEND
         if st == S.SWAPPED:
-            self._page_in(proc, req, vpn, pte)
+            PageIn(self, f).start()
             return SUSPEND
-        pte.waiters.append(lambda: self._resume(proc, req, vpn, pte))   # EVICTING, PAGING_IN
-        self.k.tracer.step("vm", "fault", slice_key(proc.spid, req.rid), proc.spid,
-                           "queued behind page in flight", page=st.name)
-        proc.state = ProcState.FAULT
+        pte.waiters.append(lambda: self._resume(f))   # EVICTING, PAGING_IN
+        self.k.tracer.step("vm", "fault", f.key, f.proc.spid, "queued behind page in flight",
+                           page=st.name)
+        f.proc.state = ProcState.FAULT
         return SUSPEND
 
-    def _resume(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> None:
+    def _resume(self, f: Fault) -> None:
         """Re-serve a fault that waited on a page in flight."""
-        if proc.aspace.ptes.get(vpn) is not pte or not proc.alive:
-            self._abandon(proc, req, vpn)
+        if not f.current():
+            self._abandon(f)
             return
-        result = self._serve(proc, req, vpn, pte)
+        result = self._serve(f)
         if result is not SUSPEND:
-            self.k.reply(req, **result)
+            self.k.reply(f.req, **result)
 
-    def _install_local(self, proc: Proc, req: Request, vpn: int, pte: Pte, frame: int,
-                       was: PageState) -> None:
+    def _install_local(self, f: Fault, frame: int, was: PageState) -> None:
         """A frame arrived for a ZERO or HELD page: install it without I/O."""
-        if not self._still_mine(proc, vpn, pte, frame):
-            self._abandon(proc, req, vpn)
+        if not self._still_mine(f, frame):
             return
+        pte = f.pte
         pte.frame = frame
         if was == S.ZERO:
             pte.zero_content = True
@@ -183,152 +221,100 @@ class Vm:
         else:
             fill, data = FILL_DATA, pte.held
             if data is None:
-                raise Panic(f"HELD page {vpn:#x} of spid {proc.spid} lost its bytes")
+                raise Panic(f"HELD page {f.vpn:#x} of spid {f.proc.spid} lost its bytes")
             if pte.swap_valid and not pte.wb_version:  # written back while we waited
                 pte.held = None
-        self._make_resident(proc, pte, frame)
-        self.k.reply(req, **self._done(proc, req, vpn, pte, fill, data, "minor"))
+        self._make_resident(f.proc, pte, frame)
+        self.k.reply(f.req, **self._done(f, fill, data, "minor"))
 
     def _make_resident(self, proc: Proc, pte: Pte, frame: int) -> None:
         self.set_state(proc, pte, S.RESIDENT)
         self.policy.insert(frame)
         self._wake(pte)
 
-    def _done(self, proc: Proc, req: Request, vpn: int, pte: Pte, fill: str,
-              data: bytes | None, kind: str) -> dict[str, Any]:
-        """Count the fault and build the reply that installs the page."""
+    def _done(self, f: Fault, fill: str, data: bytes | None, kind: str) -> dict[str, Any]:
+        """Count the fault (kind "minor" or "major") and build the reply that installs it."""
+        proc = f.proc
         proc.counters[f"{kind}_faults"] += 1
-        self.stats[f"{kind}_faults"] += 1
+        self.stats.major_faults += kind == "major"
+        self.stats.minor_faults += kind == "minor"
         proc.state = ProcState.RUNNING
-        t0 = req.caller[1] if isinstance(req.caller, tuple) else None
-        if t0 is not None:
-            seconds = self.k.now() - t0
-            self.latency[kind].append(seconds * 1e6)
-            self.histograms.observe(kind, seconds * 1e6)
-            self.fault_log.add(self.k.now(), kind, seconds * 1e6, proc.spid)
-        self.k.tracer.end("vm", "fault", slice_key(proc.spid, req.rid), proc.spid, kind=kind,
-                          outcome="installed")
-        out: dict[str, Any] = {"vpn": vpn, "frame": pte.frame, "prot": pte.prot, "fill": fill}
+        seconds = self.k.now() - f.t0
+        self.latency[kind].append(seconds * 1e6)
+        self.histograms.observe(kind, seconds * 1e6)
+        self.fault_log.add(self.k.now(), kind, seconds * 1e6, proc.spid)
+        self.k.tracer.end("vm", "fault", f.key, proc.spid, kind=kind, outcome="installed")
+        out: dict[str, Any] = {"vpn": f.vpn, "frame": f.pte.frame, "prot": f.pte.prot,
+                               "fill": fill}
         if data is not None:
             out["data"] = data
         return out
 
-    def _still_mine(self, proc: Proc, vpn: int, pte: Pte, frame: int) -> bool:
-        """After a wait: is the page still wanted?  If not, give the frame back."""
-        if proc.alive and proc.aspace.ptes.get(vpn) is pte:
+    def _still_mine(self, f: Fault, frame: int) -> bool:
+        """After a wait: is the page still wanted?  If not, give the frame back and end the
+        fault (_abandon)."""
+        if f.current():
             return True
         self._free_frame(frame)
+        self._abandon(f)
         return False
 
-    def _abandon(self, proc: Proc, req: Request, vpn: int) -> None:
+    def _abandon(self, f: Fault) -> None:
         """A suspended fault whose page vanished meanwhile: close its trace slice; a live
         process gets SEGV (its page was unmapped), a dead one nothing."""
-        outcome = "segv" if proc.alive else "process gone"
-        self.k.tracer.end("vm", "fault", slice_key(proc.spid, req.rid), proc.spid, outcome=outcome)
-        if proc.alive:
-            self.k.fail(req, Err.SEGV, f"segmentation fault: page {vpn:#x} was unmapped")
-
-    def pager_answered(self, proc: Proc, key: int, mirror: int, reply: dict[str, Any]) -> None:
-        """A pager answered a page-in: trace the disk time it reports (untrusted; display only)."""
-        disk_us, pager_us = us_field(reply.get("disk_us")), us_field(reply.get("pager_us"))
-        self.k.tracer.step("vm", "fault", key, proc.spid, "disk read", mirror=mirror,
-                           disk_us=disk_us, pager_us=pager_us)
-        if disk_us is not None:
-            self.latency["disk_read"].append(disk_us)
-            self.histograms.observe("disk_read", disk_us)
+        alive = f.proc.alive
+        self.k.tracer.end("vm", "fault", f.key, f.proc.spid,
+                          outcome="segv" if alive else "process gone")
+        if alive:
+            self.k.fail(f.req, Err.SEGV, f"segmentation fault: page {f.vpn:#x} was unmapped")
 
     def _wake(self, pte: Pte) -> None:
         waiters, pte.waiters = pte.waiters, []
         for w in waiters:
             w()
 
-    # -- page-in ------------------------------------------------------------------------
-    def _page_in(self, proc: Proc, req: Request, vpn: int, pte: Pte) -> None:
-        """Major fault: fetch and verify the page while a frame is found, install when both."""
-        self.set_state(proc, pte, S.PAGING_IN)
-        proc.state = ProcState.FAULT
-        got: dict[str, Any] = {}
-        key = slice_key(proc.spid, req.rid)
-        version, tag, space, seal_vpn = pte.version, pte.tag, pte.space, pte.seal_vpn
-        if space is None:
-            raise Panic(f"SWAPPED page {vpn:#x} of spid {proc.spid} has no swap space")
-
+    # -- reading a page back ------------------------------------------------------------
+    def read_verified(self, proc: Proc, vpn: int, pte: Pte, copy: SwapCopy,
+                      handles: list[bytes], mask: int, done: ReadDone,
+                      answered: Callable[[int, dict[str, Any]], None] | None = None,
+                      resync: bool = False) -> None:
+        """Read `copy` of proc's page vpn from the mirrors in `mask` (fragments, with
+        --code: ecpages.py; else whole pages: pagers.py), verify it against the version and
+        tag the kernel kept, count every failed check, then done(plaintext, ciphertext,
+        failures) or done(None, b"", failures).  Mirrors that failed are rewritten afterwards
+        and pte.mirrors follows, if pte still has `copy`: rewritten bits are set; for a
+        fault's read, fragments not rewritten are cleared and resynced later (a resync's own
+        read does neither: two lying pagers would keep it busy forever)."""
+        note = "(resync) " if resync else ""
         def verify(data: object) -> bytes:
-            return self.sealer.open(space.swap_id, seal_vpn, version, tag, data)
+            return self.sealer.open(copy.space.swap_id, copy.seal_vpn, copy.version, copy.tag,
+                                    data)
 
-        def on_frame(frame: int) -> None:
-            got["frame"] = frame
-            self.k.tracer.step("vm", "fault", key, proc.spid, "frame ready", frame=frame)
-            if "data" in got:
-                finish()
-            elif got.get("failed"):
-                self._free_frame(frame)
+        def checked(plain: bytes | None, sealed: bytes, failures: list[tuple[int, str, str]]
+                    ) -> None:
+            for m, kind, text in failures:
+                self.integrity_failure(proc, vpn, m, kind, note + text)
+            done(plain, sealed, failures)
 
-        def on_data(plain: bytes | None, failures: list[tuple[int, str, str]]) -> None:
-            for mirror, kind, text in failures:
-                self.integrity_failure(proc, vpn, mirror, kind, text)
-            if plain is None:
-                got["failed"] = True
-                if "frame" in got:
-                    self._free_frame(got["frame"])
-                checks = "; ".join(f"pager {m}: {kind}: {text}" for m, kind, text in failures)
-                self.k.tracer.end("vm", "fault", key, proc.spid, outcome="integrity",
-                                  failures=len(failures))
-                self.k.integrity_lost(proc, req, vpn, checks or "no mirror holds the page")
-                return
-            self.k.tracer.step("vm", "fault", key, proc.spid, "verified")
-            got["data"] = plain
-            if "frame" in got:
-                finish()
+        def repaired(ok: int, lost: int) -> None:
+            if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.version == copy.version:
+                pte.mirrors |= ok
+                if not resync:
+                    pte.mirrors &= ~lost
+                    self.k.resync.kick_missing(~lost)   # a fragment not rewritten: resync it
 
-        def finish() -> None:
-            if not self._still_mine(proc, vpn, pte, got["frame"]):
-                self._abandon(proc, req, vpn)
-                return
-            pte.frame = got["frame"]
-            pte.swap_valid = True
-            pte.zero_content = False
-            self._make_resident(proc, pte, pte.frame)
-            proc.counters["page_ins"] += 1
-            self.stats["page_ins"] += 1
-            self.k.tracer.step("vm", "fault", key, proc.spid, "installed")
-            self.k.reply(req, **self._done(proc, req, vpn, pte, FILL_DATA, got["data"], "major"))
-
-        def on_repaired(mask: int) -> None:
-            if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.version == version:
-                pte.mirrors |= mask
-
-        def with_handles(handles: list[bytes | None]) -> None:
-            self.k.tracer.step("vm", "fault", key, proc.spid, "pager asked")
-            mask = pte.mirrors & sum(1 << m for m, h in enumerate(handles) if h is not None)
-            if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
-                self.k.ec.page_in(handles, pte.slot, pte.mirrors, (space.swap_id, seal_vpn,
-                                  version), verify, on_data, self._ec_repaired(proc, vpn, pte,
-                                                                               version),
-                                  lambda m, reply: self.pager_answered(proc, key, m, reply),
-                                  late_failure=lambda m, kind, text: self.integrity_failure(
-                                      proc, vpn, m, kind, f"(after decoding) {text}"))
-                return
-            self.k.pagers.page_in(handles, pte.slot, mask, verify, on_data, on_repaired,
-                                  lambda m, reply: self.pager_answered(proc, key, m, reply))
-
-        self._get_frame(proc, vpn, on_frame)
-        self.k.with_handles(space, with_handles)
-
-    def _ec_repaired(self, proc: Proc, vpn: int, pte: Pte,
-                     version: int) -> Callable[[int, int], None]:
-        """After an erasure-coded page's bad fragments were rewritten: set the bits of those
-        rewritten, clear those that were not (resync.py copies them when the pager is back)."""
-        def on(ok: int, lost: int) -> None:
-            if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.version == version:
-                pte.mirrors = (pte.mirrors | ok) & ~lost
-                self.k.resync.kick_missing(~lost)
-        return on
+        ec = self.k.ec
+        if ec is None:
+            self.k.pagers.page_in(handles, copy.slot, mask, verify, checked, repaired, answered)
+            return
+        ec.page_in(handles, copy.slot, mask, (copy.space.swap_id, copy.seal_vpn, copy.version),
+                   verify, checked, repaired, answered,
+                   lambda m, kind, text: self.integrity_failure(
+                       proc, vpn, m, kind, f"{note}(after decoding) {text}"))
 
     def integrity_failure(self, proc: Proc, vpn: int, mirror: int, kind: str, text: str) -> None:
         """Count one failed check of one mirror's answer."""
-        fails = self.stats["integrity_failures"]
-        fails[kind] = fails.get(kind, 0) + 1
+        self.stats.integrity_failures[kind] += 1
         proc.counters["integrity_failures"] += 1
         self.k.log.warning("page %#x of %s (spid %d): pager %d failed check %s: %s",
                            vpn, proc.name, proc.spid, mirror, kind, text)
@@ -352,15 +338,16 @@ class Vm:
         self.pool.release(frame)
         while self.frame_waiters and self.pool.free_count:
             proc, vpn, then = self.frame_waiters.popleft()
-            if proc.alive:
-                then(self.pool.alloc(proc.spid, vpn))
+            lent = self.pool.alloc(proc.spid, vpn) if proc.alive else None
+            if lent is not None:
+                then(lent)
 
     def _evict(self, frame: int) -> None:
         """Start taking `frame` back from its owner (a TLB shootdown)."""
         spid, vpn = self.pool.owner[frame]
         proc = self.k.procs.by_spid.get(spid)
         pte = proc.aspace.ptes.get(vpn) if proc else None
-        if pte is None or pte.state != S.RESIDENT or pte.frame != frame:
+        if proc is None or pte is None or pte.state != S.RESIDENT or pte.frame != frame:
             raise Panic(f"policy chose frame {frame} owned by ({spid}, {vpn:#x}) in state "
                         f"{pte.state.name if pte else 'none'}")
         self.policy.remove(frame)
@@ -402,15 +389,15 @@ class Vm:
             return
         dirty = bool(reply.get("dirty"))
         proc.counters["evictions"] += 1
-        self.stats["evictions"] += 1
+        self.stats.evictions += 1
         pte.frame = -1
         if not dirty and pte.zero_content:
             pte.zero_content = False
             self.set_state(proc, pte, S.ZERO)            # never written: demand-zero again
-            self.stats["clean_drops"] += 1
+            self.stats.clean_drops += 1
         elif not dirty and pte.swap_valid:
             self.set_state(proc, pte, S.SWAPPED)         # clean, swap copy current: no I/O
-            self.stats["clean_drops"] += 1
+            self.stats.clean_drops += 1
         elif not dirty and pte.held is not None:
             self.set_state(proc, pte, S.HELD)            # its write-back is in flight ...
             if not pte.wb_version:
@@ -440,9 +427,11 @@ class Vm:
             pte.space, pte.seal_vpn = proc.space, vpn
             pte.slot = proc.space.alloc_slot()
         space = pte.space
+        if space is None:
+            raise Panic(f"page {vpn:#x} has a swap slot and no swap space")
         sealed, tag = self.sealer.seal(space.swap_id, pte.seal_vpn, version, pte.held)
 
-        def with_handles(handles: list[bytes | None]) -> None:
+        def with_handles(handles: list[bytes]) -> None:
             if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
                 self.k.ec.page_out(handles, pte.slot, (space.swap_id, pte.seal_vpn, version),
                                    sealed, lambda mask, why: self._written(
@@ -451,7 +440,7 @@ class Vm:
             self.k.pagers.page_out(handles, pte.slot, sealed,
                                    lambda mask, why: self._written(proc, vpn, pte, version, tag,
                                                                    mask, why))
-        self.k.with_handles(space, with_handles)
+        self.k.pagers.with_handles(space, with_handles)
 
     def _written(self, proc: Proc, vpn: int, pte: Pte, version: int, tag: bytes, mask: int,
                  why: str) -> None:
@@ -464,15 +453,15 @@ class Vm:
             self.write_back(proc, vpn, pte)
             return
         if mask and self.k.ec is not None and mask != self.k.ec.full_mask:
-            self.stats["ec_short_writes"] += 1   # durability rule: all K+R fragments, or HELD
-            if self.stats["ec_short_writes"] & (self.stats["ec_short_writes"] - 1) == 0:
+            self.stats.ec_short_writes += 1   # durability rule: all K+R fragments, or HELD
+            if self.stats.ec_short_writes & (self.stats.ec_short_writes - 1) == 0:
                 self.k.log.warning("page %#x of %s stays HELD: only %d of %d fragments stored "
                                    "(%s); retrying (logged at powers of two)", vpn, proc.name,
                                    mask.bit_count(), self.k.ec.coder.n, why)
             self.k.call_later(WRITEBACK_RETRY_MS, lambda: self._retry_write(proc, vpn, pte))
             return
         if mask == 0:
-            self.stats["writeback_failures"] += 1
+            self.stats.writeback_failures += 1
             self.k.log.warning("write-back of page %#x of %s failed (%s); retrying", vpn,
                                proc.name, why)
             self.k.call_later(WRITEBACK_RETRY_MS, lambda: self._retry_write(proc, vpn, pte))
@@ -482,7 +471,7 @@ class Vm:
         if mask != (1 << self.k.pagers.nmirrors) - 1:
             self.k.resync.kick_missing(mask)     # a mirror missed it: copy it there later
         proc.counters["page_outs"] += 1
-        self.stats["page_outs"] += 1
+        self.stats.page_outs += 1
         if pte.state == S.HELD:
             pte.held = None
             self.set_state(proc, pte, S.SWAPPED)
@@ -514,7 +503,9 @@ class Vm:
             then(None, "a grant must cover pages of one protection")
             return
         prot = next(iter(prots))
-        ptes = [src.aspace.pte(v) for v in range(vpn, vpn + npages)]
+        ptes = [p for v in range(vpn, vpn + npages) if (p := src.aspace.pte(v)) is not None]
+        if len(ptes) != npages:
+            raise Panic(f"a split range at vpn {vpn:#x} has a page outside every region")
 
         def step() -> None:
             if not src.alive or not dst.alive:
@@ -544,11 +535,10 @@ class Vm:
             for i, p in enumerate(ptes):
                 state = p.state
                 self.set_state(src, p, S.ZERO)
-                p.state = S.ZERO
                 self.set_state(dst, p, state)
                 dst.aspace.ptes[dvpn + i] = p
             src.counters["pages_granted"] += npages
-            self.stats["pages_granted"] = self.stats.get("pages_granted", 0) + npages
+            self.stats.pages_granted += npages
             then(dvpn << 12, "")
 
         step()
@@ -570,8 +560,95 @@ class Vm:
                 pte.space.pages -= 1
             pte.space, pte.slot = None, -1
         for space, freed in slots.values():
-            self.k.free_slots(space, freed)
+            self.k.pagers.free_slots(space, freed)
 
 
 def _prot_str(prot: int) -> str:
     return "".join(c if prot & b else "-" for c, b in (("r", 1), ("w", 2), ("x", 4)))
+
+
+class PageIn:
+    """A major fault (Vm._serve on a SWAPPED page): the page is read and verified while a
+    frame is found, in parallel; when both are in it is installed and the fault answered.
+    The methods run in the order they are written."""
+
+    def __init__(self, vm: Vm, f: Fault) -> None:
+        self.vm, self.k, self.f = vm, vm.k, f
+        self.copy = SwapCopy.of(f.pte)       # the version and tag the answer must verify as
+        self.frame: int | None = None        # the frame, once found
+        self.plain: bytes | None = None      # the verified page, once read
+        self.failed = False                  # no mirror verified: the process is stopped
+
+    def start(self) -> None:
+        """Pin the page (PAGING_IN); ask for a frame and, once its disk handles are open,
+        for the page."""
+        f = self.f
+        self.vm.set_state(f.proc, f.pte, S.PAGING_IN)
+        f.proc.state = ProcState.FAULT
+        self.vm._get_frame(f.proc, f.vpn, self.on_frame)
+        self.k.pagers.with_handles(self.copy.space, self.read)
+
+    def read(self, handles: list[bytes]) -> None:
+        """Read the page from the mirrors holding its current version."""
+        f = self.f
+        self._step("pager asked")
+        self.vm.read_verified(f.proc, f.vpn, f.pte, self.copy, handles, f.pte.mirrors,
+                              self.on_data, self.answered)
+
+    def answered(self, mirror: int, reply: dict[str, Any]) -> None:
+        """A pager answered: trace the disk time it reports (untrusted; display only)."""
+        disk_us, pager_us = us_field(reply.get("disk_us")), us_field(reply.get("pager_us"))
+        self._step("disk read", mirror=mirror, disk_us=disk_us, pager_us=pager_us)
+        if disk_us is not None:
+            self.vm.latency["disk_read"].append(disk_us)
+            self.vm.histograms.observe("disk_read", disk_us)
+
+    def on_frame(self, frame: int) -> None:
+        """A frame is ours: install if the page is in; give it back if the read failed."""
+        self.frame = frame
+        self._step("frame ready", frame=frame)
+        if self.plain is not None:
+            self.finish(frame, self.plain)
+        elif self.failed:
+            self.vm._free_frame(frame)
+
+    def on_data(self, plain: bytes | None, sealed: bytes,
+                failures: list[tuple[int, str, str]]) -> None:
+        """The read ended: install if the frame is in; if no mirror verified, stop the
+        faulting process, and only it (EINTEGRITY)."""
+        proc, vpn = self.f.proc, self.f.vpn
+        if plain is None:
+            self.failed = True
+            if self.frame is not None:
+                self.vm._free_frame(self.frame)
+            self.k.tracer.end("vm", "fault", self.f.key, proc.spid, outcome="integrity",
+                              failures=len(failures))
+            checks = "; ".join(f"pager {m}: {kind}: {text}" for m, kind, text in failures)
+            text = (f"page integrity lost: page {vpn:#x} (address {vpn << PAGE_SHIFT:#x}) of "
+                    f"{proc.name} (spid {proc.spid}) failed verification: "
+                    f"{checks or 'no mirror holds the page'}")
+            self.k.log.error("%s", text)
+            self.k.fail(self.f.req, Err.INTEGRITY, text)
+            self.k.reclaim(proc, text, ProcState.KILLED)
+            return
+        self._step("verified")
+        self.plain = plain
+        if self.frame is not None:
+            self.finish(self.frame, plain)
+
+    def finish(self, frame: int, plain: bytes) -> None:
+        """Frame and page are in: make the page RESIDENT and answer the fault."""
+        f, pte = self.f, self.f.pte
+        if not self.vm._still_mine(f, frame):
+            return
+        pte.frame = frame
+        pte.swap_valid = True
+        pte.zero_content = False
+        self.vm._make_resident(f.proc, pte, frame)
+        f.proc.counters["page_ins"] += 1
+        self.vm.stats.page_ins += 1
+        self._step("installed")
+        self.k.reply(f.req, **self.vm._done(f, FILL_DATA, plain, "major"))
+
+    def _step(self, step: str, **args: Any) -> None:
+        self.k.tracer.step("vm", "fault", self.f.key, self.f.proc.spid, step, **args)

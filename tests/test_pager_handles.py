@@ -12,6 +12,7 @@ from typing import Any
 import zmq
 
 from kernel_daemon.pagers import Pagers
+from kernel_daemon.stats import KernelStats
 from wire.protocol import PAGE_SIZE, Err, Op, decode, encode, error, ok
 from wire.server import Server
 
@@ -25,7 +26,7 @@ class Rig:
         self.server = Server("kernel-test", zmq.Context.instance())
         addr = f"ipc://{tmp}/k.sock"
         self.sock = self.server.bind_router(addr)
-        self.stats: dict[str, Any] = {}
+        self.stats = KernelStats("fifo", 1, True, 1)
         self.pagers = Pagers(self.server, self.sock, 1, 2000, 1, "here", self.stats)
         self.pager = zmq.Context.instance().socket(zmq.DEALER)
         self.pager.setsockopt(zmq.LINGER, 0)
@@ -90,7 +91,7 @@ def test_an_open_lie_is_caught_by_ebadhandle_and_reopened(tmp_path: Path) -> Non
         assert req["op"] == "page_out" and req["slot"] == 3          # ... and ask again
         rig.answer(ok(req["rid"], block=99))
         rig.until("the page-out's answer", lambda: done)
-        assert "err" not in done[0] and rig.stats["handle_reopens"] == 1
+        assert "err" not in done[0] and rig.stats.handle_reopens == 1
     finally:
         rig.close()
 

@@ -454,8 +454,8 @@ class World:
                   "grants_refused": sum(p.grants_refused for p in self.procs),
                   "install_races": sum(p.install_races for p in self.procs),
                   "writes": sum(p.version for p in self.procs),
-                  "page_outs": self.kernel.stats.get("page_outs", 0),
-                  "page_ins": self.kernel.stats.get("page_ins", 0)})
+                  "page_outs": self.kernel.stats.page_outs,
+                  "page_ins": self.kernel.stats.page_ins})
 
     def close(self) -> None:
         """Release files and the global hooks (entropy source, log handler)."""
