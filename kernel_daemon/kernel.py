@@ -124,7 +124,6 @@ class Kernel(Server):
         self.pagers.on_up = self.resync.kick
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
-        self.ipc = Ipc(self)
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
             self.handlers[op] = self._backoff_on_quota(self.handlers[op])
 
