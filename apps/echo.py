@@ -127,6 +127,8 @@ def run_bench(proc: SealedProcess, h: int, size: int, duration_s: float, slices:
     clock = time.perf_counter
     call = proc.call
     window_s = 0.0
+    ends: list[int] = []                       # per window: samples so far
+    lengths: list[float] = []                  # per window: seconds
     for k in range(slices):
         if go_file:
             while not os.path.exists(f"{go_file}.{k}"):
@@ -139,9 +141,12 @@ def run_bench(proc: SealedProcess, h: int, size: int, duration_s: float, slices:
             lat.append((t1 - t) * 1e6)
             t = t1
         window_s += t - t0
+        ends.append(len(lat))
+        lengths.append(t - t0)
         proc.report(slice=k + 1)
     Path(out).write_text(json.dumps({"window_s": window_s, "size": size,
-                                     "lat_us": lat.tolist()}))
+                                     "lat_us": lat.tolist(), "slice_ends": ends,
+                                     "slice_s": lengths}))
 
 
 def run_grant(proc: SealedProcess, h: int, npages: int) -> None:

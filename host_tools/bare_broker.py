@@ -100,6 +100,8 @@ def client(addr: str, ident: int, target: int, size: int, duration_s: float, sli
     clock, unpackb = time.perf_counter, msgpack.unpackb
     send, recv = sock.send_multipart, sock.recv_multipart
     window_s = 0.0
+    ends: list[int] = []                       # per window: samples so far
+    lengths: list[float] = []                  # per window: seconds
     for k in range(slices):
         if go_file:
             while not os.path.exists(f"{go_file}.{k}"):
@@ -116,9 +118,12 @@ def client(addr: str, ident: int, target: int, size: int, duration_s: float, sli
             lat.append((t1 - t) * 1e6)
             t = t1
         window_s += t - t0
+        ends.append(len(lat))
+        lengths.append(t - t0)
         Path(f"{out}.done.{k}").touch()
     Path(out).write_text(json.dumps({"window_s": window_s, "size": size,
-                                     "lat_us": lat.tolist()}))
+                                     "lat_us": lat.tolist(), "slice_ends": ends,
+                                     "slice_s": lengths}))
     return 0
 
 

@@ -1,21 +1,26 @@
 """`sealedos bench paging`: fault latency and paging throughput, each against its floor.
 
-    sealedos bench paging [--frames N] [--rounds R] [--json] [--transports ipc,tcp] [--scale]
+    sealedos bench paging [--samples N] [--repeat R] [--frames N] [--json] [--quick]
+                          [--transports ipc,tcp] [--security secure|insecure|both] [--scale]
     sealedos bench paging --code 4+2 [--frames N] [--rounds R] [--json]   (bench_ec.py)
 
 This process becomes a sealed process of a freshly started system and measures, through its
-own MMU: a TLB hit; minor faults (first touch, a free frame waiting); major faults (a page on
-swap, a free frame waiting: the pure page-in path app -> kernel -> pager -> disk and back);
-and paging throughput (a write scan over 4x the frames: every fault evicts, every eviction
-writes back).  It does so sealed and --no-seal (the cost of sealing), on each transport, and
-with CURVE on every connection (the default) and --insecure (NULL): the cost of transport
-security, ``curve_vs_null_*`` (``--security secure|insecure|both``, default both).
+own MMU, ``--samples`` samples (default 2,000) of each headline figure: a TLB hit (timed in
+batches of TLB_BATCH loads, one sample per batch); minor faults (first touch, a free frame
+waiting); major faults (a page on swap, a free frame waiting: the pure page-in path app ->
+kernel -> pager -> disk and back).  Beside each, in the same run and with as many samples,
+its floor: a bare ZeroMQ round trip on the same transport with the same security (64 bytes,
+and 4 KiB for the major fault's three hops), a bare 4 KiB memmap block write+read, a bare dict
+lookup + struct read (batched as the TLB hit).  The headline run (ipc://, sealed, CURVE) is
+repeated ``--repeat`` times (default 3), floors and figures alternating, and each ratio is
+printed as its median with the min..max of the per-run p50 ratios (the spread), plus p99.
 
-In the same run it measures the floors those figures stand on, and prints each ratio:
-a bare ZeroMQ round trip on the same transport (small frame, and with a 4 KiB payload), a
-bare 4 KiB memmap block read+write, a bare dict lookup + struct read.  Targets: minor fault
-<= 1.5x one bare round trip; major fault <= 1.5x (3 bare 4 KiB round trips + one block
-read+write); TLB hit <= 2x dict lookup + struct read; sealing adds <= 5% to a major fault.
+Then, with fewer samples (COMPARE_DIVISOR), the comparisons: sealed against --no-seal, CURVE
+against NULL (``curve_vs_null_*``), tcp:// against ipc://, and paging throughput (a write
+scan over 4x the frames: every fault evicts, every eviction writes back).  ``--quick``: few
+samples, one run, no comparisons (a smoke run).  Targets (issue 13): minor fault <= 1.2x one
+bare round trip; major fault <= 1.2x its hops (3 bare 4 KiB round trips + one block
+write+read); TLB hit <= 1.5x dict lookup + struct read; sealing adds <= 5% to a major fault.
 
 --scale runs `sealedos up`'s shape at scale instead: 64 sealed processes on a 1 GiB device,
 and reports the kernel's memory per resident and per swapped page.
@@ -46,14 +51,30 @@ from wire import sockets
 WAIT_SWAPPED_S: float = 30.0
 
 
+#: Loads per TLB-hit sample, and lookups per floor sample: one clock pair per batch (a clock
+#: read costs about as much as the hit itself).
+TLB_BATCH: int = 100
+#: The comparison runs (unsealed, NULL, tcp) take samples // COMPARE_DIVISOR of each figure.
+COMPARE_DIVISOR: int = 4
+#: --quick: samples per figure (one run, no comparisons).
+QUICK_SAMPLES: int = 300
+
+
 def percentiles(samples_us: list[float]) -> dict[str, float]:
-    """p50/p99/mean of a list of microsecond samples."""
+    """n, p50, p99 and mean of a list of samples (any unit)."""
     data = sorted(samples_us)
     if not data:
         return {"n": 0, "p50": 0.0, "p99": 0.0, "mean": 0.0}
     pick = lambda q: data[min(len(data) - 1, int(q * len(data)))]  # noqa: E731
     return {"n": len(data), "p50": round(pick(0.5), 1), "p99": round(pick(0.99), 1),
             "mean": round(sum(data) / len(data), 1)}
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of one ratio over repeated runs."""
+    data = sorted(values)
+    return {"median": round(data[len(data) // 2], 3), "min": round(data[0], 3),
+            "max": round(data[-1], 3)}
 
 
 # -- floors ------------------------------------------------------------------------------
@@ -68,8 +89,8 @@ while True:
 """
 
 
-def bare_round_trip_us(addr: str, size: int, n: int) -> float:
-    """Median round trip (us) of a `size`-byte frame to a bare ROUTER echo process at addr."""
+def bare_round_trip_us(addr: str, size: int, n: int) -> list[float]:
+    """n round trips (us) of a `size`-byte frame to a bare ROUTER echo process at addr."""
     echo = subprocess.Popen([sys.executable, "-c", _ECHO, addr], stdout=subprocess.PIPE, text=True)
     try:
         echo.stdout.readline()
@@ -86,13 +107,13 @@ def bare_round_trip_us(addr: str, size: int, n: int) -> float:
             samples.append((time.perf_counter() - t0) * 1e6)
         sock.send(b"quit")
         sock.close(0)
-        return percentiles(samples)["p50"]
+        return samples
     finally:
         echo.wait(5)
 
 
-def bare_block_us(path: Path, n: int) -> float:
-    """Median time (us) of one 4 KiB write + read on a numpy.memmap file."""
+def bare_block_us(path: Path, n: int) -> list[float]:
+    """n times (us) of one 4 KiB write + read on a numpy.memmap file."""
     mm = np.memmap(path, dtype=np.uint8, mode="w+", shape=(1024 * PAGE_SIZE,))
     block = np.frombuffer(os.urandom(PAGE_SIZE), dtype=np.uint8)
     samples = []
@@ -105,29 +126,54 @@ def bare_block_us(path: Path, n: int) -> float:
     assert len(data) == PAGE_SIZE
     del mm
     path.unlink()
-    return percentiles(samples)["p50"]
+    return samples
 
 
-def bare_lookup_ns(n: int) -> float:
-    """Time (ns) of a dict lookup + struct read, the TLB hit's floor."""
+def bare_lookup_ns(n: int) -> list[float]:
+    """n samples of the TLB hit's floor, a dict lookup + struct read: ns each, averaged over
+    a batch of TLB_BATCH."""
     buf = memoryview(bytearray(64 * PAGE_SIZE))
     tlb = {v: v * PAGE_SIZE for v in range(64)}
     u64 = struct.Struct("<Q")
-    t0 = time.perf_counter()
-    for i in range(n):
-        u64.unpack_from(buf, tlb.get(i & 63) + 8)
-    return (time.perf_counter() - t0) / n * 1e9
+    clock, out = time.perf_counter, []
+    for _ in range(n):
+        t0 = clock()
+        for i in range(TLB_BATCH):
+            u64.unpack_from(buf, tlb.get(i & 63) + 8)  # type: ignore[operator]  # always hit
+        out.append((clock() - t0) / TLB_BATCH * 1e9)
+    return out
+
+
+def floors(samples: int, tcp: bool) -> dict[str, dict[str, float]]:
+    """Every floor, `samples` samples each (NULL security: see the report's note)."""
+    rundir = spawn.make_rundir("sealedos-bench-")
+    try:
+        out = {"rt_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo.sock", 64, samples),
+               "rt4k_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo4k.sock", PAGE_SIZE,
+                                                 samples),
+               "block_rw_us": bare_block_us(rundir / "block.img", samples),
+               "lookup_ns": bare_lookup_ns(samples)}
+        if tcp:
+            out["rt_tcp_us"] = bare_round_trip_us(f"tcp://127.0.0.1:{_port()}", 64, samples)
+    finally:
+        spawn.remove_rundir(rundir)
+    return {k: percentiles(v) for k, v in out.items()}
 
 
 # -- measurements inside a sealed process --------------------------------------------------
-def tlb_hit_ns(proc: SealedProcess, n: int) -> float:
-    """Time (ns) of load_u64 on a resident page (a TLB hit)."""
+def tlb_hit_ns(proc: SealedProcess, n: int) -> list[float]:
+    """n samples of load_u64 on a resident page (a TLB hit): ns each, averaged over a batch
+    of TLB_BATCH."""
     addr = proc.map(1)
     proc.store_u64(addr, 1)
-    t0 = time.perf_counter()
-    for i in range(n):
-        proc.load_u64(addr + 8)
-    return (time.perf_counter() - t0) / n * 1e9
+    load, clock, out = proc.load_u64, time.perf_counter, []
+    for _ in range(n):
+        t0 = clock()
+        for _ in range(TLB_BATCH):
+            load(addr + 8)
+        out.append((clock() - t0) / TLB_BATCH * 1e9)
+    proc.unmap(addr, 1)
+    return out
 
 
 def minor_faults_us(proc: SealedProcess, npages: int) -> list[float]:
@@ -193,18 +239,60 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
     return moved / dt
 
 
-def measure(config: Config, rounds: int) -> dict[str, Any]:
-    """All sealed-process measurements on one fresh system."""
+def figures(proc: SealedProcess, system: System, frames: int, n: int
+            ) -> dict[str, dict[str, float]]:
+    """At least n samples of each headline figure (whole rounds of minor and major faults)."""
+    minor: list[float] = []
+    major: list[float] = []
+    while len(minor) < n or len(major) < n:
+        if len(minor) < n:
+            minor += minor_faults_us(proc, frames - 4)
+        if len(major) < n:
+            major += major_faults_us(proc, system, frames)
+    return {"tlb_hit_ns": percentiles(tlb_hit_ns(proc, n)),
+            "minor_fault_us": percentiles(minor), "major_fault_us": percentiles(major)}
+
+
+def headline_ratios(f: dict[str, dict[str, float]], fig: dict[str, dict[str, float]]
+                    ) -> dict[str, float]:
+    """One run's figures over their floors, at p50 and at p99."""
+    out: dict[str, float] = {}
+    for q in ("p50", "p99"):
+        hops = 3 * f["rt4k_ipc_us"][q] + f["block_rw_us"][q]
+        sfx = "" if q == "p50" else "_p99"
+        out["minor_fault_vs_round_trip" + sfx] = round(fig["minor_fault_us"][q]
+                                                       / f["rt_ipc_us"][q], 3)
+        out["major_fault_vs_hops" + sfx] = round(fig["major_fault_us"][q] / hops, 3)
+        out["tlb_hit_vs_lookup" + sfx] = round(fig["tlb_hit_ns"][q] / f["lookup_ns"][q], 3)
+    return out
+
+
+def headline(config: Config, samples: int, repeat: int, tcp: bool, console: Console
+             ) -> dict[str, Any]:
+    """The headline configuration `repeat` times on one system, floors and figures
+    alternating; each run's ratios and their spread; then its paging throughput."""
+    runs = []
     with System(config) as system:
         with system.connect_sealed("memstress", "bench") as proc:
-            minor: list[float] = []
-            major: list[float] = []
-            for _ in range(rounds):
-                minor += minor_faults_us(proc, config.frames - 4)
-                major += major_faults_us(proc, system, config.frames)
-            return {"tlb_hit_ns": round(tlb_hit_ns(proc, 200_000), 1),
-                    "minor_fault_us": percentiles(minor), "major_fault_us": percentiles(major),
-                    "pages_per_s": round(throughput_pages_s(proc, system, config.frames), 1)}
+            for r in range(repeat):
+                console.print(f"headline run {r + 1}/{repeat}: floors ...")
+                f = floors(samples, tcp)
+                console.print(f"headline run {r + 1}/{repeat}: {samples} samples per figure ...")
+                fig = figures(proc, system, config.frames, samples)
+                runs.append({"floors": f, "figures": fig, "ratios": headline_ratios(f, fig)})
+            pages_per_s = round(throughput_pages_s(proc, system, config.frames), 1)
+    names = runs[0]["ratios"]
+    return {"runs": runs, "pages_per_s": pages_per_s,
+            "spread": {k: spread([run["ratios"][k] for run in runs]) for k in names}}
+
+
+def measure(config: Config, samples: int) -> dict[str, Any]:
+    """A comparison run on one fresh system: p50/p99 of each figure, and throughput."""
+    with System(config) as system:
+        with system.connect_sealed("memstress", "bench") as proc:
+            out: dict[str, Any] = figures(proc, system, config.frames, samples)
+            out["pages_per_s"] = round(throughput_pages_s(proc, system, config.frames), 1)
+            return out
 
 
 # -- scale ---------------------------------------------------------------------------------
@@ -269,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     """`sealedos bench paging` flags."""
     p = argparse.ArgumentParser(prog="sealedos bench paging", description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=3, help="rounds of minor + major samples")
+    p.add_argument("--samples", type=int, default=2000,
+                   help="samples of each headline figure and of each floor, per run")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="headline runs (ratios printed with their min..max over the runs)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{QUICK_SAMPLES} samples, one run, no comparisons (a smoke run)")
+    p.add_argument("--rounds", type=int, default=3, help="(--code) rounds of page-in samples")
     p.add_argument("--transports", default="ipc,tcp", help="kernel transports to measure")
     p.add_argument("--security", choices=("secure", "insecure", "both"), default="both",
                    help="CURVE (secure), NULL (insecure), or both side by side (the cost)")
@@ -298,83 +392,141 @@ def main(argv: list[str]) -> int:
         result = scale(args.scale_procs, args.scale_pages, 1024)
         print(json.dumps(result, indent=2) if args.json else _scale_text(result))
         return 0
-    rundir = spawn.make_rundir("sealedos-bench-")
-    try:
-        floors = {"rt_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo.sock", 64, 3000),
-                  "rt4k_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo4k.sock", PAGE_SIZE, 3000),
-                  "rt_tcp_us": bare_round_trip_us(f"tcp://127.0.0.1:{_port()}", 64, 3000),
-                  "block_rw_us": bare_block_us(rundir / "block.img", 3000),
-                  "lookup_ns": round(bare_lookup_ns(200_000), 1)}
-    finally:
-        spawn.remove_rundir(rundir)
+    if args.quick:
+        args.samples, args.repeat = QUICK_SAMPLES, 1
+    if args.samples < 1 or args.repeat < 1:
+        print("sealedos bench paging: --samples and --repeat >= 1", file=sys.stderr)
+        return 2
+    transports = args.transports.split(",")
+    t0 = time.monotonic()
+    head = headline(Config(frames=args.frames, disk_size_mib=16,
+                           insecure=args.security == "insecure"),
+                    args.samples, args.repeat, "tcp" in transports, console)
+    runs: dict[str, Any] = {}
+    if not args.quick:
+        runs = comparisons(args, transports, max(1, args.samples // COMPARE_DIVISOR), console)
+    result = {"samples": args.samples, "repeat": args.repeat, "headline": head, "runs": runs,
+              "ratios": ratios(head, runs), "seconds": round(time.monotonic() - t0, 1)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        out = Console()
+        out.width = max(out.width, 112)            # the headline table's nine columns
+        print_report(result, args, out)
+    return 0
+
+
+def comparisons(args: argparse.Namespace, transports: list[str], samples: int,
+                console: Console) -> dict[str, Any]:
+    """Unsealed, NULL and tcp runs (those --transports and --security ask for)."""
     runs: dict[str, Any] = {}
     securities = {"secure": [False], "insecure": [True], "both": [False, True]}[args.security]
-    for transport in args.transports.split(","):
+    for transport in transports:
         for insecure in securities:
             for sealed in (True, False):
                 if (transport != "ipc" or insecure) and not sealed:
                     continue
+                if transport == "ipc" and sealed and insecure == (args.security == "insecure"):
+                    continue                                     # the headline's own shape
                 key = f"{transport}_{'sealed' if sealed else 'unsealed'}" + (
                     "_null" if insecure and args.security == "both" else "")
-                console.print(f"measuring {key} ...")
+                console.print(f"comparison {key}: {samples} samples per figure ...")
                 runs[key] = measure(Config(frames=args.frames, disk_size_mib=16,
                                            no_seal=not sealed, transport=transport,
-                                           insecure=insecure), args.rounds)
-    result = {"floors": floors, "runs": runs, "ratios": ratios(floors, runs)}
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print_report(result, Console())
-    return 0
+                                           insecure=insecure), samples)
+    return runs
 
 
-def ratios(floors: dict[str, float], runs: dict[str, Any]) -> dict[str, float]:
-    """Each headline figure over its floor (and sealed over unsealed)."""
-    out: dict[str, float] = {}
-    r = runs.get("ipc_sealed")
-    if r:
-        major_floor = 3 * floors["rt4k_ipc_us"] + floors["block_rw_us"]
-        out["minor_fault_vs_round_trip"] = round(r["minor_fault_us"]["p50"] / floors["rt_ipc_us"], 2)
-        out["major_fault_vs_hops"] = round(r["major_fault_us"]["p50"] / major_floor, 2)
-        out["tlb_hit_vs_lookup"] = round(r["tlb_hit_ns"] / floors["lookup_ns"], 2)
+def ratios(head: dict[str, Any], runs: dict[str, Any]) -> dict[str, float]:
+    """The headline ratios (median over the runs), then the comparisons' ratios (p50s)."""
+    out: dict[str, float] = {k: v["median"] for k, v in head["spread"].items()}
+    r = head["runs"][-1]["figures"]
+    floor = head["runs"][-1]["floors"]
     u = runs.get("ipc_unsealed")
-    if r and u:
-        out["sealed_vs_unsealed_major_p50"] = round(r["major_fault_us"]["p50"] / u["major_fault_us"]["p50"], 3)
-        out["sealed_vs_unsealed_throughput"] = round(r["pages_per_s"] / u["pages_per_s"], 3)
+    if u:
+        out["sealed_vs_unsealed_major_p50"] = round(r["major_fault_us"]["p50"]
+                                                    / u["major_fault_us"]["p50"], 3)
+        out["sealed_vs_unsealed_throughput"] = round(head["pages_per_s"] / u["pages_per_s"], 3)
+    n = runs.get("ipc_sealed_null")
+    if n:                     # like with like: NULL kernel over the (NULL) floors
+        hops = 3 * floor["rt4k_ipc_us"]["p50"] + floor["block_rw_us"]["p50"]
+        out["null_minor_fault_vs_round_trip"] = round(n["minor_fault_us"]["p50"]
+                                                      / floor["rt_ipc_us"]["p50"], 3)
+        out["null_major_fault_vs_hops"] = round(n["major_fault_us"]["p50"] / hops, 3)
     for transport in ("ipc", "tcp"):                 # what CURVE costs over NULL
-        c, n = runs.get(f"{transport}_sealed"), runs.get(f"{transport}_sealed_null")
+        c = r if transport == "ipc" else runs.get("tcp_sealed")
+        n = runs.get(f"{transport}_sealed_null")
         if c and n:
             for fig in ("minor_fault_us", "major_fault_us"):
                 out[f"curve_vs_null_{transport}_{fig[:5]}_p50"] = round(
                     c[fig]["p50"] / n[fig]["p50"], 3)
-            out[f"curve_vs_null_{transport}_throughput"] = round(c["pages_per_s"] / n["pages_per_s"], 3)
     t = runs.get("tcp_sealed")
-    if r and t:
-        out["tcp_vs_ipc_major_p50"] = round(t["major_fault_us"]["p50"] / r["major_fault_us"]["p50"], 2)
-        out["tcp_vs_ipc_minor_p50"] = round(t["minor_fault_us"]["p50"] / r["minor_fault_us"]["p50"], 2)
+    if t:
+        out["tcp_vs_ipc_major_p50"] = round(t["major_fault_us"]["p50"]
+                                            / r["major_fault_us"]["p50"], 2)
+        out["tcp_vs_ipc_minor_p50"] = round(t["minor_fault_us"]["p50"]
+                                            / r["minor_fault_us"]["p50"], 2)
     return out
 
 
-def print_report(result: dict[str, Any], console: Console) -> None:
-    """The runs side by side, then the floors and ratios."""
+#: Headline rows: label, figure key, floor key(s), ratio key, target.
+_HEADLINE = (("minor fault (us)", "minor_fault_us", "1 bare round trip",
+              "minor_fault_vs_round_trip", 1.2),
+             ("major fault (us)", "major_fault_us", "3 bare 4 KiB round trips + block r/w",
+              "major_fault_vs_hops", 1.2),
+             ("TLB hit (ns)", "tlb_hit_ns", "dict lookup + struct read", "tlb_hit_vs_lookup", 1.5))
+
+
+def _floor_of(f: dict[str, dict[str, float]], fig: str, q: str) -> float:
+    """The floor of headline figure `fig` at quantile q in one run."""
+    if fig == "minor_fault_us":
+        return f["rt_ipc_us"][q]
+    if fig == "major_fault_us":
+        return round(3 * f["rt4k_ipc_us"][q] + f["block_rw_us"][q], 1)
+    return f["lookup_ns"][q]
+
+
+def print_report(result: dict[str, Any], args: argparse.Namespace, console: Console) -> None:
+    """The headline figures beside their floors with the runs' spread; then the comparisons."""
+    head = result["headline"]
+    last = head["runs"][-1]
+    t = Table(title=f"sealedos bench paging: ipc://, sealed, "
+                    f"{'NULL' if args.security == 'insecure' else 'CURVE'}; {result['samples']} "
+                    f"samples per figure and floor, {result['repeat']} run(s) "
+                    f"({result['seconds']:.0f} s in all)")
+    for col in ("figure", "p50", "p99", "floor p50", "floor p99", "ratio p50", "min..max",
+                "ratio p99", "target"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    for label, fig, _, key, target in _HEADLINE:
+        sp, p99 = head["spread"][key], head["spread"][key + "_p99"]
+        t.add_row(label, str(last["figures"][fig]["p50"]), str(last["figures"][fig]["p99"]),
+                  str(_floor_of(last["floors"], fig, "p50")),
+                  str(_floor_of(last["floors"], fig, "p99")), f"{sp['median']:.2f}x",
+                  f"{sp['min']:.2f}..{sp['max']:.2f}", f"{p99['median']:.2f}x", f"<={target}x")
+    console.print(t)
+    console.print("floors: " + "; ".join(f"{label.split(' (')[0]}: {floor}"
+                                         for label, _, floor, _, _ in _HEADLINE))
+    console.print("(p50/p99 and floors: the last run's; ratios: median over the runs, min..max "
+                  "of the runs' p50 ratios.  Floors are bare NULL sockets: null_* below "
+                  "compares like with like.)")
+    console.print("paging throughput (write scan over 4x the frames): "
+                  f"{head['pages_per_s']} pages/s")
     runs = result["runs"]
-    table = Table(title="sealedos bench paging")
-    table.add_column("figure")
-    for key in runs:
-        table.add_column(key, justify="right")
-    rows = [("TLB hit (ns)", lambda r: r["tlb_hit_ns"]),
-            ("minor fault p50 (us)", lambda r: r["minor_fault_us"]["p50"]),
-            ("minor fault p99 (us)", lambda r: r["minor_fault_us"]["p99"]),
-            ("major fault p50 (us)", lambda r: r["major_fault_us"]["p50"]),
-            ("major fault p99 (us)", lambda r: r["major_fault_us"]["p99"]),
-            ("paging throughput (pages/s)", lambda r: r["pages_per_s"])]
-    for label, get in rows:
-        table.add_row(label, *[str(get(r)) for r in runs.values()])
-    console.print(table)
-    f = result["floors"]
-    console.print(f"floors: bare round trip ipc {f['rt_ipc_us']} us (4 KiB {f['rt4k_ipc_us']} us), "
-                  f"tcp {f['rt_tcp_us']} us; memmap 4 KiB write+read {f['block_rw_us']} us; "
-                  f"dict lookup + struct read {f['lookup_ns']} ns")
+    if runs:
+        table = Table(title=f"comparisons ({max(1, result['samples'] // COMPARE_DIVISOR)} "
+                            f"samples per figure)")
+        table.add_column("figure")
+        for key in runs:
+            table.add_column(key, justify="right")
+        rows = [("TLB hit p50 (ns)", lambda r: r["tlb_hit_ns"]["p50"]),
+                ("minor fault p50 (us)", lambda r: r["minor_fault_us"]["p50"]),
+                ("minor fault p99 (us)", lambda r: r["minor_fault_us"]["p99"]),
+                ("major fault p50 (us)", lambda r: r["major_fault_us"]["p50"]),
+                ("major fault p99 (us)", lambda r: r["major_fault_us"]["p99"]),
+                ("paging throughput (pages/s)", lambda r: r["pages_per_s"])]
+        for label, get in rows:
+            table.add_row(label, *[str(get(r)) for r in runs.values()])
+        console.print(table)
     for name, value in result["ratios"].items():
         console.print(f"  {name}: {value}x")
 

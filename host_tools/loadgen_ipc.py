@@ -17,9 +17,12 @@ Both fleets are started and warmed up first; then each measures ``--duration`` s
 ``--slices`` windows that alternate (kernel, bare, kernel, bare ...), so a change in the
 machine's background load hits both alike.  A window starts when the harness creates its go
 file; every client records the latency of each round trip.  The report gives, per fleet,
-round trips/s (summed over clients), MB/s (payload bytes, both ways) and latency
-p50/p99/p99.9, and the ratio kernel/bare of round trips/s.  ``--json`` prints exactly
-``{"kernel": {...}, "bare": {...}, "ratio": x}``; ``--plot`` draws the latency distributions
+round trips/s (summed over clients), MB/s (payload bytes, both ways), latency p50/p99/p99.9,
+the ratio kernel/bare of round trips/s and of p99, each with its spread over the ``--slices``
+pairs of adjacent windows (min..max: the repeated runs), and the CPU each role (router: the
+kernel or the broker; servers; clients) spent per round trip, from the processes' CPU times
+over the windows.  ``--json`` prints ``{"kernel": {...}, "bare": {...}, "ratio": x, ...}``;
+``--plot`` draws the latency distributions
 and throughputs (matplotlib, Agg).  ``--transport tcp`` puts the kernel and the bare broker on
 tcp://127.0.0.1 instead of ipc:// sockets.  ``--kernel ADDR`` runs the kernel fleet against a
 kernel already running there -- a compose deployment's (its `loadgen` profile) -- instead of
@@ -27,10 +30,10 @@ starting a System: the sealed servers and clients are local processes connected 
 apart from earlier runs'; the bare fleet stays local.  Nothing here is a test: figures are
 reported, never asserted.
 
-Security: by default (``--security both``) every measurement runs twice, CURVE on every
-connection and then NULL (``--insecure``), the bare broker each time with the same security
-as the kernel, and the cost of CURVE is printed (secure/insecure round trips/s for each
-fleet).  ``--json`` then prints ``{"secure": {...}, "insecure": {...}}`` (per transport with
+Security: by default CURVE on every connection, the bare broker with the same security as the
+kernel.  ``--security both`` runs every measurement twice, CURVE and then NULL
+(``--insecure``), and prints the cost of CURVE (secure/insecure round trips/s for each
+fleet); ``--json`` then prints ``{"secure": {...}, "insecure": {...}}`` (per transport with
 ``--transport both``).  Against ``--kernel ADDR`` only that deployment's security is measured
 (SEALEDOS_INSECURE=1 for an insecure one).
 """
@@ -43,11 +46,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import zmq
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -65,21 +69,63 @@ TICK_S: float = 0.25
 
 @dataclass
 class Run:
-    """One fleet's results: per-client latency samples and measured seconds."""
+    """One fleet's results: per-client latency samples, measured seconds, where each window's
+    samples end and how long each window was (per client), and CPU seconds by role."""
     name: str
     size: int
     samples: list[np.ndarray]
     windows_s: list[float]
+    slice_ends: list[list[int]] = field(default_factory=list)
+    slice_s: list[list[float]] = field(default_factory=list)
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, float]:
-        """The five figures of the report."""
+    def summary(self) -> dict[str, Any]:
+        """The five figures of the report, and CPU per round trip by role."""
         lat = np.concatenate(self.samples) if self.samples else np.zeros(1)
-        rts = sum(len(s) / w for s, w in zip(self.samples, self.windows_s) if w > 0)
+        rts = sum(len(s) / w for s, w in zip(self.samples, self.windows_s, strict=True) if w > 0)
         p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
+        total = max(1, sum(len(s) for s in self.samples))
         return {"round_trips_per_s": round(float(rts), 1),
                 "mb_per_s": round(float(rts) * self.size * 2 / 1e6, 3),
                 "p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1),
-                "p999_us": round(float(p999), 1)}
+                "p999_us": round(float(p999), 1),
+                "cpu_us_per_round_trip": {r: round(c * 1e6 / total, 1)
+                                          for r, c in self.cpu_s.items()}}
+
+    def window(self, k: int) -> tuple[float, float]:
+        """Window k's round trips/s (summed over clients) and latency p99 (us)."""
+        rts, lats = 0.0, []
+        for s, ends, lengths in zip(self.samples, self.slice_ends, self.slice_s, strict=True):
+            lo = ends[k - 1] if k else 0
+            lats.append(s[lo:ends[k]])
+            rts += (ends[k] - lo) / lengths[k] if lengths[k] > 0 else 0.0
+        lat = np.concatenate(lats) if lats else np.zeros(1)
+        return rts, float(np.percentile(lat, 99)) if len(lat) else 0.0
+
+
+def window_ratios(kernel: Run, bare: Run, slices: int) -> list[dict[str, float]]:
+    """Per pair of adjacent windows (kernel k, bare k): kernel/bare round trips/s and p99."""
+    out = []
+    for k in range(slices):
+        (krts, kp99), (brts, bp99) = kernel.window(k), bare.window(k)
+        out.append({"ratio": round(krts / brts, 3) if brts else 0.0,
+                    "p99_ratio": round(kp99 / bp99, 3) if bp99 else 0.0})
+    return out
+
+
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system, all threads) used so far by each role's processes."""
+    out: dict[str, float] = {}
+    for role, group in pids.items():
+        total = 0.0
+        for pid in group:
+            try:
+                t = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+        out[role] = total
+    return out
 
 
 def _wait(what: str, pred: Callable[[], bool], timeout_s: float, why: Callable[[], str]) -> None:
@@ -99,12 +145,14 @@ def _client_args(args: argparse.Namespace, go: Path, out: Path) -> list[str]:
 
 def _load(outs: list[Path], name: str, size: int) -> Run:
     """The fleet's results from its clients' --out files."""
-    samples, windows = [], []
+    run = Run(name, size, [], [])
     for out in outs:
         data = json.loads(out.read_text())
-        samples.append(np.asarray(data["lat_us"], dtype=np.float64))
-        windows.append(float(data["window_s"]))
-    return Run(name, size, samples, windows)
+        run.samples.append(np.asarray(data["lat_us"], dtype=np.float64))
+        run.windows_s.append(float(data["window_s"]))
+        run.slice_ends.append(list(data["slice_ends"]))
+        run.slice_s.append(list(data["slice_s"]))
+    return run
 
 
 # -- the fleets --------------------------------------------------------------------------------
@@ -189,6 +237,13 @@ class KernelFleet:
         """The log lines that explain a failure."""
         return self.system.log_tail(self.clients[0])
 
+    def pids(self) -> dict[str, list[int]]:
+        """The fleet's processes by role (the router is the kernel; none with --kernel)."""
+        svc = self.system.services
+        return {"router": [svc["kernel"].pid] if "kernel" in svc else [],
+                "servers": [svc[n].pid for n in self.servers],
+                "clients": [svc[n].pid for n in self.clients]}
+
     def stop(self) -> None:
         """Stop every process of the fleet and remove its files."""
         self.system.stop()
@@ -265,6 +320,12 @@ class BareFleet:
         return "\n".join(f"--- {p.name} ---\n{p.read_text(errors='replace')[-2000:]}"
                          for p in logs if p.exists())
 
+    def pids(self) -> dict[str, list[int]]:
+        """The fleet's processes by role (the router is the bare broker)."""
+        n = self.args.servers
+        return {"router": [self.procs[0].pid], "servers": [p.pid for p in self.procs[1:1 + n]],
+                "clients": [p.pid for p in self.clients]}
+
     def stop(self) -> None:
         """Stop every process of the fleet and remove its files."""
         spawn.stop_all(self.procs, 1.0)
@@ -287,8 +348,11 @@ def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -
     progress.remove_task(task)
     slice_s = args.duration / args.slices
     bars = {f.name: progress.add_task(f"{f.name}", total=args.duration) for f in fleets}
+    cpu = {f.name: dict.fromkeys(f.pids(), 0.0) for f in fleets}
     for k in range(args.slices):
         for f in fleets:
+            pids = f.pids()
+            before = cpu_seconds(pids)
             f.go_slice(k)
             t0 = time.monotonic()
             while not f.slice_done(k):
@@ -301,7 +365,13 @@ def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -
                 if time.monotonic() - t0 > slice_s + SLICE_GRACE_S:
                     raise RuntimeError(f"loadgen: {f.name} window {k} did not end\n{f.why()}")
             progress.update(bars[f.name], completed=(k + 1) * slice_s)
-    return [f.results() for f in fleets]
+            after = cpu_seconds(pids)
+            for role in pids:
+                cpu[f.name][role] += after[role] - before[role]
+    runs = [f.results() for f in fleets]
+    for f, run in zip(fleets, runs, strict=True):
+        run.cpu_s = cpu[f.name]
+    return runs
 
 
 # -- reporting ---------------------------------------------------------------------------------
@@ -319,7 +389,16 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
         t.add_row(run, f"{r['round_trips_per_s']:,.0f}", f"{r['mb_per_s']:.2f}",
                   f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}", f"{r['p999_us']:.0f}")
     console.print(t)
-    console.print(f"ratio kernel/bare (round trips/s): [bold]{result['ratio']:.2f}[/bold]")
+    lo, hi = result["ratio_spread"]
+    plo, phi = result["p99_ratio_spread"]
+    console.print(f"ratio kernel/bare (round trips/s): [bold]{result['ratio']:.2f}[/bold] "
+                  f"(per window pair {lo:.2f}..{hi:.2f}, target >= 0.8); p99 kernel/bare "
+                  f"{result['p99_ratio']:.2f} (per window pair {plo:.2f}..{phi:.2f}, target <= 2)")
+    roles = ("router", "servers", "clients")
+    cpu = {run: result[run]["cpu_us_per_round_trip"] for run in ("kernel", "bare")}
+    console.print("CPU per round trip (us, all processes of a role, all threads): " + "; ".join(
+        f"{role} kernel {cpu['kernel'].get(role, 0):.0f} / bare {cpu['bare'].get(role, 0):.0f}"
+        for role in roles) + " (the router: the kernel against the bare broker)")
 
 
 def plot(runs: list[Run], result: dict[str, Any], path: str) -> None:
@@ -359,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", metavar="ADDR",
                    help="run the kernel fleet against the kernel at ADDR instead of starting one")
     p.add_argument("--frames", type=int, default=256)
-    p.add_argument("--security", choices=("secure", "insecure", "both"), default="both",
+    p.add_argument("--security", choices=("secure", "insecure", "both"), default="secure",
                    help="CURVE on every connection, NULL, or both in one run (the cost; "
                         "each run's bare broker has the same security as its kernel)")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -378,8 +457,15 @@ def run_once(args: argparse.Namespace, console: Console) -> tuple[list[Run], dic
         for f in fleets:
             f.stop()
     result: dict[str, Any] = {r.name: r.summary() for r in runs}
-    bare_rts = result["bare"]["round_trips_per_s"]
-    result["ratio"] = round(result["kernel"]["round_trips_per_s"] / bare_rts, 3) if bare_rts else 0.0
+    k, b = result["kernel"], result["bare"]
+    result["ratio"] = round(k["round_trips_per_s"] / b["round_trips_per_s"], 3) \
+        if b["round_trips_per_s"] else 0.0
+    result["p99_ratio"] = round(k["p99_us"] / b["p99_us"], 3) if b["p99_us"] else 0.0
+    windows = window_ratios(runs[0], runs[1], args.slices)
+    result["windows"] = windows
+    result["ratio_spread"] = [min(w["ratio"] for w in windows), max(w["ratio"] for w in windows)]
+    result["p99_ratio_spread"] = [min(w["p99_ratio"] for w in windows),
+                                  max(w["p99_ratio"] for w in windows)]
     return runs, result
 
 
