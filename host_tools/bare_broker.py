@@ -49,7 +49,7 @@ RETRY_S: float = 0.05
 
 def broker(addr: str) -> int:
     """Forward forever: [src, dst, payload] in, [dst, src, payload] out."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)

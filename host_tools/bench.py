@@ -10,6 +10,7 @@ BENCHES: dict[str, str] = {
     "paging": "host_tools.bench_paging",
     "ipc": "host_tools.loadgen_ipc",
     "abuse": "host_tools.bench_abuse",
+    "route": "host_tools.bench_route",
 }
 
 

@@ -34,6 +34,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,9 @@ def percentiles(samples_us: list[float]) -> dict[str, float]:
     data = sorted(samples_us)
     if not data:
         return {"n": 0, "p50": 0.0, "p99": 0.0, "mean": 0.0}
-    pick = lambda q: data[min(len(data) - 1, int(q * len(data)))]  # noqa: E731
+
+    def pick(q: float) -> float:
+        return data[min(len(data) - 1, int(q * len(data)))]
     return {"n": len(data), "p50": round(pick(0.5), 1), "p99": round(pick(0.99), 1),
             "mean": round(sum(data) / len(data), 1)}
 
@@ -93,6 +96,7 @@ def bare_round_trip_us(addr: str, size: int, n: int) -> list[float]:
     """n round trips (us) of a `size`-byte frame to a bare ROUTER echo process at addr."""
     echo = subprocess.Popen([sys.executable, "-c", _ECHO, addr], stdout=subprocess.PIPE, text=True)
     try:
+        assert echo.stdout is not None            # stdout=PIPE
         echo.stdout.readline()
         sock = sockets.dealer(zmq.Context.instance(), addr, None, None)
         frame = os.urandom(size)
@@ -193,7 +197,7 @@ def major_faults_us(proc: SealedProcess, system: System, frames: int) -> list[fl
     read A back."""
     a, npages, b = fill_and_push(proc, frames)
     deadline = time.monotonic() + WAIT_SWAPPED_S
-    while system.process(proc.name)["swapped_pages"] < npages and time.monotonic() < deadline:
+    while _record(system, proc.name)["swapped_pages"] < npages and time.monotonic() < deadline:
         time.sleep(0.02)                       # write-backs acknowledged: pages are SWAPPED
     proc.unmap(b, frames)
     return time_reads_us(proc, a, npages)
@@ -227,16 +231,16 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
     """Pages moved (in + out) per second in a write scan over 4x the frames, two passes."""
     npages = 4 * frames
     addr = proc.map(npages)
-    before = system.process(proc.name)
+    before = _record(system, proc.name)
     t0 = time.perf_counter()
     for rnd in range(2):
         for i in range(npages):
             proc.store_u64(addr + i * PAGE_SIZE, rnd)
     dt = time.perf_counter() - t0
-    after = system.process(proc.name)
+    after = _record(system, proc.name)
     proc.unmap(addr, npages)
     moved = (after["page_ins"] - before["page_ins"]) + (after["page_outs"] - before["page_outs"])
-    return moved / dt
+    return float(moved / dt)
 
 
 def figures(proc: SealedProcess, system: System, frames: int, n: int
@@ -271,7 +275,7 @@ def headline(config: Config, samples: int, repeat: int, tcp: bool, console: Cons
              ) -> dict[str, Any]:
     """The headline configuration `repeat` times on one system, floors and figures
     alternating; each run's ratios and their spread; then its paging throughput."""
-    runs = []
+    runs: list[dict[str, Any]] = []
     with System(config) as system:
         with system.connect_sealed("memstress", "bench") as proc:
             for r in range(repeat):
@@ -281,7 +285,7 @@ def headline(config: Config, samples: int, repeat: int, tcp: bool, console: Cons
                 fig = figures(proc, system, config.frames, samples)
                 runs.append({"floors": f, "figures": fig, "ratios": headline_ratios(f, fig)})
             pages_per_s = round(throughput_pages_s(proc, system, config.frames), 1)
-    names = runs[0]["ratios"]
+    names = list(runs[0]["ratios"])
     return {"runs": runs, "pages_per_s": pages_per_s,
             "spread": {k: spread([run["ratios"][k] for run in runs]) for k in names}}
 
@@ -295,16 +299,24 @@ def measure(config: Config, samples: int) -> dict[str, Any]:
             return out
 
 
+def _record(system: System, name: str) -> dict[str, Any]:
+    """The kernel's record of process `name`; RuntimeError if it has none."""
+    rec = system.process(name)
+    if rec is None:
+        raise RuntimeError(f"bench: the kernel has no process {name!r}")
+    return rec
+
+
 # -- scale ---------------------------------------------------------------------------------
 def kernel_rss(system: System) -> int:
     """The kernel process's resident set size in bytes."""
-    return psutil.Process(system.services["kernel"].pid).memory_info().rss
+    return int(psutil.Process(system.services["kernel"].pid).memory_info().rss)
 
 
 def wait_settled(system: System, name: str, swapped: int) -> None:
     """Wait until `name` has at least `swapped` pages on swap (its write-backs acknowledged)."""
     deadline = time.monotonic() + 300
-    while system.process(name)["swapped_pages"] < swapped and time.monotonic() < deadline:
+    while _record(system, name)["swapped_pages"] < swapped and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -325,7 +337,7 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
                 proc.store_u64(addr + i * PAGE_SIZE, i)
             wait_settled(system, "scale", swapped - frames // 8)
             r2 = kernel_rss(system)
-            rec = system.process("scale")
+            rec = _record(system, "scale")
             return {"bytes_per_resident_page": round((r1 - r0) / (frames - warm), 1),
                     "bytes_per_swapped_page": round((r2 - r1) / max(1, rec["swapped_pages"]), 1),
                     "swapped_pages": rec["swapped_pages"], "resident_pages": rec["resident_pages"]}
@@ -518,7 +530,8 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
         table.add_column("figure")
         for key in runs:
             table.add_column(key, justify="right")
-        rows = [("TLB hit p50 (ns)", lambda r: r["tlb_hit_ns"]["p50"]),
+        rows: list[tuple[str, Callable[[dict[str, Any]], float]]] = [
+                ("TLB hit p50 (ns)", lambda r: r["tlb_hit_ns"]["p50"]),
                 ("minor fault p50 (us)", lambda r: r["minor_fault_us"]["p50"]),
                 ("minor fault p99 (us)", lambda r: r["minor_fault_us"]["p99"]),
                 ("major fault p50 (us)", lambda r: r["major_fault_us"]["p50"]),
@@ -546,4 +559,5 @@ def _port() -> int:
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port

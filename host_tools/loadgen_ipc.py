@@ -114,17 +114,24 @@ def window_ratios(kernel: Run, bare: Run, slices: int) -> list[dict[str, float]]
 
 
 def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
-    """CPU seconds (user + system, all threads) used so far by each role's processes."""
+    """CPU seconds (user + system) used so far by each role's processes, all threads; for
+    the router also its main thread alone ("router main": the Python loop; the rest is
+    ZeroMQ's I/O thread, where CURVE is done)."""
     out: dict[str, float] = {}
     for role, group in pids.items():
-        total = 0.0
+        total = main = 0.0
         for pid in group:
             try:
-                t = psutil.Process(pid).cpu_times()
+                proc = psutil.Process(pid)
+                t = proc.cpu_times()
+                threads = proc.threads() if role == "router" else []
             except psutil.Error:
                 continue
             total += t.user + t.system
+            main += sum(th.user_time + th.system_time for th in threads if th.id == pid)
         out[role] = total
+        if role == "router":
+            out["router main"] = main
     return out
 
 
@@ -172,6 +179,7 @@ class KernelFleet:
         # Each sealed client may write only its own private directory.
         self.outs = [self.system.private_dir(c) / "out.json" for c in self.clients]
         self._last = (0, 0.0)
+        self._stats: dict[str, Any] = {"kernel": {"ipc_calls": 0}, "processes": []}
 
     def start(self) -> None:
         """Start the system and the servers, then the clients (they warm up by themselves)."""
@@ -186,8 +194,10 @@ class KernelFleet:
                                  *_client_args(self.args, self.go, self.outs[i])], name)
 
     def _records(self) -> dict[str, dict[str, Any]]:
-        """The kernel's records of every process, by name."""
-        return {p["name"]: p for p in self.system.stats()["processes"]}
+        """The kernel's records of every process, by name (the snapshot is kept: rate() reads
+        its call count, so a progress tick costs the kernel one STATS, not two)."""
+        self._stats = self.system.stats()
+        return {p["name"]: p for p in self._stats["processes"]}
 
     def _report(self, name: str) -> dict[str, Any]:
         """What process `name` REPORTed so far."""
@@ -219,8 +229,9 @@ class KernelFleet:
                    for c in self.clients)
 
     def rate(self) -> float | None:
-        """Round trips/s since the last call (the kernel counts them)."""
-        calls, now = self.system.stats()["kernel"]["ipc_calls"], time.monotonic()
+        """Round trips/s since the last call (the kernel counts them; the last snapshot)."""
+        calls: int = self._stats["kernel"]["ipc_calls"]
+        now = time.monotonic()
         r = (calls - self._last[0]) / max(1e-6, now - self._last[1])
         self._last = (calls, now)
         return r
@@ -261,13 +272,13 @@ class BareFleet:
                      else f"tcp://127.0.0.1:{_free_port()}")
         self.go = self.rundir / "go"
         self.outs = [self.rundir / f"client.{i}.json" for i in range(args.clients)]
-        self.procs: list[subprocess.Popen] = []
-        self.clients: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.clients: list[subprocess.Popen[bytes]] = []
         # the same transport security as the kernel fleet: CURVE with a throwaway broker key
         self.env = {} if args.insecure else {
             bare_broker.SECRET_ENV: zmq.curve_keypair()[1].decode("ascii")}
 
-    def _start(self, name: str, *argv: str) -> subprocess.Popen:
+    def _start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
         """Start one bare process (`python -m host_tools.bare_broker ARGV`)."""
         cmd = [sys.executable, "-m", "host_tools.bare_broker", *argv, "--addr", self.addr]
         self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log", self.env))
@@ -348,7 +359,7 @@ def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -
     progress.remove_task(task)
     slice_s = args.duration / args.slices
     bars = {f.name: progress.add_task(f"{f.name}", total=args.duration) for f in fleets}
-    cpu = {f.name: dict.fromkeys(f.pids(), 0.0) for f in fleets}
+    cpu: dict[str, dict[str, float]] = {f.name: {} for f in fleets}
     for k in range(args.slices):
         for f in fleets:
             pids = f.pids()
@@ -366,8 +377,8 @@ def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -
                     raise RuntimeError(f"loadgen: {f.name} window {k} did not end\n{f.why()}")
             progress.update(bars[f.name], completed=(k + 1) * slice_s)
             after = cpu_seconds(pids)
-            for role in pids:
-                cpu[f.name][role] += after[role] - before[role]
+            for role in after:
+                cpu[f.name][role] = cpu[f.name].get(role, 0.0) + after[role] - before[role]
     runs = [f.results() for f in fleets]
     for f, run in zip(fleets, runs, strict=True):
         run.cpu_s = cpu[f.name]
@@ -394,7 +405,7 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
     console.print(f"ratio kernel/bare (round trips/s): [bold]{result['ratio']:.2f}[/bold] "
                   f"(per window pair {lo:.2f}..{hi:.2f}, target >= 0.8); p99 kernel/bare "
                   f"{result['p99_ratio']:.2f} (per window pair {plo:.2f}..{phi:.2f}, target <= 2)")
-    roles = ("router", "servers", "clients")
+    roles = ("router", "router main", "servers", "clients")
     cpu = {run: result[run]["cpu_us_per_round_trip"] for run in ("kernel", "bare")}
     console.print("CPU per round trip (us, all processes of a role, all threads): " + "; ".join(
         f"{role} kernel {cpu['kernel'].get(role, 0):.0f} / bare {cpu['bare'].get(role, 0):.0f}"
