@@ -9,11 +9,13 @@ own MMU, ``--samples`` samples (default 2,000) of each headline figure: a TLB hi
 batches of TLB_BATCH loads, one sample per batch); minor faults (first touch, a free frame
 waiting); major faults (a page on swap, a free frame waiting: the pure page-in path app ->
 kernel -> pager -> disk and back).  Beside each, in the same run and with as many samples,
-its floor: a bare ZeroMQ round trip on the same transport with the same security (64 bytes,
-and 4 KiB for the major fault's three hops), a bare 4 KiB memmap block write+read, a bare dict
-lookup + struct read (batched as the TLB hit).  The headline run (ipc://, sealed, CURVE) is
-repeated ``--repeat`` times (default 3), floors and figures alternating, and each ratio is
-printed as its median with the min..max of the per-run p50 ratios (the spread), plus p99.
+its floor: a bare ZeroMQ round trip on the same transport (64 bytes, and 4 KiB for the major
+fault's three hops; NULL security for now), a bare 4 KiB memmap block write+read, a bare dict
+lookup + struct read (batched as the TLB hit).  A round of faults runs before every
+``frames - 4`` floor round trips, so that a figure and its floor see the same machine load.
+The headline run (ipc://, sealed, CURVE) is repeated ``--repeat`` times (default 3) and each
+ratio is printed as its median with the min..max of the per-run p50 ratios (the spread), and
+at p99.
 
 Then, with fewer samples (COMPARE_DIVISOR), the comparisons: sealed against --no-seal, CURVE
 against NULL (``curve_vs_null_*``), tcp:// against ipc://, and paging throughput (a write
@@ -92,8 +94,11 @@ while True:
 """
 
 
-def bare_round_trip_us(addr: str, size: int, n: int) -> list[float]:
-    """n round trips (us) of a `size`-byte frame to a bare ROUTER echo process at addr."""
+def bare_round_trip_us(addr: str, size: int, n: int, between: Callable[[], None] | None = None,
+                       every: int = 0) -> list[float]:
+    """n round trips (us) of a `size`-byte frame to a bare ROUTER echo process at addr; with
+    `between`, it runs before every `every` samples (interleaving a figure's rounds with its
+    floor's, so that both see the same machine load)."""
     echo = subprocess.Popen([sys.executable, "-c", _ECHO, addr], stdout=subprocess.PIPE, text=True)
     try:
         assert echo.stdout is not None            # stdout=PIPE
@@ -104,7 +109,9 @@ def bare_round_trip_us(addr: str, size: int, n: int) -> list[float]:
             sock.send(frame)
             sock.recv()
         samples = []
-        for _ in range(n):
+        for i in range(n):
+            if between is not None and i % every == 0:
+                between()
             t0 = time.perf_counter()
             sock.send(frame)
             sock.recv()
@@ -148,13 +155,17 @@ def bare_lookup_ns(n: int) -> list[float]:
     return out
 
 
-def floors(samples: int, tcp: bool) -> dict[str, dict[str, float]]:
-    """Every floor, `samples` samples each (NULL security: see the report's note)."""
+def floors(samples: int, tcp: bool, minor: Callable[[], None] | None = None,
+           major: Callable[[], None] | None = None, every: int = 0
+           ) -> dict[str, dict[str, float]]:
+    """Every floor, `samples` samples each (NULL security: see the report's note); the round
+    trip's samples interleaved with `minor`'s rounds, the 4 KiB round trip's with `major`'s."""
     rundir = spawn.make_rundir("sealedos-bench-")
     try:
-        out = {"rt_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo.sock", 64, samples),
+        out = {"rt_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo.sock", 64, samples,
+                                               minor, every),
                "rt4k_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo4k.sock", PAGE_SIZE,
-                                                 samples),
+                                                 samples, major, every),
                "block_rw_us": bare_block_us(rundir / "block.img", samples),
                "lookup_ns": bare_lookup_ns(samples)}
         if tcp:
@@ -243,18 +254,27 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
     return float(moved / dt)
 
 
-def figures(proc: SealedProcess, system: System, frames: int, n: int
-            ) -> dict[str, dict[str, float]]:
-    """At least n samples of each headline figure (whole rounds of minor and major faults)."""
+def figures(proc: SealedProcess, system: System, frames: int, n: int, tcp: bool = False
+            ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """(floors, figures): at least n samples of each headline figure and of each floor, a
+    round of minor (major) faults before every frames - 4 samples of the bare (4 KiB) round
+    trip, the rounds that are still missing afterwards."""
     minor: list[float] = []
     major: list[float] = []
-    while len(minor) < n or len(major) < n:
+
+    def minor_round() -> None:
         if len(minor) < n:
-            minor += minor_faults_us(proc, frames - 4)
+            minor.extend(minor_faults_us(proc, frames - 4))
+
+    def major_round() -> None:
         if len(major) < n:
-            major += major_faults_us(proc, system, frames)
-    return {"tlb_hit_ns": percentiles(tlb_hit_ns(proc, n)),
-            "minor_fault_us": percentiles(minor), "major_fault_us": percentiles(major)}
+            major.extend(major_faults_us(proc, system, frames))
+    f = floors(n, tcp, minor_round, major_round, frames - 4)
+    while len(minor) < n or len(major) < n:
+        minor_round()
+        major_round()
+    return f, {"tlb_hit_ns": percentiles(tlb_hit_ns(proc, n)),
+               "minor_fault_us": percentiles(minor), "major_fault_us": percentiles(major)}
 
 
 def headline_ratios(f: dict[str, dict[str, float]], fig: dict[str, dict[str, float]]
@@ -279,10 +299,9 @@ def headline(config: Config, samples: int, repeat: int, tcp: bool, console: Cons
     with System(config) as system:
         with system.connect_sealed("memstress", "bench") as proc:
             for r in range(repeat):
-                console.print(f"headline run {r + 1}/{repeat}: floors ...")
-                f = floors(samples, tcp)
-                console.print(f"headline run {r + 1}/{repeat}: {samples} samples per figure ...")
-                fig = figures(proc, system, config.frames, samples)
+                console.print(f"headline run {r + 1}/{repeat}: {samples} samples per figure "
+                              f"and floor, interleaved ...")
+                f, fig = figures(proc, system, config.frames, samples, tcp)
                 runs.append({"floors": f, "figures": fig, "ratios": headline_ratios(f, fig)})
             pages_per_s = round(throughput_pages_s(proc, system, config.frames), 1)
     names = list(runs[0]["ratios"])
@@ -294,7 +313,8 @@ def measure(config: Config, samples: int) -> dict[str, Any]:
     """A comparison run on one fresh system: p50/p99 of each figure, and throughput."""
     with System(config) as system:
         with system.connect_sealed("memstress", "bench") as proc:
-            out: dict[str, Any] = figures(proc, system, config.frames, samples)
+            f, fig = figures(proc, system, config.frames, samples)
+            out: dict[str, Any] = {**fig, "floors": f}
             out["pages_per_s"] = round(throughput_pages_s(proc, system, config.frames), 1)
             return out
 
@@ -453,17 +473,17 @@ def ratios(head: dict[str, Any], runs: dict[str, Any]) -> dict[str, float]:
     """The headline ratios (median over the runs), then the comparisons' ratios (p50s)."""
     out: dict[str, float] = {k: v["median"] for k, v in head["spread"].items()}
     r = head["runs"][-1]["figures"]
-    floor = head["runs"][-1]["floors"]
     u = runs.get("ipc_unsealed")
     if u:
         out["sealed_vs_unsealed_major_p50"] = round(r["major_fault_us"]["p50"]
                                                     / u["major_fault_us"]["p50"], 3)
         out["sealed_vs_unsealed_throughput"] = round(head["pages_per_s"] / u["pages_per_s"], 3)
     n = runs.get("ipc_sealed_null")
-    if n:                     # like with like: NULL kernel over the (NULL) floors
-        hops = 3 * floor["rt4k_ipc_us"]["p50"] + floor["block_rw_us"]["p50"]
+    if n:                     # like with like: NULL kernel over its run's (NULL) floors
+        nf = n["floors"]
+        hops = 3 * nf["rt4k_ipc_us"]["p50"] + nf["block_rw_us"]["p50"]
         out["null_minor_fault_vs_round_trip"] = round(n["minor_fault_us"]["p50"]
-                                                      / floor["rt_ipc_us"]["p50"], 3)
+                                                      / nf["rt_ipc_us"]["p50"], 3)
         out["null_major_fault_vs_hops"] = round(n["major_fault_us"]["p50"] / hops, 3)
     for transport in ("ipc", "tcp"):                 # what CURVE costs over NULL
         c = r if transport == "ipc" else runs.get("tcp_sealed")
