@@ -59,6 +59,9 @@ WAIT_SWAPPED_S: float = 30.0
 TLB_BATCH: int = 100
 #: The comparison runs (unsealed, NULL, tcp) take samples // COMPARE_DIVISOR of each figure.
 COMPARE_DIVISOR: int = 4
+#: Samples of each headline figure and floor per run, and runs (--samples, --repeat).
+SAMPLES: int = 2000
+REPEAT: int = 3
 #: --quick: samples per figure (one run, no comparisons).
 QUICK_SAMPLES: int = 300
 
@@ -389,12 +392,14 @@ def build_parser() -> argparse.ArgumentParser:
     """`sealedos bench paging` flags."""
     p = argparse.ArgumentParser(prog="sealedos bench paging", description=__doc__.split("\n")[0])
     p.add_argument("--frames", type=int, default=64)
-    p.add_argument("--samples", type=int, default=2000,
-                   help="samples of each headline figure and of each floor, per run")
-    p.add_argument("--repeat", type=int, default=3,
-                   help="headline runs (ratios printed with their min..max over the runs)")
+    p.add_argument("--samples", type=int,
+                   help="samples of each headline figure and of each floor, per run "
+                        f"(default {SAMPLES}; {QUICK_SAMPLES} with --quick)")
+    p.add_argument("--repeat", type=int,
+                   help="headline runs, ratios printed with their min..max over the runs "
+                        f"(default {REPEAT}; 1 with --quick)")
     p.add_argument("--quick", action="store_true",
-                   help=f"{QUICK_SAMPLES} samples, one run, no comparisons (a smoke run)")
+                   help="few samples, one run, no comparisons (a smoke run)")
     p.add_argument("--rounds", type=int, default=3, help="(--code) rounds of page-in samples")
     p.add_argument("--transports", default="ipc,tcp", help="kernel transports to measure")
     p.add_argument("--security", choices=("secure", "insecure", "both"), default="both",
@@ -424,8 +429,10 @@ def main(argv: list[str]) -> int:
         result = scale(args.scale_procs, args.scale_pages, 1024)
         print(json.dumps(result, indent=2) if args.json else _scale_text(result))
         return 0
-    if args.quick:
-        args.samples, args.repeat = QUICK_SAMPLES, 1
+    if args.samples is None:
+        args.samples = QUICK_SAMPLES if args.quick else SAMPLES
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else REPEAT
     if args.samples < 1 or args.repeat < 1:
         print("sealedos bench paging: --samples and --repeat >= 1", file=sys.stderr)
         return 2
