@@ -78,19 +78,24 @@ class Run:
     slice_ends: list[list[int]] = field(default_factory=list)
     slice_s: list[list[float]] = field(default_factory=list)
     cpu_s: dict[str, float] = field(default_factory=dict)
+    cpu_windows: list[int] = field(default_factory=list)   # the windows cpu_s covers
 
     def summary(self) -> dict[str, Any]:
         """The five figures of the report, and CPU per round trip by role."""
         lat = np.concatenate(self.samples) if self.samples else np.zeros(1)
         rts = sum(len(s) / w for s, w in zip(self.samples, self.windows_s, strict=True) if w > 0)
         p50, p99, p999 = np.percentile(lat, [50, 99, 99.9])
-        total = max(1, sum(len(s) for s in self.samples))
+        total = max(1, sum(self.count(k) for k in self.cpu_windows))
         return {"round_trips_per_s": round(float(rts), 1),
                 "mb_per_s": round(float(rts) * self.size * 2 / 1e6, 3),
                 "p50_us": round(float(p50), 1), "p99_us": round(float(p99), 1),
                 "p999_us": round(float(p999), 1),
                 "cpu_us_per_round_trip": {r: round(c * 1e6 / total, 1)
                                           for r, c in self.cpu_s.items()}}
+
+    def count(self, k: int) -> int:
+        """Round trips in window k (summed over clients)."""
+        return sum(ends[k] - (ends[k - 1] if k else 0) for ends in self.slice_ends)
 
     def window(self, k: int) -> tuple[float, float]:
         """Window k's round trips/s (summed over clients) and latency p99 (us)."""
@@ -113,10 +118,10 @@ def window_ratios(kernel: Run, bare: Run, slices: int) -> list[dict[str, float]]
     return out
 
 
-def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float] | None:
     """CPU seconds (user + system) used so far by each role's processes, all threads; for
     the router also its main thread alone ("router main": the Python loop; the rest is
-    ZeroMQ's I/O thread, where CURVE is done)."""
+    ZeroMQ's I/O thread, where CURVE is done).  None if a process is gone (its CPU with it)."""
     out: dict[str, float] = {}
     for role, group in pids.items():
         total = main = 0.0
@@ -126,7 +131,7 @@ def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
                 t = proc.cpu_times()
                 threads = proc.threads() if role == "router" else []
             except psutil.Error:
-                continue
+                return None
             total += t.user + t.system
             main += sum(th.user_time + th.system_time for th in threads if th.id == pid)
         out[role] = total
@@ -360,6 +365,7 @@ def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -
     slice_s = args.duration / args.slices
     bars = {f.name: progress.add_task(f"{f.name}", total=args.duration) for f in fleets}
     cpu: dict[str, dict[str, float]] = {f.name: {} for f in fleets}
+    counted: dict[str, list[int]] = {f.name: [] for f in fleets}
     for k in range(args.slices):
         for f in fleets:
             pids = f.pids()
@@ -377,11 +383,13 @@ def measure(fleets: list[Fleet], args: argparse.Namespace, progress: Progress) -
                     raise RuntimeError(f"loadgen: {f.name} window {k} did not end\n{f.why()}")
             progress.update(bars[f.name], completed=(k + 1) * slice_s)
             after = cpu_seconds(pids)
-            for role in after:
-                cpu[f.name][role] = cpu[f.name].get(role, 0.0) + after[role] - before[role]
+            if before is not None and after is not None:   # (clients exit after the last)
+                counted[f.name].append(k)
+                for role in after:
+                    cpu[f.name][role] = cpu[f.name].get(role, 0.0) + after[role] - before[role]
     runs = [f.results() for f in fleets]
     for f, run in zip(fleets, runs, strict=True):
-        run.cpu_s = cpu[f.name]
+        run.cpu_s, run.cpu_windows = cpu[f.name], counted[f.name]
     return runs
 
 
@@ -410,6 +418,11 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
     console.print("CPU per round trip (us, all processes of a role, all threads): " + "; ".join(
         f"{role} kernel {cpu['kernel'].get(role, 0):.0f} / bare {cpu['bare'].get(role, 0):.0f}"
         for role in roles) + " (the router: the kernel against the bare broker)")
+    fleet = {run: sum(v for r, v in cpu[run].items() if r != "router main") for run in cpu}
+    if fleet["kernel"]:
+        console.print(f"whole fleet: kernel {fleet['kernel']:.0f} us, bare {fleet['bare']:.0f} us "
+                      f"of CPU per round trip; bare/kernel {fleet['bare'] / fleet['kernel']:.2f} "
+                      f"(the ratio a CPU-bound machine allows)")
 
 
 def plot(runs: list[Run], result: dict[str, Any], path: str) -> None:
