@@ -1,6 +1,6 @@
 """`sealedos bench route`: the kernel's own CPU per routed IPC round trip, in process.
 
-    sealedos bench route [--calls N] [--profile] [--json]
+    sealedos bench route [--calls N] [--faults N] [--profile] [--json]
 
 The real Kernel on the simulated transport and clock (host_tools/sim/kit.py): no sockets, no
 other processes, so the figure hardly moves with the machine's load (it is the process's CPU
@@ -12,7 +12,10 @@ checked, delivered: one frame out to the server), and the server's REPLY-and-REC
 encoded as usual and then dropped instead of going to a socket.
 
 The figure is what `bench ipc` cannot separate from ZeroMQ and the machine's load: the Python
-work of one round trip through the kernel (two requests in, two messages out).  It is printed
+work of one round trip through the kernel (two requests in, two messages out).  The same for
+a minor fault (``--faults``): the client maps FAULT_REGION pages, takes a write fault on each
+(a free frame waiting: one FAULT in, one reply out) and unmaps them, round after round; only
+the FAULT frames are timed.  It is printed
 as the median and min over 10 slices of N/10 round trips; ``--profile`` adds cProfile's top
 functions (their shares, not their absolute times: cProfile slows small functions most).
 """
@@ -31,10 +34,13 @@ from host_tools.sim.ipcload import CONTRACT
 from host_tools.sim.kit import Harness, Peer
 from kernel_daemon.kernel import Kernel
 from wire.credential import new_credential, public_of
-from wire.protocol import decode, encode
+from wire.protocol import ACCESS_WRITE, decode, encode
 
 ADDR: str = "sim://kernel"
 SLICES: int = 10
+#: Pages per round of minor faults (fewer than the kernel's frames: no eviction, no pager).
+FAULT_REGION: int = 200
+FAULT_FRAMES: int = 256
 SETTLE_S: float = 0.01
 
 
@@ -68,7 +74,7 @@ def setup() -> tuple[Kernel, Peer, Peer, int, list[bytes]]:
     (kernel, client, server, the endpoint's handle, the list the kernel's frames go to)."""
     h = Harness()
     secret = new_credential()
-    kernel = Kernel(ADDR, 4, "clock", launcher_key=public_of(secret),
+    kernel = Kernel(ADDR, FAULT_FRAMES, "clock", launcher_key=public_of(secret),
                     transport=h.transport("kernel"), clock=h.clock)
     h.adopt(kernel)
     kernel.on_start()
@@ -124,6 +130,44 @@ def measure(calls: int, profile: bool) -> dict[str, Any]:
     return out
 
 
+def measure_faults(faults: int) -> dict[str, Any]:
+    """CPU microseconds of kernel work per minor fault (median and min of SLICES)."""
+    kernel, client, _, _, sent = setup()
+    sock, on_frame, ident = kernel.sock, kernel.on_frame, client.identity
+    rounds = max(1, faults // (SLICES * FAULT_REGION))
+    per_fault: list[float] = []
+    rid = 100
+    for _ in range(SLICES):
+        spent = 0.0
+        for _ in range(rounds):
+            rid += 1
+            on_frame(sock, ident, encode({"op": "map", "rid": rid, "npages": FAULT_REGION,
+                                          "prot": 3}))
+            reply = decode(sent[-1])
+            if "err" in reply:
+                raise RuntimeError(f"bench route: map refused: {reply.get('msg')}")
+            vpn0 = reply["addr"] >> 12
+            frames = [encode({"op": "fault", "rid": rid + 1 + i, "vpn": vpn0 + i,
+                              "access": ACCESS_WRITE, "refs": []}) for i in range(FAULT_REGION)]
+            sent.clear()
+            t0 = time.thread_time()
+            for frame in frames:
+                on_frame(sock, ident, frame)
+            spent += time.thread_time() - t0
+            errors = [m for m in map(decode, sent) if "err" in m]
+            if errors or len(sent) != FAULT_REGION:
+                raise RuntimeError(f"bench route: a fault was not answered: {errors[:1]}")
+            rid += FAULT_REGION + 1
+            on_frame(sock, ident, encode({"op": "unmap", "rid": rid, "addr": reply["addr"],
+                                          "npages": FAULT_REGION}))
+            sent.clear()
+        per_fault.append(spent / (rounds * FAULT_REGION) * 1e6)
+    per_fault.sort()
+    return {"faults": rounds * FAULT_REGION * SLICES,
+            "cpu_us_per_minor_fault": round(per_fault[len(per_fault) // 2], 2),
+            "min_us": round(per_fault[0], 2)}
+
+
 def _top(prof: cProfile.Profile, n: int = 15) -> list[tuple[str, float]]:
     """The n functions with the most own time, with their share of the total."""
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]  # untyped in typeshed
@@ -137,6 +181,7 @@ def main(argv: list[str]) -> int:
     """Print the kernel's CPU per routed round trip (and its profile with --profile)."""
     p = argparse.ArgumentParser(prog="sealedos bench route", description=__doc__.split("\n")[0])
     p.add_argument("--calls", type=int, default=30000, help="routed round trips in all")
+    p.add_argument("--faults", type=int, default=20000, help="minor faults in all")
     p.add_argument("--profile", action="store_true", help="add cProfile's top functions")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -146,12 +191,17 @@ def main(argv: list[str]) -> int:
     result = measure(args.calls, False)
     if args.profile:                    # a second run: cProfile's overhead skews the time
         result["profile"] = measure(args.calls, True)["profile"]
+    result["minor_fault"] = measure_faults(args.faults)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"kernel CPU per routed round trip (CALL in, delivery out, REPLY+RECEIVE in, reply "
           f"out), in process: median {result['cpu_us_per_round_trip']} us, min "
           f"{result['min_us']} us over {SLICES} slices of {result['round_trips'] // SLICES}")
+    f = result["minor_fault"]
+    print(f"kernel CPU per minor fault (FAULT in, reply out), in process: median "
+          f"{f['cpu_us_per_minor_fault']} us, min {f['min_us']} us over {SLICES} slices of "
+          f"{f['faults'] // SLICES}")
     for name, share in result.get("profile", []):
         print(f"  {share * 100:5.1f}%  {name}")
     return 0

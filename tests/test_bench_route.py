@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgpack
 
-from host_tools.bench_route import SLICES, measure, setup
+from host_tools.bench_route import FAULT_REGION, SLICES, measure, measure_faults, setup
 from wire.protocol import decode, encode
 
 PING: bytes = msgpack.packb({"kind": "ping", "n": 1})
@@ -27,3 +27,9 @@ def test_measure_routes_every_round_trip_it_counts() -> None:
     result = measure(20 * SLICES, profile=False)
     assert result["round_trips"] == 20 * SLICES
     assert result["cpu_us_per_round_trip"] > 0
+
+
+def test_measure_faults_answers_every_minor_fault() -> None:
+    result = measure_faults(SLICES * FAULT_REGION)
+    assert result["faults"] == SLICES * FAULT_REGION
+    assert result["cpu_us_per_minor_fault"] > 0
