@@ -73,14 +73,14 @@ class Quota:
     refused_t: float = float("-inf")       # monotonic time of the last one
 
     def limit(self, resource: Resource) -> int:
-        """The limit on `resource` (a StrEnum member is its field's name: no .value lookup)."""
-        limit: int = getattr(self.limits, resource)
+        """The limit on `resource`."""
+        limit: int = getattr(self.limits, resource.value)
         return limit
 
     def check(self, resource: Resource, n: int = 1) -> None:
         """Raise EQUOTA naming `resource` unless n more of it fit (charges nothing)."""
-        used = self.used[resource]
-        if n > 0 and used + n > (limit := self.limit(resource)):
+        used, limit = self.used[resource], self.limit(resource)
+        if n > 0 and used + n > limit:
             more = "" if n == 1 else f" (asked for {n} more)"
             raise ServiceError(Err.QUOTA, f"{resource} {used}/{limit}{more}")
 
