@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,9 @@ def print_report(result: dict[str, Any], console: Console) -> None:
 
     def cell(r: dict[str, Any], key: str, q: str) -> str:
         return str(r[key][q]) if key in r else "n/a"
-    rows = [("page-in p50 (us)", lambda r: cell(r, "page_in_us", "p50")),
+    Row = tuple[str, Callable[[dict[str, Any]], str]]
+    rows: list[Row] = [
+            ("page-in p50 (us)", lambda r: cell(r, "page_in_us", "p50")),
             ("page-in p99 (us)", lambda r: cell(r, "page_in_us", "p99")),
             ("paging throughput (pages/s)", lambda r: str(r["pages_per_s"])),
             ("degraded read p50, 1 pager down (us)", lambda r: cell(r, "degraded_1_us", "p50")),
