@@ -117,7 +117,8 @@ class Resync:
         spaces = {pte.space for _p, _v, pte in self._ptes() if _copyable(pte)}
         probes = [(m, s.handles[m], s.label[:32]) for s in spaces if isinstance(s, SwapSpace)
                   for m in mirrors if m in s.handles and not pagers.is_open(m, s.handles[m])]
-        self.inflight += 1             # busy until collected
+        self.inflight += 1             # busy (and pending, in STATS) until collected
+        self.stats.resync_pending = len(self.queue) + self.inflight
         fan = FanIn(len(probes) + 1, lambda: self._collect(mirrors))
         for m, handle, label in probes:
             pagers.open(m, handle, label, lambda _r, _w: fan.one())
