@@ -158,7 +158,7 @@ class Pagers:
         #: ... and those any instance ever did (an OPEN of one answered `created` means the
         #: disk lost it: a wiped or new device file); on_lost(mirror, handle) hears of it.
         self.made: list[set[bytes]] = [set() for _ in range(nmirrors)]
-        self.on_lost: Callable[[int, bytes], None] | None = None
+        self.on_lost: Callable[[int, bytes], None] = lambda mirror, handle: None
         #: Extra fields of every OPEN (erasure coding: the fragment record's block_size).
         self.open_fields: dict[str, int] = {}
         server.call_later(SWEEP_MS, self._sweep)
@@ -288,7 +288,11 @@ class Pagers:
                 self.submit(mirror, Op.CLOSE, {"handle": handle}, _ignore)
             elif reply is not None and "err" not in reply:
                 if reply.get("created") and handle in self.made[mirror]:
-                    self._lost(mirror, handle)
+                    # The disk lost it (and likely every other handle: a wiped disk), so
+                    # each is re-OPENed before use there.
+                    self.stats.handles_lost += 1
+                    self.opened[mirror].clear()
+                    self.on_lost(mirror, handle)
                 self.made[mirror].add(handle)
                 if self.slots[mirror].joins == joins:
                     self.opened[mirror].add(handle)
@@ -301,14 +305,6 @@ class Pagers:
         self.opened[mirror].discard(handle)
         self.made[mirror].discard(handle)
         self.labels.pop(handle, None)
-
-    def _lost(self, mirror: int, handle: bytes) -> None:
-        """mirror's disk made `handle` anew: it holds none of its blocks, and likely none of
-        any other handle's (a wiped disk), so every handle there is re-OPENed before use."""
-        self.stats.handles_lost += 1
-        self.opened[mirror].clear()
-        if self.on_lost is not None:
-            self.on_lost(mirror, handle)
 
     def with_handles(self, space: SwapSpace, then: Callable[[list[bytes]], None]) -> None:
         """Run then(space's disk handle per mirror) once every mirror worth asking has

@@ -47,7 +47,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from kernel_daemon.pagers import FanIn
-from kernel_daemon.pagetable import PageState, Pte, SwapSpace
+from kernel_daemon.pagetable import PageState, Pte
 from kernel_daemon.proc import Proc
 from kernel_daemon.vm import SwapCopy
 
@@ -114,9 +114,9 @@ class Resync:
             return
         self.stats.resync_passes += 1
         pagers = self.k.pagers
-        spaces = {pte.space for _p, _v, pte in self._ptes() if _copyable(pte)}
-        probes = [(m, s.handles[m], s.label[:32]) for s in spaces if isinstance(s, SwapSpace)
-                  for m in mirrors if m in s.handles and not pagers.is_open(m, s.handles[m])]
+        spaces = {pte.space for _p, _v, pte in self._ptes() if _copyable(pte) and pte.space}
+        probes = [(m, s.handles[m], s.label[:32]) for s in spaces for m in mirrors
+                  if m in s.handles and not pagers.is_open(m, s.handles[m])]
         self.inflight += 1             # busy (and pending, in STATS) until collected
         self.stats.resync_pending = len(self.queue) + self.inflight
         fan = FanIn(len(probes) + 1, lambda: self._collect(mirrors))
@@ -128,11 +128,8 @@ class Resync:
         """Queue a copy of every page a mirror in `mirrors` lacks; start copying."""
         self.inflight -= 1
         self._clear_lost()
-        for proc, vpn, pte in self._ptes():
-            if _copyable(pte):
-                for m in mirrors:
-                    if not pte.mirrors >> m & 1:
-                        self.queue.append((proc, vpn, pte, m))
+        self.queue.extend((proc, vpn, pte, m) for proc, vpn, pte in self._ptes() if _copyable(pte)
+                          for m in mirrors if not pte.mirrors >> m & 1)
         self._pump()
 
     def _ptes(self) -> list[tuple[Proc, int, Pte]]:
@@ -142,19 +139,17 @@ class Resync:
 
     def _clear_lost(self) -> None:
         """Clear each lost handle's mirror bit in every page stored under it."""
-        drop: dict[int, int] = {}                        # id(space) -> bits to clear
         for _p, _v, pte in self._ptes() if self.lost else ():
-            if (sp := pte.space) is not None:
-                if id(sp) not in drop:
-                    drop[id(sp)] = sum(1 << m for m, h in sp.handles.items() if (m, h) in self.lost)
-                pte.mirrors &= ~drop[id(sp)]
+            if pte.space is not None:
+                pte.mirrors &= ~sum(1 << m for m, h in pte.space.handles.items()
+                                    if (m, h) in self.lost)
         self.lost.clear()
 
     def short(self) -> int:
         """How many pages have a current swap copy that some pager lacks (STATS)."""
         self._clear_lost()
         full = (1 << self.k.pagers.nmirrors) - 1
-        return sum(_copyable(pte) and pte.mirrors != full for _p, _v, pte in self._ptes())
+        return sum(_copyable(p) and p.mirrors != full for _p, _v, p in self._ptes())
 
     def _pump(self) -> None:
         """Keep up to RESYNC_WINDOW copies in flight; when all are done, run a pass that was
