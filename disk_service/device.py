@@ -336,6 +336,10 @@ class Device:
         return block - self.geo.first_data_block
 
     # -- handles -----------------------------------------------------------------------
+    def knows(self, token: object) -> bool:
+        """Is the handle named by `token` open on this device?"""
+        return isinstance(token, bytes) and token_hash(token) in self._idx.tokens
+
     def open_handle(self, label: str = "", token: bytes | None = None,
                     block_size: int = BLOCK_SIZE) -> bytes:
         """Open the handle named by `token` (TOKEN_BYTES bytes, minted by the caller; None:

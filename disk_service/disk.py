@@ -135,10 +135,13 @@ class DiskService(Server):
 
     # -- handlers ----------------------------------------------------------------------
     def do_open(self, req: Request) -> dict[str, Any]:
-        """Create the handle named by the request's token (idempotent) -> {}."""
+        """Create the handle named by the request's token (idempotent) -> {}, or {created:
+        true} if this device did not hold it (a new or wiped device file: the kernel learns
+        that every block it stored under the handle here is gone)."""
+        created = not self.device.knows(req.msg["handle"])
         self.device.open_handle(req.msg["label"], req.msg["handle"],
                                 req.msg.get("block_size", BLOCK_SIZE))
-        return {}
+        return {"created": True} if created else {}
 
     def do_close(self, req: Request) -> dict[str, Any]:
         """Close a handle and free its blocks -> {freed}."""

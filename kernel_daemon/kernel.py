@@ -122,6 +122,7 @@ class Kernel(Server):
         self.ec = EcPages(self.pagers, *code, ec_delta, self.stats) if code else None
         self.resync = Resync(self)               # a returning mirror gets what it missed
         self.pagers.on_up = self.resync.kick
+        self.pagers.on_lost = self.resync.lost_handle  # a wiped disk: every page rebuilt there
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
@@ -453,6 +454,7 @@ class Kernel(Server):
         out.update(free_frames=self.vm.pool.free_count,
                    resident_pages=sum(p.resident for p in live),
                    swapped_pages=sum(p.swapped for p in live), live_processes=len(live),
+                   pages_short=self.resync.short(),
                    pagers=[s.health(self.now()) for s in self.pagers.slots],
                    bad_messages=self.bad_messages, callback_errors=self.callback_errors,
                    refused_keys=self.refused_keys,   # handshakes refused + key/routing-id clashes

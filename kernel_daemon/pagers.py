@@ -153,8 +153,12 @@ class Pagers:
         self.on_up: Callable[[int], None] | None = None
         #: Kernel-minted disk handles in use, with their labels (what a re-OPEN sends) ...
         self.labels: dict[bytes, str] = {}
-        #: ... and, per mirror, those its current instance answered OPEN for with success.
+        #: ... and, per mirror, those its current instance answered OPEN for with success ...
         self.opened: list[set[bytes]] = [set() for _ in range(nmirrors)]
+        #: ... and those any instance ever did (an OPEN of one answered `created` means the
+        #: disk lost it: a wiped or new device file); on_lost(mirror, handle) hears of it.
+        self.made: list[set[bytes]] = [set() for _ in range(nmirrors)]
+        self.on_lost: Callable[[int, bytes], None] = lambda mirror, handle: None
         #: Extra fields of every OPEN (erasure coding: the fragment record's block_size).
         self.open_fields: dict[str, int] = {}
         server.call_later(SWEEP_MS, self._sweep)
@@ -282,8 +286,16 @@ class Pagers:
                 # Closed while this OPEN was on its way: it may have landed after the CLOSE
                 # and made the handle again (a retried or late OPEN), so close it once more.
                 self.submit(mirror, Op.CLOSE, {"handle": handle}, _ignore)
-            elif reply is not None and "err" not in reply and self.slots[mirror].joins == joins:
-                self.opened[mirror].add(handle)
+            elif reply is not None and "err" not in reply:
+                if reply.get("created") and handle in self.made[mirror]:
+                    # The disk lost it (and likely every other handle: a wiped disk), so
+                    # each is re-OPENed before use there.
+                    self.stats.handles_lost += 1
+                    self.opened[mirror].clear()
+                    self.on_lost(mirror, handle)
+                self.made[mirror].add(handle)
+                if self.slots[mirror].joins == joins:
+                    self.opened[mirror].add(handle)
             done(reply, why)
         self.submit(mirror, Op.OPEN, {"handle": handle, "label": label, **self.open_fields}, on,
                     retries=retries)
@@ -291,6 +303,7 @@ class Pagers:
     def forget(self, mirror: int, handle: bytes) -> None:
         """`handle` is being closed: drop its marks; it is never re-OPENed after this."""
         self.opened[mirror].discard(handle)
+        self.made[mirror].discard(handle)
         self.labels.pop(handle, None)
 
     def with_handles(self, space: SwapSpace, then: Callable[[list[bytes]], None]) -> None:

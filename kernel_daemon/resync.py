@@ -28,14 +28,25 @@ never land on top of a newer one.  When the write is answered, the slot is relea
 queued write-back is started.  A PTE that vanished meanwhile is simply forgotten (its slot
 was freed with it; a late write to a closed handle is refused by the disk).
 
+A pager that rejoins with a wiped or new disk (its device file lost: a new host) holds
+none of the pages its bits claim.  A pass therefore first OPENs, on each mirror it resyncs,
+the handle of every space with a swap copy that is not open there yet (pagers.py); a disk
+that answers `created` for a handle it had opened before has lost it (pagers.on_lost ->
+lost_handle).  Before collecting, the pass clears that mirror's bit in every page of every
+lost handle, so the copies it then queues rebuild the whole disk, and the masks (the
+durability rule's, and `pages_short` in STATS) tell the truth.  A pager can hide a wipe only
+by answering OPEN falsely: it is then a lying pager, caught by the checks of its next reads.
+
 Counters: `resynced` (pages copied), `resync_failed` (no verified source, or the write
-failed), `resync_passes`, `resync_pending` (copies queued or in flight now).
+failed), `resync_passes`, `resync_pending` (copies queued or in flight now); `pages_short`
+(pages whose current swap copy some pager lacks) is counted at each STATS.
 """
 from __future__ import annotations
 
 from collections import deque
 from typing import TYPE_CHECKING
 
+from kernel_daemon.pagers import FanIn
 from kernel_daemon.pagetable import PageState, Pte
 from kernel_daemon.proc import Proc
 from kernel_daemon.vm import SwapCopy
@@ -60,6 +71,7 @@ class Resync:
         self.queue: deque[Copy] = deque()
         self.inflight = 0
         self.scheduled = False
+        self.lost: set[tuple[int, bytes]] = set()    # (mirror, handle) its disk lost
         self.stats = kernel.stats
 
     # -- triggers ---------------------------------------------------------------------------
@@ -76,6 +88,11 @@ class Resync:
             if not mask >> m & 1:
                 self.kick(m)
 
+    def lost_handle(self, mirror: int, handle: bytes) -> None:
+        """Mirror's disk lost every block of `handle`: clear the bits, then copy (a pass)."""
+        self.lost.add((mirror, handle))
+        self.kick(mirror)
+
     def _schedule(self) -> None:
         if not self.scheduled and not self.busy:
             self.scheduled = True
@@ -88,21 +105,51 @@ class Resync:
 
     # -- a pass -------------------------------------------------------------------------------
     def _pass(self) -> None:
-        """Collect every page a wanted, live mirror lacks; start copying them."""
+        """OPEN every swap space's handle on the wanted, live mirrors (a wiped disk shows);
+        then collect every page those mirrors lack."""
         self.scheduled = False
         mirrors = {m for m in self.wanted if self.k.pagers.slots[m].up}
         self.wanted.clear()            # a mirror that is down is kicked again when it joins
         if not mirrors:
             return
         self.stats.resync_passes += 1
-        for proc in list(self.k.procs.by_spid.values()):
-            for vpn, pte in proc.aspace.ptes.items():
-                if not _copyable(pte):
-                    continue
-                for m in mirrors:
-                    if not pte.mirrors >> m & 1:
-                        self.queue.append((proc, vpn, pte, m))
+        pagers = self.k.pagers
+        spaces = {pte.space for _p, _v, pte in self._ptes() if _copyable(pte) and pte.space}
+        probes = [(m, s.handles[m], s.label[:32]) for s in spaces for m in mirrors
+                  if m in s.handles and not pagers.is_open(m, s.handles[m])]
+        self.inflight += 1             # busy (and pending, in STATS) until collected
+        self.stats.resync_pending = len(self.queue) + self.inflight
+        fan = FanIn(len(probes) + 1, lambda: self._collect(mirrors))
+        for m, handle, label in probes:
+            pagers.open(m, handle, label, lambda _r, _w: fan.one())
+        fan.one()
+
+    def _collect(self, mirrors: set[int]) -> None:
+        """Queue a copy of every page a mirror in `mirrors` lacks; start copying."""
+        self.inflight -= 1
+        self._clear_lost()
+        self.queue.extend((proc, vpn, pte, m) for proc, vpn, pte in self._ptes() if _copyable(pte)
+                          for m in mirrors if not pte.mirrors >> m & 1)
         self._pump()
+
+    def _ptes(self) -> list[tuple[Proc, int, Pte]]:
+        """Every live process's page-table entries, as (process, vpn, PTE)."""
+        return [(proc, vpn, pte) for proc in list(self.k.procs.by_spid.values())
+                for vpn, pte in proc.aspace.ptes.items()]
+
+    def _clear_lost(self) -> None:
+        """Clear each lost handle's mirror bit in every page stored under it."""
+        for _p, _v, pte in self._ptes() if self.lost else ():
+            if pte.space is not None:
+                pte.mirrors &= ~sum(1 << m for m, h in pte.space.handles.items()
+                                    if (m, h) in self.lost)
+        self.lost.clear()
+
+    def short(self) -> int:
+        """How many pages have a current swap copy that some pager lacks (STATS)."""
+        self._clear_lost()
+        full = (1 << self.k.pagers.nmirrors) - 1
+        return sum(_copyable(p) and p.mirrors != full for _p, _v, p in self._ptes())
 
     def _pump(self) -> None:
         """Keep up to RESYNC_WINDOW copies in flight; when all are done, run a pass that was

@@ -42,6 +42,7 @@ class KernelStats:
     pager_transient_errors: int = 0
     repairs: int = 0
     handle_reopens: int = 0
+    handles_lost: int = 0                # OPENs a disk answered `created` for a handle it had
     # ecpages.py (reported with --code only)
     ec_page_outs: int = 0
     ec_short_writes: int = 0

@@ -9,8 +9,9 @@ frames, as the real ones do:
   connection (ATTACH, HEARTBEAT, and the kernel's SHOOTDOWN and KILL), and a bank of frames
   it installs the kernel's fault replies into, the way apps/runtime/mmu.py does;
 * :class:`FakePager`, a pager instance of one mirror slot: PAGER_HELLO every HELLO_S, and
-  OPEN/CLOSE/FREE/PAGE_OUT/PAGE_IN served from a :class:`Disk` that outlives instances.  A
-  test may replace how it answers PAGE_IN (or anything else) to make it lie or withhold;
+  OPEN/CLOSE/FREE/PAGE_OUT/PAGE_IN served from a :class:`Disk` that outlives instances (or
+  is wiped: a new host).  A test may replace how it answers PAGE_IN (or anything else) to
+  make it lie or withhold;
 * an observer (STATS, PS): the only way the tests read kernel state.
 
 No sockets, no threads, no sleeping: frames are delivered and timers fired in simulated-time
@@ -88,12 +89,13 @@ class Rig:
 
     def __init__(self, nframes: int = 4, mirrors: int = 1, policy: str = "fifo",
                  pager_timeout_ms: int = 1000, pager_retries: int = 2,
-                 ipc_max_bytes: int = 64 * 1024) -> None:
+                 ipc_max_bytes: int = 64 * 1024, code: tuple[int, int] | None = None) -> None:
         self.h = Harness()
         self.secret = new_credential()
         self.kernel = Kernel(ADDR, nframes, policy, mirrors, True, pager_timeout_ms,
                              pager_retries, ipc_max_bytes, launcher_key=public_of(self.secret),
-                             transport=self.h.transport("kernel"), clock=self.h.clock)
+                             transport=self.h.transport("kernel"), clock=self.h.clock,
+                             code=code)
         self.h.adopt(self.kernel)
         self.kernel.on_start()
         self.launcher = self.h.peer("launcher", ADDR)
@@ -202,6 +204,11 @@ class Disk:
         """Every (handle, slot) written, with its current bytes."""
         return {k: v[-1] for k, v in self.writes.items()}
 
+    def wipe(self) -> None:
+        """Lose everything: a new, empty device file (a new host)."""
+        self.writes.clear()
+        self.opened.clear()
+
 
 #: How a fake pager answers one request: a reply map, or None to withhold the answer.
 Behaviour = Callable[["FakePager", Msg], "Msg | None"]
@@ -258,8 +265,9 @@ class FakePager:
         """What a correct pager with a working disk answers."""
         op, handle, slot = msg.get("op"), bytes(msg.get("handle") or b""), msg.get("slot", -1)
         if op == "open":
+            created = handle not in self.disk.opened
             self.disk.opened.add(handle)
-            return {}
+            return {"created": True} if created else {}
         if op == "page_out":
             self.disk.writes.setdefault((handle, slot), []).append(msg["data"])
             return {}

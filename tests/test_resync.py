@@ -71,3 +71,53 @@ def test_nothing_that_fails_verification_is_copied() -> None:
     del p0.behaviour["page_in"]
     assert app.read(v) == page("page0")            # the page itself is fine on mirror 0
     assert rig.ps(app.spid)["state"] == "running"
+
+
+def wiped_and_rejoined(rig: Rig, pagers: list[FakePager], npages: int) -> tuple[App, int]:
+    """An app's pages all swapped out to every pager; then pager 0's disk is wiped and a new
+    instance of it joins (a new host).  Returns the app and its first vpn, once the resync
+    says nothing is short any more."""
+    app = rig.app()
+    v = app.map(npages)
+    for i in range(npages):
+        app.write(v + i, page(f"wiped{i}"))
+    rig.run_until("pages swapped to every pager", lambda: rig.stats()["swapped_pages"] >=
+                  npages - rig.stats()["nframes"] and rig.stats()["pages_short"] == 0)
+    assert rig.stats()["handles_lost"] == 0
+    pagers[0].crash()
+    rig.disks[0].wipe()
+    pagers[0] = rig.pager(0)
+    rig.run_until("the wipe noticed", lambda: rig.stats()["handles_lost"] >= 1)
+    rig.run_until("pager 0 rebuilt", lambda: rig.stats()["pages_short"] == 0 and
+                  rig.stats()["resync_pending"] == 0)
+    return app, v
+
+
+def test_a_mirror_back_with_a_wiped_disk_is_sent_every_page() -> None:
+    rig = Rig(nframes=1, mirrors=2)
+    pagers = [rig.pager(0), rig.pager(1)]
+    app, v = wiped_and_rejoined(rig, pagers, 4)
+    st = rig.stats()
+    swapped = st["swapped_pages"]
+    assert st["resynced"] >= swapped and st["resync_failed"] == 0
+    assert len(rig.disks[0].blocks()) >= swapped    # every swapped page is on the new disk
+    pagers[1].crash()                               # only the rebuilt mirror is left
+    rig.run_until("mirror 1 down", lambda: not rig.pager_slots()[1]["up"])
+    for i in range(4):
+        assert app.read(v + i) == page(f"wiped{i}")
+    assert rig.ps(app.spid)["state"] == "running" and rig.stats()["integrity_failures"] == {}
+
+
+def test_an_ec_pager_back_with_a_wiped_disk_is_rebuilt_before_two_others_die() -> None:
+    rig = Rig(nframes=2, mirrors=6, code=(4, 2))
+    pagers = [rig.pager(m) for m in range(6)]
+    app, v = wiped_and_rejoined(rig, pagers, 8)
+    st = rig.stats()
+    assert st["resynced"] >= st["swapped_pages"] and st["resync_failed"] == 0
+    assert len(rig.disks[0].blocks()) >= st["swapped_pages"]
+    for m in (1, 2):                                # R more losses: pager 0's fragments count
+        pagers[m].crash()
+    rig.run_until("pagers 1, 2 down", lambda: not any(s["up"] for s in rig.pager_slots()[1:3]))
+    for i in range(8):
+        assert app.read(v + i) == page(f"wiped{i}")
+    assert rig.ps(app.spid)["state"] == "running" and rig.stats()["ec_unrecoverable"] == 0

@@ -11,7 +11,7 @@ WIRE_KEYS = {
     "minor_faults", "major_faults", "page_ins", "page_outs", "evictions", "clean_drops",
     "soft_faults", "writeback_failures", "segfaults", "protection_faults", "integrity_failures",
     "pages_granted", "pager_timeouts", "pager_restarts", "pager_kills", "pager_retries",
-    "pager_transient_errors", "repairs", "handle_reopens", "pager_slow", "resynced",
+    "pager_transient_errors", "repairs", "handle_reopens", "handles_lost", "pager_slow", "resynced",
     "resync_failed", "resync_passes", "resync_pending", "ipc_calls", "ipc_replies",
     "ipc_bytes_copied", "ipc_contract_violations", "ipc_peer_died", "ipc_caps_transferred",
     "ipc_grants"}

@@ -68,7 +68,7 @@ class Op(StrEnum):
     # -- pager -> kernel --------------------------------------------------------------
     PAGER_HELLO = "pager_hello"    # a pager instance (re)joins a mirror slot
     # -- kernel -> pager, and pager -> disk -------------------------------------------
-    OPEN = "open"                  # create the kernel-minted handle (idempotent) -> {}
+    OPEN = "open"                  # create the kernel-minted handle (idempotent) -> {created?}
     CLOSE = "close"                # close a handle, freeing its blocks
     WRITE = "write"                # (handle, slot, data)
     READ = "read"                  # (handle, slot) -> data

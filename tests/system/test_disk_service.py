@@ -53,7 +53,8 @@ def open_h(service: Any, label: str) -> bytes:
     """Open a new handle on the disk service with a freshly minted token (as the kernel
     mints them); return the token."""
     token = os.urandom(16)
-    assert "handle" not in service.call("open", handle=token, label=label)   # learns nothing
+    # It learns nothing from the disk but that the handle is new here.
+    assert service.call("open", handle=token, label=label).get("created") is True
     return token
 
 
@@ -211,6 +212,7 @@ def test_restart_after_sigkill_serves_everything(service: DiskProc) -> None:
         assert service.call("read", handle=h, slot=s)["data"] == d
         assert service.call("read", handle=h, slot=0, block=blocks[(h, s)])["data"] == d
     expect_err(Err.NOENT, service.call, "read", handle=gone, slot=99)
+    assert "created" not in service.call("open", handle=gone, label="h0")   # still known
     fresh = random_block()
     for h in handles:                              # every handle still works
         service.call("write", handle=h, slot=12345, data=fresh)
@@ -221,6 +223,20 @@ def test_restart_after_sigkill_serves_everything(service: DiskProc) -> None:
     assert f"disk: serving {service.image} (" in service.log.read_text()
     service.start()
     assert service.call("read", handle=handles[2], slot=99)["data"] == data[(handles[2], 99)]
+
+
+def test_a_wiped_device_answers_open_created(service: DiskProc) -> None:
+    """A new, empty device file (the old one lost: a new host) knows no handle: OPEN of one
+    the old file held answers `created`, which is how the kernel learns the disk lost it."""
+    h = open_h(service, "kept")
+    service.call("write", handle=h, slot=0, data=random_block())
+    assert "created" not in service.call("open", handle=h, label="kept")
+    service.kill()
+    service.image.unlink()
+    service.start()
+    expect_err(Err.BADHANDLE, service.call, "read", handle=h, slot=0)
+    assert service.call("open", handle=h, label="kept").get("created") is True
+    expect_err(Err.NOENT, service.call, "read", handle=h, slot=0)
 
 
 def test_close_frees_blocks(service: DiskProc) -> None:

@@ -157,3 +157,64 @@ def test_fragment_lost_while_a_pager_was_away_is_resynced(
             assert proc.read(addr + i * PAGE_SIZE, PAGE_SIZE) == page, f"page {i}"
     kernel = system.stats()["kernel"]
     assert kernel["resync_failed"] == 0 and kernel["ec_unrecoverable"] == 0, kernel
+
+
+def wipe_and_rejoin(system: System, m: int) -> None:
+    """Pager m's pair loses its disk for good (a new host): pager and disk killed, the device
+    file deleted, both started again on a new, empty one; return once the kernel has noticed
+    and its resync says no page lacks a copy any more."""
+    passes = system.stats()["kernel"]["resync_passes"]
+    pair = [system.services[f"pager{m}"], system.services[f"disk{m}"]]
+    for svc in pair:
+        svc.restart = False
+        os.kill(svc.pid, signal.SIGKILL)
+        svc.proc.wait()
+    wait_for(f"pager {m} down", lambda: not system.stats()["kernel"]["pagers"][m]["up"], 30)
+    system.device_file(m).unlink()
+    for svc in pair:
+        svc.restart = True
+
+    def rebuilt() -> bool:
+        k = system.stats()["kernel"]
+        return bool(k["pagers"][m]["up"] and k["handles_lost"] >= 1 and k["pages_short"] == 0
+                    and k["resync_pending"] == 0 and k["resync_passes"] > passes)
+    wait_for(f"pager {m} back on a new disk and rebuilt", rebuilt, 90)
+
+
+def survives_a_wiped_pager(system: System, others: tuple[str, ...]) -> None:
+    """Fill pages; wipe pager 0's disk and rejoin it; kill `others` for good; every page
+    reads back (pager 0's rebuilt copies are needed) and no process is stopped."""
+    pages = [hashlib.sha256(b"wipe%d" % i).digest() * (PAGE_SIZE // 32) for i in range(32)]
+    with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "writer")) as proc:
+        addr = proc.map(len(pages))
+        for i, page in enumerate(pages):
+            proc.write(addr + i * PAGE_SIZE, page)
+        wait_for("pages swapped", lambda: system.process("writer")["swapped_pages"] >= 20, 60)
+        wipe_and_rejoin(system, 0)
+        for name in others:                            # now pager 0's copies are needed
+            system.services[name].restart = False
+            os.kill(system.services[name].pid, signal.SIGKILL)
+        wait_for(f"{others} down", lambda: not any(
+            p["up"] for p in system.stats()["kernel"]["pagers"] if f"pager{p['mirror']}" in
+            others), 30)
+        for i, page in enumerate(pages):
+            assert proc.read(addr + i * PAGE_SIZE, PAGE_SIZE) == page, f"page {i}"
+    kernel = system.stats()["kernel"]
+    assert kernel["resync_failed"] == 0 and kernel["resynced"] >= 20, kernel
+    assert [p["name"] for p in system.stats()["processes"] if p["state"] == "killed"] == []
+
+
+def test_a_pager_back_with_a_wiped_disk_is_rebuilt(make_system: Callable[..., System]) -> None:
+    """4+2: pager 0's pair comes back on an empty disk; the resync rebuilds every fragment
+    it held; then two other pagers die and every page still decodes."""
+    system = make_system(**EC)
+    survives_a_wiped_pager(system, ("pager1", "pager2"))
+    assert system.stats()["kernel"]["ec_unrecoverable"] == 0
+
+
+def test_a_mirror_back_with_a_wiped_disk_is_rebuilt(make_system: Callable[..., System]) -> None:
+    """Mirrored: mirror 0 comes back on an empty disk, is sent every page, then mirror 1 dies
+    and mirror 0 alone serves every page."""
+    system = make_system(pagers=2, frames=8, disk_size_mib=4, pager_timeout_ms=1500,
+                         pager_retries=1)
+    survives_a_wiped_pager(system, ("pager1",))
