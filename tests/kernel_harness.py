@@ -153,6 +153,10 @@ class Rig:
         records = self._observe("ps")["processes"]
         return dict(next(r for r in reversed(records) if r["spid"] == spid))
 
+    def processes(self) -> list[Msg]:
+        """Every process record (PS), live and exited, oldest first."""
+        return list(self._observe("ps")["processes"])
+
     def pager_slots(self) -> list[Msg]:
         """The pager slots' health (PS "pagers")."""
         return list(self._observe("ps")["pagers"])
@@ -168,9 +172,8 @@ class Rig:
     def admit(self, name: str, role: str = "app", manifest: tuple[str, ...] = (),
               provides: tuple[str, ...] = (), quota: dict[str, int] | None = None) -> bytes:
         """The launcher admits a process; returns its one-time credential."""
-        reply = self.ask(self.launcher, "admit", cred=self.secret, name=name, program=name,
-                         digest="d" * 64, role=role, manifest=list(manifest),
-                         provides=list(provides), quota=quota or {}, hostpid=0, started=0.0)
+        reply = self.ask(self.launcher, "admit", **admission(self.secret, name, role, manifest,
+                                                             provides, quota))
         assert "err" not in reply, reply
         return bytes(reply["cred"])
 
@@ -185,6 +188,14 @@ class Rig:
         p = FakePager(self, mirror, self.disks[mirror])
         self.run_until(f"pager {mirror} admitted", lambda: p.admitted)
         return p
+
+
+def admission(cred: bytes, name: str, role: str = "app", manifest: tuple[str, ...] = (),
+              provides: tuple[str, ...] = (), quota: dict[str, int] | None = None) -> Msg:
+    """The fields of an ADMIT of `name` (a remote process: hostpid 0), signed off by `cred`."""
+    return {"cred": cred, "name": name, "program": name, "digest": "d" * 64, "role": role,
+            "manifest": list(manifest), "provides": list(provides), "quota": quota or {},
+            "hostpid": 0, "started": 0.0}
 
 
 @dataclass
