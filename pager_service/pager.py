@@ -35,7 +35,7 @@ from typing import Any, TypeGuard
 
 import zmq
 
-from pager_service.hostile import HONEST, HostileCounts, HostileOptions, PageIn, make_behaviour
+from pager_service.hostile import HONEST, HostileCounts, HostileOptions, PageRead, make_behaviour
 from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError, err_code
@@ -267,7 +267,7 @@ class Pager(Server):
         return SUSPEND
 
     # -- answering page-ins; with call_later and fail, the PagerPort of hostile behaviours --
-    def reply_page(self, page: PageIn, data: object) -> None:
+    def reply_page(self, page: PageRead, data: object) -> None:
         """Answer `page` with {data} (a hostile mode may pass anything), plus disk_us (the
         disk read's time) and pager_us (time since the request arrived) once the disk answered."""
         if page.disk_us is None:
@@ -331,7 +331,7 @@ class Pager(Server):
     def do_page_in(self, req: Request) -> Any:
         """page_in {handle, slot} -> {data, disk_us, pager_us}: fetch a sealed page (a hostile
         behaviour, if configured, answers instead)."""
-        page = PageIn(req, check_handle(req.msg), check_slot(req.msg["slot"]), self.now())
+        page = PageRead(req, check_handle(req.msg), check_slot(req.msg["slot"]), self.now())
         self.counters.page_ins += 1
 
         def done(reply: dict[str, Any]) -> None:
@@ -348,7 +348,7 @@ class Pager(Server):
                      lambda code, msg: self.page_in_failed(page, code, msg))
         return SUSPEND
 
-    def page_in_failed(self, page: PageIn, code: Err, msg: str) -> None:
+    def page_in_failed(self, page: PageRead, code: Err, msg: str) -> None:
         """Answer a page-in the disk failed: with the error (or as the hostile mode decides)."""
         if self.hostile is None:
             self.fail(page.req, code, msg)
