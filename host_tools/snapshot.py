@@ -279,3 +279,10 @@ def fmt_bytes(n: Any) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     return "-"
+
+
+def observer_for(args: argparse.Namespace) -> Observer:
+    """An Observer of the system add_target_args' flags point at; NoKernel if none (or no
+    keys for it)."""
+    return Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure,
+                                   args.principal))
