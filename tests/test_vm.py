@@ -193,15 +193,21 @@ def test_when_no_mirror_verifies_only_the_faulting_process_is_stopped() -> None:
     assert rig.ps(bystander.spid)["state"] == "running"
 
 
+def silent_holder(rig: Rig, name: str) -> tuple[App, App, int]:
+    """`name` holds the only frame (dirty) and will not answer SHOOTDOWNs; another process
+    faults (a write), so the kernel asks `name` for the frame.  Returns (name's App, the
+    other, the other's FAULT rid)."""
+    rig.pager()
+    holder, other = rig.app(name), rig.app("other")
+    holder.write(holder.map(1), page(name))
+    holder.answers_shootdowns = False
+    rid = other.send("fault", vpn=other.map(1), access="w", refs=[])
+    return holder, other, rid
+
+
 def test_a_process_that_does_not_answer_a_shootdown_is_killed_and_its_frame_reused() -> None:
     rig = Rig(nframes=1)
-    rig.pager()
-    hung, other = rig.app("hung"), rig.app("other")
-    h = hung.map(1)
-    hung.write(h, page("h"))
-    hung.answers_shootdowns = False
-    o = other.map(1)
-    rid = other.send("fault", vpn=o, access="w", refs=[])
+    hung, other, rid = silent_holder(rig, "hung")
     rig.run(SHOOTDOWN_TIMEOUT_MS / 1000 - 0.1)
     assert len(hung.shootdowns) == 1 and not other.answered(rid)
     reply = other.answer(rid)
@@ -275,13 +281,7 @@ def test_when_every_mirror_fails_the_stop_names_each_failure() -> None:
 
 def test_a_wrong_answer_to_a_shootdown_stops_that_process() -> None:
     rig = Rig(nframes=1)
-    rig.pager()
-    liar, other = rig.app("liar"), rig.app("other")
-    h = liar.map(1)
-    liar.write(h, page("x"))
-    liar.answers_shootdowns = False
-    o = other.map(1)
-    rid = other.send("fault", vpn=o, access="w", refs=[])
+    liar, other, rid = silent_holder(rig, "liar")
     rig.run(0.05)
     [sd] = liar.shootdowns
     other_ctrl_forgery = {"re": sd["rid"], "dirty": True, "data": page("forged")}
