@@ -18,6 +18,7 @@ import zmq
 
 from host_tools.sim.kit import Harness, Peer
 from host_tools.sim.net import LinkFaults, SimClock
+from wire.keys import Keypair
 from wire.protocol import MAX_FRAME_BYTES, Err, Op, ServiceError, decode, encode
 from wire.server import SUSPEND, Panic, Request, Server
 from wire.transport import Clock, Transport
@@ -382,10 +383,10 @@ class LoopTransport:
     def __init__(self, clock: SimClock) -> None:
         self.sock = LoopSocket(clock)
 
-    def bind_router(self, addr: str, keypair: Any = None) -> LoopSocket:
+    def bind_router(self, addr: str, keypair: Keypair | None = None) -> LoopSocket:
         return self.sock
 
-    def connect_dealer(self, addr: str, keypair: Any = None,
+    def connect_dealer(self, addr: str, keypair: Keypair | None = None,
                        server_public: bytes | None = None) -> LoopSocket:
         raise AssertionError("not used")
 
