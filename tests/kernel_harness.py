@@ -430,6 +430,17 @@ class App:
         self.rig.h.net.after(HEARTBEAT_S, self._heartbeat)
 
 
+def swapped_page(rig: Rig, app: App, text: str) -> int:
+    """A new page of app's holding page(text), evicted to swap (a PAGE_OUT was asked) by
+    touching the next page: for rigs with nframes=1."""
+    v = app.map(2)
+    app.write(v, page(text))
+    app.read(v + 1)                               # the only frame: v is evicted
+    rig.run(0.05)
+    assert v not in app.resident
+    return v
+
+
 @dataclass
 class EchoWorld:
     """init with the name service, an echo server, and a client holding the echo capability
@@ -462,6 +473,13 @@ def look_up(rig: Rig, w: EchoWorld, app: App) -> int:
     found = app.answer(rid)
     assert "err" not in found, found
     return int(found["caps"][0])
+
+
+def second_client(rig: Rig, w: EchoWorld, name: str) -> tuple[App, int]:
+    """Another process that may call echo (it is in its manifest), and its handle of the echo
+    endpoint (looked up through init)."""
+    app = rig.app(name, manifest=("echo",))
+    return app, look_up(rig, w, app)
 
 
 def echo_world(rig: Rig, contract: Msg | None = None) -> EchoWorld:

@@ -5,17 +5,7 @@ forgotten when another joins (the new instance is asked to OPEN before it is ask
 """
 from __future__ import annotations
 
-from kernel_harness import App, FakePager, Msg, Rig, page
-
-
-def evict(rig: Rig, app: App, text: str) -> int:
-    """A page of app's holding page(text), evicted (nframes=1 rigs): a PAGE_OUT is asked."""
-    v = app.map(2)
-    app.write(v, page(text))
-    app.read(v + 1)                               # the only frame: v is evicted
-    rig.run(0.05)
-    assert v not in app.resident
-    return v
+from kernel_harness import FakePager, Msg, Rig, page, swapped_page
 
 
 def checks_handles(p: FakePager, m: Msg) -> Msg:
@@ -35,7 +25,7 @@ def test_an_open_lie_is_caught_by_ebadhandle_and_reopened() -> None:
     pager.behaviour["open"] = lie_once
     pager.behaviour["page_out"] = checks_handles
     app = rig.app()
-    v = evict(rig, app, "reopened")
+    v = swapped_page(rig, app, "reopened")
     ops = [(m["op"], bytes(m["handle"])) for m in pager.requests if m["op"] != "pager_hello"]
     handle = ops[0][1]                            # the kernel minted it
     assert ops == [("open", handle), ("page_out", handle), ("open", handle),
@@ -48,12 +38,12 @@ def test_a_new_instance_revalidates_what_the_old_one_opened() -> None:
     rig = Rig(nframes=1)
     first = rig.pager()
     app = rig.app()
-    evict(rig, app, "before")
+    swapped_page(rig, app, "before")
     handle = bytes(first.ops("open")[0]["handle"])
     first.crash()
     second = rig.pager()                          # another instance joins the slot
     second.behaviour["page_out"] = checks_handles
-    evict(rig, app, "after")
+    swapped_page(rig, app, "after")
     asked = [(m["op"], bytes(m["handle"])) for m in second.requests]
     assert asked[:2] == [("open", handle), ("page_out", handle)]
     assert rig.stats()["handle_reopens"] == 0     # opened first, never caught out

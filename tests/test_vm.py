@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from kernel_harness import ZERO_PAGE, App, FakePager, Msg, Rig, page
+from kernel_harness import ZERO_PAGE, App, FakePager, Msg, Rig, page, swapped_page
 
 from kernel_daemon.vm import SHOOTDOWN_TIMEOUT_MS
 from wire.protocol import PAGE_SIZE, PROT_R, PROT_W
@@ -220,10 +220,7 @@ def test_a_page_unmapped_while_its_page_in_is_in_flight_is_never_installed() -> 
     rig = Rig(nframes=1)
     pager = rig.pager()
     app = rig.app()
-    v = app.map(2)
-    app.write(v, page("gone"))
-    app.read(v + 1)
-    rig.run(0.05)
+    v = swapped_page(rig, app, "gone")
     held: list[Msg] = []
 
     def later(p: FakePager, m: Msg) -> None:
@@ -268,10 +265,7 @@ def test_when_every_mirror_fails_the_stop_names_each_failure() -> None:
     rig = Rig(nframes=1, mirrors=2)
     p0, p1 = rig.pager(0), rig.pager(1)
     app = rig.app()
-    v = app.map(2)
-    app.write(v, page("both lie"))
-    app.read(v + 1)
-    rig.run(0.05)
+    v = swapped_page(rig, app, "both lie")
     p0.behaviour["page_in"], p1.behaviour["page_in"] = flip, short
     reply = app.fault(v, "r")
     assert reply["err"] == "EINTEGRITY"
