@@ -86,8 +86,7 @@ class Apps:
 
     def finished(self, name: str) -> dict[str, Any]:
         """Wait for `name` to exit; return its report (with its exit status as 'status')."""
-        code = wait_for(f"{name} to exit", lambda: self.exit_code(name) is not None or None)
-        assert code
+        wait_for(f"{name} to exit", lambda: self.exit_code(name) is not None)
         return dict(self.report(name), status=self.exit_code(name))
 
     def kill(self, name: str) -> None:
