@@ -32,7 +32,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from host_tools.snapshot import NoKernel, Observer, add_target_args, resolve_target
+from host_tools.snapshot import NoKernel, add_target_args, observer_for
 from wire.protocol import Op
 
 log = logging.getLogger("sealedos.metrics")
@@ -279,8 +279,7 @@ def main(argv: list[str]) -> int:
     """Serve /metrics until SIGTERM/SIGINT (or print one scrape with --once)."""
     args = build_parser().parse_args(argv)
     try:
-        observer = Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure,
-                                           args.principal))
+        observer = observer_for(args)
     except NoKernel as exc:
         print(f"sealedos metrics: {exc}", file=sys.stderr)
         return FAILED_STATUS

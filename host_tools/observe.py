@@ -20,7 +20,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from host_tools.snapshot import NoKernel, Observer, add_target_args, fmt_bytes, resolve_target
+from host_tools.snapshot import NoKernel, add_target_args, fmt_bytes, observer_for
 
 NO_KERNEL_STATUS: int = 2
 #: Width of the tables when stdout is not a terminal (a file or a pipe is not 80 columns).
@@ -47,8 +47,7 @@ def build_parser(prog: str, what: str) -> argparse.ArgumentParser:
 def take_snapshot(args: argparse.Namespace, prog: str) -> dict[str, Any] | None:
     """A snapshot of the system args point at; None (after an error line) if no kernel answers."""
     try:
-        observer = Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure,
-                                           args.principal))
+        observer = observer_for(args)
         try:
             return observer.snapshot()
         finally:

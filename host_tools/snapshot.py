@@ -25,6 +25,7 @@ from typing import Any
 
 import psutil
 
+from kernel_daemon.hostproc import same_process
 from wire import keys as wkeys
 from wire.client import Client
 from wire.keys import Keyring, KeysMissing
@@ -36,9 +37,6 @@ KERNEL_TIMEOUT_MS: int = 2000
 DISK_TIMEOUT_MS: int = 300
 #: Where `sealedos up` makes its runtime directories.
 RUNDIR_GLOB: tuple[str, str] = ("/tmp", "sealedos-*")
-#: A host process is ours only if its command line mentions one of these.
-OUR_CMDLINE_WORDS: tuple[str, ...] = ("sealedos", "kernel_daemon", "pager_service",
-                                      "disk_service", "apps")
 
 
 class NoKernel(Exception):
@@ -125,25 +123,30 @@ def discover_kernel_sockets() -> list[Path]:
 
 class HostSampler:
     """RSS and CPU% of local processes; CPU% is over the time since the previous sample of
-    the same process, or over its whole life on the first sample (like ps(1))."""
+    the same process, or over its whole life on the first sample (like ps(1)).
+
+    Which host process a row is, is said explicitly, never guessed from command lines: a
+    sealed process or pager by the (pid, start time) the trusted launcher gave the kernel
+    (a reused pid has another start time), the kernel and the disks by the pid they answer
+    PING with themselves."""
 
     def __init__(self) -> None:
         self.host = socket.gethostname()
         self._procs: dict[int, psutil.Process] = {}
 
-    def sample(self, pid: Any, host: str | None = None) -> dict[str, Any]:
-        """{rss_bytes, cpu_percent} of `pid` if it is one of ours on this host, else {}."""
+    def sample(self, pid: object, host: str | None = None,
+               started: float | None = None) -> dict[str, Any]:
+        """{rss_bytes, cpu_percent} of host process `pid` on this host (when `started` is
+        given: only if it is still the process started then), else {}."""
         if not isinstance(pid, int) or pid <= 0 or (host and host != self.host):
             return {}
         try:
             proc = self._procs.get(pid)
             if proc is None or not proc.is_running():
-                proc = psutil.Process(pid)
-                cmdline = _field(proc.cmdline)
-                ours = cmdline is None or any(w in " ".join(cmdline) for w in OUR_CMDLINE_WORDS)
-                if not ours:
+                found = psutil.Process(pid) if started is None else same_process(pid, started)
+                if found is None:
                     return {}
-                self._procs[pid] = proc
+                proc = self._procs[pid] = found
                 times = _field(proc.cpu_times)
                 life_s = max(1e-3, time.time() - proc.create_time())
                 cpu = None if times is None else 100.0 * (times.user + times.system) / life_s
@@ -203,26 +206,31 @@ class Observer:
         for rec in stats["processes"]:
             rec = dict(rec)
             if rec.get("state") not in ("exited", "killed"):
-                rec.update(self.sampler.sample(rec.get("hostpid"), rec.get("host")))
+                rec.update(self.sampler.sample(rec.get("hostpid"), rec.get("host"),
+                                               float(rec.get("host_started") or 0.0)))
             procs.append(rec)
         local = self.target.addr.startswith("ipc://")
         services = [{"kind": "kernel", "name": "kernel", "hostpid": self._kernel_pid,
                      "state": "up", "latency_ms": round(rtt_ms, 2), "detail": self.target.addr,
                      **(self.sampler.sample(self._kernel_pid) if local else {})}]
-        services += [self._pager_row(h) for h in kernel.get("pagers", [])]
+        services += [self._pager_row(h, local) for h in kernel.get("pagers", [])]
         services += self._disk_rows()
         return {"time": time.time(), "addr": self.target.addr, "kernel": kernel,
                 "processes": procs, "services": services}
 
-    def _pager_row(self, h: dict[str, Any]) -> dict[str, Any]:
-        """One pager slot as a service row: up, restarting (lost its instance) or starting."""
+    def _pager_row(self, h: dict[str, Any], local: bool) -> dict[str, Any]:
+        """One pager slot as a service row: up, restarting (lost its instance) or starting;
+        with host figures when the kernel is local and its launcher said which process the
+        instance is (its `hostpid` is only what the instance claims)."""
         state = "up" if h.get("up") else ("restarting" if h.get("joins") else "starting")
         row = {"kind": "pager", "name": f"pager{h.get('mirror')}", "hostpid": h.get("hostpid"),
                "host": h.get("host"), "state": state, "restarts": max(0, h.get("joins", 0) - 1),
                "inflight": h.get("inflight"), "backlog": h.get("backlog"),
                "silent_ms": h.get("silent_ms"),
                "detail": f"inflight {h.get('inflight')} backlog {h.get('backlog')}"}
-        row.update(self.sampler.sample(h.get("hostpid"), h.get("host")))
+        launched_pid, launched_s = h.get("launched") or (0, 0.0)
+        if local and launched_pid:
+            row.update(self.sampler.sample(launched_pid, None, float(launched_s)))
         return row
 
     def _disk_rows(self) -> list[dict[str, Any]]:
@@ -271,3 +279,10 @@ def fmt_bytes(n: Any) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
         n /= 1024
     return "-"
+
+
+def observer_for(args: argparse.Namespace) -> Observer:
+    """An Observer of the system add_target_args' flags point at; NoKernel if none (or no
+    keys for it)."""
+    return Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure,
+                                   args.principal))

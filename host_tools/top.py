@@ -27,7 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from host_tools.observe import NO_KERNEL_STATUS, cell, styled_state
-from host_tools.snapshot import NoKernel, Observer, add_target_args, resolve_target
+from host_tools.snapshot import NoKernel, Observer, add_target_args, observer_for
 
 #: Colours of the processes' shares of the frame pool, by spid (cycled).
 PALETTE: tuple[str, ...] = ("cyan", "magenta", "green", "yellow", "blue", "red",
@@ -247,8 +247,7 @@ def main(argv: list[str]) -> int:
     """Refresh the view until q, Ctrl-C or --iterations; exit 2 if no kernel answers at first."""
     args = build_parser().parse_args(argv)
     try:
-        observer = Observer(resolve_target(args.kernel, args.rundir, args.keys, args.insecure,
-                                           args.principal))
+        observer = observer_for(args)
         first = observer.snapshot()
     except NoKernel as exc:
         print(f"sealedos top: {exc}", file=sys.stderr)

@@ -118,7 +118,7 @@ class CapTable:
                                          f"receive on it")
         return ep
 
-    def collect(self, raw: Any, root: Endpoint | None) -> list[Endpoint]:
+    def collect(self, raw: object, root: Endpoint | None) -> list[Endpoint]:
         """The endpoints a message's `caps` handles name; EBADHANDLE/EINVAL otherwise."""
         if raw is None:
             return []

@@ -330,7 +330,7 @@ def _compile_messages(specs: Any, direction: str) -> dict[str, MessageSpec]:
     return out
 
 
-def encoded_size(src: Any) -> int:
+def encoded_size(src: object) -> int:
     """The contract's msgpack size in bytes; EMSGSIZE over CONTRACT_MAX_BYTES, EINVAL when
     it is not a map (cheap next to compiling: the kernel checks it, and charges the
     compiled size it implies, before compiling)."""

@@ -68,7 +68,7 @@ from kernel_daemon.histogram import Histograms
 from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
 from wire.protocol import PAGE_SHIFT, PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
-from wire.server import SUSPEND, Request
+from wire.server import SUSPEND, Answer, Request
 
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel
@@ -211,7 +211,7 @@ class Ipc:
         return {}
 
     # -- CALL -----------------------------------------------------------------------------
-    def call(self, req: Request) -> Any:
+    def call(self, req: Request) -> Answer:
         """Check a call (size, handle, contract, caps, grant) and post it; SUSPEND until REPLY."""
         proc = caller(req)
         spid = proc.spid
@@ -370,7 +370,7 @@ class Ipc:
         self.k.tracer.end("ipc", "call", call.cid, caller.spid, error=str(code))
 
     # -- RECEIVE, REPLY ---------------------------------------------------------------------
-    def receive(self, req: Request) -> Any:
+    def receive(self, req: Request) -> Answer:
         """The next call on an endpoint the caller owns; SUSPEND until one arrives."""
         t = self.table(caller(req))
         ep = t.owned_by_me(req.msg["handle"], self.root)
@@ -379,7 +379,7 @@ class Ipc:
                                          "or receive")
         return self._receive(t, ep, req)
 
-    def _receive(self, t: CapTable, ep: Endpoint, req: Request) -> Any:
+    def _receive(self, t: CapTable, ep: Endpoint, req: Request) -> Answer:
         """Deliver the first queued call on ep, or leave req waiting there (SUSPEND)."""
         if not ep.alive:
             raise ServiceError(Err.PEERDIED, f"receive: endpoint {ep.contract.name!r} is gone: "
@@ -391,7 +391,7 @@ class Ipc:
         t.proc.state = _RECEIVE
         return SUSPEND
 
-    def reply(self, req: Request) -> Any:
+    def reply(self, req: Request) -> Answer:
         """Answer a received call (contract-checked); with `receive`, then wait for the next."""
         proc = caller(req)
         t = self.tables.get(proc.spid) or self.table(proc)

@@ -27,7 +27,7 @@ import argparse
 import hmac
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,7 @@ from wire.protocol import (
     Op,
     ServiceError,
 )
-from wire.server import SUSPEND, Panic, Request, Server
+from wire.server import SUSPEND, Answer, Handler, Panic, Request, Server
 from wire.transport import Clock, Transport
 
 LIVENESS_MS: int = 500
@@ -139,7 +139,7 @@ class Kernel(Server):
             return
         super().on_frame(sock, peer, frame, user_id)
 
-    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+    def dispatch_table(self) -> dict[Op, Handler]:
         """Every op the kernel serves, and its handler."""
         return {
             # launcher
@@ -219,15 +219,14 @@ class Kernel(Server):
             name=_short(m["name"]), program=_short(m["program"]), digest=_short(m["digest"]),
             role=m["role"], manifest=_names(m["manifest"]), provides=_names(m["provides"]),
             quota=_quota_spec(m["quota"]), hostpid=m["hostpid"], started=m["started"],
-            host=_short(m.get("host") or ""),
-            expires_s=self.now() + ADMIT_TTL_MS / 1000))
+            host=_short(m.get("host") or ""), expires_s=self.now() + ADMIT_TTL_MS / 1000))
         return {"cred": cred}
 
-    def _backoff_on_quota(self, handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def _backoff_on_quota(self, handler: Handler) -> Handler:
         """handler, except that an EQUOTA refusal of a process refused just before is
         answered after a delay that doubles with each refusal (quota.py): a flood against
         a quota costs the kernel a few requests a second, not a core."""
-        def run(req: Request) -> Any:
+        def run(req: Request) -> Answer:
             try:
                 return handler(req)
             except ServiceError as exc:

@@ -131,9 +131,9 @@ class PagerSlot:
 
     def health(self, now_s: float) -> dict[str, Any]:
         """The slot as one map (stats, ps, top); `now_s`: the kernel's clock."""
-        return {"mirror": self.mirror, "up": self.up, "host": self.host,
-                "hostpid": self.hostpid, "joins": self.joins, "inflight": len(self.inflight),
-                "backlog": len(self.backlog),
+        return {"mirror": self.mirror, "up": self.up, "host": self.host, "joins": self.joins,
+                "hostpid": self.hostpid, "inflight": len(self.inflight),
+                "backlog": len(self.backlog), "launched": [self.trusted_pid, self.trusted_started],
                 "silent_ms": int((now_s - self.last_hello) * 1000) if self.joins else None}
 
 

@@ -104,8 +104,8 @@ class Proc:
         """The process as one JSON-able map (ps, stats, the launcher's summary)."""
         out: dict[str, Any] = {
             "spid": self.spid, "name": self.name, "program": self.program, "role": self.role,
-            "digest": self.digest, "host": self.host, "hostpid": self.hostpid,
-            "state": str(self.state), "resident_pages": self.resident,
+            "host": self.host, "hostpid": self.hostpid, "host_started": self.host_started,
+            "digest": self.digest, "state": str(self.state), "resident_pages": self.resident,
             "swapped_pages": self.swapped, "exit_reason": self.exit_reason,
             "checksum": self.report.get("checksum"), "report": dict(self.report),
             "quota": self.quota.usage()}

@@ -44,8 +44,9 @@ PageKey = tuple[bytes, int]
 
 
 @dataclass(slots=True)
-class PageIn:
-    """One page_in being answered: the request, the page it names, and its timing."""
+class PageRead:
+    """One PAGE_IN this pager is answering: the request, the page it names, and its timing
+    (the kernel's side of a page-in is kernel_daemon/vm.PageIn)."""
     req: Request
     handle: bytes
     slot: int
@@ -58,7 +59,7 @@ class PageIn:
 class PagerPort(Protocol):
     """What a behaviour may ask of the pager: answer the kernel, read the disk, wait."""
 
-    def reply_page(self, page: PageIn, data: object) -> None:
+    def reply_page(self, page: PageRead, data: object) -> None:
         """Answer `page`'s request with a reply map {re, data} (data of any type)."""
 
     def fail(self, req: Request, code: Err, msg: str) -> None:
@@ -135,18 +136,18 @@ class Hostile:
     def on_page_out(self, handle: bytes, slot: int, data: bytes) -> None:
         """Hook: a page-out of `data` to (handle, slot) arrived (it is stored honestly)."""
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         """Hook: answer `page`, whose honest answer is `data`."""
         self.port.reply_page(page, data)
 
-    def on_page_in_error(self, page: PageIn, code: Err, msg: str) -> None:
+    def on_page_in_error(self, page: PageRead, code: Err, msg: str) -> None:
         """Hook: answer `page`, which failed on the disk with `code`."""
         self.port.fail(page.req, code, msg)
 
     def close(self) -> None:
         """Release whatever the behaviour holds open."""
 
-    def _tamper(self, page: PageIn, data: object) -> None:
+    def _tamper(self, page: PageRead, data: object) -> None:
         """Answer `page` with `data`, counted as a falsified reply."""
         self.counts.tampered += 1
         self.port.reply_page(page, data)
@@ -173,7 +174,7 @@ class Snoop(Hostile):
     def on_page_out(self, handle: bytes, slot: int, data: bytes) -> None:
         self._record(data)
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         self._record(data)
         self.port.reply_page(page, data)
 
@@ -185,7 +186,7 @@ class Flip(Hostile):
     """Answers page-ins with a few bits inverted."""
     name = "flip"
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         self._tamper(page, flip_bits(data, self.rng))
 
 
@@ -215,7 +216,7 @@ class Swap(Hostile):
             return other, self.rng.choice(self.slots[other])
         return None
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         other = self.pick_other(page.handle, page.slot)
         if other is None:
             self._flip(page, data)
@@ -229,7 +230,7 @@ class Swap(Hostile):
                 self._tamper(page, other_data)
         self.port.read_page(other[0], other[1], got)
 
-    def _flip(self, page: PageIn, data: bytes) -> None:
+    def _flip(self, page: PageRead, data: bytes) -> None:
         """The fallback attack: flip bits of the honest page."""
         self.swap.flipped += 1
         self._tamper(page, flip_bits(data, self.rng))
@@ -256,7 +257,7 @@ class Replay(Hostile):
                 return old
         return None
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         old = self.older_version((page.handle, page.slot), data)
         if old is not None:
             self.replay.replayed += 1
@@ -270,7 +271,7 @@ class Zero(Hostile):
     """Answers page-ins with a page of zeros, as a dead userfaultfd handler would."""
     name = "zero"
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         self._tamper(page, bytes(len(data)))
 
 
@@ -278,10 +279,10 @@ class Drop(Hostile):
     """Never answers a page-in (not even with an error); everything else is answered."""
     name = "drop"
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         self.counts.tampered += 1
 
-    def on_page_in_error(self, page: PageIn, code: Err, msg: str) -> None:
+    def on_page_in_error(self, page: PageRead, code: Err, msg: str) -> None:
         self.counts.tampered += 1
 
 
@@ -289,11 +290,11 @@ class Stall(Hostile):
     """Answers page-ins honestly, but only after stall_ms (on a timer; the loop never blocks)."""
     name = "stall"
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         self.counts.tampered += 1
         self.port.call_later(self.options.stall_ms, lambda: self.port.reply_page(page, data))
 
-    def on_page_in_error(self, page: PageIn, code: Err, msg: str) -> None:
+    def on_page_in_error(self, page: PageRead, code: Err, msg: str) -> None:
         self.counts.tampered += 1
         self.port.call_later(self.options.stall_ms, lambda: self.port.fail(page.req, code, msg))
 
@@ -306,7 +307,7 @@ class Garbage(Hostile):
         super().__init__(port, options)
         self.turn = 0
 
-    def on_page_in(self, page: PageIn, data: bytes) -> None:
+    def on_page_in(self, page: PageRead, data: bytes) -> None:
         kind, self.turn = self.turn % 3, self.turn + 1
         self.counts.tampered += 1
         if kind == 0:

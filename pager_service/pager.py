@@ -35,11 +35,11 @@ from typing import Any, TypeGuard
 
 import zmq
 
-from pager_service.hostile import HONEST, HostileCounts, HostileOptions, PageIn, make_behaviour
+from pager_service.hostile import HONEST, HostileCounts, HostileOptions, PageRead, make_behaviour
 from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError, err_code
-from wire.server import SUSPEND, Request, Server
+from wire.server import SUSPEND, Answer, Handler, Request, Server
 from wire.transport import Clock, Transport
 
 #: How often the pager (re)announces itself to the kernel.
@@ -259,7 +259,7 @@ class Pager(Server):
         rid = self.request(self.disk, None, op, fields, on_reply, self.config.disk_timeout_ms)
         self.disk_inflight[rid] = failed
 
-    def forward(self, req: Request, op: Op, fields: dict[str, Any]) -> Any:
+    def forward(self, req: Request, op: Op, fields: dict[str, Any]) -> Answer:
         """Forward `req` to the disk as `op`; reply its success fields or its error. SUSPEND."""
         def done(reply: dict[str, Any]) -> None:
             self.reply(req, **{k: v for k, v in reply.items() if k != "re"})
@@ -267,7 +267,7 @@ class Pager(Server):
         return SUSPEND
 
     # -- answering page-ins; with call_later and fail, the PagerPort of hostile behaviours --
-    def reply_page(self, page: PageIn, data: object) -> None:
+    def reply_page(self, page: PageRead, data: object) -> None:
         """Answer `page` with {data} (a hostile mode may pass anything), plus disk_us (the
         disk read's time) and pager_us (time since the request arrived) once the disk answered."""
         if page.disk_us is None:
@@ -289,13 +289,13 @@ class Pager(Server):
         self.to_disk(Op.READ, {"handle": handle, "slot": slot}, done, lambda _c, _m: callback(None))
 
     # -- handlers ------------------------------------------------------------------------
-    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+    def dispatch_table(self) -> dict[Op, Handler]:
         """Every op the pager serves, and its handler."""
         return {Op.OPEN: self.do_open, Op.CLOSE: self.do_close, Op.FREE: self.do_free,
                 Op.PAGE_OUT: self.do_page_out, Op.PAGE_IN: self.do_page_in,
                 Op.PING: self.do_ping, Op.STATS: self.do_stats}
 
-    def do_open(self, req: Request) -> Any:
+    def do_open(self, req: Request) -> Answer:
         """open {handle, label, block_size?} -> {}: create the kernel-minted disk handle (one
         per address space; block_size: bytes per slot, for fragments) on the disk; idempotent."""
         label = req.msg["label"]
@@ -307,18 +307,18 @@ class Pager(Server):
             fields["block_size"] = req.msg["block_size"]
         return self.forward(req, Op.OPEN, fields)
 
-    def do_close(self, req: Request) -> Any:
+    def do_close(self, req: Request) -> Answer:
         """close {handle}: the disk frees every block of the handle."""
         self.counters.closes += 1
         return self.forward(req, Op.CLOSE, {"handle": check_handle(req.msg)})
 
-    def do_free(self, req: Request) -> Any:
+    def do_free(self, req: Request) -> Answer:
         """free {handle, slots}: the disk releases those slots' blocks."""
         fields = {"handle": check_handle(req.msg), "slots": check_slots(req.msg)}
         self.counters.frees += 1
         return self.forward(req, Op.FREE, fields)
 
-    def do_page_out(self, req: Request) -> Any:
+    def do_page_out(self, req: Request) -> Answer:
         """page_out {handle, slot, data} -> {}: store a sealed page (always honestly)."""
         handle, slot, data = check_handle(req.msg), check_slot(req.msg["slot"]), check_page(req.msg)
         self.counters.page_outs += 1
@@ -328,10 +328,10 @@ class Pager(Server):
                      lambda _reply: self.reply(req), lambda code, msg: self.fail(req, code, msg))
         return SUSPEND
 
-    def do_page_in(self, req: Request) -> Any:
+    def do_page_in(self, req: Request) -> Answer:
         """page_in {handle, slot} -> {data, disk_us, pager_us}: fetch a sealed page (a hostile
         behaviour, if configured, answers instead)."""
-        page = PageIn(req, check_handle(req.msg), check_slot(req.msg["slot"]), self.now())
+        page = PageRead(req, check_handle(req.msg), check_slot(req.msg["slot"]), self.now())
         self.counters.page_ins += 1
 
         def done(reply: dict[str, Any]) -> None:
@@ -348,7 +348,7 @@ class Pager(Server):
                      lambda code, msg: self.page_in_failed(page, code, msg))
         return SUSPEND
 
-    def page_in_failed(self, page: PageIn, code: Err, msg: str) -> None:
+    def page_in_failed(self, page: PageRead, code: Err, msg: str) -> None:
         """Answer a page-in the disk failed: with the error (or as the hostile mode decides)."""
         if self.hostile is None:
             self.fail(page.req, code, msg)

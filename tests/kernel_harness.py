@@ -155,6 +155,10 @@ class Rig:
         records = self._observe("ps")["processes"]
         return dict(next(r for r in reversed(records) if r["spid"] == spid))
 
+    def processes(self) -> list[Msg]:
+        """Every process record (PS), live and exited, oldest first."""
+        return list(self._observe("ps")["processes"])
+
     def pager_slots(self) -> list[Msg]:
         """The pager slots' health (PS "pagers")."""
         return list(self._observe("ps")["pagers"])
@@ -170,9 +174,8 @@ class Rig:
     def admit(self, name: str, role: str = "app", manifest: tuple[str, ...] = (),
               provides: tuple[str, ...] = (), quota: dict[str, int] | None = None) -> bytes:
         """The launcher admits a process; returns its one-time credential."""
-        reply = self.ask(self.launcher, "admit", cred=self.secret, name=name, program=name,
-                         digest="d" * 64, role=role, manifest=list(manifest),
-                         provides=list(provides), quota=quota or {}, hostpid=0, started=0.0)
+        reply = self.ask(self.launcher, "admit", **admission(self.secret, name, role, manifest,
+                                                             provides, quota))
         assert "err" not in reply, reply
         return bytes(reply["cred"])
 
@@ -187,6 +190,14 @@ class Rig:
         p = FakePager(self, mirror, self.disks[mirror])
         self.run_until(f"pager {mirror} admitted", lambda: p.admitted)
         return p
+
+
+def admission(cred: bytes, name: str, role: str = "app", manifest: tuple[str, ...] = (),
+              provides: tuple[str, ...] = (), quota: dict[str, int] | None = None) -> Msg:
+    """The fields of an ADMIT of `name` (a remote process: hostpid 0), signed off by `cred`."""
+    return {"cred": cred, "name": name, "program": name, "digest": "d" * 64, "role": role,
+            "manifest": list(manifest), "provides": list(provides), "quota": quota or {},
+            "hostpid": 0, "started": 0.0}
 
 
 @dataclass
@@ -427,6 +438,17 @@ class App:
         self.rig.h.net.after(HEARTBEAT_S, self._heartbeat)
 
 
+def swapped_page(rig: Rig, app: App, text: str) -> int:
+    """A new page of app's holding page(text), evicted to swap (a PAGE_OUT was asked) by
+    touching the next page: for rigs with nframes=1."""
+    v = app.map(2)
+    app.write(v, page(text))
+    app.read(v + 1)                               # the only frame: v is evicted
+    rig.run(0.05)
+    assert v not in app.resident
+    return v
+
+
 @dataclass
 class EchoWorld:
     """init with the name service, an echo server, and a client holding the echo capability
@@ -459,6 +481,13 @@ def look_up(rig: Rig, w: EchoWorld, app: App) -> int:
     found = app.answer(rid)
     assert "err" not in found, found
     return int(found["caps"][0])
+
+
+def second_client(rig: Rig, w: EchoWorld, name: str) -> tuple[App, int]:
+    """Another process that may call echo (it is in its manifest), and its handle of the echo
+    endpoint (looked up through init)."""
+    app = rig.app(name, manifest=("echo",))
+    return app, look_up(rig, w, app)
 
 
 def echo_world(rig: Rig, contract: Msg | None = None) -> EchoWorld:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from kernel_harness import Rig, echo_world, look_up, packed, serve_one, unpacked
+from kernel_harness import Rig, echo_world, packed, second_client, serve_one, unpacked
 
 from kernel_daemon.contract import (
     CONTRACT_MAX_BYTES,
@@ -238,8 +238,7 @@ def test_a_contract_is_charged_by_its_encoded_size_and_refused_over_the_limit() 
 def test_each_calling_process_has_its_own_channel_state() -> None:
     rig = Rig()
     w = echo_world(rig, KV)
-    other = rig.app("other", manifest=("echo",))
-    other_held = look_up(rig, w, other)
+    other, other_held = second_client(rig, w, "other")
     put = packed("put", key="k", value=b"v")
     assert w.client.ask("call", handle=w.held, msg=put)["err"] == "ECONTRACT"   # not logged in
     rid = w.client.call(w.held, packed("login", user="ann"))

@@ -10,9 +10,9 @@ from kernel_harness import (
     ECHO_CONTRACT,
     Rig,
     echo_world,
-    look_up,
     packed,
     page,
+    second_client,
     serve_one,
     unpacked,
 )
@@ -23,8 +23,7 @@ from kernel_daemon.kernel import PROC_DEAD_MS
 def test_a_call_reaches_the_receiver_stamped_and_the_reply_reaches_only_its_caller() -> None:
     rig = Rig()
     w = echo_world(rig)
-    other = rig.app("other", manifest=("echo",))
-    other_held = look_up(rig, w, other)
+    other, other_held = second_client(rig, w, "other")
     first = w.client.call(w.held, packed("echo", data=b"from client"))
     second = other.call(other_held, packed("echo", data=b"from other"))
     rig.run(0.1)
@@ -114,8 +113,7 @@ def test_limits_one_blocking_call_the_message_size_and_the_endpoint_quota() -> N
 def test_when_the_server_dies_its_callers_get_epeerdied_at_once_and_ever_after() -> None:
     rig = Rig()
     w = echo_world(rig)
-    queued_from = rig.app("queued", manifest=("echo",))
-    qh = look_up(rig, w, queued_from)
+    queued_from, qh = second_client(rig, w, "queued")
     served = w.client.call(w.held, packed("echo", data=b"a"))
     w.server.answer(w.server.receive(w.echo))                  # delivered, not answered
     queued = queued_from.call(qh, packed("echo", data=b"b"))   # waits on the endpoint

@@ -5,21 +5,11 @@ hello and serve requests; the simulated clock makes every timeout exact, with no
 """
 from __future__ import annotations
 
-from kernel_harness import App, FakePager, Msg, Rig, page
+from kernel_harness import FakePager, Msg, Rig, page, swapped_page
 
 from kernel_daemon.pagers import TRANSIENT_BACKOFF_MS
 
 TIMEOUT_MS = 1000
-
-
-def swapped_page(rig: Rig, app: App, text: str) -> int:
-    """A page of app's holding page(text), written out to swap (nframes=1 rigs)."""
-    v = app.map(2)
-    app.write(v, page(text))
-    app.read(v + 1)                               # the only frame: v is evicted
-    rig.run(0.05)
-    assert v not in app.resident
-    return v
 
 
 def withhold(p: FakePager, m: Msg) -> None:

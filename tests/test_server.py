@@ -18,6 +18,7 @@ import zmq
 
 from host_tools.sim.kit import Harness, Peer
 from host_tools.sim.net import LinkFaults, SimClock
+from wire.keys import Keypair
 from wire.protocol import MAX_FRAME_BYTES, Err, Op, ServiceError, decode, encode
 from wire.server import SUSPEND, Panic, Request, Server
 from wire.transport import Clock, Transport
@@ -382,10 +383,10 @@ class LoopTransport:
     def __init__(self, clock: SimClock) -> None:
         self.sock = LoopSocket(clock)
 
-    def bind_router(self, addr: str, keypair: Any = None) -> LoopSocket:
+    def bind_router(self, addr: str, keypair: Keypair | None = None) -> LoopSocket:
         return self.sock
 
-    def connect_dealer(self, addr: str, keypair: Any = None,
+    def connect_dealer(self, addr: str, keypair: Keypair | None = None,
                        server_public: bytes | None = None) -> LoopSocket:
         raise AssertionError("not used")
 
@@ -414,7 +415,9 @@ def test_run_receives_dispatches_fires_timers_and_stops() -> None:
     sock.arrive(0.0, b"A", encode({"op": "ping", "rid": 7}), b"")   # two frames: refused
     sock.arrive(0.001, b"B", encode({"op": "stats", "rid": 2}))   # answered 50 ms later
     sock.arrive(0.2, b"A", encode({"op": "exit", "rid": 3, "status": 0}))
+    svc.call_later(10, lambda: 1 // 0)                        # a bug in a timer callback ...
     svc.run()
+    assert svc.callback_errors == 1                            # ... counted; the loop went on
     assert [(peer, m["re"], m.get("err")) for _, peer, m in sock.sent] == [
         (b"A", 1, None), (b"A", None, Err.BADMSG), (b"B", 2, None), (b"A", 3, None)]
     times = [t for t, _, _ in sock.sent]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from kernel_harness import ZERO_PAGE, App, FakePager, Msg, Rig, page
+from kernel_harness import ZERO_PAGE, App, FakePager, Msg, Rig, page, swapped_page
 
 from kernel_daemon.vm import SHOOTDOWN_TIMEOUT_MS
 from wire.protocol import PAGE_SIZE, PROT_R, PROT_W
@@ -193,15 +193,21 @@ def test_when_no_mirror_verifies_only_the_faulting_process_is_stopped() -> None:
     assert rig.ps(bystander.spid)["state"] == "running"
 
 
+def silent_holder(rig: Rig, name: str) -> tuple[App, App, int]:
+    """`name` holds the only frame (dirty) and will not answer SHOOTDOWNs; another process
+    faults (a write), so the kernel asks `name` for the frame.  Returns (name's App, the
+    other, the other's FAULT rid)."""
+    rig.pager()
+    holder, other = rig.app(name), rig.app("other")
+    holder.write(holder.map(1), page(name))
+    holder.answers_shootdowns = False
+    rid = other.send("fault", vpn=other.map(1), access="w", refs=[])
+    return holder, other, rid
+
+
 def test_a_process_that_does_not_answer_a_shootdown_is_killed_and_its_frame_reused() -> None:
     rig = Rig(nframes=1)
-    rig.pager()
-    hung, other = rig.app("hung"), rig.app("other")
-    h = hung.map(1)
-    hung.write(h, page("h"))
-    hung.answers_shootdowns = False
-    o = other.map(1)
-    rid = other.send("fault", vpn=o, access="w", refs=[])
+    hung, other, rid = silent_holder(rig, "hung")
     rig.run(SHOOTDOWN_TIMEOUT_MS / 1000 - 0.1)
     assert len(hung.shootdowns) == 1 and not other.answered(rid)
     reply = other.answer(rid)
@@ -214,10 +220,7 @@ def test_a_page_unmapped_while_its_page_in_is_in_flight_is_never_installed() -> 
     rig = Rig(nframes=1)
     pager = rig.pager()
     app = rig.app()
-    v = app.map(2)
-    app.write(v, page("gone"))
-    app.read(v + 1)
-    rig.run(0.05)
+    v = swapped_page(rig, app, "gone")
     held: list[Msg] = []
 
     def later(p: FakePager, m: Msg) -> None:
@@ -262,10 +265,7 @@ def test_when_every_mirror_fails_the_stop_names_each_failure() -> None:
     rig = Rig(nframes=1, mirrors=2)
     p0, p1 = rig.pager(0), rig.pager(1)
     app = rig.app()
-    v = app.map(2)
-    app.write(v, page("both lie"))
-    app.read(v + 1)
-    rig.run(0.05)
+    v = swapped_page(rig, app, "both lie")
     p0.behaviour["page_in"], p1.behaviour["page_in"] = flip, short
     reply = app.fault(v, "r")
     assert reply["err"] == "EINTEGRITY"
@@ -275,13 +275,7 @@ def test_when_every_mirror_fails_the_stop_names_each_failure() -> None:
 
 def test_a_wrong_answer_to_a_shootdown_stops_that_process() -> None:
     rig = Rig(nframes=1)
-    rig.pager()
-    liar, other = rig.app("liar"), rig.app("other")
-    h = liar.map(1)
-    liar.write(h, page("x"))
-    liar.answers_shootdowns = False
-    o = other.map(1)
-    rid = other.send("fault", vpn=o, access="w", refs=[])
+    liar, other, rid = silent_holder(rig, "liar")
     rig.run(0.05)
     [sd] = liar.shootdowns
     other_ctrl_forgery = {"re": sd["rid"], "dirty": True, "data": page("forged")}

@@ -306,8 +306,3 @@ def error(rid: int | None, code: Err, msg: str, **fields: Any) -> dict[str, Any]
 def err_code(raw: object) -> Err | None:
     """The Err an error reply's 'err' names, or None when it names none we know."""
     return _ERRS.get(raw) if isinstance(raw, str) else None
-
-
-def is_reply(msg: dict[str, Any]) -> bool:
-    """True when `msg` answers a request (it carries 're')."""
-    return "re" in msg

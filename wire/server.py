@@ -28,7 +28,7 @@ import signal
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import zmq
 from zmq.auth.base import Authenticator
@@ -41,8 +41,15 @@ from wire.transport import MONOTONIC, Clock, Transport, ZmqTransport
 
 log = logging.getLogger("sealedos.server")
 
-#: A handler's answer meaning "I will reply later".
-SUSPEND: Any = object()
+class Suspend:
+    """The type of SUSPEND, a handler's answer meaning "I will reply later"."""
+
+
+SUSPEND: Final[Suspend] = Suspend()
+#: What a handler returns: the reply's fields (None: no fields), or SUSPEND.
+Answer = dict[str, Any] | Suspend | None
+#: A request handler: the values of the dispatch table.
+Handler = Callable[["Request"], Answer]
 
 #: How many messages one socket may deliver per loop turn before the others get a go.
 DRAIN_BATCH: int = 64
@@ -135,7 +142,7 @@ class Server:
         self.poller = zmq.Poller()
         self.sockets: dict[Socket, bool] = {}        # socket -> is ROUTER
         #: op -> handler: each server's explicit dispatch table (greppable, like MINIX's).
-        self.handlers: dict[Op, Callable[[Request], Any]] = self.dispatch_table()
+        self.handlers: dict[Op, Handler] = self.dispatch_table()
         self._pending: dict[int, _Pending] = {}
         self._timers: list[Timer] = []
         self._seq = itertools.count(1)
@@ -330,8 +337,7 @@ class Server:
             bound = self.peer_keys.setdefault(peer, user_id)
             if bound != user_id:
                 self.refused_keys += 1
-                self._refuse(sock, peer, None, Err.PERM,
-                             "this routing id belongs to another key")
+                self._refuse(sock, peer, None, Err.PERM, "this routing id belongs to another key")
                 return
         try:
             msg = decode(frame)
@@ -365,7 +371,7 @@ class Server:
             self.send(sock, peer, error(req.rid, Err.INVAL,
                                         f"{op} failed: {type(exc).__name__}: {exc}"))
             return
-        if result is not SUSPEND:
+        if not isinstance(result, Suspend):
             self.send(sock, peer, ok(req.rid, **(result or {})))
 
     def _refuse(self, sock: Socket, peer: bytes | None, rid: int | None,
@@ -373,7 +379,7 @@ class Server:
         self.bad_messages += 1
         self.send(sock, peer, error(rid, code, msg))
 
-    def dispatch_table(self) -> dict[Op, Callable[[Request], Any]]:
+    def dispatch_table(self) -> dict[Op, Handler]:
         """Hook: which do_* handler serves each op (an op missing here gets ENOSYS)."""
         return {}
 

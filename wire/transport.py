@@ -47,11 +47,11 @@ class Transport(Protocol):
     #: True when the sockets are zmq sockets the server's poller and loop may serve.
     pollable: bool
 
-    def bind_router(self, addr: str, keypair: Any = None) -> Any:
+    def bind_router(self, addr: str, keypair: Keypair | None = None) -> Any:
         """A ROUTER-like socket listening on `addr` (a CURVE server with `keypair`)."""
         ...
 
-    def connect_dealer(self, addr: str, keypair: Any = None,
+    def connect_dealer(self, addr: str, keypair: Keypair | None = None,
                        server_public: bytes | None = None) -> Any:
         """A DEALER-like socket connected to `addr` (a CURVE client with `keypair`, expecting
         the server's `server_public`)."""

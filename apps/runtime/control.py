@@ -38,7 +38,6 @@ from wire.protocol import (
     decode,
     encode,
     error,
-    is_reply,
     ok,
     request,
 )
@@ -125,7 +124,7 @@ class ControlThread(threading.Thread):
             except ServiceError:
                 continue                 # not from a kernel we can talk to; ignore it
             self.liveness.heard()
-            if is_reply(msg):
+            if "re" in msg:                  # a reply (it names the request it answers)
                 self._on_reply(msg)
             else:
                 self._on_request(msg)

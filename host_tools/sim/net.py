@@ -22,9 +22,12 @@ import random
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
+
+if TYPE_CHECKING:
+    from wire.keys import Keypair
 
 #: zmq.POLLOUT, without importing zmq (Pager.say_hello polls its kernel socket).
 POLLOUT: int = 2
@@ -104,7 +107,7 @@ class NodeTransport:
         #: While set, frames this node sends are lost (a crash between write and reply).
         self.mute = False
 
-    def bind_router(self, addr: str, keypair: Any = None) -> SimSocket:
+    def bind_router(self, addr: str, keypair: Keypair | None = None) -> SimSocket:
         """A ROUTER at `addr` (the address must be free, as for a real bind)."""
         if addr in self.net.routers:
             raise OSError(f"sim: address {addr} already bound")
@@ -113,7 +116,7 @@ class NodeTransport:
         self.sockets.append(sock)
         return sock
 
-    def connect_dealer(self, addr: str, keypair: Any = None,
+    def connect_dealer(self, addr: str, keypair: Keypair | None = None,
                        server_public: bytes | None = None) -> SimSocket:
         """A DEALER to `addr` with a fresh routing identity."""
         ident = b"%s#%d" % (self.name.encode(), next(self.net.idents))

@@ -9,9 +9,10 @@ from typing import Any
 POLL_S: float = 0.05
 
 
-def wait_for(what: str, pred: Callable[[], Any], timeout_s: float) -> Any:
-    """Poll pred() until it returns something truthy and return that; fail the test with
-    `what` after timeout_s."""
+def wait_for(what: str, pred: Callable[[], Any], timeout_s: float,
+             poll_s: float = POLL_S) -> Any:
+    """Poll pred() every poll_s until it returns something truthy and return that; fail the
+    test (AssertionError) with `what` after timeout_s."""
     deadline = time.monotonic() + timeout_s
     while True:
         got = pred()
@@ -19,4 +20,4 @@ def wait_for(what: str, pred: Callable[[], Any], timeout_s: float) -> Any:
             return got
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(POLL_S)
+        time.sleep(poll_s)

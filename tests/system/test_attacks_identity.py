@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import polling
 import pytest
 
 from apps.runtime import SealedProcess
@@ -115,9 +116,7 @@ def test_a_name_outside_provides_cannot_be_taken_over(system: System) -> None:
     server = system.spawn_app("kvstore", ["--slots", "64"], "kv.server")
     thief = SealedProcess.connect(system.kernel_addr, system.admit("memstress", "thief"))
     try:
-        deadline = time.monotonic() + 20
-        while "kv" not in _names(system) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        polling.wait_for("kv registered by its server", lambda: "kv" in _names(system), 20)
         from apps.kvstore import KV_CONTRACT
         h = thief.endpoint(KV_CONTRACT)                     # the same contract, even
         with pytest.raises(PermissionDenied, match="provides"):
@@ -153,11 +152,8 @@ def test_a_claimed_host_pid_is_never_signalled(system: System) -> None:
             for i in range(16):
                 victim.store_u64(base + i * 4096, i)
             # The attacker never answers its SHOOTDOWN: the kernel stops it ...
-            deadline = time.monotonic() + 15
-            while (system.process("raw") or {}).get("state") != "killed" \
-                    and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert system.process("raw")["state"] == "killed"
+            polling.wait_for("the attacker killed",
+                             lambda: (system.process("raw") or {}).get("state") == "killed", 15)
             time.sleep(KILL_GRACE_S)                  # ... and would SIGKILL after the grace
             assert decoy.poll() is None, "the kernel signalled a pid the attacker named"
             assert all(victim.load_u64(base + i * 4096) == i for i in range(16))
@@ -177,14 +173,12 @@ def test_a_restarted_init_gets_its_registered_names_back(system: System) -> None
         probe.lookup("kv", wait_s=20)                    # init has the name
         first = system.stats()["kernel"]["ipc"]["init_spid"]
         os.kill(system.services["init"].pid, 9)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def new_init_serves_names() -> bool:
             ipc = system.stats()["kernel"]["ipc"]
-            if ipc["nameservice"] and ipc["init_spid"] not in (None, first):
-                break
-            time.sleep(0.1)
+            return bool(ipc["nameservice"]) and ipc["init_spid"] not in (None, first)
+        polling.wait_for("a new init serving names", new_init_serves_names, 20)
         assert system.services["init"].restarts == 1
-        assert system.stats()["kernel"]["ipc"]["init_spid"] not in (None, first)
         client = system.spawn_app("kvstore", ["--client", "--ops", "40"], "kv.client2")
         assert client.proc.wait(60) == 0, system.process("kv.client2")["report"]
         assert system.process("kv.client2")["checksum"] == "verified"

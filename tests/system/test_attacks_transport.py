@@ -225,16 +225,9 @@ def attempt_takeover(system: System, keys: Keyring, routing_id: bytes) -> bool:
 
 def raw_dealer(system: System, keys: Keyring, routing_id: bytes) -> zmq.Socket:
     """A CURVE DEALER to the kernel that sets its own routing id (as any peer may)."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.ROUTING_ID, routing_id)
     assert keys.own is not None
-    sock.setsockopt(zmq.CURVE_SERVERKEY, keys.public("kernel"))
-    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.own.secret)
-    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.own.public)
-    sock.connect(system.kernel_addr)
-    return sock
+    return sockets.dealer(zmq.Context.instance(), system.kernel_addr, keys.own,
+                          keys.public("kernel"), routing_id)
 
 
 def ask(sock: zmq.Socket, op: Op, timeout_ms: int = 20000, **fields: object) -> dict:

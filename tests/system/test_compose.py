@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import polling
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -197,15 +198,11 @@ class Deployment:
         return pid
 
     def wait(self, what: str, cond: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-        """Poll cond() until truthy; fail with the logs after timeout seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = cond()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{self.logs()}")
-            time.sleep(1.0)
+        """Poll cond() every second until truthy; fail with the logs after timeout seconds."""
+        try:
+            return polling.wait_for(what, cond, timeout, poll_s=1.0)
+        except AssertionError as exc:
+            pytest.fail(f"{exc} ({timeout:g} s)\n{self.logs()}")
 
 
 @pytest.fixture(scope="module")

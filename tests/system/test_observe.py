@@ -107,6 +107,7 @@ def test_ps_json_reports_the_started_processes(busy: System) -> None:
     assert services["kernel"]["hostpid"] == busy.services["kernel"].pid
     assert services["pager0"]["state"] == "up"
     assert services["pager0"]["hostpid"] == busy.services["pager0"].pid
+    assert services["pager0"]["rss_bytes"] > 0        # the process the launcher reported
     assert services["disk0"]["state"] == "up"
     assert services["disk0"]["hostpid"] == busy.services["disk0"].pid
 
