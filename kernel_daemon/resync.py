@@ -89,8 +89,11 @@ class Resync:
                 self.kick(m)
 
     def lost_handle(self, mirror: int, handle: bytes) -> None:
-        """Mirror's disk lost every block of `handle`: clear the bits, then copy (a pass)."""
+        """Mirror's disk lost every block of `handle`: clear the bits now (a copy acknowledged
+        after this, e.g. the very write whose EBADHANDLE found the loss, keeps its bit), then
+        copy (a pass)."""
         self.lost.add((mirror, handle))
+        self._clear_lost()
         self.kick(mirror)
 
     def _schedule(self) -> None:
