@@ -351,11 +351,12 @@ class System:
         raise RuntimeError("init did not start the name service:\n" + self.log_tail("init"))
 
     def spawn_app(self, app: str, args: list[str], name: str,
-                  env: dict[str, str] | None = None) -> Service:
+                  env: dict[str, str] | None = None, nice: int = APP_NICE) -> Service:
         """Start one sealed process running `app` against this system's kernel (admitted by
         this system's launcher), under its own uid (principal app-NAME) with its private
-        directory in SEALEDOS_PRIVATE_DIR (and TMPDIR: the only place it may write)."""
-        return self._start_sealed("app", app, name, args, env, nice=APP_NICE)
+        directory in SEALEDOS_PRIVATE_DIR (and TMPDIR: the only place it may write), at CPU
+        priority `nice`."""
+        return self._start_sealed("app", app, name, args, env, nice=nice)
 
     def _start_sealed(self, kind: str, program: str, name: str, args: list[str],
                       env: dict[str, str] | None = None, nice: int = 0) -> Service:
