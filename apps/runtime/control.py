@@ -8,7 +8,9 @@ and the process answers, whatever the app's main thread is doing.
 * KILL {reason}: acknowledge, say why on stderr, and leave at once (status 137).
 
 The thread also sends a HEARTBEAT {refs} every HEARTBEAT_MS with the reference record the
-MMU harvested since the last hand-over, and it is the judge of the kernel's liveness: when
+MMU harvested since the last hand-over (with nothing to hand over, only every
+IDLE_HEARTBEAT_MS: with hundreds of processes, empty heartbeats cost the kernel more CPU than
+their faults), and it is the judge of the kernel's liveness: when
 the kernel has answered nothing on either connection for KERNEL_DEAD_MS, it declares the
 kernel dead (every syscall wait then fails), gives the main thread a moment to leave with
 its error, and then ends the process itself -- a sealed process never outlives its kernel.
@@ -44,6 +46,9 @@ from wire.protocol import (
 )
 
 HEARTBEAT_MS: int = 200
+#: A heartbeat with no references is sent only this often (liveness: both sides wait
+#: KERNEL_DEAD_MS / PROC_DEAD_MS, 10 s, before judging the other dead).
+IDLE_HEARTBEAT_MS: int = 2000
 #: The longest the thread sleeps in one poll (how fast stop() is noticed).
 POLL_SLICE_MS: int = 50
 #: Exit status after a KILL (as if by SIGKILL).
@@ -78,6 +83,7 @@ class ControlThread(threading.Thread):
         self._stop_event = threading.Event()
         self._rids = itertools.count(1)
         self._refs_rid = 0              # rid of the newest heartbeat that carried refs
+        self._beat_s = 0.0              # when the last heartbeat went (monotonic)
         self.heartbeats = 0
 
     # -- life --------------------------------------------------------------------------
@@ -132,8 +138,13 @@ class ControlThread(threading.Thread):
 
     # -- heartbeats ----------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        """Send HEARTBEAT with the references harvested since the last hand-over."""
+        """Send HEARTBEAT with the references harvested since the last hand-over (none:
+        only if IDLE_HEARTBEAT_MS have passed since the last one)."""
         refs = self.mmu.harvest_refs()
+        now = time.monotonic()
+        if not refs and (now - self._beat_s) * 1000 < IDLE_HEARTBEAT_MS:
+            return
+        self._beat_s = now
         rid = next(self._rids)
         if refs:
             self._refs_rid = rid
