@@ -5,16 +5,18 @@
 Runs `sealedos up`'s shape at scale: N memstress processes (one pass over --scale-pages
 pages each, every one verified by its checksum) on 1024 frames and a 1 GiB device, and, in
 the same run, the same shape at BASELINE_PROCS processes with as many frames per process
-(1024 * 16 / N), so the two see the same paging pressure per process.  For each it prints:
+(1024 * 16 / N), so the two see the same paging pressure per process.  Every process is
+started, held at a start gate (memstress --wait-for: registered, nothing mapped) until the
+last one has started, and then let go at once, so all N page together.  For each run:
 
 * start time per process: from the launcher's spawn to the moment the process has taken
   its credential from the inherited descriptor (interpreter up, runtime imported, confined;
   REGISTER follows at once), p50/p99/max, and what the launcher itself took per spawn;
-* memory per process: PSS (/proc/PID/smaps_rollup, psutil's memory_full_info), sampled
-  from every live process once the last one has started;
-* the kernel's CPU per fault: the kernel process's CPU time (all threads) over the run,
-  divided by the faults it served (minor + major); the N-process figure over the baseline's
-  is the scale ratio (issue 13: within 1.3x);
+* memory per process: PSS (/proc/PID/smaps_rollup, psutil's memory_full_info) of every
+  process at the gate;
+* the kernel's CPU: per start (until the gate opens), and per fault from the gate on (the
+  kernel process's CPU time, every thread, over the faults it served, minor + major); the
+  N-process figure over the baseline's is the scale ratio (issue 13: within 1.3x);
 * then, on one process, the kernel's memory per resident and per swapped page from its RSS
   growth.
 
