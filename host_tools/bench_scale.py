@@ -21,7 +21,8 @@ last one has started, and then let go at once, so all N page together.  For each
   growth.
 
 Processes are started at most START_WINDOW at a time (a new one when an earlier one has
-taken its credential), and run at SCALE_NICE, below the services: 256 Python interpreters
+taken its credential), and run at SCALE_NICE, below the services (at SERVICE_NICE when
+root: 256 apps at nice 19 still outweigh one service at 0): 256 Python interpreters
 starting at once on 2 cores starve the kernel and the pager (a pager that cannot answer in
 its timeout is killed and restarted, and a process that cannot REGISTER within the
 kernel's admission TTL is refused).  The pacing watches /proc/PID/fd (the supervisor's own
@@ -46,12 +47,15 @@ BASELINE_PROCS: int = 16
 SCALE_FRAMES: int = 1024
 #: Processes starting (spawned, credential not yet taken) at once.
 START_WINDOW: int = 8
-#: CPU priority of the scale run's sealed processes (services run at 0).
+#: CPU priority of the scale run's sealed processes, and of its services (when root).
 SCALE_NICE: int = 19
+SERVICE_NICE: int = -10
 #: The start gate: memstress --wait-for this file in its private directory.
 GATE_FILE: str = "go"
 #: How often the pacing looks at the starting processes.
 START_POLL_S: float = 0.01
+#: How many failed processes' last log lines a run keeps.
+FAILURES_SHOWN: int = 3
 #: A run's time limit: a floor plus this much per process.
 RUN_TIMEOUT_S: float = 600.0
 RUN_TIMEOUT_PER_PROC_S: float = 5.0
@@ -87,6 +91,7 @@ class Point:
     pager_timeouts: int = 0
     pager_kills: int = 0
     kernel_cpu_us_per_fault: float = 0.0
+    failures: list[str] = field(default_factory=list)
 
 
 def quantiles(values: list[float], digits: int = 2) -> dict[str, float]:
@@ -130,6 +135,13 @@ def settle(starting: list[Starting], started_s: list[float], room: int) -> None:
         if len(starting) < room:
             return
         time.sleep(START_POLL_S)
+
+
+def failure_lines(system: System, codes: dict[str, int | None]) -> list[str]:
+    """The last log line of up to FAILURES_SHOWN processes that did not exit 0."""
+    failed = [name for name, code in codes.items() if code != 0][:FAILURES_SHOWN]
+    return [f"{name} ({codes[name]}): " + system.log_tail(name, 1).splitlines()[-1]
+            for name in failed]
 
 
 def pss_mib(services: list[Service]) -> list[float]:
@@ -187,7 +199,8 @@ def run_point(nprocs: int, pages: int, frames: int) -> Point:
     """nprocs memstress processes (paced, niced, then let go at once) on one fresh system;
     their figures.  The kernel's CPU per fault is counted from the gate's opening on."""
     point = Point(nprocs, pages, frames)
-    with System(Config(frames=frames, disk_size_mib=point.device_mib)) as system:
+    with System(Config(frames=frames, disk_size_mib=point.device_mib,
+                       service_nice=SERVICE_NICE)) as system:
         kernel = psutil.Process(system.services["kernel"].pid)
         t0, cpu0 = time.monotonic(), kernel_cpu_s(kernel)
         apps, started_s, spawn_ms = start_all(system, nprocs, pages)
@@ -198,6 +211,7 @@ def run_point(nprocs: int, pages: int, frames: int) -> Point:
         point.seconds = round(time.monotonic() - t0, 1)
         cpu = kernel_cpu_s(kernel) - cpu1
         stats = system.stats()
+        point.failures = failure_lines(system, codes)
     k = stats["kernel"]
     point.verified = sum(p["checksum"] == "verified" for p in stats["processes"]
                          if p["program"] == "memstress")
@@ -287,7 +301,8 @@ def _point_text(p: dict[str, Any]) -> str:
             f"p50 {m.get('p50')} MiB, max {m.get('max')} MiB ({m.get('n')} sampled, "
             f"{m.get('sum')} MiB in all)\n"
             f"  kernel CPU: {p['kernel_start_ms']} ms per start; from the gate on "
-            f"{p['kernel_cpu_s']} s, {p['kernel_cpu_us_per_fault']} us per fault")
+            f"{p['kernel_cpu_s']} s, {p['kernel_cpu_us_per_fault']} us per fault"
+            + "".join(f"\n  failed: {line}" for line in p["failures"]))
 
 
 def scale_text(r: dict[str, Any]) -> str:
