@@ -19,11 +19,15 @@ verdict is REPORTed ({checksum: verified|failed, passes, pages}) and is the exit
 (0 verified, 1 failed).  Progress is REPORTed about twice a second.
 
 With --duration S > 0 the passes repeat until S seconds have passed (at least one pass).
+With --wait-for NAME it first waits (registered, nothing mapped) until a file NAME exists in
+its private directory: the supervisor's start gate, so that many processes page at once
+(`sealedos bench paging --scale`).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -33,9 +37,12 @@ import numpy as np
 
 from apps.runtime import PAGE_SIZE, SealedProcess
 from apps.runtime.app import app_parser
+from wire.host import PRIVATE_DIR_ENV
 
 CHUNK: int = PAGE_SIZE // 8                 # int64 elements per page
 PROGRESS_EVERY_S: float = 0.5
+#: How often a process waiting at the start gate (--wait-for) looks for its file.
+GATE_POLL_S: float = 0.05
 _I64 = np.iinfo(np.int64)
 
 
@@ -101,7 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--duration", type=float, default=0.0,
                    help="seconds to keep passing (0: just --passes)")
+    p.add_argument("--wait-for", metavar="NAME",
+                   help="start once file NAME exists in the private directory (a start gate)")
     return p
+
+
+def wait_for(name: str) -> None:
+    """Block until file `name` exists in this process's private directory."""
+    path = os.path.join(os.environ.get(PRIVATE_DIR_ENV, "."), os.path.basename(name))
+    while not os.path.exists(path):
+        time.sleep(GATE_POLL_S)
 
 
 class Progress:
@@ -162,6 +178,8 @@ def main(argv: list[str]) -> int:
         print("memstress: --pages and --passes must be at least 1", file=sys.stderr)
         return 2
     with SealedProcess.connect(args.kernel) as proc:
+        if args.wait_for:
+            wait_for(args.wait_for)
         status = run(proc, args.pages, args.seed, args.passes, args.duration)
         proc.close(status)
     return status

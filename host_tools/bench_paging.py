@@ -24,8 +24,9 @@ samples, one run, no comparisons (a smoke run).  Targets (issue 13): minor fault
 bare round trip; major fault <= 1.2x its hops (3 bare 4 KiB round trips + one block
 write+read); TLB hit <= 1.5x dict lookup + struct read; sealing adds <= 5% to a major fault.
 
---scale runs `sealedos up`'s shape at scale instead: 64 sealed processes on a 1 GiB device,
-and reports the kernel's memory per resident and per swapped page.
+--scale runs `sealedos up`'s shape at scale instead (bench_scale.py): N sealed processes on a
+1 GiB device beside a 16-process baseline -- start time and PSS per process, the kernel's CPU
+per fault at both -- and the kernel's memory per resident and per swapped page.
 """
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import zmq
 from rich.console import Console
 from rich.table import Table
@@ -330,63 +330,6 @@ def _record(system: System, name: str) -> dict[str, Any]:
     return rec
 
 
-# -- scale ---------------------------------------------------------------------------------
-def kernel_rss(system: System) -> int:
-    """The kernel process's resident set size in bytes."""
-    return int(psutil.Process(system.services["kernel"].pid).memory_info().rss)
-
-
-def wait_settled(system: System, name: str, swapped: int) -> None:
-    """Wait until `name` has at least `swapped` pages on swap (its write-backs acknowledged)."""
-    deadline = time.monotonic() + 300
-    while _record(system, name)["swapped_pages"] < swapped and time.monotonic() < deadline:
-        time.sleep(0.2)
-
-
-def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
-    """Growth of the kernel's RSS per resident page (filling `frames` frames) and per
-    swapped page (then pushing `swapped` more pages out), on a 1 GiB device."""
-    with System(Config(frames=frames, disk_size_mib=1024)) as system:
-        with system.connect_sealed("memstress", "scale") as proc:
-            warm = frames // 8
-            addr = proc.map(frames + swapped)
-            for i in range(warm):
-                proc.store_u64(addr + i * PAGE_SIZE, i)
-            r0 = kernel_rss(system)
-            for i in range(warm, frames):
-                proc.store_u64(addr + i * PAGE_SIZE, i)
-            r1 = kernel_rss(system)
-            for i in range(frames, frames + swapped):
-                proc.store_u64(addr + i * PAGE_SIZE, i)
-            wait_settled(system, "scale", swapped - frames // 8)
-            r2 = kernel_rss(system)
-            rec = _record(system, "scale")
-            return {"bytes_per_resident_page": round((r1 - r0) / (frames - warm), 1),
-                    "bytes_per_swapped_page": round((r2 - r1) / max(1, rec["swapped_pages"]), 1),
-                    "swapped_pages": rec["swapped_pages"], "resident_pages": rec["resident_pages"]}
-
-
-def scale(nprocs: int, pages: int, frames: int) -> dict[str, Any]:
-    """nprocs memstress processes on a 1 GiB device (all must verify), and the kernel's
-    memory per resident and per swapped page."""
-    with System(Config(frames=frames, disk_size_mib=1024)) as system:
-        t0 = time.monotonic()
-        for i in range(nprocs):
-            system.spawn_app("memstress", ["--pages", str(pages), "--passes", "1",
-                                           "--seed", str(i)], f"memstress.{i + 1}")
-        system.wait_apps(900)
-        elapsed = time.monotonic() - t0
-        k = system.stats()
-        procs = [p for p in k["processes"] if p["program"] == "memstress"]
-        run = {"processes": nprocs, "pages_each": pages, "device_mib": 1024, "frames": frames,
-               "seconds": round(elapsed, 1),
-               "verified": sum(p["checksum"] == "verified" for p in procs),
-               "major_faults": k["kernel"]["major_faults"], "page_outs": k["kernel"]["page_outs"],
-               "pager_timeouts": k["kernel"]["pager_timeouts"]}
-    run["kernel_memory"] = kernel_memory_per_page(4096, 16384)
-    return run
-
-
 # -- report --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos bench paging` flags."""
@@ -405,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--security", choices=("secure", "insecure", "both"), default="both",
                    help="CURVE (secure), NULL (insecure), or both side by side (the cost)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--scale", action="store_true", help="64 processes on a 1 GiB device instead")
+    p.add_argument("--scale", action="store_true",
+                   help="--scale-procs processes on a 1 GiB device instead (bench_scale.py)")
     p.add_argument("--scale-procs", type=int, default=64)
     p.add_argument("--scale-pages", type=int, default=256)
     p.add_argument("--code", metavar="K+R",
@@ -426,8 +370,9 @@ def main(argv: list[str]) -> int:
             bench_ec.print_report(result, Console())
         return 0
     if args.scale:
-        result = scale(args.scale_procs, args.scale_pages, 1024)
-        print(json.dumps(result, indent=2) if args.json else _scale_text(result))
+        from host_tools import bench_scale
+        result = bench_scale.scale(args.scale_procs, args.scale_pages)
+        print(json.dumps(result, indent=2) if args.json else bench_scale.scale_text(result))
         return 0
     if args.samples is None:
         args.samples = QUICK_SAMPLES if args.quick else SAMPLES
@@ -569,17 +514,6 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
         console.print(table)
     for name, value in result["ratios"].items():
         console.print(f"  {name}: {value}x")
-
-
-def _scale_text(r: dict[str, Any]) -> str:
-    m = r["kernel_memory"]
-    return (f"{r['processes']} sealed processes x {r['pages_each']} pages on a {r['device_mib']} "
-            f"MiB device, {r['frames']} frames: {r['verified']}/{r['processes']} verified in "
-            f"{r['seconds']} s ({r['major_faults']} major faults, {r['page_outs']} page-outs, "
-            f"{r['pager_timeouts']} pager timeouts)\n"
-            f"kernel memory (RSS growth): {m['bytes_per_resident_page']} bytes per resident page, "
-            f"{m['bytes_per_swapped_page']} bytes per swapped page "
-            f"(measured over {m['resident_pages']} resident, {m['swapped_pages']} swapped)")
 
 
 def _port() -> int:

@@ -41,6 +41,8 @@ WATCHDOG_MS: int = 500
 READY_TIMEOUT_S: float = 20.0
 #: What `sealedos metrics` prints once it listens.
 METRICS_READY: str = "metrics: serving"
+#: The services Config.service_nice applies to.
+SERVICE_KINDS: frozenset[str] = frozenset({"kernel", "pager", "disk"})
 #: How long a tracing kernel gets to write its trace file after SIGTERM.
 TRACE_STOP_GRACE_S: float = 30.0
 
@@ -57,6 +59,7 @@ class Service:
     env: dict[str, str] | None = None
     addr: str | None = None        # where it listens (disks: what pagers and the watchdog use)
     uid: int | None = None         # the principal's uid (None: the launcher's)
+    nice: int = 0                  # its CPU priority change (a restart gets the same)
     restarts: int = 0
     started: list[float] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
@@ -95,6 +98,9 @@ class Config:
     #: NULL security on every connection (no authentication, no encryption): for measuring
     #: what CURVE costs, never for a real run.
     insecure: bool = False
+    #: CPU priority of the kernel, pagers and disks (negative: above other processes; taken
+    #: only when the launcher runs as root): hundreds of apps must not starve them.
+    service_nice: int = 0
 
 
 class System:
@@ -268,8 +274,9 @@ class System:
         `name`), logging to RUNDIR/NAME.log."""
         log = self.rundir / f"{name}.log"
         uid = self.principals.uid(principal or name)
-        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log, env, uid=uid), restart, env,
-                      uid=uid)
+        nice = self.config.service_nice if kind in SERVICE_KINDS and os.geteuid() == 0 else 0
+        svc = Service(name, kind, cmd, log, spawn.spawn(cmd, log, env, nice=nice, uid=uid),
+                      restart, env, uid=uid, nice=nice)
         svc.started.append(time.monotonic())
         self.services[name] = svc
         return svc
@@ -351,11 +358,12 @@ class System:
         raise RuntimeError("init did not start the name service:\n" + self.log_tail("init"))
 
     def spawn_app(self, app: str, args: list[str], name: str,
-                  env: dict[str, str] | None = None) -> Service:
+                  env: dict[str, str] | None = None, nice: int = APP_NICE) -> Service:
         """Start one sealed process running `app` against this system's kernel (admitted by
         this system's launcher), under its own uid (principal app-NAME) with its private
-        directory in SEALEDOS_PRIVATE_DIR (and TMPDIR: the only place it may write)."""
-        return self._start_sealed("app", app, name, args, env, nice=APP_NICE)
+        directory in SEALEDOS_PRIVATE_DIR (and TMPDIR: the only place it may write), at CPU
+        priority `nice`."""
+        return self._start_sealed("app", app, name, args, env, nice=nice)
 
     def _start_sealed(self, kind: str, program: str, name: str, args: list[str],
                       env: dict[str, str] | None = None, nice: int = 0) -> Service:
@@ -435,7 +443,7 @@ class System:
         admitted afresh (a sealed process needs a new credential)."""
         if svc.kind == "init" and self.launcher is not None:
             return self.launcher.start("init", svc.name, [], svc.log, svc.env, uid=svc.uid)
-        child = spawn.spawn(svc.cmd, svc.log, svc.env, uid=svc.uid)
+        child = spawn.spawn(svc.cmd, svc.log, svc.env, nice=svc.nice, uid=svc.uid)
         if svc.kind == "pager" and self.launcher is not None:
             self.launcher.report_pager(int(svc.name.removeprefix("pager")), child.pid)
         return child

@@ -53,7 +53,10 @@ def _die_with_parent() -> None:
 def _child_setup(nice: int, uid: int | None, plan: reach.Plan) -> None:
     """In the child, before exec: become `uid` (its own group, no others; the mount plan
     first, so it can still reach the interpreter), then die with the parent (after the uid
-    change, which clears it), files private by default, and the CPU priority asked for."""
+    change, which clears it), files private by default; the CPU priority asked for first (a
+    negative change needs root)."""
+    if nice:
+        os.nice(nice)
     if uid is not None:
         reach.apply(plan)
         os.setgroups([])
@@ -61,8 +64,6 @@ def _child_setup(nice: int, uid: int | None, plan: reach.Plan) -> None:
         os.setuid(uid)
     _die_with_parent()
     os.umask(PRIVATE_UMASK)
-    if nice > 0:
-        os.nice(nice)
 
 
 def python_cmd(*args: str) -> list[str]:
@@ -75,9 +76,9 @@ def spawn(cmd: Sequence[str], log_path: Path | None = None,
           pass_fds: Sequence[int] = (), inherit_output: bool = False,
           uid: int | None = None) -> subprocess.Popen[bytes]:
     """Start one child process that is SIGKILLed if we die; its output goes to log_path
-    (opened here, so the log stays the launcher's; or, with inherit_output, to ours); nice > 0
-    lowers its CPU priority by that much; pass_fds are inherited (credentials); uid: run it as
-    that unprivileged uid and gid (the launcher must be root)."""
+    (opened here, so the log stays the launcher's; or, with inherit_output, to ours); nice
+    changes its CPU priority by that much (< 0 raises it: root only); pass_fds are inherited
+    (credentials); uid: run it as that unprivileged uid and gid (the launcher must be root)."""
     plan = [(d, list(e)) for d, e in reach.cached_plan()] if uid is not None else []
     log = (open(os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
            if log_path is not None else None)

@@ -8,10 +8,13 @@ and the process answers, whatever the app's main thread is doing.
 * KILL {reason}: acknowledge, say why on stderr, and leave at once (status 137).
 
 The thread also sends a HEARTBEAT {refs} every HEARTBEAT_MS with the reference record the
-MMU harvested since the last hand-over, and it is the judge of the kernel's liveness: when
-the kernel has answered nothing on either connection for KERNEL_DEAD_MS, it declares the
-kernel dead (every syscall wait then fails), gives the main thread a moment to leave with
-its error, and then ends the process itself -- a sealed process never outlives its kernel.
+MMU harvested since the last hand-over (not while faults hand the record over, and with
+nothing to hand over only every IDLE_HEARTBEAT_MS: with hundreds of processes, heartbeats
+cost the kernel about as much CPU as their faults), and it is the judge of the kernel's
+liveness: when the kernel has answered nothing on either connection for KERNEL_DEAD_MS, it
+declares the kernel dead (every syscall wait then fails), gives the main thread a moment to
+leave with its error, and then ends the process itself -- a sealed process never outlives its
+kernel.
 
 The thread is the only user of its socket (ZeroMQ sockets are not thread-safe); the socket
 was opened and attached by the main thread (:mod:`syscall`) before the thread started.
@@ -43,6 +46,9 @@ from wire.protocol import (
 )
 
 HEARTBEAT_MS: int = 200
+#: A heartbeat with no references is sent only this often (liveness: both sides wait
+#: KERNEL_DEAD_MS / PROC_DEAD_MS, 10 s, before judging the other dead).
+IDLE_HEARTBEAT_MS: int = 2000
 #: The longest the thread sleeps in one poll (how fast stop() is noticed).
 POLL_SLICE_MS: int = 50
 #: Exit status after a KILL (as if by SIGKILL).
@@ -77,6 +83,7 @@ class ControlThread(threading.Thread):
         self._stop_event = threading.Event()
         self._rids = itertools.count(1)
         self._refs_rid = 0              # rid of the newest heartbeat that carried refs
+        self._beat_s = 0.0              # when the last heartbeat went (monotonic)
         self.heartbeats = 0
 
     # -- life --------------------------------------------------------------------------
@@ -131,8 +138,16 @@ class ControlThread(threading.Thread):
 
     # -- heartbeats ----------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        """Send HEARTBEAT with the references harvested since the last hand-over."""
+        """Send HEARTBEAT with the references harvested since the last hand-over; not when a
+        FAULT handed them over within HEARTBEAT_MS (the ones since ride the next fault, or
+        the next heartbeat), and without references only every IDLE_HEARTBEAT_MS."""
+        now = time.monotonic()
+        if (now - self.mmu.refs_faulted_s) * 1000 < HEARTBEAT_MS:
+            return                       # a fault handed the record over lately (and was heard)
         refs = self.mmu.harvest_refs()
+        if not refs and (now - self._beat_s) * 1000 < IDLE_HEARTBEAT_MS:
+            return
+        self._beat_s = now
         rid = next(self._rids)
         if refs:
             self._refs_rid = rid

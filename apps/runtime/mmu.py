@@ -27,7 +27,9 @@ Reference record
 The kernel's LRU and clock need the real accesses, and only the runtime sees TLB hits.  Every
 hit appends its vpn to ``_refs`` when it differs from the last vpn appended (one compare in
 the fast path).  The list is handed over, in access order, with every FAULT (its ``refs``) and
-every HEARTBEAT.  A fault's own vpn is not appended: the fault is its own reference.
+every HEARTBEAT (skipped while faults hand it over: with hundreds of processes, heartbeats
+would cost the kernel as much as their faults).  A fault's own vpn is not appended: the
+fault is its own reference.
 
 Heartbeat and fault go on two connections, so the kernel could see a heartbeat's refs *after*
 a fault that the same accesses preceded, and pick the wrong LRU victim.  So while a heartbeat
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +124,9 @@ class Mmu:
         # The reference record: appended by the main thread only.
         self._refs: list[int] = []
         self._last = -1
+        #: When a FAULT last handed the record over (monotonic): the heartbeat leaves the
+        #: references since to the next fault unless none comes within a heartbeat.
+        self.refs_faulted_s = 0.0
         # Counters.
         self.tlb_hits = 0
         self.tlb_misses = 0
@@ -341,6 +347,7 @@ class Mmu:
                                              HEARTBEAT_REFS_WAIT_S):
                         self._hb_refs_unanswered = False
                 refs, self._refs = compact_refs(self._refs), []
+                self.refs_faulted_s = time.monotonic()
                 self._inflight, self._revoked = vpn, False
             self.tlb_misses += 1
             reply: dict[str, Any] | None = None
