@@ -62,8 +62,11 @@ def test_sealedos_up_reports_beladys_anomaly_as_json() -> None:
     proc = doc["processes"]["refstring.1"]
     assert proc["minor_faults"] + proc["major_faults"] == 9
     assert proc["checksum"] == "verified"
-    assert proc["minor_faults"] == 5                  # five pages, each first touched once
-    assert proc["major_faults"] == proc["page_ins"] == 4
+    # Five first touches are minor; each of the 4 refaults is major, or minor when it comes
+    # while the page's write-back is still in flight (HELD: served from the kernel's copy).
+    assert proc["minor_faults"] >= 5
+    assert proc["major_faults"] == proc["page_ins"] <= 4
+    assert proc["major_faults"] + doc["kernel"]["soft_faults"] == 4
     assert proc["evictions"] == 9 - 3                 # every fault once the 3 frames are full
     assert proc["resident_pages"] == 0                # everything given back at exit
     assert doc["kernel"]["nframes"] == 3
