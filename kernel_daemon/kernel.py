@@ -40,7 +40,7 @@ from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import MAX_MAP_PAGES
 from kernel_daemon.policy import POLICIES, make_policy
-from kernel_daemon.prefetch import MODES
+from kernel_daemon.prefetch import DEFAULT_MODE, MODES
 from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable, caller
 from kernel_daemon.quota import Resource, limits_from
 from kernel_daemon.records import apply_report, bounded_records
@@ -544,7 +544,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mirrored pager slots (2 = every page-out goes to both)")
     p.add_argument("--code", default=env("SEALEDOS_CODE"),
                    help="erasure-code pages K+R across the pagers (--pagers must be K+R)")
-    p.add_argument("--prefetch", choices=MODES, default=env("SEALEDOS_PREFETCH", "trend"),
+    p.add_argument("--prefetch", choices=MODES, default=env("SEALEDOS_PREFETCH", DEFAULT_MODE),
                    help="read swapped pages ahead of faults: along a detected stream (trend), "
                         "always the next pages (readahead), or not at all")
     p.add_argument("--ec-delta", type=int, default=int(env("SEALEDOS_EC_DELTA", "1")),

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections import deque
 
 MODES: tuple[str, ...] = ("off", "trend", "readahead")
+#: What `sealedos kernel` and `sealedos up` run with unless told (README: the measurements).
+DEFAULT_MODE: str = "trend"
 #: Faults remembered (Leap's window: deltas are voted on over its most recent 2, 4, 8).
 HISTORY: int = 9
 MIN_DEPTH: int = 1
