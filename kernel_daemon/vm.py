@@ -39,10 +39,12 @@ holds its prefetched pages not yet used, counted against its quota (`prefetched`
 the bound the oldest HELD one goes back to SWAPPED (its swap copy is current: no I/O).
 While the read is out the page is PAGING_IN with no frame, and that pin is the whole story:
 
-* a fault on it queues on the PTE, as on any page in flight, and is re-served when the read
-  ends: from the verified bytes (HELD, a soft fault) or, if no mirror verified, as the major
-  fault it then is -- a new PageIn that reads again and, failing, stops the process.  One
-  read per prefetch, never two at once, and a lie costs nobody anything until a real fault;
+* a fault on it takes a frame meanwhile (as a PageIn would, in parallel with the read) and
+  then waits on the PTE for the read (`Vm._prefetch_frame`): it is served from the verified
+  bytes (HELD, a soft fault) or, if no mirror verified or the page was dropped meanwhile,
+  gives the frame back and is served again as the major fault it then is -- a new PageIn
+  that reads again and, failing, stops the process.  One read per prefetch, never two at
+  once, never stale bytes, and a lie costs nobody anything until a real fault;
 * it is not resident, so it cannot be written or evicted, and the policy never sees it;
   a grant waits for it to settle (PAGING_IN is busy there);
 * unmap or exit release it (ZERO, slot freed, waiters cleared); the read's answer then finds
@@ -208,23 +210,46 @@ class Vm:
             self.policy.touch(pte.frame)
             return self._done(f, FILL_KEEP, None, "minor")
         if st == S.ZERO or st == S.HELD:
-            hit = st == S.HELD and self._unprefetch(f.proc, [(f.vpn, pte)])
-            self.stats.soft_faults += st == S.HELD
-            self.stats.prefetch_hits += hit
-            self.set_state(f.proc, pte, S.PAGING_IN)     # pinned while it waits for a frame
-            self._get_frame(f.proc, f.vpn, lambda frame: self._install_local(f, frame, st))
-            if hit:
-                self._prefetch(f.proc, f.vpn, True)
+            self._local(f, st, None)
             return SUSPEND
         if st == S.SWAPPED:
             PageIn(self, f).start()
             self._prefetch(f.proc, f.vpn, False)
+            return SUSPEND
+        if f.proc.prefetched.get(f.vpn) is pte:       # its prefetch is in flight: take a
+            self._get_frame(f.proc, f.vpn, lambda frame: self._prefetch_frame(f, frame))
+            f.proc.state = ProcState.FAULT            # frame meanwhile, as a PageIn does
             return SUSPEND
         pte.waiters.append(lambda: self._resume(f))   # EVICTING, PAGING_IN
         self.k.tracer.step("vm", "fault", f.key, f.proc.spid, "queued behind page in flight",
                            page=st.name)
         f.proc.state = ProcState.FAULT
         return SUSPEND
+
+    def _local(self, f: Fault, st: PageState, frame: int | None) -> None:
+        """Serve a fault on a ZERO or HELD page without I/O, in `frame` or one found now."""
+        pte = f.pte
+        hit = st == S.HELD and self._unprefetch(f.proc, [(f.vpn, pte)])
+        self.stats.soft_faults += st == S.HELD
+        self.stats.prefetch_hits += hit
+        self.set_state(f.proc, pte, S.PAGING_IN)         # pinned while it waits for a frame
+        if frame is None:
+            self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
+        else:
+            self._install_local(f, frame, st)
+        if hit:
+            self._prefetch(f.proc, f.vpn, True)
+
+    def _prefetch_frame(self, f: Fault, frame: int) -> None:
+        """A frame for a fault that met its page's prefetch in flight: install from it once
+        it is HELD; if it failed or the page went, give the frame back and serve again."""
+        if f.current() and f.pte.state == S.PAGING_IN and f.proc.prefetched.get(f.vpn) is f.pte:
+            f.pte.waiters.append(lambda: self._prefetch_frame(f, frame))
+        elif f.current() and f.pte.state == S.HELD:
+            self._local(f, S.HELD, frame)
+        else:
+            self._free_frame(frame)
+            self._resume(f)
 
     def _resume(self, f: Fault) -> None:
         """Re-serve a fault that waited on a page in flight."""
