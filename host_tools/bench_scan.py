@@ -11,7 +11,9 @@ checking every byte: region one sequentially, region two strided (every --stride
 then the next offset, ...), region three in a random order (seeded: the same in every
 mode).  A scan's figure is pages per second; beside it the kernel's prefetch counters over
 that scan: issued, used (accuracy = used / issued) and coverage (faults served by a
-prefetched page / those + major faults).  The modes run --repeat times, interleaved (off,
+prefetched page / those + major faults).  Beside pages/s, the CPU each page cost (kernel, pagers,
+disks and this process, all threads): on a loaded machine pages/s follow it.  The modes run
+--repeat times, interleaved (off,
 trend, readahead, off, ...), so every mode sees the same load; the median run is printed, and
 the ratio of each mode to off over the same repetitions.  Targets (issue 13): sequential >=
 4x off with trend, random within 5% of off.
@@ -27,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import psutil
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +53,7 @@ class ScanResult:
     prefetch_hits: int
     prefetch_drops: int
     wrong_pages: int
+    cpu_us_per_page: float          # kernel + pagers + disks + this process, all threads
 
     @property
     def accuracy(self) -> float | None:
@@ -106,19 +110,27 @@ def fill(proc: SealedProcess, system: System, name: str, npages: int) -> list[in
     return regions
 
 
+def cpu_s(system: System) -> float:
+    """CPU seconds so far of the kernel, pagers and disks (all threads) and of this process."""
+    procs = [psutil.Process()] + [psutil.Process(svc.pid) for svc in system.services.values()
+                                   if svc.kind in ("kernel", "pager", "disk")]
+    return float(sum(t.user + t.system for t in (p.cpu_times() for p in procs)))
+
+
 def scan_once(proc: SealedProcess, system: System, region: int, base: int,
               pages: list[int]) -> ScanResult:
     """Read `pages` of the region at base in order, whole, checking every byte."""
     before = counters(system)
     wrong = 0
-    t0 = time.perf_counter()
+    c0, t0 = cpu_s(system), time.perf_counter()
     for i in pages:
         wrong += proc.read(base + i * PAGE_SIZE, PAGE_SIZE) != pattern(region, i)
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_s(system) - c0
     after = counters(system)
     d = {f: after[f] - before[f] for f in after}
     return ScanResult(round(len(pages) / dt, 1), d["major_faults"], d["prefetches"],
-                      d["prefetch_hits"], d["prefetch_drops"], wrong)
+                      d["prefetch_hits"], d["prefetch_drops"], wrong,
+                      round(cpu / len(pages) * 1e6, 1))
 
 
 def run_mode(mode: str, frames: int, npages: int, stride: int) -> dict[str, ScanResult]:
@@ -168,6 +180,7 @@ def print_report(result: dict[str, Any], console: Console) -> None:
     table.add_column("scan")
     for mode in result["modes"]:
         table.add_column(f"{mode} pages/s", justify="right")
+        table.add_column(f"{mode} CPU us/page", justify="right")
         if mode != "off":
             table.add_column(f"{mode} accuracy / coverage", justify="right")
     for scan in SCANS:
@@ -175,6 +188,7 @@ def print_report(result: dict[str, Any], console: Console) -> None:
         for mode, scans in result["modes"].items():
             s = scans[scan]
             row.append(str(s["pages_per_s"]))
+            row.append(str(s["cpu_us_per_page"]))
             if mode != "off":
                 acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.2f}"
                 row.append(f"{acc} / {s['coverage']:.2f}")

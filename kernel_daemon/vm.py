@@ -231,7 +231,10 @@ class Vm:
         pte = f.pte
         hit = st == S.HELD and self._unprefetch(f.proc, [(f.vpn, pte)])
         self.stats.soft_faults += st == S.HELD
-        self.stats.prefetch_hits += hit
+        if hit:                                          # read from a pager, installed now
+            self.stats.prefetch_hits += 1
+            self.stats.page_ins += 1
+            f.proc.counters["page_ins"] += 1
         self.set_state(f.proc, pte, S.PAGING_IN)         # pinned while it waits for a frame
         if frame is None:
             self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
