@@ -545,8 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--code", default=env("SEALEDOS_CODE"),
                    help="erasure-code pages K+R across the pagers (--pagers must be K+R)")
     p.add_argument("--prefetch", choices=MODES, default=env("SEALEDOS_PREFETCH", DEFAULT_MODE),
-                   help="read swapped pages ahead of faults: along a detected stream (trend), "
-                        "always the next pages (readahead), or not at all")
+                   help="read swapped pages ahead of faults (prefetch.py)")
     p.add_argument("--ec-delta", type=int, default=int(env("SEALEDOS_EC_DELTA", "1")),
                    help="with --code: a page-in asks K + this many pagers at once")
     p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",

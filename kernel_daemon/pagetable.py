@@ -12,8 +12,8 @@ A PTE moves through these states (the fault and eviction code in vm.py is the on
                           └───────────────────────────────── page-in verified ◀────┘
 
 HELD means the kernel holds the page's bytes (a write-back in flight, a granted page in
-transit, or a page read ahead: SWAPPED -> PAGING_IN -> HELD with no frame, vm.py); SWAPPED means only the pagers hold it, sealed, and the kernel keeps its version
-and tag.
+transit, or a page read ahead: SWAPPED -> PAGING_IN -> HELD with no frame, vm.py); SWAPPED
+means only the pagers hold it, sealed, and the kernel keeps its version and tag.
 """
 from __future__ import annotations
 

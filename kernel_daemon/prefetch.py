@@ -8,12 +8,13 @@ survives a stray fault).  A majority delta d (+1 sequential, +d strided) predict
 `depth` pages along it; no majority, no prediction.  ``readahead`` predicts the next `depth`
 pages after the fault whatever the history (the naive policy, for comparison).
 
-`depth` adapts: a prefetched page used (a hit) deepens it by one, a major fault or a
-prefetched page dropped unused halves it.  Pure: no kernel state; vm.py acts on the vpns.
+`depth` adapts: a prefetched page used (a hit) deepens it by one, a major fault halves it.
+Pure: no kernel state; vm.py acts on the vpns.
 """
 from __future__ import annotations
 
 from collections import deque
+from itertools import pairwise
 
 MODES: tuple[str, ...] = ("off", "trend", "readahead")
 #: What `sealedos kernel` and `sealedos up` run with unless told (README: the measurements).
@@ -37,19 +38,14 @@ def majority(deltas: list[int]) -> int | None:
 class Trend:
     """One process's recent faults and how far ahead to read (see the module docstring)."""
 
-    __slots__ = ("mode", "vpns", "depth")
-
     def __init__(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"prefetch mode {mode!r} is not one of {', '.join(MODES)}")
-        self.mode = mode
+        self.mode = mode                            # one of MODES (the kernel's flag checks)
         self.vpns: deque[int] = deque(maxlen=HISTORY)
         self.depth = MIN_DEPTH
 
     def stride(self) -> int | None:
         """The stream's delta: the majority over the last 2, then 4, then 8 deltas."""
-        v = list(self.vpns)
-        deltas = [b - a for a, b in zip(v, v[1:], strict=False)]
+        deltas = [b - a for a, b in pairwise(self.vpns)]
         for n in (2, 4, 8):
             d = majority(deltas[-n:]) if len(deltas) >= n else None
             if d:                                   # 0 (the same page again) is no stream
@@ -59,13 +55,6 @@ class Trend:
     def fault(self, vpn: int, hit: bool) -> list[int]:
         """A fault on vpn (hit: on a prefetched page); return the vpns to prefetch next."""
         self.vpns.append(vpn)
-        if hit:
-            self.depth = min(MAX_DEPTH, self.depth + 1)
-        else:
-            self.miss()
+        self.depth = min(MAX_DEPTH, self.depth + 1) if hit else max(MIN_DEPTH, self.depth // 2)
         d = 1 if self.mode == "readahead" else self.stride() if self.mode == "trend" else None
         return [vpn + d * i for i in range(1, self.depth + 1)] if d else []
-
-    def miss(self) -> None:
-        """A major fault, or a prefetched page dropped unused: read less far ahead."""
-        self.depth = max(MIN_DEPTH, self.depth // 2)

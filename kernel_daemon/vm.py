@@ -228,14 +228,13 @@ class Vm:
 
     def _local(self, f: Fault, st: PageState, frame: int | None) -> None:
         """Serve a fault on a ZERO or HELD page without I/O, in `frame` or one found now."""
-        pte = f.pte
-        hit = st == S.HELD and self._unprefetch(f.proc, [(f.vpn, pte)])
+        hit = st == S.HELD and self._unprefetch(f.proc, [(f.vpn, f.pte)])
         self.stats.soft_faults += st == S.HELD
         if hit:                                          # read from a pager, installed now
             self.stats.prefetch_hits += 1
             self.stats.page_ins += 1
             f.proc.counters["page_ins"] += 1
-        self.set_state(f.proc, pte, S.PAGING_IN)         # pinned while it waits for a frame
+        self.set_state(f.proc, f.pte, S.PAGING_IN)       # pinned while it waits for a frame
         if frame is None:
             self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
         else:
@@ -381,9 +380,8 @@ class Vm:
         proc.trend = proc.trend or Trend(self.prefetch)
         for v in proc.trend.fault(vpn, hit):
             pte = proc.aspace.ptes.get(v)
-            if pte is None or pte.state != S.SWAPPED or not self._make_room(proc):
-                continue
-            self._read_ahead(proc, v, pte)
+            if pte is not None and pte.state == S.SWAPPED and self._make_room(proc):
+                self._read_ahead(proc, v, pte)
 
     def _read_ahead(self, proc: Proc, vpn: int, pte: Pte) -> None:
         """Pin a SWAPPED page (PAGING_IN, no frame) and read it as a fault would."""
@@ -392,11 +390,9 @@ class Vm:
         proc.prefetched[vpn] = pte
         proc.quota.used[Resource.PREFETCHED] = len(proc.prefetched)
         self.stats.prefetches += 1
-
-        def read(handles: list[bytes]) -> None:
-            self.read_verified(proc, vpn, pte, copy, handles, pte.mirrors,
-                               lambda plain, *_: self._prefetched(proc, vpn, pte, copy, plain))
-        self.k.pagers.with_handles(copy.space, read)
+        self.k.pagers.with_handles(copy.space, lambda handles: self.read_verified(
+            proc, vpn, pte, copy, handles, pte.mirrors,
+            lambda plain, *_: self._prefetched(proc, vpn, pte, copy, plain)))
 
     def _prefetched(self, proc: Proc, vpn: int, pte: Pte, copy: SwapCopy,
                     plain: bytes | None) -> None:
@@ -423,17 +419,13 @@ class Vm:
             pte.held = None
             self.set_state(proc, pte, S.SWAPPED)
             self.stats.prefetch_drops += 1
-            if proc.trend is not None:
-                proc.trend.miss()
         return True
 
     @staticmethod
     def _unprefetch(proc: Proc, ptes: list[tuple[int, Pte]]) -> bool:
         """These pages leave proc's prefetched-unused set (used, dropped, unmapped,
         granted); True if any was in it."""
-        gone = [v for v, p in ptes if proc.prefetched.get(v) is p]
-        for v in gone:
-            del proc.prefetched[v]
+        gone = [proc.prefetched.pop(v) for v, p in ptes if proc.prefetched.get(v) is p]
         proc.quota.used[Resource.PREFETCHED] = len(proc.prefetched)
         return bool(gone)
 
@@ -666,8 +658,7 @@ class Vm:
     def release_pages(self, proc: Proc, ptes: list[tuple[int, Pte]]) -> None:
         """Drop pages (unmap or exit): free their frames and their swap slots."""
         slots: dict[int, tuple[SwapSpace, list[int]]] = {}
-        if proc.prefetched:
-            self._unprefetch(proc, ptes)
+        self._unprefetch(proc, ptes)
         for _, pte in ptes:
             if pte.state == S.RESIDENT:
                 self.policy.remove(pte.frame)
