@@ -46,6 +46,8 @@ from wire.server import Server
 FAULTS: tuple[str, ...] = ("drop", "dup", "reorder", "delay", "crash", "hang", "hostile",
                            "diskerr", "torn", "late", "procdie")
 KERNEL_ADDR = "sim://kernel"
+#: Seeds the rng that draws a seed's prefetch mode (off, trend, readahead).
+PREFETCH_SALT: int = 0x9E7C4
 #: Per-step probabilities of the node faults.
 CRASH_P, HANG_P, PROCDIE_P = 1 / 500, 1 / 700, 1 / 1500
 #: Per-write probabilities of the disk faults.
@@ -177,7 +179,8 @@ class World:
         self.lateness: dict[str, float] = {}
         nframes = self.rng.randint(4, 12)
         policy = self.rng.choice(sorted(POLICIES))
-        prefetch = self.rng.choice(MODES)
+        # the prefetch mode from a stream of its own: every other draw stays what it was
+        prefetch = random.Random(cfg.seed ^ PREFETCH_SALT).choice(MODES)
         self.shape = {"mirrors": self.mirrors, "frames": nframes, "policy": policy,
                       "prefetch": prefetch}
         self._set_links()
