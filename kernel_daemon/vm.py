@@ -47,8 +47,9 @@ While the read is out the page is PAGING_IN with no frame, and that pin is the w
   once, never stale bytes, and a lie costs nobody anything until a real fault;
 * it is not resident, so it cannot be written or evicted, and the policy never sees it;
   a grant waits for it to settle (PAGING_IN is busy there);
-* unmap or exit release it (ZERO, slot freed, waiters cleared); the read's answer then finds
-  the PTE gone (or another PTE at its vpn, or another entry in proc.prefetched) and is
+* unmap or exit release it (ZERO, slot freed); a fault waiting on it is woken there, finds
+  the page gone and gives its frame back (SEGV if the process lives); the read's answer then
+  finds the PTE gone (or another PTE at its vpn, or another entry in proc.prefetched) and is
   dropped.  The bytes are installed only if the PTE still names the version that was read.
 """
 from __future__ import annotations
@@ -658,6 +659,7 @@ class Vm:
     def release_pages(self, proc: Proc, ptes: list[tuple[int, Pte]]) -> None:
         """Drop pages (unmap or exit): free their frames and their swap slots."""
         slots: dict[int, tuple[SwapSpace, list[int]]] = {}
+        woken: list[Callable[[], None]] = []
         self._unprefetch(proc, ptes)
         for _, pte in ptes:
             if pte.state == S.RESIDENT:
@@ -665,7 +667,8 @@ class Vm:
                 self._free_frame(pte.frame)
             # EVICTING and PAGING_IN frames are freed by their callbacks, which find the PTE gone
             self.set_state(proc, pte, S.ZERO)
-            pte.waiters.clear()
+            woken += pte.waiters       # faults waiting on it end (SEGV if alive), frames go back
+            pte.waiters = []
             pte.held = None
             if pte.space is not None and pte.slot >= 0:
                 slots.setdefault(id(pte.space), (pte.space, []))[1].append(pte.slot)
@@ -673,6 +676,8 @@ class Vm:
             pte.space, pte.slot = None, -1
         for space, freed in slots.values():
             self.k.pagers.free_slots(space, freed)
+        for w in woken:
+            w()
 
 
 def _prot_str(prot: int) -> str:

@@ -205,3 +205,29 @@ def test_a_page_unmapped_or_a_process_gone_while_its_prefetch_is_in_flight(how: 
     else:
         rec = rig.ps(app.spid)
         assert rec["state"] == "exited" and rec["quota"]["prefetched"][0] == 0
+
+
+@pytest.mark.parametrize("how", ["unmap", "exit"])
+def test_a_fault_waiting_on_a_prefetch_gives_its_frame_back_when_the_page_goes(how: str) -> None:
+    rig, pager, app, v = swapped("trend", 16)
+    held: list[Msg] = []
+
+    def hold_after_three(p: FakePager, m: Msg) -> Msg | None:
+        if len(pager.ops("page_in")) > 3:
+            held.append(m)
+            return None
+        return p.honest(m)
+    pager.behaviour["page_in"] = hold_after_three
+    scan(app, v, [0, 1, 2])
+    rid = app.send("fault", vpn=v + 3, access="r", refs=[])
+    rig.run(0.1)                                      # it holds a frame, waiting for the read
+    assert not app.answered(rid) and len(held) == 1
+    if how == "unmap":
+        assert "err" not in app.ask("unmap", addr=v << 12, npages=16 + NFRAMES)
+        assert app.answer(rid)["err"] == "ESEGV"
+    else:
+        app.exit()
+    pager.peer.send(dict(pager.honest(held[0]), re=held[0]["rid"]))
+    rig.run(0.1)
+    st = rig.stats()
+    assert st["free_frames"] == NFRAMES and st["callback_errors"] == 0
