@@ -1,6 +1,7 @@
 """`sealedos up`: run the whole system locally, show progress, print the per-process summary.
 
-    sealedos up [--frames N] [--policy P] [--disk-size MiB] [--duration S] [--json]
+    sealedos up [--frames N] [--policy P] [--prefetch off|trend|readahead] [--disk-size MiB]
+                [--duration S] [--json]
                 [--pagers 2 | --pagers 6 --code 4+2] [--hostile MODE [--hostile-count R]]
                 [--no-seal] [--trace FILE] [--metrics-port P] [APP [ARGS] ...]
 
