@@ -11,6 +11,7 @@ BENCHES: dict[str, str] = {
     "ipc": "host_tools.loadgen_ipc",
     "abuse": "host_tools.bench_abuse",
     "route": "host_tools.bench_route",
+    "scan": "host_tools.bench_scan",
 }
 
 

@@ -156,10 +156,11 @@ def compare(code: str, frames: int, rounds: int, console: Console) -> dict[str, 
     k, r = parse_code(code)
     runs: dict[str, Any] = {}
     console.print("measuring mirrored (--pagers 2) ...")
-    runs["mirrored"] = measure(Config(frames=frames, disk_size_mib=16, pagers=2), rounds, [1])
+    runs["mirrored"] = measure(Config(frames=frames, disk_size_mib=16, pagers=2, prefetch="off"),
+                               rounds, [1])
     console.print(f"measuring erasure-coded (--pagers {k + r} --code {code}) ...")
-    runs[f"ec_{code}"] = measure(Config(frames=frames, disk_size_mib=16, pagers=k + r, code=code),
-                                 rounds, [1, 2] if r >= 2 else [1])
+    runs[f"ec_{code}"] = measure(Config(frames=frames, disk_size_mib=16, pagers=k + r, code=code,
+                                        prefetch="off"), rounds, [1, 2] if r >= 2 else [1])
     m, e = runs["mirrored"], runs[f"ec_{code}"]
     ratios = {"page_in_p50_ec_vs_mirrored": round(e["page_in_us"]["p50"] /
                                                   m["page_in_us"]["p50"], 2),

@@ -383,7 +383,8 @@ def main(argv: list[str]) -> int:
         return 2
     transports = args.transports.split(",")
     t0 = time.monotonic()
-    head = headline(Config(frames=args.frames, disk_size_mib=16,
+    # prefetch off: the major-fault figure times faults, not reads served ahead of them
+    head = headline(Config(frames=args.frames, disk_size_mib=16, prefetch="off",
                            insecure=args.security == "insecure"),
                     args.samples, args.repeat, "tcp" in transports, console)
     runs: dict[str, Any] = {}
@@ -416,7 +417,7 @@ def comparisons(args: argparse.Namespace, transports: list[str], samples: int,
                     "_null" if insecure and args.security == "both" else "")
                 console.print(f"comparison {key}: {samples} samples per figure ...")
                 runs[key] = measure(Config(frames=args.frames, disk_size_mib=16,
-                                           no_seal=not sealed, transport=transport,
+                                           prefetch="off", no_seal=not sealed, transport=transport,
                                            insecure=insecure), samples)
     return runs
 

@@ -1,6 +1,7 @@
 """`sealedos up`: run the whole system locally, show progress, print the per-process summary.
 
-    sealedos up [--frames N] [--policy P] [--disk-size MiB] [--duration S] [--json]
+    sealedos up [--frames N] [--policy P] [--prefetch off|trend|readahead] [--disk-size MiB]
+                [--duration S] [--json]
                 [--pagers 2 | --pagers 6 --code 4+2] [--hostile MODE [--hostile-count R]]
                 [--no-seal] [--trace FILE] [--metrics-port P] [APP [ARGS] ...]
 
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from host_tools.system import Config, System
 from kernel_daemon.policy import POLICIES
+from kernel_daemon.prefetch import DEFAULT_MODE, MODES
 from wire.protocol import HOSTILE_MODES
 
 DEFAULT_APPS: list[list[str]] = [["memstress"]] * 3
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--frames", type=int, default=int(env("SEALEDOS_FRAMES", "128")))
     p.add_argument("--policy", choices=sorted(POLICIES), default=env("SEALEDOS_POLICY", "clock"))
+    p.add_argument("--prefetch", choices=MODES, default=env("SEALEDOS_PREFETCH", DEFAULT_MODE),
+                   help="read swapped pages ahead of faults (kernel_daemon/prefetch.py)")
     p.add_argument("--disk-size", type=int, default=int(env("SEALEDOS_DISK_SIZE_MIB", "64")),
                    metavar="MiB")
     p.add_argument("--duration", type=float, default=0.0,
@@ -88,7 +92,8 @@ def main(argv: list[str]) -> int:
     from apps.run import APPS
     args = build_parser().parse_args(argv)
     groups = split_apps(args.apps, set(APPS)) or DEFAULT_APPS
-    config = Config(frames=args.frames, policy=args.policy, disk_size_mib=args.disk_size,
+    config = Config(frames=args.frames, policy=args.policy, prefetch=args.prefetch,
+                    disk_size_mib=args.disk_size,
                     pagers=args.pagers, hostile=args.hostile, no_seal=args.no_seal,
                     hostile_count=args.hostile_count, code=args.code,
                     pager_timeout_ms=args.pager_timeout_ms, pager_retries=args.pager_retries,

@@ -11,9 +11,9 @@ A PTE moves through these states (the fault and eviction code in vm.py is the on
       └─clean zero page┘  └──────────────fault (no I/O)──────────┘     fault ──▶ PAGING_IN
                           └───────────────────────────────── page-in verified ◀────┘
 
-HELD means the kernel holds the page's bytes (a write-back in flight, or a granted page in
-transit); SWAPPED means only the pagers hold it, sealed, and the kernel keeps its version
-and tag.
+HELD means the kernel holds the page's bytes (a write-back in flight, a granted page in
+transit, or a page read ahead: SWAPPED -> PAGING_IN -> HELD with no frame, vm.py); SWAPPED
+means only the pagers hold it, sealed, and the kernel keeps its version and tag.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class PageState(IntEnum):
     ZERO = 0        # never written (or written back to all-zero and dropped): demand-zero
     RESIDENT = 1    # in a frame, in the owner's bank
     EVICTING = 2    # a shootdown is in flight; the frame is not yet free
-    HELD = 3        # bytes held by the kernel (write-back in flight or page in transit)
+    HELD = 3        # bytes held by the kernel (write-back in flight, in transit, read ahead)
     SWAPPED = 4     # sealed on the pagers' disks only
     PAGING_IN = 5   # a page-in is in flight into a reserved frame
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from kernel_daemon.pagetable import AddressSpace, SwapSpace
+from kernel_daemon.pagetable import AddressSpace, Pte, SwapSpace
+from kernel_daemon.prefetch import Trend
 from kernel_daemon.quota import Quota, limits_from
 from wire import entropy
 from wire.protocol import Err, ServiceError
@@ -95,6 +96,8 @@ class Proc:
     resident: int = 0
     swapped: int = 0
     quota: Quota = field(default_factory=Quota)   # limits and usage of kernel objects
+    trend: Trend | None = None                    # its prefetch detector (vm.py, prefetch.py)
+    prefetched: dict[int, Pte] = field(default_factory=dict)   # read ahead, unused: oldest first
 
     def is_local(self) -> bool:
         """True when the launcher told the kernel this process's host pid (psutil can watch it)."""

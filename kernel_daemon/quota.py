@@ -32,6 +32,7 @@ class Resource(StrEnum):
     CAPABILITIES = "capabilities"          # handles in the capability table
     CALLS = "calls"                        # calls sent and not yet answered or failed
     REPORT_BYTES = "report_bytes"          # bytes of the REPORT values kept for ps/stats
+    PREFETCHED = "prefetched"              # pages read ahead (held by the kernel), not yet used
 
 
 @dataclass(slots=True)
@@ -44,6 +45,7 @@ class Limits:
     capabilities: int = 4096
     calls: int = 4
     report_bytes: int = 8192
+    prefetched: int = 32                   # past it the oldest goes back to swap (vm.py)
     #: Contract bytes the kernel compiles for the process per second (CPU, not memory: an
     #: invalid contract is paid for too); a burst of COMPILE_BURST_S seconds' worth is allowed.
     compile_bytes_per_s: int = 64 * 1024

@@ -20,6 +20,7 @@ class KernelStats:
     sealed: bool
     mirrors: int
     code: str | None = None              # "K+R" with erasure-coded pagers
+    prefetch: str = "off"                # off, trend or readahead (prefetch.py)
     # vm.py
     minor_faults: int = 0
     major_faults: int = 0
@@ -32,6 +33,10 @@ class KernelStats:
     segfaults: int = 0
     protection_faults: int = 0
     pages_granted: int = 0
+    prefetches: int = 0                  # pages read ahead (issued)
+    prefetch_hits: int = 0               # ... later used: faults avoided
+    prefetch_drops: int = 0              # ... dropped unused (over the bound), no I/O
+    prefetch_failures: int = 0           # ... whose read no mirror verified (nobody stopped)
     integrity_failures: Counter[str] = field(default_factory=Counter)   # check kind -> count
     # pagers.py
     pager_timeouts: int = 0

@@ -29,6 +29,28 @@ steps around it instead of guessing:
   both are done; faults on it queue on the PTE.
 * A process that does not answer a shootdown within SHOOTDOWN_TIMEOUT_MS is killed: only it
   holds the bytes, and the kernel cannot take the frame back without it.
+
+Prefetch races (the other hard part)
+------------------------------------
+A prefetch (`Vm._prefetch`, on what prefetch.py predicts) reads a SWAPPED page into HELD
+without a frame, through the same `read_verified` as a fault, so it evicts nothing and the
+page's later fault is a soft one.  It is the process's: `proc.prefetched` (oldest first)
+holds its prefetched pages not yet used, counted against its quota (`prefetched`); over
+the bound the oldest HELD one goes back to SWAPPED (its swap copy is current: no I/O).
+While the read is out the page is PAGING_IN with no frame, and that pin is the whole story:
+
+* a fault on it takes a frame meanwhile (as a PageIn would, in parallel with the read) and
+  then waits on the PTE for the read (`Vm._prefetch_frame`): it is served from the verified
+  bytes (HELD, a soft fault) or, if no mirror verified or the page was dropped meanwhile,
+  gives the frame back and is served again as the major fault it then is -- a new PageIn
+  that reads again and, failing, stops the process.  One read per prefetch, never two at
+  once, never stale bytes, and a lie costs nobody anything until a real fault;
+* it is not resident, so it cannot be written or evicted, and the policy never sees it;
+  a grant waits for it to settle (PAGING_IN is busy there);
+* unmap or exit release it (ZERO, slot freed); a fault waiting on it is woken there, finds
+  the page gone and gives its frame back (SEGV if the process lives); the read's answer then
+  finds the PTE gone (or another PTE at its vpn, or another entry in proc.prefetched) and is
+  dropped.  The bytes are installed only if the PTE still names the version that was read.
 """
 from __future__ import annotations
 
@@ -43,6 +65,7 @@ from kernel_daemon.histogram import Histograms
 from kernel_daemon.pagers import ReadDone
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
+from kernel_daemon.prefetch import Trend
 from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
 from kernel_daemon.seal import Sealer
@@ -107,8 +130,10 @@ class SwapCopy:
 class Vm:
     """Faults, frames, eviction and swap I/O for every process."""
 
-    def __init__(self, kernel: Kernel, pool: FramePool, policy: Policy, sealer: Sealer) -> None:
+    def __init__(self, kernel: Kernel, pool: FramePool, policy: Policy, sealer: Sealer,
+                 prefetch: str = "off") -> None:
         self.k = kernel
+        self.prefetch = prefetch                  # off, trend or readahead (prefetch.py)
         self.pool = pool
         self.policy = policy
         self.sealer = sealer
@@ -186,19 +211,48 @@ class Vm:
             self.policy.touch(pte.frame)
             return self._done(f, FILL_KEEP, None, "minor")
         if st == S.ZERO or st == S.HELD:
-            if st == S.HELD:
-                self.stats.soft_faults += 1
-            self.set_state(f.proc, pte, S.PAGING_IN)     # pinned while it waits for a frame
-            self._get_frame(f.proc, f.vpn, lambda frame: self._install_local(f, frame, st))
+            self._local(f, st, None)
             return SUSPEND
         if st == S.SWAPPED:
             PageIn(self, f).start()
+            self._prefetch(f.proc, f.vpn, False)
+            return SUSPEND
+        if f.proc.prefetched.get(f.vpn) is pte:       # its prefetch is in flight: take a
+            self._get_frame(f.proc, f.vpn, lambda frame: self._prefetch_frame(f, frame))
+            f.proc.state = ProcState.FAULT            # frame meanwhile, as a PageIn does
             return SUSPEND
         pte.waiters.append(lambda: self._resume(f))   # EVICTING, PAGING_IN
         self.k.tracer.step("vm", "fault", f.key, f.proc.spid, "queued behind page in flight",
                            page=st.name)
         f.proc.state = ProcState.FAULT
         return SUSPEND
+
+    def _local(self, f: Fault, st: PageState, frame: int | None) -> None:
+        """Serve a fault on a ZERO or HELD page without I/O, in `frame` or one found now."""
+        hit = st == S.HELD and self._unprefetch(f.proc, [(f.vpn, f.pte)])
+        self.stats.soft_faults += st == S.HELD
+        if hit:                                          # read from a pager, installed now
+            self.stats.prefetch_hits += 1
+            self.stats.page_ins += 1
+            f.proc.counters["page_ins"] += 1
+        self.set_state(f.proc, f.pte, S.PAGING_IN)       # pinned while it waits for a frame
+        if frame is None:
+            self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
+        else:
+            self._install_local(f, frame, st)
+        if hit:
+            self._prefetch(f.proc, f.vpn, True)
+
+    def _prefetch_frame(self, f: Fault, frame: int) -> None:
+        """A frame for a fault that met its page's prefetch in flight: install from it once
+        it is HELD; if it failed or the page went, give the frame back and serve again."""
+        if f.current() and f.pte.state == S.PAGING_IN and f.proc.prefetched.get(f.vpn) is f.pte:
+            f.pte.waiters.append(lambda: self._prefetch_frame(f, frame))
+        elif f.current() and f.pte.state == S.HELD:
+            self._local(f, S.HELD, frame)
+        else:
+            self._free_frame(frame)
+            self._resume(f)
 
     def _resume(self, f: Fault) -> None:
         """Re-serve a fault that waited on a page in flight."""
@@ -318,6 +372,63 @@ class Vm:
         proc.counters["integrity_failures"] += 1
         self.k.log.warning("page %#x of %s (spid %d): pager %d failed check %s: %s",
                            vpn, proc.name, proc.spid, mirror, kind, text)
+
+    # -- prefetch (the races: module docstring) ------------------------------------------
+    def _prefetch(self, proc: Proc, vpn: int, hit: bool) -> None:
+        """Tell proc's trend detector of a fault on vpn; read what it predicts into HELD."""
+        if self.prefetch == "off":
+            return
+        proc.trend = proc.trend or Trend(self.prefetch)
+        for v in proc.trend.fault(vpn, hit):
+            pte = proc.aspace.ptes.get(v)
+            if pte is not None and pte.state == S.SWAPPED and self._make_room(proc):
+                self._read_ahead(proc, v, pte)
+
+    def _read_ahead(self, proc: Proc, vpn: int, pte: Pte) -> None:
+        """Pin a SWAPPED page (PAGING_IN, no frame) and read it as a fault would."""
+        copy = SwapCopy.of(pte)
+        self.set_state(proc, pte, S.PAGING_IN)
+        proc.prefetched[vpn] = pte
+        proc.quota.used[Resource.PREFETCHED] = len(proc.prefetched)
+        self.stats.prefetches += 1
+        self.k.pagers.with_handles(copy.space, lambda handles: self.read_verified(
+            proc, vpn, pte, copy, handles, pte.mirrors,
+            lambda plain, *_: self._prefetched(proc, vpn, pte, copy, plain)))
+
+    def _prefetched(self, proc: Proc, vpn: int, pte: Pte, copy: SwapCopy,
+                    plain: bytes | None) -> None:
+        """A prefetch's read ended: hold the verified bytes, or the page is SWAPPED again."""
+        if not proc.alive or proc.prefetched.get(vpn) is not pte or pte.state != S.PAGING_IN:
+            return                                      # unmapped or exited meanwhile
+        if plain is None or pte.version != copy.version:
+            self._unprefetch(proc, [(vpn, pte)])
+            self.stats.prefetch_failures += 1
+            self.set_state(proc, pte, S.SWAPPED)
+        else:
+            pte.held = plain
+            self.set_state(proc, pte, S.HELD)
+        self._wake(pte)
+
+    def _make_room(self, proc: Proc) -> bool:
+        """Keep proc under its bound of unused prefetched pages: drop the oldest back to
+        SWAPPED (no I/O); False when it is still being read (then prefetch no more now)."""
+        while len(proc.prefetched) >= proc.quota.limits.prefetched:
+            vpn, pte = next(iter(proc.prefetched.items()), (0, None))
+            if pte is None or pte.state != S.HELD:
+                return False
+            self._unprefetch(proc, [(vpn, pte)])
+            pte.held = None
+            self.set_state(proc, pte, S.SWAPPED)
+            self.stats.prefetch_drops += 1
+        return True
+
+    @staticmethod
+    def _unprefetch(proc: Proc, ptes: list[tuple[int, Pte]]) -> bool:
+        """These pages leave proc's prefetched-unused set (used, dropped, unmapped,
+        granted); True if any was in it."""
+        gone = [proc.prefetched.pop(v) for v, p in ptes if proc.prefetched.get(v) is p]
+        proc.quota.used[Resource.PREFETCHED] = len(proc.prefetched)
+        return bool(gone)
 
     # -- frames and eviction -------------------------------------------------------------
     def _get_frame(self, proc: Proc, vpn: int, then: Callable[[int], None]) -> None:
@@ -530,6 +641,7 @@ class Vm:
                 then(None, f"the receiver cannot take the pages: {exc.msg}")
                 return
             src.aspace.unmap(vpn, npages)
+            self._unprefetch(src, [(vpn + i, p) for i, p in enumerate(ptes)])
             self.sync_space(src)
             self.sync_space(dst)
             for i, p in enumerate(ptes):
@@ -547,13 +659,16 @@ class Vm:
     def release_pages(self, proc: Proc, ptes: list[tuple[int, Pte]]) -> None:
         """Drop pages (unmap or exit): free their frames and their swap slots."""
         slots: dict[int, tuple[SwapSpace, list[int]]] = {}
+        woken: list[Callable[[], None]] = []
+        self._unprefetch(proc, ptes)
         for _, pte in ptes:
             if pte.state == S.RESIDENT:
                 self.policy.remove(pte.frame)
                 self._free_frame(pte.frame)
             # EVICTING and PAGING_IN frames are freed by their callbacks, which find the PTE gone
             self.set_state(proc, pte, S.ZERO)
-            pte.waiters.clear()
+            woken += pte.waiters       # faults waiting on it end (SEGV if alive), frames go back
+            pte.waiters = []
             pte.held = None
             if pte.space is not None and pte.slot >= 0:
                 slots.setdefault(id(pte.space), (pte.space, []))[1].append(pte.slot)
@@ -561,6 +676,8 @@ class Vm:
             pte.space, pte.slot = None, -1
         for space, freed in slots.values():
             self.k.pagers.free_slots(space, freed)
+        for w in woken:
+            w()
 
 
 def _prot_str(prot: int) -> str:

@@ -89,13 +89,14 @@ class Rig:
 
     def __init__(self, nframes: int = 4, mirrors: int = 1, policy: str = "fifo",
                  pager_timeout_ms: int = 1000, pager_retries: int = 2,
-                 ipc_max_bytes: int = 64 * 1024, code: tuple[int, int] | None = None) -> None:
+                 ipc_max_bytes: int = 64 * 1024, code: tuple[int, int] | None = None,
+                 prefetch: str = "off") -> None:
         self.h = Harness()
         self.secret = new_credential()
         self.kernel = Kernel(ADDR, nframes, policy, mirrors, True, pager_timeout_ms,
                              pager_retries, ipc_max_bytes, launcher_key=public_of(self.secret),
                              transport=self.h.transport("kernel"), clock=self.h.clock,
-                             code=code)
+                             code=code, prefetch=prefetch)
         self.h.adopt(self.kernel)
         self.kernel.on_start()
         self.launcher = self.h.peer("launcher", ADDR)

@@ -34,6 +34,7 @@ from host_tools.sim.net import LinkFaults, NodeTransport, SimClock, SimNet
 from host_tools.sim.workload import SimProcess
 from kernel_daemon.kernel import Kernel
 from kernel_daemon.policy import POLICIES
+from kernel_daemon.prefetch import MODES
 from pager_service.hostile import HostileOptions, make_behaviour
 from pager_service.pager import Pager, PagerConfig
 from wire import entropy
@@ -45,6 +46,8 @@ from wire.server import Server
 FAULTS: tuple[str, ...] = ("drop", "dup", "reorder", "delay", "crash", "hang", "hostile",
                            "diskerr", "torn", "late", "procdie")
 KERNEL_ADDR = "sim://kernel"
+#: Seeds the rng that draws a seed's prefetch mode (off, trend, readahead).
+PREFETCH_SALT: int = 0x9E7C4
 #: Per-step probabilities of the node faults.
 CRASH_P, HANG_P, PROCDIE_P = 1 / 500, 1 / 700, 1 / 1500
 #: Per-write probabilities of the disk faults.
@@ -176,7 +179,10 @@ class World:
         self.lateness: dict[str, float] = {}
         nframes = self.rng.randint(4, 12)
         policy = self.rng.choice(sorted(POLICIES))
-        self.shape = {"mirrors": self.mirrors, "frames": nframes, "policy": policy}
+        # the prefetch mode from a stream of its own: every other draw stays what it was
+        prefetch = random.Random(cfg.seed ^ PREFETCH_SALT).choice(MODES)
+        self.shape = {"mirrors": self.mirrors, "frames": nframes, "policy": policy,
+                      "prefetch": prefetch}
         self._set_links()
         self.kernel_failures = invariants.HandlerFailures()
         logging.getLogger("sealedos.kernel").addHandler(self.kernel_failures)
@@ -184,7 +190,7 @@ class World:
         ktr = self.net.transport("kernel")
         self.kernel = Kernel(KERNEL_ADDR, nframes, policy, self.mirrors, cfg.seal,
                              launcher_key=public_of(launcher_secret), transport=ktr,
-                             clock=self.clock)
+                             clock=self.clock, prefetch=prefetch)
         ktr.owner = self.kernel
         self.kernel_tr = ktr
         self.kernel.on_start()

@@ -1,0 +1,47 @@
+"""Prefetching end to end: real disk, pager, kernel (--prefetch trend) and sealed processes.
+
+The test process becomes a sealed process and scans its swapped memory through its own MMU;
+every byte it reads must be the byte it wrote, whether a page came by a major fault or was
+read ahead by the kernel and served from what it held."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from polling import wait_for
+
+from apps.runtime import PAGE_SIZE
+from host_tools.bench_scan import order, pattern
+from host_tools.system import System
+
+FRAMES: int = 16
+PAGES: int = 160
+
+
+def test_sequential_and_strided_scans_of_swapped_memory_are_read_ahead_and_verified(
+        make_system: Callable[..., System]) -> None:
+    system = make_system(frames=FRAMES, prefetch="trend", disk_size_mib=8)
+    with system.connect_sealed("memstress", "scanner") as proc:
+        base = proc.map(PAGES)
+        for i in range(PAGES):
+            proc.write(base + i * PAGE_SIZE, pattern(0, i))
+        wait_for("the region on swap",
+                 lambda: system.process("scanner")["swapped_pages"] >= PAGES - FRAMES, 30)
+        for scan in ("sequential", "strided", "random"):
+            for i in order(scan, PAGES, 4):
+                assert proc.read(base + i * PAGE_SIZE, PAGE_SIZE) == pattern(0, i), (scan, i)
+        k = system.stats()["kernel"]
+        assert k["prefetch"] == "trend" and k["integrity_failures"] == {}
+        assert k["prefetch_hits"] >= PAGES // 2       # the two streams were read ahead
+        assert k["prefetch_hits"] <= k["prefetches"]
+        rec = system.process("scanner")
+        assert rec["state"] == "running"
+        assert rec["quota"]["prefetched"][0] <= rec["quota"]["prefetched"][1]
+
+
+def test_memstress_verifies_with_prefetch_trend(make_system: Callable[..., System]) -> None:
+    system = make_system(frames=FRAMES, prefetch="trend", disk_size_mib=8)
+    system.spawn_app("memstress", ["--pages", "96", "--passes", "2"], "memstress.1")
+    assert system.wait_apps(120) == {"memstress.1": 0}, system.log_tail("memstress.1")
+    assert system.process("memstress.1")["checksum"] == "verified"
+    k = system.stats()["kernel"]
+    assert k["prefetch_hits"] > 0 and k["integrity_failures"] == {}

@@ -1,0 +1,233 @@
+"""Prefetching: the trend detector (kernel_daemon/prefetch.py, pure) and the kernel reading
+predicted pages ahead of faults (kernel_daemon/vm.py, in process on the simulated seam:
+tests/kernel_harness.py; kernel state is read only through STATS and PS)."""
+from __future__ import annotations
+
+import pytest
+from kernel_harness import App, FakePager, Msg, Rig, page
+
+from kernel_daemon.prefetch import MAX_DEPTH, Trend, majority
+
+NFRAMES: int = 4
+
+
+# -- the detector -----------------------------------------------------------------------------
+def test_majority_is_the_boyer_moore_vote_checked_by_a_count() -> None:
+    assert majority([1, 1, 2, 1]) == 1
+    assert majority([3, 1, 3, 2, 3]) == 3
+    assert majority([1, 2, 1, 2]) is None            # half is not a majority
+    assert majority([1, 2, 3]) is None
+    assert majority([]) is None
+
+
+def faults(trend: Trend, vpns: list[int], hit: bool = False) -> list[int]:
+    """Feed faults; return the prediction after the last one."""
+    out: list[int] = []
+    for v in vpns:
+        out = trend.fault(v, hit)
+    return out
+
+
+def test_a_sequential_stream_is_found_after_three_faults() -> None:
+    t = Trend("trend")
+    assert t.fault(100, False) == [] and t.fault(101, False) == []
+    assert t.fault(102, False) == [103]
+
+
+def test_a_strided_or_descending_stream_is_followed_along_its_delta() -> None:
+    assert faults(Trend("trend"), [10, 14, 18]) == [22]
+    assert faults(Trend("trend"), [50, 49, 48]) == [47]
+
+
+def test_random_faults_predict_nothing() -> None:
+    t = Trend("trend")
+    assert all(t.fault(v, False) == [] for v in [5, 90, 13, 44, 7, 61, 30, 2, 77, 19])
+
+
+def test_the_same_page_again_is_no_stream() -> None:
+    assert faults(Trend("trend"), [7, 7, 7, 7]) == []
+
+
+def test_an_established_stream_survives_a_stray_fault() -> None:
+    t = Trend("trend")
+    faults(t, list(range(100, 109)))                 # eight +1 deltas
+    t.fault(500, False)
+    assert t.fault(109, False) == [110]              # the last 2 and 4 disagree; 8 do not
+    assert faults(Trend("trend"), [100, 101, 500, 109]) == []    # no history to outvote
+
+
+def test_depth_grows_on_hits_and_halves_on_misses() -> None:
+    t = Trend("trend")
+    faults(t, [0, 1, 2])
+    assert len(t.fault(3, True)) == 2
+    assert len(faults(t, list(range(4, 4 + 2 * MAX_DEPTH)), hit=True)) == MAX_DEPTH
+    assert len(t.fault(100, False)) == MAX_DEPTH // 2    # a major fault: half as deep
+    assert t.depth == MAX_DEPTH // 2
+
+
+def test_readahead_reads_the_next_pages_whatever_came_before_and_off_reads_nothing() -> None:
+    assert Trend("readahead").fault(40, False) == [41]
+    assert faults(Trend("off"), [1, 2, 3, 4]) == []
+
+
+# -- the kernel ---------------------------------------------------------------------------
+def swapped(prefetch: str, npages: int, quota: dict[str, int] | None = None
+            ) -> tuple[Rig, FakePager, App, int]:
+    """A rig whose app has npages pages, page i holding page(f"p{i}"), all on swap."""
+    rig = Rig(nframes=NFRAMES, prefetch=prefetch)
+    pager = rig.pager()
+    app = rig.app(quota=quota)
+    v = app.map(npages + NFRAMES)
+    for i in range(npages + NFRAMES):                # the last NFRAMES push the rest out
+        app.write(v + i, page(f"p{i}"))
+    rig.run(0.2)
+    assert rig.stats()["swapped_pages"] >= npages
+    return rig, pager, app, v
+
+
+def scan(app: App, v: int, order: list[int]) -> None:
+    """Read the pages in `order`, checking every byte."""
+    for i in order:
+        assert app.read(v + i) == page(f"p{i}"), f"page {i}"
+
+
+def test_a_sequential_scan_is_read_ahead_verified_and_mostly_served_without_major_faults(
+        ) -> None:
+    rig, pager, app, v = swapped("trend", 48)
+    majors0, ins0 = rig.stats()["major_faults"], len(pager.ops("page_in"))
+    scan(app, v, list(range(48)))
+    st = rig.stats()
+    assert st["prefetch"] == "trend"
+    assert st["major_faults"] - majors0 <= 4          # the three that find the stream, at most
+    assert st["prefetch_hits"] >= 44 and st["prefetch_hits"] <= st["prefetches"]
+    assert st["integrity_failures"] == {}
+    assert len(pager.ops("page_in")) - ins0 == st["prefetches"] + st["major_faults"] - majors0
+
+
+def test_a_strided_scan_is_read_ahead_and_off_reads_one_page_per_fault() -> None:
+    rig, _, app, v = swapped("trend", 48)
+    scan(app, v, list(range(0, 48, 3)))
+    st = rig.stats()
+    assert st["prefetch_hits"] >= 12 and st["prefetch_drops"] == 0
+    rig, _, app, v = swapped("off", 48)
+    majors0 = rig.stats()["major_faults"]
+    scan(app, v, list(range(48)))
+    st = rig.stats()
+    assert st["major_faults"] - majors0 == 48 and st["prefetches"] == 0
+
+
+def test_a_lying_pagers_prefetched_page_stops_nothing_until_the_process_really_faults() -> None:
+    rig, pager, app, v = swapped("trend", 16)
+    asked: list[Msg] = []
+
+    def lie_after_three(p: FakePager, m: Msg) -> Msg:
+        asked.append(m)
+        reply = p.honest(m)
+        if len(asked) > 3:                            # the fourth read is the prefetch of p3
+            reply["data"] = bytes(len(reply["data"]))
+        return reply
+    pager.behaviour["page_in"] = lie_after_three
+    scan(app, v, [0, 1, 2])
+    rig.run(0.1)
+    st = rig.stats()
+    assert (st["prefetches"], st["prefetch_failures"]) == (1, 1)
+    assert sum(st["integrity_failures"].values()) == 1
+    assert rig.ps(app.spid)["state"] == "running"    # nobody is stopped for a prefetch
+    assert rig.ps(app.spid)["quota"]["prefetched"][0] == 0
+    reply = app.fault(v + 3, "r")                     # the real fault reads again: a lie again
+    assert reply["err"] == "EINTEGRITY"
+    assert rig.ps(app.spid)["state"] == "killed"
+
+
+def test_unused_prefetched_pages_stay_within_the_bound_and_are_dropped_without_io() -> None:
+    rig, pager, app, v = swapped("trend", 40, quota={"prefetched": 3})
+    scan(app, v, list(range(8)))                      # stream one: pages ahead of 7 held
+    outs = len(pager.ops("page_out"))
+    for i in range(20, 32):                           # stream two pushes them out
+        scan(app, v, [i])
+        assert rig.ps(app.spid)["quota"]["prefetched"][0] <= 3
+    st = rig.stats()
+    assert st["prefetch_drops"] >= 1
+    assert len(pager.ops("page_out")) == outs         # dropped: the swap copy was current
+    scan(app, v, list(range(8, 12)))                  # dropped pages read back, verified
+
+
+def test_a_fault_on_a_page_being_prefetched_waits_for_that_read_and_no_other() -> None:
+    rig, pager, app, v = swapped("trend", 16)
+    held: list[Msg] = []
+
+    def hold_after_three(p: FakePager, m: Msg) -> Msg | None:
+        if len(pager.ops("page_in")) > 3:
+            held.append(m)
+            return None                               # answered by hand, below
+        return p.honest(m)
+    pager.behaviour["page_in"] = hold_after_three
+    scan(app, v, [0, 1, 2])
+    rig.run(0.05)
+    assert len(held) == 1
+    rid = app.send("fault", vpn=v + 3, access="r", refs=[])
+    rig.run(0.5)
+    assert not app.answered(rid) and len(held) == 1   # it waits; nothing is read twice
+    pager.peer.send(dict(pager.honest(held[0]), re=held[0]["rid"]))
+    reply = app.answer(rid)
+    assert reply["fill"] == "data" and reply["data"] == page("p3")
+    st = rig.stats()
+    assert st["prefetch_hits"] == 1 and st["soft_faults"] >= 1
+
+
+@pytest.mark.parametrize("how", ["unmap", "exit"])
+def test_a_page_unmapped_or_a_process_gone_while_its_prefetch_is_in_flight(how: str) -> None:
+    rig, pager, app, v = swapped("trend", 16)
+    held: list[Msg] = []
+
+    def hold_after_three(p: FakePager, m: Msg) -> Msg | None:
+        if len(pager.ops("page_in")) > 3:
+            held.append(m)
+            return None
+        return p.honest(m)
+    pager.behaviour["page_in"] = hold_after_three
+    scan(app, v, [0, 1, 2])
+    rig.run(0.05)
+    assert len(held) == 1 and rig.ps(app.spid)["quota"]["prefetched"][0] == 1
+    if how == "unmap":
+        assert "err" not in app.ask("unmap", addr=(v + 3) << 12, npages=1)
+        assert rig.ps(app.spid)["quota"]["prefetched"][0] == 0
+    else:
+        app.exit()
+    pager.peer.send(dict(pager.honest(held[0]), re=held[0]["rid"]))
+    rig.run(0.1)
+    st = rig.stats()
+    assert st["callback_errors"] == 0 and st["prefetch_hits"] == 0
+    if how == "unmap":
+        del pager.behaviour["page_in"]
+        assert app.fault(v + 3, "r")["err"] == "ESEGV"
+        assert app.read(v + 4) == page("p4")          # the rest of the region is intact
+    else:
+        rec = rig.ps(app.spid)
+        assert rec["state"] == "exited" and rec["quota"]["prefetched"][0] == 0
+
+
+@pytest.mark.parametrize("how", ["unmap", "exit"])
+def test_a_fault_waiting_on_a_prefetch_gives_its_frame_back_when_the_page_goes(how: str) -> None:
+    rig, pager, app, v = swapped("trend", 16)
+    held: list[Msg] = []
+
+    def hold_after_three(p: FakePager, m: Msg) -> Msg | None:
+        if len(pager.ops("page_in")) > 3:
+            held.append(m)
+            return None
+        return p.honest(m)
+    pager.behaviour["page_in"] = hold_after_three
+    scan(app, v, [0, 1, 2])
+    rid = app.send("fault", vpn=v + 3, access="r", refs=[])
+    rig.run(0.1)                                      # it holds a frame, waiting for the read
+    assert not app.answered(rid) and len(held) == 1
+    if how == "unmap":
+        assert "err" not in app.ask("unmap", addr=v << 12, npages=16 + NFRAMES)
+        assert app.answer(rid)["err"] == "ESEGV"
+    else:
+        app.exit()
+    pager.peer.send(dict(pager.honest(held[0]), re=held[0]["rid"]))
+    rig.run(0.1)
+    st = rig.stats()
+    assert st["free_frames"] == NFRAMES and st["callback_errors"] == 0
