@@ -175,17 +175,24 @@ def test_a_fault_on_a_page_being_prefetched_waits_for_that_read_and_no_other() -
     assert st["prefetch_hits"] == 1 and st["soft_faults"] >= 1
 
 
-@pytest.mark.parametrize("how", ["unmap", "exit"])
-def test_a_page_unmapped_or_a_process_gone_while_its_prefetch_is_in_flight(how: str) -> None:
-    rig, pager, app, v = swapped("trend", 16)
+def hold_page_ins_after(pager: FakePager, n: int) -> list[Msg]:
+    """Make `pager` answer its first `n` page-ins and hold every later one (unanswered, in
+    the list returned) until the test answers it."""
     held: list[Msg] = []
 
-    def hold_after_three(p: FakePager, m: Msg) -> Msg | None:
-        if len(pager.ops("page_in")) > 3:
+    def hold(p: FakePager, m: Msg) -> Msg | None:
+        if len(pager.ops("page_in")) > n:
             held.append(m)
             return None
         return p.honest(m)
-    pager.behaviour["page_in"] = hold_after_three
+    pager.behaviour["page_in"] = hold
+    return held
+
+
+@pytest.mark.parametrize("how", ["unmap", "exit"])
+def test_a_page_unmapped_or_a_process_gone_while_its_prefetch_is_in_flight(how: str) -> None:
+    rig, pager, app, v = swapped("trend", 16)
+    held = hold_page_ins_after(pager, 3)
     scan(app, v, [0, 1, 2])
     rig.run(0.05)
     assert len(held) == 1 and rig.ps(app.spid)["quota"]["prefetched"][0] == 1
@@ -210,14 +217,7 @@ def test_a_page_unmapped_or_a_process_gone_while_its_prefetch_is_in_flight(how: 
 @pytest.mark.parametrize("how", ["unmap", "exit"])
 def test_a_fault_waiting_on_a_prefetch_gives_its_frame_back_when_the_page_goes(how: str) -> None:
     rig, pager, app, v = swapped("trend", 16)
-    held: list[Msg] = []
-
-    def hold_after_three(p: FakePager, m: Msg) -> Msg | None:
-        if len(pager.ops("page_in")) > 3:
-            held.append(m)
-            return None
-        return p.honest(m)
-    pager.behaviour["page_in"] = hold_after_three
+    held = hold_page_ins_after(pager, 3)
     scan(app, v, [0, 1, 2])
     rid = app.send("fault", vpn=v + 3, access="r", refs=[])
     rig.run(0.1)                                      # it holds a frame, waiting for the read

@@ -121,6 +121,22 @@ def test_chaos_kills_r_pagers_at_once_repeatedly() -> None:
     assert report["kernel"]["ec_page_ins"] > 0 and report["kernel"]["ec_unrecoverable"] == 0
 
 
+
+def distinct_pages(salt: bytes, n: int = 32) -> list[bytes]:
+    """n pages of distinct, recognisable bytes."""
+    return [hashlib.sha256(salt + b"%d" % i).digest() * (PAGE_SIZE // 32) for i in range(n)]
+
+
+def write_until_swapped(system: System, proc: SealedProcess, pages: list[bytes]) -> int:
+    """Map and write `pages` in `proc` (named "writer"); wait until most are on swap; the
+    region's address."""
+    addr = proc.map(len(pages))
+    for i, page in enumerate(pages):
+        proc.write(addr + i * PAGE_SIZE, page)
+    wait_for("pages swapped", lambda: system.process("writer")["swapped_pages"] >= 20, 60)
+    return addr
+
+
 def test_fragment_lost_while_a_pager_was_away_is_resynced(
         make_system: Callable[..., System]) -> None:
     """A pager hangs during reads (the kernel decodes from the others, then its late timeouts
@@ -129,12 +145,9 @@ def test_fragment_lost_while_a_pager_was_away_is_resynced(
     from the others.  Then two OTHER pagers die for good and every page still reads back:
     pager 0's fragments, resynced ones included, are good."""
     system = make_system(**EC)
-    pages = [hashlib.sha256(b"%d" % i).digest() * (PAGE_SIZE // 32) for i in range(32)]
+    pages = distinct_pages(b"")
     with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "writer")) as proc:
-        addr = proc.map(len(pages))
-        for i, page in enumerate(pages):
-            proc.write(addr + i * PAGE_SIZE, page)
-        wait_for("pages swapped", lambda: system.process("writer")["swapped_pages"] >= 20, 60)
+        addr = write_until_swapped(system, proc, pages)
         pager0 = system.services["pager0"]
         pager0.restart = False
         os.kill(pager0.pid, signal.SIGSTOP)             # hangs; the kernel will kill it
@@ -184,12 +197,9 @@ def wipe_and_rejoin(system: System, m: int) -> None:
 def survives_a_wiped_pager(system: System, others: tuple[str, ...]) -> None:
     """Fill pages; wipe pager 0's disk and rejoin it; kill `others` for good; every page
     reads back (pager 0's rebuilt copies are needed) and no process is stopped."""
-    pages = [hashlib.sha256(b"wipe%d" % i).digest() * (PAGE_SIZE // 32) for i in range(32)]
+    pages = distinct_pages(b"wipe")
     with SealedProcess.connect(system.kernel_addr, system.admit("memstress", "writer")) as proc:
-        addr = proc.map(len(pages))
-        for i, page in enumerate(pages):
-            proc.write(addr + i * PAGE_SIZE, page)
-        wait_for("pages swapped", lambda: system.process("writer")["swapped_pages"] >= 20, 60)
+        addr = write_until_swapped(system, proc, pages)
         wipe_and_rejoin(system, 0)
         for name in others:                            # now pager 0's copies are needed
             system.services[name].restart = False
