@@ -55,7 +55,8 @@ def test_textbook_reference_strings_end_to_end(make_system: Callable[..., System
 
 def test_sealedos_up_reports_beladys_anomaly_as_json() -> None:
     out = subprocess.run([sys.executable, "-m", "host_tools.cli", "up", "--frames", "3",
-                          "--policy", "fifo", "--json", "refstring", "--pages", BELADY],
+                          "--policy", "fifo", "--prefetch", "off", "--json",   # textbook paging
+                          "refstring", "--pages", BELADY],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
