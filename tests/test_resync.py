@@ -121,3 +121,32 @@ def test_an_ec_pager_back_with_a_wiped_disk_is_rebuilt_before_two_others_die() -
     for i in range(8):
         assert app.read(v + i) == page(f"wiped{i}")
     assert rig.ps(app.spid)["state"] == "running" and rig.stats()["ec_unrecoverable"] == 0
+
+
+def test_a_pager_that_claims_every_handle_lost_costs_copies_not_pages() -> None:
+    """A hostile pager answers every OPEN with `created` (a wipe it did not have): the kernel
+    re-copies what it holds there, once per rejoin (no churn), and loses nothing."""
+    rig = Rig(nframes=1, mirrors=2)
+    pagers = [rig.pager(0), rig.pager(1)]
+    app = rig.app()
+    v = app.map(4)
+    for i in range(4):
+        app.write(v + i, page(f"claim{i}"))
+    rig.run_until("pages on both mirrors", lambda: rig.stats()["swapped_pages"] >= 3
+                  and rig.stats()["pages_short"] == 0)
+    pagers[1].crash()
+    pagers[1] = rig.pager(1)
+    pagers[1].behaviour["open"] = lambda p, m: {**p.honest(m), "created": True}
+    rig.run_until("the claimed loss", lambda: rig.stats()["handles_lost"] >= 1)
+    rig.run_until("the re-copy", lambda: rig.stats()["pages_short"] == 0
+                  and rig.stats()["resync_pending"] == 0)
+    st = rig.stats()
+    rig.run(5.0)                                     # no pass of its own kicks another
+    assert (rig.stats()["handles_lost"], rig.stats()["resynced"]) == (st["handles_lost"],
+                                                                       st["resynced"])
+    pagers[0].crash()                                # the liar's copies are all that is left
+    rig.run_until("mirror 0 down", lambda: not rig.pager_slots()[0]["up"])
+    for i in range(4):
+        assert app.read(v + i) == page(f"claim{i}")
+    assert rig.ps(app.spid)["state"] == "running" and rig.stats()["integrity_failures"] == {}
+    assert rig.stats()["callback_errors"] == 0

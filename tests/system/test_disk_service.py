@@ -330,6 +330,9 @@ def test_malformed_input_gets_error_replies(service: DiskProc) -> None:
         ("open", {"handle": b"short", "label": "x"}),
         ("open", {"label": "x"}),
         ("open", {}),
+        *[("open", {"handle": os.urandom(16), "label": "x", "block_size": size})
+          for size in (0, 255, 4097, -1, 2**63, True, "1040", 1040.0)],
+        ("open", {"handle": h, "label": "victim", "block_size": 1040}),   # open as 4096
         ("read", {"handle": "not bytes", "slot": 1}),
         ("read", {"handle": h, "slot": "1"}),
         ("read", {"handle": h, "slot": True}),
@@ -350,6 +353,7 @@ def test_malformed_input_gets_error_replies(service: DiskProc) -> None:
     # nothing was changed by the refused requests, and the service still serves
     assert service.call("read", handle=h, slot=1)["data"]
     assert service.call("stats")["used_blocks"] == 1
+    assert service.call("stats")["handles"] == 1
     assert service.call("ping")["service"] == "disk"
 
 
