@@ -32,9 +32,9 @@ A pager that rejoins with a wiped or new disk (its device file lost: a new host)
 none of the pages its bits claim.  A pass therefore first OPENs, on each mirror it resyncs,
 the handle of every space with a swap copy that is not open there yet (pagers.py); a disk
 that answers `created` for a handle it had opened before has lost it (pagers.on_lost ->
-lost_handle).  Before collecting, the pass clears that mirror's bit in every page of every
-lost handle, so the copies it then queues rebuild the whole disk, and the masks (the
-durability rule's, and `pages_short` in STATS) tell the truth.  A pager can hide a wipe only
+lost_handle).  That clears the mirror's bit in every page stored under the handle at once,
+so the copies the pass queues rebuild the whole disk, and the masks (the durability rule's,
+and `pages_short` in STATS) tell the truth.  A pager can hide a wipe only
 by answering OPEN falsely: it is then a lying pager, caught by the checks of its next reads.
 
 Counters: `resynced` (pages copied), `resync_failed` (no verified source, or the write
@@ -71,7 +71,6 @@ class Resync:
         self.queue: deque[Copy] = deque()
         self.inflight = 0
         self.scheduled = False
-        self.lost: set[tuple[int, bytes]] = set()    # (mirror, handle) its disk lost
         self.stats = kernel.stats
 
     # -- triggers ---------------------------------------------------------------------------
@@ -92,8 +91,10 @@ class Resync:
         """Mirror's disk lost every block of `handle`: clear the bits now (a copy acknowledged
         after this, e.g. the very write whose EBADHANDLE found the loss, keeps its bit), then
         copy (a pass)."""
-        self.lost.add((mirror, handle))
-        self._clear_lost()
+        bit = 1 << mirror
+        for _p, _v, pte in self._ptes():
+            if pte.space is not None and pte.space.handles.get(mirror) == handle:
+                pte.mirrors &= ~bit
         self.kick(mirror)
 
     def _schedule(self) -> None:
@@ -130,7 +131,6 @@ class Resync:
     def _collect(self, mirrors: set[int]) -> None:
         """Queue a copy of every page a mirror in `mirrors` lacks; start copying."""
         self.inflight -= 1
-        self._clear_lost()
         self.queue.extend((proc, vpn, pte, m) for proc, vpn, pte in self._ptes() if _copyable(pte)
                           for m in mirrors if not pte.mirrors >> m & 1)
         self._pump()
@@ -140,17 +140,8 @@ class Resync:
         return [(proc, vpn, pte) for proc in list(self.k.procs.by_spid.values())
                 for vpn, pte in proc.aspace.ptes.items()]
 
-    def _clear_lost(self) -> None:
-        """Clear each lost handle's mirror bit in every page stored under it."""
-        for _p, _v, pte in self._ptes() if self.lost else ():
-            if pte.space is not None:
-                pte.mirrors &= ~sum(1 << m for m, h in pte.space.handles.items()
-                                    if (m, h) in self.lost)
-        self.lost.clear()
-
     def short(self) -> int:
         """How many pages have a current swap copy that some pager lacks (STATS)."""
-        self._clear_lost()
         full = (1 << self.k.pagers.nmirrors) - 1
         return sum(_copyable(p) and p.mirrors != full for _p, _v, p in self._ptes())
 
