@@ -11,7 +11,9 @@ The same traffic two ways, in one invocation:
   i mod K through the kernel: every message is copied through the kernel, its handle looked
   up, its contract checked, its sender stamped.
 * **bare**: the same numbers of client and server processes around a plain pyzmq ROUTER
-  broker with no kernel logic (host_tools.bare_broker).
+  broker with no kernel logic (host_tools.bare_broker), at the same CPU priorities: its
+  servers and clients at the sealed apps' (host_tools.system.APP_NICE), the broker at the
+  kernel's, so that the machine's other load meets both fleets alike.
 
 Both fleets are started and warmed up first; then each measures ``--duration`` seconds in
 ``--slices`` windows that alternate (kernel, bare, kernel, bare ...), so a change in the
@@ -58,7 +60,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from host_tools import bare_broker
-from host_tools.system import Config, System, _free_port
+from host_tools.system import APP_NICE, Config, System, _free_port
 from launcher import spawn
 from wire.keys import insecure_from_env
 
@@ -283,20 +285,24 @@ class BareFleet:
         self.env = {} if args.insecure else {
             bare_broker.SECRET_ENV: zmq.curve_keypair()[1].decode("ascii")}
 
-    def _start(self, name: str, *argv: str) -> subprocess.Popen[bytes]:
-        """Start one bare process (`python -m host_tools.bare_broker ARGV`)."""
+    def _start(self, name: str, *argv: str, nice: int = 0) -> subprocess.Popen[bytes]:
+        """Start one bare process (`python -m host_tools.bare_broker ARGV`) at CPU priority
+        `nice`."""
         cmd = [sys.executable, "-m", "host_tools.bare_broker", *argv, "--addr", self.addr]
-        self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log", self.env))
+        self.procs.append(spawn.spawn(cmd, self.rundir / f"{name}.log", self.env, nice=nice))
         return self.procs[-1]
 
     def start(self) -> None:
-        """Start the broker, the servers and the clients."""
+        """Start the broker, the servers and the clients: the broker at the kernel's CPU
+        priority, the servers and clients at the sealed apps' (APP_NICE), so that both fleets
+        meet the machine's other load alike."""
         a = self.args
         self._start("broker", "broker")
         for k in range(a.servers):
-            self._start(f"server.{k}", "server", "--id", str(k))
+            self._start(f"server.{k}", "server", "--id", str(k), nice=APP_NICE)
         self.clients = [self._start(f"client.{i}", "client", "--id", str(i), "--server",
-                                    str(i % a.servers), *_client_args(a, self.go, self.outs[i]))
+                                    str(i % a.servers), *_client_args(a, self.go, self.outs[i]),
+                                    nice=APP_NICE)
                         for i in range(a.clients)]
 
     def _check(self) -> None:

@@ -32,6 +32,9 @@ class Bank:
                                                flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         #: The whole bank as bytes: slicing and struct.pack_into on it are plain memcpys.
         self.buf: memoryview = memoryview(self._mm)
+        #: The same bytes as native 64-bit words (the MMU's aligned word access on a
+        #: little-endian host: an index, not a struct call).
+        self.words: memoryview = self.buf.cast("Q")
 
     def offset(self, frame: int) -> int:
         """The byte offset of `frame` (contract: 0 <= frame < nframes)."""
@@ -55,6 +58,7 @@ class Bank:
         """Release the mapping (unmapped now, or when the last slice of it is collected)."""
         if self._mm is not None:
             try:
+                self.words.release()
                 self.buf.release()
                 self._mm.close()
             except BufferError:          # a slice of it is still alive; the GC will do it

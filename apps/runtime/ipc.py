@@ -94,13 +94,17 @@ def pack(msg: dict[str, Any]) -> bytes:
     return payload
 
 
+#: msgpack >= 1.0's defaults (raw=False): no keyword arguments to parse per message.
+_unpackb = msgpack.unpackb
+
+
 def unpack(payload: Any) -> dict[str, Any]:
     """A payload from the kernel as a message map; KernelProtocolError if it is not one."""
     try:
-        msg = msgpack.unpackb(payload, raw=False)
+        msg = _unpackb(payload)
     except Exception as exc:  # msgpack raises several unrelated types
         raise KernelProtocolError(f"ipc: undecodable message ({type(exc).__name__})") from None
-    if not isinstance(msg, dict):
+    if msg.__class__ is not dict:
         raise KernelProtocolError("ipc: a message must be a map")
     return msg
 
@@ -138,6 +142,8 @@ class IpcClient:
     def __init__(self, kernel: KernelLink, mmu: Mmu) -> None:
         self.kernel = kernel
         self.mmu = mmu
+        # pack() without a new Packer per message (the main thread's only: not thread-safe)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def endpoint(self, contract: dict[str, Any], nameservice: bool = False) -> int:
         """Create an endpoint with `contract`; return its handle (only this process receives)."""
@@ -149,12 +155,14 @@ class IpcClient:
         if grant is not None:
             addr, npages = grant
             self.mmu.protected(addr, npages)        # TLB entries go before the pages do
-            reply = self.kernel.ipc_call(handle, pack(msg), list(caps),
+            reply = self.kernel.ipc_call(handle, self._pack(msg), list(caps),
                                          {"addr": addr, "npages": npages})
             self.mmu.unmapped(addr, npages)         # the range is the receiver's now
         else:
-            reply = self.kernel.ipc_call(handle, pack(msg), list(caps) if caps else None, None)
-        return unpack(reply["msg"]), list(reply.get("caps") or ())
+            reply = self.kernel.ipc_call(handle, self._pack(msg), list(caps) if caps else None,
+                                         None)
+        got = reply.get("caps")
+        return unpack(reply["msg"]), got if got.__class__ is list else list(got or ())
 
     def receive(self, handle: int) -> Received:
         """Block until a call arrives on `handle` (an endpoint of this process)."""
@@ -164,7 +172,8 @@ class IpcClient:
               receive: int | None = None) -> Received | None:
         """Answer `call`; with receive=handle, then block for the next call and return it."""
         cid = call.call if isinstance(call, Received) else call
-        reply = self.kernel.ipc_reply(cid, pack(msg), list(caps) if caps else None, receive)
+        reply = self.kernel.ipc_reply(cid, self._pack(msg), list(caps) if caps else None,
+                                      receive)
         return received(reply) if receive is not None else None
 
     def cap_close(self, handle: int) -> None:

@@ -44,6 +44,7 @@ is never waited for with the lock held (it may shoot down our pages while servin
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -107,6 +108,10 @@ class Mmu:
         self._k = kernel
         self.bank = bank
         self._buf = bank.buf
+        self._words = bank.words                        # native words: aligned u64 hits
+        if sys.byteorder != "little":                   # ... little-endian only
+            self.load_u64 = self._load_u64_slow         # type: ignore[method-assign]
+            self.store_u64 = self._store_u64_slow       # type: ignore[method-assign]
         # The TLB, read without the lock (see the module docstring).
         self._r: dict[int, int] = {}
         self._w: dict[int, int] = {}
@@ -180,9 +185,25 @@ class Mmu:
     def load_u64(self, addr: int) -> int:
         """The little-endian unsigned 64-bit integer at addr.
 
-        The TLB-hit path is the one every word access takes, so it is kept to a dict lookup,
-        one compare for the reference record and a struct read (word hits are not counted in
-        tlb_hits: counting would double their cost)."""
+        The TLB-hit path is the one every word access takes, so an aligned hit is kept to a
+        dict subscript (a miss raises: the fault costs far more than the exception), one
+        compare for the reference record and an index into the bank's words (word hits are
+        not counted in tlb_hits: counting would double their cost).  Anything else -- a
+        miss, an unaligned or negative address -- takes _load_u64_slow."""
+        vpn = addr >> PAGE_SHIFT
+        try:
+            base = self._r[vpn]
+        except KeyError:
+            return self._load_u64_slow(addr)
+        if addr & 7:
+            return self._load_u64_slow(addr)
+        if vpn != self._last:
+            self._refs.append(vpn)
+            self._last = vpn
+        return self._words[(base | addr & PAGE_MASK) >> 3]
+
+    def _load_u64_slow(self, addr: int) -> int:
+        """load_u64 through a fault, a struct read or a byte read (across a page)."""
         o = addr & PAGE_MASK
         if o > _LAST_WORD or addr < 0:
             return int.from_bytes(self.read(addr, 8), "little")
@@ -271,8 +292,28 @@ class Mmu:
             pos += take
 
     def store_u64(self, addr: int, value: int) -> None:
-        """Store value (mod 2**64) as a little-endian 64-bit integer at addr (word hits are
-        not counted in tlb_hits, as for load_u64)."""
+        """Store value (mod 2**64) as a little-endian 64-bit integer at addr (an aligned hit:
+        as load_u64's, then the store race check below; word hits are not counted in
+        tlb_hits)."""
+        vpn, w = addr >> PAGE_SHIFT, self._w
+        try:
+            base = w[vpn]
+        except KeyError:
+            self._store_u64_slow(addr, value)
+            return
+        if addr & 7:
+            self._store_u64_slow(addr, value)
+            return
+        if vpn != self._last:
+            self._refs.append(vpn)
+            self._last = vpn
+        self._words[(base | addr & PAGE_MASK) >> 3] = value & U64_MASK
+        if w.get(vpn) != base:                       # shot down under us: store again
+            self.store_races += 1
+            self._store_u64_slow(addr, value)
+
+    def _store_u64_slow(self, addr: int, value: int) -> None:
+        """store_u64 through the dirty trap or a fault, or a byte write (across a page)."""
         value &= U64_MASK
         o = addr & PAGE_MASK
         if o > _LAST_WORD or addr < 0:

@@ -85,6 +85,7 @@ class SealedProcess:
         # per access than the delegating methods below, which document the API).
         self.load_u64 = mmu.load_u64          # type: ignore[method-assign]
         self.store_u64 = mmu.store_u64        # type: ignore[method-assign]
+        self.call = self.ipc.call             # type: ignore[method-assign]  # (so is a call)
 
     @classmethod
     def connect(cls, kernel_addr: str, cred: bytes | None = None,

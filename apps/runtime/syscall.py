@@ -23,13 +23,14 @@ import threading
 import time
 from typing import Any
 
+import msgpack
 import zmq
 
 from apps.runtime.errors import KernelProtocolError, KernelUnreachable, SealedError, from_reply
 from wire import keys as wkeys
 from wire import sockets
 from wire.keys import Keypair
-from wire.protocol import PAGE_SIZE, Op, ServiceError, decode, encode, request
+from wire.protocol import MAX_FRAME_BYTES, PAGE_SIZE, Op
 
 #: A ZeroMQ socket of bytes frames, and a context making them (pyzmq's generic types).
 Socket = zmq.Socket[bytes]
@@ -43,6 +44,11 @@ WAIT_SLICE_MS: int = 100
 EXIT_WAIT_MS: int = 2000
 
 KERNEL_ADDR_ENV: str = "SEALEDOS_KERNEL_ADDR"
+#: Each op's wire name as a plain str (what msgpack packs fastest).
+_OP_NAMES: dict[Op, str] = {op: op.value for op in Op}
+#: msgpack >= 1.0's defaults are the protocol's (raw=False, strict_map_key=True); no
+#: keyword arguments to parse per frame.
+_unpackb = msgpack.unpackb
 #: The kernel's z85 public key, if given directly (else KEYS/public/kernel.key).
 KERNEL_KEY_ENV: str = wkeys.KERNEL_KEY_ENV
 
@@ -62,20 +68,30 @@ def kernel_public_from_env() -> bytes | None:
 class Liveness:
     """When the kernel was last heard from, and whether it has been declared dead.
 
-    Both threads call heard(); the control thread alone decides the kernel is dead."""
+    The control thread calls heard() and alone decides the kernel is dead; the main thread
+    only counts the replies it receives (``replies += 1``: no clock read per syscall), and
+    silent_ms() turns a changed count into "heard now" -- at most one control-thread turn
+    (POLL_SLICE_MS) late, against a verdict of KERNEL_DEAD_MS."""
 
     def __init__(self) -> None:
         self.last_heard_s = time.monotonic()
         self.dead = threading.Event()
         self.reason = ""
+        #: Replies the main thread has received (written by the main thread only).
+        self.replies = 0
+        self._replies_seen = 0
 
     def heard(self) -> None:
-        """Any message arrived from the kernel."""
+        """Any message arrived from the kernel (control thread)."""
         self.last_heard_s = time.monotonic()
 
     def silent_ms(self) -> float:
-        """Milliseconds since the kernel last said anything."""
-        return (time.monotonic() - self.last_heard_s) * 1000.0
+        """Milliseconds since the kernel last said anything (control thread)."""
+        now = time.monotonic()
+        if self.replies != self._replies_seen:
+            self._replies_seen = self.replies
+            self.last_heard_s = now
+        return (now - self.last_heard_s) * 1000.0
 
     def declare_dead(self, reason: str) -> None:
         """Give up on the kernel: every syscall wait ends with KernelUnreachable."""
@@ -108,21 +124,39 @@ class KernelLink:
         self._rids = itertools.count(1)
         self.closed = False
         self._rcvtimeo: dict[Socket, int] = {}     # the RCVTIMEO each socket has now
+        # this link's packer (the main thread's only: a Packer is not thread-safe)
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     # -- the one request/reply --------------------------------------------------------
+    #
+    # Every IPC round trip passes here twice (in its client and in its server), so the path
+    # is kept short: one dict per request (the op's fields, then op and rid), packed by
+    # this link's own msgpack Packer (msgpack.packb builds a new one per call), one recv
+    # that usually returns the reply, and no clock read (Liveness counts replies instead).
+    # The replies are the kernel's; what is checked here is only what this side relies on
+    # (a map, the rid, err): every check that matters is the kernel's.
+
     def call(self, op: Op, timeout_ms: int | None = None, **fields: Any) -> dict[str, Any]:
         """Send one request and wait for its reply; raise the mapped SealedError on error.
 
         timeout_ms None waits until the reply or until the kernel is declared dead."""
+        return self._call(op, fields, timeout_ms)
+
+    def _call(self, op: Op, fields: dict[str, Any],
+              timeout_ms: int | None = None) -> dict[str, Any]:
+        """call() with the fields as a dict (it becomes the request: op and rid are added)."""
         if self.closed:
             raise self._named(KernelUnreachable(f"{op}: the connection to the kernel is closed"))
         return self._request(self.sock, op, timeout_ms, fields)
 
     def _request(self, sock: Socket, op: Op, timeout_ms: int | None,
                  fields: dict[str, Any]) -> dict[str, Any]:
-        """One request/reply on `sock`; errors become SealedErrors."""
+        """One request/reply on `sock` (`fields` becomes the request); errors become
+        SealedErrors."""
         rid = next(self._rids)
-        sock.send(encode(request(op, rid, **fields)))
+        fields["op"] = _OP_NAMES[op]
+        fields["rid"] = rid
+        sock.send(self._pack(fields))
         reply = self._wait(sock, op, rid, timeout_ms)
         if "err" in reply:
             raise self._named(from_reply(reply, str(op)))
@@ -132,6 +166,16 @@ class KernelLink:
         """The reply to `rid` (stale replies skipped); KernelUnreachable on timeout or death.
 
         A reply already received wins over a death verdict reached meanwhile."""
+        if timeout_ms is None and self._rcvtimeo.get(sock) == WAIT_SLICE_MS:
+            try:                         # the usual case: the reply comes within a slice
+                frame = sock.recv()
+            except zmq.Again:
+                pass
+            else:
+                reply = self._decode(frame, op)
+                self.liveness.replies += 1
+                if reply.get("re") == rid:
+                    return reply
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
         while True:
             slice_ms = WAIT_SLICE_MS
@@ -153,14 +197,25 @@ class KernelLink:
                     raise self._named(KernelUnreachable(
                         f"{op}: the kernel is unreachable ({self.liveness.reason})")) from None
                 continue
-            try:
-                reply = decode(frame)
-            except ServiceError as exc:
-                raise self._named(KernelProtocolError(
-                    f"{op}: bad frame from the kernel: {exc.msg}")) from None
-            self.liveness.heard()
+            reply = self._decode(frame, op)
+            self.liveness.replies += 1
             if reply.get("re") == rid:
                 return reply
+
+    def _decode(self, frame: bytes, op: Op) -> dict[str, Any]:
+        """A frame from the kernel as a map; KernelProtocolError if it is not one."""
+        if len(frame) > MAX_FRAME_BYTES:
+            raise self._named(KernelProtocolError(f"{op}: a {len(frame)}-byte frame from the "
+                                                  f"kernel"))
+        try:
+            reply = _unpackb(frame)
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise self._named(KernelProtocolError(
+                f"{op}: bad frame from the kernel: {type(exc).__name__}")) from None
+        if reply.__class__ is not dict:
+            raise self._named(KernelProtocolError(f"{op}: bad frame from the kernel: "
+                                                  f"{type(reply).__name__}, not a map"))
+        return reply
 
     def _named(self, exc: SealedError) -> SealedError:
         """Tag an exception with this process's name (for the launcher's message)."""
@@ -206,7 +261,7 @@ class KernelLink:
 
     def fault(self, vpn: int, access: str, refs: list[int]) -> dict[str, Any]:
         """FAULT on vpn; the reply says which frame, with which prot, filled how."""
-        return self.call(Op.FAULT, vpn=vpn, access=access, refs=refs)
+        return self._call(Op.FAULT, {"vpn": vpn, "access": access, "refs": refs})
 
     def report(self, data: dict[str, Any]) -> None:
         """REPORT app-level results."""
@@ -239,11 +294,11 @@ class KernelLink:
             fields["caps"] = caps
         if grant is not None:
             fields["grant"] = grant
-        return self.call(Op.CALL, **fields)
+        return self._call(Op.CALL, fields)
 
     def ipc_receive(self, handle: int) -> dict[str, Any]:
         """RECEIVE on an own endpoint: block for {call, msg, sender, caps[, grant_addr]}."""
-        return self.call(Op.RECEIVE, handle=handle)
+        return self._call(Op.RECEIVE, {"handle": handle})
 
     def ipc_reply(self, call: int, msg: bytes, caps: list[int] | None,
                   receive: int | None) -> dict[str, Any]:
@@ -253,7 +308,7 @@ class KernelLink:
             fields["caps"] = caps
         if receive is not None:
             fields["receive"] = receive
-        return self.call(Op.REPLY, **fields)
+        return self._call(Op.REPLY, fields)
 
     def cap_close(self, handle: int) -> None:
         """CAP_CLOSE a handle."""
