@@ -94,6 +94,7 @@ class Point:
     pager_kills: int = 0
     kernel_cpu_us_per_fault: float = 0.0
     kernel_main_us_per_fault: float = 0.0
+    heartbeats: int = 0
     failures: list[str] = field(default_factory=list)
 
 
@@ -210,7 +211,7 @@ def run_point(nprocs: int, pages: int, frames: int) -> Point:
         t0, (cpu0, _) = time.monotonic(), kernel_cpu_s(kernel)
         apps, started_s, spawn_ms = start_all(system, nprocs, pages)
         pss = pss_mib(apps)
-        faults0, (cpu1, main1) = faults_of(system.stats()["kernel"]), kernel_cpu_s(kernel)
+        k0, (cpu1, main1) = system.stats()["kernel"], kernel_cpu_s(kernel)
         open_gate(system, apps)
         codes = system.wait_apps(RUN_TIMEOUT_S + RUN_TIMEOUT_PER_PROC_S * nprocs)
         point.seconds = round(time.monotonic() - t0, 1)
@@ -225,7 +226,8 @@ def run_point(nprocs: int, pages: int, frames: int) -> Point:
     point.start_s, point.spawn_ms = quantiles(started_s), quantiles(spawn_ms, 1)
     point.pss_mib = {**quantiles(pss, 1), "sum": round(sum(pss), 1)}
     point.kernel_start_ms = round((cpu1 - cpu0) / nprocs * 1000, 2)
-    point.kernel_cpu_s, point.faults = round(cpu, 2), faults_of(k) - faults0
+    point.kernel_cpu_s, point.faults = round(cpu, 2), faults_of(k) - faults_of(k0)
+    point.heartbeats = k["heartbeats"] - k0["heartbeats"]
     point.major_faults, point.page_outs = k["major_faults"], k["page_outs"]
     point.pager_timeouts, point.pager_kills = k["pager_timeouts"], k["pager_kills"]
     point.kernel_cpu_us_per_fault = round(cpu / max(1, point.faults) * 1e6, 1)
@@ -303,8 +305,8 @@ def _point_text(p: dict[str, Any]) -> str:
     return (f"{p['processes']} sealed processes x {p['pages_each']} pages, {p['frames']} frames, "
             f"{p['device_mib']} MiB device: {p['verified']}/{p['processes']} verified in "
             f"{p['seconds']} s ({p['faults']} faults, {p['major_faults']} major, "
-            f"{p['page_outs']} page-outs, {p['pager_timeouts']} pager timeouts, "
-            f"{p['pager_kills']} pager kills)\n"
+            f"{p['page_outs']} page-outs, {p['heartbeats']} heartbeats, {p['pager_timeouts']} "
+            f"pager timeouts, {p['pager_kills']} pager kills)\n"
             f"  start per process: p50 {s.get('p50')} s, p99 {s.get('p99')} s, max "
             f"{s.get('max')} s (the launcher's spawn: p50 {sp.get('p50')} ms); PSS per process: "
             f"p50 {m.get('p50')} MiB, max {m.get('max')} MiB ({m.get('n')} sampled, "

@@ -300,6 +300,7 @@ class Kernel(Server):
 
     def do_heartbeat(self, req: Request) -> dict[str, Any]:
         """Liveness, and the reference bits the MMU harvested since the last message."""
+        self.stats.heartbeats += 1
         self.vm.apply_refs(caller(req), req.msg["refs"])
         return {}
 
