@@ -10,9 +10,10 @@ this watchdog, with the heartbeat each kind of service already has:
   to the outage (psutil sees the state directly, as it sees an exit);
 * a **disk service** must answer PING; one that has answered nothing for HUNG_MS is hung;
 * a **pager** has no socket of its own to ping: its heartbeat is its PAGER_HELLO to the
-  kernel (every 500 ms).  The watchdog asks the kernel (PS) which pid serves each mirror
-  slot and how long ago it said hello; an instance the kernel has not heard from for
-  HUNG_MS -- or, for a new instance, not at all within STARTUP_MS of its start -- is hung.
+  kernel (every 500 ms).  The watchdog asks the kernel (PS, the pager slots alone) which
+  pid serves each mirror slot and how long ago it said hello; an instance the kernel has
+  not heard from for HUNG_MS -- or, for a new instance, not at all within STARTUP_MS of its
+  start -- is hung.
   If the kernel does not answer, no pager is judged (a slow kernel is not a hung pager).
 
 The kernel also kills a local pager whose request times out (pagers.py); that is faster
@@ -114,7 +115,7 @@ class Watchdog:
         """The kernel's view of each mirror slot, or None if it did not answer in time."""
         client = self._client("kernel", self.kernel_addr)
         try:
-            reply = client.call(Op.PS, timeout_ms=KERNEL_TIMEOUT_MS)
+            reply = client.call(Op.PS, timeout_ms=KERNEL_TIMEOUT_MS, processes=False)
         except (ServiceError, zmq.ZMQError):
             return None
         return {p["mirror"]: p for p in reply.get("pagers", [])}

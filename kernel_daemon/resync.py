@@ -141,8 +141,11 @@ class Resync:
                 for vpn, pte in proc.aspace.ptes.items()]
 
     def short(self) -> int:
-        """How many pages have a current swap copy that some pager lacks (STATS)."""
+        """How many pages have a current swap copy that some pager lacks (STATS).  None with
+        one pager (a copy is on it or nowhere): no scan of every page table then."""
         full = (1 << self.k.pagers.nmirrors) - 1
+        if full == 1:
+            return 0
         return sum(_copyable(p) and p.mirrors != full for _p, _v, p in self._ptes())
 
     def _pump(self) -> None:

@@ -72,6 +72,7 @@ class KernelStats:
     ipc_caps_transferred: int = 0
     ipc_grants: int = 0
     # kernel.py
+    heartbeats: int = 0                  # HEARTBEATs served (per-process periodic work)
     quota_refusals: int = 0
     records_omitted: int = 0
 

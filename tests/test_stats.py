@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from kernel_daemon.stats import KernelStats
 
-#: The keys STATS's "kernel" map carried from the counters before they were a record.
+#: The keys STATS's "kernel" map carried from the counters before they were a record (and
+#: `heartbeats`, since).
 WIRE_KEYS = {
-    "policy", "nframes", "sealed", "mirrors", "quota_refusals", "records_omitted",
+    "policy", "nframes", "sealed", "mirrors", "heartbeats", "quota_refusals", "records_omitted",
     "minor_faults", "major_faults", "page_ins", "page_outs", "evictions", "clean_drops",
     "soft_faults", "writeback_failures", "segfaults", "protection_faults", "integrity_failures",
     "pages_granted", "pager_timeouts", "pager_restarts", "pager_kills", "pager_retries",

@@ -199,6 +199,8 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #: * FAULT_LOG (kernel) reply: ``records`` ([t_s, kind, latency_us, spid] per served fault,
 #:   oldest first), ``cursor`` (ask with it next time), ``dropped`` (records gone from the
 #:   ring before they were asked for), ``now`` (the kernel's monotonic clock).
+#: * PS ``processes``: False asks for the pager slots alone (the supervisor's watchdog, twice
+#:   a second: with hundreds of processes their records are most of the reply's cost).
 OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.REGISTER: {"cred": bytes},
     Op.ADMIT: {"cred": bytes, "host": str},
@@ -207,6 +209,7 @@ OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.ENDPOINT: {"nameservice": bool},
     Op.CALL: {"caps": list, "grant": dict},
     Op.REPLY: {"caps": list, "receive": int},
+    Op.PS: {"processes": bool},
 }
 
 

@@ -20,4 +20,5 @@ def test_scale_run_holds_every_process_at_the_gate_then_verifies_all() -> None:
     assert r["faults"] >= 8 * 96                     # every page touched after the gate opened
     assert r["major_faults"] > 0                     # 96 pages each on 64 frames: they paged
     assert r["kernel_cpu_us_per_fault"] > 0
+    assert 0 < r["kernel_main_us_per_fault"] <= r["kernel_cpu_us_per_fault"]
     assert "8 sealed processes x 96 pages" in bench_scale.scale_text(r)
