@@ -50,21 +50,28 @@ class ScanResult:
     pages_per_s: float
     major_faults: int
     prefetches: int
-    prefetch_hits: int
+    prefetch_hits: int              # faults on a prefetched page (soft)
+    fault_around: int               # prefetched pages installed beside a fault (no fault)
     prefetch_drops: int
     wrong_pages: int
     cpu_us_per_page: float          # kernel + pagers + disks + this process, all threads
 
     @property
     def accuracy(self) -> float | None:
-        """Prefetched pages later used / prefetched pages (None: none issued)."""
-        return self.prefetch_hits / self.prefetches if self.prefetches else None
+        """Prefetched pages later used (faulted on or installed around a fault) / prefetched
+        pages (None: none issued)."""
+        return self.used / self.prefetches if self.prefetches else None
+
+    @property
+    def used(self) -> int:
+        """Prefetched pages that served the scan."""
+        return self.prefetch_hits + self.fault_around
 
     @property
     def coverage(self) -> float:
-        """Faults served by a prefetched page / (those + major faults)."""
-        served = self.prefetch_hits + self.major_faults
-        return self.prefetch_hits / served if served else 0.0
+        """Pages served by a prefetched page / (those + major faults)."""
+        served = self.used + self.major_faults
+        return self.used / served if served else 0.0
 
 
 def pattern(region: int, i: int) -> bytes:
@@ -88,7 +95,7 @@ def counters(system: System) -> dict[str, int]:
     """The kernel's fault and prefetch counters now."""
     k = system.stats()["kernel"]
     return {f: int(k[f]) for f in ("major_faults", "prefetches", "prefetch_hits",
-                                   "prefetch_drops")}
+                                   "fault_around", "prefetch_drops")}
 
 
 def fill(proc: SealedProcess, system: System, name: str, npages: int) -> list[int]:
@@ -129,7 +136,7 @@ def scan_once(proc: SealedProcess, system: System, region: int, base: int,
     after = counters(system)
     d = {f: after[f] - before[f] for f in after}
     return ScanResult(round(len(pages) / dt, 1), d["major_faults"], d["prefetches"],
-                      d["prefetch_hits"], d["prefetch_drops"], wrong,
+                      d["prefetch_hits"], d["fault_around"], d["prefetch_drops"], wrong,
                       round(cpu / len(pages) * 1e6, 1))
 
 

@@ -57,6 +57,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.faultlog import FaultLog
@@ -65,7 +66,7 @@ from kernel_daemon.histogram import Histograms
 from kernel_daemon.pagers import ReadDone
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
-from kernel_daemon.prefetch import Trend
+from kernel_daemon.prefetch import FAULT_AROUND, Trend
 from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
 from kernel_daemon.seal import Sealer
@@ -131,9 +132,11 @@ class Vm:
     """Faults, frames, eviction and swap I/O for every process."""
 
     def __init__(self, kernel: Kernel, pool: FramePool, policy: Policy, sealer: Sealer,
-                 prefetch: str = "off") -> None:
+                 prefetch: str = "off", fault_around: int = FAULT_AROUND) -> None:
         self.k = kernel
         self.prefetch = prefetch                  # off, trend or readahead (prefetch.py)
+        self.fault_around = fault_around          # most pages a fault installs beside its own
+        self.around_held = 0                      # frames lent to fault-around pages not yet in
         self.pool = pool
         self.policy = policy
         self.sealer = sealer
@@ -215,7 +218,7 @@ class Vm:
             return SUSPEND
         if st == S.SWAPPED:
             PageIn(self, f).start()
-            self._prefetch(f.proc, f.vpn, False)
+            self._prefetch(f.proc, [f.vpn], False)
             return SUSPEND
         if f.proc.prefetched.get(f.vpn) is pte:       # its prefetch is in flight: take a
             self._get_frame(f.proc, f.vpn, lambda frame: self._prefetch_frame(f, frame))
@@ -236,12 +239,15 @@ class Vm:
             self.stats.page_ins += 1
             f.proc.counters["page_ins"] += 1
         self.set_state(f.proc, f.pte, S.PAGING_IN)       # pinned while it waits for a frame
-        if frame is None:
+        around = self._around(f) if hit else []
+        if not around and frame is None:
             self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
-        else:
+        elif not around and frame is not None:
             self._install_local(f, frame, st)
+        else:
+            self._gather(f, st, frame, around)
         if hit:
-            self._prefetch(f.proc, f.vpn, True)
+            self._prefetch(f.proc, [f.vpn] + [vpn for vpn, _ in around], True)
 
     def _prefetch_frame(self, f: Fault, frame: int) -> None:
         """A frame for a fault that met its page's prefetch in flight: install from it once
@@ -263,9 +269,12 @@ class Vm:
         if result is not SUSPEND:
             self.k.reply(f.req, **result)
 
-    def _install_local(self, f: Fault, frame: int, was: PageState) -> None:
-        """A frame arrived for a ZERO or HELD page: install it without I/O."""
+    def _install_local(self, f: Fault, frame: int, was: PageState,
+                       around: list[tuple[int, Pte, int]] | None = None) -> None:
+        """A frame arrived for a ZERO or HELD page: install it without I/O (and the
+        fault-around pages with their frames, if any: `_install_around`)."""
         if not self._still_mine(f, frame):
+            self._install_around(f.proc, around or [], False)
             return
         pte = f.pte
         pte.frame = frame
@@ -279,7 +288,10 @@ class Vm:
             if pte.swap_valid and not pte.wb_version:  # written back while we waited
                 pte.held = None
         self._make_resident(f.proc, pte, frame)
-        self.k.reply(f.req, **self._done(f, fill, data, "minor"))
+        reply = self._done(f, fill, data, "minor")
+        if around:
+            reply["around"] = self._install_around(f.proc, around, True)
+        self.k.reply(f.req, **reply)
 
     def _make_resident(self, proc: Proc, pte: Pte, frame: int) -> None:
         self.set_state(proc, pte, S.RESIDENT)
@@ -374,12 +386,15 @@ class Vm:
                            vpn, proc.name, proc.spid, mirror, kind, text)
 
     # -- prefetch (the races: module docstring) ------------------------------------------
-    def _prefetch(self, proc: Proc, vpn: int, hit: bool) -> None:
-        """Tell proc's trend detector of a fault on vpn; read what it predicts into HELD."""
+    def _prefetch(self, proc: Proc, vpns: list[int], hit: bool) -> None:
+        """Tell proc's trend detector of faults on vpns (a fault and the pages installed
+        around it, in order); read what it predicts after the last into HELD."""
         if self.prefetch == "off":
             return
-        proc.trend = proc.trend or Trend(self.prefetch)
-        for v in proc.trend.fault(vpn, hit):
+        trend = proc.trend = proc.trend or Trend(self.prefetch)
+        for vpn in vpns[:-1]:
+            trend.fault(vpn, hit)
+        for v in trend.fault(vpns[-1], hit):
             pte = proc.aspace.ptes.get(v)
             if pte is not None and pte.state == S.SWAPPED and self._make_room(proc):
                 self._read_ahead(proc, v, pte)
@@ -421,6 +436,79 @@ class Vm:
             self.set_state(proc, pte, S.SWAPPED)
             self.stats.prefetch_drops += 1
         return True
+
+    # -- fault-around (the races: module docstring) --------------------------------------
+    def _around(self, f: Fault) -> list[tuple[int, Pte]]:
+        """The prefetched, verified (HELD) pages that follow f's page along its stream, at
+        most fault_around and no more than a quarter of the frames for all batches at once:
+        taken out of the prefetched set and pinned (PAGING_IN) until their frames come."""
+        proc = f.proc
+        d = proc.trend.step() if proc.trend is not None else None
+        room = min(self.fault_around, self.pool.nframes // 4 - self.around_held)
+        out: list[tuple[int, Pte]] = []
+        while d and len(out) < room:
+            vpn = f.vpn + d * (len(out) + 1)
+            pte = proc.prefetched.get(vpn)
+            if pte is None or pte.state != S.HELD:
+                break
+            out.append((vpn, pte))
+            self.set_state(proc, pte, S.PAGING_IN)
+        self._unprefetch(proc, out)
+        self.around_held += len(out)
+        return out
+
+    def _gather(self, f: Fault, st: PageState, frame: int | None,
+                around: list[tuple[int, Pte]]) -> None:
+        """Find a frame for each fault-around page and for f's own (unless it has one), then
+        install them all in one reply.  No frame is held waiting for one that cannot come:
+        the batches hold at most a quarter of the frames (`_around`)."""
+        frames: list[int] = [-1] * len(around)
+        mine = [-1 if frame is None else frame]
+        left = [len(around) + (frame is None)]
+
+        def arrived(i: int, fr: int) -> None:
+            if i < 0:
+                mine[0] = fr
+            else:
+                frames[i] = fr
+            left[0] -= 1
+            if left[0] == 0:
+                self._install_local(f, mine[0], st, [(vpn, pte, frames[j]) for j, (vpn, pte)
+                                                     in enumerate(around)])
+        for i, (vpn, _) in enumerate(around):
+            self._get_frame(f.proc, vpn, partial(arrived, i))
+        if frame is None:
+            self._get_frame(f.proc, f.vpn, lambda fr: arrived(-1, fr))
+
+    def _install_around(self, proc: Proc, around: list[tuple[int, Pte, int]], install: bool
+                        ) -> list[list[Any]]:
+        """Make the fault-around pages RESIDENT in their frames, at the policy's victim end
+        (they were not asked for: the first to go if unused); return the reply's `around`
+        ([vpn, frame, prot, data] each).  Not `install` (the fault ended otherwise), or a page
+        unmapped meanwhile: its frame goes back, and a page still pinned back to SWAPPED
+        (its swap copy is current: no I/O)."""
+        out: list[list[Any]] = []
+        freed: list[int] = []
+        for vpn, pte, frame in around:
+            self.around_held -= 1
+            pinned = proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.state == S.PAGING_IN
+            if install and pinned and pte.held is not None:
+                out.append([vpn, frame, pte.prot, pte.held])
+                pte.frame, pte.held, pte.zero_content = frame, None, False
+                self.set_state(proc, pte, S.RESIDENT)
+                self.policy.insert_cold(frame)
+                self.stats.fault_around += 1
+                self.stats.page_ins += 1
+                proc.counters["page_ins"] += 1
+            else:
+                freed.append(frame)
+                if pinned:
+                    pte.held = None
+                    self.set_state(proc, pte, S.SWAPPED)
+            self._wake(pte)
+        for frame in freed:
+            self._free_frame(frame)
+        return out
 
     @staticmethod
     def _unprefetch(proc: Proc, ptes: list[tuple[int, Pte]]) -> bool:

@@ -393,6 +393,11 @@ class App:
         self.tlb[vpn] = reply["prot"]
         if access == "w":
             self.dirty.add(vpn)
+        for v, fr, prot, data in reply.get("around", []):      # fault-around: installed clean
+            self.bank[fr] = data
+            self.dirty.discard(v)
+            self.resident[v] = fr
+            self.tlb[v] = prot
 
     def write(self, vpn: int, data: bytes) -> None:
         """Store a page, faulting first unless the TLB allows writing."""
