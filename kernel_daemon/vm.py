@@ -111,6 +111,16 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
+class Victim:
+    """A frame being taken back: whose page it holds, and whether its bytes are wanted."""
+    proc: Proc
+    vpn: int
+    pte: Pte
+    frame: int
+    want: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SwapCopy:
     """Where a page's sealed copy lives and what it must verify as (taken from its PTE
     when a read starts: the PTE may be released or rewritten while the read is out)."""
@@ -142,7 +152,7 @@ class Vm:
         self.sealer = sealer
         self.frame_waiters: deque[tuple[Proc, int, Callable[[int], None]]] = deque()
         self.evicting = 0
-        self.shootdowns: dict[int, tuple[Proc, int, Pte, int]] = {}   # rid -> what it takes back
+        self.shootdowns: dict[int, list[Victim]] = {}   # rid -> what it takes back
         self.stats = kernel.stats
         self.latency: dict[str, deque[float]] = {
             "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP),
@@ -476,9 +486,10 @@ class Vm:
                 self._install_local(f, mine[0], st, [(vpn, pte, frames[j]) for j, (vpn, pte)
                                                      in enumerate(around)])
         for i, (vpn, _) in enumerate(around):
-            self._get_frame(f.proc, vpn, partial(arrived, i))
+            self._get_frame(f.proc, vpn, partial(arrived, i), reclaim=False)
         if frame is None:
-            self._get_frame(f.proc, f.vpn, lambda fr: arrived(-1, fr))
+            self._get_frame(f.proc, f.vpn, lambda fr: arrived(-1, fr), reclaim=False)
+        self._reclaim()
 
     def _install_around(self, proc: Proc, around: list[tuple[int, Pte, int]], install: bool
                         ) -> list[list[Any]]:
@@ -519,18 +530,30 @@ class Vm:
         return bool(gone)
 
     # -- frames and eviction -------------------------------------------------------------
-    def _get_frame(self, proc: Proc, vpn: int, then: Callable[[int], None]) -> None:
-        """Lend a frame to (proc, vpn): now if one is free, else after an eviction."""
+    def _get_frame(self, proc: Proc, vpn: int, then: Callable[[int], None],
+                   reclaim: bool = True) -> None:
+        """Lend a frame to (proc, vpn): now if one is free, else after an eviction (started
+        now, or by the caller's `_reclaim` when it asks for several frames at once)."""
         frame = self.pool.alloc(proc.spid, vpn)
         if frame is not None:
             then(frame)
             return
         self.frame_waiters.append((proc, vpn, then))
+        if reclaim:
+            self._reclaim()
+
+    def _reclaim(self) -> None:
+        """Start an eviction for every frame waited for and not yet being freed (the
+        policy's victims), with one SHOOTDOWN per owner naming all of its pages."""
+        owners: dict[int, list[Victim]] = {}
         while len(self.frame_waiters) > self.evicting:
             victim = self.policy.victim()
             if victim is None:
                 break                     # every frame is pinned; a finishing one will serve
-            self._evict(victim)
+            v = self._take(victim)
+            owners.setdefault(v.proc.spid, []).append(v)
+        for victims in owners.values():
+            self._shoot(victims)
 
     def _free_frame(self, frame: int) -> None:
         """Return a frame to the pool and hand it to the first live waiter."""
@@ -543,6 +566,10 @@ class Vm:
 
     def _evict(self, frame: int) -> None:
         """Start taking `frame` back from its owner (a TLB shootdown)."""
+        self._shoot([self._take(frame)])
+
+    def _take(self, frame: int) -> Victim:
+        """Pin a resident frame for eviction (EVICTING, out of the policy)."""
         spid, vpn = self.pool.owner[frame]
         proc = self.k.procs.by_spid.get(spid)
         pte = proc.aspace.ptes.get(vpn) if proc else None
@@ -553,24 +580,43 @@ class Vm:
         self.set_state(proc, pte, S.EVICTING)
         self.evicting += 1
         want = not (pte.swap_valid or pte.zero_content or pte.held is not None)
-        rid = self.k.request(self.k.sock, proc.ctrl_peer, Op.SHOOTDOWN,
-                             {"vpn": vpn, "frame": frame, "want": want},
+        return Victim(proc, vpn, pte, frame, want)
+
+    def _shoot(self, victims: list[Victim]) -> None:
+        """One SHOOTDOWN for victims of one process: the first page in the request's own
+        fields, the others in `more` ([vpn, frame, want] each; answers in the reply's `more`,
+        in the same order)."""
+        first = victims[0]
+        fields: dict[str, Any] = {"vpn": first.vpn, "frame": first.frame, "want": first.want}
+        if len(victims) > 1:
+            fields["more"] = [[v.vpn, v.frame, v.want] for v in victims[1:]]
+        rid = self.k.request(self.k.sock, first.proc.ctrl_peer, Op.SHOOTDOWN, fields,
                              self._answered, SHOOTDOWN_TIMEOUT_MS)
-        self.shootdowns[rid] = (proc, vpn, pte, frame)
+        self.shootdowns[rid] = victims
 
     def _answered(self, rid: int, reply: dict[str, Any] | None) -> None:
-        """A shootdown's answer (or its timeout) arrived."""
-        entry = self.shootdowns.pop(rid, None)
-        if entry is not None:
-            self._evicted(*entry, reply)
+        """A shootdown's answer (or its timeout) arrived: settle each page it names (an
+        answer for `more` that is not one dict per page is a wrong answer for each)."""
+        victims = self.shootdowns.pop(rid, None)
+        if victims is None:
+            return
+        more = reply.get("more") if reply is not None and len(victims) > 1 else None
+        if reply is not None and len(victims) > 1 and not (
+                isinstance(more, list) and len(more) == len(victims) - 1
+                and all(type(m) is dict for m in more)):
+            more = [{"err": "no answer in more"}] * (len(victims) - 1)
+        for v, answer in zip(victims, [reply] + (more or [None] * (len(victims) - 1)),
+                             strict=True):
+            self._evicted(v.proc, v.vpn, v.pte, v.frame, answer)
 
     def cancel_shootdowns(self, proc: Proc) -> None:
         """proc is gone: its pending shootdowns will never be answered; free their frames now."""
-        for rid, entry in list(self.shootdowns.items()):
-            if entry[0] is proc:
+        for rid, victims in list(self.shootdowns.items()):
+            if victims[0].proc is proc:
                 self.k.forget(rid)
                 del self.shootdowns[rid]
-                self._evicted(*entry, None)
+                for v in victims:
+                    self._evicted(v.proc, v.vpn, v.pte, v.frame, None)
 
     def _evicted(self, proc: Proc, vpn: int, pte: Pte, frame: int,
                  reply: dict[str, Any] | None) -> None:

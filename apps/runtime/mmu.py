@@ -537,6 +537,16 @@ class Mmu:
             self._forget_locked(vpn)
             return {"dirty": dirty, "data": self.bank.page(frame) if (dirty or want) else None}
 
+    def shootdown_more(self, more: list[Any]) -> list[dict[str, Any]]:
+        """The answers to a SHOOTDOWN's further pages ([vpn, frame, want] each), in order."""
+        out = []
+        for item in more:
+            if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int
+                    and type(item[2]) is bool):
+                raise ValueError(f"shootdown entry {item!r} is not [vpn, frame, want]")
+            out.append(self.shootdown(item[0], item[1], item[2]))
+        return out
+
     def harvest_refs(self) -> list[int]:
         """Take the references recorded since the last hand-over (for a HEARTBEAT)."""
         with self._lock:
