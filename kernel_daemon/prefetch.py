@@ -60,6 +60,13 @@ class Trend:
         """The delta the next pages are predicted along (None: no stream, or mode off)."""
         return 1 if self.mode == "readahead" else self.stride() if self.mode == "trend" else None
 
+    def continues(self, vpn: int) -> int | None:
+        """The stream's delta if a fault on vpn continues it (the last page seen plus the
+        delta), else None.  Fault-around installs pages only then, and only then are they
+        fed back as seen: a stale stream must not confirm itself with its own pages."""
+        d = self.step()
+        return d if d and self.vpns and vpn == self.vpns[-1] + d else None
+
     def fault(self, vpn: int, hit: bool) -> list[int]:
         """A fault on vpn (hit: on a prefetched page); return the vpns to prefetch next."""
         self.vpns.append(vpn)

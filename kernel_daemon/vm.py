@@ -449,32 +449,44 @@ class Vm:
 
     # -- fault-around (the races: module docstring) --------------------------------------
     def _around(self, f: Fault) -> list[tuple[int, Pte]]:
-        """The prefetched, verified (HELD) pages that follow f's page along its stream, at
-        most fault_around and no more than a quarter of the frames for all batches at once:
-        taken out of the prefetched set and pinned (PAGING_IN) until their frames come."""
+        """The prefetched pages that follow f's page along its stream, at most fault_around
+        and no more than a quarter of the frames for all batches at once.  Those verified
+        (HELD) are taken out of the prefetched set and pinned (PAGING_IN) until their frames
+        come; those still being read (PAGING_IN) stay the prefetch's until their read ends."""
         proc = f.proc
-        d = proc.trend.step() if proc.trend is not None else None
+        d = proc.trend.continues(f.vpn) if proc.trend is not None else None
         room = min(self.fault_around, self.pool.nframes // 4 - self.around_held)
         out: list[tuple[int, Pte]] = []
         while d and len(out) < room:
             vpn = f.vpn + d * (len(out) + 1)
             pte = proc.prefetched.get(vpn)
-            if pte is None or pte.state != S.HELD:
+            if pte is None or pte.state not in (S.HELD, S.PAGING_IN):
                 break
             out.append((vpn, pte))
+        self._unprefetch(proc, [(vpn, pte) for vpn, pte in out if pte.state == S.HELD])
+        for _, pte in out:
             self.set_state(proc, pte, S.PAGING_IN)
-        self._unprefetch(proc, out)
         self.around_held += len(out)
         return out
 
     def _gather(self, f: Fault, st: PageState, frame: int | None,
                 around: list[tuple[int, Pte]]) -> None:
         """Find a frame for each fault-around page and for f's own (unless it has one), then
-        install them all in one reply.  No frame is held waiting for one that cannot come:
-        the batches hold at most a quarter of the frames (`_around`)."""
+        install them all in one reply, once the reads still out for some have ended (reads
+        the process would wait for on its next faults anyway; a pager's timeout bounds them).
+        No frame is held waiting for one that cannot come: the batches hold at most a quarter
+        of the frames (`_around`)."""
         frames: list[int] = [-1] * len(around)
         mine = [-1 if frame is None else frame]
-        left = [len(around) + (frame is None)]
+        reading = [(i, pte) for i, (vpn, pte) in enumerate(around)
+                   if f.proc.prefetched.get(vpn) is pte]
+        left = [len(around) + (frame is None) + len(reading)]
+
+        def read(_: int) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                self._install_local(f, mine[0], st, [(vpn, pte, frames[j]) for j, (vpn, pte)
+                                                     in enumerate(around)])
 
         def arrived(i: int, fr: int) -> None:
             if i < 0:
@@ -485,6 +497,8 @@ class Vm:
             if left[0] == 0:
                 self._install_local(f, mine[0], st, [(vpn, pte, frames[j]) for j, (vpn, pte)
                                                      in enumerate(around)])
+        for i, pte in reading:
+            pte.waiters.append(partial(read, i))
         for i, (vpn, _) in enumerate(around):
             self._get_frame(f.proc, vpn, partial(arrived, i), reclaim=False)
         if frame is None:
@@ -502,7 +516,10 @@ class Vm:
         freed: list[int] = []
         for vpn, pte, frame in around:
             self.around_held -= 1
-            pinned = proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.state == S.PAGING_IN
+            ours = proc.alive and proc.aspace.ptes.get(vpn) is pte
+            if install and ours and pte.state == S.HELD and self._unprefetch(proc, [(vpn, pte)]):
+                self.set_state(proc, pte, S.PAGING_IN)   # its read ended while we waited
+            pinned = ours and pte.state == S.PAGING_IN and proc.prefetched.get(vpn) is not pte
             if install and pinned and pte.held is not None:
                 out.append([vpn, frame, pte.prot, pte.held])
                 pte.frame, pte.held, pte.zero_content = frame, None, False
