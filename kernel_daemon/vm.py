@@ -147,6 +147,7 @@ class Vm:
         self.prefetch = prefetch                  # off, trend or readahead (prefetch.py)
         self.fault_around = fault_around          # most pages a fault installs beside its own
         self.around_held = 0                      # frames lent to fault-around pages not yet in
+        self.gathers: dict[int, Gather] = {}      # id -> a fault-around batch collecting
         self.pool = pool
         self.policy = policy
         self.sealer = sealer
@@ -255,7 +256,7 @@ class Vm:
         elif not around and frame is not None:
             self._install_local(f, frame, st)
         else:
-            self._gather(f, st, frame, around)
+            Gather(self, f, st, frame, around).start()
         if hit:
             self._prefetch(f.proc, [f.vpn] + [vpn for vpn, _ in around], True)
 
@@ -469,42 +470,6 @@ class Vm:
         self.around_held += len(out)
         return out
 
-    def _gather(self, f: Fault, st: PageState, frame: int | None,
-                around: list[tuple[int, Pte]]) -> None:
-        """Find a frame for each fault-around page and for f's own (unless it has one), then
-        install them all in one reply, once the reads still out for some have ended (reads
-        the process would wait for on its next faults anyway; a pager's timeout bounds them).
-        No frame is held waiting for one that cannot come: the batches hold at most a quarter
-        of the frames (`_around`)."""
-        frames: list[int] = [-1] * len(around)
-        mine = [-1 if frame is None else frame]
-        reading = [(i, pte) for i, (vpn, pte) in enumerate(around)
-                   if f.proc.prefetched.get(vpn) is pte]
-        left = [len(around) + (frame is None) + len(reading)]
-
-        def read(_: int) -> None:
-            left[0] -= 1
-            if left[0] == 0:
-                self._install_local(f, mine[0], st, [(vpn, pte, frames[j]) for j, (vpn, pte)
-                                                     in enumerate(around)])
-
-        def arrived(i: int, fr: int) -> None:
-            if i < 0:
-                mine[0] = fr
-            else:
-                frames[i] = fr
-            left[0] -= 1
-            if left[0] == 0:
-                self._install_local(f, mine[0], st, [(vpn, pte, frames[j]) for j, (vpn, pte)
-                                                     in enumerate(around)])
-        for i, pte in reading:
-            pte.waiters.append(partial(read, i))
-        for i, (vpn, _) in enumerate(around):
-            self._get_frame(f.proc, vpn, partial(arrived, i), reclaim=False)
-        if frame is None:
-            self._get_frame(f.proc, f.vpn, lambda fr: arrived(-1, fr), reclaim=False)
-        self._reclaim()
-
     def _install_around(self, proc: Proc, around: list[tuple[int, Pte, int]], install: bool
                         ) -> list[list[Any]]:
         """Make the fault-around pages RESIDENT in their frames, at the policy's victim end
@@ -627,7 +592,11 @@ class Vm:
             self._evicted(v.proc, v.vpn, v.pte, v.frame, answer)
 
     def cancel_shootdowns(self, proc: Proc) -> None:
-        """proc is gone: its pending shootdowns will never be answered; free their frames now."""
+        """proc is gone: its pending shootdowns will never be answered, and its fault-around
+        batches will get no more frames (a dead process's waiters are skipped): free their
+        frames now."""
+        for g in [g for g in self.gathers.values() if g.f.proc is proc]:
+            g.abort()
         for rid, victims in list(self.shootdowns.items()):
             if victims[0].proc is proc:
                 self.k.forget(rid)
@@ -920,3 +889,63 @@ class PageIn:
 
     def _step(self, step: str, **args: Any) -> None:
         self.k.tracer.step("vm", "fault", self.f.key, self.f.proc.spid, step, **args)
+
+
+class Gather:
+    """A fault-around batch (Vm._local on a prefetched page that continues its stream): a
+    frame for each page brought along and for the fault's own (unless it has one), and the
+    end of the reads still out for some of them; then all are installed in one reply.
+
+    Reads waited for are ones the process would wait for on its next faults anyway (a
+    pager's timeout bounds them).  No frame is held waiting for one that cannot come: the
+    batches hold at most a quarter of the frames (Vm._around), and a batch of a process
+    that dies gives back what it holds (abort: its later frames never come)."""
+
+    def __init__(self, vm: Vm, f: Fault, st: PageState, frame: int | None,
+                 around: list[tuple[int, Pte]]) -> None:
+        self.vm, self.f, self.st, self.around = vm, f, st, around
+        self.frames = [-1] * len(around)
+        self.mine = -1 if frame is None else frame
+        self.reading = [pte for vpn, pte in around if f.proc.prefetched.get(vpn) is pte]
+        self.left = len(around) + (frame is None) + len(self.reading)
+        self.over = False
+
+    def start(self) -> None:
+        """Wait for the reads; ask for the frames, evicting for all of them at once."""
+        self.vm.gathers[id(self)] = self
+        for pte in self.reading:
+            pte.waiters.append(self.one)
+        for i, (vpn, _) in enumerate(self.around):
+            self.vm._get_frame(self.f.proc, vpn, partial(self.frame, i), reclaim=False)
+        if self.mine < 0:
+            self.vm._get_frame(self.f.proc, self.f.vpn, partial(self.frame, -1), reclaim=False)
+        self.vm._reclaim()
+
+    def frame(self, i: int, frame: int) -> None:
+        """Page i's frame (-1: the fault's own) is ours."""
+        if i < 0:
+            self.mine = frame
+        else:
+            self.frames[i] = frame
+        self.one()
+
+    def one(self) -> None:
+        """One frame or read is in: install all when none is left."""
+        self.left -= 1
+        if self.left == 0 and not self.over:
+            self.over = True
+            del self.vm.gathers[id(self)]
+            self.vm._install_local(self.f, self.mine, self.st, [
+                (vpn, pte, self.frames[i]) for i, (vpn, pte) in enumerate(self.around)])
+
+    def abort(self) -> None:
+        """The process is gone: give back the frames it got (Vm.cancel_shootdowns)."""
+        if self.over:
+            return
+        self.over = True
+        del self.vm.gathers[id(self)]
+        self.vm.around_held -= len(self.around)
+        for frame in [self.mine] + self.frames:
+            if frame >= 0:
+                self.vm._free_frame(frame)
+
