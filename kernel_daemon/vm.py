@@ -51,6 +51,41 @@ While the read is out the page is PAGING_IN with no frame, and that pin is the w
   the page gone and gives its frame back (SEGV if the process lives); the read's answer then
   finds the PTE gone (or another PTE at its vpn, or another entry in proc.prefetched) and is
   dropped.  The bytes are installed only if the PTE still names the version that was read.
+
+Fault-around (a third)
+----------------------
+A fault on a prefetched page that continues its stream (Trend.continues) brings the pages
+prefetched after it along the stream (up to fault_around of them) in the same reply
+(`around`: [vpn, frame, prot, data] each): a scan then faults once per batch, not per page.
+What it installs is only ever the process's own prefetched pages, verified like any page-in
+and already charged to its `prefetched` quota; nothing the process says chooses them.
+
+* Frames.  A Gather asks for a frame per page and evicts for all of them at once (`_reclaim`:
+  the policy's own victims, one SHOOTDOWN per owner naming all of its pages, `more`).  The
+  pages wait pinned (PAGING_IN) -- a page still being read stays the prefetch's until its
+  read ends, and the batch waits for that read too.  A batch holds frames while it waits for
+  others, so the batches together may hold at most a quarter of the frames (`around_held`):
+  the rest can always be evicted for a fault that is not a batch, and no set of batches can
+  wait on each other's frames forever.  A batch of a process that dies gives its frames back
+  at once (its later frames never come: a dead process's waiters are skipped).
+* Policy.  A page brought along was not asked for, so it is inserted at the policy's victim
+  end (`insert_cold`: oldest for FIFO, least recent for LRU, under the hand with its bit
+  clear for clock): unused, it is the first to go, before any page the policy keeps; used,
+  the MMU's reference record promotes it like any page.  Its frame came from the policy's
+  own victim, the page it would have taken for the next demand fault anyway; and a batch
+  is at most a quarter of memory, so a scan cannot flush a working set at once.
+* TLB coherence.  The kernel treats the pages as RESIDENT once it has replied, so another
+  fault may choose one as a victim (at the victim end, that is likely) and its SHOOTDOWN, on
+  the control connection, may reach the process before the reply that installs the page, on
+  the call connection.  The runtime parks a shootdown of a page it does not hold while one
+  of its faults is out, until that fault's reply is applied: if the reply installs that page
+  at that frame, it fills the frame, does not install the page and answers (clean); else the
+  shootdown is answered as usual (apps/runtime/mmu.py, the install race).  Unmapping in the
+  reply itself (victims of the faulting process's own, no SHOOTDOWN at all) would save the
+  eviction's round trip, but the kernel does not know which of them are dirty -- the dirty
+  bit is the runtime's -- so a dirty victim's bytes would have to come back on a later
+  request, with the page in limbo until then; one batched SHOOTDOWN per batch costs one round
+  trip per batch and keeps the capture where it is.
 """
 from __future__ import annotations
 

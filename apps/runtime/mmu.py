@@ -345,6 +345,16 @@ class Mmu:
     #   faults again.  The wait cannot deadlock: the kernel has already sent the reply.
     #   (If no reply comes within DEFER_WAIT_S the shootdown was about something else and
     #   is answered from the bank as usual.)
+    #
+    # A reply may also install pages the fault did not name (fault-around: its ``around``),
+    # and the kernel may shoot one of those down before we have the reply, too.  So while a
+    # fault is in flight, a shootdown of *any* page we do not hold is parked until the reply
+    # is applied: if the reply installs that page at that frame, the frame is filled, the
+    # page is not installed and the shootdown is answered (clean: it was never ours to
+    # write); else it is released and answered the usual way.  The price is in one rare
+    # case only: a stale shootdown of a page we unmapped (the control thread late) that
+    # arrives during a later fault waits for that fault's reply, at most DEFER_WAIT_S if the
+    # kernel waits for its answer to serve the fault.
 
     def _fault(self, vpn: int, access: str) -> int:
         """Ask the kernel for vpn and install it; return the offset for `access`.
