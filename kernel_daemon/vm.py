@@ -286,12 +286,12 @@ class Vm:
             f.proc.counters["page_ins"] += 1
         self.set_state(f.proc, f.pte, S.PAGING_IN)       # pinned while it waits for a frame
         around = self._around(f) if hit else []
-        if not around and frame is None:
-            self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
-        elif not around and frame is not None:
-            self._install_local(f, frame, st)
-        else:
+        if around:
             Gather(self, f, st, frame, around).start()
+        elif frame is None:
+            self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
+        else:
+            self._install_local(f, frame, st)
         if hit:
             self._prefetch(f.proc, [f.vpn] + [vpn for vpn, _ in around], True)
 
@@ -614,17 +614,13 @@ class Vm:
     def _answered(self, rid: int, reply: dict[str, Any] | None) -> None:
         """A shootdown's answer (or its timeout) arrived: settle each page it names (an
         answer for `more` that is not one dict per page is a wrong answer for each)."""
-        victims = self.shootdowns.pop(rid, None)
-        if victims is None:
-            return
-        more = reply.get("more") if reply is not None and len(victims) > 1 else None
-        if reply is not None and len(victims) > 1 and not (
-                isinstance(more, list) and len(more) == len(victims) - 1
-                and all(type(m) is dict for m in more)):
-            more = [{"err": "no answer in more"}] * (len(victims) - 1)
-        for v, answer in zip(victims, [reply] + (more or [None] * (len(victims) - 1)),
-                             strict=True):
-            self._evicted(v.proc, v.vpn, v.pte, v.frame, answer)
+        victims = self.shootdowns.pop(rid, None) or []
+        more = [None] * len(victims[1:]) if reply is None else reply.get("more", [])
+        if not isinstance(more, list) or len(more) != len(victims[1:]):
+            more = [{"err": "no answer in more"}] * len(victims[1:])
+        for v, answer in zip(victims, [reply, *more], strict=False):
+            ok = answer is None or type(answer) is dict
+            self._evicted(v.proc, v.vpn, v.pte, v.frame, answer if ok else {"err": "not a map"})
 
     def cancel_shootdowns(self, proc: Proc) -> None:
         """proc is gone: its pending shootdowns will never be answered, and its fault-around
