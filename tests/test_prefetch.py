@@ -373,3 +373,33 @@ def test_a_wrong_answer_to_a_batched_shootdown_kills_only_the_liar(how: str) -> 
     assert st["callback_errors"] == 0
     assert st["free_frames"] + rig.ps(other.spid)["resident_pages"] == 16
     assert other.read(w) == page("other")            # nobody else is touched
+
+
+def test_a_second_fault_on_a_page_a_batch_waits_for_costs_no_frame_and_no_page() -> None:
+    rig, pager, app, v = around_rig(64, nframes=32)
+    scan(app, v, list(range(8)))                      # the stream is found, pages held ahead
+    first = next(i for i in range(8, 64) if v + i not in app.tlb)
+    held = hold_page_ins_after(pager, len(pager.ops("page_in")))
+    reply = app.fault(v + first, "r")                 # installs the held pages after it and
+    nxt = first + 1 + len(reply.get("around", []))    # reads ahead (held: still out)
+    rid = app.send("fault", vpn=v + nxt, access="r", refs=[])
+    rig.run(0.05)
+    m = next(m for m in held if m["slot"] == nxt)     # (slot i holds page i: written in order)
+    held.remove(m)
+    pager.peer.send(dict(pager.honest(m), re=m["rid"]))
+    rig.run(0.05)                                     # nxt is in; its batch waits for reads
+    assert not app.answered(rid) and held
+    twin = app.send("fault", vpn=v + nxt + 1, access="r", refs=[])   # hostile: a second
+    rig.run(0.05)                                     # fault on a page the batch waits for
+    del pager.behaviour["page_in"]
+    for m in held:
+        pager.peer.send(dict(pager.honest(m), re=m["rid"]))
+    rig.run(0.2)
+    for r, vpn in ((rid, v + nxt), (twin, v + nxt + 1)):
+        reply = app.answer(r)
+        assert "err" not in reply, reply
+        app.install(vpn, "r", reply)
+    st = rig.stats()
+    assert st["callback_errors"] == 0
+    assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
+    scan(app, v, list(range(first, 64)))              # every page still what was written
