@@ -1,7 +1,7 @@
 """`sealedos bench scan`: scans of swapped memory with prefetch off, trend and readahead.
 
     sealedos bench scan [--frames 64] [--pages 512] [--stride 8] [--repeat 3]
-                        [--modes off,trend,readahead] [--json]
+                        [--modes off,trend,readahead] [--fault-around 16] [--json]
 
 For each prefetch mode a fresh system is started (`sealedos kernel --prefetch MODE`) and this
 process becomes one of its sealed processes.  It fills three regions of --pages pages each
@@ -10,12 +10,13 @@ waits until every write-back is acknowledged, and then reads each region once, w
 checking every byte: region one sequentially, region two strided (every --stride-th page,
 then the next offset, ...), region three in a random order (seeded: the same in every
 mode).  A scan's figure is pages per second; beside it the kernel's prefetch counters over
-that scan: issued, used (accuracy = used / issued) and coverage (faults served by a
-prefetched page / those + major faults).  Beside pages/s, the CPU each page cost (kernel, pagers,
-disks and this process, all threads): on a loaded machine pages/s follow it.  The modes run
---repeat times, interleaved (off,
-trend, readahead, off, ...), so every mode sees the same load; the median run is printed, and
-the ratio of each mode to off over the same repetitions.  Targets (issue 13): sequential >=
+that scan: issued, used (a fault on a prefetched page, or a prefetched page installed beside
+a fault: fault-around, --fault-around pages at most; accuracy = used / issued) and coverage
+(pages served by a prefetched page / those + major faults).  Beside pages/s, the CPU each
+page cost (kernel, pagers, disks and this process, all threads): on a loaded machine pages/s
+follow it.  The modes run --repeat times, interleaved (off, trend, readahead, off, ...), so
+every mode sees the same load; the median run is printed, and the ratio of each mode to off
+over the same repetitions.  Targets (issue 13): sequential >=
 4x off with trend, random within 5% of off.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rich.table import Table
 
 from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import Config, System
-from kernel_daemon.prefetch import MODES
+from kernel_daemon.prefetch import FAULT_AROUND, MODES
 
 SCANS: tuple[str, ...] = ("sequential", "strided", "random")
 WAIT_SWAPPED_S: float = 120.0
@@ -50,21 +51,28 @@ class ScanResult:
     pages_per_s: float
     major_faults: int
     prefetches: int
-    prefetch_hits: int
+    prefetch_hits: int              # faults on a prefetched page (soft)
+    fault_around: int               # prefetched pages installed beside a fault (no fault)
     prefetch_drops: int
     wrong_pages: int
     cpu_us_per_page: float          # kernel + pagers + disks + this process, all threads
 
     @property
     def accuracy(self) -> float | None:
-        """Prefetched pages later used / prefetched pages (None: none issued)."""
-        return self.prefetch_hits / self.prefetches if self.prefetches else None
+        """Prefetched pages later used (faulted on or installed around a fault) / prefetched
+        pages (None: none issued)."""
+        return self.used / self.prefetches if self.prefetches else None
+
+    @property
+    def used(self) -> int:
+        """Prefetched pages that served the scan."""
+        return self.prefetch_hits + self.fault_around
 
     @property
     def coverage(self) -> float:
-        """Faults served by a prefetched page / (those + major faults)."""
-        served = self.prefetch_hits + self.major_faults
-        return self.prefetch_hits / served if served else 0.0
+        """Pages served by a prefetched page / (those + major faults)."""
+        served = self.used + self.major_faults
+        return self.used / served if served else 0.0
 
 
 def pattern(region: int, i: int) -> bytes:
@@ -88,7 +96,7 @@ def counters(system: System) -> dict[str, int]:
     """The kernel's fault and prefetch counters now."""
     k = system.stats()["kernel"]
     return {f: int(k[f]) for f in ("major_faults", "prefetches", "prefetch_hits",
-                                   "prefetch_drops")}
+                                   "fault_around", "prefetch_drops")}
 
 
 def fill(proc: SealedProcess, system: System, name: str, npages: int) -> list[int]:
@@ -129,13 +137,15 @@ def scan_once(proc: SealedProcess, system: System, region: int, base: int,
     after = counters(system)
     d = {f: after[f] - before[f] for f in after}
     return ScanResult(round(len(pages) / dt, 1), d["major_faults"], d["prefetches"],
-                      d["prefetch_hits"], d["prefetch_drops"], wrong,
+                      d["prefetch_hits"], d["fault_around"], d["prefetch_drops"], wrong,
                       round(cpu / len(pages) * 1e6, 1))
 
 
-def run_mode(mode: str, frames: int, npages: int, stride: int) -> dict[str, ScanResult]:
-    """Every scan on a fresh system with --prefetch mode."""
-    config = Config(frames=frames, prefetch=mode, disk_size_mib=max(16, 3 * npages // 200))
+def run_mode(mode: str, frames: int, npages: int, stride: int,
+             fault_around: int = FAULT_AROUND) -> dict[str, ScanResult]:
+    """Every scan on a fresh system with --prefetch mode (and --fault-around)."""
+    config = Config(frames=frames, prefetch=mode, disk_size_mib=max(16, 3 * npages // 200),
+                    kernel_args=[f"--fault-around={fault_around}"])
     with System(config) as system, system.connect_sealed("memstress", "scan") as proc:
         regions = fill(proc, system, "scan", npages)
         return {scan: scan_once(proc, system, r, regions[r], order(scan, npages, stride))
@@ -143,15 +153,16 @@ def run_mode(mode: str, frames: int, npages: int, stride: int) -> dict[str, Scan
 
 
 def measure(modes: list[str], frames: int, npages: int, stride: int, repeat: int,
-            console: Console) -> dict[str, Any]:
+            console: Console, fault_around: int = FAULT_AROUND) -> dict[str, Any]:
     """The modes' runs interleaved `repeat` times; medians and same-repetition ratios."""
     runs: dict[str, list[dict[str, ScanResult]]] = {m: [] for m in modes}
     for rep in range(repeat):
         for mode in modes:
             console.print(f"repetition {rep + 1}/{repeat}: prefetch {mode} ...")
-            runs[mode].append(run_mode(mode, frames, npages, stride))
+            runs[mode].append(run_mode(mode, frames, npages, stride, fault_around))
     out: dict[str, Any] = {"frames": frames, "pages": npages, "stride": stride,
-                           "repeat": repeat, "modes": {}, "ratios_vs_off": {}}
+                           "repeat": repeat, "fault_around": fault_around, "modes": {},
+                           "ratios_vs_off": {}}
     for mode, results in runs.items():
         out["modes"][mode] = {scan: _median(scan, results) for scan in SCANS}
         if mode != "off" and "off" in runs:
@@ -176,7 +187,8 @@ def _median(scan: str, results: list[dict[str, ScanResult]]) -> dict[str, Any]:
 def print_report(result: dict[str, Any], console: Console) -> None:
     """Pages/s, accuracy and coverage per mode and scan, then the ratios to off."""
     table = Table(title=f"sealedos bench scan ({result['pages']} pages per scan, "
-                        f"{result['frames']} frames, median of {result['repeat']})")
+                        f"{result['frames']} frames, fault-around {result['fault_around']}, "
+                        f"median of {result['repeat']})")
     table.add_column("scan")
     for mode in result["modes"]:
         table.add_column(f"{mode} pages/s", justify="right")
@@ -208,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=8, help="the strided scan's step in pages")
     p.add_argument("--repeat", type=int, default=3, help="runs of every mode, interleaved")
     p.add_argument("--modes", default=",".join(MODES), help="prefetch modes, comma-separated")
+    p.add_argument("--fault-around", type=int, default=FAULT_AROUND,
+                   help="most prefetched pages a fault installs beside its own (0: none)")
     p.add_argument("--json", action="store_true")
     return p
 
@@ -221,7 +235,7 @@ def main(argv: list[str]) -> int:
               f"--repeat >= 1", file=sys.stderr)
         return 2
     result = measure(modes, args.frames, args.pages, args.stride, args.repeat,
-                     Console(stderr=True, quiet=args.json))
+                     Console(stderr=True, quiet=args.json), args.fault_around)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

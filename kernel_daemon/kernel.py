@@ -42,7 +42,7 @@ from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
 from kernel_daemon.pagetable import MAX_MAP_PAGES
 from kernel_daemon.policy import POLICIES, make_policy
-from kernel_daemon.prefetch import DEFAULT_MODE, MODES
+from kernel_daemon.prefetch import DEFAULT_MODE, FAULT_AROUND, MODES
 from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable, caller
 from kernel_daemon.quota import Resource, limits_from
 from kernel_daemon.records import apply_report, bounded_records
@@ -107,7 +107,7 @@ class Kernel(Server):
                  launcher_key: str | None = None, keys: Keyring | None = None,
                  transport: Transport | None = None, clock: Clock | None = None,
                  code: tuple[int, int] | None = None, ec_delta: int = 1,
-                 prefetch: str = "off") -> None:
+                 prefetch: str = "off", fault_around: int = FAULT_AROUND) -> None:
         self.stats = KernelStats(policy, nframes, seal, mirrors,
                                  f"{code[0]}+{code[1]}" if code else None, prefetch)
         self.procs = ProcTable()
@@ -116,7 +116,8 @@ class Kernel(Server):
         self.ipc_max_bytes = ipc_max_bytes
         # vm and ipc before the skeleton's __init__: it reads the dispatch table, which
         # points straight at their handlers.
-        self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal), prefetch)
+        self.vm = Vm(self, FramePool(nframes), make_policy(policy), Sealer(seal), prefetch,
+                     fault_around)
         self.ipc = Ipc(self)
         super().__init__("kernel", keys=keys, transport=transport, clock=clock)
         #: Who may connect, and as what: z85 public key -> Role, for the fixed principals
@@ -570,6 +571,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="erasure-code pages K+R across the pagers (--pagers must be K+R)")
     p.add_argument("--prefetch", choices=MODES, default=env("SEALEDOS_PREFETCH", DEFAULT_MODE),
                    help="read swapped pages ahead of faults (prefetch.py)")
+    p.add_argument("--fault-around", type=int, default=FAULT_AROUND,
+                   help="most prefetched pages a fault installs beside its own (0: none)")
     p.add_argument("--ec-delta", type=int, default=int(env("SEALEDOS_EC_DELTA", "1")),
                    help="with --code: a page-in asks K + this many pagers at once")
     p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",
@@ -624,7 +627,7 @@ def main(argv: list[str]) -> int:
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
                     args.launcher_key, keys, code=code, ec_delta=args.ec_delta,
-                    prefetch=args.prefetch)
+                    prefetch=args.prefetch, fault_around=max(0, args.fault_around))
     collect_rarely()
     host.open_socket_file(args.addr)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "

@@ -1,6 +1,7 @@
 """Global page-replacement policies: which resident frame to take back when none is free.
 
-Every policy sees the same four events: a frame became resident (`insert`), a frame stopped
+Every policy sees the same four events: a frame became resident (`insert`, or `insert_cold`
+for a page installed before it was asked for, which goes to the victim end), a frame stopped
 being a candidate (`remove`: evicted, freed or pinned), the owner's MMU reported a real
 access to it (`touch`), and the kernel needs a victim (`victim`).  Reference information comes
 from the processes' MMUs: the runtime records the pages it actually touches and hands the
@@ -19,6 +20,7 @@ class Policy(Protocol):
     name: str
 
     def insert(self, frame: int) -> None: ...
+    def insert_cold(self, frame: int) -> None: ...
     def remove(self, frame: int) -> None: ...
     def touch(self, frame: int) -> None: ...
     def victim(self) -> int | None: ...
@@ -34,6 +36,12 @@ class Fifo:
     def insert(self, frame: int) -> None:
         """frame became resident: it goes to the back of the queue (bit clear)."""
         self._q[frame] = False
+
+    def insert_cold(self, frame: int) -> None:
+        """frame became resident speculatively (fault-around, vm.py): it goes where the next
+        victim is taken (the front: oldest, least recently used, under the hand; bit clear)."""
+        self._q[frame] = False
+        self._q.move_to_end(frame, last=False)
 
     def remove(self, frame: int) -> None:
         """frame is no longer a candidate."""

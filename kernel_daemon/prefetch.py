@@ -9,7 +9,9 @@ survives a stray fault).  A majority delta d (+1 sequential, +d strided) predict
 pages after the fault whatever the history (the naive policy, for comparison).
 
 `depth` adapts: a prefetched page used (a hit) deepens it by one, a major fault halves it.
-Pure: no kernel state; vm.py acts on the vpns.
+Pure: no kernel state; vm.py acts on the vpns (and, for fault-around, on `step`: a fault on a
+prefetched page installs up to FAULT_AROUND of the already verified pages that follow it
+along the stream in the same reply).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ DEFAULT_MODE: str = "trend"
 HISTORY: int = 9
 MIN_DEPTH: int = 1
 MAX_DEPTH: int = 16
+#: Most prefetched pages a fault installs beside its own (`sealedos kernel --fault-around`).
+FAULT_AROUND: int = 16
 
 
 def majority(deltas: list[int]) -> int | None:
@@ -52,9 +56,20 @@ class Trend:
                 return d
         return None
 
+    def step(self) -> int | None:
+        """The delta the next pages are predicted along (None: no stream, or mode off)."""
+        return 1 if self.mode == "readahead" else self.stride() if self.mode == "trend" else None
+
+    def continues(self, vpn: int) -> int | None:
+        """The stream's delta if a fault on vpn continues it (the last page seen plus the
+        delta), else None.  Fault-around installs pages only then, and only then are they
+        fed back as seen: a stale stream must not confirm itself with its own pages."""
+        d = self.step()
+        return d if d and self.vpns and vpn == self.vpns[-1] + d else None
+
     def fault(self, vpn: int, hit: bool) -> list[int]:
         """A fault on vpn (hit: on a prefetched page); return the vpns to prefetch next."""
         self.vpns.append(vpn)
         self.depth = min(MAX_DEPTH, self.depth + 1) if hit else max(MIN_DEPTH, self.depth // 2)
-        d = 1 if self.mode == "readahead" else self.stride() if self.mode == "trend" else None
+        d = self.step()
         return [vpn + d * i for i in range(1, self.depth + 1)] if d else []

@@ -37,6 +37,7 @@ class KernelStats:
     prefetch_hits: int = 0               # ... later used: faults avoided
     prefetch_drops: int = 0              # ... dropped unused (over the bound), no I/O
     prefetch_failures: int = 0           # ... whose read no mirror verified (nobody stopped)
+    fault_around: int = 0                # ... installed alongside a fault on their stream
     integrity_failures: Counter[str] = field(default_factory=Counter)   # check kind -> count
     # pagers.py
     pager_timeouts: int = 0

@@ -51,12 +51,48 @@ While the read is out the page is PAGING_IN with no frame, and that pin is the w
   the page gone and gives its frame back (SEGV if the process lives); the read's answer then
   finds the PTE gone (or another PTE at its vpn, or another entry in proc.prefetched) and is
   dropped.  The bytes are installed only if the PTE still names the version that was read.
+
+Fault-around (a third)
+----------------------
+A fault on a prefetched page that continues its stream (Trend.continues) brings the pages
+prefetched after it along the stream (up to fault_around of them) in the same reply
+(`around`: [vpn, frame, prot, data] each): a scan then faults once per batch, not per page.
+What it installs is only ever the process's own prefetched pages, verified like any page-in
+and already charged to its `prefetched` quota; nothing the process says chooses them.
+
+* Frames.  A Gather asks for a frame per page and evicts for all of them at once (`_reclaim`:
+  the policy's own victims, one SHOOTDOWN per owner naming all of its pages, `more`).  The
+  pages wait pinned (PAGING_IN) -- a page still being read stays the prefetch's until its
+  read ends, and the batch waits for that read too.  A batch holds frames while it waits for
+  others, so the batches together may hold at most a quarter of the frames (`around_held`):
+  the rest can always be evicted for a fault that is not a batch, and no set of batches can
+  wait on each other's frames forever.  A batch of a process that dies gives its frames back
+  at once (its later frames never come: a dead process's waiters are skipped).
+* Policy.  A page brought along was not asked for, so it is inserted at the policy's victim
+  end (`insert_cold`: oldest for FIFO, least recent for LRU, under the hand with its bit
+  clear for clock): unused, it is the first to go, before any page the policy keeps; used,
+  the MMU's reference record promotes it like any page.  Its frame came from the policy's
+  own victim, the page it would have taken for the next demand fault anyway; and a batch
+  is at most a quarter of memory, so a scan cannot flush a working set at once.
+* TLB coherence.  The kernel treats the pages as RESIDENT once it has replied, so another
+  fault may choose one as a victim (at the victim end, that is likely) and its SHOOTDOWN, on
+  the control connection, may reach the process before the reply that installs the page, on
+  the call connection.  The runtime parks a shootdown of a page it does not hold while one
+  of its faults is out, until that fault's reply is applied: if the reply installs that page
+  at that frame, it fills the frame, does not install the page and answers (clean); else the
+  shootdown is answered as usual (apps/runtime/mmu.py, the install race).  Unmapping in the
+  reply itself (victims of the faulting process's own, no SHOOTDOWN at all) would save the
+  eviction's round trip, but the kernel does not know which of them are dirty -- the dirty
+  bit is the runtime's -- so a dirty victim's bytes would have to come back on a later
+  request, with the page in limbo until then; one batched SHOOTDOWN per batch costs one round
+  trip per batch and keeps the capture where it is.
 """
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from kernel_daemon.faultlog import FaultLog
@@ -65,7 +101,7 @@ from kernel_daemon.histogram import Histograms
 from kernel_daemon.pagers import ReadDone
 from kernel_daemon.pagetable import MAX_VPN, PageState, Pte, SwapSpace
 from kernel_daemon.policy import Policy
-from kernel_daemon.prefetch import Trend
+from kernel_daemon.prefetch import FAULT_AROUND, Trend
 from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
 from kernel_daemon.seal import Sealer
@@ -110,6 +146,16 @@ class Fault:
 
 
 @dataclass(frozen=True, slots=True)
+class Victim:
+    """A frame being taken back: whose page it holds, and whether its bytes are wanted."""
+    proc: Proc
+    vpn: int
+    pte: Pte
+    frame: int
+    want: bool
+
+
+@dataclass(frozen=True, slots=True)
 class SwapCopy:
     """Where a page's sealed copy lives and what it must verify as (taken from its PTE
     when a read starts: the PTE may be released or rewritten while the read is out)."""
@@ -131,15 +177,18 @@ class Vm:
     """Faults, frames, eviction and swap I/O for every process."""
 
     def __init__(self, kernel: Kernel, pool: FramePool, policy: Policy, sealer: Sealer,
-                 prefetch: str = "off") -> None:
+                 prefetch: str = "off", fault_around: int = FAULT_AROUND) -> None:
         self.k = kernel
         self.prefetch = prefetch                  # off, trend or readahead (prefetch.py)
+        self.fault_around = fault_around          # most pages a fault installs beside its own
+        self.around_held = 0                      # frames lent to fault-around pages not yet in
+        self.gathers: dict[int, Gather] = {}      # id -> a fault-around batch collecting
         self.pool = pool
         self.policy = policy
         self.sealer = sealer
         self.frame_waiters: deque[tuple[Proc, int, Callable[[int], None]]] = deque()
         self.evicting = 0
-        self.shootdowns: dict[int, tuple[Proc, int, Pte, int]] = {}   # rid -> what it takes back
+        self.shootdowns: dict[int, list[Victim]] = {}   # rid -> what it takes back
         self.stats = kernel.stats
         self.latency: dict[str, deque[float]] = {
             "minor": deque(maxlen=LATENCY_KEEP), "major": deque(maxlen=LATENCY_KEEP),
@@ -215,7 +264,7 @@ class Vm:
             return SUSPEND
         if st == S.SWAPPED:
             PageIn(self, f).start()
-            self._prefetch(f.proc, f.vpn, False)
+            self._prefetch(f.proc, [f.vpn], False)
             return SUSPEND
         if f.proc.prefetched.get(f.vpn) is pte:       # its prefetch is in flight: take a
             self._get_frame(f.proc, f.vpn, lambda frame: self._prefetch_frame(f, frame))
@@ -236,12 +285,15 @@ class Vm:
             self.stats.page_ins += 1
             f.proc.counters["page_ins"] += 1
         self.set_state(f.proc, f.pte, S.PAGING_IN)       # pinned while it waits for a frame
-        if frame is None:
+        around = self._around(f) if hit else []
+        if around:
+            Gather(self, f, st, frame, around).start()
+        elif frame is None:
             self._get_frame(f.proc, f.vpn, lambda fr: self._install_local(f, fr, st))
         else:
             self._install_local(f, frame, st)
         if hit:
-            self._prefetch(f.proc, f.vpn, True)
+            self._prefetch(f.proc, [f.vpn] + [vpn for vpn, _ in around], True)
 
     def _prefetch_frame(self, f: Fault, frame: int) -> None:
         """A frame for a fault that met its page's prefetch in flight: install from it once
@@ -263,9 +315,12 @@ class Vm:
         if result is not SUSPEND:
             self.k.reply(f.req, **result)
 
-    def _install_local(self, f: Fault, frame: int, was: PageState) -> None:
-        """A frame arrived for a ZERO or HELD page: install it without I/O."""
+    def _install_local(self, f: Fault, frame: int, was: PageState,
+                       around: list[tuple[int, Pte, int]] | None = None) -> None:
+        """A frame arrived for a ZERO or HELD page: install it without I/O (and the
+        fault-around pages with their frames, if any: `_install_around`)."""
         if not self._still_mine(f, frame):
+            self._install_around(f.proc, around or [], False)
             return
         pte = f.pte
         pte.frame = frame
@@ -279,7 +334,10 @@ class Vm:
             if pte.swap_valid and not pte.wb_version:  # written back while we waited
                 pte.held = None
         self._make_resident(f.proc, pte, frame)
-        self.k.reply(f.req, **self._done(f, fill, data, "minor"))
+        reply = self._done(f, fill, data, "minor")
+        if around:
+            reply["around"] = self._install_around(f.proc, around, True)
+        self.k.reply(f.req, **reply)
 
     def _make_resident(self, proc: Proc, pte: Pte, frame: int) -> None:
         self.set_state(proc, pte, S.RESIDENT)
@@ -374,12 +432,15 @@ class Vm:
                            vpn, proc.name, proc.spid, mirror, kind, text)
 
     # -- prefetch (the races: module docstring) ------------------------------------------
-    def _prefetch(self, proc: Proc, vpn: int, hit: bool) -> None:
-        """Tell proc's trend detector of a fault on vpn; read what it predicts into HELD."""
+    def _prefetch(self, proc: Proc, vpns: list[int], hit: bool) -> None:
+        """Tell proc's trend detector of faults on vpns (a fault and the pages installed
+        around it, in order); read what it predicts after the last into HELD."""
         if self.prefetch == "off":
             return
-        proc.trend = proc.trend or Trend(self.prefetch)
-        for v in proc.trend.fault(vpn, hit):
+        trend = proc.trend = proc.trend or Trend(self.prefetch)
+        for vpn in vpns[:-1]:
+            trend.fault(vpn, hit)
+        for v in trend.fault(vpns[-1], hit):
             pte = proc.aspace.ptes.get(v)
             if pte is not None and pte.state == S.SWAPPED and self._make_room(proc):
                 self._read_ahead(proc, v, pte)
@@ -422,6 +483,61 @@ class Vm:
             self.stats.prefetch_drops += 1
         return True
 
+    # -- fault-around (the races: module docstring) --------------------------------------
+    def _around(self, f: Fault) -> list[tuple[int, Pte]]:
+        """The prefetched pages that follow f's page along its stream, at most fault_around
+        and no more than a quarter of the frames for all batches at once.  Those verified
+        (HELD) are taken out of the prefetched set and pinned (PAGING_IN) until their frames
+        come; those still being read (PAGING_IN) stay the prefetch's until their read ends."""
+        proc = f.proc
+        d = proc.trend.continues(f.vpn) if proc.trend is not None else None
+        room = min(self.fault_around, self.pool.nframes // 4 - self.around_held)
+        out: list[tuple[int, Pte]] = []
+        while d and len(out) < room:
+            vpn = f.vpn + d * (len(out) + 1)
+            pte = proc.prefetched.get(vpn)
+            if pte is None or pte.state not in (S.HELD, S.PAGING_IN):
+                break
+            out.append((vpn, pte))
+        self._unprefetch(proc, [(vpn, pte) for vpn, pte in out if pte.state == S.HELD])
+        for _, pte in out:
+            self.set_state(proc, pte, S.PAGING_IN)
+        self.around_held += len(out)
+        return out
+
+    def _install_around(self, proc: Proc, around: list[tuple[int, Pte, int]], install: bool
+                        ) -> list[list[Any]]:
+        """Make the fault-around pages RESIDENT in their frames, at the policy's victim end
+        (they were not asked for: the first to go if unused); return the reply's `around`
+        ([vpn, frame, prot, data] each).  Not `install` (the fault ended otherwise), or a page
+        unmapped meanwhile: its frame goes back, and a page still pinned back to SWAPPED
+        (its swap copy is current: no I/O)."""
+        out: list[list[Any]] = []
+        freed: list[int] = []
+        for vpn, pte, frame in around:
+            self.around_held -= 1
+            ours = proc.alive and proc.aspace.ptes.get(vpn) is pte
+            if install and ours and pte.state == S.HELD and self._unprefetch(proc, [(vpn, pte)]):
+                self.set_state(proc, pte, S.PAGING_IN)   # its read ended while we waited
+            pinned = ours and pte.state == S.PAGING_IN and proc.prefetched.get(vpn) is not pte
+            if install and pinned and pte.held is not None:
+                out.append([vpn, frame, pte.prot, pte.held])
+                pte.frame, pte.held, pte.zero_content = frame, None, False
+                self.set_state(proc, pte, S.RESIDENT)
+                self.policy.insert_cold(frame)
+                self.stats.fault_around += 1
+                self.stats.page_ins += 1
+                proc.counters["page_ins"] += 1
+            else:
+                freed.append(frame)
+                if pinned:
+                    pte.held = None
+                    self.set_state(proc, pte, S.SWAPPED)
+            self._wake(pte)
+        for frame in freed:
+            self._free_frame(frame)
+        return out
+
     @staticmethod
     def _unprefetch(proc: Proc, ptes: list[tuple[int, Pte]]) -> bool:
         """These pages leave proc's prefetched-unused set (used, dropped, unmapped,
@@ -431,18 +547,30 @@ class Vm:
         return bool(gone)
 
     # -- frames and eviction -------------------------------------------------------------
-    def _get_frame(self, proc: Proc, vpn: int, then: Callable[[int], None]) -> None:
-        """Lend a frame to (proc, vpn): now if one is free, else after an eviction."""
+    def _get_frame(self, proc: Proc, vpn: int, then: Callable[[int], None],
+                   reclaim: bool = True) -> None:
+        """Lend a frame to (proc, vpn): now if one is free, else after an eviction (started
+        now, or by the caller's `_reclaim` when it asks for several frames at once)."""
         frame = self.pool.alloc(proc.spid, vpn)
         if frame is not None:
             then(frame)
             return
         self.frame_waiters.append((proc, vpn, then))
+        if reclaim:
+            self._reclaim()
+
+    def _reclaim(self) -> None:
+        """Start an eviction for every frame waited for and not yet being freed (the
+        policy's victims), with one SHOOTDOWN per owner naming all of its pages."""
+        owners: dict[int, list[Victim]] = {}
         while len(self.frame_waiters) > self.evicting:
             victim = self.policy.victim()
             if victim is None:
                 break                     # every frame is pinned; a finishing one will serve
-            self._evict(victim)
+            v = self._take(victim)
+            owners.setdefault(v.proc.spid, []).append(v)
+        for victims in owners.values():
+            self._shoot(victims)
 
     def _free_frame(self, frame: int) -> None:
         """Return a frame to the pool and hand it to the first live waiter."""
@@ -455,6 +583,10 @@ class Vm:
 
     def _evict(self, frame: int) -> None:
         """Start taking `frame` back from its owner (a TLB shootdown)."""
+        self._shoot([self._take(frame)])
+
+    def _take(self, frame: int) -> Victim:
+        """Pin a resident frame for eviction (EVICTING, out of the policy)."""
         spid, vpn = self.pool.owner[frame]
         proc = self.k.procs.by_spid.get(spid)
         pte = proc.aspace.ptes.get(vpn) if proc else None
@@ -465,24 +597,43 @@ class Vm:
         self.set_state(proc, pte, S.EVICTING)
         self.evicting += 1
         want = not (pte.swap_valid or pte.zero_content or pte.held is not None)
-        rid = self.k.request(self.k.sock, proc.ctrl_peer, Op.SHOOTDOWN,
-                             {"vpn": vpn, "frame": frame, "want": want},
+        return Victim(proc, vpn, pte, frame, want)
+
+    def _shoot(self, victims: list[Victim]) -> None:
+        """One SHOOTDOWN for victims of one process: the first page in the request's own
+        fields, the others in `more` ([vpn, frame, want] each; answers in the reply's `more`,
+        in the same order)."""
+        first = victims[0]
+        fields: dict[str, Any] = {"vpn": first.vpn, "frame": first.frame, "want": first.want}
+        if len(victims) > 1:
+            fields["more"] = [[v.vpn, v.frame, v.want] for v in victims[1:]]
+        rid = self.k.request(self.k.sock, first.proc.ctrl_peer, Op.SHOOTDOWN, fields,
                              self._answered, SHOOTDOWN_TIMEOUT_MS)
-        self.shootdowns[rid] = (proc, vpn, pte, frame)
+        self.shootdowns[rid] = victims
 
     def _answered(self, rid: int, reply: dict[str, Any] | None) -> None:
-        """A shootdown's answer (or its timeout) arrived."""
-        entry = self.shootdowns.pop(rid, None)
-        if entry is not None:
-            self._evicted(*entry, reply)
+        """A shootdown's answer (or its timeout) arrived: settle each page it names (an
+        answer for `more` that is not one dict per page is a wrong answer for each)."""
+        victims = self.shootdowns.pop(rid, None) or []
+        more = [None] * len(victims[1:]) if reply is None else reply.get("more", [])
+        if not isinstance(more, list) or len(more) != len(victims[1:]):
+            more = [{"err": "no answer in more"}] * len(victims[1:])
+        for v, answer in zip(victims, [reply, *more], strict=False):
+            ok = answer is None or type(answer) is dict
+            self._evicted(v.proc, v.vpn, v.pte, v.frame, answer if ok else {"err": "not a map"})
 
     def cancel_shootdowns(self, proc: Proc) -> None:
-        """proc is gone: its pending shootdowns will never be answered; free their frames now."""
-        for rid, entry in list(self.shootdowns.items()):
-            if entry[0] is proc:
+        """proc is gone: its pending shootdowns will never be answered, and its fault-around
+        batches will get no more frames (a dead process's waiters are skipped): free their
+        frames now."""
+        for g in [g for g in self.gathers.values() if g.f.proc is proc]:
+            g.abort()
+        for rid, victims in list(self.shootdowns.items()):
+            if victims[0].proc is proc:
                 self.k.forget(rid)
                 del self.shootdowns[rid]
-                self._evicted(*entry, None)
+                for v in victims:
+                    self._evicted(v.proc, v.vpn, v.pte, v.frame, None)
 
     def _evicted(self, proc: Proc, vpn: int, pte: Pte, frame: int,
                  reply: dict[str, Any] | None) -> None:
@@ -769,3 +920,63 @@ class PageIn:
 
     def _step(self, step: str, **args: Any) -> None:
         self.k.tracer.step("vm", "fault", self.f.key, self.f.proc.spid, step, **args)
+
+
+class Gather:
+    """A fault-around batch (Vm._local on a prefetched page that continues its stream): a
+    frame for each page brought along and for the fault's own (unless it has one), and the
+    end of the reads still out for some of them; then all are installed in one reply.
+
+    Reads waited for are ones the process would wait for on its next faults anyway (a
+    pager's timeout bounds them).  No frame is held waiting for one that cannot come: the
+    batches hold at most a quarter of the frames (Vm._around), and a batch of a process
+    that dies gives back what it holds (abort: its later frames never come)."""
+
+    def __init__(self, vm: Vm, f: Fault, st: PageState, frame: int | None,
+                 around: list[tuple[int, Pte]]) -> None:
+        self.vm, self.f, self.st, self.around = vm, f, st, around
+        self.frames = [-1] * len(around)
+        self.mine = -1 if frame is None else frame
+        self.reading = [pte for vpn, pte in around if f.proc.prefetched.get(vpn) is pte]
+        self.left = len(around) + (frame is None) + len(self.reading)
+        self.over = False
+
+    def start(self) -> None:
+        """Wait for the reads; ask for the frames, evicting for all of them at once."""
+        self.vm.gathers[id(self)] = self
+        for pte in self.reading:
+            pte.waiters.append(self.one)
+        for i, (vpn, _) in enumerate(self.around):
+            self.vm._get_frame(self.f.proc, vpn, partial(self.frame, i), reclaim=False)
+        if self.mine < 0:
+            self.vm._get_frame(self.f.proc, self.f.vpn, partial(self.frame, -1), reclaim=False)
+        self.vm._reclaim()
+
+    def frame(self, i: int, frame: int) -> None:
+        """Page i's frame (-1: the fault's own) is ours."""
+        if i < 0:
+            self.mine = frame
+        else:
+            self.frames[i] = frame
+        self.one()
+
+    def one(self) -> None:
+        """One frame or read is in: install all when none is left."""
+        self.left -= 1
+        if self.left == 0 and not self.over:
+            self.over = True
+            del self.vm.gathers[id(self)]
+            self.vm._install_local(self.f, self.mine, self.st, [
+                (vpn, pte, self.frames[i]) for i, (vpn, pte) in enumerate(self.around)])
+
+    def abort(self) -> None:
+        """The process is gone: give back the frames it got (Vm.cancel_shootdowns)."""
+        if self.over:
+            return
+        self.over = True
+        del self.vm.gathers[id(self)]
+        self.vm.around_held -= len(self.around)
+        for frame in [self.mine] + self.frames:
+            if frame >= 0:
+                self.vm._free_frame(frame)
+

@@ -393,6 +393,11 @@ class App:
         self.tlb[vpn] = reply["prot"]
         if access == "w":
             self.dirty.add(vpn)
+        for v, fr, prot, data in reply.get("around", []):      # fault-around: installed clean
+            self.bank[fr] = data
+            self.dirty.discard(v)
+            self.resident[v] = fr
+            self.tlb[v] = prot
 
     def write(self, vpn: int, data: bytes) -> None:
         """Store a page, faulting first unless the TLB allows writing."""
@@ -419,8 +424,10 @@ class App:
             return
         self.shootdowns.append(msg)
         if self.answers_shootdowns:
-            self.control.send(dict(self.give_back(msg["vpn"], msg["frame"], msg["want"]),
-                                re=msg["rid"]))
+            answer = self.give_back(msg["vpn"], msg["frame"], msg["want"])
+            if "more" in msg:                            # several pages in one message
+                answer["more"] = [self.give_back(*m) for m in msg["more"]]
+            self.control.send(dict(answer, re=msg["rid"]))
 
     def give_back(self, vpn: int, frame: int, want: bool) -> Msg:
         """Drop vpn from the TLB; the answer to its SHOOTDOWN (bytes when dirty or wanted)."""

@@ -3,6 +3,8 @@ predicted pages ahead of faults (kernel_daemon/vm.py, in process on the simulate
 tests/kernel_harness.py; kernel state is read only through STATS and PS)."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kernel_harness import App, FakePager, Msg, Rig, page
 
@@ -99,7 +101,8 @@ def test_a_sequential_scan_is_read_ahead_verified_and_mostly_served_without_majo
     st = rig.stats()
     assert st["prefetch"] == "trend"
     assert st["major_faults"] - majors0 <= 4          # the three that find the stream, at most
-    assert st["prefetch_hits"] >= 44 and st["prefetch_hits"] <= st["prefetches"]
+    used = st["prefetch_hits"] + st["fault_around"]  # faulted on, or installed beside one
+    assert used >= 44 and used <= st["prefetches"] and st["fault_around"] >= 1
     assert st["integrity_failures"] == {}
     assert len(pager.ops("page_in")) - ins0 == st["prefetches"] + st["major_faults"] - majors0
 
@@ -108,7 +111,7 @@ def test_a_strided_scan_is_read_ahead_and_off_reads_one_page_per_fault() -> None
     rig, _, app, v = swapped("trend", 48)
     scan(app, v, list(range(0, 48, 3)))
     st = rig.stats()
-    assert st["prefetch_hits"] >= 12 and st["prefetch_drops"] == 0
+    assert st["prefetch_hits"] + st["fault_around"] >= 12 and st["prefetch_drops"] == 0
     rig, _, app, v = swapped("off", 48)
     majors0 = rig.stats()["major_faults"]
     scan(app, v, list(range(48)))
@@ -231,3 +234,172 @@ def test_a_fault_waiting_on_a_prefetch_gives_its_frame_back_when_the_page_goes(h
     rig.run(0.1)
     st = rig.stats()
     assert st["free_frames"] == NFRAMES and st["callback_errors"] == 0
+
+
+# -- fault-around (vm.py: a fault installs the verified pages that follow it) ----------------
+def test_a_fault_continues_a_stream_only_from_its_last_page_along_its_delta() -> None:
+    t = Trend("trend")
+    faults(t, [10, 11, 12])
+    assert t.continues(13) == 1
+    assert t.continues(20) is None                  # a jump: no fault-around, not fed back
+    t = Trend("trend")
+    faults(t, list(range(10, 20)) + [22])             # the +1 history still votes +1 ...
+    assert t.step() == 1 and t.continues(23) == 1
+    assert t.continues(25) is None                    # ... but 25 does not follow 22 by +1
+    assert Trend("off").continues(13) is None
+
+
+def around_rig(npages: int, nframes: int = 32, quota: dict[str, int] | None = None,
+               policy: str = "fifo") -> tuple[Rig, FakePager, App, int]:
+    """A rig with room for fault-around (a quarter of the frames per batch), its app's
+    npages pages on swap (page i holding page(f"p{i}"))."""
+    rig = Rig(nframes=nframes, prefetch="trend", policy=policy)
+    pager = rig.pager()
+    app = rig.app(quota=quota)
+    v = app.map(npages + nframes)
+    for i in range(npages + nframes):
+        app.write(v + i, page(f"p{i}"))
+    rig.run(0.2)
+    assert rig.stats()["swapped_pages"] >= npages
+    return rig, pager, app, v
+
+
+def test_fault_around_serves_a_scan_with_few_faults_every_page_verified() -> None:
+    rig, _, app, v = around_rig(128)
+    faults0 = rig.stats()["minor_faults"] + rig.stats()["major_faults"]
+    replies: list[Msg] = []
+    for i in range(128):
+        if not app.tlb.get(v + i, 0) & 1:
+            replies.append(app.fault(v + i, "r"))
+        assert app.bank[app.resident[v + i]] == page(f"p{i}"), f"page {i}"
+    st = rig.stats()
+    assert st["minor_faults"] + st["major_faults"] - faults0 == len(replies) <= 128 // 4
+    assert st["fault_around"] >= 96 and st["integrity_failures"] == {}
+    for reply in replies:                             # at most a quarter of the frames each,
+        around = reply.get("around", [])              # on frames and pages all distinct
+        assert len(around) <= 32 // 4
+        frames = [reply["frame"]] + [a[1] for a in around]
+        vpns = [reply["vpn"]] + [a[0] for a in around]
+        assert len(set(frames)) == len(frames) and len(set(vpns)) == len(vpns)
+        assert vpns == list(range(vpns[0], vpns[0] + len(vpns)))    # its stream, in order
+
+
+def test_fault_around_installs_only_pages_charged_to_the_prefetch_quota() -> None:
+    rig, _, app, v = around_rig(96, quota={"prefetched": 3})
+    for i in range(96):
+        if not app.tlb.get(v + i, 0) & 1:
+            reply = app.fault(v + i, "r")
+            assert len(reply.get("around", [])) <= 3
+            assert rig.ps(app.spid)["quota"]["prefetched"][0] <= 3
+        assert app.bank[app.resident[v + i]] == page(f"p{i}")
+    assert rig.stats()["fault_around"] >= 1
+
+
+def test_fault_around_never_installs_a_page_no_mirror_verified() -> None:
+    rig, pager, app, v = around_rig(64)
+    lied: list[int] = []
+
+    def lie_about_p20_to_p23(p: FakePager, m: Msg) -> Msg:
+        reply = p.honest(m)
+        if reply.get("data") is not None and m["slot"] in range(20, 24):
+            lied.append(m["slot"])
+            reply["data"] = bytes(len(reply["data"]))
+        return reply
+    pager.behaviour["page_in"] = lie_about_p20_to_p23
+    for i in range(20):
+        if not app.tlb.get(v + i, 0) & 1:
+            reply = app.fault(v + i, "r")
+            assert all(a[0] - v not in range(20, 24) for a in reply.get("around", []))
+        assert app.bank[app.resident[v + i]] == page(f"p{i}")
+    rig.run(0.1)
+    assert lied and rig.stats()["prefetch_failures"] >= 1
+    assert all(v + i not in app.resident for i in range(20, 24))
+    assert app.fault(v + 20, "r")["err"] == "EINTEGRITY"   # the real fault reads again
+
+
+def test_fault_around_pages_are_the_policys_first_victims() -> None:
+    rig, _, app, v = around_rig(64, nframes=16)
+    for i in range(6):                                # find the stream; then one batch
+        if not app.tlb.get(v + i, 0) & 1:
+            reply = app.fault(v + i, "r")
+    around = [a[0] for a in reply.get("around", [])]
+    assert around
+    app.shootdowns.clear()
+    app.fault(v + 60, "r")                            # a fault elsewhere needs a frame
+    rig.run(0.05)
+    shot = [m["vpn"] for m in app.shootdowns] + [m[0] for s in app.shootdowns
+                                                  for m in s.get("more", [])]
+    assert shot and all(vpn in around for vpn in shot)   # not the page faulted on, nor older
+
+
+BAD_MORE: dict[str, Any] = {
+    "missing": None, "short": [], "not a dict": [[False, None]], "an error": [{"err": "EIO"}],
+    "a short page": [{"dirty": True, "data": b"x"}], "not a list": {"dirty": False},
+}
+
+
+@pytest.mark.parametrize("how", sorted(BAD_MORE))
+def test_a_wrong_answer_to_a_batched_shootdown_kills_only_the_liar(how: str) -> None:
+    rig, _, app, v = around_rig(64, nframes=16)
+    other = rig.app()
+    w = other.map(2)
+    other.write(w, page("other"))
+    batched: list[Msg] = []
+
+    def answer(msg: Msg) -> None:
+        if msg.get("op") == "shootdown" and msg.get("more") and app.alive:
+            batched.append(msg)
+            reply = dict(app.give_back(msg["vpn"], msg["frame"], msg["want"]), re=msg["rid"])
+            if BAD_MORE[how] is None:
+                reply.pop("more", None)
+            else:
+                reply["more"] = BAD_MORE[how]
+            app.control.send(reply)
+            return
+        App._control(app, msg)
+    app.control.on_request = lambda _peer, msg: answer(msg)
+    for i in range(64):
+        if app.killed or not app.alive:
+            break
+        rid = app.send("fault", vpn=v + i, access="r", refs=[])
+        rig.run(0.05)
+        if batched:
+            break
+        app.install(v + i, "r", app.answer(rid))
+    rig.run(0.5)
+    assert batched, "no batched shootdown was sent"
+    assert rig.ps(app.spid)["state"] == "killed"
+    st = rig.stats()
+    assert st["callback_errors"] == 0
+    assert st["free_frames"] + rig.ps(other.spid)["resident_pages"] == 16
+    assert other.read(w) == page("other")            # nobody else is touched
+
+
+def test_a_second_fault_on_a_page_a_batch_waits_for_costs_no_frame_and_no_page() -> None:
+    rig, pager, app, v = around_rig(64, nframes=32)
+    scan(app, v, list(range(8)))                      # the stream is found, pages held ahead
+    first = next(i for i in range(8, 64) if v + i not in app.tlb)
+    held = hold_page_ins_after(pager, len(pager.ops("page_in")))
+    reply = app.fault(v + first, "r")                 # installs the held pages after it and
+    nxt = first + 1 + len(reply.get("around", []))    # reads ahead (held: still out)
+    rid = app.send("fault", vpn=v + nxt, access="r", refs=[])
+    rig.run(0.05)
+    m = next(m for m in held if m["slot"] == nxt)     # (slot i holds page i: written in order)
+    held.remove(m)
+    pager.peer.send(dict(pager.honest(m), re=m["rid"]))
+    rig.run(0.05)                                     # nxt is in; its batch waits for reads
+    assert not app.answered(rid) and held
+    twin = app.send("fault", vpn=v + nxt + 1, access="r", refs=[])   # hostile: a second
+    rig.run(0.05)                                     # fault on a page the batch waits for
+    del pager.behaviour["page_in"]
+    for m in held:
+        pager.peer.send(dict(pager.honest(m), re=m["rid"]))
+    rig.run(0.2)
+    for r, vpn in ((rid, v + nxt), (twin, v + nxt + 1)):
+        reply = app.answer(r)
+        assert "err" not in reply, reply
+        app.install(vpn, "r", reply)
+    st = rig.stats()
+    assert st["callback_errors"] == 0
+    assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
+    scan(app, v, list(range(first, 64)))              # every page still what was written

@@ -15,7 +15,8 @@ WIRE_KEYS = {
     "pager_transient_errors", "repairs", "handle_reopens", "handles_lost", "pager_slow", "resynced",
     "resync_failed", "resync_passes", "resync_pending", "ipc_calls", "ipc_replies",
     "ipc_bytes_copied", "ipc_contract_violations", "ipc_peer_died", "ipc_caps_transferred",
-    "ipc_grants", "prefetch", "prefetches", "prefetch_hits", "prefetch_drops", "prefetch_failures"}
+    "ipc_grants", "prefetch", "prefetches", "prefetch_hits", "prefetch_drops", "prefetch_failures",
+    "fault_around"}
 EC_KEYS = {"code", "ec_page_outs", "ec_short_writes", "ec_page_ins", "ec_degraded_reads",
            "ec_fragments_read", "ec_repairs", "ec_fragments_lost", "ec_late_failures",
            "ec_unrecoverable"}

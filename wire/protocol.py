@@ -196,6 +196,12 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #:   and with a grant ``grant_addr``, ``grant_npages``.
 #: * REPLY ``caps``; ``receive``: a handle to RECEIVE on right after (reply-and-wait: the
 #:   REPLY's own reply is then the next call, as for RECEIVE).
+#: * FAULT reply: ``vpn``, ``frame``, ``prot``, ``fill`` (FILL_*), ``data`` (FILL_DATA);
+#:   ``around``: [vpn, frame, prot, data] per prefetched page installed beside it
+#:   (fault-around, kernel_daemon/vm.py), each filled from data, clean.
+#: * SHOOTDOWN ``more``: [vpn, frame, want] per further page of the same process taken back
+#:   in the same message.  Reply: ``dirty``, ``data`` (bytes or None) for the first page;
+#:   ``more``: one {``dirty``, ``data``} per entry of the request's ``more``, in order.
 #: * FAULT_LOG (kernel) reply: ``records`` ([t_s, kind, latency_us, spid] per served fault,
 #:   oldest first), ``cursor`` (ask with it next time), ``dropped`` (records gone from the
 #:   ring before they were asked for), ``now`` (the kernel's monotonic clock).
@@ -210,6 +216,7 @@ OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.CALL: {"caps": list, "grant": dict},
     Op.REPLY: {"caps": list, "receive": int},
     Op.PS: {"processes": bool},
+    Op.SHOOTDOWN: {"more": list},
 }
 
 

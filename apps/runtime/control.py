@@ -3,8 +3,9 @@
 Once ATTACHed, the control connection carries requests the other way round: the kernel asks
 and the process answers, whatever the app's main thread is doing.
 
-* SHOOTDOWN {vpn, frame, want}: the kernel takes a page back.  :meth:`Mmu.shootdown` drops
-  the TLB entry and captures the page; the reply is {dirty, data}.
+* SHOOTDOWN {vpn, frame, want[, more]}: the kernel takes a page (or several: ``more``) back.
+  :meth:`Mmu.shootdown` drops the TLB entry and captures the page; the reply is {dirty, data}
+  (and ``more``: one such answer per further page).
 * KILL {reason}: acknowledge, say why on stderr, and leave at once (status 137).
 
 The thread also sends a HEARTBEAT {refs} every HEARTBEAT_MS with the reference record the
@@ -175,6 +176,8 @@ class ControlThread(threading.Thread):
             op = check_request(msg)
             if op == Op.SHOOTDOWN:
                 answer = self.mmu.shootdown(msg["vpn"], msg["frame"], msg["want"])
+                if "more" in msg:                # further pages in the same message
+                    answer["more"] = self.mmu.shootdown_more(msg["more"])
                 self._send(ok(rid, **answer))
             elif op == Op.KILL:
                 self._send(ok(rid))

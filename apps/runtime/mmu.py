@@ -84,6 +84,15 @@ HEARTBEAT_REFS_WAIT_S: float = 1.0
 DEFER_WAIT_S: float = 2.0
 
 
+def _take(parked: list[_Deferred], vpn: int, frame: int) -> _Deferred | None:
+    """Remove and return the parked shootdown of (vpn, frame), if any."""
+    for d in parked:
+        if d.vpn == vpn and d.frame == frame:
+            parked.remove(d)
+            return d
+    return None
+
+
 def compact_refs(refs: list[int], limit: int = REFS_LIMIT) -> list[int]:
     """refs as they are when short; else each vpn once, at its last reference, in order."""
     if len(refs) <= limit:
@@ -99,6 +108,7 @@ class _Deferred:
     frame: int
     want: bool
     answer: dict[str, Any] | None = None
+    released: bool = False          # the reply came and did not install (vpn, frame)
 
 
 class Mmu:
@@ -124,7 +134,7 @@ class Mmu:
         self._cv = threading.Condition(self._lock)
         self._inflight: int | None = None              # vpn of the FAULT awaiting its reply
         self._revoked = False                          # ... whose old residency was shot down
-        self._deferred: _Deferred | None = None
+        self._parked: list[_Deferred] = []
         self._hb_refs_unanswered = False
         # The reference record: appended by the main thread only.
         self._refs: list[int] = []
@@ -376,6 +386,16 @@ class Mmu:
     #   faults again.  The wait cannot deadlock: the kernel has already sent the reply.
     #   (If no reply comes within DEFER_WAIT_S the shootdown was about something else and
     #   is answered from the bank as usual.)
+    #
+    # A reply may also install pages the fault did not name (fault-around: its ``around``),
+    # and the kernel may shoot one of those down before we have the reply, too.  So while a
+    # fault is in flight, a shootdown of *any* page we do not hold is parked until the reply
+    # is applied: if the reply installs that page at that frame, the frame is filled, the
+    # page is not installed and the shootdown is answered (clean: it was never ours to
+    # write); else it is released and answered the usual way.  The price is in one rare
+    # case only: a stale shootdown of a page we unmapped (the control thread late) that
+    # arrives during a later fault waits for that fault's reply, at most DEFER_WAIT_S if the
+    # kernel waits for its answer to serve the fault.
 
     def _fault(self, vpn: int, access: str) -> int:
         """Ask the kernel for vpn and install it; return the offset for `access`.
@@ -403,36 +423,68 @@ class Mmu:
 
     def _complete_locked(self, vpn: int, access: str, reply: dict[str, Any] | None) -> int | None:
         """Apply a FAULT reply (None: the fault failed); return the offset, or None when a
-        shootdown overtook it and the fault must be asked again."""
+        shootdown overtook it and the fault must be asked again.  The fault-around pages the
+        reply carries are installed first (those a parked shootdown revoked are not)."""
         self._inflight = None
-        deferred, self._deferred = self._deferred, None
-        if deferred is not None and deferred.vpn != vpn:
-            self._deferred, deferred = deferred, None    # not ours; its wait times out
-        if reply is None:
-            if deferred is not None:
-                self._answer_deferred_locked(deferred, dirty=False)
-            return None
+        parked, self._parked = self._parked, []
         try:
+            if reply is None:
+                return None
             frame, prot, fill, data = self._check_reply(vpn, access, reply)
-        except KernelProtocolError:
-            if deferred is not None:
-                self._answer_deferred_locked(deferred, dirty=False)
-            raise
-        if fill != FILL_KEEP:
-            self.bank.fill(frame, data)
-        if deferred is not None:                         # revoked before installed
-            dirty = fill == FILL_KEEP and vpn in self._dirty
-            self._forget_locked(vpn)
-            self._answer_deferred_locked(deferred, dirty)
-            return None
-        if self._revoked and fill == FILL_KEEP:
-            return None
-        return self._install_locked(vpn, frame, prot, fill, access)
+            around = self._check_around(vpn, frame, reply.get("around"))
+            if fill != FILL_KEEP:
+                self.bank.fill(frame, data)
+            last = self._last
+            for v, fr, pr, page in around:
+                self.bank.fill(fr, page)
+                d = _take(parked, v, fr)
+                if d is None:
+                    self._install_locked(v, fr, pr, FILL_DATA, ACCESS_READ)
+                else:                                    # revoked before installed
+                    self._answer_deferred_locked(d, dirty=False)
+            self._last = last                            # installed, not yet referenced
+            d = _take(parked, vpn, frame)
+            if d is not None:                            # revoked before installed
+                self._answer_deferred_locked(d, fill == FILL_KEEP and vpn in self._dirty)
+                self._forget_locked(vpn)
+                return None
+            if self._revoked and fill == FILL_KEEP:
+                return None
+            return self._install_locked(vpn, frame, prot, fill, access)
+        finally:
+            for d in parked:                             # not about this reply: answered
+                d.released = True                        # the usual way, by their thread
+            self._cv.notify_all()
 
     def _answer_deferred_locked(self, d: _Deferred, dirty: bool) -> None:
         """Write the answer of a parked shootdown and wake the control thread."""
         d.answer = {"dirty": dirty, "data": self.bank.page(d.frame) if (dirty or d.want) else None}
         self._cv.notify_all()
+
+    def _check_around(self, vpn: int, frame: int, around: object
+                      ) -> list[tuple[int, int, int, bytes]]:
+        """The fault-around installs of a FAULT reply ([vpn, frame, prot, data] each: pages
+        distinct from each other and from the fault's, frames likewise, whole pages);
+        KernelProtocolError if malformed."""
+        if around is None:
+            return []
+        if not isinstance(around, list):
+            raise KernelProtocolError(f"fault on page {vpn:#x}: around is not a list")
+        out: list[tuple[int, int, int, bytes]] = []
+        vpns, frames = {vpn}, {frame}
+        for item in around:
+            if not (isinstance(item, list) and len(item) == 4):
+                raise KernelProtocolError(f"fault on page {vpn:#x}: bad around entry")
+            v, fr, pr, page = item
+            if type(v) is not int or v in vpns or not self.bank.valid(fr) or fr in frames \
+                    or type(pr) is not int or not 0 <= pr <= PROT_R | PROT_W | PROT_X \
+                    or not isinstance(page, bytes) or len(page) != PAGE_SIZE:
+                raise KernelProtocolError(f"fault on page {vpn:#x}: bad around entry for "
+                                          f"page {v!r}")
+            vpns.add(v)
+            frames.add(fr)
+            out.append((v, fr, pr, page))
+        return out
 
     def _check_reply(self, vpn: int, access: str,
                      reply: dict[str, Any]) -> tuple[int, int, str, bytes | None]:
@@ -515,12 +567,15 @@ class Mmu:
             raise ValueError(f"frame {frame!r} is outside the bank's {self.bank.nframes} frames")
         with self._lock:
             self.shootdowns += 1
-            if vpn == self._inflight and self._resident.get(vpn) != frame:
+            if self._inflight is not None and (
+                    vpn not in self._resident
+                    or vpn == self._inflight and self._resident[vpn] != frame):
                 parked = _Deferred(vpn, frame, want)
-                self._deferred = parked
-                self._cv.wait_for(lambda: parked.answer is not None, DEFER_WAIT_S)
-                if self._deferred is parked:
-                    self._deferred = None
+                self._parked.append(parked)
+                self._cv.wait_for(lambda: parked.answer is not None or parked.released,
+                                  DEFER_WAIT_S)
+                if parked in self._parked:
+                    self._parked.remove(parked)
                 if parked.answer is not None:
                     return parked.answer
             if vpn == self._inflight:
@@ -532,6 +587,16 @@ class Mmu:
             dirty = vpn in self._dirty
             self._forget_locked(vpn)
             return {"dirty": dirty, "data": self.bank.page(frame) if (dirty or want) else None}
+
+    def shootdown_more(self, more: list[Any]) -> list[dict[str, Any]]:
+        """The answers to a SHOOTDOWN's further pages ([vpn, frame, want] each), in order."""
+        out = []
+        for item in more:
+            if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int
+                    and type(item[2]) is bool):
+                raise ValueError(f"shootdown entry {item!r} is not [vpn, frame, want]")
+            out.append(self.shootdown(item[0], item[1], item[2]))
+        return out
 
     def harvest_refs(self) -> list[int]:
         """Take the references recorded since the last hand-over (for a HEARTBEAT)."""

@@ -4,8 +4,10 @@ A :class:`SimProcess` is what apps/runtime is, minus threads: a call connection 
 at a time: REGISTER, MAP, FAULT ..., EXIT), a control connection (ATTACH, HEARTBEATs, and the
 kernel's SHOOTDOWN/KILL requests), and a *bank* (frame -> page bytes) whose resident pages it
 reads and writes without asking the kernel, like apps/runtime/mmu.py: the TLB, the dirty bit,
-the local dirty trap, and the install race (a shootdown that overtakes a FAULT reply is
-parked until the reply arrives; one of an older residency revokes the FILL_KEEP answer).
+the local dirty trap, fault-around (a FAULT reply's ``around`` pages are installed too),
+batched shootdowns (``more``), and the install race (a shootdown of a page not held that
+overtakes a FAULT reply is parked until the reply arrives; one of an older residency
+revokes the FILL_KEEP answer).
 
 It keeps what it wrote (vpn -> bytes) and checks every read against it (a page never
 written must read as zeros): any other byte is a violation of invariant 1 (invariants.py).
@@ -50,9 +52,20 @@ Reply = Callable[[dict[str, Any]], None]
 
 
 @dataclass(slots=True)
-class Parked:
-    """A shootdown of the page whose FAULT is in flight, waiting for that FAULT's reply."""
+class Shot:
+    """One SHOOTDOWN message: its answers (first page, then `more`), sent when all are in."""
     rid: int
+    answers: list[dict[str, Any] | None]
+    batched: bool
+
+
+@dataclass(slots=True)
+class Parked:
+    """A page of a shootdown that is not ours while a FAULT is in flight, waiting for that
+    FAULT's reply (which may install it: the install race)."""
+    shot: Shot
+    index: int
+    vpn: int
     frame: int
     want: bool
 
@@ -97,7 +110,7 @@ class SimProcess:
         self.refs: list[int] = []
         self.inflight: int | None = None
         self.revoked = False
-        self.parked: Parked | None = None
+        self.parked: list[Parked] = []
         self.state = "new"                                   # new ... running, exited, dead
         self.stopped_by: str = ""                            # error code that stopped us
         self.version = 0
@@ -133,7 +146,7 @@ class SimProcess:
         if not ctrl:
             self.report("violation", f"{self.name}: request on the call connection {msg!r:.80}")
         elif msg.get("op") == str(Op.SHOOTDOWN):
-            self._shootdown(msg["rid"], msg["vpn"], msg["frame"], msg["want"])
+            self._shootdown(msg)
         elif msg.get("op") == str(Op.KILL):
             self._answer(msg["rid"], {})
             self.die(f"killed by the kernel: {msg.get('reason')}", stopped_by=str(Err.KILLED))
@@ -336,14 +349,15 @@ class SimProcess:
                  reply: dict[str, Any]) -> None:
         """Apply a FAULT reply (mmu.py _complete_locked), then do the access or fault again."""
         self.inflight = None
-        parked, self.parked = self.parked, None
+        parked, self.parked = self.parked, []
         if "err" in reply:
-            if parked is not None:
-                self._answer_parked(parked, False)
+            self._release(parked)
             self._ok(reply, f"fault on {vpn:#x}")
             return
         frame, prot, fill = reply.get("frame"), reply.get("prot"), reply.get("fill")
-        if not isinstance(frame, int) or not isinstance(prot, int):
+        around = reply.get("around", [])
+        if not isinstance(frame, int) or not isinstance(prot, int) or not isinstance(
+                around, list) or not all(isinstance(a, list) and len(a) == 4 for a in around):
             self.report("violation", f"{self.name}: malformed fault reply {reply!r:.120}")
             return
         if fill == FILL_DATA:
@@ -353,8 +367,21 @@ class SimProcess:
         elif fill != FILL_KEEP:
             self.report("violation", f"{self.name}: fault reply with fill {fill!r}")
             return
-        if parked is not None:                       # revoked before installed: ask again
-            self._answer_parked(parked, fill == FILL_KEEP and vpn in self.dirty)
+        for v, fr, pr, page in around:                # fault-around: installed clean
+            self.bank[fr] = page
+            p = _take(parked, v, fr)
+            if p is not None:                           # revoked before installed
+                self._settle(p.shot, p.index, {"dirty": False, "data": page if p.want else None})
+                continue
+            self.dirty.discard(v)
+            self.resident[v] = fr
+            self.tlb[v] = pr
+        p = _take(parked, vpn, frame)
+        self._release(parked)
+        if p is not None:                            # revoked before installed: ask again
+            dirty = fill == FILL_KEEP and vpn in self.dirty
+            self._settle(p.shot, p.index, {"dirty": dirty, "data": self.bank.get(
+                frame, ZERO_PAGE) if (dirty or p.want) else None})
             self._forget(vpn)
             self.access(vpn, access, data, then)
             return
@@ -379,24 +406,50 @@ class SimProcess:
         self.resident.pop(vpn, None)
         self.dirty.discard(vpn)
 
-    def _shootdown(self, rid: int, vpn: int, frame: int, want: bool) -> None:
-        """mmu.py shootdown(): park it if it revokes the install in flight, else answer."""
-        if vpn == self.inflight and self.resident.get(vpn) != frame:
-            self.parked = Parked(rid, frame, want)
-            self.install_races += 1
-            return
+    def _shootdown(self, msg: dict[str, Any]) -> None:
+        """mmu.py shootdown() for each page named: park one we do not hold while a FAULT is
+        in flight, answer the others; the reply goes when every page is answered."""
+        pages = [(msg["vpn"], msg["frame"], msg["want"])] + [
+            (m[0], m[1], m[2]) for m in msg.get("more", [])]
+        shot = Shot(msg["rid"], [None] * len(pages), "more" in msg)
+        for i, (vpn, frame, want) in enumerate(pages):
+            if self.inflight is not None and (vpn not in self.resident or (
+                    vpn == self.inflight and self.resident[vpn] != frame)):
+                self.parked.append(Parked(shot, i, vpn, frame, want))
+                self.install_races += 1
+            else:
+                self._settle(shot, i, self._give_back(vpn, frame, want))
+
+    def _give_back(self, vpn: int, frame: int, want: bool) -> dict[str, Any]:
+        """The answer for one page, the usual way (no reply pending for it)."""
         if vpn == self.inflight:
             self.revoked = True
             self.install_races += 1
         if self.resident.get(vpn, frame) != frame:     # stale: an older residency of vpn
-            self._answer(rid, {"dirty": False,
-                               "data": self.bank.get(frame, ZERO_PAGE) if want else None})
-            return
+            return {"dirty": False, "data": self.bank.get(frame, ZERO_PAGE) if want else None}
         dirty = vpn in self.dirty
         self._forget(vpn)
-        self._answer(rid, {"dirty": dirty,
-                           "data": self.bank.get(frame, ZERO_PAGE) if (dirty or want) else None})
+        return {"dirty": dirty,
+                "data": self.bank.get(frame, ZERO_PAGE) if (dirty or want) else None}
 
-    def _answer_parked(self, p: Parked, dirty: bool) -> None:
-        data = self.bank.get(p.frame, ZERO_PAGE) if (dirty or p.want) else None
-        self._answer(p.rid, {"dirty": dirty, "data": data})
+    def _release(self, parked: list[Parked]) -> None:
+        """The reply did not install these: answer them the usual way."""
+        for p in parked:
+            self._settle(p.shot, p.index, self._give_back(p.vpn, p.frame, p.want))
+
+    def _settle(self, shot: Shot, index: int, answer: dict[str, Any]) -> None:
+        """One page of a shootdown is answered; reply once all are."""
+        shot.answers[index] = answer
+        if all(a is not None for a in shot.answers):
+            first, *more = shot.answers
+            assert first is not None
+            self._answer(shot.rid, dict(first, more=more) if shot.batched else first)
+
+
+def _take(parked: list[Parked], vpn: int, frame: int) -> Parked | None:
+    """Remove and return the parked shootdown page (vpn, frame), if any."""
+    for p in parked:
+        if p.vpn == vpn and p.frame == frame:
+            parked.remove(p)
+            return p
+    return None
