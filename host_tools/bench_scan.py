@@ -185,30 +185,25 @@ def _median(scan: str, results: list[dict[str, ScanResult]]) -> dict[str, Any]:
 
 
 def print_report(result: dict[str, Any], console: Console) -> None:
-    """Pages/s, accuracy and coverage per mode and scan, then the ratios to off."""
-    table = Table(title=f"sealedos bench scan ({result['pages']} pages per scan, "
+    """One row per scan and mode (so it fits 80 columns): pages/s, the same-repetition ratio
+    to off, CPU per page, accuracy and coverage."""
+    table = Table(title=f"sealedos bench scan: {result['pages']} pages per scan, "
                         f"{result['frames']} frames, fault-around {result['fault_around']}, "
-                        f"median of {result['repeat']})")
-    table.add_column("scan")
-    for mode in result["modes"]:
-        table.add_column(f"{mode} pages/s", justify="right")
-        table.add_column(f"{mode} CPU us/page", justify="right")
-        if mode != "off":
-            table.add_column(f"{mode} accuracy / coverage", justify="right")
+                        f"median of {result['repeat']}")
+    for name in ("scan", "prefetch", "pages/s", "x off", "CPU us/page", "accuracy",
+                 "coverage"):
+        table.add_column(name, justify="left" if name in ("scan", "prefetch") else "right")
     for scan in SCANS:
-        row = [scan]
         for mode, scans in result["modes"].items():
             s = scans[scan]
-            row.append(str(s["pages_per_s"]))
-            row.append(str(s["cpu_us_per_page"]))
-            if mode != "off":
-                acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.2f}"
-                row.append(f"{acc} / {s['coverage']:.2f}")
-        table.add_row(*row)
+            ratio = result["ratios_vs_off"].get(mode, {}).get(scan)
+            acc = "-" if mode == "off" or s["accuracy"] is None else f"{s['accuracy']:.2f}"
+            cov = "-" if mode == "off" else f"{s['coverage']:.2f}"
+            table.add_row(scan if mode == next(iter(result["modes"])) else "", mode,
+                          f"{s['pages_per_s']:,.0f}", "-" if ratio is None else f"{ratio}x",
+                          f"{s['cpu_us_per_page']:,.0f}", acc, cov)
     console.print(table)
-    for mode, ratios in result["ratios_vs_off"].items():
-        console.print(f"  {mode} / off (same repetition, median): " +
-                      ", ".join(f"{scan} {r}x" for scan, r in ratios.items()))
+    console.print("x off: the median of same-repetition ratios to prefetch off")
     console.print(f"every byte verified: {result['verified']}")
 
 

@@ -5,6 +5,9 @@ every byte it reads must be the byte it wrote, whether a page came by a major fa
 read ahead by the kernel and served from what it held or installed around a fault."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 from polling import wait_for
@@ -46,3 +49,17 @@ def test_memstress_verifies_with_prefetch_trend(make_system: Callable[..., Syste
     assert system.process("memstress.1")["checksum"] == "verified"
     k = system.stats()["kernel"]
     assert k["prefetch_hits"] + k["fault_around"] > 0 and k["integrity_failures"] == {}
+
+
+def test_bench_scan_report_fits_80_columns_when_piped() -> None:
+    """`sealedos bench scan`, piped: one row per scan and mode, no line over 80 columns."""
+    out = subprocess.run([sys.executable, "-m", "host_tools.cli", "bench", "scan",
+                          "--frames", "16", "--pages", "32", "--repeat", "1"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "80"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, lines
+    modes = [line.split("│")[2].strip() for line in lines if line.startswith("│")]
+    assert modes == ["off", "trend", "readahead"] * 3
+    assert lines[-1] == "every byte verified: True"
