@@ -195,13 +195,15 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"kernel CPU per routed round trip (CALL in, delivery out, REPLY+RECEIVE in, reply "
-          f"out), in process: median {result['cpu_us_per_round_trip']} us, min "
-          f"{result['min_us']} us over {SLICES} slices of {result['round_trips'] // SLICES}")
+    print("kernel CPU, in process (no sockets), median and min over "
+          f"{SLICES} slices:")
+    print(f"  per routed round trip: {result['cpu_us_per_round_trip']} us, min "
+          f"{result['min_us']} us ({result['round_trips'] // SLICES} per slice)")
+    print("    (CALL in, delivery out, REPLY+RECEIVE in, reply out)")
     f = result["minor_fault"]
-    print(f"kernel CPU per minor fault (FAULT in, reply out), in process: median "
-          f"{f['cpu_us_per_minor_fault']} us, min {f['min_us']} us over {SLICES} slices of "
-          f"{f['faults'] // SLICES}")
+    print(f"  per minor fault: {f['cpu_us_per_minor_fault']} us, min {f['min_us']} us "
+          f"({f['faults'] // SLICES} per slice)")
+    print("    (FAULT in, reply out)")
     for name, share in result.get("profile", []):
         print(f"  {share * 100:5.1f}%  {name}")
     return 0
