@@ -138,7 +138,7 @@ class Resync:
     def _ptes(self) -> list[tuple[Proc, int, Pte]]:
         """Every live process's page-table entries, as (process, vpn, PTE)."""
         return [(proc, vpn, pte) for proc in list(self.k.procs.by_spid.values())
-                for vpn, pte in proc.aspace.ptes.items()]
+                for vpn, pte in proc.aspace.items()]
 
     def short(self) -> int:
         """How many pages have a current swap copy that some pager lacks (STATS)."""
@@ -201,7 +201,7 @@ class Resync:
                                                   "data": data}, written)
 
         def written(mask: int, _why: str) -> None:
-            if not (proc.alive and proc.aspace.ptes.get(vpn) is pte):
+            if not (proc.alive and pte.live()):
                 self._finished(bool(mask))           # the page is gone; its slot went with it
                 return
             pte.wb_version = 0
@@ -218,7 +218,7 @@ class Resync:
     @staticmethod
     def _current(proc: Proc, vpn: int, pte: Pte, version: int) -> bool:
         """Is pte still proc's page vpn, with a current swap copy at `version`?"""
-        return (proc.alive and proc.aspace.ptes.get(vpn) is pte and _copyable(pte)
+        return (proc.alive and pte.live() and _copyable(pte)
                 and pte.version == version)
 
 

@@ -28,7 +28,7 @@ def faults(policy_name: str, refs: list[int], nframes: int) -> int:
             victim = policy.victim()
             assert victim is not None
             policy.remove(victim)
-            old = pool.owner[victim][1]
+            old = pool.owner(victim)[1]
             del where[old]
             pool.release(victim)
             frame = pool.alloc(0, page)
