@@ -18,7 +18,12 @@ last one has started, and then let go at once, so all N page together.  For each
   kernel process's CPU time, every thread, over the faults it served, minor + major); the
   N-process figure over the baseline's is the scale ratio (issue 13: within 1.3x);
 * then, on one process, the kernel's memory per resident and per swapped page from its RSS
-  growth.
+  growth.  The kernel also keeps bounded records per fault (its fault log, its latency
+  rings: a few MiB when full); the process first takes RING_FAULTS demand-zero faults on
+  pages it unmaps again, so those records are full and their growth is not counted as
+  memory per page; and the swap phase is paced (PACE_PAGES), so that write-backs in flight
+  (4 KiB each, and the pager is slower than the faults) do not pile up into a transient peak
+  that the allocator keeps and RSS counts as memory per page.
 
 Processes are started at most START_WINDOW at a time (a new one when an earlier one has
 taken its credential), and run at SCALE_NICE, below the services (at SERVICE_NICE when
@@ -37,8 +42,10 @@ from typing import Any
 
 import psutil
 
-from apps.runtime import PAGE_SIZE
+from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import Config, Service, System
+from kernel_daemon.faultlog import FAULT_LOG_CAPACITY
+from kernel_daemon.vm import LATENCY_KEEP
 from wire.credential import CRED_FD_ENV
 
 #: The process count the scale figures are compared against.
@@ -56,6 +63,13 @@ GATE_FILE: str = "go"
 START_POLL_S: float = 0.01
 #: How many failed processes' last log lines a run keeps.
 FAILURES_SHOWN: int = 3
+#: Faults that fill the kernel's bounded per-fault records before pages are counted.
+RING_FAULTS: int = max(FAULT_LOG_CAPACITY, LATENCY_KEEP)
+#: The memory measurement's swap phase lets at most about this many evicted pages wait for
+#: their write-backs at once.
+PACE_PAGES: int = 32
+#: How often it looks.
+PACE_POLL_S: float = 0.005
 #: A run's time limit: a floor plus this much per process.
 RUN_TIMEOUT_S: float = 600.0
 RUN_TIMEOUT_PER_PROC_S: float = 5.0
@@ -232,11 +246,11 @@ def kernel_rss(system: System) -> int:
     return int(psutil.Process(system.services["kernel"].pid).memory_info().rss)
 
 
-def wait_settled(system: System, name: str, swapped: int) -> None:
+def wait_settled(system: System, name: str, swapped: int, poll_s: float = 0.2) -> None:
     """Wait until `name` has at least `swapped` pages on swap (its write-backs acknowledged)."""
     deadline = time.monotonic() + 300
     while _swapped(system, name) < swapped and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(poll_s)
 
 
 def _swapped(system: System, name: str) -> int:
@@ -244,11 +258,24 @@ def _swapped(system: System, name: str) -> int:
     return int(rec["swapped_pages"]) if rec else 0
 
 
+def fill_fault_rings(proc: SealedProcess, frames: int, faults: int) -> None:
+    """Take `faults` demand-zero faults on pages unmapped again (no page stays, nothing is
+    evicted), so the kernel's bounded per-fault records are full."""
+    npages = max(1, frames // 2)
+    for _ in range(-(-faults // npages)):
+        addr = proc.map(npages)
+        for i in range(npages):
+            proc.store_u64(addr + i * PAGE_SIZE, i)
+        proc.unmap(addr, npages)
+
+
 def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
     """Growth of the kernel's RSS per resident page (filling `frames` frames) and per
-    swapped page (then pushing `swapped` more pages out), on a 1 GiB device."""
+    swapped page (then pushing `swapped` more pages out), on a 1 GiB device, once the
+    kernel's bounded per-fault records are full (fill_fault_rings)."""
     with System(Config(frames=frames, disk_size_mib=1024)) as system:
         with system.connect_sealed("memstress", "scale") as proc:
+            fill_fault_rings(proc, frames, RING_FAULTS)
             warm = frames // 8
             addr = proc.map(frames + swapped)
             for i in range(warm):
@@ -257,8 +284,11 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
             for i in range(warm, frames):
                 proc.store_u64(addr + i * PAGE_SIZE, i)
             r1 = kernel_rss(system)
-            for i in range(frames, frames + swapped):
-                proc.store_u64(addr + i * PAGE_SIZE, i)
+            for start in range(frames, frames + swapped, PACE_PAGES):
+                stop = min(frames + swapped, start + PACE_PAGES)
+                for i in range(start, stop):
+                    proc.store_u64(addr + i * PAGE_SIZE, i)
+                wait_settled(system, "scale", stop - frames - PACE_PAGES, PACE_POLL_S)
             wait_settled(system, "scale", swapped - frames // 8)
             r2 = kernel_rss(system)
             rec = system.process("scale")

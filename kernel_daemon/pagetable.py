@@ -104,6 +104,7 @@ _DETACHED = 2           # removed by unmap/clear, not yet released or adopted
 _ZERO_CONTENT = 4       # installed by zero-fill and clean since
 _SWAP_VALID = 8         # the swap copy at `version` equals the current content
 _TAGGED = 16            # the row's tag bytes hold a tag (sealing on)
+_STALE = 32             # released: the other columns still hold the last entry's values
 
 
 class PageState(IntEnum):
@@ -218,6 +219,13 @@ class Pte:
     def state(self, value: PageState) -> None:
         self.c.state[self.i] = value
 
+    def replace_state(self, value: PageState) -> PageState:
+        """Set the state; return the one it replaces."""
+        column = self.c.state
+        old = column[self.i]
+        column[self.i] = value
+        return _STATES[old]
+
     @property
     def prot(self) -> int:
         return self.c.prot[self.i]
@@ -272,7 +280,8 @@ class Pte:
 
     @zero_content.setter
     def zero_content(self, value: bool) -> None:
-        self._flag(_ZERO_CONTENT, value)
+        flags = self.c.flags
+        flags[self.i] = flags[self.i] | _ZERO_CONTENT if value else flags[self.i] & ~_ZERO_CONTENT
 
     @property
     def swap_valid(self) -> bool:
@@ -280,11 +289,8 @@ class Pte:
 
     @swap_valid.setter
     def swap_valid(self, value: bool) -> None:
-        self._flag(_SWAP_VALID, value)
-
-    def _flag(self, bit: int, value: bool) -> None:
         flags = self.c.flags
-        flags[self.i] = flags[self.i] | bit if value else flags[self.i] & ~bit
+        flags[self.i] = flags[self.i] | _SWAP_VALID if value else flags[self.i] & ~_SWAP_VALID
 
     @property
     def tag(self) -> bytes:
@@ -297,9 +303,10 @@ class Pte:
     def tag(self, value: bytes) -> None:
         if len(value) not in (0, TAG_BYTES):
             raise Panic(f"a tag of {len(value)} bytes")
+        flags = self.c.flags
         if value:
             self.c.tags[self.i * TAG_BYTES:(self.i + 1) * TAG_BYTES] = value
-        self._flag(_TAGGED, bool(value))
+        flags[self.i] = flags[self.i] | _TAGGED if value else flags[self.i] & ~_TAGGED
 
     @property
     def space(self) -> SwapSpace | None:
@@ -425,6 +432,9 @@ class AddressSpace:
                 c = self.chunks[vpn >> CHUNK_SHIFT] = Chunk(self, vpn >> CHUNK_SHIFT)
             if c.flags[i] & _DETACHED:
                 raise Panic(f"page {vpn:#x} touched before its old entry was released")
+            if c.flags[i] & _STALE:
+                c.state[i] = c.mirrors[i] = c.version[i] = 0
+                c.frame[i] = c.slot[i] = c.seal_vpn[i] = -1
             c.flags[i] = _PRESENT
             c.prot[i] = region.prot
             c.used += 1
@@ -545,14 +555,15 @@ class AddressSpace:
         return p
 
     def drop_row(self, c: Chunk, i: int) -> None:
-        """Free a detached row (Pte.release): back to defaults; the chunk goes when empty."""
+        """Free a detached row (Pte.release; its columns are reset when it is next touched);
+        the chunk goes when its last row does."""
         if not c.flags[i] & _DETACHED:
             raise Panic(f"release of page {(c.key << CHUNK_SHIFT) + i:#x}, not detached")
-        self.set_space(c, i, None)
-        c.state[i] = c.prot[i] = c.flags[i] = 0
-        c.mirrors[i] = c.version[i] = 0
-        c.frame[i] = c.slot[i] = c.seal_vpn[i] = -1
-        c.side.pop(i, None)
+        if c.space[i]:
+            self.set_space(c, i, None)
+        if c.side:
+            c.side.pop(i, None)
+        c.flags[i] = _STALE
         c.used -= 1
         if not c.used and self.chunks.get(c.key) is c:
             del self.chunks[c.key]

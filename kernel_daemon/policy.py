@@ -49,9 +49,15 @@ class Fifo:
             self._member.extend(bytes(grow))
             self._ref.extend(bytes(grow))
         self._ref[frame] = 0
-        if not self._member[frame]:
-            self._member[frame] = 1
-            self._link_back(frame)
+        if self._member[frame]:
+            return
+        self._member[frame] = 1
+        head, nxt, prv = self._head, self._next, self._prev
+        if head < 0:
+            nxt[frame] = prv[frame] = self._head = frame
+        else:                                   # at the back: just behind the head
+            tail = prv[head]
+            nxt[tail], prv[frame], nxt[frame], prv[head] = frame, tail, head, frame
 
     def remove(self, frame: int) -> None:
         """frame is no longer a candidate."""
@@ -65,16 +71,6 @@ class Fifo:
     def victim(self) -> int | None:
         """The oldest resident frame, or None."""
         return None if self._head < 0 else self._head
-
-    def _link_back(self, frame: int) -> None:
-        """Put frame at the back (just behind the head)."""
-        head = self._head
-        if head < 0:
-            self._next[frame] = self._prev[frame] = self._head = frame
-            return
-        tail = self._prev[head]
-        self._next[tail], self._prev[frame] = frame, tail
-        self._next[frame], self._prev[head] = head, frame
 
     def _unlink(self, frame: int) -> None:
         """Take frame out of the list."""
@@ -97,8 +93,8 @@ class Lru(Fifo):
             if frame == self._head:
                 self._head = self._next[frame]       # the back is just behind the head
             elif self._next[frame] != self._head:
-                self._unlink(frame)
-                self._link_back(frame)
+                self.remove(frame)
+                self.insert(frame)
 
 
 class ClockPolicy(Fifo):

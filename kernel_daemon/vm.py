@@ -151,10 +151,9 @@ class Vm:
     @staticmethod
     def set_state(proc: Proc, pte: Pte, new: PageState) -> None:
         """Move pte to `new`, keeping the process's resident/swapped counts true."""
-        old = pte.state
+        old = pte.replace_state(new)
         proc.resident += (new == S.RESIDENT) - (old == S.RESIDENT)
         proc.swapped += (new == S.SWAPPED) - (old == S.SWAPPED)
-        pte.state = new
 
     def apply_refs(self, proc: Proc, refs: list[Any]) -> None:
         """Feed the MMU's reference record (vpns in access order) to the policy (at most the
@@ -425,7 +424,8 @@ class Vm:
     def _unprefetch(proc: Proc, ptes: list[tuple[int, Pte]]) -> bool:
         """These pages leave proc's prefetched-unused set (used, dropped, unmapped,
         granted); True if any was in it."""
-        gone = [proc.prefetched.pop(v) for v, p in ptes if proc.prefetched.get(v) == p]
+        gone = [proc.prefetched.pop(v) for v, p in ptes
+                if proc.prefetched and proc.prefetched.get(v) == p]
         proc.quota.used[Resource.PREFETCHED] = len(proc.prefetched)
         return bool(gone)
 
