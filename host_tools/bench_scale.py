@@ -65,6 +65,8 @@ START_POLL_S: float = 0.01
 FAILURES_SHOWN: int = 3
 #: Faults that fill the kernel's bounded per-fault records before pages are counted.
 RING_FAULTS: int = max(FAULT_LOG_CAPACITY, LATENCY_KEEP)
+#: Pages mapped (then unmapped) at a time to take them.
+FILL_PAGES: int = 64
 #: The memory measurement's swap phase lets at most about this many evicted pages wait for
 #: their write-backs at once.
 PACE_PAGES: int = 32
@@ -260,8 +262,9 @@ def _swapped(system: System, name: str) -> int:
 
 def fill_fault_rings(proc: SealedProcess, frames: int, faults: int) -> None:
     """Take `faults` demand-zero faults on pages unmapped again (no page stays, nothing is
-    evicted), so the kernel's bounded per-fault records are full."""
-    npages = max(1, frames // 2)
+    evicted), so the kernel's bounded per-fault records are full.  FILL_PAGES at a time: the
+    page-table memory freed by the last unmap is reused by the pages measured next."""
+    npages = max(1, min(frames // 2, FILL_PAGES))
     for _ in range(-(-faults // npages)):
         addr = proc.map(npages)
         for i in range(npages):

@@ -215,10 +215,6 @@ class Pte:
     def state(self) -> PageState:
         return _STATES[self.c.state[self.i]]
 
-    @state.setter
-    def state(self, value: PageState) -> None:
-        self.c.state[self.i] = value
-
     def replace_state(self, value: PageState) -> PageState:
         """Set the state; return the one it replaces."""
         column = self.c.state

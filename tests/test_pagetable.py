@@ -120,7 +120,8 @@ def test_adopt_moves_an_entry_with_its_state_to_another_address_space() -> None:
     space = SwapSpace(b"s" * 16, "s")
     v = src.map(0, 1, PROT_R)
     p = src.pte(v)
-    p.state, p.slot, p.space, p.version, p.tag = PageState.SWAPPED, 4, space, 11, b"g" * 16
+    p.replace_state(PageState.SWAPPED)
+    p.slot, p.space, p.version, p.tag = 4, space, 11, b"g" * 16
     p.held = b"h"
     (_, gone), = src.unmap(v, 1)
     d = dst.map(0, 1, PROT_R)
