@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -492,37 +492,36 @@ class AddressSpace:
         (the caller releases or adopts each: module docstring)."""
         for r in self.split(vpn, npages):
             self.regions.remove(r)
-        return [(v, self._detach(p)) for v, p in self.items(vpn, npages)]
+        return [(v, self._detach(p)) for v, p in list(self.items(vpn, npages))]
 
     def clear(self) -> list[tuple[int, Pte]]:
         """Remove every region and detach every PTE (exit); as unmap."""
         self.regions.clear()
-        return [(v, self._detach(p)) for v, p in self.items()]
+        return [(v, self._detach(p)) for v, p in list(self.items())]
 
     def protect(self, vpn: int, npages: int, prot: int) -> list[tuple[int, Pte]]:
         """Change the range's protection; return the touched (vpn, PTE) pairs in it."""
         check_prot(prot)
         for r in self.split(vpn, npages):
             r.prot = prot
-        touched = self.items(vpn, npages)
+        touched = list(self.items(vpn, npages))
         for _, p in touched:
             p.prot = prot
         return touched
 
-    def items(self, vpn: int = 0, npages: int = MAX_VPN + 1) -> list[tuple[int, Pte]]:
-        """The touched (vpn, PTE) pairs in the range (all of them by default), by vpn."""
-        out: list[tuple[int, Pte]] = []
+    def items(self, vpn: int = 0, npages: int = MAX_VPN + 1) -> Iterator[tuple[int, Pte]]:
+        """The touched (vpn, PTE) pairs in the range (all of them by default), by vpn, one
+        at a time (a walk over every page holds no list of them)."""
         end = vpn + npages
         for key in sorted(self.chunks):
             base = key << CHUNK_SHIFT
-            if base + CHUNK_PAGES <= vpn or base >= end:
+            c = self.chunks.get(key)
+            if c is None or base + CHUNK_PAGES <= vpn or base >= end:
                 continue
-            c = self.chunks[key]
             flags, gen = c.flags, c.gen
             for i in range(max(vpn, base) - base, min(end, base + CHUNK_PAGES) - base):
                 if flags[i] & _PRESENT:
-                    out.append((base + i, Pte(c, i, gen[i])))
-        return out
+                    yield base + i, Pte(c, i, gen[i])
 
     def adopt(self, vpn: int, src: Pte) -> Pte:
         """Move the detached entry `src` (of this or another address space) to vpn, which

@@ -44,6 +44,7 @@ failed), `resync_passes`, `resync_pending` (copies queued or in flight now); `pa
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kernel_daemon.pagers import FanIn
@@ -135,10 +136,10 @@ class Resync:
                           for m in mirrors if not pte.mirrors >> m & 1)
         self._pump()
 
-    def _ptes(self) -> list[tuple[Proc, int, Pte]]:
-        """Every live process's page-table entries, as (process, vpn, PTE)."""
-        return [(proc, vpn, pte) for proc in list(self.k.procs.by_spid.values())
-                for vpn, pte in proc.aspace.items()]
+    def _ptes(self) -> Iterator[tuple[Proc, int, Pte]]:
+        """Every live process's page-table entries, as (process, vpn, PTE), one at a time."""
+        return ((proc, vpn, pte) for proc in list(self.k.procs.by_spid.values())
+                for vpn, pte in proc.aspace.items())
 
     def short(self) -> int:
         """How many pages have a current swap copy that some pager lacks (STATS)."""
