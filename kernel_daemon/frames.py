@@ -2,10 +2,12 @@
 
 A frame is a number; its bytes live in the bank of the process it is lent to (the kernel
 keeps only who holds it).  The pool knows, for each frame, its owner (spid, vpn) or that it
-is free; which frame to take back is the replacement policy's business (policy.py).
+is free; which frame to take back is the replacement policy's business (policy.py).  The
+owner table is two arrays made once (12 bytes a frame), not a tuple per lent frame.
 """
 from __future__ import annotations
 
+from array import array
 from collections import deque
 
 from wire.server import Panic
@@ -20,7 +22,8 @@ class FramePool:
         if nframes < 1:
             raise ValueError("the pool needs at least one frame")
         self.nframes = nframes
-        self.owner: list[tuple[int, int]] = [FREE] * nframes
+        self._spid = array("i", [-1]) * nframes     # owner's spid, -1 = free
+        self._vpn = array("q", [-1]) * nframes      # owner's vpn
         self._free: deque[int] = deque(range(nframes))
 
     @property
@@ -28,19 +31,23 @@ class FramePool:
         """How many frames are free."""
         return len(self._free)
 
+    def owner(self, frame: int) -> tuple[int, int]:
+        """Who holds frame: (spid, vpn), or FREE."""
+        return self._spid[frame], self._vpn[frame]
+
     def alloc(self, spid: int, vpn: int) -> int | None:
         """Lend a free frame to (spid, vpn); None when none is free."""
         if not self._free:
             return None
         frame = self._free.popleft()
-        if self.owner[frame] != FREE:
-            raise Panic(f"frame {frame} on the free list is owned by {self.owner[frame]}")
-        self.owner[frame] = (spid, vpn)
+        if self._spid[frame] != -1:
+            raise Panic(f"frame {frame} on the free list is owned by {self.owner(frame)}")
+        self._spid[frame], self._vpn[frame] = spid, vpn
         return frame
 
     def release(self, frame: int) -> None:
         """Return a lent frame to the free list; freeing a free frame panics."""
-        if self.owner[frame] == FREE:
+        if self._spid[frame] == -1:
             raise Panic(f"double free of frame {frame}")
-        self.owner[frame] = FREE
+        self._spid[frame] = self._vpn[frame] = -1
         self._free.append(frame)

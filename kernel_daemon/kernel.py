@@ -40,7 +40,7 @@ from kernel_daemon.histogram import BOUNDS_US
 from kernel_daemon.hostproc import ExitWatch, kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
 from kernel_daemon.pagers import Pagers
-from kernel_daemon.pagetable import MAX_MAP_PAGES
+from kernel_daemon.pagetable import MAX_MAP_PAGES, MAX_MIRRORS
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.prefetch import DEFAULT_MODE, FAULT_AROUND, MODES
 from kernel_daemon.proc import ADMIT_TTL_MS, Admission, Proc, ProcState, ProcTable, caller
@@ -406,9 +406,7 @@ class Kernel(Server):
         proc.space.owner_alive = False
         self.vm.cancel_shootdowns(proc)
         self.tracer.end_track(proc.spid, outcome=str(state))
-        self.vm.release_pages(proc, list(proc.aspace.ptes.items()))
-        proc.aspace.ptes.clear()
-        proc.aspace.regions.clear()
+        self.vm.release_pages(proc, proc.aspace.clear())
         self.vm.sync_space(proc)
         proc.quota.release(Resource.REPORT_BYTES, proc.quota.used[Resource.REPORT_BYTES])
         self.pagers.maybe_close(proc.space)
@@ -612,8 +610,9 @@ def main(argv: list[str]) -> int:
             print("sealedos kernel: give --addr or --rundir (or SEALEDOS_RUNDIR)", file=sys.stderr)
             return 2
         args.addr = f"ipc://{args.rundir}/kernel.sock"
-    if args.frames < 1 or args.pagers < 1:
-        print("sealedos kernel: --frames and --pagers must be at least 1", file=sys.stderr)
+    if args.frames < 1 or not 1 <= args.pagers <= MAX_MIRRORS:
+        print(f"sealedos kernel: --frames must be at least 1, --pagers 1 to {MAX_MIRRORS}",
+              file=sys.stderr)
         return 2
     try:
         keys = wkeys.keyring(args.keys, "kernel", args.insecure)

@@ -44,6 +44,7 @@ failed), `resync_passes`, `resync_pending` (copies queued or in flight now); `pa
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from kernel_daemon.pagers import FanIn
@@ -135,10 +136,10 @@ class Resync:
                           for m in mirrors if not pte.mirrors >> m & 1)
         self._pump()
 
-    def _ptes(self) -> list[tuple[Proc, int, Pte]]:
-        """Every live process's page-table entries, as (process, vpn, PTE)."""
-        return [(proc, vpn, pte) for proc in list(self.k.procs.by_spid.values())
-                for vpn, pte in proc.aspace.ptes.items()]
+    def _ptes(self) -> Iterator[tuple[Proc, int, Pte]]:
+        """Every live process's page-table entries, as (process, vpn, PTE), one at a time."""
+        return ((proc, vpn, pte) for proc in list(self.k.procs.by_spid.values())
+                for vpn, pte in proc.aspace.items())
 
     def short(self) -> int:
         """How many pages have a current swap copy that some pager lacks (STATS).  None with
@@ -204,7 +205,7 @@ class Resync:
                                                   "data": data}, written)
 
         def written(mask: int, _why: str) -> None:
-            if not (proc.alive and proc.aspace.ptes.get(vpn) is pte):
+            if not (proc.alive and pte.live()):
                 self._finished(bool(mask))           # the page is gone; its slot went with it
                 return
             pte.wb_version = 0
@@ -221,7 +222,7 @@ class Resync:
     @staticmethod
     def _current(proc: Proc, vpn: int, pte: Pte, version: int) -> bool:
         """Is pte still proc's page vpn, with a current swap copy at `version`?"""
-        return (proc.alive and proc.aspace.ptes.get(vpn) is pte and _copyable(pte)
+        return (proc.alive and pte.live() and _copyable(pte)
                 and pte.version == version)
 
 

@@ -142,7 +142,7 @@ class Fault:
 
     def current(self) -> bool:
         """Is the page still the live process's (not unmapped, the process not gone)?"""
-        return self.proc.alive and self.proc.aspace.ptes.get(self.vpn) is self.pte
+        return self.proc.alive and self.pte.live()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,17 +200,16 @@ class Vm:
     @staticmethod
     def set_state(proc: Proc, pte: Pte, new: PageState) -> None:
         """Move pte to `new`, keeping the process's resident/swapped counts true."""
-        old = pte.state
+        old = pte.replace_state(new)
         proc.resident += (new == S.RESIDENT) - (old == S.RESIDENT)
         proc.swapped += (new == S.SWAPPED) - (old == S.SWAPPED)
-        pte.state = new
 
     def apply_refs(self, proc: Proc, refs: list[Any]) -> None:
         """Feed the MMU's reference record (vpns in access order) to the policy (at most the
         process's refs_per_message entries: the CPU a message can cost is bounded)."""
-        ptes = proc.aspace.ptes
+        aspace = proc.aspace
         for vpn in refs[:proc.quota.limits.refs_per_message]:
-            pte = ptes.get(vpn) if isinstance(vpn, int) else None
+            pte = aspace.get(vpn) if isinstance(vpn, int) else None
             if pte is not None and pte.state == S.RESIDENT:
                 self.policy.touch(pte.frame)
 
@@ -266,11 +265,11 @@ class Vm:
             PageIn(self, f).start()
             self._prefetch(f.proc, [f.vpn], False)
             return SUSPEND
-        if f.proc.prefetched.get(f.vpn) is pte:       # its prefetch is in flight: take a
+        if f.proc.prefetched.get(f.vpn) == pte:       # its prefetch is in flight: take a
             self._get_frame(f.proc, f.vpn, lambda frame: self._prefetch_frame(f, frame))
             f.proc.state = ProcState.FAULT            # frame meanwhile, as a PageIn does
             return SUSPEND
-        pte.waiters.append(lambda: self._resume(f))   # EVICTING, PAGING_IN
+        pte.wait(lambda: self._resume(f))             # EVICTING, PAGING_IN
         self.k.tracer.step("vm", "fault", f.key, f.proc.spid, "queued behind page in flight",
                            page=st.name)
         f.proc.state = ProcState.FAULT
@@ -298,8 +297,8 @@ class Vm:
     def _prefetch_frame(self, f: Fault, frame: int) -> None:
         """A frame for a fault that met its page's prefetch in flight: install from it once
         it is HELD; if it failed or the page went, give the frame back and serve again."""
-        if f.current() and f.pte.state == S.PAGING_IN and f.proc.prefetched.get(f.vpn) is f.pte:
-            f.pte.waiters.append(lambda: self._prefetch_frame(f, frame))
+        if f.current() and f.pte.state == S.PAGING_IN and f.proc.prefetched.get(f.vpn) == f.pte:
+            f.pte.wait(lambda: self._prefetch_frame(f, frame))
         elif f.current() and f.pte.state == S.HELD:
             self._local(f, S.HELD, frame)
         else:
@@ -381,8 +380,7 @@ class Vm:
             self.k.fail(f.req, Err.SEGV, f"segmentation fault: page {f.vpn:#x} was unmapped")
 
     def _wake(self, pte: Pte) -> None:
-        waiters, pte.waiters = pte.waiters, []
-        for w in waiters:
+        for w in pte.take_waiters():
             w()
 
     # -- reading a page back ------------------------------------------------------------
@@ -409,7 +407,7 @@ class Vm:
             done(plain, sealed, failures)
 
         def repaired(ok: int, lost: int) -> None:
-            if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.version == copy.version:
+            if proc.alive and pte.live() and pte.version == copy.version:
                 pte.mirrors |= ok
                 if not resync:
                     pte.mirrors &= ~lost
@@ -441,7 +439,7 @@ class Vm:
         for vpn in vpns[:-1]:
             trend.fault(vpn, hit)
         for v in trend.fault(vpns[-1], hit):
-            pte = proc.aspace.ptes.get(v)
+            pte = proc.aspace.get(v)
             if pte is not None and pte.state == S.SWAPPED and self._make_room(proc):
                 self._read_ahead(proc, v, pte)
 
@@ -459,7 +457,7 @@ class Vm:
     def _prefetched(self, proc: Proc, vpn: int, pte: Pte, copy: SwapCopy,
                     plain: bytes | None) -> None:
         """A prefetch's read ended: hold the verified bytes, or the page is SWAPPED again."""
-        if not proc.alive or proc.prefetched.get(vpn) is not pte or pte.state != S.PAGING_IN:
+        if not proc.alive or proc.prefetched.get(vpn) != pte or pte.state != S.PAGING_IN:
             return                                      # unmapped or exited meanwhile
         if plain is None or pte.version != copy.version:
             self._unprefetch(proc, [(vpn, pte)])
@@ -516,10 +514,10 @@ class Vm:
         freed: list[int] = []
         for vpn, pte, frame in around:
             self.around_held -= 1
-            ours = proc.alive and proc.aspace.ptes.get(vpn) is pte
+            ours = proc.alive and pte.live()
             if install and ours and pte.state == S.HELD and self._unprefetch(proc, [(vpn, pte)]):
                 self.set_state(proc, pte, S.PAGING_IN)   # its read ended while we waited
-            pinned = ours and pte.state == S.PAGING_IN and proc.prefetched.get(vpn) is not pte
+            pinned = ours and pte.state == S.PAGING_IN and proc.prefetched.get(vpn) != pte
             if install and pinned and pte.held is not None:
                 out.append([vpn, frame, pte.prot, pte.held])
                 pte.frame, pte.held, pte.zero_content = frame, None, False
@@ -542,7 +540,8 @@ class Vm:
     def _unprefetch(proc: Proc, ptes: list[tuple[int, Pte]]) -> bool:
         """These pages leave proc's prefetched-unused set (used, dropped, unmapped,
         granted); True if any was in it."""
-        gone = [proc.prefetched.pop(v) for v, p in ptes if proc.prefetched.get(v) is p]
+        gone = [proc.prefetched.pop(v) for v, p in ptes
+                if proc.prefetched and proc.prefetched.get(v) == p]
         proc.quota.used[Resource.PREFETCHED] = len(proc.prefetched)
         return bool(gone)
 
@@ -587,9 +586,9 @@ class Vm:
 
     def _take(self, frame: int) -> Victim:
         """Pin a resident frame for eviction (EVICTING, out of the policy)."""
-        spid, vpn = self.pool.owner[frame]
+        spid, vpn = self.pool.owner(frame)
         proc = self.k.procs.by_spid.get(spid)
-        pte = proc.aspace.ptes.get(vpn) if proc else None
+        pte = proc.aspace.get(vpn) if proc else None
         if proc is None or pte is None or pte.state != S.RESIDENT or pte.frame != frame:
             raise Panic(f"policy chose frame {frame} owned by ({spid}, {vpn:#x}) in state "
                         f"{pte.state.name if pte else 'none'}")
@@ -639,7 +638,7 @@ class Vm:
                  reply: dict[str, Any] | None) -> None:
         """The owner answered a shootdown (or did not): settle the page, free the frame."""
         self.evicting -= 1
-        if not proc.alive or proc.aspace.ptes.get(vpn) is not pte:
+        if not proc.alive or not pte.live():
             self._free_frame(frame)
             return
         data = reply.get("data") if reply else None
@@ -692,14 +691,17 @@ class Vm:
         if space is None:
             raise Panic(f"page {vpn:#x} has a swap slot and no swap space")
         sealed, tag = self.sealer.seal(space.swap_id, pte.seal_vpn, version, pte.held)
+        slot, seal_vpn = pte.slot, pte.seal_vpn
 
         def with_handles(handles: list[bytes]) -> None:
+            if not pte.live():                     # unmapped meanwhile: its slot is freed
+                return
             if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
-                self.k.ec.page_out(handles, pte.slot, (space.swap_id, pte.seal_vpn, version),
+                self.k.ec.page_out(handles, slot, (space.swap_id, seal_vpn, version),
                                    sealed, lambda mask, why: self._written(
                                        proc, vpn, pte, version, tag, mask, why))
                 return
-            self.k.pagers.page_out(handles, pte.slot, sealed,
+            self.k.pagers.page_out(handles, slot, sealed,
                                    lambda mask, why: self._written(proc, vpn, pte, version, tag,
                                                                    mask, why))
         self.k.pagers.with_handles(space, with_handles)
@@ -707,7 +709,7 @@ class Vm:
     def _written(self, proc: Proc, vpn: int, pte: Pte, version: int, tag: bytes, mask: int,
                  why: str) -> None:
         """The mirrors answered a write-back: the swap copy becomes valid, or we try again."""
-        if not proc.alive or proc.aspace.ptes.get(vpn) is not pte:
+        if not proc.alive or not pte.live():
             return
         pte.wb_version = 0
         if pte.wb_again:                  # the bytes changed while this was in flight
@@ -742,7 +744,7 @@ class Vm:
         self._wake(pte)
 
     def _retry_write(self, proc: Proc, vpn: int, pte: Pte) -> None:
-        if proc.alive and proc.aspace.ptes.get(vpn) is pte and pte.held is not None \
+        if proc.alive and pte.live() and pte.held is not None \
                 and not pte.wb_version:
             self.write_back(proc, vpn, pte)
 
@@ -773,7 +775,7 @@ class Vm:
             if not src.alive or not dst.alive:
                 then(None, "a party to the grant died")
                 return
-            if any(src.aspace.ptes.get(vpn + i) is not p for i, p in enumerate(ptes)):
+            if not all(p.live() for p in ptes):
                 then(None, "the granted range was unmapped meanwhile")
                 return
             busy = False
@@ -798,8 +800,7 @@ class Vm:
             for i, p in enumerate(ptes):
                 state = p.state
                 self.set_state(src, p, S.ZERO)
-                self.set_state(dst, p, state)
-                dst.aspace.ptes[dvpn + i] = p
+                self.set_state(dst, dst.aspace.adopt(dvpn + i, p), state)
             src.counters["pages_granted"] += npages
             self.stats.pages_granted += npages
             then(dvpn << 12, "")
@@ -818,13 +819,11 @@ class Vm:
                 self._free_frame(pte.frame)
             # EVICTING and PAGING_IN frames are freed by their callbacks, which find the PTE gone
             self.set_state(proc, pte, S.ZERO)
-            woken += pte.waiters       # faults waiting on it end (SEGV if alive), frames go back
-            pte.waiters = []
-            pte.held = None
+            woken += pte.take_waiters()   # faults waiting on it end (SEGV if alive), frames back
             if pte.space is not None and pte.slot >= 0:
                 slots.setdefault(id(pte.space), (pte.space, []))[1].append(pte.slot)
                 pte.space.pages -= 1
-            pte.space, pte.slot = None, -1
+            pte.release()                 # held bytes, slot and space go with the row
         for space, freed in slots.values():
             self.k.pagers.free_slots(space, freed)
         for w in woken:
@@ -843,6 +842,7 @@ class PageIn:
     def __init__(self, vm: Vm, f: Fault) -> None:
         self.vm, self.k, self.f = vm, vm.k, f
         self.copy = SwapCopy.of(f.pte)       # the version and tag the answer must verify as
+        self.mirrors = f.pte.mirrors         # where it is (if the page is gone when we read)
         self.frame: int | None = None        # the frame, once found
         self.plain: bytes | None = None      # the verified page, once read
         self.failed = False                  # no mirror verified: the process is stopped
@@ -860,7 +860,8 @@ class PageIn:
         """Read the page from the mirrors holding its current version."""
         f = self.f
         self._step("pager asked")
-        self.vm.read_verified(f.proc, f.vpn, f.pte, self.copy, handles, f.pte.mirrors,
+        mask = f.pte.mirrors if f.pte.live() else self.mirrors
+        self.vm.read_verified(f.proc, f.vpn, f.pte, self.copy, handles, mask,
                               self.on_data, self.answered)
 
     def answered(self, mirror: int, reply: dict[str, Any]) -> None:
@@ -937,7 +938,7 @@ class Gather:
         self.vm, self.f, self.st, self.around = vm, f, st, around
         self.frames = [-1] * len(around)
         self.mine = -1 if frame is None else frame
-        self.reading = [pte for vpn, pte in around if f.proc.prefetched.get(vpn) is pte]
+        self.reading = [pte for vpn, pte in around if f.proc.prefetched.get(vpn) == pte]
         self.left = len(around) + (frame is None) + len(self.reading)
         self.over = False
 
@@ -945,7 +946,7 @@ class Gather:
         """Wait for the reads; ask for the frames, evicting for all of them at once."""
         self.vm.gathers[id(self)] = self
         for pte in self.reading:
-            pte.waiters.append(self.one)
+            pte.wait(self.one)
         for i, (vpn, _) in enumerate(self.around):
             self.vm._get_frame(self.f.proc, vpn, partial(self.frame, i), reclaim=False)
         if self.mine < 0:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from kernel_daemon.pagetable import AddressSpace, PageState
+from kernel_daemon.pagetable import CHUNK_PAGES, TAG_BYTES, AddressSpace, PageState, SwapSpace
 from wire.protocol import PROT_R, PROT_W, PROT_X, Err, ServiceError
+from wire.server import Panic
 
 
 def test_map_lets_the_kernel_choose_and_leaves_guard_pages() -> None:
@@ -58,3 +59,73 @@ def test_unmapping_a_hole_is_a_segv() -> None:
     with pytest.raises(ServiceError) as e:
         a.unmap(v, 5)
     assert e.value.code == Err.SEGV
+
+
+def test_a_handle_outlives_its_entry_but_is_never_live_again_even_when_the_row_is_reused() -> None:
+    a = AddressSpace()
+    v = a.map(0x200, 2, PROT_R | PROT_W)
+    old = a.pte(v)
+    a.pte(v + 1)                                 # keeps the chunk
+    old.frame, old.version = 7, 3
+    assert old.live() and a.get(v) == old and a.get(v) is not old
+    (gone_vpn, gone), = a.unmap(v, 1)
+    assert gone_vpn == v and gone == old and not old.live() and a.get(v) is None
+    assert gone.frame == 7                       # a detached row still reads until released
+    gone.release()
+    with pytest.raises(Panic):
+        gone.release()                           # released twice
+    a.map(v, 1, PROT_R)
+    new = a.pte(v)                               # the same row, a new entry at defaults
+    assert new.c is old.c and new.i == old.i
+    assert new.live() and not old.live() and new != old
+    assert (new.frame, new.version, new.state, new.prot) == (-1, 0, PageState.ZERO, PROT_R)
+
+
+def test_an_address_space_keeps_chunks_only_while_they_hold_entries() -> None:
+    a = AddressSpace()
+    v = a.map(0x1000, 3 * CHUNK_PAGES, PROT_R | PROT_W)
+    for off in (0, CHUNK_PAGES, 2 * CHUNK_PAGES + 5):
+        a.pte(v + off)
+    assert len(a.chunks) == 3 and [x for x, _ in a.items()] == [v, v + CHUNK_PAGES,
+                                                               v + 2 * CHUNK_PAGES + 5]
+    for _, p in a.unmap(v, CHUNK_PAGES + 1):
+        p.release()
+    assert len(a.chunks) == 1
+    for _, p in a.clear():
+        p.release()
+    assert a.chunks == {} and a.regions == []
+
+
+def test_rows_name_swap_spaces_by_counted_index_and_in_flight_state_only_while_it_exists() -> None:
+    a = AddressSpace()
+    mine, theirs = SwapSpace(b"m" * 16, "mine"), SwapSpace(b"t" * 16, "theirs")
+    v = a.map(0, 4, PROT_R | PROT_W)
+    ps = [a.pte(v + i) for i in range(4)]
+    ps[0].space, ps[1].space, ps[2].space = mine, mine, theirs
+    assert ps[1].space is mine and ps[2].space is theirs and ps[3].space is None
+    assert a.spaces.count(theirs) == 1
+    ps[2].space = None
+    assert theirs not in a.spaces                # its index is free again
+    ps[3].held, ps[3].wb_version = b"x" * 4096, 9
+    ps[3].wait(lambda: None)
+    assert ps[3].c.side and ps[3].held == b"x" * 4096
+    ps[3].held, ps[3].wb_version = None, 0
+    assert len(ps[3].take_waiters()) == 1 and not ps[3].c.side
+    ps[0].tag = b"t" * TAG_BYTES
+    assert ps[0].tag == b"t" * TAG_BYTES and ps[1].tag == b""
+
+
+def test_adopt_moves_an_entry_with_its_state_to_another_address_space() -> None:
+    src, dst = AddressSpace(), AddressSpace()
+    space = SwapSpace(b"s" * 16, "s")
+    v = src.map(0, 1, PROT_R)
+    p = src.pte(v)
+    p.replace_state(PageState.SWAPPED)
+    p.slot, p.space, p.version, p.tag = 4, space, 11, b"g" * 16
+    p.held = b"h"
+    (_, gone), = src.unmap(v, 1)
+    d = dst.map(0, 1, PROT_R)
+    q = dst.adopt(d, gone)
+    assert (q.state, q.slot, q.space, q.version, q.tag, q.held, q.prot) == \
+        (PageState.SWAPPED, 4, space, 11, b"g" * 16, b"h", PROT_R)
+    assert src.chunks == {} and space not in src.spaces and q.live()

@@ -4,6 +4,9 @@ The simulator below drives a policy exactly as the kernel does: a reference to a
 page is a `touch`, a miss takes a free frame or the policy's victim."""
 from __future__ import annotations
 
+import random
+from collections import OrderedDict
+
 import pytest
 
 from kernel_daemon.frames import FramePool
@@ -28,7 +31,7 @@ def faults(policy_name: str, refs: list[int], nframes: int) -> int:
             victim = policy.victim()
             assert victim is not None
             policy.remove(victim)
-            old = pool.owner[victim][1]
+            old = pool.owner(victim)[1]
             del where[old]
             pool.release(victim)
             frame = pool.alloc(0, page)
@@ -82,3 +85,58 @@ def test_clock_matches_textbook_second_chance(refs: list[int], nframes: int) -> 
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown policy"):
         make_policy("random")
+
+
+class _Reference:
+    """The policies as they were written over an OrderedDict (frame -> referenced bit): the
+    array-backed ones must make exactly the same choices."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.q = name, OrderedDict[int, bool]()
+
+    def insert(self, frame: int) -> None:
+        self.q[frame] = False
+
+    def insert_cold(self, frame: int) -> None:
+        self.q[frame] = False
+        self.q.move_to_end(frame, last=False)
+
+    def remove(self, frame: int) -> None:
+        self.q.pop(frame, None)
+
+    def touch(self, frame: int) -> None:
+        if frame in self.q and self.name == "lru":
+            self.q.move_to_end(frame)
+        elif frame in self.q and self.name == "clock":
+            self.q[frame] = True
+
+    def victim(self) -> int | None:
+        while self.name == "clock" and self.q:
+            frame, referenced = next(iter(self.q.items()))
+            if not referenced:
+                return frame
+            self.q.move_to_end(frame)
+            self.q[frame] = False
+        return next(iter(self.q), None)
+
+
+@pytest.mark.parametrize("name", ["fifo", "clock", "lru"])
+def test_policies_choose_as_the_ordered_dict_reference_does(name: str) -> None:
+    rng = random.Random(name)
+    policy, ref = make_policy(name), _Reference(name)
+    for _ in range(20000):
+        op, frame = rng.randrange(5), rng.randrange(40)
+        if op == 4:
+            policy.insert_cold(frame)
+            ref.insert_cold(frame)
+        elif op == 0:
+            policy.insert(frame)
+            ref.insert(frame)
+        elif op == 1:
+            policy.remove(frame)
+            ref.remove(frame)
+        elif op == 2:
+            policy.touch(frame)
+            ref.touch(frame)
+        else:
+            assert policy.victim() == ref.victim()

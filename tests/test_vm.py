@@ -239,6 +239,33 @@ def test_a_page_unmapped_while_its_page_in_is_in_flight_is_never_installed() -> 
     assert app.fault(v, "r")["err"] == "ESEGV"
 
 
+def test_a_page_remapped_and_touched_while_the_old_page_in_is_in_flight_is_not_confused() -> None:
+    rig = Rig(nframes=1)
+    pager = rig.pager()
+    app = rig.app()
+    v = swapped_page(rig, app, "old")
+    held: list[Msg] = []
+    pager.behaviour["page_in"] = lambda p, m: held.append(m)   # answered by hand, below
+    rid = app.send("fault", vpn=v, access="r", refs=[])
+    rig.run(0.05)
+    assert len(held) == 1
+    assert "err" not in app.ask("unmap", addr=v << 12, npages=2)
+    app.resident.pop(v + 1, None)
+    app.tlb.pop(v + 1, None)
+    assert app.ask("map", addr=v << 12, npages=1, prot=PROT_R | PROT_W)["addr"] == v << 12
+    touch = app.send("fault", vpn=v, access="w", refs=[])   # a new page in the same row
+    rig.run(0.05)
+    pager.peer.send(dict(pager.honest(held[0]), re=held[0]["rid"]))
+    assert app.answer(rid)["err"] == "ESEGV"       # the old fault ends: its page went
+    reply = app.answer(touch)
+    assert reply["fill"] == "zero"                 # the new page is zero, not the old bytes
+    app.install(v, "w", reply)
+    app.write(v, page("new"))
+    st = rig.stats()
+    assert (st["page_ins"], st["resident_pages"], st["swapped_pages"]) == (0, 1, 0)
+    assert app.read(v) == page("new")
+
+
 def test_everything_a_finished_process_held_is_given_back() -> None:
     rig = Rig(nframes=2)
     pager = rig.pager()
