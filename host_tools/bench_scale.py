@@ -40,8 +40,11 @@ children); where it may not look (not root, non-dumpable children), it does not 
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,8 +53,12 @@ import psutil
 from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import Config, Service, System
 from kernel_daemon.faultlog import FAULT_LOG_CAPACITY
+from kernel_daemon.frames import FramePool
+from kernel_daemon.pagetable import CHUNK_PAGES, TAG_BYTES, AddressSpace, PageState, SwapSpace
+from kernel_daemon.policy import make_policy
 from kernel_daemon.vm import LATENCY_KEEP
 from wire.credential import CRED_FD_ENV
+from wire.protocol import PROT_R, PROT_W
 
 #: The process count the scale figures are compared against.
 BASELINE_PROCS: int = 16
@@ -328,6 +335,55 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
                     "swapped_pages": rec["swapped_pages"], "resident_pages": rec["resident_pages"]}
 
 
+def _traced_bytes_per_page(npages: int, fill: Callable[[], None]) -> float:
+    """Python memory `fill` leaves allocated (tracemalloc), per page."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        fill()
+        return round((tracemalloc.get_traced_memory()[0] - before) / npages, 1)
+    finally:
+        tracemalloc.stop()
+
+
+def page_table_bytes(npages: int = 16 * CHUNK_PAGES) -> dict[str, float]:
+    """The kernel's own structures per page, counted by tracemalloc in this process (RSS
+    growth cannot see below the allocator's reuse): a swapped page's entry (space, slot,
+    version, tag, mirrors, flags) and a resident page's entry with its frame's owner record
+    and its replacement-policy node."""
+    swapped_as, space = AddressSpace(), SwapSpace(b"s" * 16, "bench")
+    base = swapped_as.map(0, npages, PROT_R | PROT_W)
+
+    def swap_all() -> None:
+        for vpn in range(base, base + npages):
+            p = swapped_as.pte(vpn)
+            if p is None:
+                raise RuntimeError(f"bench: vpn {vpn:#x} has no entry")
+            p.space, p.slot, p.seal_vpn = space, space.alloc_slot(), vpn
+            p.version, p.tag, p.mirrors = 1 << 40 | vpn, vpn.to_bytes(TAG_BYTES, "big"), 3
+            p.swap_valid = True
+            p.replace_state(PageState.SWAPPED)
+
+    resident_as = AddressSpace()
+    rbase = resident_as.map(0, npages, PROT_R | PROT_W)
+    kept: list[object] = []
+
+    def make_resident() -> None:
+        pool, policy = FramePool(npages), make_policy("clock")
+        kept.extend((pool, policy))
+        for vpn in range(rbase, rbase + npages):
+            p, frame = resident_as.pte(vpn), pool.alloc(1, vpn)
+            if p is None or frame is None:
+                raise RuntimeError(f"bench: vpn {vpn:#x} has no entry or frame")
+            p.frame, p.zero_content = frame, True
+            p.replace_state(PageState.RESIDENT)
+            policy.insert(frame)
+
+    return {"swapped": _traced_bytes_per_page(npages, swap_all),
+            "resident": _traced_bytes_per_page(npages, make_resident)}
+
+
 # -- the whole benchmark ----------------------------------------------------------------------
 def scale(nprocs: int, pages: int, frames: int = SCALE_FRAMES, memory: bool = True
           ) -> dict[str, Any]:
@@ -345,7 +401,8 @@ def scale(nprocs: int, pages: int, frames: int = SCALE_FRAMES, memory: bool = Tr
         out["main_per_fault_vs_baseline"] = round(
             top.kernel_main_us_per_fault / max(0.1, base.kernel_main_us_per_fault), 2)
     if memory:
-        out["kernel_memory"] = kernel_memory_per_page(4096, 16384)
+        out["kernel_memory"] = kernel_memory_per_page(4096, 32768)
+        out["page_table_bytes"] = page_table_bytes()
     return out
 
 
@@ -385,4 +442,9 @@ def scale_text(r: dict[str, Any]) -> str:
                      f"swapped; the second half of the swap phase: the first, with the "
                      f"allocator's and transport's high-water, "
                      f"{m.get('bytes_per_swapped_page_first_half')})")
+    t = r.get("page_table_bytes")
+    if t:
+        lines.append(f"kernel structures per page (tracemalloc): {t['swapped']} bytes per "
+                     f"swapped page (target <= 64), {t['resident']} per resident page with "
+                     f"its frame and policy records (target <= 128)")
     return "\n".join(lines)
