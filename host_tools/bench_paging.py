@@ -10,7 +10,8 @@ batches of TLB_BATCH loads, one sample per batch); minor faults (first touch, a 
 waiting); major faults (a page on swap, a free frame waiting: the pure page-in path app ->
 kernel -> pager -> disk and back).  Beside each, in the same run and with as many samples,
 its floor: a bare ZeroMQ round trip on the same transport (64 bytes, and 4 KiB for the major
-fault's three hops; NULL security for now), a bare 4 KiB memmap block write+read, a bare dict
+fault's three hops; with the kernel's security: CURVE beside a CURVE kernel, NULL beside a
+NULL one), a bare 4 KiB memmap block write+read, a bare dict
 lookup + struct read (batched as the TLB hit).  A round of faults runs before every
 ``frames - 4`` floor round trips, so that a figure and its floor see the same machine load.
 The headline run (ipc://, sealed, CURVE) is repeated ``--repeat`` times (default 3) and each
@@ -50,6 +51,7 @@ from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import Config, System
 from launcher import spawn
 from wire import sockets
+from wire.keys import Keypair
 
 WAIT_SWAPPED_S: float = 30.0
 
@@ -87,8 +89,13 @@ def spread(values: list[float]) -> dict[str, float]:
 
 # -- floors ------------------------------------------------------------------------------
 _ECHO = """
-import sys, zmq
-ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER); s.bind(sys.argv[1])
+import os, sys, zmq
+ctx = zmq.Context(); s = ctx.socket(zmq.ROUTER)
+if os.environ.get("ECHO_SECRET"):       # a CURVE server, as the kernel is (no ZAP: anyone)
+    s.curve_server = True
+    s.curve_publickey = os.environ["ECHO_PUBLIC"].encode()
+    s.curve_secretkey = os.environ["ECHO_SECRET"].encode()
+s.bind(sys.argv[1])
 print("ready", flush=True)
 while True:
     f = s.recv_multipart()
@@ -98,15 +105,23 @@ while True:
 
 
 def bare_round_trip_us(addr: str, size: int, n: int, between: Callable[[], None] | None = None,
-                       every: int = 0) -> list[float]:
-    """n round trips (us) of a `size`-byte frame to a bare ROUTER echo process at addr; with
-    `between`, it runs before every `every` samples (interleaving a figure's rounds with its
-    floor's, so that both see the same machine load)."""
-    echo = subprocess.Popen([sys.executable, "-c", _ECHO, addr], stdout=subprocess.PIPE, text=True)
+                       every: int = 0, secure: bool = False) -> list[float]:
+    """n round trips (us) of a `size`-byte frame to a bare ROUTER echo process at addr (CURVE
+    if `secure`, as the kernel's connections are, else NULL); with `between`, it runs before
+    every `every` samples (interleaving a figure's rounds with its floor's, so that both see
+    the same machine load)."""
+    server = Keypair(*zmq.curve_keypair()) if secure else None
+    env = dict(os.environ)
+    if server is not None:
+        env["ECHO_PUBLIC"], env["ECHO_SECRET"] = server.public_text, server.secret.decode()
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO, addr], stdout=subprocess.PIPE,
+                            text=True, env=env)
     try:
         assert echo.stdout is not None            # stdout=PIPE
         echo.stdout.readline()
-        sock = sockets.dealer(zmq.Context.instance(), addr, None, None)
+        sock = sockets.dealer(zmq.Context.instance(), addr,
+                              Keypair(*zmq.curve_keypair()) if server else None,
+                              server.public if server else None)
         frame = os.urandom(size)
         for _ in range(200):
             sock.send(frame)
@@ -159,20 +174,22 @@ def bare_lookup_ns(n: int) -> list[float]:
 
 
 def floors(samples: int, tcp: bool, minor: Callable[[], None] | None = None,
-           major: Callable[[], None] | None = None, every: int = 0
+           major: Callable[[], None] | None = None, every: int = 0, secure: bool = False
            ) -> dict[str, dict[str, float]]:
-    """Every floor, `samples` samples each (NULL security: see the report's note); the round
-    trip's samples interleaved with `minor`'s rounds, the 4 KiB round trip's with `major`'s."""
+    """Every floor, `samples` samples each, its sockets CURVE if `secure` (like the kernel's
+    in the same run) else NULL; the round trip's samples interleaved with `minor`'s rounds,
+    the 4 KiB round trip's with `major`'s."""
     rundir = spawn.make_rundir("sealedos-bench-")
     try:
         out = {"rt_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo.sock", 64, samples,
-                                               minor, every),
+                                               minor, every, secure),
                "rt4k_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo4k.sock", PAGE_SIZE,
-                                                 samples, major, every),
+                                                 samples, major, every, secure),
                "block_rw_us": bare_block_us(rundir / "block.img", samples),
                "lookup_ns": bare_lookup_ns(samples)}
         if tcp:
-            out["rt_tcp_us"] = bare_round_trip_us(f"tcp://127.0.0.1:{_port()}", 64, samples)
+            out["rt_tcp_us"] = bare_round_trip_us(f"tcp://127.0.0.1:{_port()}", 64, samples,
+                                                  secure=secure)
     finally:
         spawn.remove_rundir(rundir)
     return {k: percentiles(v) for k, v in out.items()}
@@ -272,7 +289,7 @@ def figures(proc: SealedProcess, system: System, frames: int, n: int, tcp: bool 
     def major_round() -> None:
         if len(major) < n:
             major.extend(major_faults_us(proc, system, frames))
-    f = floors(n, tcp, minor_round, major_round, frames - 4)
+    f = floors(n, tcp, minor_round, major_round, frames - 4, not system.config.insecure)
     while len(minor) < n or len(major) < n:
         minor_round()
         major_round()
@@ -494,8 +511,8 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
     console.print("floors: " + "; ".join(f"{label.split(' (')[0]}: {floor}"
                                          for label, _, floor, _, _ in _HEADLINE))
     console.print("(p50/p99 and floors: the last run's; ratios: median over the runs, min..max "
-                  "of the runs' p50 ratios.  Floors are bare NULL sockets: null_* below "
-                  "compares like with like.)")
+                  "of the runs' p50 ratios.  The floors' sockets have the kernel's security: "
+                  "like with like.)")
     console.print("paging throughput (write scan over 4x the frames): "
                   f"{head['pages_per_s']} pages/s")
     runs = result["runs"]
