@@ -145,7 +145,7 @@ def run_mode(mode: str, frames: int, npages: int, stride: int,
              fault_around: int = FAULT_AROUND) -> dict[str, ScanResult]:
     """Every scan on a fresh system with --prefetch mode (and --fault-around)."""
     config = Config(frames=frames, prefetch=mode, disk_size_mib=max(16, 3 * npages // 200),
-                    kernel_args=[f"--fault-around={fault_around}"])
+                    fault_around=fault_around)
     with System(config) as system, system.connect_sealed("memstress", "scan") as proc:
         regions = fill(proc, system, "scan", npages)
         return {scan: scan_once(proc, system, r, regions[r], order(scan, npages, stride))

@@ -22,7 +22,7 @@ from typing import Any
 from apps.runtime import SealedProcess
 from host_tools import keys_cmd
 from host_tools.watchdog import Watchdog
-from kernel_daemon.prefetch import DEFAULT_MODE
+from kernel_daemon.prefetch import DEFAULT_MODE, FAULT_AROUND
 from launcher import reach, spawn
 from launcher.launch import LAUNCHER, Launcher, load_launcher_key
 from launcher.principals import Principals, random_uid_base
@@ -78,6 +78,8 @@ class Config:
     policy: str = "clock"
     #: Read swapped pages ahead of faults: off, trend or readahead (kernel_daemon/prefetch.py).
     prefetch: str = DEFAULT_MODE
+    #: Most prefetched pages a fault installs beside its own (0: no fault-around).
+    fault_around: int = FAULT_AROUND
     disk_size_mib: int = 64
     pagers: int = 1
     hostile: str | None = None
@@ -161,7 +163,7 @@ class System:
             disk.addr = addr
         kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr,
                  "--frames", str(c.frames), "--policy", c.policy, "--pagers", str(c.pagers),
-                 "--prefetch", c.prefetch,
+                 "--prefetch", c.prefetch, f"--fault-around={c.fault_around}",
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
                  "--pager-retries", str(c.pager_retries),
                  f"--launcher-key={launcher_public}",    # one argv: a z85 key may begin with "-"
