@@ -315,7 +315,7 @@ class Vm:
             self.k.reply(f.req, **result)
 
     def _install_local(self, f: Fault, frame: int, was: PageState,
-                       around: list[tuple[int, Pte, int]] | None = None) -> None:
+                       around: list[tuple[int, Pte, int, bool]] | None = None) -> None:
         """A frame arrived for a ZERO or HELD page: install it without I/O (and the
         fault-around pages with their frames, if any: `_install_around`)."""
         if not self._still_mine(f, frame):
@@ -503,21 +503,20 @@ class Vm:
         self.around_held += len(out)
         return out
 
-    def _install_around(self, proc: Proc, around: list[tuple[int, Pte, int]], install: bool
-                        ) -> list[list[Any]]:
+    def _install_around(self, proc: Proc, around: list[tuple[int, Pte, int, bool]],
+                        install: bool) -> list[list[Any]]:
         """Make the fault-around pages RESIDENT in their frames, at the policy's victim end
         (they were not asked for: the first to go if unused); return the reply's `around`
-        ([vpn, frame, prot, data] each).  Not `install` (the fault ended otherwise), or a page
-        unmapped meanwhile: its frame goes back, and a page still pinned back to SWAPPED
-        (its swap copy is current: no I/O)."""
+        ([vpn, frame, prot, data] each).  Only a page the batch pinned (its flag: Gather)
+        is installed: a PAGING_IN page not prefetched may be another fault's pin.  Not
+        `install` (the fault ended otherwise), or a page unmapped meanwhile or not pinned:
+        its frame goes back, and a page still pinned back to SWAPPED (its swap copy is
+        current: no I/O)."""
         out: list[list[Any]] = []
         freed: list[int] = []
-        for vpn, pte, frame in around:
+        for vpn, pte, frame, mine in around:
             self.around_held -= 1
-            ours = proc.alive and pte.live()
-            if install and ours and pte.state == S.HELD and self._unprefetch(proc, [(vpn, pte)]):
-                self.set_state(proc, pte, S.PAGING_IN)   # its read ended while we waited
-            pinned = ours and pte.state == S.PAGING_IN and proc.prefetched.get(vpn) != pte
+            pinned = mine and proc.alive and pte.live() and pte.state == S.PAGING_IN
             if install and pinned and pte.held is not None:
                 out.append([vpn, frame, pte.prot, pte.held])
                 pte.frame, pte.held, pte.zero_content = frame, None, False
@@ -531,7 +530,8 @@ class Vm:
                 if pinned:
                     pte.held = None
                     self.set_state(proc, pte, S.SWAPPED)
-            self._wake(pte)
+            if pinned:                    # (a page not ours: its waiters are another's)
+                self._wake(pte)
         for frame in freed:
             self._free_frame(frame)
         return out
@@ -938,15 +938,16 @@ class Gather:
         self.vm, self.f, self.st, self.around = vm, f, st, around
         self.frames = [-1] * len(around)
         self.mine = -1 if frame is None else frame
-        self.reading = [pte for vpn, pte in around if f.proc.prefetched.get(vpn) == pte]
-        self.left = len(around) + (frame is None) + len(self.reading)
+        self.pinned = [f.proc.prefetched.get(vpn) != pte for vpn, pte in around]
+        self.left = len(around) + (frame is None) + self.pinned.count(False)
         self.over = False
 
     def start(self) -> None:
         """Wait for the reads; ask for the frames, evicting for all of them at once."""
         self.vm.gathers[id(self)] = self
-        for pte in self.reading:
-            pte.wait(self.one)
+        for i, (_, pte) in enumerate(self.around):
+            if not self.pinned[i]:
+                pte.wait(partial(self.read, i))
         for i, (vpn, _) in enumerate(self.around):
             self.vm._get_frame(self.f.proc, vpn, partial(self.frame, i), reclaim=False)
         if self.mine < 0:
@@ -961,6 +962,17 @@ class Gather:
             self.frames[i] = frame
         self.one()
 
+    def read(self, i: int) -> None:
+        """Page i's read ended (or the page went): pin it now if it is verified and still
+        prefetched -- else a fault on it meanwhile pins it, and it is that fault's."""
+        vpn, pte = self.around[i]
+        proc = self.f.proc
+        if not self.over and proc.alive and pte.live() and pte.state == S.HELD \
+                and self.vm._unprefetch(proc, [(vpn, pte)]):
+            self.vm.set_state(proc, pte, S.PAGING_IN)
+            self.pinned[i] = True
+        self.one()
+
     def one(self) -> None:
         """One frame or read is in: install all when none is left."""
         self.left -= 1
@@ -968,7 +980,8 @@ class Gather:
             self.over = True
             del self.vm.gathers[id(self)]
             self.vm._install_local(self.f, self.mine, self.st, [
-                (vpn, pte, self.frames[i]) for i, (vpn, pte) in enumerate(self.around)])
+                (vpn, pte, self.frames[i], self.pinned[i])
+                for i, (vpn, pte) in enumerate(self.around)])
 
     def abort(self) -> None:
         """The process is gone: give back the frames it got (Vm.cancel_shootdowns)."""

@@ -403,3 +403,106 @@ def test_a_second_fault_on_a_page_a_batch_waits_for_costs_no_frame_and_no_page()
     assert st["callback_errors"] == 0
     assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
     scan(app, v, list(range(first, 64)))              # every page still what was written
+
+
+def test_a_page_a_batch_read_and_a_fault_then_pinned_is_installed_once_in_one_frame() -> None:
+    # A batch waits for frames (their shootdowns held); a page it waits to read comes in,
+    # and a second fault (hostile: the first is still out) takes that page for itself and
+    # waits for a frame behind the batch's.  The batch must not install the page the fault
+    # pinned: two frames for one page, one of them lent and never reclaimable (the policy
+    # would later choose it and the kernel would panic).
+    rig, pager, app, v = around_rig(64, nframes=32)
+    scan(app, v, list(range(8)))                      # the stream is found, pages held ahead
+    first = next(i for i in range(8, 64) if v + i not in app.tlb)
+    held = hold_page_ins_after(pager, len(pager.ops("page_in")))
+    reply = app.fault(v + first, "r")                 # installs the held pages after it and
+    nxt = first + 1 + len(reply.get("around", []))    # reads ahead (held: still out)
+    rig.run(0.05)
+    m = next(m for m in held if m["slot"] == nxt)
+    held.remove(m)
+    pager.peer.send(dict(pager.honest(m), re=m["rid"]))
+    rig.run(0.05)                                     # nxt is HELD; nxt + 1 still out
+    assert any(m["slot"] == nxt + 1 for m in held)
+    app.answers_shootdowns = False
+    app.shootdowns.clear()
+    batch = app.send("fault", vpn=v + nxt, access="r", refs=[])
+    rig.run(0.05)                                     # its frames wait for the shootdowns
+    assert not app.answered(batch) and app.shootdowns
+    del pager.behaviour["page_in"]
+    for m in held:                                    # the reads end: nxt + 1 is HELD, and
+        pager.peer.send(dict(pager.honest(m), re=m["rid"]))   # the batch waits for frames
+    rig.run(0.05)
+    assert not app.answered(batch)
+    twin = app.send("fault", vpn=v + nxt + 1, access="r", refs=[])
+    rig.run(0.05)                                     # pins nxt + 1; a frame after the batch's
+    app.answers_shootdowns = True
+    for msg in list(app.shootdowns):
+        app.shootdowns.remove(msg)
+        App._control(app, msg)
+    rig.run(0.3)
+    for r, vpn in ((batch, v + nxt), (twin, v + nxt + 1)):
+        answer = app.answer(r)
+        assert "err" not in answer, answer
+        app.install(vpn, "r", answer)
+    st = rig.stats()
+    assert st["callback_errors"] == 0
+    assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
+    scan(app, v, list(range(64)))                     # evicts the batch's pages: no panic
+    assert rig.stats()["callback_errors"] == 0
+
+
+def test_a_page_a_batch_waited_to_read_that_failed_is_left_to_the_fault_that_reads_it_again(
+        ) -> None:
+    # The batch's read of nxt + 1 fails verification (SWAPPED again); a real fault then reads
+    # it (PAGING_IN, its PageIn's) and waits for a frame behind the batch's.  The batch must
+    # leave that page alone: not set it SWAPPED under the PageIn (a third fault would then
+    # read it a second time, into a second frame).
+    rig, pager, app, v = around_rig(64, nframes=32)
+    scan(app, v, list(range(8)))
+    first = next(i for i in range(8, 64) if v + i not in app.tlb)
+    held = hold_page_ins_after(pager, len(pager.ops("page_in")))
+    reply = app.fault(v + first, "r")
+    nxt = first + 1 + len(reply.get("around", []))
+    rig.run(0.05)
+    m = next(m for m in held if m["slot"] == nxt)
+    held.remove(m)
+    pager.peer.send(dict(pager.honest(m), re=m["rid"]))
+    rig.run(0.05)
+    app.answers_shootdowns = False
+    app.shootdowns.clear()
+    batch = app.send("fault", vpn=v + nxt, access="r", refs=[])
+    rig.run(0.05)
+    assert not app.answered(batch) and app.shootdowns
+    del pager.behaviour["page_in"]
+    for m in held:                                    # nxt + 1's read is corrupted
+        answer = pager.honest(m)
+        if m["slot"] == nxt + 1:
+            answer["data"] = bytes(len(answer["data"]))
+        pager.peer.send(dict(answer, re=m["rid"]))
+    rig.run(0.05)
+    assert rig.stats()["prefetch_failures"] == 1
+    reads = hold_page_ins_after(pager, len(pager.ops("page_in")))
+    again = app.send("fault", vpn=v + nxt + 1, access="r", refs=[])   # a PageIn: PAGING_IN
+    rig.run(0.05)
+    app.answers_shootdowns = True
+    for msg in list(app.shootdowns):
+        app.shootdowns.remove(msg)
+        App._control(app, msg)
+    rig.run(0.05)                                     # the batch is in; the PageIn still reads
+    assert app.answered(batch) and not app.answered(again)
+    third = app.send("fault", vpn=v + nxt + 1, access="r", refs=[])
+    rig.run(0.05)
+    del pager.behaviour["page_in"]
+    for m in reads:
+        pager.peer.send(dict(pager.honest(m), re=m["rid"]))
+    rig.run(0.3)
+    assert len(reads) == 1                            # the page was read once
+    for r, vpn in ((batch, v + nxt), (again, v + nxt + 1), (third, v + nxt + 1)):
+        answer = app.answer(r)
+        assert "err" not in answer, answer
+        app.install(vpn, "r", answer)
+    st = rig.stats()
+    assert st["callback_errors"] == 0
+    assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
+    scan(app, v, list(range(64)))
+    assert rig.stats()["callback_errors"] == 0

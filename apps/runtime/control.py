@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from apps.runtime.mmu import Mmu
+from apps.runtime.mmu import DEFER_WAIT_S, Mmu
 from apps.runtime.syscall import KERNEL_DEAD_MS, Liveness, Socket
 from wire.protocol import (
     Err,
@@ -175,9 +175,10 @@ class ControlThread(threading.Thread):
         try:
             op = check_request(msg)
             if op == Op.SHOOTDOWN:
-                answer = self.mmu.shootdown(msg["vpn"], msg["frame"], msg["want"])
+                until = time.monotonic() + DEFER_WAIT_S      # one wait for all its pages
+                answer = self.mmu.shootdown(msg["vpn"], msg["frame"], msg["want"], until)
                 if "more" in msg:                # further pages in the same message
-                    answer["more"] = self.mmu.shootdown_more(msg["more"])
+                    answer["more"] = self.mmu.shootdown_more(msg["more"], until)
                 self._send(ok(rid, **answer))
             elif op == Op.KILL:
                 self._send(ok(rid))

@@ -560,9 +560,14 @@ class Mmu:
                 self._drop_tlb_locked(vpn)
 
     # -- the control thread's side -----------------------------------------------------------
-    def shootdown(self, vpn: int, frame: int, want: bool) -> dict[str, Any]:
+    def shootdown(self, vpn: int, frame: int, want: bool,
+                  until: float | None = None) -> dict[str, Any]:
         """Give page vpn (in `frame`) back to the kernel: drop it from the TLB and return the
-        SHOOTDOWN reply {dirty, data}, data being the page when dirty or wanted."""
+        SHOOTDOWN reply {dirty, data}, data being the page when dirty or wanted.  A parked
+        shootdown waits until `until` (time.monotonic(); None: DEFER_WAIT_S from now): the
+        pages of one message share one wait, which must end before the kernel's timeout."""
+        if until is None:
+            until = time.monotonic() + DEFER_WAIT_S
         if not self.bank.valid(frame):
             raise ValueError(f"frame {frame!r} is outside the bank's {self.bank.nframes} frames")
         with self._lock:
@@ -573,7 +578,7 @@ class Mmu:
                 parked = _Deferred(vpn, frame, want)
                 self._parked.append(parked)
                 self._cv.wait_for(lambda: parked.answer is not None or parked.released,
-                                  DEFER_WAIT_S)
+                                  max(0.0, until - time.monotonic()))
                 if parked in self._parked:
                     self._parked.remove(parked)
                 if parked.answer is not None:
@@ -588,14 +593,18 @@ class Mmu:
             self._forget_locked(vpn)
             return {"dirty": dirty, "data": self.bank.page(frame) if (dirty or want) else None}
 
-    def shootdown_more(self, more: list[Any]) -> list[dict[str, Any]]:
-        """The answers to a SHOOTDOWN's further pages ([vpn, frame, want] each), in order."""
+    def shootdown_more(self, more: list[Any], until: float | None = None
+                       ) -> list[dict[str, Any]]:
+        """The answers to a SHOOTDOWN's further pages ([vpn, frame, want] each), in order,
+        parked at most until `until` in all (shootdown)."""
+        if until is None:
+            until = time.monotonic() + DEFER_WAIT_S
         out = []
         for item in more:
             if not (isinstance(item, list) and len(item) == 3 and type(item[0]) is int
                     and type(item[2]) is bool):
                 raise ValueError(f"shootdown entry {item!r} is not [vpn, frame, want]")
-            out.append(self.shootdown(item[0], item[1], item[2]))
+            out.append(self.shootdown(item[0], item[1], item[2], until))
         return out
 
     def harvest_refs(self) -> list[int]:

@@ -3,6 +3,7 @@ the fake kernel of test_runtime_mmu.py taught two more things: a FAULT reply tha
 the next pages too (``around``), and a SHOOTDOWN naming several pages (``more``)."""
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from typing import Any
 
@@ -21,10 +22,14 @@ class AroundKernel(MmuKernel):
         self.around_next = 0                # install up to this many following pages ...
         self.race_around = False            # ... shooting the first down before replying
         self.bad_around: Any = None         # ... or answer with this `around` instead
+        self.held: list[tuple[bytes, dict[str, Any]]] | None = None   # fault replies kept
         super().__init__(nframes=8)
 
     def _reply_fault(self, peer: bytes, rid: int, vpn: int, frame: int, prot: int,
                      fill: str) -> None:
+        if self.held is not None:           # the reply waits (as the kernel's waits for frames)
+            self.held.append((peer, ok(rid, vpn=vpn, frame=frame, prot=prot, fill=fill)))
+            return
         n, self.around_next = self.around_next, 0
         if not n and self.bad_around is None:
             super()._reply_fault(peer, rid, vpn, frame, prot, fill)
@@ -173,3 +178,26 @@ def test_a_shootdown_of_several_pages_answers_each_in_order(fk: AroundKernel,
     assert [m["dirty"] for m in reply["more"]] == [False, True]
     assert reply["more"][0]["data"] is None and reply["more"][1]["data"][:6] == b"page 2"
     assert not proc.mmu._resident
+
+
+def test_stale_pages_in_one_shootdown_wait_for_a_fault_in_flight_once_not_each(
+        fk: AroundKernel, proc: SealedProcess) -> None:
+    # Pages the process no longer holds (a shootdown late behind its UNMAP), named in one
+    # batched SHOOTDOWN while a fault is out: each is parked until that fault's reply --
+    # which the kernel may send only once this shootdown is answered.  Parked one after the
+    # other, DEFER_WAIT_S each, 4 pages outlast the kernel's SHOOTDOWN_TIMEOUT_MS (5 s) and
+    # an honest process is killed; the whole message must wait DEFER_WAIT_S at most.
+    addr = proc.map(8)
+    vpn = addr // PAGE_SIZE
+    fk.held = []
+    fault: Future[bytes] = Future()
+    threading.Thread(target=lambda: fault.set_result(proc.read(addr, 1)), daemon=True).start()
+    wait_for("the fault is out", lambda: fk.held, 5)
+    stale = [vpn + i for i in range(4, 8)]
+    fk.run(lambda: fk.resident.update({v: fk.free.pop() for v in stale}))
+    reply = fk.shoot_many(stale)                         # done.result(5): the kernel's deadline
+    assert reply["dirty"] is False and [m["dirty"] for m in reply["more"]] == [False] * 3
+    peer, held = fk.held[0]
+    fk.held = None
+    fk.run(lambda: fk.send_to(peer, held))
+    assert fault.result(5) == b"\0"
