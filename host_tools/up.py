@@ -19,6 +19,7 @@ import signal
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -35,6 +36,13 @@ EXIT_GRACE_S: float = 30.0
 IDLE_SERVERS_S: float = 2.0
 SUMMARY_KEYS: tuple[str, ...] = ("minor_faults", "major_faults", "page_ins", "page_outs",
                                  "evictions", "resident_pages", "checksum")
+#: Their column headers in the summary table (short: nine columns in 80).
+SUMMARY_HEADERS: dict[str, str] = {"minor_faults": "minor", "major_faults": "major",
+                                   "page_ins": "page-in", "page_outs": "page-out",
+                                   "evictions": "evicted", "resident_pages": "resident",
+                                   "checksum": "data"}
+#: The exit reason of a process that ended normally (not repeated below the table).
+NORMAL_EXIT: str = "exited with status 0"
 
 
 class _Interrupted(Exception):
@@ -208,19 +216,25 @@ def collect(system: System, names: list[str], tolerate: bool = False) -> dict[st
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     """The per-process table and the kernel's headline counters."""
-    table = Table(title="sealedos: per-process summary")
-    table.add_column("process")
+    table = Table(title="sealedos: per-process summary", box=box.SIMPLE_HEAD,
+                  show_edge=False, padding=(0, 0))  # columns one space apart: 80 wide
+    table.add_column("process", no_wrap=True)
     for key in SUMMARY_KEYS:
-        table.add_column(key.replace("_", " "), justify="right")
-    table.add_column("state")
+        table.add_column(SUMMARY_HEADERS.get(key, key), justify="right")
+    table.add_column("state", no_wrap=True)
+    reasons: list[str] = []
     for name, p in summary["processes"].items():
         verdict = p.get("checksum")
         style = {"verified": "green", "failed": "bold red"}.get(verdict or "", "")
         cells = [str(p.get(k, "")) for k in SUMMARY_KEYS[:-1]]
-        cells.append(f"[{style}]{verdict}[/]" if style else str(verdict))
-        state = p.get("exit_reason") or p.get("state", "")
-        table.add_row(name, *cells, state[:60])
+        cells.append(f"[{style}]{verdict}[/]" if style else str(verdict or "-"))
+        reason = p.get("exit_reason") or ""
+        if reason and reason != NORMAL_EXIT:
+            reasons.append(f"  {name}: {reason}")
+        table.add_row(name, *cells, str(p.get("state", "")))
     console.print(table)
+    for line in reasons:                             # below the table: they may be long
+        console.print(line, highlight=False)
     k = summary["kernel"]
     if not k:
         return

@@ -24,3 +24,11 @@ def test_bench_paging_quick_report_fits_80_columns() -> None:
     assert rows == figures * 2                 # the latencies, then their ratios to the floors
     ratio_rows = [line for line in lines if line.startswith("│")][3:]
     assert all(line.rstrip("│ ").endswith("x") for line in ratio_rows)   # targets, as ratios
+
+
+def test_up_summary_fits_80_columns_when_piped() -> None:
+    """`sealedos up`'s per-process summary, piped: one row per app, every one verified."""
+    lines = run_piped("up", "--duration", "1", "--frames", "32", "--disk-size", "16")
+    assert max(len(line) for line in lines) <= 80, [ln for ln in lines if len(ln) > 80]
+    rows = [line.split() for line in lines if line.startswith("memstress.")]
+    assert len(rows) == 3 and all(r[-2:] == ["verified", "exited"] for r in rows), lines
