@@ -809,14 +809,17 @@ class Vm:
 
     # -- teardown -----------------------------------------------------------------------
     def release_pages(self, proc: Proc, ptes: list[tuple[int, Pte]]) -> None:
-        """Drop pages (unmap or exit): free their frames and their swap slots."""
+        """Drop pages (unmap or exit): free their frames and their swap slots.  Frames are
+        handed on only once every page is out of the policy: a waiter given one may reclaim
+        at once (Gather.start), and must not be offered a page that is already gone."""
         slots: dict[int, tuple[SwapSpace, list[int]]] = {}
         woken: list[Callable[[], None]] = []
+        frames: list[int] = []
         self._unprefetch(proc, ptes)
         for _, pte in ptes:
             if pte.state == S.RESIDENT:
                 self.policy.remove(pte.frame)
-                self._free_frame(pte.frame)
+                frames.append(pte.frame)
             # EVICTING and PAGING_IN frames are freed by their callbacks, which find the PTE gone
             self.set_state(proc, pte, S.ZERO)
             woken += pte.take_waiters()   # faults waiting on it end (SEGV if alive), frames back
@@ -826,6 +829,8 @@ class Vm:
             pte.release()                 # held bytes, slot and space go with the row
         for space, freed in slots.values():
             self.k.pagers.free_slots(space, freed)
+        for frame in frames:
+            self._free_frame(frame)
         for w in woken:
             w()
 

@@ -314,3 +314,29 @@ def test_a_wrong_answer_to_a_shootdown_stops_that_process() -> None:
     rec = rig.ps(liar.spid)
     assert rec["state"] == "killed" and "answered wrongly" in rec["exit_reason"]
     assert liar.killed is not None
+
+
+def test_frames_of_pages_unmapped_together_reach_a_waiter_only_once_none_is_a_victim() -> None:
+    """An UNMAP of several resident pages frees their frames; a frame waiter served from
+    them may reclaim at once (a fault-around batch does: Gather.start).  The policy must by
+    then hold none of the unmapped pages' frames: it named one whose page was already gone
+    and the kernel stopped (Panic 'policy chose frame ... in state none'; chaos found it)."""
+    rig = Rig(nframes=4)
+    app = rig.app()
+    v = app.map(4)
+    for i in range(4):
+        app.write(v + i, page(f"page {i}"))
+    vm = rig.kernel.vm
+    proc = rig.kernel.procs.by_spid[app.spid]
+    other = app.map(2)
+    got: list[int] = []
+
+    def reclaiming(frame: int) -> None:        # a waiter that asks again, and reclaims
+        got.append(frame)
+        vm._get_frame(proc, other + 1, got.append)
+
+    vm._get_frame(proc, other, reclaiming, reclaim=False)   # no free frame: it waits
+    assert got == []
+    assert "err" not in app.ask("unmap", addr=v << 12, npages=4)
+    assert len(got) == 2 and len(set(got)) == 2             # both served, from freed frames
+    assert rig.stats()["free_frames"] == 2
