@@ -93,6 +93,17 @@ def scan(app: App, v: int, order: list[int]) -> None:
         assert app.read(v + i) == page(f"p{i}"), f"page {i}"
 
 
+
+def install_all_and_check(rig: Rig, app: App, replies: tuple[tuple[int, int], ...]) -> None:
+    """Install each (rid, vpn) fault reply; no callback failed and no frame leaked (32)."""
+    for rid, vpn in replies:
+        reply = app.answer(rid)
+        assert "err" not in reply, reply
+        app.install(vpn, "r", reply)
+    st = rig.stats()
+    assert st["callback_errors"] == 0
+    assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
+
 def test_a_sequential_scan_is_read_ahead_verified_and_mostly_served_without_major_faults(
         ) -> None:
     rig, pager, app, v = swapped("trend", 48)
@@ -395,13 +406,7 @@ def test_a_second_fault_on_a_page_a_batch_waits_for_costs_no_frame_and_no_page()
     for m in held:
         pager.peer.send(dict(pager.honest(m), re=m["rid"]))
     rig.run(0.2)
-    for r, vpn in ((rid, v + nxt), (twin, v + nxt + 1)):
-        reply = app.answer(r)
-        assert "err" not in reply, reply
-        app.install(vpn, "r", reply)
-    st = rig.stats()
-    assert st["callback_errors"] == 0
-    assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
+    install_all_and_check(rig, app, ((rid, v + nxt), (twin, v + nxt + 1)))
     scan(app, v, list(range(first, 64)))              # every page still what was written
 
 
@@ -440,13 +445,7 @@ def test_a_page_a_batch_read_and_a_fault_then_pinned_is_installed_once_in_one_fr
         app.shootdowns.remove(msg)
         App._control(app, msg)
     rig.run(0.3)
-    for r, vpn in ((batch, v + nxt), (twin, v + nxt + 1)):
-        answer = app.answer(r)
-        assert "err" not in answer, answer
-        app.install(vpn, "r", answer)
-    st = rig.stats()
-    assert st["callback_errors"] == 0
-    assert st["free_frames"] + rig.ps(app.spid)["resident_pages"] == 32
+    install_all_and_check(rig, app, ((batch, v + nxt), (twin, v + nxt + 1)))
     scan(app, v, list(range(64)))                     # evicts the batch's pages: no panic
     assert rig.stats()["callback_errors"] == 0
 
