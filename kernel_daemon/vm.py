@@ -514,6 +514,7 @@ class Vm:
         current: no I/O)."""
         out: list[list[Any]] = []
         freed: list[int] = []
+        woken: list[Pte] = []
         for vpn, pte, frame, mine in around:
             self.around_held -= 1
             pinned = mine and proc.alive and pte.live() and pte.state == S.PAGING_IN
@@ -531,9 +532,11 @@ class Vm:
                     pte.held = None
                     self.set_state(proc, pte, S.SWAPPED)
             if pinned:                    # (a page not ours: its waiters are another's)
-                self._wake(pte)
-        for frame in freed:
+                woken.append(pte)
+        for frame in freed:               # as release_pages: the batch settled first
             self._free_frame(frame)
+        for pte in woken:
+            self._wake(pte)
         return out
 
     @staticmethod
