@@ -9,7 +9,7 @@ answered from a callback.
 A fault, in this file: Vm.fault (the FAULT handler: checks, a Fault record) -> Vm._serve
 (by page state) -> for a SWAPPED page a PageIn: PageIn.start asks for a frame (Vm._get_frame)
 and reads the page (Vm.read_verified -> pagers.py or ecpages.py), PageIn.on_frame and
-PageIn.on_data collect the two, PageIn.finish installs and replies (Vm._done).
+PageIn.on_data collect the two, PageIn.finish installs and replies (Vm._answer).
 
 Eviction races (the hard part)
 ------------------------------
@@ -231,7 +231,9 @@ class Vm:
         need = ACCESS_PROT.get(access)
         if need is None:
             raise ServiceError(Err.INVAL, f"access {access[:8]!r} is not one of r, w, x")
-        self.apply_refs(proc, req.msg["refs"])
+        refs = req.msg["refs"]
+        if refs:
+            self.apply_refs(proc, refs)
         pte = proc.aspace.pte(vpn) if 0 <= vpn <= MAX_VPN else None
         if pte is None:
             self.stats.segfaults += 1
@@ -244,8 +246,10 @@ class Vm:
             raise ServiceError(Err.PROT, f"protection fault: {access} access to page {vpn:#x} "
                                          f"whose protection is {_prot_str(pte.prot)}")
         f = Fault(proc, req, vpn, pte, self.k.now(), slice_key(proc.spid, req.rid))
-        self.k.tracer.begin("vm", "fault", f.key, proc.spid, vpn=vpn, access=access)
-        self.k.tracer.step("vm", "fault", f.key, proc.spid, "kernel received", page=pte.state.name)
+        tracer = self.k.tracer
+        if tracer.enabled:
+            tracer.begin("vm", "fault", f.key, proc.spid, vpn=vpn, access=access)
+            tracer.step("vm", "fault", f.key, proc.spid, "kernel received", page=pte.state.name)
         try:
             return self._serve(f)
         except Exception as exc:      # the fault ends in an error reply (or a panic)
@@ -257,7 +261,8 @@ class Vm:
         pte, st = f.pte, f.pte.state
         if st == S.RESIDENT:
             self.policy.touch(pte.frame)
-            return self._done(f, FILL_KEEP, None, "minor")
+            self._answer(f, FILL_KEEP, None, "minor")
+            return SUSPEND
         if st == S.ZERO or st == S.HELD:
             self._local(f, st, None)
             return SUSPEND
@@ -283,6 +288,11 @@ class Vm:
             self.stats.prefetch_hits += 1
             self.stats.page_ins += 1
             f.proc.counters["page_ins"] += 1
+        elif frame is None:                              # the usual case: a free frame, no
+            frame = self.pool.alloc(f.proc.spid, f.vpn)  # wait, so no pin
+            if frame is not None:
+                self._install_local(f, frame, st)
+                return
         self.set_state(f.proc, f.pte, S.PAGING_IN)       # pinned while it waits for a frame
         around = self._around(f) if hit else []
         if around:
@@ -333,33 +343,43 @@ class Vm:
             if pte.swap_valid and not pte.wb_version:  # written back while we waited
                 pte.held = None
         self._make_resident(f.proc, pte, frame)
-        reply = self._done(f, fill, data, "minor")
-        if around:
-            reply["around"] = self._install_around(f.proc, around, True)
-        self.k.reply(f.req, **reply)
+        self._answer(f, fill, data, "minor",
+                     self._install_around(f.proc, around, True) if around else None)
 
     def _make_resident(self, proc: Proc, pte: Pte, frame: int) -> None:
         self.set_state(proc, pte, S.RESIDENT)
         self.policy.insert(frame)
         self._wake(pte)
 
-    def _done(self, f: Fault, fill: str, data: bytes | None, kind: str) -> dict[str, Any]:
-        """Count the fault (kind "minor" or "major") and build the reply that installs it."""
+    def _answer(self, f: Fault, fill: str, data: bytes | None, kind: str,
+                around: list[list[Any]] | None = None) -> None:
+        """Answer f with the install (fill, data, the fault-around pages), then count it
+        (kind "minor" or "major").  The reply goes before the bookkeeping: nothing after it
+        can change what it says (the kernel serves one message at a time), and the process
+        waits for it, not for the counters."""
+        pte = f.pte
+        reply: dict[str, Any] = {"vpn": f.vpn, "frame": pte.frame, "prot": pte.prot,
+                                 "fill": fill, "re": f.req.rid}
+        if data is not None:
+            reply["data"] = data
+        if around:
+            reply["around"] = around
+        now = self.k.now()
+        self.k.send(f.req.sock, f.req.peer, reply)
+        self._count(f, kind, now)
+
+    def _count(self, f: Fault, kind: str, now: float) -> None:
+        """Count a fault answered at `now` (clock seconds) and close its trace slice."""
         proc = f.proc
-        proc.counters[f"{kind}_faults"] += 1
+        proc.counters["major_faults" if kind == "major" else "minor_faults"] += 1
         self.stats.major_faults += kind == "major"
         self.stats.minor_faults += kind == "minor"
         proc.state = ProcState.RUNNING
-        seconds = self.k.now() - f.t0
-        self.latency[kind].append(seconds * 1e6)
-        self.histograms.observe(kind, seconds * 1e6)
-        self.fault_log.add(self.k.now(), kind, seconds * 1e6, proc.spid)
+        us = (now - f.t0) * 1e6
+        self.latency[kind].append(us)
+        self.histograms.observe(kind, us)
+        self.fault_log.add(now, kind, us, proc.spid)
         self.k.tracer.end("vm", "fault", f.key, proc.spid, kind=kind, outcome="installed")
-        out: dict[str, Any] = {"vpn": f.vpn, "frame": f.pte.frame, "prot": f.pte.prot,
-                               "fill": fill}
-        if data is not None:
-            out["data"] = data
-        return out
 
     def _still_mine(self, f: Fault, frame: int) -> bool:
         """After a wait: is the page still wanted?  If not, give the frame back and end the
@@ -925,7 +945,7 @@ class PageIn:
         f.proc.counters["page_ins"] += 1
         self.vm.stats.page_ins += 1
         self._step("installed")
-        self.k.reply(f.req, **self.vm._done(f, FILL_DATA, plain, "major"))
+        self.vm._answer(f, FILL_DATA, plain, "major")
 
     def _step(self, step: str, **args: Any) -> None:
         self.k.tracer.step("vm", "fault", self.f.key, self.f.proc.spid, step, **args)
