@@ -407,7 +407,10 @@ class Mmu:
                     if not self._cv.wait_for(lambda: not self._hb_refs_unanswered,
                                              HEARTBEAT_REFS_WAIT_S):
                         self._hb_refs_unanswered = False
-                refs, self._refs = compact_refs(self._refs), []
+                refs = self._refs
+                if len(refs) > REFS_LIMIT:
+                    refs = compact_refs(refs)
+                self._refs = []
                 self.refs_faulted_s = time.monotonic()
                 self._inflight, self._revoked = vpn, False
             self.tlb_misses += 1
@@ -424,37 +427,51 @@ class Mmu:
     def _complete_locked(self, vpn: int, access: str, reply: dict[str, Any] | None) -> int | None:
         """Apply a FAULT reply (None: the fault failed); return the offset, or None when a
         shootdown overtook it and the fault must be asked again.  The fault-around pages the
-        reply carries are installed first (those a parked shootdown revoked are not)."""
+        reply carries are installed first (those a parked shootdown revoked are not).
+
+        Only a parked shootdown waits on the condition while a fault is in flight (a fault
+        waiting for a heartbeat's answer is this thread), so with none parked -- the usual
+        case -- nobody is woken."""
         self._inflight = None
-        parked, self._parked = self._parked, []
+        parked = self._parked
+        if parked:
+            self._parked = []
         try:
             if reply is None:
                 return None
             frame, prot, fill, data = self._check_reply(vpn, access, reply)
-            around = self._check_around(vpn, frame, reply.get("around"))
             if fill != FILL_KEEP:
                 self.bank.fill(frame, data)
-            last = self._last
-            for v, fr, pr, page in around:
-                self.bank.fill(fr, page)
-                d = _take(parked, v, fr)
-                if d is None:
-                    self._install_locked(v, fr, pr, FILL_DATA, ACCESS_READ)
-                else:                                    # revoked before installed
-                    self._answer_deferred_locked(d, dirty=False)
-            self._last = last                            # installed, not yet referenced
-            d = _take(parked, vpn, frame)
-            if d is not None:                            # revoked before installed
-                self._answer_deferred_locked(d, fill == FILL_KEEP and vpn in self._dirty)
-                self._forget_locked(vpn)
-                return None
+            if "around" in reply:
+                self._apply_around_locked(vpn, frame, reply["around"], parked)
+            if parked:
+                d = _take(parked, vpn, frame)
+                if d is not None:                        # revoked before installed
+                    self._answer_deferred_locked(d, fill == FILL_KEEP and vpn in self._dirty)
+                    self._forget_locked(vpn)
+                    return None
             if self._revoked and fill == FILL_KEEP:
                 return None
             return self._install_locked(vpn, frame, prot, fill, access)
         finally:
-            for d in parked:                             # not about this reply: answered
-                d.released = True                        # the usual way, by their thread
-            self._cv.notify_all()
+            if parked:
+                for d in parked:                         # not about this reply: answered
+                    d.released = True                    # the usual way, by their thread
+                self._cv.notify_all()
+
+    def _apply_around_locked(self, vpn: int, frame: int, around: object,
+                             parked: list[_Deferred]) -> None:
+        """Fill and install the fault-around pages of the reply to a fault on (vpn, frame),
+        except those a parked shootdown revoked before they were installed (answered)."""
+        last = self._last
+        for v, fr, pr, page in self._check_around(vpn, frame, around):
+            self.bank.fill(fr, page)
+            d = _take(parked, v, fr) if parked else None
+            if d is None:
+                self._install_locked(v, fr, pr, FILL_DATA, ACCESS_READ)
+            else:                                        # revoked before installed
+                self._answer_deferred_locked(d, dirty=False)
+        self._last = last                                # installed, not yet referenced
 
     def _answer_deferred_locked(self, d: _Deferred, dirty: bool) -> None:
         """Write the answer of a parked shootdown and wake the control thread."""
