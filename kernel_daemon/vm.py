@@ -948,7 +948,8 @@ class PageIn:
         self.vm._answer(f, FILL_DATA, plain, "major")
 
     def _step(self, step: str, **args: Any) -> None:
-        self.k.tracer.step("vm", "fault", self.f.key, self.f.proc.spid, step, **args)
+        if self.k.tracer.enabled:
+            self.k.tracer.step("vm", "fault", self.f.key, self.f.proc.spid, step, **args)
 
 
 class Gather:
