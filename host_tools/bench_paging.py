@@ -25,6 +25,12 @@ samples, one run, no comparisons (a smoke run).  Targets (issue 13): minor fault
 bare round trip; major fault <= 1.2x its hops (3 bare 4 KiB round trips + one block
 write+read); TLB hit <= 1.5x dict lookup + struct read; sealing adds <= 5% to a major fault.
 
+Beside the ratios it prints where the time goes: each process's CPU per operation (its main
+thread, the Python loop, and its other threads: ZeroMQ's I/O thread, where CURVE runs), for a
+minor fault (this process and the kernel), a major fault (and the pager and the disk) and the
+floors' round trips (this process and the echo), from /proc/PID/task/*/schedstat over the
+timed loops alone.
+
 --scale runs `sealedos up`'s shape at scale instead (bench_scale.py): N sealed processes on a
 1 GiB device beside a 16-process baseline -- start time and PSS per process, the kernel's CPU
 per fault at both -- and the kernel's memory per resident and per swapped page.
@@ -87,6 +93,57 @@ def spread(values: list[float]) -> dict[str, float]:
             "max": round(data[-1], 3)}
 
 
+# -- CPU by role ---------------------------------------------------------------------------
+def thread_cpu_us(pid: int) -> tuple[float, float]:
+    """CPU microseconds process `pid` has used so far: (its main thread, its other threads),
+    from /proc/PID/task/*/schedstat (nanoseconds); (0, 0) once it is gone."""
+    main = other = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0, 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                us = int(f.read().split()[0]) / 1000.0
+        except (OSError, ValueError, IndexError):
+            continue                            # the thread ended meanwhile
+        if int(tid) == pid:
+            main += us
+        else:
+            other += us
+    return main, other
+
+
+class CpuMeter:
+    """The CPU each role's process spends per operation over the windows measured with it
+    (start() ... stop(n)): where a figure's time goes beside its floor's.  Roles name
+    processes ("app": this one); each is split into its main thread (the Python loop) and
+    the rest (ZeroMQ's I/O thread, where CURVE runs; the runtime's control thread)."""
+
+    def __init__(self, roles: dict[str, int]) -> None:
+        self.roles = roles
+        self.total = {f"{r}_{t}": 0.0 for r in roles for t in ("main", "other")}
+        self.ops = 0
+        self._t0: dict[str, tuple[float, float]] = {}
+
+    def start(self) -> None:
+        """Open a window."""
+        self._t0 = {r: thread_cpu_us(pid) for r, pid in self.roles.items()}
+
+    def stop(self, ops: int) -> None:
+        """Close the window opened by start(), which held `ops` operations."""
+        for r, pid in self.roles.items():
+            main, other = thread_cpu_us(pid)
+            self.total[f"{r}_main"] += main - self._t0[r][0]
+            self.total[f"{r}_other"] += other - self._t0[r][1]
+        self.ops += ops
+
+    def per_op(self) -> dict[str, float]:
+        """Microseconds of CPU per operation, by role and thread kind."""
+        return {k: round(v / max(1, self.ops), 1) for k, v in self.total.items()}
+
+
 # -- floors ------------------------------------------------------------------------------
 _ECHO = """
 import os, sys, zmq
@@ -105,11 +162,13 @@ while True:
 
 
 def bare_round_trip_us(addr: str, size: int, n: int, between: Callable[[], None] | None = None,
-                       every: int = 0, secure: bool = False) -> list[float]:
+                       every: int = 0, secure: bool = False,
+                       cpu: dict[str, float] | None = None) -> list[float]:
     """n round trips (us) of a `size`-byte frame to a bare ROUTER echo process at addr (CURVE
     if `secure`, as the kernel's connections are, else NULL); with `between`, it runs before
     every `every` samples (interleaving a figure's rounds with its floor's, so that both see
-    the same machine load)."""
+    the same machine load).  With `cpu`, it gets the CPU per round trip of this process and
+    of the echo (CpuMeter.per_op, roles app and echo), `between`'s rounds left out."""
     server = Keypair(*zmq.curve_keypair()) if secure else None
     env = dict(os.environ)
     if server is not None:
@@ -126,14 +185,21 @@ def bare_round_trip_us(addr: str, size: int, n: int, between: Callable[[], None]
         for _ in range(200):
             sock.send(frame)
             sock.recv()
-        samples = []
+        samples: list[float] = []
+        meter = CpuMeter({"app": os.getpid(), "echo": echo.pid})
+        meter.start()
         for i in range(n):
             if between is not None and i % every == 0:
+                meter.stop(i - meter.ops)
                 between()
+                meter.start()
             t0 = time.perf_counter()
             sock.send(frame)
             sock.recv()
             samples.append((time.perf_counter() - t0) * 1e6)
+        meter.stop(n - meter.ops)
+        if cpu is not None:
+            cpu.update(meter.per_op())
         sock.send(b"quit")
         sock.close(0)
         return samples
@@ -174,17 +240,21 @@ def bare_lookup_ns(n: int) -> list[float]:
 
 
 def floors(samples: int, tcp: bool, minor: Callable[[], None] | None = None,
-           major: Callable[[], None] | None = None, every: int = 0, secure: bool = False
-           ) -> dict[str, dict[str, float]]:
+           major: Callable[[], None] | None = None, every: int = 0, secure: bool = False,
+           cpu: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
     """Every floor, `samples` samples each, its sockets CURVE if `secure` (like the kernel's
     in the same run) else NULL; the round trip's samples interleaved with `minor`'s rounds,
-    the 4 KiB round trip's with `major`'s."""
+    the 4 KiB round trip's with `major`'s.  `cpu` gets the round trips' CPU per round trip
+    (round_trip, round_trip_4k: CpuMeter.per_op)."""
     rundir = spawn.make_rundir("sealedos-bench-")
+    cpu = cpu if cpu is not None else {}
+    cpu["round_trip"], cpu["round_trip_4k"] = {}, {}
     try:
         out = {"rt_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo.sock", 64, samples,
-                                               minor, every, secure),
+                                               minor, every, secure, cpu["round_trip"]),
                "rt4k_ipc_us": bare_round_trip_us(f"ipc://{rundir}/echo4k.sock", PAGE_SIZE,
-                                                 samples, major, every, secure),
+                                                 samples, major, every, secure,
+                                                 cpu["round_trip_4k"]),
                "block_rw_us": bare_block_us(rundir / "block.img", samples),
                "lookup_ns": bare_lookup_ns(samples)}
         if tcp:
@@ -211,27 +281,34 @@ def tlb_hit_ns(proc: SealedProcess, n: int) -> list[float]:
     return out
 
 
-def minor_faults_us(proc: SealedProcess, npages: int) -> list[float]:
-    """Latency (us) of first touches (demand-zero faults with a free frame)."""
+def minor_faults_us(proc: SealedProcess, npages: int, cpu: CpuMeter | None = None
+                    ) -> list[float]:
+    """Latency (us) of first touches (demand-zero faults with a free frame); their CPU
+    into `cpu`."""
     addr = proc.map(npages)
     out = []
+    if cpu is not None:
+        cpu.start()
     for i in range(npages):
         t0 = time.perf_counter()
         proc.store_u64(addr + i * PAGE_SIZE, i)
         out.append((time.perf_counter() - t0) * 1e6)
+    if cpu is not None:
+        cpu.stop(npages)
     proc.unmap(addr, npages)
     return out
 
 
-def major_faults_us(proc: SealedProcess, system: System, frames: int) -> list[float]:
+def major_faults_us(proc: SealedProcess, system: System, frames: int,
+                    cpu: CpuMeter | None = None) -> list[float]:
     """Latency (us) of page-ins with a free frame: fill A, push it to swap with B, free B,
-    read A back."""
+    read A back (the reads' CPU into `cpu`)."""
     a, npages, b = fill_and_push(proc, frames)
     deadline = time.monotonic() + WAIT_SWAPPED_S
     while _record(system, proc.name)["swapped_pages"] < npages and time.monotonic() < deadline:
         time.sleep(0.02)                       # write-backs acknowledged: pages are SWAPPED
     proc.unmap(b, frames)
-    return time_reads_us(proc, a, npages)
+    return time_reads_us(proc, a, npages, cpu)
 
 
 def fill_and_push(proc: SealedProcess, frames: int) -> tuple[int, int, int]:
@@ -247,13 +324,19 @@ def fill_and_push(proc: SealedProcess, frames: int) -> tuple[int, int, int]:
     return a, npages, b
 
 
-def time_reads_us(proc: SealedProcess, a: int, npages: int) -> list[float]:
-    """Latency (us) of reading one word of each of the npages pages at a; then unmap them."""
+def time_reads_us(proc: SealedProcess, a: int, npages: int, cpu: CpuMeter | None = None
+                  ) -> list[float]:
+    """Latency (us) of reading one word of each of the npages pages at a (their CPU into
+    `cpu`); then unmap them."""
     out = []
+    if cpu is not None:
+        cpu.start()
     for i in range(npages):
         t0 = time.perf_counter()
         proc.load_u64(a + i * PAGE_SIZE)
         out.append((time.perf_counter() - t0) * 1e6)
+    if cpu is not None:
+        cpu.stop(npages)
     proc.unmap(a, npages)
     return out
 
@@ -275,26 +358,34 @@ def throughput_pages_s(proc: SealedProcess, system: System, frames: int) -> floa
 
 
 def figures(proc: SealedProcess, system: System, frames: int, n: int, tcp: bool = False
-            ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """(floors, figures): at least n samples of each headline figure and of each floor, a
-    round of minor (major) faults before every frames - 4 samples of the bare (4 KiB) round
-    trip, the rounds that are still missing afterwards."""
+            ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]],
+                       dict[str, dict[str, float]]]:
+    """(floors, figures, CPU per operation): at least n samples of each headline figure and
+    of each floor, a round of minor (major) faults before every frames - 4 samples of the
+    bare (4 KiB) round trip, the rounds that are still missing afterwards; the CPU each
+    process spent per minor fault, per major fault and per round trip of each floor."""
     minor: list[float] = []
     major: list[float] = []
+    services: dict[str, int] = {name: system.services[name].pid for name in
+                                ("kernel", "pager0", "disk0") if name in system.services}
+    minor_cpu = CpuMeter({"app": os.getpid(), "kernel": services.get("kernel", 0)})
+    major_cpu = CpuMeter({"app": os.getpid(), **services})
 
     def minor_round() -> None:
         if len(minor) < n:
-            minor.extend(minor_faults_us(proc, frames - 4))
+            minor.extend(minor_faults_us(proc, frames - 4, minor_cpu))
 
     def major_round() -> None:
         if len(major) < n:
-            major.extend(major_faults_us(proc, system, frames))
-    f = floors(n, tcp, minor_round, major_round, frames - 4, not system.config.insecure)
+            major.extend(major_faults_us(proc, system, frames, major_cpu))
+    cpu: dict[str, dict[str, float]] = {}
+    f = floors(n, tcp, minor_round, major_round, frames - 4, not system.config.insecure, cpu)
     while len(minor) < n or len(major) < n:
         minor_round()
         major_round()
+    cpu["minor_fault"], cpu["major_fault"] = minor_cpu.per_op(), major_cpu.per_op()
     return f, {"tlb_hit_ns": percentiles(tlb_hit_ns(proc, n)),
-               "minor_fault_us": percentiles(minor), "major_fault_us": percentiles(major)}
+               "minor_fault_us": percentiles(minor), "major_fault_us": percentiles(major)}, cpu
 
 
 def headline_ratios(f: dict[str, dict[str, float]], fig: dict[str, dict[str, float]]
@@ -321,8 +412,9 @@ def headline(config: Config, samples: int, repeat: int, tcp: bool, console: Cons
             for r in range(repeat):
                 console.print(f"headline run {r + 1}/{repeat}: {samples} samples per figure "
                               f"and floor, interleaved ...")
-                f, fig = figures(proc, system, config.frames, samples, tcp)
-                runs.append({"floors": f, "figures": fig, "ratios": headline_ratios(f, fig)})
+                f, fig, cpu = figures(proc, system, config.frames, samples, tcp)
+                runs.append({"floors": f, "figures": fig, "ratios": headline_ratios(f, fig),
+                             "cpu_us_per_op": cpu})
             pages_per_s = round(throughput_pages_s(proc, system, config.frames), 1)
     names = list(runs[0]["ratios"])
     return {"runs": runs, "pages_per_s": pages_per_s,
@@ -333,8 +425,8 @@ def measure(config: Config, samples: int) -> dict[str, Any]:
     """A comparison run on one fresh system: p50/p99 of each figure, and throughput."""
     with System(config) as system:
         with system.connect_sealed("memstress", "bench") as proc:
-            f, fig = figures(proc, system, config.frames, samples)
-            out: dict[str, Any] = {**fig, "floors": f}
+            f, fig, cpu = figures(proc, system, config.frames, samples)
+            out: dict[str, Any] = {**fig, "floors": f, "cpu_us_per_op": cpu}
             out["pages_per_s"] = round(throughput_pages_s(proc, system, config.frames), 1)
             return out
 
@@ -515,6 +607,7 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
                   "like with like.)")
     console.print("paging throughput (write scan over 4x the frames): "
                   f"{head['pages_per_s']} pages/s")
+    print_cpu(last["cpu_us_per_op"], console)
     runs = result["runs"]
     if runs:
         table = Table(title=f"comparisons ({max(1, result['samples'] // COMPARE_DIVISOR)} "
@@ -534,6 +627,25 @@ def print_report(result: dict[str, Any], args: argparse.Namespace, console: Cons
         console.print(table)
     for name, value in result["ratios"].items():
         console.print(f"  {name}: {value}x")
+
+
+#: The CPU report's lines: label, CpuMeter.per_op key, roles.
+_CPU_ROWS = (("minor fault", "minor_fault", ("app", "kernel")),
+             ("bare round trip", "round_trip", ("app", "echo")),
+             ("major fault", "major_fault", ("app", "kernel", "pager0", "disk0")),
+             ("bare 4 KiB round trip", "round_trip_4k", ("app", "echo")))
+
+
+def print_cpu(cpu: dict[str, dict[str, float]], console: Console) -> None:
+    """Where the time goes: each process's CPU per operation (main thread + the others)."""
+    console.print("CPU per operation, us (main thread + other threads; the last run):")
+    for label, key, roles in _CPU_ROWS:
+        per = cpu.get(key, {})
+        parts = [f"{r.removesuffix('0')} {per.get(r + '_main', 0.0):g}+"
+                 f"{per.get(r + '_other', 0.0):g}" for r in roles]
+        console.print(f"  {label}: " + ", ".join(parts[:2]))
+        if parts[2:]:
+            console.print(f"  {' ' * len(label)}  " + ", ".join(parts[2:]))
 
 
 def _port() -> int:
