@@ -117,7 +117,7 @@ from wire.protocol import (
     Op,
     ServiceError,
 )
-from wire.server import SUSPEND, Panic, Request
+from wire.server import SUSPEND, Panic, Request, Suspend
 
 if TYPE_CHECKING:
     from kernel_daemon.kernel import Kernel
@@ -231,8 +231,7 @@ class Vm:
         need = ACCESS_PROT.get(access)
         if need is None:
             raise ServiceError(Err.INVAL, f"access {access[:8]!r} is not one of r, w, x")
-        refs = req.msg["refs"]
-        if refs:
+        if refs := req.msg["refs"]:
             self.apply_refs(proc, refs)
         pte = proc.aspace.pte(vpn) if 0 <= vpn <= MAX_VPN else None
         if pte is None:
@@ -246,10 +245,10 @@ class Vm:
             raise ServiceError(Err.PROT, f"protection fault: {access} access to page {vpn:#x} "
                                          f"whose protection is {_prot_str(pte.prot)}")
         f = Fault(proc, req, vpn, pte, self.k.now(), slice_key(proc.spid, req.rid))
-        tracer = self.k.tracer
-        if tracer.enabled:
-            tracer.begin("vm", "fault", f.key, proc.spid, vpn=vpn, access=access)
-            tracer.step("vm", "fault", f.key, proc.spid, "kernel received", page=pte.state.name)
+        if self.k.tracer.enabled:
+            self.k.tracer.begin("vm", "fault", f.key, proc.spid, vpn=vpn, access=access)
+            self.k.tracer.step("vm", "fault", f.key, proc.spid, "kernel received",
+                               page=pte.state.name)
         try:
             return self._serve(f)
         except Exception as exc:      # the fault ends in an error reply (or a panic)
@@ -261,8 +260,7 @@ class Vm:
         pte, st = f.pte, f.pte.state
         if st == S.RESIDENT:
             self.policy.touch(pte.frame)
-            self._answer(f, FILL_KEEP, None, "minor")
-            return SUSPEND
+            return self._answer(f, FILL_KEEP, None, "minor")
         if st == S.ZERO or st == S.HELD:
             self._local(f, st, None)
             return SUSPEND
@@ -352,25 +350,16 @@ class Vm:
         self._wake(pte)
 
     def _answer(self, f: Fault, fill: str, data: bytes | None, kind: str,
-                around: list[list[Any]] | None = None) -> None:
+                around: list[list[Any]] | None = None) -> Suspend:
         """Answer f with the install (fill, data, the fault-around pages), then count it
-        (kind "minor" or "major").  The reply goes before the bookkeeping: nothing after it
-        can change what it says (the kernel serves one message at a time), and the process
-        waits for it, not for the counters."""
-        pte = f.pte
-        reply: dict[str, Any] = {"vpn": f.vpn, "frame": pte.frame, "prot": pte.prot,
-                                 "fill": fill, "re": f.req.rid}
-        if data is not None:
-            reply["data"] = data
-        if around:
-            reply["around"] = around
-        now = self.k.now()
+        (kind "minor" or "major"); SUSPEND (answered).  The reply goes before the bookkeeping:
+        nothing after it can change what it says (the kernel serves one message at a time),
+        and the process waits for it, not for the counters."""
+        reply = {"vpn": f.vpn, "frame": f.pte.frame, "prot": f.pte.prot, "fill": fill,
+                 "re": f.req.rid, **({} if data is None else {"data": data}),
+                 **({"around": around} if around else {})}
+        now, proc = self.k.now(), f.proc
         self.k.send(f.req.sock, f.req.peer, reply)
-        self._count(f, kind, now)
-
-    def _count(self, f: Fault, kind: str, now: float) -> None:
-        """Count a fault answered at `now` (clock seconds) and close its trace slice."""
-        proc = f.proc
         proc.counters["major_faults" if kind == "major" else "minor_faults"] += 1
         self.stats.major_faults += kind == "major"
         self.stats.minor_faults += kind == "minor"
@@ -380,6 +369,7 @@ class Vm:
         self.histograms.observe(kind, us)
         self.fault_log.add(now, kind, us, proc.spid)
         self.k.tracer.end("vm", "fault", f.key, proc.spid, kind=kind, outcome="installed")
+        return SUSPEND
 
     def _still_mine(self, f: Fault, frame: int) -> bool:
         """After a wait: is the page still wanted?  If not, give the frame back and end the
