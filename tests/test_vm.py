@@ -340,3 +340,25 @@ def test_frames_of_pages_unmapped_together_reach_a_waiter_only_once_none_is_a_vi
     assert "err" not in app.ask("unmap", addr=v << 12, npages=4)
     assert len(got) == 2 and len(set(got)) == 2             # both served, from freed frames
     assert rig.stats()["free_frames"] == 2
+
+
+def test_a_fault_is_counted_logged_and_timed_after_its_reply() -> None:
+    """The reply goes before the bookkeeping (vm.Vm._answer): each kind of fault still lands
+    in the counters, the process's record, the latency histograms and the fault log."""
+    rig = Rig(nframes=2)
+    rig.pager()
+    app = rig.app()
+    v = app.map(3)
+    for i in range(3):
+        app.write(v + i, page(f"page{i}"))        # 3 minor (zero) faults; v is evicted
+    rig.run(0.05)
+    assert app.read(v) == page("page0")           # a major fault
+    app.read(v)                                   # resident: no fault at all
+    st, rec = rig.stats(), rig.ps(app.spid)
+    assert (st["minor_faults"], st["major_faults"]) == (3, 1)
+    assert (rec["minor_faults"], rec["major_faults"]) == (3, 1)
+    hist = rig.ask(rig.observer, "stats")["histograms"]["vm"]
+    assert (sum(hist["minor"]["counts"]), sum(hist["major"]["counts"])) == (3, 1)
+    log = rig.ask(rig.observer, "fault_log", cursor=0)["records"]
+    assert [r[1] for r in log] == ["minor"] * 3 + ["major"]
+    assert all(r[3] == app.spid and r[2] >= 0 for r in log)
