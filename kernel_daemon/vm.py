@@ -340,9 +340,12 @@ class Vm:
                 raise Panic(f"HELD page {f.vpn:#x} of spid {f.proc.spid} lost its bytes")
             if pte.swap_valid and not pte.wb_version:  # written back while we waited
                 pte.held = None
-        self._make_resident(f.proc, pte, frame)
-        self._answer(f, fill, data, "minor",
-                     self._install_around(f.proc, around, True) if around else None)
+        if around:                                   # the reply names the batch's pages
+            self._make_resident(f.proc, pte, frame)
+            self._answer(f, fill, data, "minor", self._install_around(f.proc, around, True))
+        else:                                        # the reply first (nothing in between
+            self._answer(f, fill, data, "minor")     # runs: one message at a time)
+            self._make_resident(f.proc, pte, frame)
 
     def _make_resident(self, proc: Proc, pte: Pte, frame: int) -> None:
         self.set_state(proc, pte, S.RESIDENT)
