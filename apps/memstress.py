@@ -41,6 +41,9 @@ from wire.host import PRIVATE_DIR_ENV
 
 CHUNK: int = PAGE_SIZE // 8                 # int64 elements per page
 PROGRESS_EVERY_S: float = 0.5
+#: ... and only once the fraction done has grown this much since the last REPORT: a process
+#: slowed down (hundreds of them sharing two cores) reports per work done, not per second.
+PROGRESS_STEP: float = 0.02
 #: How often a process waiting at the start gate (--wait-for) looks for its file.
 GATE_POLL_S: float = 0.05
 _I64 = np.iinfo(np.int64)
@@ -121,20 +124,24 @@ def wait_for(name: str) -> None:
 
 
 class Progress:
-    """Counts work units and REPORTs the fraction done at most every PROGRESS_EVERY_S."""
+    """Counts work units and REPORTs the fraction done at most every PROGRESS_EVERY_S, once
+    it has grown by PROGRESS_STEP."""
 
     def __init__(self, proc: SealedProcess, total: int, duration_s: float) -> None:
         self.proc, self.total, self.duration_s = proc, max(1, total), duration_s
         self.done = 0
         self.t0 = self.last = time.monotonic()
+        self.reported = 0.0
 
     def tick(self) -> None:
         """One unit of work done."""
         self.done += 1
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_S:
-            self.last = now
-            self.proc.report(progress=round(self.fraction(now), 3))
+            fraction = self.fraction(now)
+            if fraction - self.reported >= PROGRESS_STEP:
+                self.last, self.reported = now, fraction
+                self.proc.report(progress=round(fraction, 3))
 
     def fraction(self, now: float) -> float:
         """The fraction done: by work, or by time when running for a duration."""

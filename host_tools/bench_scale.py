@@ -120,6 +120,8 @@ class Point:
     pager_kills: int = 0
     kernel_cpu_us_per_fault: float = 0.0
     kernel_main_us_per_fault: float = 0.0
+    kernel_main_sys_us_per_fault: float = 0.0
+    kernel_main_switches_per_fault: dict[str, float] = field(default_factory=dict)
     heartbeats: int = 0
     failures: list[str] = field(default_factory=list)
 
@@ -187,12 +189,31 @@ def pss_mib(services: list[Service]) -> list[float]:
     return out
 
 
-def kernel_cpu_s(kernel: psutil.Process) -> tuple[float, float]:
-    """CPU seconds (user + system) the kernel process has used: every thread's, and its main
-    thread's (the one whose id is the pid)."""
+def kernel_cpu_s(kernel: psutil.Process) -> tuple[float, float, float]:
+    """CPU seconds (user + system) the kernel process has used: every thread's, its main
+    thread's (the one whose id is the pid), and the part of that spent in the host's kernel
+    (system calls: sends, receives, the wake-ups they cause)."""
     t = kernel.cpu_times()
     main = [th for th in kernel.threads() if th.id == kernel.pid]
-    return float(t.user + t.system), float(main[0].user_time + main[0].system_time) if main else 0.0
+    if not main:
+        return float(t.user + t.system), 0.0, 0.0
+    return (float(t.user + t.system), float(main[0].user_time + main[0].system_time),
+            float(main[0].system_time))
+
+
+def main_thread_switches(pid: int) -> tuple[int, int]:
+    """Context switches of process `pid`'s main thread so far: (voluntary: it waited for a
+    message; involuntary: it was preempted); (0, 0) where /proc does not say."""
+    counts = {"voluntary_ctxt_switches": 0, "nonvoluntary_ctxt_switches": 0}
+    try:
+        with open(f"/proc/{pid}/task/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in counts:
+                    counts[key] = int(value)
+    except (OSError, ValueError):
+        pass
+    return counts["voluntary_ctxt_switches"], counts["nonvoluntary_ctxt_switches"]
 
 
 def faults_of(k: dict[str, Any]) -> int:
@@ -234,14 +255,16 @@ def run_point(nprocs: int, pages: int, frames: int) -> Point:
     with System(Config(frames=frames, disk_size_mib=point.device_mib,
                        service_nice=SERVICE_NICE)) as system:
         kernel = psutil.Process(system.services["kernel"].pid)
-        t0, (cpu0, _) = time.monotonic(), kernel_cpu_s(kernel)
+        t0, (cpu0, _, _) = time.monotonic(), kernel_cpu_s(kernel)
         apps, started_s, spawn_ms = start_all(system, nprocs, pages)
         pss = pss_mib(apps)
-        k0, (cpu1, main1) = system.stats()["kernel"], kernel_cpu_s(kernel)
+        k0, (cpu1, main1, sys1) = system.stats()["kernel"], kernel_cpu_s(kernel)
+        sw1 = main_thread_switches(kernel.pid)
         open_gate(system, apps)
         codes = system.wait_apps(RUN_TIMEOUT_S + RUN_TIMEOUT_PER_PROC_S * nprocs)
         point.seconds = round(time.monotonic() - t0, 1)
-        cpu2, main2 = kernel_cpu_s(kernel)
+        cpu2, main2, sys2 = kernel_cpu_s(kernel)
+        sw2 = main_thread_switches(kernel.pid)
         cpu, main = cpu2 - cpu1, main2 - main1
         stats = system.stats()
         point.failures = failure_lines(system, codes)
@@ -258,6 +281,10 @@ def run_point(nprocs: int, pages: int, frames: int) -> Point:
     point.pager_timeouts, point.pager_kills = k["pager_timeouts"], k["pager_kills"]
     point.kernel_cpu_us_per_fault = round(cpu / max(1, point.faults) * 1e6, 1)
     point.kernel_main_us_per_fault = round(main / max(1, point.faults) * 1e6, 1)
+    point.kernel_main_sys_us_per_fault = round((sys2 - sys1) / max(1, point.faults) * 1e6, 1)
+    point.kernel_main_switches_per_fault = {
+        kind: round((b - a) / max(1, point.faults), 2)
+        for kind, a, b in zip(("voluntary", "involuntary"), sw1, sw2, strict=True)}
     return point
 
 
@@ -409,6 +436,7 @@ def scale(nprocs: int, pages: int, frames: int = SCALE_FRAMES, memory: bool = Tr
 def _point_text(p: dict[str, Any]) -> str:
     """One run's figures as three lines."""
     s, sp, m = p["start_s"], p["spawn_ms"], p["pss_mib"]
+    sw, faults = p["kernel_main_switches_per_fault"], max(1, p["faults"])
     return (f"{p['processes']} sealed processes x {p['pages_each']} pages, {p['frames']} frames, "
             f"{p['device_mib']} MiB device: {p['verified']}/{p['processes']} verified in "
             f"{p['seconds']} s ({p['faults']} faults, {p['major_faults']} major, "
@@ -420,7 +448,10 @@ def _point_text(p: dict[str, Any]) -> str:
             f"{m.get('sum')} MiB in all)\n"
             f"  kernel CPU: {p['kernel_start_ms']} ms per start; from the gate on "
             f"{p['kernel_cpu_s']} s, {p['kernel_cpu_us_per_fault']} us per fault "
-            f"({p['kernel_main_us_per_fault']} us in its main thread)"
+            f"({p['kernel_main_us_per_fault']} us in its main thread, "
+            f"{p['kernel_main_sys_us_per_fault']} of them in system calls; it waited "
+            f"{sw.get('voluntary')} and was preempted {sw.get('involuntary')} times per fault); "
+            f"{round(p['heartbeats'] / faults, 4)} heartbeats per fault"
             + "".join(f"\n  failed: {line}" for line in p["failures"]))
 
 

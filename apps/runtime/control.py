@@ -8,10 +8,9 @@ and the process answers, whatever the app's main thread is doing.
   (and ``more``: one such answer per further page).
 * KILL {reason}: acknowledge, say why on stderr, and leave at once (status 137).
 
-The thread also sends a HEARTBEAT {refs} every HEARTBEAT_MS with the reference record the
-MMU harvested since the last hand-over (not while faults hand the record over, and with
-nothing to hand over only every IDLE_HEARTBEAT_MS: with hundreds of processes, heartbeats
-cost the kernel about as much CPU as their faults), and it is the judge of the kernel's
+The thread also sends HEARTBEAT {refs}: the reference record the MMU harvested since the
+last hand-over, and the proof of life a process on another host is judged by (see
+_heartbeat: only when a fault has not said as much lately), and it is the judge of the kernel's
 liveness: when the kernel has answered nothing on either connection for KERNEL_DEAD_MS, it
 declares the kernel dead (every syscall wait then fails), gives the main thread a moment to
 leave with its error, and then ends the process itself -- a sealed process never outlives its
@@ -46,8 +45,15 @@ from wire.protocol import (
     request,
 )
 
+#: How often the thread looks whether a heartbeat is due.
 HEARTBEAT_MS: int = 200
-#: A heartbeat with no references is sent only this often (liveness: both sides wait
+#: References go at the next look once the process has run this long (CPU time, all its
+#: threads) since it last handed them over: a busy process hands them over every look ...
+REFS_CPU_MS: int = HEARTBEAT_MS // 2
+#: ... and a process starved of CPU (it still runs a little) once this long has passed.
+REFS_STALE_MS: int = 1000
+#: The kernel hears from the process at least this often: a heartbeat goes, with or without
+#: references, when nothing else (a fault) has gone for this long (liveness: both sides wait
 #: KERNEL_DEAD_MS / PROC_DEAD_MS, 10 s, before judging the other dead).
 IDLE_HEARTBEAT_MS: int = 2000
 #: The longest the thread sleeps in one poll (how fast stop() is noticed).
@@ -84,7 +90,8 @@ class ControlThread(threading.Thread):
         self._stop_event = threading.Event()
         self._rids = itertools.count(1)
         self._refs_rid = 0              # rid of the newest heartbeat that carried refs
-        self._beat_s = 0.0              # when the last heartbeat went (monotonic)
+        self._sent_s = 0.0              # when the last heartbeat or fault went (monotonic)
+        self._sent_cpu_s = 0.0          # the process's CPU time then (as seen by a tick)
         self.heartbeats = 0
 
     # -- life --------------------------------------------------------------------------
@@ -139,16 +146,30 @@ class ControlThread(threading.Thread):
 
     # -- heartbeats ----------------------------------------------------------------------
     def _heartbeat(self) -> None:
-        """Send HEARTBEAT with the references harvested since the last hand-over; not when a
-        FAULT handed them over within HEARTBEAT_MS (the ones since ride the next fault, or
-        the next heartbeat), and without references only every IDLE_HEARTBEAT_MS."""
-        now = time.monotonic()
-        if (now - self.mmu.refs_faulted_s) * 1000 < HEARTBEAT_MS:
+        """Send HEARTBEAT when it is due: with references once the process has run
+        REFS_CPU_MS (CPU) or REFS_STALE_MS has passed since the last hand-over, and with or
+        without them once IDLE_HEARTBEAT_MS has passed since anything went to the kernel.
+
+        A FAULT hands the record over and is heard by the kernel as well as a heartbeat, so
+        both clocks restart at a fault.  The references' clock is the process's CPU time
+        because only a running process adds references: one busy on TLB hits hands them over
+        every HEARTBEAT_MS as before, while hundreds of processes starved on two cores, each
+        faulting every few hundred ms of the clock, no longer send a heartbeat for the one
+        or two pages each touched between faults (at 128 processes there were 0.07
+        heartbeats per fault, three in four of them idle ones from processes faulting all
+        along: the idle clock did not restart at a fault)."""
+        now, cpu = time.monotonic(), time.process_time()
+        if self.mmu.refs_faulted_s > self._sent_s:          # a fault went since the last look
+            self._sent_s, self._sent_cpu_s = self.mmu.refs_faulted_s, cpu
+        idle = (now - self._sent_s) * 1000 >= IDLE_HEARTBEAT_MS
+        refs_due = ((cpu - self._sent_cpu_s) * 1000 >= REFS_CPU_MS
+                    or (now - self._sent_s) * 1000 >= REFS_STALE_MS)
+        if not (idle or refs_due) or (now - self.mmu.refs_faulted_s) * 1000 < HEARTBEAT_MS:
             return                       # a fault handed the record over lately (and was heard)
         refs = self.mmu.harvest_refs()
-        if not refs and (now - self._beat_s) * 1000 < IDLE_HEARTBEAT_MS:
+        if not refs and not idle:
             return
-        self._beat_s = now
+        self._sent_s, self._sent_cpu_s = now, cpu
         rid = next(self._rids)
         if refs:
             self._refs_rid = rid

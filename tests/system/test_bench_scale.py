@@ -21,4 +21,5 @@ def test_scale_run_holds_every_process_at_the_gate_then_verifies_all() -> None:
     assert r["major_faults"] > 0                     # 96 pages each on 64 frames: they paged
     assert r["kernel_cpu_us_per_fault"] > 0
     assert 0 < r["kernel_main_us_per_fault"] <= r["kernel_cpu_us_per_fault"]
+    assert r["kernel_main_switches_per_fault"]["voluntary"] > 0    # it waited for messages
     assert "8 sealed processes x 96 pages" in bench_scale.scale_text(r)

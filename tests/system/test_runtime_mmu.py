@@ -33,6 +33,7 @@ from apps.runtime import (
     SealedProcess,
     SegmentationFault,
 )
+from apps.runtime.control import HEARTBEAT_MS, IDLE_HEARTBEAT_MS, REFS_STALE_MS
 from wire.protocol import Err, Op, error, ok
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,7 @@ class MmuKernel(FakeKernel):
         self.registered: dict[str, Any] = {}
         self.faults: list[tuple[int, str, list[int]]] = []
         self.refs_log: list[tuple[str, list[int]]] = []   # (fault|heartbeat, refs), as arrived
+        self.beats: list[list[int]] = []           # every HEARTBEAT's refs, empty ones too
         self.call_msgs = 0
         self.shootdown_replies: list[dict[str, Any]] = []
         self.reports: dict[str, Any] = {}
@@ -95,6 +97,7 @@ class MmuKernel(FakeKernel):
         return ok(msg["rid"])
 
     def do_heartbeat(self, peer: bytes, msg: dict[str, Any]) -> dict[str, Any]:
+        self.beats.append(list(msg["refs"]))
         if msg["refs"]:
             self.refs_log.append(("heartbeat", list(msg["refs"])))
         return ok(msg["rid"])
@@ -486,12 +489,46 @@ def test_heartbeat_hands_over_refs_of_a_busy_process(fk: MmuKernel, proc: Sealed
     proc.read(addr, 1)
     proc.read(addr + PAGE_SIZE, 1)
     mark = len(fk.refs_log)
-    deadline = time.monotonic() + 0.6
-    while time.monotonic() < deadline:                       # only hits: no fault for 0.6 s
-        proc.load_u64(addr)
-        proc.load_u64(addr + PAGE_SIZE)
+    cpu_until, wall_until = time.process_time() + 0.6, time.monotonic() + 30
+    while time.process_time() < cpu_until and time.monotonic() < wall_until:
+        proc.load_u64(addr)                                  # only hits: no fault while this
+        proc.load_u64(addr + PAGE_SIZE)                      # process runs for 0.6 s (CPU)
     beats = [refs for kind, refs in fk.refs_log[mark:] if kind == "heartbeat"]
     assert beats and all(refs for refs in beats)
+
+
+def test_heartbeat_hands_over_refs_of_a_process_that_hardly_runs(fk: MmuKernel,
+                                                                 proc: SealedProcess) -> None:
+    addr = proc.map(2)
+    proc.read(addr, 1)
+    proc.read(addr + PAGE_SIZE, 1)
+    mark = len(fk.refs_log)
+    wall_until = time.monotonic() + REFS_STALE_MS / 1000 + 10
+    while not fk.refs_log[mark:] and time.monotonic() < wall_until:
+        proc.load_u64(addr)                                  # a hit now and then, no fault
+        proc.load_u64(addr + PAGE_SIZE)
+        time.sleep(0.05)
+    assert fk.refs_log[mark:] and fk.refs_log[mark][0] == "heartbeat"
+    assert addr // PAGE_SIZE in fk.refs_log[mark][1]
+
+
+def test_idle_process_heartbeats_and_a_faulting_one_need_not(fk: MmuKernel,
+                                                             proc: SealedProcess) -> None:
+    """Liveness: the kernel hears from a process at least every IDLE_HEARTBEAT_MS -- from
+    its heartbeats when it is idle, from its faults when it faults (then no heartbeat)."""
+    idle_s = IDLE_HEARTBEAT_MS / 1000
+    mark = len(fk.beats)
+    time.sleep(idle_s + 2 * HEARTBEAT_MS / 1000)             # idle: nothing else goes
+    assert len(fk.beats) > mark and fk.beats[-1] == []
+    addr = proc.map(32)
+    mark = len(fk.beats)
+    until = time.monotonic() + idle_s * 1.5
+    page = 0
+    while time.monotonic() < until:                          # a fault every IDLE/8: heard
+        proc.read(addr + page * PAGE_SIZE, 1)
+        page += 1
+        time.sleep(idle_s / 8)
+    assert page > 8 and fk.beats[mark:] == []
 
 
 # -- errors ---------------------------------------------------------------------------------------
