@@ -255,25 +255,18 @@ class Pte:
         """The vpn bound into the page's seal (-1: none yet): where its slot was allocated,
         which is its own vpn unless a grant moved the page (Chunk.moved, module docstring)."""
         c, i = self.c, self.i
-        if not c.flags[i] & _SEALED:
-            return -1
-        own = c.key << CHUNK_SHIFT | i
-        return c.moved.get(i, own) if c.moved else own
+        return c.moved.get(i, c.key << CHUNK_SHIFT | i) if c.flags[i] & _SEALED else -1
 
     @seal_vpn.setter
     def seal_vpn(self, value: int) -> None:
         c, i = self.c, self.i
         if value < -1:
             raise Panic(f"seal vpn {value}")
-        if value == -1:
-            c.flags[i] &= ~_SEALED
-        else:
-            c.flags[i] |= _SEALED
-            if value != c.key << CHUNK_SHIFT | i:
-                c.moved[i] = value
-                return
-        if c.moved:
+        c.flags[i] = c.flags[i] | _SEALED if value >= 0 else c.flags[i] & ~_SEALED
+        if value in (-1, c.key << CHUNK_SHIFT | i):
             c.moved.pop(i, None)
+        else:
+            c.moved[i] = value
 
     @property
     def version(self) -> int:
@@ -578,10 +571,8 @@ class AddressSpace:
             raise Panic(f"release of page {(c.key << CHUNK_SHIFT) + i:#x}, not detached")
         if c.space[i]:
             self.set_space(c, i, None)
-        if c.side:
-            c.side.pop(i, None)
-        if c.moved:
-            c.moved.pop(i, None)
+        c.side.pop(i, None)
+        c.moved.pop(i, None)
         c.flags[i] = _STALE
         c.used -= 1
         if not c.used and self.chunks.get(c.key) is c:
