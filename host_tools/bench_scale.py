@@ -294,13 +294,14 @@ def fill_fault_rings(proc: SealedProcess, frames: int, faults: int) -> None:
 def push_out(system: System, proc: SealedProcess, addr: int, first: int, stop: int,
              frames: int) -> int:
     """Write pages first..stop-1 of the region at addr (each evicts an older page: `frames`
-    frames), paced (PACE_PAGES); wait for their write-backs; the process's swapped pages."""
+    frames), paced (PACE_PAGES); wait for all their write-backs (none in flight: the bytes a
+    write-back holds are not memory per page); the process's swapped pages."""
     for start in range(first, stop, PACE_PAGES):
         end = min(stop, start + PACE_PAGES)
         for i in range(start, end):
             proc.store_u64(addr + i * PAGE_SIZE, i)
         wait_settled(system, "scale", end - frames - PACE_PAGES, PACE_POLL_S)
-    wait_settled(system, "scale", stop - frames - frames // 8)
+    wait_settled(system, "scale", stop - frames)
     return _swapped(system, "scale")
 
 
