@@ -172,4 +172,4 @@ def test_kernel_structures_per_page_meet_the_issue_13_targets() -> None:
     per_page = page_table_bytes()
     assert per_page["swapped"] <= 64, per_page
     assert per_page["resident"] <= 128, per_page
-    assert per_page["swapped"] >= ROW_BYTES - 8       # the columns are all there is
+    assert ROW_BYTES - 8 <= per_page["swapped"] <= ROW_BYTES + 4   # the columns are all
