@@ -25,10 +25,11 @@ last one has started, and then let go at once, so all N page together.  For each
   pages it unmaps again, so those records are full and their growth is not counted as
   memory per page; the swap phase is paced (PACE_PAGES), so that write-backs in flight
   (4 KiB each, and the pager is slower than the faults) do not pile up into a transient peak
-  that the allocator keeps and RSS counts as memory per page; and the bytes per swapped page
-  are the growth over its second half, once the allocator's and the transport's buffers
-  (ZeroMQ's, in its I/O thread) have reached what this traffic needs (the first half's
-  figure is printed beside it).
+  that the allocator keeps and RSS counts as memory per page, and each reading waits for
+  every write-back to end (their page bytes are not memory per page); and the bytes per
+  swapped page are the growth over its second half, once the allocator's and the transport's
+  buffers (ZeroMQ's, in its I/O thread) have reached what this traffic needs (the first
+  half's figure is printed beside it).
 
 Processes are started at most START_WINDOW at a time (a new one when an earlier one has
 taken its credential), and run at SCALE_NICE, below the services (at SERVICE_NICE when
@@ -321,13 +322,14 @@ def fill_fault_rings(proc: SealedProcess, frames: int, faults: int) -> None:
 def push_out(system: System, proc: SealedProcess, addr: int, first: int, stop: int,
              frames: int) -> int:
     """Write pages first..stop-1 of the region at addr (each evicts an older page: `frames`
-    frames), paced (PACE_PAGES); wait for their write-backs; the process's swapped pages."""
+    frames), paced (PACE_PAGES); wait for all their write-backs (none in flight: the bytes a
+    write-back holds are not memory per page); the process's swapped pages."""
     for start in range(first, stop, PACE_PAGES):
         end = min(stop, start + PACE_PAGES)
         for i in range(start, end):
             proc.store_u64(addr + i * PAGE_SIZE, i)
         wait_settled(system, "scale", end - frames - PACE_PAGES, PACE_POLL_S)
-    wait_settled(system, "scale", stop - frames - frames // 8)
+    wait_settled(system, "scale", stop - frames)
     return _swapped(system, "scale")
 
 

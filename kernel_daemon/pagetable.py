@@ -25,8 +25,8 @@ Chunk, and a Chunk holds the entries of that aligned run of CHUNK_PAGES (512) pa
 columns, one array per field (a bytearray for the byte-sized ones, an array.array for each
 integer, one bytearray of 16-byte tags).  A chunk is made when the first page in it is touched
 and dropped when its last entry goes, so an entry is one row across the columns: ROW_BYTES
-(59) bytes whatever its state, the columns' headers (about 1 KiB) shared by 512 rows.  A
-sparse address space pays a whole chunk (30 KiB) per touched run, as a hardware table pays a
+(51) bytes whatever its state, the columns' headers (about 1 KiB) shared by 512 rows.  A
+sparse address space pays a whole chunk (26 KiB) per touched run, as a hardware table pays a
 page-table page; a process can touch at most about regions + pages / 512 chunks (both under
 its quota), no more than one object per page cost at the same quota.  array.array, not
 numpy: indexing an array.array yields a plain int cheaply, and numpy scalars are slow to make
@@ -39,7 +39,10 @@ counts the pages holding a slot in a space, in any address space, and keeps it o
 only a page in flight has -- kernel-held bytes, the version of a write-back in flight and
 whether it must be redone, the faults waiting on the page -- lives in its chunk's `side` dict,
 which has an entry only while the page has some of it: bounded by what is in flight, not by
-the pages.
+the pages.  Likewise the vpn bound into a page's seal has no column: it is set with the
+page's first swap slot, to the page's own vpn, and differs from it only once a grant has
+moved the page; so a flag bit says whether there is one, and the chunk's `moved` dict holds
+it for moved pages only.
 
 `Pte` is a handle, (chunk, row, generation), made on demand (`AddressSpace.pte`, `get`, the
 range operations) with properties named as the fields, so vm.py reads `pte.state` and writes
@@ -94,7 +97,7 @@ TAG_BYTES: int = 16
 #: Mirrors a page's mirror bits can name (a 32-bit column).
 MAX_MIRRORS: int = 32
 #: Bytes of one entry across its columns.
-ROW_BYTES: int = 3 + 4 + 4 + 8 + 4 + 8 + 8 + 4 + TAG_BYTES
+ROW_BYTES: int = 3 + 4 + 4 + 8 + 4 + 8 + 4 + TAG_BYTES
 
 _ROW_MASK = CHUNK_PAGES - 1
 _GEN_MASK = 0xFFFFFFFF
@@ -105,6 +108,7 @@ _ZERO_CONTENT = 4       # installed by zero-fill and clean since
 _SWAP_VALID = 8         # the swap copy at `version` equals the current content
 _TAGGED = 16            # the row's tag bytes hold a tag (sealing on)
 _STALE = 32             # released: the other columns still hold the last entry's values
+_SEALED = 64            # the row has a seal vpn: its own vpn, or the chunk's `moved` says
 
 
 class PageState(IntEnum):
@@ -168,7 +172,7 @@ class Side:
 class Chunk:
     """The entries of CHUNK_PAGES consecutive pages of one address space, as columns."""
     __slots__ = ("aspace", "key", "used", "state", "prot", "flags", "mirrors", "frame", "slot",
-                 "space", "seal_vpn", "version", "gen", "tags", "side")
+                 "space", "version", "gen", "tags", "side", "moved")
 
     def __init__(self, aspace: AddressSpace, key: int) -> None:
         n = CHUNK_PAGES
@@ -181,11 +185,11 @@ class Chunk:
         self.frame = array("i", [-1]) * n
         self.slot = array("q", [-1]) * n         # swap slot (handle-relative block), -1 = none
         self.space = array("I", [0]) * n         # index into aspace's spaces (0 = none)
-        self.seal_vpn = array("q", [-1]) * n     # the vpn bound into the seal (a grant moves)
         self.version = array("q", [0]) * n       # version of the swap copy (0 = none)
         self.gen = array("I", [0]) * n           # bumped when the entry is removed
         self.tags = bytearray(TAG_BYTES * n)     # the swap copy's authentication tag
         self.side: dict[int, Side] = {}          # row -> state of a page in flight
+        self.moved: dict[int, int] = {}          # row -> its seal vpn, when not its own vpn
 
 
 class Pte:
@@ -248,11 +252,21 @@ class Pte:
 
     @property
     def seal_vpn(self) -> int:
-        return self.c.seal_vpn[self.i]
+        """The vpn bound into the page's seal (-1: none yet): where its slot was allocated,
+        which is its own vpn unless a grant moved the page (Chunk.moved, module docstring)."""
+        c, i = self.c, self.i
+        return c.moved.get(i, c.key << CHUNK_SHIFT | i) if c.flags[i] & _SEALED else -1
 
     @seal_vpn.setter
     def seal_vpn(self, value: int) -> None:
-        self.c.seal_vpn[self.i] = value
+        c, i = self.c, self.i
+        if value < -1:
+            raise Panic(f"seal vpn {value}")
+        c.flags[i] = c.flags[i] | _SEALED if value >= 0 else c.flags[i] & ~_SEALED
+        if value in (-1, c.key << CHUNK_SHIFT | i):
+            c.moved.pop(i, None)
+        else:
+            c.moved[i] = value
 
     @property
     def version(self) -> int:
@@ -430,7 +444,7 @@ class AddressSpace:
                 raise Panic(f"page {vpn:#x} touched before its old entry was released")
             if c.flags[i] & _STALE:
                 c.state[i] = c.mirrors[i] = c.version[i] = 0
-                c.frame[i] = c.slot[i] = c.seal_vpn[i] = -1
+                c.frame[i] = c.slot[i] = -1
             c.flags[i] = _PRESENT
             c.prot[i] = region.prot
             c.used += 1
@@ -531,9 +545,10 @@ class AddressSpace:
             raise Panic(f"page {vpn:#x} cannot adopt a PTE (no region there, or the PTE is "
                         "not detached)")
         s, d, i, j = src.c, dst.c, src.i, dst.i
-        for name in ("state", "prot", "mirrors", "frame", "slot", "seal_vpn", "version"):
+        for name in ("state", "prot", "mirrors", "frame", "slot", "version"):
             getattr(d, name)[j] = getattr(s, name)[i]
         d.flags[j] = s.flags[i] & ~_DETACHED | _PRESENT
+        dst.seal_vpn = src.seal_vpn
         d.tags[j * TAG_BYTES:(j + 1) * TAG_BYTES] = s.tags[i * TAG_BYTES:(i + 1) * TAG_BYTES]
         dst.space = src.space
         side = s.side.pop(i, None)
@@ -556,8 +571,8 @@ class AddressSpace:
             raise Panic(f"release of page {(c.key << CHUNK_SHIFT) + i:#x}, not detached")
         if c.space[i]:
             self.set_space(c, i, None)
-        if c.side:
-            c.side.pop(i, None)
+        c.side.pop(i, None)
+        c.moved.pop(i, None)
         c.flags[i] = _STALE
         c.used -= 1
         if not c.used and self.chunks.get(c.key) is c:

@@ -12,6 +12,26 @@ bank byte offset of the page's frame, one per kind of access, so a hit is one di
 An entry appears only when a FAULT reply installs it (or the local dirty trap below promotes
 one), and leaves on a SHOOTDOWN, an UNMAP or a PROTECT.  A hit never talks to the kernel.
 
+The hot word entries
+--------------------
+``load_u64``/``store_u64`` are the accesses a program makes most, so they get a TLB of one
+entry each, of plain attributes: ``_rkey``/``_wkey`` is the *last referenced* page's base
+address (``vpn << PAGE_SHIFT``, or ``_COLD``) while it has an ``_r``/``_w`` entry, and
+``_rdelta``/``_wdelta`` what to add to an address in it to get its bank offset.  A hit is one
+mask and one compare: ``addr & _WORD_KEY`` clears the word-offset bits 3..11 only, so it
+equals the key only for an *aligned, non-negative* address in that page, and the reference
+record needs no compare (the page is already ``_last``).  Anything else takes the slow path,
+which looks in the dicts, records the reference, and heats the entry for the next access.
+Two rules keep the entries true:
+
+* A hot entry stands for ``_last``: whatever makes another page ``_last`` cools both
+  (``_reference``; an install drops its page's entries first, which cools them).
+* It stands for a dict entry: ``_drop_tlb_locked`` cools both (whatever page it drops: one
+  store, no compare), so a shootdown, UNMAP or PROTECT makes the next access slow, and
+  faults if the page is gone.  Only the main thread heats, and it re-reads the dict entry
+  *after* heating (``_heat_r``/``_heat_w``): a drop racing the heat is seen either by that
+  re-read or, coming later, cools the entry itself.
+
 The dirty bit
 -------------
 The kernel installs a writable page *clean*: it goes into ``_r`` but not ``_w``.  The first
@@ -75,6 +95,11 @@ _U64 = struct.Struct("<Q")
 _unpack_u64: Callable[[memoryview, int], tuple[int]] = _U64.unpack_from
 _pack_u64 = _U64.pack_into
 _LAST_WORD: int = PAGE_SIZE - 8
+#: addr & _WORD_KEY is the base address of addr's page when addr is aligned and non-negative,
+#: else no page's (bits 0..2 or the sign stay): the key of the hot word entries.
+_WORD_KEY: int = ~(PAGE_MASK & ~7)
+#: The key of a cold (empty) hot word entry: no address masks to it.
+_COLD: int = -1
 
 #: A ref list longer than this is compacted to each page's last reference (LRU order kept).
 REFS_LIMIT: int = 4096
@@ -139,6 +164,9 @@ class Mmu:
         # The reference record: appended by the main thread only.
         self._refs: list[int] = []
         self._last = -1
+        # The hot word entries (see the module docstring): heated by the main thread only.
+        self._rkey = self._wkey = _COLD
+        self._rdelta = self._wdelta = 0
         #: When a FAULT last handed the record over (monotonic): the heartbeat leaves the
         #: references since to the next fault unless none comes within a heartbeat.
         self.refs_faulted_s = 0.0
@@ -187,44 +215,52 @@ class Mmu:
             else:
                 self.tlb_hits += 1
                 if vpn != self._last:
-                    self._refs.append(vpn)
-                    self._last = vpn
+                    self._reference(vpn)
             dst[pos:pos + take] = buf[base + o:base + o + take]
             pos += take
 
     def load_u64(self, addr: int) -> int:
         """The little-endian unsigned 64-bit integer at addr.
 
-        The TLB-hit path is the one every word access takes, so an aligned hit is kept to a
-        dict subscript (a miss raises: the fault costs far more than the exception), one
-        compare for the reference record and an index into the bank's words (word hits are
-        not counted in tlb_hits: counting would double their cost).  Anything else -- a
-        miss, an unaligned or negative address -- takes _load_u64_slow."""
-        vpn = addr >> PAGE_SHIFT
-        try:
-            base = self._r[vpn]
-        except KeyError:
-            return self._load_u64_slow(addr)
-        if addr & 7:
-            return self._load_u64_slow(addr)
-        if vpn != self._last:
-            self._refs.append(vpn)
-            self._last = vpn
-        return self._words[(base | addr & PAGE_MASK) >> 3]
+        The TLB-hit path is the one every word access takes, so an aligned hit on the last
+        referenced page is a mask, a compare and an index into the bank's words (see "The
+        hot word entries"; word hits are not counted in tlb_hits: counting would double
+        their cost).  Anything else takes _load_u64_slow."""
+        if addr & _WORD_KEY == self._rkey:
+            return self._words[(self._rdelta + addr) >> 3]
+        return self._load_u64_slow(addr)
 
     def _load_u64_slow(self, addr: int) -> int:
-        """load_u64 through a fault, a struct read or a byte read (across a page)."""
+        """load_u64 through the TLB dict, a fault, or a byte read (across a page); an aligned
+        access heats the hot entry for the next."""
         o = addr & PAGE_MASK
         if o > _LAST_WORD or addr < 0:
             return int.from_bytes(self.read(addr, 8), "little")
         vpn = addr >> PAGE_SHIFT
         base = self._r.get(vpn)
         if base is None:
-            base = self._fault(vpn, ACCESS_READ)
+            base = self._fault(vpn, ACCESS_READ)     # the fault is the reference
         elif vpn != self._last:
-            self._refs.append(vpn)
-            self._last = vpn
+            self._reference(vpn)
+        if not addr & 7:
+            self._heat_r(vpn, base)
         return _unpack_u64(self._buf, base + o)[0]
+
+    def _heat_r(self, vpn: int, base: int) -> None:
+        """Make (vpn, base) the hot read entry, unless vpn is not _last or its _r entry is
+        not base any more (dropped: a drop racing this either shows in the re-read or
+        cools the entry after it)."""
+        key = vpn << PAGE_SHIFT
+        self._rdelta = base - key
+        self._rkey = key
+        if self._r.get(vpn) != base or self._last != vpn:
+            self._rkey = _COLD
+
+    def _reference(self, vpn: int) -> None:
+        """Record a TLB hit on vpn, a page other than _last; this cools the hot entries."""
+        self._refs.append(vpn)
+        self._last = vpn
+        self._rkey = self._wkey = _COLD
 
     def try_read(self, addr: int, n: int) -> bytes | None:
         """n bytes at addr if every page is in the TLB, else None; never faults."""
@@ -239,8 +275,7 @@ class Mmu:
                 return None
             self.tlb_hits += 1
             if vpn != self._last:
-                self._refs.append(vpn)
-                self._last = vpn
+                self._reference(vpn)
             dst[pos:pos + take] = self._buf[base + o:base + o + take]
             pos += take
         return bytes(out)
@@ -293,8 +328,7 @@ class Mmu:
             else:
                 self.tlb_hits += 1
                 if vpn != self._last:
-                    self._refs.append(vpn)
-                    self._last = vpn
+                    self._reference(vpn)
             buf[base + o:base + o + take] = src[pos:pos + take]
             if w.get(vpn) != base:                   # shot down under us: store again
                 self.store_races += 1
@@ -302,28 +336,21 @@ class Mmu:
             pos += take
 
     def store_u64(self, addr: int, value: int) -> None:
-        """Store value (mod 2**64) as a little-endian 64-bit integer at addr (an aligned hit:
-        as load_u64's, then the store race check below; word hits are not counted in
-        tlb_hits)."""
-        vpn, w = addr >> PAGE_SHIFT, self._w
-        try:
-            base = w[vpn]
-        except KeyError:
-            self._store_u64_slow(addr, value)
-            return
-        if addr & 7:
-            self._store_u64_slow(addr, value)
-            return
-        if vpn != self._last:
-            self._refs.append(vpn)
-            self._last = vpn
-        self._words[(base | addr & PAGE_MASK) >> 3] = value & U64_MASK
-        if w.get(vpn) != base:                       # shot down under us: store again
-            self.store_races += 1
-            self._store_u64_slow(addr, value)
+        """Store value (mod 2**64) as a little-endian 64-bit integer at addr (an aligned hit
+        on the last referenced page: as load_u64's, then the store race check below; word
+        hits are not counted in tlb_hits)."""
+        key = addr & _WORD_KEY
+        if key == self._wkey:
+            delta = self._wdelta
+            self._words[(delta + addr) >> 3] = value & U64_MASK
+            if self._wkey == key or self._w.get(key >> PAGE_SHIFT) == delta + key:
+                return                               # (cooled for another page's drop)
+            self.store_races += 1                    # shot down under us: store again
+        self._store_u64_slow(addr, value)
 
     def _store_u64_slow(self, addr: int, value: int) -> None:
-        """store_u64 through the dirty trap or a fault, or a byte write (across a page)."""
+        """store_u64 through the TLB dict, the dirty trap or a fault, or a byte write (across
+        a page); an aligned access heats the hot entry for the next."""
         value &= U64_MASK
         o = addr & PAGE_MASK
         if o > _LAST_WORD or addr < 0:
@@ -335,12 +362,21 @@ class Mmu:
             if base is None:
                 base = self._writable(vpn)
             elif vpn != self._last:
-                self._refs.append(vpn)
-                self._last = vpn
+                self._reference(vpn)
             _pack_u64(self._buf, base + o, value)
             if w.get(vpn) == base:
+                if not addr & 7:
+                    self._heat_w(vpn, base)
                 return
             self.store_races += 1                    # shot down under us: store again
+
+    def _heat_w(self, vpn: int, base: int) -> None:
+        """Make (vpn, base) the hot write entry (as _heat_r, against _w)."""
+        key = vpn << PAGE_SHIFT
+        self._wdelta = base - key
+        self._wkey = key
+        if self._w.get(vpn) != base or self._last != vpn:
+            self._wkey = _COLD
 
     def _writable(self, vpn: int) -> int:
         """The offset of vpn for a store: the local dirty trap if it is installed writable
@@ -356,8 +392,7 @@ class Mmu:
                 self._w[vpn] = base
                 self.local_dirty_traps += 1
                 if vpn != self._last:
-                    self._refs.append(vpn)
-                    self._last = vpn
+                    self._reference(vpn)
                 return base
         return self._fault(vpn, ACCESS_WRITE)
 
@@ -544,7 +579,9 @@ class Mmu:
 
     # -- invalidation ----------------------------------------------------------------------
     def _drop_tlb_locked(self, vpn: int) -> None:
-        """Remove vpn's TLB entries (the page stays resident, its dirty bit stays)."""
+        """Remove vpn's TLB entries (the page stays resident, its dirty bit stays) and cool
+        the hot word entries, whichever page they hold."""
+        self._rkey = self._wkey = _COLD
         self._r.pop(vpn, None)
         self._w.pop(vpn, None)
         self._x.pop(vpn, None)

@@ -484,6 +484,57 @@ def test_refs_arrive_in_access_order(fk: MmuKernel, proc: SealedProcess) -> None
     assert fk.refs_log[-1][0] == "fault" and fk.faults[-1][0] == v0 + 5
 
 
+def test_word_access_refs_interleave_in_order(fk: MmuKernel, proc: SealedProcess) -> None:
+    addr = proc.map(8)
+    v0 = addr // PAGE_SIZE
+    for p in range(4):
+        proc.write(addr + p * PAGE_SIZE, b"d")               # resident and dirty
+    mark = len(fk.refs_log)
+    for p, how in ((2, "load"), (2, "load"), (0, "store"), (0, "load"), (2, "read"),
+                   (0, "store"), (0, "write"), (0, "load"), (3, "load"), (3, "store"),
+                   (2, "load"), (1, "store"), (2, "load")):
+        a = addr + p * PAGE_SIZE + 16
+        if how == "load":
+            proc.load_u64(a)
+        elif how == "store":
+            proc.store_u64(a, 7)
+        elif how == "read":
+            proc.read(a, 8)
+        else:
+            proc.write(a, b"w")
+    proc.read(addr + 5 * PAGE_SIZE, 1)                       # miss: hands the record over
+    got = [vpn for _, refs in fk.refs_log[mark:] for vpn in refs]
+    assert got == [v0 + p for p in (2, 0, 2, 0, 3, 2, 1, 2)]
+
+
+def test_word_hits_end_with_shootdown_and_protect(fk: MmuKernel, proc: SealedProcess) -> None:
+    addr = proc.map(2)
+    vpn = addr // PAGE_SIZE
+    proc.store_u64(addr + 8, 41)
+    proc.store_u64(addr + 8, 42)                             # a word hit
+    assert proc.load_u64(addr + 8) == 42                     # and a load hit
+    faults = len(fk.faults)
+    shot = fk.shootdown(vpn)
+    assert shot["dirty"] is True and shot["data"][8:16] == (42).to_bytes(8, "little")
+    assert proc.load_u64(addr + 8) == 42                     # faulted back from the capture
+    assert [f[:2] for f in fk.faults[faults:]] == [(vpn, "r")]
+    assert proc.load_u64(addr + 9) == 42 >> 8                # unaligned: the slow path
+    proc.store_u64(addr + 16, 1)                             # the dirty trap, then a hit
+    proc.store_u64(addr + 16, 2)
+    assert fk.shootdown(vpn)["data"][16:24] == (2).to_bytes(8, "little")
+    proc.store_u64(addr + 16, 3)                             # a write fault, then a hit
+    assert fk.faults[-1][:2] == (vpn, "w")
+    proc.protect(addr, 2, PROT_R)
+    with pytest.raises(ProtectionFault):
+        proc.store_u64(addr + 16, 4)
+    assert proc.load_u64(addr + 16) == 3
+    proc.unmap(addr, 2)
+    with pytest.raises(SegmentationFault):
+        proc.load_u64(addr + 16)
+    with pytest.raises(SegmentationFault):
+        proc.load_u64(-8)
+
+
 def test_heartbeat_hands_over_refs_of_a_busy_process(fk: MmuKernel, proc: SealedProcess) -> None:
     addr = proc.map(2)
     proc.read(addr, 1)
