@@ -416,11 +416,14 @@ class Pagers:
             self._pump(slot)
         elif not slot.pump_due:
             slot.pump_due = True
-            self.server.call_later(0, functools.partial(self._pump, slot))
+            self.server.call_later(0, functools.partial(self._pump, slot, True))
 
-    def _pump(self, slot: PagerSlot) -> None:
+    def _pump(self, slot: PagerSlot, due: bool = False) -> None:
         """Send backlog requests, oldest first, while the slot has a live instance with room
-        in its window; PAGE_OUTs together at the head go as one request."""
+        in its window; PAGE_OUTs together at the head go as one request.  While page-outs
+        wait for the end of the turn, everything does (`due`: it is the end)."""
+        if slot.pump_due and not due:
+            return
         slot.pump_due = False
         while slot.up and slot.peer is not None and slot.backlog \
                 and len(slot.inflight) < PAGER_WINDOW:

@@ -36,7 +36,14 @@ from typing import Any, TypeGuard
 
 import zmq
 
-from pager_service.hostile import BATCH_ATTACKS, HONEST, HostileCounts, HostileOptions, PageRead, make_behaviour
+from pager_service.hostile import (
+    BATCH_ATTACKS,
+    HONEST,
+    HostileCounts,
+    HostileOptions,
+    PageRead,
+    make_behaviour,
+)
 from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError, err_code

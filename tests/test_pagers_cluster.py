@@ -1,0 +1,108 @@
+"""Clustered page-outs in process: many pages per PAGE_OUT, each page's answer its own.
+
+The real kernel on the simulated seam (tests/kernel_harness.py).  Pages are written with one
+frame while no pager is up, so their write-backs queue HELD; when the pager joins they go in
+clustered requests (kernel_daemon/pagers.py).  The pager then falsifies one cluster's answer
+in each of the ways --batch-attack does (pager_service/hostile.py falsify_batch: the very same
+function): the kernel must take each page's answer on its own, write again only the pages
+not truly acknowledged, and read every page back verified; nothing may panic."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from kernel_harness import App, FakePager, Msg, Rig, page
+
+from pager_service.hostile import BATCH_ATTACKS, falsify_batch
+
+PAGES = 6
+
+
+def held_pages(rig: Rig, app: App, n: int = PAGES) -> int:
+    """n pages written with one frame and no pager up (each evicted, HELD, its write-back
+    waiting for a pager); returns the first vpn."""
+    v = app.map(n + 1)
+    for i in range(n + 1):
+        app.write(v + i, page(f"cluster{i}"))
+    rig.run(0.5)
+    return v
+
+
+def attacked_once(kind: str) -> tuple[list[Msg], object]:
+    """A behaviour_cluster that falsifies the first cluster with `kind`, answers honestly
+    after; and the list that records the falsified cluster."""
+    attacked: list[Msg] = []
+    rng = random.Random(7)
+
+    def attack(p: FakePager, msg: Msg, reply: Msg) -> list[Msg]:
+        if attacked:
+            return [reply]
+        attacked.append(msg)
+        return falsify_batch(kind, reply, rng)
+    return attacked, attack
+
+
+def test_held_write_backs_go_in_one_request_each_page_sealed_on_its_own() -> None:
+    rig = Rig(nframes=1)
+    app = rig.app()
+    v = held_pages(rig, app)
+    pager = rig.pager()
+    rig.run_until("every page on swap", lambda: rig.stats()["swapped_pages"] == PAGES)
+    assert len(pager.clusters) == 1 and len(pager.clusters[0]["more"]) == PAGES - 1
+    outs = pager.ops("page_out")
+    assert len(outs) == PAGES and len({m["slot"] for m in outs}) == PAGES
+    assert len({m["data"] for m in outs}) == PAGES       # each sealed on its own
+    for i in range(PAGES):
+        assert app.read(v + i) == page(f"cluster{i}")
+    assert rig.stats()["integrity_failures"] == {}
+
+
+def test_cluster_one_sends_one_page_per_request() -> None:
+    rig = Rig(nframes=1)
+    rig.kernel.pagers.cluster_pages = 1
+    app = rig.app()
+    v = held_pages(rig, app)
+    pager = rig.pager()
+    rig.run_until("every page on swap", lambda: rig.stats()["swapped_pages"] == PAGES)
+    assert pager.clusters == [] and len(pager.ops("page_out")) == PAGES
+    assert app.read(v) == page("cluster0")
+
+
+@pytest.mark.parametrize("kind", BATCH_ATTACKS)
+def test_a_falsified_cluster_costs_at_most_its_own_pages_write_backs(kind: str) -> None:
+    rig = Rig(nframes=1)
+    app = rig.app()
+    v = held_pages(rig, app)
+    pager = FakePager(rig, 0, rig.disks[0])
+    attacked, pager.behaviour_cluster = attacked_once(kind)
+    rig.run_until("every page on swap", lambda: rig.stats()["swapped_pages"] == PAGES)
+    assert attacked, "no cluster was sent"
+    batch = 1 + len(attacked[0]["more"])
+    extra = len(pager.ops("page_out")) - PAGES
+    assert 0 <= extra <= batch                   # only the falsified cluster's pages again
+    if kind == "twice":
+        assert extra == 0                        # the second answer is not heard
+    elif kind != "ack_some":
+        assert extra > 0                         # nothing in it was taken as acknowledged
+    assert rig.stats()["page_outs"] == PAGES     # each page acknowledged once
+    for i in range(PAGES):
+        assert app.read(v + i) == page(f"cluster{i}")
+    assert rig.stats()["integrity_failures"] == {}
+    assert rig.kernel.callback_errors == 0
+
+
+@pytest.mark.parametrize("kind", BATCH_ATTACKS)
+def test_mirrored_a_falsified_cluster_loses_nothing(kind: str) -> None:
+    rig = Rig(nframes=1, mirrors=2)
+    app = rig.app()
+    v = held_pages(rig, app)
+    bad = FakePager(rig, 0, rig.disks[0])
+    attacked, bad.behaviour_cluster = attacked_once(kind)
+    rig.pager(1)
+    rig.run_until("every page on swap", lambda: rig.stats()["swapped_pages"] == PAGES)
+    rig.run_until("nothing left to resync", lambda: rig.stats()["resync_pending"] == 0)
+    assert attacked
+    for i in range(PAGES):
+        assert app.read(v + i) == page(f"cluster{i}")
+    assert rig.stats()["integrity_failures"] == {}
+    assert rig.kernel.callback_errors == 0
