@@ -438,6 +438,7 @@ class Pagers:
             for pop in pops:
                 pop.sent_s, pop.rid = self.server.now(), rid
             slot.inflight[rid] = pops
+            self.stats.page_out_requests += pops[0].op is Op.PAGE_OUT
 
     def _sweep(self) -> None:
         """Every SWEEP_MS: fail backlog requests whose budget ran out while their slot had no

@@ -124,6 +124,8 @@ if TYPE_CHECKING:
 
 SHOOTDOWN_TIMEOUT_MS: int = 5000
 WRITEBACK_RETRY_MS: int = 500
+#: An eviction takes at most 1/RECLAIM_SHARE of the frames at once (see _reclaim).
+RECLAIM_SHARE: int = 16
 GRANT_POLL_MS: int = 2
 LATENCY_KEEP: int = 20000
 
@@ -563,9 +565,15 @@ class Vm:
 
     def _reclaim(self) -> None:
         """Start an eviction for every frame waited for and not yet being freed (the
-        policy's victims), with one SHOOTDOWN per owner naming all of its pages."""
+        policy's victims), with one SHOOTDOWN per owner naming all of its pages.  Evicting at
+        all, evict a cluster: at least the pagers' cluster size, up to 1/RECLAIM_SHARE of the
+        frames (the frames beyond the waiters' serve the next faults; the dirty pages go out
+        in one page-out request)."""
         owners: dict[int, list[Victim]] = {}
-        while len(self.frame_waiters) > self.evicting:
+        want = len(self.frame_waiters) - self.evicting
+        if want > 0:
+            want = max(want, min(self.k.pagers.cluster_pages, self.pool.nframes // RECLAIM_SHARE))
+        for _ in range(want):
             victim = self.policy.victim()
             if victim is None:
                 break                     # every frame is pinned; a finishing one will serve

@@ -495,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pager[{config.mirror}]: {exc}", file=sys.stderr)
         return 2
     print(f"pager[{config.mirror}]: kernel={config.kernel_addr} disk={config.disk_addr} "
-          f"hostile={config.hostile}", file=sys.stderr, flush=True)
+          f"hostile={config.hostile}"
+          f"{' batch_attack=' + config.batch_attack if config.batch_attack else ''}",
+          file=sys.stderr, flush=True)
     try:
         pager.serve_until_signalled()
     finally:

@@ -13,6 +13,7 @@ import random
 import pytest
 from kernel_harness import App, FakePager, Msg, Rig, page
 
+from kernel_daemon.vm import RECLAIM_SHARE
 from pager_service.hostile import BATCH_ATTACKS, falsify_batch
 
 PAGES = 6
@@ -106,3 +107,22 @@ def test_mirrored_a_falsified_cluster_loses_nothing(kind: str) -> None:
         assert app.read(v + i) == page(f"cluster{i}")
     assert rig.stats()["integrity_failures"] == {}
     assert rig.kernel.callback_errors == 0
+
+
+@pytest.mark.parametrize("cluster", [16, 1])
+def test_eviction_takes_a_cluster_of_victims_and_writes_them_in_one_request(cluster: int) -> None:
+    rig = Rig(nframes=64)                        # a cluster: min(16, 64 // RECLAIM_SHARE) pages
+    rig.kernel.pagers.cluster_pages = cluster
+    pager = rig.pager()
+    app = rig.app()
+    v = app.map(256)
+    for i in range(256):
+        app.write(v + i, page(f"dirty{i}"))
+    rig.run_until("the write-backs", lambda: rig.stats()["page_outs"] >= 256 - 64)
+    st = rig.stats()
+    batch = min(cluster, 64 // RECLAIM_SHARE)
+    assert st["page_out_requests"] * batch <= st["page_outs"] + batch
+    assert {len(m.get("more", [])) + 1 for m in pager.clusters} <= set(range(2, batch + 1))
+    for i in range(256):
+        assert app.read(v + i) == page(f"dirty{i}")
+    assert rig.stats()["integrity_failures"] == {}
