@@ -485,7 +485,8 @@ class Pagers:
             elif slot.up:
                 self._suspect(slot)
             self._failed(pop, None, 0)
-        elif reply.get("err") in TRANSIENT_ERRORS and pop.retries > 0:
+        elif isinstance(err := reply.get("err"), str) and err in TRANSIENT_ERRORS \
+                and pop.retries > 0:
             self.stats.pager_transient_errors += 1      # alive, but its disk is not
             self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
         elif reply.get("err") == Err.BADHANDLE and pop.op in REOPEN_OPS and not pop.reopened \

@@ -126,3 +126,24 @@ def test_eviction_takes_a_cluster_of_victims_and_writes_them_in_one_request(clus
     for i in range(256):
         assert app.read(v + i) == page(f"dirty{i}")
     assert rig.stats()["integrity_failures"] == {}
+
+
+def test_answers_of_any_shape_in_more_cost_only_their_pages() -> None:
+    rig = Rig(nframes=1)
+    app = rig.app()
+    v = held_pages(rig, app)
+    pager = FakePager(rig, 0, rig.disks[0])
+    # its own slot with an unhashable error, not a map, nothing, a slot of another type
+    shapes: list[object] = ["own slot", "ack", None, {"slot": [], "err": "EIO"}]
+
+    def odd(p: FakePager, msg: Msg, reply: Msg) -> list[Msg]:
+        if not shapes:
+            return [reply]
+        more, shape = list(reply["more"]), shapes.pop(0)
+        more[0] = {"slot": more[0]["slot"], "err": [1]} if shape == "own slot" else shape
+        return [dict(reply, more=more)]
+    pager.behaviour_cluster = odd
+    rig.run_until("every page on swap", lambda: rig.stats()["swapped_pages"] == PAGES)
+    for i in range(PAGES):
+        assert app.read(v + i) == page(f"cluster{i}")
+    assert rig.kernel.callback_errors == 0 and rig.stats()["integrity_failures"] == {}
