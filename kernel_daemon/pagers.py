@@ -224,7 +224,7 @@ class Pagers:
         slot.joins += 1
         slot.peer, slot.up = peer, True
         slot.last_answer_s = slot.answered_sent_s = 0.0
-        self._requeue(slot, _flat(slot.inflight))  # the old instance will never answer
+        self._requeue(slot, [p for ps in slot.inflight.values() for p in ps])  # never answered
         self._pump(slot)
         if self.on_up is not None:
             self.on_up(mirror)
@@ -273,7 +273,7 @@ class Pagers:
         better to go (one attempt: another mirror) fails over now, every other one waits in
         the backlog for the next instance, keeping its budget."""
         self._mark_down(slot)
-        moved = _flat(slot.inflight)
+        moved = [pop for pops in slot.inflight.values() for pop in pops]
         self._requeue(slot, [pop for pop in moved if pop.retries > 0])
         for pop in moved:
             if pop.retries == 0:
@@ -612,22 +612,15 @@ def _ignore(reply: dict[str, Any] | None, why: str) -> None:
     """A pager answer nobody waits for."""
 
 
-def _flat(inflight: dict[int, list[PagerOp]]) -> list[PagerOp]:
-    """Every request in flight, one PagerOp per page, in the order they were sent."""
-    return [pop for pops in inflight.values() for pop in pops]
-
-
 def _per_page(pops: list[PagerOp], reply: dict[str, Any] | None) -> list[dict[str, Any] | None]:
     """Each page's own answer in the reply to a clustered PAGE_OUT (wire/protocol.py): the
     reply's own fields for the first page, `more` for the others, each naming its page's
     slot (one that names another is a wrong answer for that page).  An error reply without
     `more` is every page's; a `more` that is not one map per further page is a wrong answer
     for every page."""
-    if len(pops) == 1 or reply is None:
+    if len(pops) == 1 or reply is None or ("err" in reply and "more" not in reply):
         return [reply] * len(pops)
     more = reply.get("more")
-    if more is None and "err" in reply:
-        return [reply] * len(pops)
     wrong = {"err": str(Err.BADMSG), "msg": "no answer of its own in the page-out's `more`"}
     if not isinstance(more, list) or len(more) != len(pops) - 1:
         return [wrong] * len(pops)

@@ -705,16 +705,14 @@ class Vm:
         slot, seal_vpn = pte.slot, pte.seal_vpn
 
         def with_handles(handles: list[bytes]) -> None:
+            done = partial(self._written, proc, vpn, pte, version, tag)
             if not pte.live():                     # unmapped meanwhile: its slot is freed
                 return
             if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
-                self.k.ec.page_out(handles, slot, (space.swap_id, seal_vpn, version),
-                                   sealed, lambda mask, why: self._written(
-                                       proc, vpn, pte, version, tag, mask, why))
-                return
-            self.k.pagers.page_out(handles, slot, sealed,
-                                   lambda mask, why: self._written(proc, vpn, pte, version, tag,
-                                                                   mask, why))
+                self.k.ec.page_out(handles, slot, (space.swap_id, seal_vpn, version), sealed,
+                                   done)
+            else:
+                self.k.pagers.page_out(handles, slot, sealed, done)
         self.k.pagers.with_handles(space, with_handles)
 
     def _written(self, proc: Proc, vpn: int, pte: Pte, version: int, tag: bytes, mask: int,
