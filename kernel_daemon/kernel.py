@@ -573,7 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-around", type=int, default=FAULT_AROUND,
                    help="most prefetched pages a fault installs beside its own (0: none)")
     p.add_argument("--cluster", type=int, default=CLUSTER_PAGES,
-                   help="most pages one page-out request to a pager carries (1: one)")
+                   help="most pages one page-out request to a pager carries (1: one; "
+                        "at most 64)")
     p.add_argument("--ec-delta", type=int, default=int(env("SEALEDOS_EC_DELTA", "1")),
                    help="with --code: a page-in asks K + this many pagers at once")
     p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",

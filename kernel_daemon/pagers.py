@@ -83,8 +83,10 @@ SWEEP_MS: int = 200
 TRANSIENT_BACKOFF_MS: int = 100
 #: Most requests outstanding at one pager instance; the rest wait in the backlog.
 PAGER_WINDOW: int = 32
-#: Most pages one PAGE_OUT request carries (the kernel's --cluster; 1: one page a request).
+#: Most pages one PAGE_OUT request carries (the kernel's --cluster; 1: one page a request),
+#: and the most --cluster may ask for (a pager takes up to 128: pager_service/pager.py).
 CLUSTER_PAGES: int = 16
+MAX_CLUSTER_PAGES: int = 64
 #: Requests whose EBADHANDLE answer makes the kernel re-OPEN the handle and ask again.
 REOPEN_OPS: frozenset[Op] = frozenset({Op.PAGE_IN, Op.PAGE_OUT})
 #: How soon a CLOSE that could not reach its disk is asked again.
@@ -166,7 +168,7 @@ class Pagers:
         self.slots = [PagerSlot(m) for m in range(nmirrors)]
         self.timeout_ms = timeout_ms
         self.retries = retries
-        self.cluster_pages = max(1, cluster_pages)
+        self.cluster_pages = max(1, min(cluster_pages, MAX_CLUSTER_PAGES))
         self.host = host
         self.stats = stats
         #: Called with a mirror number when an instance joins or a silent one is heard again.

@@ -69,8 +69,9 @@ HANDLE_BYTES: int = 16
 MAX_LABEL_CHARS: int = 256
 #: Most slots one free request may name.
 MAX_FREE_SLOTS: int = 1 << 16
-#: Most pages one page-out request may carry (the kernel sends at most its --cluster).
-MAX_CLUSTER_PAGES: int = 256
+#: Most pages one page-out request may carry (the kernel sends at most its --cluster, <= 64;
+#: 128 pages stay well inside a frame's MAX_FRAME_BYTES).
+MAX_CLUSTER_PAGES: int = 128
 
 DiskDone = Callable[[dict[str, Any]], None]
 DiskFailed = Callable[[Err, str], None]
