@@ -694,7 +694,7 @@ class Vm:
         if pte.held is None:
             raise Panic(f"write-back of page {vpn:#x} with no bytes held")
         version = self.sealer.next_version()
-        pte.wb_version = version
+        pte.wb_version, pte.swap_valid = version, False   # the slot is unknown until acked
         if pte.slot < 0:
             pte.space, pte.seal_vpn = proc.space, vpn
             pte.slot = proc.space.alloc_slot()
@@ -753,8 +753,11 @@ class Vm:
         self._wake(pte)
 
     def _retry_write(self, proc: Proc, vpn: int, pte: Pte) -> None:
-        if proc.alive and pte.live() and pte.held is not None \
-                and not pte.wb_version:
+        """Write a failed write-back again, unless a later one has made the swap copy current
+        meanwhile (held is then kept only for a local install: writing it again would leave
+        the slot unknown if that write failed, with swap_valid still saying it is current)."""
+        if proc.alive and pte.live() and pte.held is not None and not pte.wb_version \
+                and not pte.swap_valid:
             self.write_back(proc, vpn, pte)
 
     # -- page grants --------------------------------------------------------------------

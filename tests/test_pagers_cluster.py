@@ -13,7 +13,7 @@ import random
 import pytest
 from kernel_harness import App, FakePager, Msg, Rig, page
 
-from kernel_daemon.vm import RECLAIM_SHARE
+from kernel_daemon.vm import RECLAIM_SHARE, WRITEBACK_RETRY_MS
 from pager_service.hostile import BATCH_ATTACKS, falsify_batch
 
 PAGES = 6
@@ -147,3 +147,45 @@ def test_answers_of_any_shape_in_more_cost_only_their_pages() -> None:
     for i in range(PAGES):
         assert app.read(v + i) == page(f"cluster{i}")
     assert rig.kernel.callback_errors == 0 and rig.stats()["integrity_failures"] == {}
+
+
+def test_a_failed_write_back_is_not_written_again_over_a_later_acknowledged_one() -> None:
+    """Found by the batch attacks: a pager stores a page and answers that it failed; the
+    page is dirtied and written again (acknowledged while a fault waits for a frame for it,
+    so the kernel keeps its bytes); the first write's retry must not write the slot again
+    (had that write been stored and answered failed too, the kernel would expect the
+    acknowledged version and find the retry's: page integrity lost)."""
+    rig = Rig(nframes=1)
+    pager = rig.pager()
+    app = rig.app()
+    v = app.map(2)
+    writes: dict[int, int] = {}
+    held_back: list[Msg] = []
+
+    def stores_and_lies(p: FakePager, m: Msg) -> Msg | None:
+        p.disk.writes.setdefault((bytes(m["handle"]), m["slot"]), []).append(m["data"])
+        n = writes[m["slot"]] = writes.get(m["slot"], 0) + 1
+        if m["slot"] == 0 and n == 2:
+            held_back.append(m)          # answered below, while the fault waits
+            return None
+        return {"err": "EINVAL", "msg": "stored, says it failed"} if n in (1, 3) else {}
+    pager.behaviour["page_out"] = stores_and_lies
+    app.write(v, page("a"))
+    app.write(v + 1, page("b"))           # v evicted dirty: write 1 stored, "failed"
+    first_failed = rig.now
+    app.write(v, page("c"))               # from the kernel's bytes, dirtied again
+    app.write(v + 1, page("d"))           # v evicted dirty: write 2, its answer held back
+    assert held_back
+    app.answers_shootdowns = False
+    rid = app.send("fault", vpn=v, access="r", refs=[])       # waits for a frame
+    rig.run(0.01)
+    pager.peer.send({"re": held_back[0]["rid"]})              # write 2 acknowledged
+    rig.run(first_failed + 2 * WRITEBACK_RETRY_MS / 1000 - rig.now)   # write 1's retry due
+    shot = app.shootdowns[-1]
+    app.control.send(dict(app.give_back(shot["vpn"], shot["frame"], shot["want"]),
+                          re=shot["rid"]))
+    app.answers_shootdowns = True
+    app.install(v, "r", app.answer(rid))
+    app.read(v + 1)                       # v evicted clean: its swap copy is trusted
+    assert writes[0] == 2 and app.read(v) == page("c")
+    assert rig.stats()["integrity_failures"] == {}
