@@ -67,4 +67,6 @@ def test_mirrored_a_pager_falsifying_clusters_loses_nothing(
     monkeypatch.setenv("SEALEDOS_BATCH_ATTACK", attack)
     system = make_system(frames=FRAMES, disk_size_mib=8, hostile="snoop", pagers=2, **TIMEOUTS)
     run_memstress(system)
-    assert system.stats()["kernel"]["integrity_failures"] == {}
+    # a page-in may time out at a pager suspected for withholding (and fail over): never a
+    # page that fails its check (every page is stored honestly, every ack is its own page's)
+    assert set(system.stats()["kernel"]["integrity_failures"]) <= {"timeout"}
