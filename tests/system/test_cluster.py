@@ -9,6 +9,10 @@ reaches the app verified and the kernel carries on; with a mirror, nothing is lo
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -70,3 +74,21 @@ def test_mirrored_a_pager_falsifying_clusters_loses_nothing(
     # a page-in may time out at a pager suspected for withholding (and fail over): never a
     # page that fails its check (every page is stored honestly, every ack is its own page's)
     assert set(system.stats()["kernel"]["integrity_failures"]) <= {"timeout"}
+
+
+def test_bench_scan_dirty_fits_80_columns_and_has_json() -> None:
+    """`sealedos bench scan --dirty`, piped: a row per --cluster setting within 80 columns;
+    --json carries pages/s and pages per request of each and the same-run ratio."""
+    cmd = [sys.executable, "-m", "host_tools.cli", "bench", "scan", "--dirty", "--frames", "32",
+           "--pages", "96", "--repeat", "1"]
+    env = {**os.environ, "COLUMNS": "80"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, lines
+    assert [line.split("│")[1].strip() for line in lines if line.startswith("│")] == ["16", "1"]
+    out = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=180, env=env)
+    result = json.loads(out.stdout)
+    assert result["dirty"]["1"]["pages_per_request"] == 1.0
+    assert result["dirty"]["16"]["pages_per_request"] > 1.0
+    assert result["ratio_vs_cluster_1"] > 0
