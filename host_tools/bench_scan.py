@@ -2,6 +2,7 @@
 
     sealedos bench scan [--frames 64] [--pages 512] [--stride 8] [--repeat 3]
                         [--modes off,trend,readahead] [--fault-around 16] [--json]
+    sealedos bench scan --dirty [--frames 256] [--pages 2048] [--repeat 3] [--json]
 
 For each prefetch mode a fresh system is started (`sealedos kernel --prefetch MODE`) and this
 process becomes one of its sealed processes.  It fills three regions of --pages pages each
@@ -18,6 +19,14 @@ follow it.  The modes run --repeat times, interleaved (off, trend, readahead, of
 every mode sees the same load; the median run is printed, and the ratio of each mode to off
 over the same repetitions.  Targets (issue 13): sequential >=
 4x off with trend, random within 5% of off.
+
+--dirty measures page-outs instead (clustered page-outs, kernel_daemon/pagers.py): a fresh
+system per run writes every byte of --pages pages with --frames frames, and waits until
+all but the frames' worth are acknowledged on swap, so page-outs dominate.  The kernel's
+default --cluster (several pages per pager request, evicted together) and --cluster 1 (one
+page per request, one victim per fault: the path before clustering) run interleaved in the
+same repetitions; printed are pages/s, the same-repetition ratio to --cluster 1, pages per
+PAGE_OUT request and CPU per page.
 """
 from __future__ import annotations
 
@@ -36,6 +45,7 @@ from rich.table import Table
 
 from apps.runtime import PAGE_SIZE, SealedProcess
 from host_tools.system import Config, System
+from kernel_daemon.pagers import CLUSTER_PAGES
 from kernel_daemon.prefetch import FAULT_AROUND, MODES
 
 SCANS: tuple[str, ...] = ("sequential", "strided", "random")
@@ -207,16 +217,78 @@ def print_report(result: dict[str, Any], console: Console) -> None:
     console.print(f"every byte verified: {result['verified']}")
 
 
+def dirty_once(frames: int, npages: int, cluster: int) -> dict[str, float]:
+    """Write every byte of npages pages on a fresh system with --cluster `cluster`; wait for
+    their write-backs; pages/s, pages per page-out request, CPU us per page."""
+    config = Config(frames=frames, disk_size_mib=max(16, 2 * npages // 200),
+                    kernel_args=[f"--cluster={cluster}"])
+    with System(config) as system, system.connect_sealed("memstress", "dirty") as proc:
+        base = proc.map(npages)
+        k0, c0, t0 = system.stats()["kernel"], cpu_s(system), time.perf_counter()
+        for i in range(npages):
+            proc.write(base + i * PAGE_SIZE, pattern(0, i))
+        deadline = time.monotonic() + WAIT_SWAPPED_S
+        while (rec := system.process("dirty")) is not None and \
+                rec["swapped_pages"] < npages - frames:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {rec['swapped_pages']} pages reached swap")
+            time.sleep(0.01)
+        dt, cpu, k1 = time.perf_counter() - t0, cpu_s(system) - c0, system.stats()["kernel"]
+    outs, requests = (k1[f] - k0[f] for f in ("page_outs", "page_out_requests"))
+    return {"pages_per_s": round(npages / dt, 1),
+            "pages_per_request": round(outs / requests, 2) if requests else 0.0,
+            "cpu_us_per_page": round(cpu / npages * 1e6, 1), "page_outs": outs,
+            "requests": requests}
+
+
+def measure_dirty(frames: int, npages: int, repeat: int, console: Console) -> dict[str, Any]:
+    """The dirty scan with the default --cluster and with --cluster 1, interleaved `repeat`
+    times; the median run of each and the median same-repetition ratio."""
+    runs: dict[int, list[dict[str, float]]] = {CLUSTER_PAGES: [], 1: []}
+    for rep in range(repeat):
+        for cluster in runs:
+            console.print(f"repetition {rep + 1}/{repeat}: dirty scan, --cluster {cluster} ...")
+            runs[cluster].append(dirty_once(frames, npages, cluster))
+    out: dict[str, Any] = {"frames": frames, "pages": npages, "repeat": repeat,
+                           "dirty": {}}
+    for cluster, results in runs.items():
+        ranked = sorted(results, key=lambda r: r["pages_per_s"])
+        out["dirty"][str(cluster)] = dict(ranked[len(ranked) // 2],
+                                          pages_per_s_all=[r["pages_per_s"] for r in ranked])
+    out["ratio_vs_cluster_1"] = round(statistics.median(
+        c["pages_per_s"] / o["pages_per_s"] for c, o in zip(runs[CLUSTER_PAGES], runs[1],
+                                                            strict=True)), 2)
+    return out
+
+
+def print_dirty(result: dict[str, Any], console: Console) -> None:
+    """One row per --cluster setting: pages/s, ratio, pages per request, CPU per page."""
+    table = Table(title=f"sealedos bench scan --dirty: {result['pages']} pages written, "
+                        f"{result['frames']} frames, median of {result['repeat']}")
+    for name in ("cluster", "pages/s", "x cluster 1", "pages/request", "CPU us/page"):
+        table.add_column(name, justify="right")
+    for cluster, r in result["dirty"].items():
+        ratio = result["ratio_vs_cluster_1"] if cluster != "1" else 1.0
+        table.add_row(cluster, f"{r['pages_per_s']:,.0f}", f"{ratio}x",
+                      f"{r['pages_per_request']:.2f}", f"{r['cpu_us_per_page']:,.0f}")
+    console.print(table)
+    console.print("x cluster 1: the median of same-repetition ratios to --cluster 1")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`sealedos bench scan` flags."""
     p = argparse.ArgumentParser(prog="sealedos bench scan", description=__doc__.split("\n")[0])
-    p.add_argument("--frames", type=int, default=64)
-    p.add_argument("--pages", type=int, default=512, help="pages per scanned region")
+    p.add_argument("--frames", type=int, default=None, help="default 64 (--dirty: 256)")
+    p.add_argument("--pages", type=int, default=None,
+                   help="pages per scanned region, default 512 (--dirty: pages written, 2048)")
     p.add_argument("--stride", type=int, default=8, help="the strided scan's step in pages")
     p.add_argument("--repeat", type=int, default=3, help="runs of every mode, interleaved")
     p.add_argument("--modes", default=",".join(MODES), help="prefetch modes, comma-separated")
     p.add_argument("--fault-around", type=int, default=FAULT_AROUND,
                    help="most prefetched pages a fault installs beside its own (0: none)")
+    p.add_argument("--dirty", action="store_true",
+                   help="measure page-outs: clustered vs --cluster 1 (default --frames 256, "
+                        "--pages 2048)")
     p.add_argument("--json", action="store_true")
     return p
 
@@ -224,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run the scans and print pages/s per mode with the ratios to off."""
     args = build_parser().parse_args(argv)
+    if args.dirty:
+        return dirty_main(args)
+    args.frames, args.pages = args.frames or 64, args.pages or 512
     modes = args.modes.split(",")
     if any(m not in MODES for m in modes) or args.pages < 2 * args.frames or args.repeat < 1:
         print(f"sealedos bench scan: --modes from {','.join(MODES)}, --pages >= 2 x --frames, "
@@ -236,3 +311,18 @@ def main(argv: list[str]) -> int:
     else:
         print_report(result, Console())
     return 0 if result["verified"] else 1
+
+
+def dirty_main(args: argparse.Namespace) -> int:
+    """`sealedos bench scan --dirty`: the page-out figure (see the module docstring)."""
+    frames, npages = args.frames or 256, args.pages or 2048
+    if npages < 2 * frames or args.repeat < 1:
+        print("sealedos bench scan --dirty: --pages >= 2 x --frames, --repeat >= 1",
+              file=sys.stderr)
+        return 2
+    result = measure_dirty(frames, npages, args.repeat, Console(stderr=True, quiet=args.json))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_dirty(result, Console())
+    return 0

@@ -39,7 +39,7 @@ from kernel_daemon.frames import FramePool
 from kernel_daemon.histogram import BOUNDS_US
 from kernel_daemon.hostproc import ExitWatch, kill_if_same, same_process
 from kernel_daemon.ipc import Ipc
-from kernel_daemon.pagers import Pagers
+from kernel_daemon.pagers import CLUSTER_PAGES, Pagers
 from kernel_daemon.pagetable import MAX_MAP_PAGES, MAX_MIRRORS
 from kernel_daemon.policy import POLICIES, make_policy
 from kernel_daemon.prefetch import DEFAULT_MODE, FAULT_AROUND, MODES
@@ -107,7 +107,8 @@ class Kernel(Server):
                  launcher_key: str | None = None, keys: Keyring | None = None,
                  transport: Transport | None = None, clock: Clock | None = None,
                  code: tuple[int, int] | None = None, ec_delta: int = 1,
-                 prefetch: str = "off", fault_around: int = FAULT_AROUND) -> None:
+                 prefetch: str = "off", fault_around: int = FAULT_AROUND,
+                 cluster_pages: int = CLUSTER_PAGES) -> None:
         self.stats = KernelStats(policy, nframes, seal, mirrors,
                                  f"{code[0]}+{code[1]}" if code else None, prefetch)
         self.procs = ProcTable()
@@ -130,7 +131,7 @@ class Kernel(Server):
         self.host = self.transport.hostname()
         self.sock = self.bind_router(addr)
         self.pagers = Pagers(self, self.sock, mirrors, pager_timeout_ms, pager_retries,
-                             self.host, self.stats)
+                             self.host, self.stats, cluster_pages)
         #: Erasure-coded pagers (--code K+R): fragment i of every page on pager i (ecpages.py).
         self.ec = EcPages(self.pagers, *code, ec_delta, self.stats) if code else None
         self.resync = Resync(self)               # a returning mirror gets what it missed
@@ -571,6 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read swapped pages ahead of faults (prefetch.py)")
     p.add_argument("--fault-around", type=int, default=FAULT_AROUND,
                    help="most prefetched pages a fault installs beside its own (0: none)")
+    p.add_argument("--cluster", type=int, default=CLUSTER_PAGES,
+                   help="most pages one page-out request to a pager carries (1: one; "
+                        "at most 64)")
     p.add_argument("--ec-delta", type=int, default=int(env("SEALEDOS_EC_DELTA", "1")),
                    help="with --code: a page-in asks K + this many pagers at once")
     p.add_argument("--no-seal", action="store_true", default=env("SEALEDOS_NO_SEAL") == "1",
@@ -626,7 +630,8 @@ def main(argv: list[str]) -> int:
     kernel = Kernel(args.addr, args.frames, args.policy, args.pagers, not args.no_seal,
                     args.pager_timeout_ms, args.pager_retries, args.ipc_max_bytes, args.trace,
                     args.launcher_key, keys, code=code, ec_delta=args.ec_delta,
-                    prefetch=args.prefetch, fault_around=max(0, args.fault_around))
+                    prefetch=args.prefetch, fault_around=max(0, args.fault_around),
+                    cluster_pages=args.cluster)
     collect_rarely()
     host.open_socket_file(args.addr)
     print(f"kernel: serving at {args.addr} ({args.frames} frames, policy {args.policy}, "

@@ -38,6 +38,21 @@ mirrored page-in with another mirror behind it, a mirrored page-out) gets exactl
 attempt: its caller has a better option than waiting.  The pager's own disk timeout is
 shorter than the kernel's pager timeout (pager.py), so a dead disk shows up here as a
 transient error from a live pager, and the kernel does not kill a healthy pager for it.
+
+Clustered page-outs
+-------------------
+Page-outs are not sent at once but at the end of the loop's turn, and up to cluster_pages
+PAGE_OUTs waiting together at the head of a backlog go in one request (the first page in its
+own fields, the others in `more`; wire/protocol.py).  Everything else stays per page: each
+page is sealed on its own (its version, tag and slot), is its own PagerOp with its own
+budget, and its own answer (_per_page) goes through the single-page path (_settle): an ack,
+a transient error retried, EBADHANDLE re-OPENed, a timeout suspected and retried.  So a
+pager that acks some pages of a batch and not others, answers for other slots, in another
+order, or withholds the batch costs only those pages' write-backs; a `more` that is not one
+map per page naming its page's slot is a wrong answer for every page of the batch.  An ack
+is a claim, as for one page: a pager that acks and does not store is caught by the seal on
+the page-in.  Mirrored and erasure-coded page-outs, repairs and the resync all go through
+write_all, so each mirror's pages are clustered the same way.
 """
 from __future__ import annotations
 
@@ -68,6 +83,10 @@ SWEEP_MS: int = 200
 TRANSIENT_BACKOFF_MS: int = 100
 #: Most requests outstanding at one pager instance; the rest wait in the backlog.
 PAGER_WINDOW: int = 32
+#: Most pages one PAGE_OUT request carries (the kernel's --cluster; 1: one page a request),
+#: and the most --cluster may ask for (a pager takes up to 128: pager_service/pager.py).
+CLUSTER_PAGES: int = 16
+MAX_CLUSTER_PAGES: int = 64
 #: Requests whose EBADHANDLE answer makes the kernel re-OPEN the handle and ask again.
 REOPEN_OPS: frozenset[Op] = frozenset({Op.PAGE_IN, Op.PAGE_OUT})
 #: How soon a CLOSE that could not reach its disk is asked again.
@@ -126,7 +145,8 @@ class PagerSlot:
     last_answer_s: float = 0.0         # when the current instance last answered anything
     answered_sent_s: float = 0.0       # latest send time among the requests it answered
     down_since: float = 0.0            # when the slot last lost its instance
-    inflight: dict[int, PagerOp] = field(default_factory=dict)
+    pump_due: bool = False             # page-outs wait for the end of the turn (clustering)
+    inflight: dict[int, list[PagerOp]] = field(default_factory=dict)   # rid -> its pages
     backlog: deque[PagerOp] = field(default_factory=deque)
 
     def health(self, now_s: float) -> dict[str, Any]:
@@ -141,12 +161,14 @@ class Pagers:
     """Every mirror slot, and the sending, retrying and mirroring of pager requests."""
 
     def __init__(self, server: Server, sock: zmq.Socket[bytes], nmirrors: int, timeout_ms: int,
-                 retries: int, host: str, stats: KernelStats) -> None:
+                 retries: int, host: str, stats: KernelStats,
+                 cluster_pages: int = CLUSTER_PAGES) -> None:
         self.server = server
         self.sock = sock
         self.slots = [PagerSlot(m) for m in range(nmirrors)]
         self.timeout_ms = timeout_ms
         self.retries = retries
+        self.cluster_pages = max(1, min(cluster_pages, MAX_CLUSTER_PAGES))
         self.host = host
         self.stats = stats
         #: Called with a mirror number when an instance joins or a silent one is heard again.
@@ -204,7 +226,7 @@ class Pagers:
         slot.joins += 1
         slot.peer, slot.up = peer, True
         slot.last_answer_s = slot.answered_sent_s = 0.0
-        self._requeue(slot, list(slot.inflight.values()))  # the old instance will never answer
+        self._requeue(slot, [p for ps in slot.inflight.values() for p in ps])  # never answered
         self._pump(slot)
         if self.on_up is not None:
             self.on_up(mirror)
@@ -253,7 +275,7 @@ class Pagers:
         better to go (one attempt: another mirror) fails over now, every other one waits in
         the backlog for the next instance, keeping its budget."""
         self._mark_down(slot)
-        moved = list(slot.inflight.values())
+        moved = [pop for pops in slot.inflight.values() for pop in pops]
         self._requeue(slot, [pop for pop in moved if pop.retries > 0])
         for pop in moved:
             if pop.retries == 0:
@@ -263,8 +285,8 @@ class Pagers:
     def _requeue(self, slot: PagerSlot, pops: list[PagerOp]) -> None:
         """Take every request off the slot's old instance; put `pops` back at the head of the
         backlog, in the order they were sent (the others the caller settles)."""
-        for pop in slot.inflight.values():
-            self.server.forget(pop.rid)
+        for rid in slot.inflight:
+            self.server.forget(rid)
         slot.inflight.clear()
         for pop in reversed(pops):
             slot.backlog.appendleft(pop)
@@ -388,22 +410,37 @@ class Pagers:
                            deadline_s=now + (retries + 1) * self.timeout_ms / 1000))
 
     def _send(self, pop: PagerOp) -> None:
-        """Queue pop at the tail of its slot's backlog and send what the window allows."""
+        """Queue pop at the tail of its slot's backlog and send what the window allows (a
+        page-out at the end of the turn, with the others queued by then: clustered)."""
         slot = self.slots[pop.mirror]
         slot.backlog.append(pop)
-        self._pump(slot)
+        if pop.op is not Op.PAGE_OUT or self.cluster_pages == 1:
+            self._pump(slot)
+        elif not slot.pump_due:
+            slot.pump_due = True
+            self.server.call_later(0, functools.partial(self._pump, slot, True))
 
-    def _pump(self, slot: PagerSlot) -> None:
+    def _pump(self, slot: PagerSlot, due: bool = False) -> None:
         """Send backlog requests, oldest first, while the slot has a live instance with room
-        in its window."""
+        in its window; PAGE_OUTs together at the head go as one request.  While page-outs
+        wait for the end of the turn, everything does (`due`: it is the end)."""
+        if slot.pump_due and not due:
+            return
+        slot.pump_due = False
         while slot.up and slot.peer is not None and slot.backlog \
                 and len(slot.inflight) < PAGER_WINDOW:
-            pop = slot.backlog.popleft()
-            pop.sent_s = self.server.now()
-            pop.rid = self.server.request(self.sock, slot.peer, pop.op, pop.fields,
-                                          functools.partial(self._on_reply, pop),
-                                          self.timeout_ms)
-            slot.inflight[pop.rid] = pop
+            pops = [slot.backlog.popleft()]
+            while pops[0].op is Op.PAGE_OUT and slot.backlog and len(pops) < self.cluster_pages \
+                    and slot.backlog[0].op is Op.PAGE_OUT:
+                pops.append(slot.backlog.popleft())
+            fields = pops[0].fields if len(pops) == 1 else dict(pops[0].fields, more=[
+                [p.fields["handle"], p.fields["slot"], p.fields["data"]] for p in pops[1:]])
+            rid = self.server.request(self.sock, slot.peer, pops[0].op, fields,
+                                      functools.partial(self._on_reply, pops), self.timeout_ms)
+            for pop in pops:
+                pop.sent_s, pop.rid = self.server.now(), rid
+            slot.inflight[rid] = pops
+            self.stats.page_out_requests += pops[0].op is Op.PAGE_OUT
 
     def _sweep(self) -> None:
         """Every SWEEP_MS: fail backlog requests whose budget ran out while their slot had no
@@ -431,10 +468,17 @@ class Pagers:
         counted from when its slot went down, whichever is later."""
         return max(pop.deadline_s, slot.down_since + (pop.retries + 1) * self.timeout_ms / 1000)
 
-    def _on_reply(self, pop: PagerOp, _rid: int, reply: dict[str, Any] | None) -> None:
-        slot = self.slots[pop.mirror]
-        if slot.inflight.pop(pop.rid, None) is None:
+    def _on_reply(self, pops: list[PagerOp], rid: int, reply: dict[str, Any] | None) -> None:
+        """A request's answer (None: none in time): settle each of its pages on its own."""
+        slot = self.slots[pops[0].mirror]
+        if slot.inflight.pop(rid, None) is None:
             return                         # requeued meanwhile (the instance was replaced)
+        for pop, answer in zip(pops, _per_page(pops, reply), strict=True):
+            self._settle(slot, pop, answer)
+        self._pump(slot)                   # its window has room again
+
+    def _settle(self, slot: PagerSlot, pop: PagerOp, reply: dict[str, Any] | None) -> None:
+        """One page's (or request's) answer: done, or retried, re-OPENed, suspected."""
         if reply is None:                  # no answer in time: suspect the instance ...
             self.stats.pager_timeouts += 1
             if self._slow_not_hung(slot, pop):   # ... unless it is only slow: overloaded
@@ -443,7 +487,8 @@ class Pagers:
             elif slot.up:
                 self._suspect(slot)
             self._failed(pop, None, 0)
-        elif reply.get("err") in TRANSIENT_ERRORS and pop.retries > 0:
+        elif isinstance(err := reply.get("err"), str) and err in TRANSIENT_ERRORS \
+                and pop.retries > 0:
             self.stats.pager_transient_errors += 1      # alive, but its disk is not
             self._failed(pop, reply, TRANSIENT_BACKOFF_MS)
         elif reply.get("err") == Err.BADHANDLE and pop.op in REOPEN_OPS and not pop.reopened \
@@ -454,7 +499,6 @@ class Pagers:
             slot.last_answer_s = self.server.now()
             slot.answered_sent_s = max(slot.answered_sent_s, pop.sent_s)
             pop.done(reply, "")
-        self._pump(slot)                   # its window has room again
 
     def _failed(self, pop: PagerOp, reply: dict[str, Any] | None, backoff_ms: int) -> None:
         """An attempt failed (reply None: no answer; else a transient error reply): send it
@@ -568,3 +612,20 @@ class Pagers:
 
 def _ignore(reply: dict[str, Any] | None, why: str) -> None:
     """A pager answer nobody waits for."""
+
+
+def _per_page(pops: list[PagerOp], reply: dict[str, Any] | None) -> list[dict[str, Any] | None]:
+    """Each page's own answer in the reply to a clustered PAGE_OUT (wire/protocol.py): the
+    reply's own fields for the first page, `more` for the others, each naming its page's
+    slot (one that names another is a wrong answer for that page).  An error reply without
+    `more` is every page's; a `more` that is not one map per further page is a wrong answer
+    for every page."""
+    if len(pops) == 1 or reply is None or ("err" in reply and "more" not in reply):
+        return [reply] * len(pops)
+    more = reply.get("more")
+    wrong = {"err": str(Err.BADMSG), "msg": "no answer of its own in the page-out's `more`"}
+    if not isinstance(more, list) or len(more) != len(pops) - 1:
+        return [wrong] * len(pops)
+    return [{k: v for k, v in reply.items() if k != "more"}, *(
+        m if type(m) is dict and m.get("slot") == p.fields["slot"] else wrong
+        for m, p in zip(more, pops[1:], strict=True))]

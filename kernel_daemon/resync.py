@@ -159,14 +159,11 @@ class Resync:
         if not self.busy and self.wanted:
             self._schedule()
 
-    def _finished(self, ok: bool) -> None:
+    def _finished(self, ok: bool | None) -> None:
+        """A copy ended: done (True), failed (False) or skipped (None: nothing to copy)."""
         self.inflight -= 1
-        self.stats.resynced += ok
-        self.stats.resync_failed += not ok
-        self._pump()
-
-    def _skipped(self) -> None:
-        self.inflight -= 1
+        self.stats.resynced += ok is True
+        self.stats.resync_failed += ok is False
         self._pump()
 
     # -- one page -----------------------------------------------------------------------------
@@ -174,7 +171,7 @@ class Resync:
         """Read a verified copy of the page from the mirrors holding it (as a major fault
         does: Vm.read_verified); write it (with --code: its fragment) to `mirror`."""
         if not self._current(proc, vpn, pte, pte.version) or pte.mirrors >> mirror & 1:
-            self._skipped()
+            self._finished(None)
             return
         copy = SwapCopy.of(pte)
         vm, pagers, ec = self.k.vm, self.k.pagers, self.k.ec
@@ -183,7 +180,7 @@ class Resync:
             mask = pte.mirrors & ~(1 << mirror)
             if not self._current(proc, vpn, pte, copy.version) or \
                     mask.bit_count() < (ec.k if ec is not None else 1):
-                self._skipped()                      # changed meanwhile, or no source
+                self._finished(None)                 # changed meanwhile, or no source
                 return
             vm.read_verified(proc, vpn, pte, copy, handles, mask, on_read, resync=True)
 
@@ -198,7 +195,7 @@ class Resync:
 
         def write(handles: list[bytes], data: bytes) -> None:
             if not self._current(proc, vpn, pte, copy.version) or pte.wb_version:
-                self._skipped()                      # changed meanwhile: nothing to copy
+                self._finished(None)                 # changed meanwhile: nothing to copy
                 return
             pte.wb_version = copy.version            # hold the slot's write (vm.write_back waits)
             pagers.write_all([mirror], lambda m: {"handle": handles[m], "slot": copy.slot,

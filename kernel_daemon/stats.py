@@ -26,6 +26,7 @@ class KernelStats:
     major_faults: int = 0
     page_ins: int = 0
     page_outs: int = 0
+    page_out_requests: int = 0          # PAGE_OUT requests sent (clustered: several pages each)
     evictions: int = 0
     clean_drops: int = 0
     soft_faults: int = 0

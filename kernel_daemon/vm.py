@@ -124,6 +124,8 @@ if TYPE_CHECKING:
 
 SHOOTDOWN_TIMEOUT_MS: int = 5000
 WRITEBACK_RETRY_MS: int = 500
+#: An eviction takes at most 1/RECLAIM_SHARE of the frames at once (see _reclaim).
+RECLAIM_SHARE: int = 16
 GRANT_POLL_MS: int = 2
 LATENCY_KEEP: int = 20000
 
@@ -576,9 +578,15 @@ class Vm:
 
     def _reclaim(self) -> None:
         """Start an eviction for every frame waited for and not yet being freed (the
-        policy's victims), with one SHOOTDOWN per owner naming all of its pages."""
+        policy's victims), with one SHOOTDOWN per owner naming all of its pages.  Evicting at
+        all, evict a cluster: at least the pagers' cluster size, up to 1/RECLAIM_SHARE of the
+        frames (the frames beyond the waiters' serve the next faults; the dirty pages go out
+        in one page-out request)."""
         owners: dict[int, list[Victim]] = {}
-        while len(self.frame_waiters) > self.evicting:
+        want = len(self.frame_waiters) - self.evicting
+        if want > 0:
+            want = max(want, min(self.k.pagers.cluster_pages, self.pool.nframes // RECLAIM_SHARE))
+        for _ in range(want):
             victim = self.policy.victim()
             if victim is None:
                 break                     # every frame is pinned; a finishing one will serve
@@ -699,7 +707,7 @@ class Vm:
         if pte.held is None:
             raise Panic(f"write-back of page {vpn:#x} with no bytes held")
         version = self.sealer.next_version()
-        pte.wb_version = version
+        pte.wb_version, pte.swap_valid = version, False   # the slot is unknown until acked
         if pte.slot < 0:
             pte.space, pte.seal_vpn = proc.space, vpn
             pte.slot = proc.space.alloc_slot()
@@ -710,16 +718,14 @@ class Vm:
         slot, seal_vpn = pte.slot, pte.seal_vpn
 
         def with_handles(handles: list[bytes]) -> None:
+            done = partial(self._written, proc, vpn, pte, version, tag)
             if not pte.live():                     # unmapped meanwhile: its slot is freed
                 return
             if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
-                self.k.ec.page_out(handles, slot, (space.swap_id, seal_vpn, version),
-                                   sealed, lambda mask, why: self._written(
-                                       proc, vpn, pte, version, tag, mask, why))
-                return
-            self.k.pagers.page_out(handles, slot, sealed,
-                                   lambda mask, why: self._written(proc, vpn, pte, version, tag,
-                                                                   mask, why))
+                self.k.ec.page_out(handles, slot, (space.swap_id, seal_vpn, version), sealed,
+                                   done)
+            else:
+                self.k.pagers.page_out(handles, slot, sealed, done)
         self.k.pagers.with_handles(space, with_handles)
 
     def _written(self, proc: Proc, vpn: int, pte: Pte, version: int, tag: bytes, mask: int,
@@ -760,8 +766,11 @@ class Vm:
         self._wake(pte)
 
     def _retry_write(self, proc: Proc, vpn: int, pte: Pte) -> None:
-        if proc.alive and pte.live() and pte.held is not None \
-                and not pte.wb_version:
+        """Write a failed write-back again, unless a later one has made the swap copy current
+        meanwhile (held is then kept only for a local install: writing it again would leave
+        the slot unknown if that write failed, with swap_valid still saying it is current)."""
+        if proc.alive and pte.live() and pte.held is not None and not pte.wb_version \
+                and not pte.swap_valid:
             self.write_back(proc, vpn, pte)
 
     # -- page grants --------------------------------------------------------------------

@@ -11,6 +11,9 @@ Only a pager started with ``--hostile MODE`` builds one (:func:`make_behaviour`)
 per mode, and calls exactly these hooks:
 
 * ``on_page_out(handle, slot, data)`` when a page-out request arrives (before it is stored);
+* ``on_page_out_answer(req, fields)`` with the honest answer to a page-out (``more``: the
+  further pages' of a clustered one); with ``--batch-attack KIND`` a share of the clustered
+  ones are answered falsely (BATCH_ATTACKS, :func:`falsify_batch`), else honestly;
 * ``on_page_in(page, data)`` with the honest page read back from the disk; the behaviour
   answers the kernel (honestly or not) through the :class:`PagerPort` it was built with.
   ``on_page_in_error(page, code, msg)`` handles the disk-failure path (honest by default).
@@ -24,7 +27,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from wire.protocol import HOSTILE_MODES, Err
 from wire.server import Request
@@ -40,7 +43,18 @@ GARBAGE_FRAME: bytes = b"\xc1\xc1 not msgpack, just garbage \xff\xfe"
 #: The wrong-size payload of `garbage`'s second malformed reply (a page is 4096 bytes).
 GARBAGE_SHORT_BYTES: int = 17
 
+#: What --batch-attack does to the answer of a clustered page-out (the pages themselves are
+#: stored honestly): fail a random subset of its pages; add an answer for a page it was not
+#: sent; answer twice (the second time failing every page); reverse the further pages'
+#: answers; answer one for another slot; or never answer.
+BATCH_ATTACKS: tuple[str, ...] = ("ack_some", "unsent", "twice", "reorder", "other_slot",
+                                  "withhold")
+#: The share of clustered page-outs a batch attack falsifies (the others are answered
+#: honestly, so that with one pager every page gets through in the end).
+BATCH_ATTACK_SHARE: float = 0.5
+
 PageKey = tuple[bytes, int]
+Reply = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -65,6 +79,9 @@ class PagerPort(Protocol):
     def fail(self, req: Request, code: Err, msg: str) -> None:
         """Answer `req` with an error."""
 
+    def answer(self, req: Request, fields: dict[str, Any]) -> None:
+        """Answer `req` with the reply map `fields` as it is."""
+
     def send_raw(self, req: Request, frame: bytes) -> None:
         """Send `frame` as it is on the connection `req` came from."""
 
@@ -82,6 +99,30 @@ class HostileOptions:
     snoop_path: Path | None = None
     stall_ms: float = 10000.0
     seed: int | None = None
+    batch_attack: str | None = None
+
+
+def falsify_batch(kind: str, fields: Reply, rng: random.Random) -> list[Reply]:
+    """The replies (none, one or two) batch attack `kind` sends instead of the honest answer
+    `fields` to a clustered page-out (`more`: one {slot, ...} per further page)."""
+    more: list[Reply] = list(fields["more"])
+    first = {k: v for k, v in fields.items() if k != "more"}
+    not_acked = {"err": str(Err.IO), "msg": "hostile pager: not acknowledged"}
+    if kind == "ack_some":
+        first = first if rng.random() < 0.5 else not_acked
+        more = [m if rng.random() < 0.5 else dict(not_acked, slot=m["slot"]) for m in more]
+    elif kind == "unsent":
+        more.append({"slot": rng.randrange(1 << 20)})
+    elif kind == "twice":
+        return [fields, dict(not_acked, more=[dict(not_acked, slot=m["slot"]) for m in more])]
+    elif kind == "reorder":
+        more.reverse()
+    elif kind == "other_slot":
+        i = rng.randrange(len(more))
+        more[i] = dict(more[i], slot=more[i]["slot"] + 1)
+    elif kind == "withhold":
+        return []
+    return [dict(first, more=more)]
 
 
 def flip_bits(data: bytes, rng: random.Random, nbits: int = FLIP_BITS) -> bytes:
@@ -100,6 +141,8 @@ class HostileCounts:
     """What every mode counts."""
     #: Page-in replies falsified, withheld or delayed.
     tampered: int = 0
+    #: Answers to clustered page-outs falsified or withheld (--batch-attack).
+    batches_falsified: int = 0
 
 
 @dataclass(slots=True)
@@ -135,6 +178,17 @@ class Hostile:
 
     def on_page_out(self, handle: bytes, slot: int, data: bytes) -> None:
         """Hook: a page-out of `data` to (handle, slot) arrived (it is stored honestly)."""
+
+    def on_page_out_answer(self, req: Request, fields: Reply) -> None:
+        """Hook: answer page-out `req`, whose honest answer is `fields` (see the module
+        docstring: --batch-attack falsifies a share of the clustered ones)."""
+        kind = self.options.batch_attack
+        if kind is None or "more" not in fields or self.rng.random() >= BATCH_ATTACK_SHARE:
+            self.port.answer(req, fields)
+            return
+        self.counts.batches_falsified += 1
+        for reply in falsify_batch(kind, fields, self.rng):
+            self.port.answer(req, reply)
 
     def on_page_in(self, page: PageRead, data: bytes) -> None:
         """Hook: answer `page`, whose honest answer is `data`."""

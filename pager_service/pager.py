@@ -4,7 +4,7 @@ The kernel keeps VM policy (what to evict, when to fetch); the pager only moves 
 It connects one DEALER to the kernel and one to its disk service, and serves the kernel's
 requests by asking the disk, without ever blocking the loop:
 
-    kernel --page_out{handle,slot,data}--> pager --write--> disk
+    kernel --page_out{handle,slot,data,more?}--> pager --write (per page)--> disk
     kernel --page_in{handle,slot}-------> pager --read---> disk
     open / close / free are forwarded as they are; ping / stats are answered locally.
 
@@ -25,6 +25,7 @@ answers page-ins in its place.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -35,7 +36,14 @@ from typing import Any, TypeGuard
 
 import zmq
 
-from pager_service.hostile import HONEST, HostileCounts, HostileOptions, PageRead, make_behaviour
+from pager_service.hostile import (
+    BATCH_ATTACKS,
+    HONEST,
+    HostileCounts,
+    HostileOptions,
+    PageRead,
+    make_behaviour,
+)
 from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError, err_code
@@ -61,6 +69,9 @@ HANDLE_BYTES: int = 16
 MAX_LABEL_CHARS: int = 256
 #: Most slots one free request may name.
 MAX_FREE_SLOTS: int = 1 << 16
+#: Most pages one page-out request may carry (the kernel sends at most its --cluster, <= 64;
+#: 128 pages stay well inside a frame's MAX_FRAME_BYTES).
+MAX_CLUSTER_PAGES: int = 128
 
 DiskDone = Callable[[dict[str, Any]], None]
 DiskFailed = Callable[[Err, str], None]
@@ -76,6 +87,8 @@ class PagerConfig:
     stall_ms: float = STALL_MS
     disk_timeout_ms: float = DISK_TIMEOUT_MS
     snoop_path: Path | None = None
+    #: With --hostile: how to falsify answers to clustered page-outs (hostile.BATCH_ATTACKS).
+    batch_attack: str | None = None
     #: Keys directory (this pager's secret, the kernel's and its disk's publics); None with
     #: insecure=True only.
     keys_dir: str | None = None
@@ -87,6 +100,7 @@ class PagerCounters:
     """What the pager did since it started (reported by stats)."""
     page_ins: int = 0
     page_outs: int = 0
+    page_out_requests: int = 0
     opens: int = 0
     closes: int = 0
     frees: int = 0
@@ -135,6 +149,22 @@ def check_page(msg: dict[str, Any]) -> bytes:
     return data
 
 
+def check_more(more: Any) -> list[tuple[bytes, int, bytes]]:
+    """A page-out's further pages ([handle, slot, data] each); ServiceError(EINVAL) if there
+    are too many or any is malformed."""
+    if more is None:
+        return []
+    if len(more) >= MAX_CLUSTER_PAGES:
+        raise ServiceError(Err.INVAL, f"at most {MAX_CLUSTER_PAGES} pages per page-out")
+    pages = []
+    for entry in more:
+        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], bytes)):
+            raise ServiceError(Err.INVAL, "a page-out's `more` holds [handle, slot, data] each")
+        pages.append((check_handle({"handle": entry[0]}), check_slot(entry[1]),
+                      check_page({"data": entry[2]})))
+    return pages
+
+
 def is_record(data: object) -> TypeGuard[bytes]:
     """Is `data` something a disk slot can hold: 1..PAGE_SIZE bytes?"""
     return isinstance(data, bytes) and 0 < len(data) <= PAGE_SIZE
@@ -172,7 +202,8 @@ class Pager(Server):
         self.kernel = self.connect_dealer(config.kernel_addr, keys.publics.get("kernel"))
         self.disk = self.connect_dealer(config.disk_addr, keys.publics.get(f"disk{config.mirror}"))
         self.hostile = make_behaviour(config.hostile, self, HostileOptions(
-            snoop_path=config.snoop_path, stall_ms=config.stall_ms))
+            snoop_path=config.snoop_path, stall_ms=config.stall_ms,
+            batch_attack=config.batch_attack))
         self.admitted = False
         self.disk_inflight: dict[int, DiskFailed] = {}   # rid -> its failure callback
         self.disk_pid: int | None = None                 # the disk instance last heard
@@ -276,6 +307,10 @@ class Pager(Server):
             self.reply(page.req, data=data, disk_us=page.disk_us,
                        pager_us=round((self.now() - page.t_recv) * 1e6, 1))
 
+    def answer(self, req: Request, fields: dict[str, Any]) -> None:
+        """Answer `req` with the reply map `fields` as it is (a hostile mode may send any)."""
+        self.send(req.sock, req.peer, dict(fields, re=req.rid))
+
     def send_raw(self, req: Request, frame: bytes) -> None:
         """Send `frame` unencoded on the connection `req` came from."""
         self.transport.send(req.sock, req.peer, frame)
@@ -319,14 +354,40 @@ class Pager(Server):
         return self.forward(req, Op.FREE, fields)
 
     def do_page_out(self, req: Request) -> Answer:
-        """page_out {handle, slot, data} -> {}: store a sealed page (always honestly)."""
-        handle, slot, data = check_handle(req.msg), check_slot(req.msg["slot"]), check_page(req.msg)
-        self.counters.page_outs += 1
-        if self.hostile is not None:
-            self.hostile.on_page_out(handle, slot, data)
-        self.to_disk(Op.WRITE, {"handle": handle, "slot": slot, "data": data},
-                     lambda _reply: self.reply(req), lambda code, msg: self.fail(req, code, msg))
+        """page_out {handle, slot, data, more?} -> {} and, with more, `more`: one {slot} or
+        {slot, err, msg} per further page (wire/protocol.py): store sealed pages, each on its
+        own (always honestly), and answer for each once the disk has answered them all."""
+        pages = [(check_handle(req.msg), check_slot(req.msg["slot"]), check_page(req.msg)),
+                 *check_more(req.msg.get("more"))]
+        answers: dict[int, dict[str, Any]] = {}
+        self.counters.page_out_requests += 1
+
+        def one(i: int, answer: dict[str, Any]) -> None:
+            answers[i] = answer
+            if len(answers) == len(pages):
+                self.answer_page_out(req, pages, [answers[j] for j in range(len(pages))])
+        for i, (handle, slot, data) in enumerate(pages):
+            self.counters.page_outs += 1
+            if self.hostile is not None:
+                self.hostile.on_page_out(handle, slot, data)
+            self.to_disk(Op.WRITE, {"handle": handle, "slot": slot, "data": data},
+                         functools.partial(lambda i, _reply: one(i, {}), i),
+                         functools.partial(lambda i, code, msg: one(i, {"err": str(code),
+                                                                         "msg": msg}), i))
         return SUSPEND
+
+    def answer_page_out(self, req: Request, pages: list[tuple[bytes, int, bytes]],
+                        answers: list[dict[str, Any]]) -> None:
+        """Answer a page-out: the first page's answer, and with `more`, the others' (a
+        hostile behaviour, if configured, answers instead)."""
+        fields = dict(answers[0])
+        if len(pages) > 1:
+            fields["more"] = [dict(a, slot=p[1]) for p, a in zip(pages[1:], answers[1:],
+                                                                   strict=True)]
+        if self.hostile is None:
+            self.answer(req, fields)
+        else:
+            self.hostile.on_page_out_answer(req, fields)
 
     def do_page_in(self, req: Request) -> Answer:
         """page_in {handle, slot} -> {data, disk_us, pager_us}: fetch a sealed page (a hostile
@@ -391,6 +452,9 @@ def parse_args(argv: list[str]) -> PagerConfig:
     p.add_argument("--hostile", default=env.get("SEALEDOS_HOSTILE", HONEST),
                    choices=(HONEST, *HOSTILE_MODES),
                    help="misbehave on page-in (env SEALEDOS_HOSTILE)")
+    p.add_argument("--batch-attack", default=env.get("SEALEDOS_BATCH_ATTACK"),
+                   choices=BATCH_ATTACKS, help="with --hostile: falsify answers to clustered "
+                                               "page-outs (env SEALEDOS_BATCH_ATTACK)")
     p.add_argument("--stall-ms", type=float, default=STALL_MS, help="delay of the stall mode")
     p.add_argument("--disk-timeout-ms", type=float, default=DISK_TIMEOUT_MS,
                    help="wait for the disk before answering ETIMEDOUT")
@@ -411,12 +475,15 @@ def parse_args(argv: list[str]) -> PagerConfig:
         p.error("--mirror must be >= 0")
     if args.hostile not in (HONEST, *HOSTILE_MODES):     # an environment default is unchecked
         p.error(f"unknown hostile mode {args.hostile!r}")
+    if args.batch_attack not in (None, *BATCH_ATTACKS):
+        p.error(f"unknown batch attack {args.batch_attack!r}")
     rundir = Path(args.rundir) if args.rundir else Path(tempfile.gettempdir())
     snoop = Path(args.snoop_file) if args.snoop_file else rundir / f"pager{args.mirror}-snoop.bin"
     return PagerConfig(kernel_addr=args.kernel, disk_addr=args.disk, mirror=args.mirror,
                        hostile=args.hostile, stall_ms=args.stall_ms,
                        disk_timeout_ms=args.disk_timeout_ms, snoop_path=snoop,
-                       keys_dir=args.keys, insecure=args.insecure)
+                       keys_dir=args.keys, insecure=args.insecure,
+                       batch_attack=args.batch_attack)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,7 +496,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pager[{config.mirror}]: {exc}", file=sys.stderr)
         return 2
     print(f"pager[{config.mirror}]: kernel={config.kernel_addr} disk={config.disk_addr} "
-          f"hostile={config.hostile}", file=sys.stderr, flush=True)
+          f"hostile={config.hostile}"
+          f"{' batch_attack=' + config.batch_attack if config.batch_attack else ''}",
+          file=sys.stderr, flush=True)
     try:
         pager.serve_until_signalled()
     finally:

@@ -238,6 +238,11 @@ class FakePager:
         self.requests: list[Msg] = []
         #: Per op, a replacement for the honest answer (a lie, or None: withhold).
         self.behaviour: dict[str, Behaviour] = {}
+        #: A replacement for the honest reply to a clustered page-out: (pager, request,
+        #: honest reply) -> the replies to send (none: withheld).
+        self.behaviour_cluster: Callable[[FakePager, Msg, Msg], list[Msg]] | None = None
+        #: The clustered page-outs (several pages in one request) as the kernel sent them.
+        self.clusters: list[Msg] = []
         self.alive = True
         self.hello_rids: list[int] = []
         self.hello()
@@ -266,12 +271,37 @@ class FakePager:
         return [m for m in self.requests if m.get("op") == op]
 
     def _serve(self, msg: Msg) -> None:
-        self.requests.append(msg)
         op = str(msg.get("op"))
-        how = self.behaviour.get(op)
-        reply = how(self, msg) if how is not None else self.honest(msg)
+        if op == "page_out" and "more" in msg:
+            self._serve_cluster(msg)
+            return
+        self.requests.append(msg)
+        reply = self._one(op, msg)
         if reply is not None:
             self.peer.send(dict(reply, re=msg["rid"]))
+
+    def _one(self, op: str, msg: Msg) -> Msg | None:
+        """The answer to one request (or one page of a clustered page-out)."""
+        how = self.behaviour.get(op)
+        return how(self, msg) if how is not None else self.honest(msg)
+
+    def _serve_cluster(self, msg: Msg) -> None:
+        """A clustered page-out: each page served as a page-out of its own (and recorded as
+        one: ops("page_out") lists pages), answered in one reply (wire/protocol.py), or as
+        behaviour_cluster says."""
+        self.clusters.append(msg)
+        pages = [msg] + [dict(op="page_out", rid=msg["rid"], handle=h, slot=s, data=d)
+                         for h, s, d in msg["more"]]
+        answers = []
+        for one in pages:
+            self.requests.append({k: v for k, v in one.items() if k != "more"})
+            answer = self._one("page_out", one)
+            answers.append({"err": "EIO", "msg": "withheld"} if answer is None else answer)
+        reply = dict(answers[0], more=[dict(a, slot=p["slot"]) for p, a in
+                                       zip(pages[1:], answers[1:], strict=True)])
+        attack = self.behaviour_cluster
+        for r in ([reply] if attack is None else attack(self, msg, reply)):
+            self.peer.send(dict(r, re=msg["rid"]))
 
     def honest(self, msg: Msg) -> Msg:
         """What a correct pager with a working disk answers."""

@@ -9,7 +9,8 @@ from kernel_daemon.stats import KernelStats
 #: `heartbeats`, since).
 WIRE_KEYS = {
     "policy", "nframes", "sealed", "mirrors", "heartbeats", "quota_refusals", "records_omitted",
-    "minor_faults", "major_faults", "page_ins", "page_outs", "evictions", "clean_drops",
+    "minor_faults", "major_faults", "page_ins", "page_outs", "page_out_requests", "evictions",
+    "clean_drops",
     "soft_faults", "writeback_failures", "segfaults", "protection_faults", "integrity_failures",
     "pages_granted", "pager_timeouts", "pager_restarts", "pager_kills", "pager_retries",
     "pager_transient_errors", "repairs", "handle_reopens", "handles_lost", "pager_slow", "resynced",

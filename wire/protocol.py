@@ -202,6 +202,10 @@ REQUEST_FIELDS: Final[dict[Op, Fields]] = {
 #: * SHOOTDOWN ``more``: [vpn, frame, want] per further page of the same process taken back
 #:   in the same message.  Reply: ``dirty``, ``data`` (bytes or None) for the first page;
 #:   ``more``: one {``dirty``, ``data``} per entry of the request's ``more``, in order.
+#: * PAGE_OUT ``more``: [handle, slot, data] per further page written in the same request
+#:   (a clustered page-out; each page sealed on its own).  Reply: the first page's answer
+#:   ({} or an error) and ``more``: one {``slot``} or {``slot``, ``err``, ``msg``} per entry
+#:   of the request's ``more``, in order; an error reply without ``more`` is every page's.
 #: * FAULT_LOG (kernel) reply: ``records`` ([t_s, kind, latency_us, spid] per served fault,
 #:   oldest first), ``cursor`` (ask with it next time), ``dropped`` (records gone from the
 #:   ring before they were asked for), ``now`` (the kernel's monotonic clock).
@@ -217,6 +221,7 @@ OPTIONAL_FIELDS: Final[dict[Op, Fields]] = {
     Op.REPLY: {"caps": list, "receive": int},
     Op.PS: {"processes": bool},
     Op.SHOOTDOWN: {"more": list},
+    Op.PAGE_OUT: {"more": list},
 }
 
 

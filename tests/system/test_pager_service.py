@@ -351,3 +351,46 @@ def test_snoop_records_every_page(start_pager: PagerFactory, rundir: Path) -> No
     assert all(seen.count(p) == 2 for p in pages)
     stats = kernel.ok(Op.STATS)
     assert stats["tampered"] == 0 and stats["snooped_pages"] == 2 * len(pages)
+
+
+# -- clustered page-outs -------------------------------------------------------------------
+def test_a_clustered_page_out_stores_and_answers_each_page(start_pager: PagerFactory) -> None:
+    """One PAGE_OUT with `more` stores every page; the answer names each further page's slot;
+    a page the disk refuses (a handle never opened) fails alone; a malformed entry refuses
+    the whole request; --batch-attack is felt only with --hostile."""
+    _, kernel = start_pager()
+    handle, unknown = open_handle(kernel), os.urandom(16)
+    pages = random_pages(4)
+    reply = kernel.call(Op.PAGE_OUT, handle=handle, slot=0, data=pages[0],
+                        more=[[handle, i, p] for i, p in enumerate(pages[1:], 1)])
+    assert "err" not in reply and reply["more"] == [{"slot": 1}, {"slot": 2}, {"slot": 3}]
+    assert page_in_all(kernel, handle, 4) == pages
+    reply = kernel.call(Op.PAGE_OUT, handle=handle, slot=5, data=pages[0],
+                        more=[[unknown, 6, pages[1]], [handle, 7, pages[2]]])
+    assert "err" not in reply and reply["more"][0]["err"] == "EBADHANDLE"
+    assert reply["more"][1] == {"slot": 7}
+    bad = kernel.call(Op.PAGE_OUT, handle=handle, slot=8, data=pages[0],
+                      more=[[handle, -1, pages[1]]])
+    assert bad["err"] == "EINVAL" and page_in_all(kernel, handle, 9)[8] is None
+    stats = kernel.ok(Op.STATS)
+    assert (stats["page_outs"], stats["page_out_requests"]) == (7, 2)
+
+
+@pytest.mark.parametrize("attack", ["unsent", "withhold"])
+def test_a_batch_attack_falsifies_clustered_answers_and_stores_honestly(
+        start_pager: PagerFactory, attack: str) -> None:
+    """--hostile snoop --batch-attack: a share of the clustered answers is false (an extra
+    page, or none at all), every page is still stored; single pages are answered honestly."""
+    _, kernel = start_pager("--hostile", "snoop", "--batch-attack", attack)
+    handle = open_handle(kernel)
+    pages = random_pages(3)
+    falsified = 0
+    for _ in range(16):
+        rid = kernel.send(Op.PAGE_OUT, handle=handle, slot=0, data=pages[0],
+                          more=[[handle, 1, pages[1]], [handle, 2, pages[2]]])
+        reply = kernel.wait_reply(rid, SILENCE_MS if attack == "withhold" else REPLY_TIMEOUT_MS)
+        honest = reply is not None and reply.get("more") == [{"slot": 1}, {"slot": 2}]
+        falsified += not honest
+    assert 0 < falsified < 16 and kernel.ok(Op.STATS)["batches_falsified"] == falsified
+    assert page_in_all(kernel, handle, 3) == pages
+    assert "err" not in kernel.call(Op.PAGE_OUT, handle=handle, slot=3, data=pages[0])
