@@ -35,7 +35,18 @@ from zmq.auth.base import Authenticator
 
 from wire import sockets
 from wire.keys import Keyring
-from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, ok, request
+from wire.protocol import (
+    MAX_FRAME_BYTES,
+    Err,
+    Op,
+    ServiceError,
+    check_request,
+    decode,
+    encode,
+    error,
+    ok,
+    request,
+)
 from wire.sockets import Context, Socket
 from wire.transport import MONOTONIC, Clock, Transport, ZmqTransport
 
@@ -63,6 +74,10 @@ _MORE_NOBLOCK: int = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: How long a one-socket loop may block in recv, at most (the steps keep setsockopt rare and
 #: never wake later than the next timer; the cap bounds how late a signal stops the loop).
 _WAIT_STEPS_MS: tuple[int, ...] = (200, 100, 50, 20, 10, 5, 2, 1, 0)
+#: ... as a table: _STEP_MS[w] is the largest step <= w ms, for w below _STEPS_CAP_MS.
+_STEPS_CAP_MS: int = _WAIT_STEPS_MS[0]
+_STEP_MS: tuple[int, ...] = tuple(next(s for s in _WAIT_STEPS_MS if s <= w)
+                                  for w in range(_STEPS_CAP_MS))
 #: With a ZAP handler, a one-socket loop wakes at least this often to admit new connections
 #: (a client's handshake waits for the answer; nothing else does).
 ZAP_WAIT_MS: int = 10
@@ -149,6 +164,8 @@ class Server:
         self._rids = itertools.count(1)
         self.running = True
         self.bad_messages = 0
+        #: A frame longer than this is refused unread (EMSGSIZE); a server may lower it.
+        self.max_frame_bytes = MAX_FRAME_BYTES
         self.callback_errors = 0     # timer or reply callbacks that raised (logged, survived)
         self._rcvtimeo: dict[Socket, int] = {}
 
@@ -278,11 +295,44 @@ class Server:
             if self._zap_countdown <= 0:
                 self._zap_countdown = ZAP_EVERY
                 self._serve_zap()
-        step = next(s for s in _WAIT_STEPS_MS if s <= wait_ms)
+        step = _STEP_MS[wait_ms] if wait_ms < _STEPS_CAP_MS else _WAIT_STEPS_MS[0]
         if self._rcvtimeo.get(sock) != step:
             sock.setsockopt(zmq.RCVTIMEO, step)
             self._rcvtimeo[sock] = step
-        self._drain(sock, 1, 0)
+        if self.sockets[sock]:
+            self._recv_routed(sock)
+        else:
+            self._drain(sock, 1, 0)
+
+    def _recv_routed(self, sock: Socket) -> None:
+        """Receive and dispatch one message on a ROUTER, blocking for its RCVTIMEO.
+
+        The cheapest pyzmq calls for it (about 0.6 us less per message than two zero-copy
+        frames): the routing id as plain bytes -- a ROUTER's first frame always has more
+        after it, so no RCVMORE is asked -- then the body as a Frame, whose `more` says
+        whether the sender put more frames in (refused) and which carries the User-Id."""
+        try:
+            peer = sock.recv(0)
+        except zmq.Again:
+            self._zap_countdown = 0              # idle: admit waiting handshakes next turn
+            return
+        part = sock.recv(_NOBLOCK, copy=False)   # a message arrives whole: the body is here
+        if part.more:
+            parts = 1
+            while part.more:
+                part = sock.recv(_NOBLOCK, copy=False)
+                parts += 1
+            self._refuse(sock, peer, None, Err.BADMSG,
+                         f"expected one frame per message, got {parts}")
+            return
+        if self.secure:
+            try:
+                got = part.get("User-Id")
+            except zmq.ZMQError:                 # no authenticated key: no role either
+                got = None
+            self.on_frame(sock, peer, part.bytes, got if isinstance(got, str) else None)
+        else:
+            self.on_frame(sock, peer, part.bytes)
 
     def _drain(self, sock: Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
                ) -> None:
@@ -332,7 +382,12 @@ class Server:
                  user_id: str | None = None) -> None:
         """Decode one frame and route it: a reply to its pending request, a request to do_*.
         `user_id` is the sender's authenticated key (secure ROUTERs): a routing id keeps the
-        key it first spoke with, and a message from another key on it is refused unread."""
+        key it first spoke with, and a message from another key on it is refused unread; so
+        is a frame longer than max_frame_bytes (EMSGSIZE, before anything else)."""
+        if len(frame) > self.max_frame_bytes:
+            self._refuse(sock, peer, None, Err.MSGSIZE, f"message of {len(frame)} bytes exceeds "
+                         f"the {self.name}'s {self.max_frame_bytes}-byte limit")
+            return
         if user_id is not None and peer is not None:
             bound = self.peer_keys.setdefault(peer, user_id)
             if bound != user_id:
@@ -390,6 +445,10 @@ class Server:
     def send(self, sock: Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         """Send one message to `peer` (ROUTER) or down the connection (DEALER)."""
         self.transport.send(sock, peer, encode(msg))   # peer gone or queue full: dropped
+
+    def send_frame(self, sock: Socket, peer: bytes | None, frame: bytes) -> None:
+        """Send one message already encoded (a map, as encode makes them) to `peer`."""
+        self.transport.send(sock, peer, frame)
 
     def reply(self, req: Request, **fields: Any) -> None:
         """Answer a suspended request with success."""
