@@ -64,8 +64,6 @@ Handler = Callable[["Request"], Answer]
 
 #: How many messages one socket may deliver per loop turn before the others get a go.
 DRAIN_BATCH: int = 64
-#: At most this many messages' answers are held back to go out together (BATCH_SENDS).
-SEND_BATCH: int = 16
 
 # Socket options and flags as plain ints: the hot path skips pyzmq's enum conversions.
 _EVENTS: int = int(zmq.EVENTS)
@@ -134,9 +132,6 @@ class _Pending:
 class Server:
     """Receive loop + caller check + dispatch table + reply, for one single-threaded service."""
 
-    #: Batched turns (_turn_batched) in a one-socket ROUTER loop.
-    BATCH_SENDS: bool = os.environ.get("XB_SENDS", "0") == "1"
-
     def __init__(self, name: str, ctx: Context | None = None,
                  keys: Keyring | None = None, transport: Transport | None = None,
                  clock: Clock | None = None) -> None:
@@ -173,8 +168,6 @@ class Server:
         self.max_frame_bytes = MAX_FRAME_BYTES
         self.callback_errors = 0     # timer or reply callbacks that raised (logged, survived)
         self._rcvtimeo: dict[Socket, int] = {}
-        #: During a batched turn: the frames to send at its end, in order.
-        self._outbox: list[tuple[Socket, bytes | None, bytes]] | None = None
 
     # -- sockets -------------------------------------------------------------------------
     def bind_router(self, addr: str) -> Socket:
@@ -307,32 +300,12 @@ class Server:
             sock.setsockopt(zmq.RCVTIMEO, step)
             self._rcvtimeo[sock] = step
         if self.sockets[sock]:
-            if self.BATCH_SENDS:
-                self._turn_batched(sock)
-            else:
-                self._recv_routed(sock, 0)
+            self._recv_routed(sock, 0)
         else:
             self._drain(sock, 1, 0)
 
-    def _turn_batched(self, sock: Socket) -> None:
-        """_recv_routed, then, while what was received asks for answers and more messages
-        are waiting, those too (up to SEND_BATCH); the answers go out together at the end."""
-        out: list[tuple[Socket, bytes | None, bytes]] = []
-        self._outbox = out
-        try:
-            self._recv_routed(sock, 0)
-            n = 1
-            while out and n < SEND_BATCH and sock.getsockopt(_EVENTS) & _POLLIN:
-                self._recv_routed(sock, _NOBLOCK)
-                n += 1
-        finally:
-            self._outbox = None
-            send = self.transport.send
-            for s, peer, frame in out:
-                send(s, peer, frame)
-
     def _recv_routed(self, sock: Socket, flags: int) -> None:
-        """Receive and dispatch one message on a ROUTER, blocking for its RCVTIMEO.
+        """Receive and dispatch one message on a ROUTER (`flags` 0: wait up to its RCVTIMEO).
 
         The cheapest pyzmq calls for it (about 0.6 us less per message than two zero-copy
         frames): the routing id as plain bytes -- a ROUTER's first frame always has more
@@ -471,14 +444,11 @@ class Server:
     # -- sending -------------------------------------------------------------------------
     def send(self, sock: Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         """Send one message to `peer` (ROUTER) or down the connection (DEALER)."""
-        self.send_frame(sock, peer, encode(msg))   # peer gone or queue full: dropped
+        self.transport.send(sock, peer, encode(msg))   # peer gone or queue full: dropped
 
     def send_frame(self, sock: Socket, peer: bytes | None, frame: bytes) -> None:
         """Send one message already encoded (a map, as encode makes them) to `peer`."""
-        if self._outbox is not None:
-            self._outbox.append((sock, peer, frame))
-        else:
-            self.transport.send(sock, peer, frame)
+        self.transport.send(sock, peer, frame)
 
     def reply(self, req: Request, **fields: Any) -> None:
         """Answer a suspended request with success."""
