@@ -288,7 +288,10 @@ class Server:
         message arrives or the next timer is due, as a bare broker would -- one wait per
         message instead of a poll, an events check and a receive."""
         sock = next(iter(self.sockets))
-        wait_ms = self._poll_timeout_ms()
+        timers = self._timers                # _poll_timeout_ms, inline (once per message)
+        while timers and timers[0].fn is None:
+            heapq.heappop(timers)
+        wait_ms = max(0, int((timers[0].deadline - self.now()) * 1000) + 1) if timers else 1000
         if self.auth is not None:
             wait_ms = min(wait_ms, ZAP_WAIT_MS)
             self._zap_countdown -= 1
