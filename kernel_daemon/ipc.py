@@ -83,13 +83,11 @@ ENDPOINT_RECORDS_MAX: int = 512
 
 _NO_CAPS: tuple[()] = ()
 #: The kernel's main thread's msgpack packer (a Packer is not thread-safe; nothing else packs
-#: with it), and the map keys of the two frames the routing path builds itself.
+#: with it); the map keys of the two frames the routing path packs itself (_deliver, _answer).
 _pack = msgpack.Packer(use_bin_type=True).pack
-_RE, _CALL_KEY, _MSG, _SENDER, _CAPS = (_pack(k) for k in ("re", "call", "msg", "sender", "caps"))
-_GRANT_ADDR, _GRANT_NPAGES = _pack("grant_addr"), _pack("grant_npages")
-_EMPTY_LIST = _pack([])
-#: The msgpack header of a map of n (< 16) entries (a fixmap), by n.
-_MAP_HEADER: tuple[bytes, ...] = tuple(bytes((0x80 | n,)) for n in range(16))
+_RE, _CALL_KEY, _MSG, _SENDER, _CAPS, _GRANT_ADDR, _GRANT_NPAGES, _EMPTY_LIST = map(
+    _pack, ("re", "call", "msg", "sender", "caps", "grant_addr", "grant_npages", []))
+_MAP_HEADER: tuple[bytes, ...] = tuple(bytes((0x80 | n,)) for n in range(16))  # fixmap, n keys
 _CALL, _RECEIVE, _RUNNING = ProcState.CALL, ProcState.RECEIVE, ProcState.RUNNING
 
 
@@ -367,7 +365,7 @@ class Ipc:
         if call.grant_addr is not None:
             parts += (_GRANT_ADDR, _pack(call.grant_addr), _GRANT_NPAGES,
                       _pack(call.grant_npages))
-        self.k.send_frame(req.sock, req.peer, _MAP_HEADER[len(parts) // 2] + b"".join(parts))
+        self.k.transport.send(req.sock, req.peer, _MAP_HEADER[len(parts) // 2] + b"".join(parts))
         if self.k.tracer.enabled:
             self.k.tracer.step("ipc", "call", call.cid, call.caller.spid, "delivered",
                                receiver=proc.spid)
@@ -474,8 +472,8 @@ class Ipc:
             caller.state = _RUNNING
         handles = _pack([ct.mint(ep, force=True) for ep in caps]) if caps else _EMPTY_LIST
         req = call.req             # {re, msg, caps}, packed here as _deliver does
-        self.k.send_frame(req.sock, req.peer, b"\x83" + _RE + _pack(req.rid) + _MSG +
-                          _pack(payload) + _CAPS + handles)
+        self.k.transport.send(req.sock, req.peer, b"\x83" + _RE + _pack(req.rid) + _MSG +
+                              _pack(payload) + _CAPS + handles)
         if self.k.tracer.enabled:
             self.k.tracer.end("ipc", "call", call.cid, caller.spid, bytes=n)
         self.histograms.observe(call.ep.contract.name, (self.k.now() - call.t0) * 1e6,
