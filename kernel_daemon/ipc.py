@@ -55,6 +55,8 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgpack
+
 from kernel_daemon.caps import NAMESERVICE_HANDLE, CapTable, Endpoint
 from kernel_daemon.contract import (
     CONTRACT_MAX_BYTES,
@@ -80,6 +82,12 @@ ENDPOINT_OVERHEAD_BYTES: int = 1024
 ENDPOINT_RECORDS_MAX: int = 512
 
 _NO_CAPS: tuple[()] = ()
+#: The kernel's main thread's msgpack packer (a Packer is not thread-safe; nothing else packs
+#: with it); the map keys of the two frames the routing path packs itself (_deliver, _answer).
+_pack = msgpack.Packer(use_bin_type=True).pack
+_RE, _CALL_KEY, _MSG, _SENDER, _CAPS, _GRANT_ADDR, _GRANT_NPAGES, _EMPTY_LIST = map(
+    _pack, ("re", "call", "msg", "sender", "caps", "grant_addr", "grant_npages", []))
+_MAP_HEADER: tuple[bytes, ...] = tuple(bytes((0x80 | n,)) for n in range(16))  # fixmap, n keys
 _CALL, _RECEIVE, _RUNNING = ProcState.CALL, ProcState.RECEIVE, ProcState.RUNNING
 
 
@@ -91,7 +99,7 @@ class Call:
     req: Request                          # the caller's suspended CALL
     ep: Endpoint
     payload: bytes
-    stamp: dict[str, Any]                 # the caller's identity, as the kernel bound it
+    stamp: bytes                          # the caller's identity as bound, msgpack-encoded
     caps: list[Endpoint] | tuple[()]
     prior: str                            # channel state before the call
     waiting: str                          # channel state while it awaits its reply
@@ -126,6 +134,8 @@ class Ipc:
         self._next_cid = 1
         self.histograms = Histograms()         # call latency and bytes, by contract (metrics)
         self.stats = kernel.stats
+        #: spid -> its table's stamp, msgpack-encoded once (delivered with every call it makes)
+        self._stamps: dict[int, bytes] = {}
 
     # -- identity, init, tables ---------------------------------------------------------
     def check_init_free(self) -> None:
@@ -240,7 +250,8 @@ class Ipc:
         vpn, npages = self._grant_range(grant) if grant is not None else (0, 0)
         proc.quota.check(Resource.CALLS, 1)
         receiver = ep.owner.quota
-        receiver.check(Resource.CAPABILITIES, len(caps))   # the receiver must have room
+        if caps:
+            receiver.check(Resource.CAPABILITIES, len(caps))   # the receiver must have room
         if grant is not None:
             receiver.check(Resource.REGIONS, 1)
             receiver.check(Resource.PAGES, npages)
@@ -254,7 +265,10 @@ class Ipc:
             raise
         cid = self._next_cid
         self._next_cid = cid + 1
-        call = Call(cid, proc, req, ep, payload, t.stamp, caps, prior, waiting, self.k.now())
+        stamp = self._stamps.get(spid)
+        if stamp is None:
+            stamp = self._stamps[spid] = _pack(t.stamp)
+        call = Call(cid, proc, req, ep, payload, stamp, caps, prior, waiting, self.k.now())
         ep.chans[spid] = waiting
         t.chans_on.add(ep.eid)
         t.calling = call
@@ -325,29 +339,36 @@ class Ipc:
         owner = self.tables[ep.owner.spid]
         owner.receiving = None
         ep.owner.state = _RUNNING
-        self.k.send(waiter.sock, waiter.peer, self._deliver(owner, call, waiter.rid))
+        self._deliver(owner, call, waiter)
 
-    def _deliver(self, owner: CapTable, call: Call, rid: int | None = None) -> dict[str, Any]:
-        """Hand `call` to its endpoint's owner: mint its caps there; the RECEIVE reply (to
-        request `rid`, when given: the map is then the whole reply)."""
+    def _deliver(self, owner: CapTable, call: Call, req: Request) -> None:
+        """Hand `call` to its endpoint's owner: mint its caps there and answer its RECEIVE
+        (or REPLY-and-receive) `req` with it.
+
+        The frame is built here, not by the skeleton's encode: a msgpack map of
+        {re, call, msg, sender, caps[, grant_addr, grant_npages]} whose sender is the
+        caller's stamp as encoded once (Ipc._stamps), so the stamp is not packed again per
+        call (the decoded frame is the same map encode would have made)."""
         owner.serving[call.cid] = call
         proc = owner.proc
         counters = proc.counters
         counters["ipc_calls_in"] += 1
         counters["ipc_bytes_in"] += len(call.payload)
-        out = {"call": call.cid, "msg": call.payload, "sender": call.stamp,
-               "caps": [owner.mint(ep, force=True) for ep in call.caps] if call.caps else []}
-        if rid is not None:
-            out["re"] = rid
-        if call.caps:
-            self.stats.ipc_caps_transferred += len(call.caps)
+        caps = call.caps
+        if caps:
+            handles = _pack([owner.mint(ep, force=True) for ep in caps])
+            self.stats.ipc_caps_transferred += len(caps)
+        else:
+            handles = _EMPTY_LIST
+        parts = [_RE, _pack(req.rid), _CALL_KEY, _pack(call.cid), _MSG, _pack(call.payload),
+                 _SENDER, call.stamp, _CAPS, handles]
         if call.grant_addr is not None:
-            out["grant_addr"] = call.grant_addr
-            out["grant_npages"] = call.grant_npages
+            parts += (_GRANT_ADDR, _pack(call.grant_addr), _GRANT_NPAGES,
+                      _pack(call.grant_npages))
+        self.k.transport.send(req.sock, req.peer, _MAP_HEADER[len(parts) // 2] + b"".join(parts))
         if self.k.tracer.enabled:
             self.k.tracer.step("ipc", "call", call.cid, call.caller.spid, "delivered",
                                receiver=proc.spid)
-        return out
 
     def _fail(self, call: Call, code: Err, text: str) -> None:
         """End `call` with an error to its caller (if it still waits)."""
@@ -385,7 +406,8 @@ class Ipc:
             raise ServiceError(Err.PEERDIED, f"receive: endpoint {ep.contract.name!r} is gone: "
                                              f"{ep.death}")
         if ep.queue:
-            return self._deliver(t, ep.queue.popleft())
+            self._deliver(t, ep.queue.popleft(), req)
+            return SUSPEND                       # (answered: the delivery is its reply)
         ep.waiter = req
         t.receiving = ep
         t.proc.state = _RECEIVE
@@ -448,9 +470,10 @@ class Ipc:
         self.stats.ipc_bytes_copied += n
         if caller.state is _CALL:
             caller.state = _RUNNING
-        handles = [ct.mint(ep, force=True) for ep in caps] if caps else []
-        req = call.req
-        self.k.send(req.sock, req.peer, {"re": req.rid, "msg": payload, "caps": handles})
+        handles = _pack([ct.mint(ep, force=True) for ep in caps]) if caps else _EMPTY_LIST
+        req = call.req             # {re, msg, caps}, packed here as _deliver does
+        self.k.transport.send(req.sock, req.peer, b"\x83" + _RE + _pack(req.rid) + _MSG +
+                              _pack(payload) + _CAPS + handles)
         if self.k.tracer.enabled:
             self.k.tracer.end("ipc", "call", call.cid, caller.spid, bytes=n)
         self.histograms.observe(call.ep.contract.name, (self.k.now() - call.t0) * 1e6,
@@ -463,6 +486,7 @@ class Ipc:
         was_init = proc is self.init
         if was_init:
             self.init = None
+        self._stamps.pop(proc.spid, None)
         t = self.tables.pop(proc.spid, None)
         if t is None:
             if was_init:

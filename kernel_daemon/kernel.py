@@ -138,20 +138,10 @@ class Kernel(Server):
         self.pagers.on_up = self.resync.kick
         self.pagers.on_lost = self.resync.lost_handle  # a wiped disk: every page rebuilt there
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
+        # a frame larger than any kernel request needs is refused before it is decoded
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
         for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
             self.handlers[op] = self._backoff_on_quota(self.handlers[op])
-
-    def on_frame(self, sock: Any, peer: bytes | None, frame: bytes,
-                 user_id: str | None = None) -> None:
-        """Refuse a frame larger than any kernel request needs before decoding it (EMSGSIZE,
-        as the skeleton does past MAX_FRAME_BYTES); hand the rest to the skeleton."""
-        if len(frame) > self.max_frame_bytes:
-            self._refuse(sock, peer, None, Err.MSGSIZE, f"message of {len(frame)} bytes exceeds "
-                                                        f"the kernel's {self.max_frame_bytes}-"
-                                                        f"byte limit")
-            return
-        super().on_frame(sock, peer, frame, user_id)
 
     def dispatch_table(self) -> dict[Op, Handler]:
         """Every op the kernel serves, and its handler."""

@@ -182,3 +182,39 @@ def test_reply_and_wait_answers_one_call_and_blocks_for_the_next() -> None:
     assert nxt["call"] != got["call"] and nxt["sender"]["spid"] == w.client.spid
     w.server.ask("reply", call=nxt["call"], msg=packed("ok"))
     assert unpacked(w.client.answer(second)["msg"]) == {"kind": "ok"}
+
+
+def test_deliveries_and_replies_are_exactly_the_maps_the_protocol_names() -> None:
+    """Ipc packs deliveries and call replies itself (the stamp encoded once per caller):
+    decoded, each is exactly the map protocol.py documents -- queued or to a waiting
+    receiver, with capabilities and with a page grant -- and the stamp is the caller's."""
+    rig = Rig()
+    w = echo_world(rig)
+    me = rig.kernel.procs.by_spid[w.client.spid]
+    stamp = {"spid": me.spid, "name": "client", "program": "client", "digest": me.digest,
+             "manifest": ["echo"], "provides": []}
+    queued = w.client.call(w.held, packed("echo", data=b"q"))
+    rid = w.server.receive(w.echo)
+    got = w.server.answer(rid)                                 # queued, then received
+    assert got == {"re": rid, "call": got["call"], "msg": packed("echo", data=b"q"),
+                   "sender": stamp, "caps": []}
+    waiting = w.server.send("reply", call=got["call"], msg=packed("echo", data=b"a"),
+                            receive=w.echo)
+    assert w.client.answer(queued) == {"re": queued, "msg": packed("echo", data=b"a"),
+                                       "caps": []}
+    shared = w.client.call(w.held, packed("share"), caps=[w.held])   # to a waiting receiver
+    got = w.server.answer(waiting)
+    assert got == {"re": waiting, "call": got["call"], "msg": packed("share"),
+                   "sender": stamp, "caps": [got["caps"][0]]}
+    assert isinstance(got["caps"][0], int) and got["caps"][0] > 0
+    assert "err" not in w.server.ask("reply", call=got["call"], msg=packed("ok"))
+    assert w.client.answer(shared) == {"re": shared, "msg": packed("ok"), "caps": []}
+    v = w.client.map(1)
+    w.client.write(v, page("g"))
+    granted = w.client.call(w.held, packed("bulk"), grant={"addr": v << 12, "npages": 1})
+    got = w.server.answer(w.server.receive(w.echo))
+    assert got == {"re": got["re"], "call": got["call"], "msg": packed("bulk"), "sender": stamp,
+                   "caps": [], "grant_addr": got["grant_addr"], "grant_npages": 1}
+    assert w.server.read(got["grant_addr"] >> 12) == page("g")
+    w.server.ask("reply", call=got["call"], msg=packed("ok"))
+    assert "err" not in w.client.answer(granted)

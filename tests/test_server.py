@@ -360,7 +360,12 @@ class LoopSocket:
         assert opt == zmq.EVENTS
         return zmq.POLLIN if self.parts or self._ready() else 0
 
-    def recv(self, flags: int = 0, copy: bool = True) -> FakeFrame:
+    def recv(self, flags: int = 0, copy: bool = True) -> FakeFrame | bytes:
+        """One frame: its bytes (copy=True, as pyzmq), else a FakeFrame."""
+        frame = self._recv(flags)
+        return frame.bytes if copy else frame
+
+    def _recv(self, flags: int) -> FakeFrame:
         if self.parts:
             return self.parts.pop(0)
         if not self._ready() and not flags & zmq.NOBLOCK:

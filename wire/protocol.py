@@ -237,6 +237,9 @@ class ServiceError(Exception):
         self.msg = msg
 
 
+_unpackb = msgpack.unpackb
+
+
 def encode(msg: dict[str, Any]) -> bytes:
     """Pack one message into one frame."""
     frame: bytes = msgpack.packb(msg, use_bin_type=True)
@@ -249,7 +252,7 @@ def decode(frame: bytes, limit: int = MAX_FRAME_BYTES) -> dict[str, Any]:
         raise ServiceError(Err.MSGSIZE,
                            f"message of {len(frame)} bytes exceeds the {limit}-byte limit")
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        msg = _unpackb(frame)      # msgpack >= 1.0's defaults: raw=False, strict_map_key=True
     except Exception as exc:  # msgpack raises several unrelated types
         raise ServiceError(Err.BADMSG, f"not a msgpack message: {type(exc).__name__}") from None
     if not isinstance(msg, dict):

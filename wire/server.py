@@ -33,7 +33,7 @@ from typing import Any, Final, cast
 import zmq
 from zmq.auth.base import Authenticator
 
-from wire import sockets
+from wire import protocol, sockets
 from wire.keys import Keyring
 from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, ok, request
 from wire.sockets import Context, Socket
@@ -63,6 +63,10 @@ _MORE_NOBLOCK: int = int(zmq.SNDMORE | zmq.NOBLOCK)
 #: How long a one-socket loop may block in recv, at most (the steps keep setsockopt rare and
 #: never wake later than the next timer; the cap bounds how late a signal stops the loop).
 _WAIT_STEPS_MS: tuple[int, ...] = (200, 100, 50, 20, 10, 5, 2, 1, 0)
+#: ... as a table: _STEP_MS[w] is the largest step <= w ms, for w below _STEPS_CAP_MS.
+_STEPS_CAP_MS: int = _WAIT_STEPS_MS[0]
+_STEP_MS: tuple[int, ...] = tuple(next(s for s in _WAIT_STEPS_MS if s <= w)
+                                  for w in range(_STEPS_CAP_MS))
 #: With a ZAP handler, a one-socket loop wakes at least this often to admit new connections
 #: (a client's handshake waits for the answer; nothing else does).
 ZAP_WAIT_MS: int = 10
@@ -149,6 +153,8 @@ class Server:
         self._rids = itertools.count(1)
         self.running = True
         self.bad_messages = 0
+        #: A frame longer than this is refused unread (EMSGSIZE); a server may lower it.
+        self.max_frame_bytes = protocol.MAX_FRAME_BYTES
         self.callback_errors = 0     # timer or reply callbacks that raised (logged, survived)
         self._rcvtimeo: dict[Socket, int] = {}
 
@@ -271,18 +277,22 @@ class Server:
         message arrives or the next timer is due, as a bare broker would -- one wait per
         message instead of a poll, an events check and a receive."""
         sock = next(iter(self.sockets))
-        wait_ms = self._poll_timeout_ms()
+        timers = self._timers                # _poll_timeout_ms, inline (once per message)
+        while timers and timers[0].fn is None:
+            heapq.heappop(timers)
+        wait_ms = max(0, int((timers[0].deadline - self.now()) * 1000) + 1) if timers else 1000
         if self.auth is not None:
             wait_ms = min(wait_ms, ZAP_WAIT_MS)
             self._zap_countdown -= 1
             if self._zap_countdown <= 0:
                 self._zap_countdown = ZAP_EVERY
                 self._serve_zap()
-        step = next(s for s in _WAIT_STEPS_MS if s <= wait_ms)
+        step = _STEP_MS[wait_ms] if wait_ms < _STEPS_CAP_MS else _WAIT_STEPS_MS[0]
         if self._rcvtimeo.get(sock) != step:
             sock.setsockopt(zmq.RCVTIMEO, step)
             self._rcvtimeo[sock] = step
-        self._drain(sock, 1, 0)
+        if not (self._recv_routed if self.sockets[sock] else self._recv_dealt)(sock, 0):
+            self._zap_countdown = 0              # idle: admit waiting handshakes next turn
 
     def _drain(self, sock: Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
                ) -> None:
@@ -291,48 +301,66 @@ class Server:
         is_router = self.sockets.get(sock)
         if is_router is None:
             return
-        recv, getopt = sock.recv, cast("Callable[[int], int]", sock.getsockopt)  # EVENTS: int
-        user_ids = is_router and self.secure
+        getopt = cast("Callable[[int], int]", sock.getsockopt)  # EVENTS: int
+        receive = self._recv_routed if is_router else self._recv_dealt
         for i in range(batch):
             # poll() vouched for the first message; for the next ones asking EVENTS is far
             # cheaper than the zmq.Again exception a blind NOBLOCK recv raises at the end.
             if i and not getopt(_EVENTS) & _POLLIN:
                 return
-            try:
-                part = recv(first_flags if i == 0 else _NOBLOCK, copy=False)   # Frame.more:
-                frames = [part.bytes]                                           # no getsockopt
-                while part.more:
-                    part = recv(_NOBLOCK, copy=False)
-                    frames.append(part.bytes)
-            except zmq.Again:
+            if not receive(sock, first_flags if i == 0 else _NOBLOCK):
                 self._zap_countdown = 0          # idle: admit waiting handshakes next turn
                 return
-            if is_router:
-                if len(frames) != 2:
-                    self._refuse(sock, frames[0], None, Err.BADMSG,
-                                 f"expected one frame per message, got {len(frames) - 1}")
-                    continue
-                if user_ids:
-                    try:
-                        got = part.get("User-Id")
-                    except zmq.ZMQError:         # no authenticated key: no role either
-                        got = None
-                    user_id = got if isinstance(got, str) else None
-                    self.on_frame(sock, frames[0], frames[1], user_id)
-                else:
-                    self.on_frame(sock, frames[0], frames[1])
-            else:
-                if len(frames) != 1:
-                    self._refuse(sock, None, None, Err.BADMSG,
-                                 f"expected one frame per message, got {len(frames)}")
-                    continue
-                self.on_frame(sock, None, frames[0])
+
+    def _recv_routed(self, sock: Socket, flags: int) -> bool:
+        """Receive and dispatch one message on a ROUTER (`flags` 0: wait up to its RCVTIMEO);
+        False if none came.
+
+        The cheapest pyzmq calls for it (about 0.6 us less per message than two zero-copy
+        frames): the routing id as plain bytes -- a ROUTER's first frame always has more
+        after it, so no RCVMORE is asked -- then the body as a Frame, whose `more` says
+        whether the sender put more frames in (refused) and which carries the User-Id."""
+        try:
+            peer = sock.recv(flags)
+            part = sock.recv(_NOBLOCK, copy=False)   # a message arrives whole: here already
+        except zmq.Again:
+            return False
+        if part.more:
+            self._refuse(sock, peer, None, Err.BADMSG,
+                         f"expected one frame per message, got {1 + _skip_rest(sock, part)}")
+        elif self.secure:
+            try:
+                got = part.get("User-Id")
+            except zmq.ZMQError:                 # no authenticated key: no role either
+                got = None
+            self.on_frame(sock, peer, part.bytes, got if isinstance(got, str) else None)
+        else:
+            self.on_frame(sock, peer, part.bytes)
+        return True
+
+    def _recv_dealt(self, sock: Socket, flags: int) -> bool:
+        """Receive and dispatch one message on a DEALER (as _recv_routed); False if none."""
+        try:
+            part = sock.recv(flags, copy=False)
+        except zmq.Again:
+            return False
+        if part.more:
+            self._refuse(sock, None, None, Err.BADMSG,
+                         f"expected one frame per message, got {1 + _skip_rest(sock, part)}")
+        else:
+            self.on_frame(sock, None, part.bytes)
+        return True
 
     def on_frame(self, sock: Socket, peer: bytes | None, frame: bytes,
                  user_id: str | None = None) -> None:
         """Decode one frame and route it: a reply to its pending request, a request to do_*.
         `user_id` is the sender's authenticated key (secure ROUTERs): a routing id keeps the
-        key it first spoke with, and a message from another key on it is refused unread."""
+        key it first spoke with, and a message from another key on it is refused unread; so
+        is a frame longer than max_frame_bytes (EMSGSIZE, before anything else)."""
+        if len(frame) > self.max_frame_bytes:
+            self._refuse(sock, peer, None, Err.MSGSIZE, f"message of {len(frame)} bytes exceeds "
+                         f"the {self.name}'s {self.max_frame_bytes}-byte limit")
+            return
         if user_id is not None and peer is not None:
             bound = self.peer_keys.setdefault(peer, user_id)
             if bound != user_id:
@@ -473,6 +501,18 @@ class Server:
             fn, timer.fn = timer.fn, None
             if fn is not None:
                 self._run_callback(fn)
+
+
+def _skip_rest(sock: Socket, part: Any) -> int:
+    """Receive and drop the rest of a message after `part` (which has more); how many."""
+    n = 0
+    while part.more:
+        try:
+            part = sock.recv(_NOBLOCK, copy=False)
+        except zmq.Again:                        # (never: a message arrives whole)
+            break
+        n += 1
+    return n
 
 
 class _KeyCheck:

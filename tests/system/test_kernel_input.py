@@ -8,8 +8,20 @@ import msgpack
 import pytest
 
 from host_tools.system import System
+from kernel_daemon.kernel import FRAME_SLACK_BYTES
 from wire.client import Client
-from wire.protocol import MAX_FRAME_BYTES, PROT_R, PROT_W, PROT_X, Err, Op, ServiceError
+from wire.protocol import (
+    IPC_MAX_PAYLOAD_BYTES,
+    MAX_FRAME_BYTES,
+    PROT_R,
+    PROT_W,
+    PROT_X,
+    Err,
+    Op,
+    ServiceError,
+    encode,
+    request,
+)
 
 
 def registered(system: System) -> tuple[Client, dict]:
@@ -94,3 +106,23 @@ def test_forged_pager_replies_are_ignored(system: System) -> None:
             c.send_raw(msgpack.packb({"re": rid, "data": b"\x00" * 4096}))
         assert c.call(Op.PING)["service"] == "kernel"
         assert c.call(Op.STATS)["kernel"]["bad_messages"] >= 4
+
+
+def test_multi_frame_empty_and_oversized_messages_are_refused(system: System) -> None:
+    """The kernel's receive path reads the routing id and the body separately: a message of
+    several frames (after any other), an empty frame and a frame past the kernel's own limit
+    each get their error, each to its sender, and the next request is served."""
+    kernel_limit = IPC_MAX_PAYLOAD_BYTES + FRAME_SLACK_BYTES
+    with Client(system.kernel_addr, keys=system.keyring("observer")) as c:
+        ping = encode(request(Op.PING, 7))
+        for frames, code, text in [
+                ([ping, ping], Err.BADMSG, "got 2"),
+                ([b"", b"x", ping], Err.BADMSG, "got 3"),
+                ([b""], Err.BADMSG, "not a msgpack message"),
+                ([b"\x00" * (kernel_limit + 1)], Err.MSGSIZE, "the kernel's"),
+        ]:
+            c.sock.send_multipart(frames)
+            reply = c.recv_reply()
+            assert reply["err"] == code and text in reply["msg"], (len(frames), reply)
+            assert reply["re"] is None
+            assert c.call(Op.PING)["service"] == "kernel"          # still serving, in order
