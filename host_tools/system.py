@@ -22,6 +22,7 @@ from typing import Any
 from apps.runtime import SealedProcess
 from host_tools import keys_cmd
 from host_tools.watchdog import Watchdog
+from kernel_daemon.pagers import CLUSTER_PAGES
 from kernel_daemon.prefetch import DEFAULT_MODE, FAULT_AROUND
 from launcher import reach, spawn
 from launcher.launch import LAUNCHER, Launcher, load_launcher_key
@@ -80,6 +81,8 @@ class Config:
     prefetch: str = DEFAULT_MODE
     #: Most prefetched pages a fault installs beside its own (0: no fault-around).
     fault_around: int = FAULT_AROUND
+    #: Most dirty pages one PAGE_OUT request carries (1: one a request; kernel_daemon/pagers.py).
+    cluster: int = CLUSTER_PAGES
     disk_size_mib: int = 64
     pagers: int = 1
     hostile: str | None = None
@@ -164,6 +167,7 @@ class System:
         kargs = ["--rundir", str(self.rundir), "--addr", self.kernel_addr,
                  "--frames", str(c.frames), "--policy", c.policy, "--pagers", str(c.pagers),
                  "--prefetch", c.prefetch, f"--fault-around={c.fault_around}",
+                 f"--cluster={c.cluster}",
                  "--pager-timeout-ms", str(c.pager_timeout_ms),
                  "--pager-retries", str(c.pager_retries),
                  f"--launcher-key={launcher_public}",    # one argv: a z85 key may begin with "-"

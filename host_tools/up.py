@@ -1,7 +1,7 @@
 """`sealedos up`: run the whole system locally, show progress, print the per-process summary.
 
     sealedos up [--frames N] [--policy P] [--prefetch off|trend|readahead] [--fault-around N]
-                [--disk-size MiB]
+                [--cluster N] [--disk-size MiB]
                 [--duration S] [--json]
                 [--pagers 2 | --pagers 6 --code 4+2] [--hostile MODE [--hostile-count R]]
                 [--no-seal] [--trace FILE] [--metrics-port P] [APP [ARGS] ...]
@@ -25,6 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from host_tools.system import Config, System
+from kernel_daemon.pagers import CLUSTER_PAGES
 from kernel_daemon.policy import POLICIES
 from kernel_daemon.prefetch import DEFAULT_MODE, FAULT_AROUND, MODES
 from wire.protocol import HOSTILE_MODES
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-around", type=int,
                    default=int(env("SEALEDOS_FAULT_AROUND", str(FAULT_AROUND))), metavar="N",
                    help="most prefetched pages a fault installs beside its own (0: none)")
+    p.add_argument("--cluster", type=int,
+                   default=int(env("SEALEDOS_CLUSTER", str(CLUSTER_PAGES))), metavar="N",
+                   help="most dirty pages one page-out request carries (1: one a request)")
     p.add_argument("--disk-size", type=int, default=int(env("SEALEDOS_DISK_SIZE_MIB", "64")),
                    metavar="MiB")
     p.add_argument("--duration", type=float, default=0.0,
@@ -105,7 +109,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     groups = split_apps(args.apps, set(APPS)) or DEFAULT_APPS
     config = Config(frames=args.frames, policy=args.policy, prefetch=args.prefetch,
-                    fault_around=max(0, args.fault_around),
+                    fault_around=max(0, args.fault_around), cluster=args.cluster,
                     disk_size_mib=args.disk_size,
                     pagers=args.pagers, hostile=args.hostile, no_seal=args.no_seal,
                     hostile_count=args.hostile_count, code=args.code,

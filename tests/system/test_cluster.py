@@ -40,7 +40,7 @@ def run_memstress(system: System, name: str = "memstress.1") -> dict:
 @pytest.mark.parametrize("cluster", [16, 1])
 def test_page_outs_are_clustered_unless_cluster_is_one(make_system: Callable[..., System],
                                                         cluster: int) -> None:
-    system = make_system(frames=FRAMES, disk_size_mib=8, kernel_args=[f"--cluster={cluster}"])
+    system = make_system(frames=FRAMES, disk_size_mib=8, cluster=cluster)   # sealedos up --cluster
     assert run_memstress(system)["major_faults"] > 0
     k = system.stats()["kernel"]
     assert k["page_outs"] > 0 and k["writeback_failures"] == 0
