@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kernel_daemon.contract import Contract
 from kernel_daemon.proc import Proc
 from kernel_daemon.quota import Resource
-from wire.protocol import Err, ServiceError
+from wire.protocol import Err, ServiceError, encode
 from wire.server import Request
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Endpoint:
 class CapTable:
     """One process's handles and endpoints, and what it is blocked on."""
     proc: Proc
-    stamp: dict[str, Any]                                    # identity stamped on its calls
+    stamp: bytes                  # identity stamped on its calls, msgpack-encoded once
     handles: dict[int, Endpoint] = field(default_factory=dict)
     next_handle: int = 1
     owned: list[Endpoint] = field(default_factory=list)
@@ -69,10 +69,11 @@ class CapTable:
 
     @classmethod
     def of(cls, proc: Proc) -> CapTable:
-        """An empty table for proc, with the identity the kernel bound at REGISTER."""
-        return cls(proc, {"spid": proc.spid, "name": proc.name, "program": proc.program,
-                          "digest": proc.digest, "manifest": list(proc.manifest),
-                          "provides": list(proc.provides)})
+        """An empty table for proc, with the identity the kernel bound at REGISTER (encoded
+        here once: every call it makes is delivered with it, unchanged)."""
+        return cls(proc, encode({"spid": proc.spid, "name": proc.name, "program": proc.program,
+                                 "digest": proc.digest, "manifest": list(proc.manifest),
+                                 "provides": list(proc.provides)}))
 
     def lookup(self, handle: int, root: Endpoint | None) -> Endpoint:
         """The endpoint `handle` names here (0: root); EBADHANDLE if forged or stale."""

@@ -134,8 +134,6 @@ class Ipc:
         self._next_cid = 1
         self.histograms = Histograms()         # call latency and bytes, by contract (metrics)
         self.stats = kernel.stats
-        #: spid -> its table's stamp, msgpack-encoded once (delivered with every call it makes)
-        self._stamps: dict[int, bytes] = {}
 
     # -- identity, init, tables ---------------------------------------------------------
     def check_init_free(self) -> None:
@@ -265,10 +263,7 @@ class Ipc:
             raise
         cid = self._next_cid
         self._next_cid = cid + 1
-        stamp = self._stamps.get(spid)
-        if stamp is None:
-            stamp = self._stamps[spid] = _pack(t.stamp)
-        call = Call(cid, proc, req, ep, payload, stamp, caps, prior, waiting, self.k.now())
+        call = Call(cid, proc, req, ep, payload, t.stamp, caps, prior, waiting, self.k.now())
         ep.chans[spid] = waiting
         t.chans_on.add(ep.eid)
         t.calling = call
@@ -347,7 +342,7 @@ class Ipc:
 
         The frame is built here, not by the skeleton's encode: a msgpack map of
         {re, call, msg, sender, caps[, grant_addr, grant_npages]} whose sender is the
-        caller's stamp as encoded once (Ipc._stamps), so the stamp is not packed again per
+        caller's stamp as encoded once (CapTable.of), so the stamp is not packed again per
         call (the decoded frame is the same map encode would have made)."""
         owner.serving[call.cid] = call
         proc = owner.proc
@@ -486,7 +481,6 @@ class Ipc:
         was_init = proc is self.init
         if was_init:
             self.init = None
-        self._stamps.pop(proc.spid, None)
         t = self.tables.pop(proc.spid, None)
         if t is None:
             if was_init:

@@ -437,8 +437,9 @@ class Pagers:
                 [p.fields["handle"], p.fields["slot"], p.fields["data"]] for p in pops[1:]])
             rid = self.server.request(self.sock, slot.peer, pops[0].op, fields,
                                       functools.partial(self._on_reply, pops), self.timeout_ms)
+            now = self.server.now()
             for pop in pops:
-                pop.sent_s, pop.rid = self.server.now(), rid
+                pop.sent_s, pop.rid = now, rid
             slot.inflight[rid] = pops
             self.stats.page_out_requests += pops[0].op is Op.PAGE_OUT
 

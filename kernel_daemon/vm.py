@@ -360,11 +360,11 @@ class Vm:
         (kind "minor" or "major"); SUSPEND (answered).  The reply goes before the bookkeeping:
         nothing after it can change what it says (the kernel serves one message at a time),
         and the process waits for it, not for the counters."""
-        reply = {"vpn": f.vpn, "frame": f.pte.frame, "prot": f.pte.prot, "fill": fill,
-                 "re": f.req.rid, **({} if data is None else {"data": data}),
-                 **({"around": around} if around else {})}
+        extra: dict[str, Any] = {} if data is None else {"data": data}
+        if around:
+            extra["around"] = around
         now, proc = self.k.now(), f.proc
-        self.k.send(f.req.sock, f.req.peer, reply)
+        self.k.reply(f.req, vpn=f.vpn, frame=f.pte.frame, prot=f.pte.prot, fill=fill, **extra)
         proc.counters["major_faults" if kind == "major" else "minor_faults"] += 1
         self.stats.major_faults += kind == "major"
         self.stats.minor_faults += kind == "minor"
@@ -718,9 +718,9 @@ class Vm:
         slot, seal_vpn = pte.slot, pte.seal_vpn
 
         def with_handles(handles: list[bytes]) -> None:
-            done = partial(self._written, proc, vpn, pte, version, tag)
             if not pte.live():                     # unmapped meanwhile: its slot is freed
                 return
+            done = partial(self._written, proc, vpn, pte, version, tag)
             if self.k.ec is not None:              # erasure-coded: fragments (ecpages.py)
                 self.k.ec.page_out(handles, slot, (space.swap_id, seal_vpn, version), sealed,
                                    done)

@@ -386,13 +386,21 @@ def test_a_wrong_answer_to_a_batched_shootdown_kills_only_the_liar(how: str) -> 
     assert other.read(w) == page("other")            # nobody else is touched
 
 
-def test_a_second_fault_on_a_page_a_batch_waits_for_costs_no_frame_and_no_page() -> None:
+def a_batch_reading_ahead() -> tuple[Rig, FakePager, App, int, int, list[Msg], int]:
+    """A 64-page stream found and faulted on at its first page not yet in: (rig, pager, app,
+    v, that page's index, the page-ins it set off -- held, unanswered --, the next index
+    after the pages its reply installed around it)."""
     rig, pager, app, v = around_rig(64, nframes=32)
     scan(app, v, list(range(8)))                      # the stream is found, pages held ahead
     first = next(i for i in range(8, 64) if v + i not in app.tlb)
     held = hold_page_ins_after(pager, len(pager.ops("page_in")))
     reply = app.fault(v + first, "r")                 # installs the held pages after it and
     nxt = first + 1 + len(reply.get("around", []))    # reads ahead (held: still out)
+    return rig, pager, app, v, first, held, nxt
+
+
+def test_a_second_fault_on_a_page_a_batch_waits_for_costs_no_frame_and_no_page() -> None:
+    rig, pager, app, v, first, held, nxt = a_batch_reading_ahead()
     rid = app.send("fault", vpn=v + nxt, access="r", refs=[])
     rig.run(0.05)
     m = next(m for m in held if m["slot"] == nxt)     # (slot i holds page i: written in order)
@@ -416,12 +424,7 @@ def test_a_page_a_batch_read_and_a_fault_then_pinned_is_installed_once_in_one_fr
     # waits for a frame behind the batch's.  The batch must not install the page the fault
     # pinned: two frames for one page, one of them lent and never reclaimable (the policy
     # would later choose it and the kernel would panic).
-    rig, pager, app, v = around_rig(64, nframes=32)
-    scan(app, v, list(range(8)))                      # the stream is found, pages held ahead
-    first = next(i for i in range(8, 64) if v + i not in app.tlb)
-    held = hold_page_ins_after(pager, len(pager.ops("page_in")))
-    reply = app.fault(v + first, "r")                 # installs the held pages after it and
-    nxt = first + 1 + len(reply.get("around", []))    # reads ahead (held: still out)
+    rig, pager, app, v, _, held, nxt = a_batch_reading_ahead()
     rig.run(0.05)
     m = next(m for m in held if m["slot"] == nxt)
     held.remove(m)

@@ -442,10 +442,7 @@ class Mmu:
                     if not self._cv.wait_for(lambda: not self._hb_refs_unanswered,
                                              HEARTBEAT_REFS_WAIT_S):
                         self._hb_refs_unanswered = False
-                refs = self._refs
-                if len(refs) > REFS_LIMIT:
-                    refs = compact_refs(refs)
-                self._refs = []
+                refs, self._refs = compact_refs(self._refs), []
                 self.refs_faulted_s = time.monotonic()
                 self._inflight, self._revoked = vpn, False
             self.tlb_misses += 1
