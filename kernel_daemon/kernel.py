@@ -64,7 +64,7 @@ from wire.protocol import (
     Op,
     ServiceError,
 )
-from wire.server import SUSPEND, Answer, Handler, Panic, Request, Server
+from wire.server import Handler, Panic, Request, Server
 from wire.transport import Clock, Transport
 
 LIVENESS_MS: int = 500
@@ -140,8 +140,6 @@ class Kernel(Server):
         self.launcher_key = launcher_key       # the trusted launcher's public key (ADMIT)
         # a frame larger than any kernel request needs is refused before it is decoded
         self.max_frame_bytes = min(MAX_FRAME_BYTES, ipc_max_bytes + FRAME_SLACK_BYTES)
-        for op in QUOTA_OPS:                     # EQUOTA in a row is answered ever later
-            self.handlers[op] = self._backoff_on_quota(self.handlers[op])
 
     def dispatch_table(self) -> dict[Op, Handler]:
         """Every op the kernel serves, and its handler."""
@@ -226,29 +224,24 @@ class Kernel(Server):
             host=_short(m.get("host") or ""), expires_s=self.now() + ADMIT_TTL_MS / 1000))
         return {"cred": cred}
 
-    def _backoff_on_quota(self, handler: Handler) -> Handler:
-        """handler, except that an EQUOTA refusal of a process refused just before is
-        answered after a delay that doubles with each refusal (quota.py): a flood against
-        a quota costs the kernel a few requests a second, not a core."""
-        def run(req: Request) -> Answer:
-            try:
-                return handler(req)
-            except ServiceError as exc:
-                proc = req.caller
-                if exc.code != Err.QUOTA or not isinstance(proc, Proc):
-                    raise
-                self.stats.quota_refusals += 1
-                delay_ms = proc.quota.refused(self.now())
-                if not delay_ms:
-                    raise
-                code, text = exc.code, exc.msg         # (exc is unbound after the except)
+    def refuse_request(self, req: Request, exc: ServiceError) -> None:
+        """Send the error reply, except that an EQUOTA refusal (of a QUOTA_OPS request) of a
+        process refused just before is answered after a delay that doubles with each
+        refusal (quota.py): a flood against a quota costs the kernel a few requests a
+        second, not a core."""
+        proc = req.caller
+        if exc.code == Err.QUOTA and req.op in QUOTA_OPS and isinstance(proc, Proc):
+            self.stats.quota_refusals += 1
+            delay_ms = proc.quota.refused(self.now())
+            if delay_ms:
+                code, text = exc.code, exc.msg
 
                 def answer() -> None:
                     if proc.alive:
                         self.fail(req, code, text)
                 self.call_later(delay_ms, answer)
-                return SUSPEND
-        return run
+                return
+        super().refuse_request(req, exc)
 
     # -- processes ------------------------------------------------------------------------
     def do_register(self, req: Request) -> dict[str, Any]:

@@ -75,13 +75,15 @@ class Quota:
     refused_t: float = float("-inf")       # monotonic time of the last one
 
     def limit(self, resource: Resource) -> int:
-        """The limit on `resource`."""
-        limit: int = getattr(self.limits, resource.value)
+        """The limit on `resource` (a Resource is the str naming its Limits field: no .value,
+        an Enum property, on the path of every check)."""
+        limit: int = getattr(self.limits, resource)
         return limit
 
     def check(self, resource: Resource, n: int = 1) -> None:
         """Raise EQUOTA naming `resource` unless n more of it fit (charges nothing)."""
-        used, limit = self.used[resource], self.limit(resource)
+        used = self.used[resource]
+        limit: int = getattr(self.limits, resource)
         if n > 0 and used + n > limit:
             more = "" if n == 1 else f" (asked for {n} more)"
             raise ServiceError(Err.QUOTA, f"{resource} {used}/{limit}{more}")

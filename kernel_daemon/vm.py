@@ -130,6 +130,7 @@ GRANT_POLL_MS: int = 2
 LATENCY_KEEP: int = 20000
 
 S = PageState
+_RUNNING = ProcState.RUNNING
 
 
 @dataclass(slots=True, eq=False)
@@ -289,9 +290,9 @@ class Vm:
             self.stats.page_ins += 1
             f.proc.counters["page_ins"] += 1
         elif frame is None:                              # the usual case: a free frame, no
-            frame = self.pool.alloc(f.proc.spid, f.vpn)  # wait, so no pin
-            if frame is not None:
-                self._install_local(f, frame, st)
+            frame = self.pool.alloc(f.proc.spid, f.vpn)  # wait, so no pin (and the fault is
+            if frame is not None:                        # current: nothing ran since its check)
+                self._fill_local(f, frame, st)
                 return
         self.set_state(f.proc, f.pte, S.PAGING_IN)       # pinned while it waits for a frame
         around = self._around(f) if hit else []
@@ -331,6 +332,11 @@ class Vm:
         if not self._still_mine(f, frame):
             self._install_around(f.proc, around or [], False)
             return
+        self._fill_local(f, frame, was, around)
+
+    def _fill_local(self, f: Fault, frame: int, was: PageState,
+                    around: list[tuple[int, Pte, int, bool]] | None = None) -> None:
+        """Install a ZERO or HELD page of a current fault in `frame` and answer it."""
         pte = f.pte
         pte.frame = frame
         if was == S.ZERO:
@@ -360,20 +366,29 @@ class Vm:
         (kind "minor" or "major"); SUSPEND (answered).  The reply goes before the bookkeeping:
         nothing after it can change what it says (the kernel serves one message at a time),
         and the process waits for it, not for the counters."""
-        extra: dict[str, Any] = {} if data is None else {"data": data}
-        if around:
-            extra["around"] = around
-        now, proc = self.k.now(), f.proc
-        self.k.reply(f.req, vpn=f.vpn, frame=f.pte.frame, prot=f.pte.prot, fill=fill, **extra)
-        proc.counters["major_faults" if kind == "major" else "minor_faults"] += 1
-        self.stats.major_faults += kind == "major"
-        self.stats.minor_faults += kind == "minor"
-        proc.state = ProcState.RUNNING
+        k, proc, pte = self.k, f.proc, f.pte
+        now = k.now()
+        if data is None and not around:
+            k.reply(f.req, vpn=f.vpn, frame=pte.frame, prot=pte.prot, fill=fill)
+        else:
+            extra: dict[str, Any] = {} if data is None else {"data": data}
+            if around:
+                extra["around"] = around
+            k.reply(f.req, vpn=f.vpn, frame=pte.frame, prot=pte.prot, fill=fill, **extra)
+        stats = self.stats
+        if kind == "minor":
+            proc.counters["minor_faults"] += 1
+            stats.minor_faults += 1
+        else:
+            proc.counters["major_faults"] += 1
+            stats.major_faults += 1
+        proc.state = _RUNNING
         us = (now - f.t0) * 1e6
         self.latency[kind].append(us)
         self.histograms.observe(kind, us)
         self.fault_log.add(now, kind, us, proc.spid)
-        self.k.tracer.end("vm", "fault", f.key, proc.spid, kind=kind, outcome="installed")
+        if k.tracer.enabled:
+            k.tracer.end("vm", "fault", f.key, proc.spid, kind=kind, outcome="installed")
         return SUSPEND
 
     def _still_mine(self, f: Fault, frame: int) -> bool:

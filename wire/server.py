@@ -35,7 +35,7 @@ from zmq.auth.base import Authenticator
 
 from wire import protocol, sockets
 from wire.keys import Keyring
-from wire.protocol import Err, Op, ServiceError, check_request, decode, encode, error, ok, request
+from wire.protocol import Err, Op, ServiceError, check_request, decode, error, ok, request
 from wire.sockets import Context, Socket
 from wire.transport import MONOTONIC, Clock, Transport, ZmqTransport
 
@@ -157,6 +157,7 @@ class Server:
         self.max_frame_bytes = protocol.MAX_FRAME_BYTES
         self.callback_errors = 0     # timer or reply callbacks that raised (logged, survived)
         self._rcvtimeo: dict[Socket, int] = {}
+        self._encode = protocol.encoder()        # this loop's own packer (encode's frames)
 
     # -- sockets -------------------------------------------------------------------------
     def bind_router(self, addr: str) -> Socket:
@@ -390,7 +391,7 @@ class Server:
             self.check_caller(req)
             result = handler(req)
         except ServiceError as exc:
-            self.send(sock, peer, error(req.rid, exc.code, exc.msg))
+            self.refuse_request(req, exc)
             return
         except Panic:
             raise
@@ -414,10 +415,14 @@ class Server:
     def check_caller(self, req: Request) -> None:
         """Hook: resolve req.caller and raise ServiceError if the caller may not send req.op."""
 
+    def refuse_request(self, req: Request, exc: ServiceError) -> None:
+        """Hook: answer `req`, whose check_caller or handler raised `exc` (an error reply)."""
+        self.send(req.sock, req.peer, error(req.rid, exc.code, exc.msg))
+
     # -- sending -------------------------------------------------------------------------
     def send(self, sock: Socket, peer: bytes | None, msg: dict[str, Any]) -> None:
         """Send one message to `peer` (ROUTER) or down the connection (DEALER)."""
-        self.transport.send(sock, peer, encode(msg))   # peer gone or queue full: dropped
+        self.transport.send(sock, peer, self._encode(msg))  # peer gone, queue full: dropped
 
     def reply(self, req: Request, **fields: Any) -> None:
         """Answer a suspended request with success."""
