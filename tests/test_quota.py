@@ -4,14 +4,15 @@ the capability table charges its handles; process records stay within their byte
 from __future__ import annotations
 
 import pytest
+from kernel_harness import Rig
 
 from kernel_daemon.caps import CapTable, Endpoint
 from kernel_daemon.contract import compile_contract
 from kernel_daemon.pagetable import SwapSpace
 from kernel_daemon.proc import Proc
-from kernel_daemon.quota import Limits, Quota, Resource, limits_from
+from kernel_daemon.quota import REFUSAL_DELAY_MS, Limits, Quota, Resource, limits_from
 from kernel_daemon.records import bounded_records
-from wire.protocol import Err, ServiceError, encode
+from wire.protocol import PROT_R, Err, ServiceError, encode
 from wire.server import Panic
 
 
@@ -110,3 +111,18 @@ def test_records_stay_within_their_budget() -> None:
     assert records[0]["spid"] == 0                           # live processes come first
     small, none_omitted = bounded_records(live[:2], exited[:2])
     assert small == live[:2] + exited[:2] and none_omitted == 0
+
+
+def test_the_kernel_answers_equota_in_a_row_ever_later_and_other_errors_at_once() -> None:
+    rig = Rig()
+    app = rig.app("flood", quota={"regions": 1})
+    app.map(1)
+    assert app.ask("map", npages=1, prot=PROT_R)["err"] == "EQUOTA"   # the first: at once
+    rid = app.send("map", npages=1, prot=PROT_R)                      # the second: held back
+    rig.run(0.001)
+    assert not app.answered(rid)
+    rig.run(REFUSAL_DELAY_MS / 1000)
+    reply = app.answer(rid)
+    assert reply["err"] == "EQUOTA" and reply["msg"].startswith("regions 1/1"), reply
+    assert app.ask("map", npages=0, prot=PROT_R)["err"] == "EINVAL"   # not a quota refusal
+    assert rig.stats()["quota_refusals"] == 2
