@@ -61,6 +61,7 @@ INT_MIN: int = -(1 << 63)
 INT_MAX: int = (1 << 64) - 1
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_unpackb = msgpack.unpackb
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int, "float": (float, int), "bool": bool, "str": str, "bytes": bytes,
     "list": list, "map": dict, "nil": type(None)}
@@ -401,7 +402,7 @@ def compile_contract(src: Any, encoded: int | None = None) -> Contract:
 def decode_payload(contract: Contract, payload: bytes) -> dict[str, Any]:
     """The message map inside a CALL/REPLY payload; RuleViolation if it is not one."""
     try:
-        msg = msgpack.unpackb(payload, raw=False)
+        msg = _unpackb(payload)         # msgpack >= 1.0's defaults: raw=False, strict keys
     except Exception as exc:  # msgpack raises several unrelated types
         raise RuleViolation(contract.name, "not_a_map",
                                 f"payload is not msgpack ({type(exc).__name__})") from None

@@ -276,6 +276,8 @@ _REQUIRED: Final[dict[Op, tuple[tuple[str, Any], ...]]] = {
     op: tuple(f.items()) for op, f in REQUEST_FIELDS.items()}
 _OPTIONAL: Final[dict[Op, tuple[tuple[str, Any], ...]]] = {
     op: tuple(f.items()) for op, f in OPTIONAL_FIELDS.items()}
+#: How many keys a request of each op has with no optional field (op, rid, the required).
+_BARE_KEYS: Final[dict[Op, int]] = {op: 2 + len(f) for op, f in REQUEST_FIELDS.items()}
 
 
 def _is_a(value: Any, typ: Any) -> bool:
@@ -303,6 +305,8 @@ def check_request(msg: dict[str, Any]) -> Op:
                 raise ServiceError(Err.INVAL, f"{op}: missing field {name!r}")
             raise ServiceError(Err.INVAL, f"{op}: field {name!r} has the wrong type "
                                            f"({type(value).__name__})")
+    if len(msg) == _BARE_KEYS[op]:    # op, rid and the required fields (all there): no more
+        return op
     for name, typ in _OPTIONAL.get(op, ()):
         value = msg.get(name)
         if value is not None and value.__class__ is not typ and not _is_a(value, typ):
