@@ -65,6 +65,8 @@ _unpackb = msgpack.unpackb
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "int": int, "float": (float, int), "bool": bool, "str": str, "bytes": bytes,
     "list": list, "map": dict, "nil": type(None)}
+_TNAMES: dict[type, str] = {bool: "bool", int: "int", float: "float", str: "str",
+                            bytes: "bytes", list: "list", dict: "map", type(None): "nil"}
 _SPEC_KEYS: frozenset[str] = frozenset(
     {"type", "optional", "min", "max", "max_len", "items", "fields"})
 _MSG_KEYS: frozenset[str] = frozenset({"fields", "caps", "grant"})
@@ -207,12 +209,8 @@ class _Violation(Exception):
 
 
 def _tname(value: Any) -> str:
-    """The contract's name for value's type (bool before int: a bool is not an int here)."""
-    for name, typ in (("bool", bool), ("int", int), ("float", float), ("str", str),
-                      ("bytes", bytes), ("list", list), ("map", dict), ("nil", type(None))):
-        if isinstance(value, typ):
-            return name
-    return type(value).__name__
+    """The contract's name for value's type (values are decoded msgpack: exact types)."""
+    return _TNAMES.get(value.__class__) or type(value).__name__
 
 
 def _wrong(path: str, value: Any, want: str) -> _Violation:

@@ -424,10 +424,7 @@ class Ipc:
                                             f"the {self.max_bytes}-byte IPC limit")
         recv = m.get("receive")
         next_ep = None
-        if recv is not None:
-            if not isinstance(recv, int) or isinstance(recv, bool):
-                raise ServiceError(Err.BADHANDLE, f"reply: receive {str(recv)[:20]!r} is not a "
-                                                  f"handle")
+        if recv is not None:                  # (an int, not a bool: check_request said so)
             next_ep = t.owned_by_me(recv, self.root)
             if t.calling is not None or t.receiving is not None:
                 raise ServiceError(Err.BUSY, "reply: already blocked in a call or receive")

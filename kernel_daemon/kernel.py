@@ -234,11 +234,10 @@ class Kernel(Server):
             self.stats.quota_refusals += 1
             delay_ms = proc.quota.refused(self.now())
             if delay_ms:
-                code, text = exc.code, exc.msg
 
                 def answer() -> None:
                     if proc.alive:
-                        self.fail(req, code, text)
+                        self.fail(req, exc.code, exc.msg)
                 self.call_later(delay_ms, answer)
                 return
         super().refuse_request(req, exc)

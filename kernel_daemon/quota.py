@@ -74,16 +74,10 @@ class Quota:
     refusals: int = 0                      # EQUOTA answers in a row (within the window)
     refused_t: float = float("-inf")       # monotonic time of the last one
 
-    def limit(self, resource: Resource) -> int:
-        """The limit on `resource` (a Resource is the str naming its Limits field: no .value,
-        an Enum property, on the path of every check)."""
-        limit: int = getattr(self.limits, resource)
-        return limit
-
     def check(self, resource: Resource, n: int = 1) -> None:
-        """Raise EQUOTA naming `resource` unless n more of it fit (charges nothing)."""
-        used = self.used[resource]
-        limit: int = getattr(self.limits, resource)
+        """Raise EQUOTA naming `resource` unless n more of it fit (charges nothing).  (A
+        Resource is the str naming its Limits field: no .value, an Enum property, per check.)"""
+        used, limit = self.used[resource], getattr(self.limits, resource)
         if n > 0 and used + n > limit:
             more = "" if n == 1 else f" (asked for {n} more)"
             raise ServiceError(Err.QUOTA, f"{resource} {used}/{limit}{more}")
@@ -132,7 +126,7 @@ class Quota:
 
     def usage(self) -> dict[str, Any]:
         """Usage and limits as one JSON-able map (ps, stats)."""
-        return {str(r): [self.used[r], self.limit(r)] for r in Resource}
+        return {str(r): [self.used[r], getattr(self.limits, r)] for r in Resource}
 
     def idle(self) -> bool:
         """True when nothing is charged."""

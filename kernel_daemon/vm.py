@@ -367,21 +367,14 @@ class Vm:
         nothing after it can change what it says (the kernel serves one message at a time),
         and the process waits for it, not for the counters."""
         k, proc, pte = self.k, f.proc, f.pte
+        extra: dict[str, Any] = {} if data is None else {"data": data}
+        if around:
+            extra["around"] = around
         now = k.now()
-        if data is None and not around:
-            k.reply(f.req, vpn=f.vpn, frame=pte.frame, prot=pte.prot, fill=fill)
-        else:
-            extra: dict[str, Any] = {} if data is None else {"data": data}
-            if around:
-                extra["around"] = around
-            k.reply(f.req, vpn=f.vpn, frame=pte.frame, prot=pte.prot, fill=fill, **extra)
-        stats = self.stats
-        if kind == "minor":
-            proc.counters["minor_faults"] += 1
-            stats.minor_faults += 1
-        else:
-            proc.counters["major_faults"] += 1
-            stats.major_faults += 1
+        k.reply(f.req, vpn=f.vpn, frame=pte.frame, prot=pte.prot, fill=fill, **extra)
+        proc.counters["major_faults" if kind == "major" else "minor_faults"] += 1
+        self.stats.major_faults += kind == "major"
+        self.stats.minor_faults += kind == "minor"
         proc.state = _RUNNING
         us = (now - f.t0) * 1e6
         self.latency[kind].append(us)

@@ -94,6 +94,7 @@ def test_optional_fields_may_be_absent_but_not_mistyped(op: Op) -> None:
 def test_a_bool_is_not_an_int() -> None:
     assert refused(request(Op.MAP, 1, npages=True, prot=3)).code is Err.INVAL
     assert refused(request(Op.PING, True)).code is Err.BADMSG        # nor a rid
+    assert refused(request(Op.REPLY, 1, call=1, msg=b"", receive=True)).code is Err.INVAL
 
 
 def test_rid_and_op_are_checked_first() -> None:
