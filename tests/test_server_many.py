@@ -1,4 +1,4 @@
-"""wire.server's several-socket loop (Server._turn_many) on real ZeroMQ sockets.
+"""The several-socket loop (pager_service/loop.py, PollingServer) on real ZeroMQ sockets.
 
 The pager's shape: a server with two DEALERs, one to a "kernel" that sends it requests and
 one to a "disk" it asks in turn, relaying each answer back.  Each request waits for its
@@ -11,6 +11,7 @@ timer callback that sends on one socket while the other is busy.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,15 @@ from typing import Any
 import pytest
 import zmq
 
+from pager_service.loop import PollingServer
 from wire.protocol import Op, decode, encode
-from wire.server import SUSPEND, Request, Server
+from wire.server import SUSPEND, Request
 
 #: How long a peer waits for a message before the test fails (a lost wake-up).
 WAIT_MS: int = 5000
 
 
-class Relay(Server):
+class Relay(PollingServer):
     """PING from the kernel side: ask the disk side, answer with its reply's `n`.  STATS:
     stop.  A timer may ping the kernel side unasked (`tick_ms`)."""
 
@@ -161,3 +163,20 @@ def test_a_timer_that_sends_does_not_hide_a_message(rig: Any) -> None:
         assert (msg["re"], msg["n"]) == (i + 1, i)
     assert relay.ticks > 0
     stop(relay, thread, kernel, peer)
+
+
+def test_a_drain_takes_at_most_one_batch_and_says_whether_it_emptied(rig: Any) -> None:
+    kernel, disk, kaddr, daddr = rig
+    relay = Relay(kaddr, daddr)
+    relay.on_start()                               # the hello: not run(), driven by hand
+    peer = hello(kernel)
+    for i in range(5):
+        kernel.send_multipart([peer, encode({"op": "ping", "rid": i + 1, "n": i})])
+    assert relay.kernel.poll(WAIT_MS) == zmq.POLLIN
+    time.sleep(0.5)                                # (the other four come right behind)
+    assert relay._drain(relay.kernel, 2) is False  # the batch ran out: more wait
+    assert disk_answers(disk, 2)[1] == [0, 1]
+    assert relay._drain(relay.kernel) is True      # the other three, then empty
+    assert disk_answers(disk, 3)[1] == [2, 3, 4]
+    assert relay._drain(relay.kernel) is True      # nothing waiting
+    relay.ctx.destroy(0)

@@ -24,12 +24,11 @@ import heapq
 import itertools
 import logging
 import os
-import select
 import signal
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import zmq
 from zmq.auth.base import Authenticator
@@ -51,9 +50,6 @@ SUSPEND: Final[Suspend] = Suspend()
 Answer = dict[str, Any] | Suspend | None
 #: A request handler: the values of the dispatch table.
 Handler = Callable[["Request"], Answer]
-
-#: How many messages one socket may deliver per loop turn before the others get a go.
-DRAIN_BATCH: int = 64
 
 # Socket options and flags as plain ints: the hot path skips pyzmq's enum conversions.
 _EVENTS: int = int(zmq.EVENTS)
@@ -144,7 +140,8 @@ class Server:
         self.now: Callable[[], float] = self.clock.now
         self.pid: int = self.transport.pid()
         self.log = logging.getLogger(f"sealedos.{name}")
-        self.poller = zmq.Poller()
+        #: serve_until_signalled's wake-up pipe, for a loop that polls (pager_service/loop.py)
+        self.wakeup_fd: int | None = None
         self.sockets: dict[Socket, bool] = {}        # socket -> is ROUTER
         #: op -> handler: each server's explicit dispatch table (greppable, like MINIX's).
         self.handlers: dict[Op, Handler] = self.dispatch_table()
@@ -158,12 +155,6 @@ class Server:
         self.max_frame_bytes = protocol.MAX_FRAME_BYTES
         self.callback_errors = 0     # timer or reply callbacks that raised (logged, survived)
         self._rcvtimeo: dict[Socket, int] = {}
-        # The several-socket loop's state (_turn_many): poll(2) over each socket's FD ...
-        self._fdpoll = select.poll()
-        self._fds: dict[int, Socket | None] | None = None    # fd -> its socket (None: a pipe)
-        #: ... and the sockets (and the ZAP socket) that may hold messages their FD will not
-        #: announce: operated on since an EVENTS check last found them empty.
-        self._unsure: dict[Socket, None] = {}       # (an ordered set: served in turn)
 
     # -- sockets -------------------------------------------------------------------------
     def bind_router(self, addr: str) -> Socket:
@@ -199,9 +190,6 @@ class Server:
                         "one secure server per context") from None
         auth.configure_curve_callback(sockets.ZAP_DOMAIN, _KeyCheck(self))
         self.auth = auth
-        self.poller.register(auth.zap_socket, zmq.POLLIN)
-        self._fds = None
-        self._unsure[auth.zap_socket] = None
 
     def _serve_zap(self) -> None:
         """Answer every waiting ZAP request (one handshake each) with allow_key's verdict."""
@@ -220,18 +208,10 @@ class Server:
 
     def _add(self, sock: Socket, is_router: bool) -> None:
         self.sockets[sock] = is_router
-        if self.transport.pollable:
-            self.poller.register(sock, zmq.POLLIN)
-            self._fds = None
-            self._unsure[sock] = None
 
     def drop_socket(self, sock: Socket) -> None:
         """Stop serving `sock` and close it; requests pending on it time out as usual."""
         if sock in self.sockets:
-            if self.transport.pollable:
-                self.poller.unregister(sock)
-                self._fds = None
-                self._unsure.pop(sock, None)
             del self.sockets[sock]
             self.transport.close(sock)
 
@@ -239,23 +219,15 @@ class Server:
     def run(self) -> None:
         """Serve until stop(): receive, check, dispatch, reply; fire due timers."""
         self.on_start()
-        self._fds = None                     # (serve_until_signalled registered its pipe)
         try:
             while self.running:
-                if len(self.sockets) == 1:
-                    self._turn_one()
-                else:
-                    self._turn_many()
-                    timers = self._timers
-                    if timers and timers[0].deadline <= self.now():   # a callback may send
-                        self._unsure.update(dict.fromkeys(self.sockets))   # on any socket
+                self.turn()
                 self.fire_due()
         finally:
             self.on_stop()
             for sock in list(self.sockets):
                 self.drop_socket(sock)
             if self.auth is not None:
-                self.poller.unregister(self.auth.zap_socket)
                 self.auth.stop()
                 self.auth = None
 
@@ -264,16 +236,17 @@ class Server:
         self.running = False
 
     def serve_until_signalled(self) -> None:
-        """run() until SIGTERM or SIGINT, which stop the loop at once: a wakeup pipe polled
-        beside the sockets interrupts the poll; handlers are restored afterwards."""
+        """run() until SIGTERM or SIGINT, which stop the loop: at once where a loop polls
+        the wake-up pipe (wakeup_fd) beside its sockets, else within one wait step (at most
+        200 ms); handlers are restored afterwards."""
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         old = {s: signal.signal(s, lambda *_: self.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.poller.register(rfd, zmq.POLLIN)        # never drained: the loop ends instead
+        self.wakeup_fd = rfd                         # never drained: the loop ends instead
         try:
             self.run()
         finally:
-            self.poller.unregister(rfd)
+            self.wakeup_fd = None
             signal.set_wakeup_fd(old_fd)
             for signum, handler in old.items():
                 signal.signal(signum, handler)
@@ -308,77 +281,11 @@ class Server:
         if not (self._recv_routed if self.sockets[sock] else self._recv_dealt)(sock, 0):
             self._zap_countdown = 0              # idle: admit waiting handshakes next turn
 
-    def _turn_many(self) -> None:
-        """One turn with several sockets (the pager: its kernel and disk connections): serve
-        one socket that holds messages, or block in poll(2) until one may, or the next timer.
-
-        A ZeroMQ socket's FD is an edge, not a level: it turns readable when a command waits
-        in the socket's mailbox (a message reached a pipe that had run dry), and any call
-        that processes the mailbox -- a recv, an EVENTS check, and a send too (about once a
-        millisecond) -- consumes that wake-up, whether or not its message was read.  So
-        before blocking, every socket operated on since an EVENTS check last found it empty
-        (self._unsure) must be asked again; a socket that was not may be left to its FD.
-        zmq_poll is safe the blunt way, asking EVENTS of every socket before and after each
-        wait (each a poll(2) and a getpid(2) inside libzmq: ~9 system calls per message in
-        the pager); this asks only what a turn touched: the socket it drained (once, in the
-        drain) and those a handler or a timer callback may have sent on."""
-        fds = self._fds if self._fds is not None else self._watch_fds()
-        unsure = self._unsure
-        zap = self.auth.zap_socket if self.auth is not None else None
-        while unsure:
-            sock = next(iter(unsure))            # the longest waiting first
-            del unsure[sock]
-            if sock is zap:
-                self._serve_zap()                # it asks EVENTS until the socket is empty
-            elif sock in self.sockets and int(sock.getsockopt(_EVENTS)) & _POLLIN:
-                emptied = self._drain(sock)
-                for other in self.sockets:       # its handlers may have sent on any socket
-                    if other is not sock:
-                        unsure[other] = None
-                if not emptied:                  # the batch ran out: the others go first
-                    unsure[sock] = None
-                return
-        for fd, _ in self._fdpoll.poll(self._poll_timeout_ms()):
-            fired = fds.get(fd)
-            if fired is not None:                # (a plain fd: the signal pipe; stop() ran)
-                unsure[fired] = None
-
-    def _watch_fds(self) -> dict[int, Socket | None]:
-        """(Re)build _turn_many's poll(2) set from the poller's registry: each ZeroMQ socket's
-        FD and each plain fd (serve_until_signalled's wake-up pipe); fd -> socket or None."""
-        fds: dict[int, Socket | None] = {}
-        self._fdpoll = select.poll()
-        for item, _ in self.poller.sockets:
-            if isinstance(item, int):
-                fds[item] = None
-                self._fdpoll.register(item, select.POLLIN)
-            else:
-                fd = int(item.getsockopt(zmq.FD))
-                fds[fd] = item
-                self._fdpoll.register(fd, select.POLLIN)
-        self._fds = fds
-        return fds
-
-    def _drain(self, sock: Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
-               ) -> bool:
-        """Receive and dispatch up to `batch` messages waiting on `sock` (the first one with
-        `first_flags`: 0 blocks for the socket's RCVTIMEO); True if it stopped because none
-        was left (an EVENTS check or a receive found the socket empty), False if the batch
-        ran out first."""
-        is_router = self.sockets.get(sock)
-        if is_router is None:
-            return True
-        getopt = cast("Callable[[int], int]", sock.getsockopt)  # EVENTS: int
-        receive = self._recv_routed if is_router else self._recv_dealt
-        for i in range(batch):
-            # EVENTS vouched for the first message; for the next ones asking EVENTS is far
-            # cheaper than the zmq.Again exception a blind NOBLOCK recv raises at the end.
-            if i and not getopt(_EVENTS) & _POLLIN:
-                return True
-            if not receive(sock, first_flags if i == 0 else _NOBLOCK):
-                self._zap_countdown = 0          # idle: admit waiting handshakes next turn
-                return True
-        return False
+    def turn(self) -> None:
+        """One turn of the loop: serve what arrived, or wait for it until the next timer.
+        This one serves one socket (_turn_one: the kernel, a disk); a server of several
+        brings its own (the pager's: pager_service/loop.py)."""
+        self._turn_one()
 
     def _recv_routed(self, sock: Socket, flags: int) -> bool:
         """Receive and dispatch one message on a ROUTER (`flags` 0: wait up to its RCVTIMEO);
