@@ -52,37 +52,48 @@ class PollingServer(Server):
     _unsure: dict[Socket, None]
 
     def turn(self) -> None:
-        """Serve the first unsure socket that holds messages (one drain), or, once none
-        does, wait in poll(2) until an FD fires or the next timer is due."""
-        if self._poll is None:
-            self._watch()
+        """Serve the first unsure socket that holds messages, or, once none does, wait in
+        poll(2) until an FD fires or the next timer is due, and serve what fired."""
+        poll = self._poll or self._watch()
         unsure = self._unsure
         zap = self.auth.zap_socket if self.auth is not None else None
         while unsure:
             sock = next(iter(unsure))
-            del unsure[sock]
             if sock is zap:
+                del unsure[sock]
                 self._serve_zap()                # it asks EVENTS until the socket is empty
             elif sock in self.sockets and int(sock.getsockopt(_EVENTS)) & _POLLIN:
-                emptied = self._drain(sock)
-                unsure.update((s, None) for s in self.sockets if s is not sock)
-                if not emptied:                  # after the others
-                    unsure[sock] = None
+                self._serve(sock)
                 return
-        assert self._poll is not None
-        for fd, _ in self._poll.poll(self._poll_timeout_ms()):
-            fired = self._fd_socks.get(fd)
-            if fired is not None:
-                unsure[fired] = None
+            else:
+                unsure.pop(sock, None)
+        for fd, _ in poll.poll(self._poll_timeout_ms()):
+            ready = self._fd_socks.get(fd)
+            if ready is None:                    # the signal pipe: stop() has run
+                continue
+            if zap is not None and ready is zap:
+                unsure[zap] = None               # (served next turn, before any wait)
+            else:
+                self._serve(ready)               # a recv, no EVENTS first: its FD fired
+
+    def _serve(self, sock: Socket) -> None:
+        """Drain `sock`; then every other socket is unsure (its handlers may have sent on
+        any), and `sock` too, after the others, if the batch ran out first."""
+        unsure = self._unsure
+        unsure.pop(sock, None)
+        emptied = self._drain(sock)
+        unsure.update((s, None) for s in self.sockets if s is not sock)
+        if not emptied:
+            unsure[sock] = None
 
     def fire_due(self) -> None:
         """Run the due timers; their callbacks may send on any socket: all become unsure."""
-        due = self.next_deadline()
-        if due is not None and due <= self.now() and self._poll is not None:
+        timers = self._timers
+        if timers and timers[0].deadline <= self.now() and self._poll is not None:
             self._unsure.update(dict.fromkeys(self.sockets))
         super().fire_due()
 
-    def _watch(self) -> None:
+    def _watch(self) -> select.poll:
         """Build the poll(2) set: every socket's FD, the ZAP socket's, the wake-up pipe;
         every socket starts unsure (the set of sockets is fixed while the loop runs)."""
         socks = list(self.sockets) + ([self.auth.zap_socket] if self.auth is not None else [])
@@ -91,6 +102,7 @@ class PollingServer(Server):
         self._unsure = dict.fromkeys(socks)
         for fd in [*self._fd_socks, *([self.wakeup_fd] if self.wakeup_fd is not None else [])]:
             self._poll.register(fd, select.POLLIN)
+        return self._poll
 
     def _drain(self, sock: Socket, batch: int = DRAIN_BATCH) -> bool:
         """Receive and dispatch up to `batch` messages waiting on `sock`; True if it stopped
