@@ -866,8 +866,8 @@ def _prot_str(prot: int) -> str:
 
 class PageIn:
     """A major fault (Vm._serve on a SWAPPED page): the page is read and verified while a
-    frame is found, in parallel (the pager asked first: a frame may take an eviction); when
-    both are in it is installed and the fault answered, before the bookkeeping."""
+    frame is found, in parallel; when both are in it is installed and the fault answered.
+    The methods run in the order they are written."""
 
     def __init__(self, vm: Vm, f: Fault) -> None:
         self.vm, self.k, self.f = vm, vm.k, f
@@ -878,14 +878,13 @@ class PageIn:
         self.failed = False                  # no mirror verified: the process is stopped
 
     def start(self) -> None:
-        """Pin the page (PAGING_IN); ask, once its disk handles are open, for the page, and
-        for a frame."""
+        """Pin the page (PAGING_IN); ask for a frame and, once its disk handles are open,
+        for the page."""
         f = self.f
         self.vm.set_state(f.proc, f.pte, S.PAGING_IN)
         f.proc.state = ProcState.FAULT
+        self.vm._get_frame(f.proc, f.vpn, self.on_frame)
         self.k.pagers.with_handles(self.copy.space, self.read)
-        if not self.failed:                  # (no mirror to ask: failed, and answered)
-            self.vm._get_frame(f.proc, f.vpn, self.on_frame)
 
     def read(self, handles: list[bytes]) -> None:
         """Read the page from the mirrors holding its current version."""
@@ -942,13 +941,13 @@ class PageIn:
         if not self.vm._still_mine(f, frame):
             return
         pte.frame = frame
-        self._step("installed")
-        self.vm._answer(f, FILL_DATA, plain, "major")     # first: nothing below changes it
         pte.swap_valid = True
         pte.zero_content = False
         self.vm._make_resident(f.proc, pte, frame)
         f.proc.counters["page_ins"] += 1
         self.vm.stats.page_ins += 1
+        self._step("installed")
+        self.vm._answer(f, FILL_DATA, plain, "major")
 
     def _step(self, step: str, **args: Any) -> None:
         if self.k.tracer.enabled:
