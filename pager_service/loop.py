@@ -17,8 +17,8 @@ operated on since an EVENTS check last found it empty has been asked again.  Tho
 drained one too if the batch ran out before it was empty; after a timer callback, every
 socket; a socket whose FD fired.  Unsure sockets are asked in the order they became unsure,
 so a flooded socket cannot starve the others.  tests/test_server_many.py drives this loop on
-real sockets in the pager's shape (each rule's removal fails it, or makes a lost wake-up
-possible).
+real sockets in the pager's shape: without the drain's rule it fails (a reply never read);
+the timer's rule guards a race too narrow to be hit on every run.
 
 Nothing here is trusted: the kernel and the disks run wire.server's one-socket loop.
 """
@@ -111,8 +111,8 @@ class PollingServer(Server):
         getopt = cast("Callable[[int], int]", sock.getsockopt)  # EVENTS: int
         receive = self._recv_routed if self.sockets[sock] else self._recv_dealt
         for i in range(batch):
-            # EVENTS vouched for the first message; for the next ones asking EVENTS is far
-            # cheaper than the zmq.Again exception a blind NOBLOCK recv raises at the end.
+            # EVENTS or the FD vouched for the first message; for the next ones asking EVENTS
+            # is far cheaper than the zmq.Again exception a blind NOBLOCK recv raises.
             if i and not getopt(_EVENTS) & _POLLIN:
                 return True
             if not receive(sock, _NOBLOCK):
