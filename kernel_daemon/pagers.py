@@ -562,8 +562,9 @@ class Pagers:
         fails over at once.  answered(mirror, reply), if given, sees every non-error answer
         before it is verified."""
         now = self.server.now()
-        order = sorted((m for m in range(self.nmirrors) if mask >> m & 1),
-                       key=lambda m: (not self.slots[m].up, self.slots[m].bad_until > now, m))
+        order = [0] if mask == 1 and self.nmirrors == 1 else sorted(    # (one mirror: no sort)
+            (m for m in range(self.nmirrors) if mask >> m & 1),
+            key=lambda m: (not self.slots[m].up, self.slots[m].bad_until > now, m))
         failures: list[tuple[int, str, str]] = []
 
         def attempt(i: int) -> None:

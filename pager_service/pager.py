@@ -44,10 +44,11 @@ from pager_service.hostile import (
     PageRead,
     make_behaviour,
 )
+from pager_service.loop import PollingServer
 from wire import host
 from wire import keys as wkeys
 from wire.protocol import HOSTILE_MODES, PAGE_SIZE, Err, Op, ServiceError, err_code
-from wire.server import SUSPEND, Answer, Handler, Request, Server
+from wire.server import SUSPEND, Answer, Handler, Request
 from wire.transport import Clock, Transport
 
 #: How often the pager (re)announces itself to the kernel.
@@ -185,7 +186,7 @@ def disk_error(reply: dict[str, Any]) -> tuple[Err, str]:
     return code, msg if isinstance(msg, str) else f"disk error {raw!r:.40}"
 
 
-class Pager(Server):
+class Pager(PollingServer):
     """The external pager: serves the kernel's paging requests through the disk service."""
 
     def __init__(self, config: PagerConfig, ctx: zmq.Context[zmq.Socket[bytes]] | None = None,

@@ -430,15 +430,3 @@ def test_run_receives_dispatches_fires_timers_and_stops() -> None:
     assert times[3] == pytest.approx(0.2)
     assert svc.hooks == ["start", "stop"] and sock.closed and svc.sockets == {}
     assert svc.ran == [(Op.PING, b"A"), (Op.STATS, b"B"), (Op.EXIT, b"A")]
-
-
-def test_drain_takes_at_most_one_batch() -> None:
-    svc, sock, clock = loop_server()
-    for rid in range(5):
-        sock.arrive(0.0, b"A", encode({"op": "ping", "rid": rid}))
-    svc._drain(sock, 2)
-    assert [m["re"] for _, _, m in sock.sent] == [0, 1]
-    svc._drain(sock)
-    assert [m["re"] for _, _, m in sock.sent] == [0, 1, 2, 3, 4]
-    svc._drain(sock)                                            # nothing waiting: no wait
-    assert len(sock.sent) == 5 and clock.now() == 0.0

@@ -28,7 +28,7 @@ import signal
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import zmq
 from zmq.auth.base import Authenticator
@@ -50,9 +50,6 @@ SUSPEND: Final[Suspend] = Suspend()
 Answer = dict[str, Any] | Suspend | None
 #: A request handler: the values of the dispatch table.
 Handler = Callable[["Request"], Answer]
-
-#: How many messages one socket may deliver per loop turn before the others get a go.
-DRAIN_BATCH: int = 64
 
 # Socket options and flags as plain ints: the hot path skips pyzmq's enum conversions.
 _EVENTS: int = int(zmq.EVENTS)
@@ -143,7 +140,8 @@ class Server:
         self.now: Callable[[], float] = self.clock.now
         self.pid: int = self.transport.pid()
         self.log = logging.getLogger(f"sealedos.{name}")
-        self.poller = zmq.Poller()
+        #: serve_until_signalled's wake-up pipe, for a loop that polls (pager_service/loop.py)
+        self.wakeup_fd: int | None = None
         self.sockets: dict[Socket, bool] = {}        # socket -> is ROUTER
         #: op -> handler: each server's explicit dispatch table (greppable, like MINIX's).
         self.handlers: dict[Op, Handler] = self.dispatch_table()
@@ -193,7 +191,6 @@ class Server:
                         "one secure server per context") from None
         auth.configure_curve_callback(sockets.ZAP_DOMAIN, _KeyCheck(self))
         self.auth = auth
-        self.poller.register(auth.zap_socket, zmq.POLLIN)
 
     def _serve_zap(self) -> None:
         """Answer every waiting ZAP request (one handshake each) with allow_key's verdict."""
@@ -212,14 +209,10 @@ class Server:
 
     def _add(self, sock: Socket, is_router: bool) -> None:
         self.sockets[sock] = is_router
-        if self.transport.pollable:
-            self.poller.register(sock, zmq.POLLIN)
 
     def drop_socket(self, sock: Socket) -> None:
         """Stop serving `sock` and close it; requests pending on it time out as usual."""
         if sock in self.sockets:
-            if self.transport.pollable:
-                self.poller.unregister(sock)
             del self.sockets[sock]
             self.transport.close(sock)
 
@@ -229,20 +222,13 @@ class Server:
         self.on_start()
         try:
             while self.running:
-                if len(self.sockets) == 1:
-                    self._turn_one()
-                else:
-                    events = self.poller.poll(self._poll_timeout_ms())
-                    for sock, _ in events:
-                        self._drain(sock)
-                    self._serve_zap()
+                self.turn()
                 self.fire_due()
         finally:
             self.on_stop()
             for sock in list(self.sockets):
                 self.drop_socket(sock)
             if self.auth is not None:
-                self.poller.unregister(self.auth.zap_socket)
                 self.auth.stop()
                 self.auth = None
 
@@ -251,16 +237,17 @@ class Server:
         self.running = False
 
     def serve_until_signalled(self) -> None:
-        """run() until SIGTERM or SIGINT, which stop the loop at once: a wakeup pipe polled
-        beside the sockets interrupts the poll; handlers are restored afterwards."""
+        """run() until SIGTERM or SIGINT, which stop the loop: at once where a loop polls
+        the wake-up pipe (wakeup_fd) beside its sockets, else within one wait step (at most
+        200 ms); handlers are restored afterwards."""
         rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_fd = signal.set_wakeup_fd(wfd, warn_on_full_buffer=False)
         old = {s: signal.signal(s, lambda *_: self.stop()) for s in (signal.SIGTERM, signal.SIGINT)}
-        self.poller.register(rfd, zmq.POLLIN)        # never drained: the loop ends instead
+        self.wakeup_fd = rfd                         # never drained: the loop ends instead
         try:
             self.run()
         finally:
-            self.poller.unregister(rfd)
+            self.wakeup_fd = None
             signal.set_wakeup_fd(old_fd)
             for signum, handler in old.items():
                 signal.signal(signum, handler)
@@ -295,23 +282,11 @@ class Server:
         if not (self._recv_routed if self.sockets[sock] else self._recv_dealt)(sock, 0):
             self._zap_countdown = 0              # idle: admit waiting handshakes next turn
 
-    def _drain(self, sock: Socket, batch: int = DRAIN_BATCH, first_flags: int = _NOBLOCK
-               ) -> None:
-        """Receive and dispatch up to `batch` messages waiting on `sock` (the first one with
-        `first_flags`: 0 blocks for the socket's RCVTIMEO)."""
-        is_router = self.sockets.get(sock)
-        if is_router is None:
-            return
-        getopt = cast("Callable[[int], int]", sock.getsockopt)  # EVENTS: int
-        receive = self._recv_routed if is_router else self._recv_dealt
-        for i in range(batch):
-            # poll() vouched for the first message; for the next ones asking EVENTS is far
-            # cheaper than the zmq.Again exception a blind NOBLOCK recv raises at the end.
-            if i and not getopt(_EVENTS) & _POLLIN:
-                return
-            if not receive(sock, first_flags if i == 0 else _NOBLOCK):
-                self._zap_countdown = 0          # idle: admit waiting handshakes next turn
-                return
+    def turn(self) -> None:
+        """One turn of the loop: serve what arrived, or wait for it until the next timer.
+        This one serves one socket (_turn_one: the kernel, a disk); a server of several
+        brings its own (the pager's: pager_service/loop.py)."""
+        self._turn_one()
 
     def _recv_routed(self, sock: Socket, flags: int) -> bool:
         """Receive and dispatch one message on a ROUTER (`flags` 0: wait up to its RCVTIMEO);
