@@ -383,7 +383,6 @@ class LoopSocket:
 
 class LoopTransport:
     """Hands out one LoopSocket; sends land in its log."""
-    pollable = False
 
     def __init__(self, clock: SimClock) -> None:
         self.sock = LoopSocket(clock)
@@ -430,3 +429,11 @@ def test_run_receives_dispatches_fires_timers_and_stops() -> None:
     assert times[3] == pytest.approx(0.2)
     assert svc.hooks == ["start", "stop"] and sock.closed and svc.sockets == {}
     assert svc.ran == [(Op.PING, b"A"), (Op.STATS, b"B"), (Op.EXIT, b"A")]
+
+
+def test_the_one_socket_loop_refuses_a_second_socket() -> None:
+    # The skeleton's turn() serves one socket; a second would never be read, so adding one
+    # is a loud error (a server of several brings its own turn, as the pager does).
+    svc, _, _ = loop_server()                       # Echo has bound its one socket
+    with pytest.raises(Panic, match="serves one socket"):
+        svc.bind_router("inproc://second")

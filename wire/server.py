@@ -208,6 +208,9 @@ class Server:
             raise Panic(f"{self.name}: the ZAP handler suspended")
 
     def _add(self, sock: Socket, is_router: bool) -> None:
+        if self.sockets and type(self).turn is Server.turn:
+            raise Panic(f"{self.name}: this loop serves one socket; a server of several "
+                        "brings its own turn() (pager_service/loop.py)")
         self.sockets[sock] = is_router
 
     def drop_socket(self, sock: Socket) -> None:
