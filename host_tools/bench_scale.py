@@ -29,7 +29,12 @@ last one has started, and then let go at once, so all N page together.  For each
   every write-back to end (their page bytes are not memory per page); and the bytes per
   swapped page are the growth over its second half, once the allocator's and the transport's
   buffers (ZeroMQ's, in its I/O thread) have reached what this traffic needs (the first
-  half's figure is printed beside it).
+  half's figure is printed beside it).  The pages pushed out are as many as one process may
+  map, and that growth is the least-squares slope of RSS over swapped pages read every
+  READ_EVERY_PAGES (each reading once every write-back has ended), not the difference of
+  two readings: RSS moves by a few hundred KiB either way between readings (the allocator
+  reuses freed heap, and gives back its top), and one reading at either end swung the
+  figure by +-15 B per page over 16,384 pages (48-81 B in four runs).
 
 Processes are started at most START_WINDOW at a time (a new one when an earlier one has
 taken its credential), and run at SCALE_NICE, below the services (at SERVICE_NICE when
@@ -57,6 +62,7 @@ from kernel_daemon.faultlog import FAULT_LOG_CAPACITY
 from kernel_daemon.frames import FramePool
 from kernel_daemon.pagetable import CHUNK_PAGES, TAG_BYTES, AddressSpace, PageState, SwapSpace
 from kernel_daemon.policy import make_policy
+from kernel_daemon.quota import Limits
 from kernel_daemon.vm import LATENCY_KEEP
 from wire.credential import CRED_FD_ENV
 from wire.protocol import PROT_R, PROT_W
@@ -85,6 +91,13 @@ FILL_PAGES: int = 64
 PACE_PAGES: int = 32
 #: How often it looks.
 PACE_POLL_S: float = 0.005
+#: Frames of the memory measurement, and the pages it pushes out to swap: as many as one
+#: process may map beside them (the more pages, the less the allocator's reuse of freed
+#: heap, a few hundred KiB either way, weighs per page).
+MEMORY_FRAMES: int = 4096
+MEMORY_SWAPPED_PAGES: int = Limits().pages - MEMORY_FRAMES
+#: The measured half reads the kernel's RSS (all write-backs done) every this many pages.
+READ_EVERY_PAGES: int = CHUNK_PAGES
 #: A run's time limit: a floor plus this much per process.
 RUN_TIMEOUT_S: float = 600.0
 RUN_TIMEOUT_PER_PROC_S: float = 5.0
@@ -320,17 +333,31 @@ def fill_fault_rings(proc: SealedProcess, frames: int, faults: int) -> None:
 
 
 def push_out(system: System, proc: SealedProcess, addr: int, first: int, stop: int,
-             frames: int) -> int:
+             frames: int, readings: list[tuple[int, int]] | None = None) -> int:
     """Write pages first..stop-1 of the region at addr (each evicts an older page: `frames`
     frames), paced (PACE_PAGES); wait for all their write-backs (none in flight: the bytes a
-    write-back holds are not memory per page); the process's swapped pages."""
+    write-back holds are not memory per page); the process's swapped pages.  With
+    `readings`, also wait for every write-back each READ_EVERY_PAGES pages and append
+    (swapped pages, kernel RSS) there."""
     for start in range(first, stop, PACE_PAGES):
         end = min(stop, start + PACE_PAGES)
         for i in range(start, end):
             proc.store_u64(addr + i * PAGE_SIZE, i)
-        wait_settled(system, "scale", end - frames - PACE_PAGES, PACE_POLL_S)
+        if readings is not None and (end - first) % READ_EVERY_PAGES == 0:
+            wait_settled(system, "scale", end - frames, PACE_POLL_S)
+            readings.append((_swapped(system, "scale"), kernel_rss(system)))
+        else:
+            wait_settled(system, "scale", end - frames - PACE_PAGES, PACE_POLL_S)
     wait_settled(system, "scale", stop - frames)
     return _swapped(system, "scale")
+
+
+def slope(points: list[tuple[int, int]]) -> float:
+    """The least-squares slope of y over x through `points` (0.0 with fewer than two x)."""
+    n = len(points)
+    mx, my = sum(x for x, _ in points) / max(1, n), sum(y for _, y in points) / max(1, n)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
 
 
 def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
@@ -353,13 +380,17 @@ def kernel_memory_per_page(frames: int, swapped: int) -> dict[str, float]:
             half = frames + swapped // 2
             s2 = push_out(system, proc, addr, frames, half, frames)
             r2 = kernel_rss(system)
-            s3 = push_out(system, proc, addr, half, frames + swapped, frames)
+            readings = [(s2, r2)]
+            s3 = push_out(system, proc, addr, half, frames + swapped, frames, readings)
             r3 = kernel_rss(system)
+            readings.append((s3, r3))
             rec = system.process("scale")
             if rec is None:
                 raise RuntimeError("bench: the kernel has no process 'scale'")
             return {"bytes_per_resident_page": round((r1 - r0) / (frames - warm), 1),
-                    "bytes_per_swapped_page": round((r3 - r2) / max(1, s3 - s2), 1),
+                    "bytes_per_swapped_page": round(slope(readings), 1),
+                    "bytes_per_swapped_page_endpoints": round((r3 - r2) / max(1, s3 - s2), 1),
+                    "rss_readings": len(readings),
                     "bytes_per_swapped_page_first_half": round((r2 - r1) / max(1, s2), 1),
                     "swapped_pages": rec["swapped_pages"], "resident_pages": rec["resident_pages"]}
 
@@ -430,7 +461,7 @@ def scale(nprocs: int, pages: int, frames: int = SCALE_FRAMES, memory: bool = Tr
         out["main_per_fault_vs_baseline"] = round(
             top.kernel_main_us_per_fault / max(0.1, base.kernel_main_us_per_fault), 2)
     if memory:
-        out["kernel_memory"] = kernel_memory_per_page(4096, 32768)
+        out["kernel_memory"] = kernel_memory_per_page(MEMORY_FRAMES, MEMORY_SWAPPED_PAGES)
         out["page_table_bytes"] = page_table_bytes()
     return out
 
@@ -472,7 +503,9 @@ def scale_text(r: dict[str, Any]) -> str:
         lines.append(f"kernel memory (RSS growth): {m['bytes_per_resident_page']} bytes per "
                      f"resident page, {m['bytes_per_swapped_page']} bytes per swapped page "
                      f"(measured over {m['resident_pages']} resident, {m['swapped_pages']} "
-                     f"swapped; the second half of the swap phase: the first, with the "
+                     f"swapped; the slope over {m.get('rss_readings')} readings in the second "
+                     f"half of the swap phase, its two ends alone "
+                     f"{m.get('bytes_per_swapped_page_endpoints')}; the first half, with the "
                      f"allocator's and transport's high-water, "
                      f"{m.get('bytes_per_swapped_page_first_half')})")
     t = r.get("page_table_bytes")
