@@ -22,6 +22,9 @@ REGRESSION_SEEDS: dict[int, str] = {
     1263675180: "an OPEN delayed past its space's CLOSE made the handle again on the disk: "
                 "1 handle and its blocks leaked (no tombstone for closed handles)",
     3931367869: "four OPENs reordered behind their CLOSEs: 4 handles, 9 blocks leaked",
+    131958005: "OPENs and WRITEs sent to a hung disk reached its third instance after the "
+               "handle's CLOSE, which that instance had answered EBADHANDLE (it never held "
+               "the handle, so no tombstone): 1 handle, 4 blocks leaked",
 }
 #: How long the bounded sweep runs (seconds of wall time).
 SWEEP_S: float = float(os.environ.get("SEALEDOS_SIM_SWEEP_S", "20"))
