@@ -421,14 +421,15 @@ class World:
             proc.finish()
 
     def _settled(self) -> bool:
-        """Every process gone from the kernel, no pager request left, every block freed."""
+        """Every process gone from the kernel, no pager request left, every handle closed
+        (a CLOSE waiting to be asked again is in no backlog: only the disk shows it)."""
         k = self.kernel
         if self.server is not None and self.server.state == "serving" and all(
                 p.state in ("exited", "dead") for p in self.procs if p is not self.server):
             ipcload.stop_serving(self.server)
         return all(p.state in ("exited", "dead") for p in self.procs) and not k.procs.by_spid \
             and all(not s.inflight and not s.backlog for s in k.pagers.slots) and \
-            all(d.service is not None and not d.service.device.stats().used_blocks
+            all(d.service is not None and not d.service.device.stats().handles
                 for d in self.disks)
 
     def run(self) -> RunResult:
