@@ -405,16 +405,14 @@ class World:
         return True
 
     def heal(self) -> None:
-        """Stop injecting: restart what is down, wake what hangs, fix links, finish work."""
+        """Stop injecting: restart what is down, fix links, finish work (a hang runs out)."""
         self.healing = True
         self.lateness.clear()
         self._heal_links()
-        for d in self.disks:
-            if d.tr is not None:
-                d.tr.paused_until = 0.0
-        for p in self.pagers:
-            if p.tr is not None:
-                p.tr.paused_until = 0.0
+        # A hung node is not woken early: the frames it holds are queued for the end of its
+        # hang, and frames sent to it now would overtake them (on a real socket the process
+        # reads them in order when it resumes; overtaken, an older WRITE of a slot landed
+        # on a newer one and an honest process was stopped: seeds 17690967, 17692315).
         for node in [*self.disks, *self.pagers]:
             self._restart(node)                  # type: ignore[arg-type]
         for proc in self.procs:
