@@ -412,7 +412,7 @@ class World:
         # A hung node is not woken early: the frames it holds are queued for the end of its
         # hang, and frames sent to it now would overtake them (on a real socket the process
         # reads them in order when it resumes; overtaken, an older WRITE of a slot landed
-        # on a newer one and an honest process was stopped: seeds 17690967, 17692315).
+        # on a newer one and an honest process was stopped: seed 17690967).
         for node in [*self.disks, *self.pagers]:
             self._restart(node)                  # type: ignore[arg-type]
         for proc in self.procs:
