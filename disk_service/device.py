@@ -16,8 +16,10 @@ Write ordering (the crash contract; a SIGKILL can stop us between any two stores
 * open: token hash, label and record size first, then in_use (the commit point);
 * free: the live bit is cleared first, then blocks no live slot touches are released;
   close: map owners are cleared first, then in_use, so no block is ever owned by a closed
-  handle.  (A crash between the steps of a write or a free can leave a block owned but
-  unused: it is freed when its handle is closed.)
+  handle; its token hash stays (a tombstone: a late OPEN of it is refused), and a CLOSE of
+  a token not held writes one into a free record (in_use stays 0).  (A crash between the
+  steps of a write or a free can leave a block owned but unused: it is freed when its
+  handle is closed.)
 
 A file that exists but fails any check is refused with DeviceError and is never written:
 it is checked through a read-only mapping and reopened writable only once it passed.
@@ -395,7 +397,15 @@ class Device:
         return token
 
     def close_handle(self, token: bytes) -> int:
-        """Close handle `token`, freeing all its blocks; return how many were freed."""
+        """Close handle `token`, freeing all its blocks; return how many were freed.
+
+        A CLOSE is final, even of a token this device does not hold: its OPEN may not have
+        landed yet (sent to a hung instance of this disk, it can sit in the pager's queue
+        through a restart and arrive after the CLOSE; sim seed 131958005), so such a token
+        is buried (a tombstone, as for a closed handle) before BADHANDLE is answered, and
+        that OPEN is refused when it comes."""
+        if isinstance(token, bytes) and len(token) == TOKEN_BYTES and not self.knows(token):
+            self._bury(token_hash(token))
         h = self._handle(token)
         blocks = sorted(self._idx.slots[h].values(), reverse=True)
         self._release(blocks)
@@ -405,6 +415,26 @@ class Device:
         self._idx.closed[key] = h
         self.dirty = True
         return len(blocks)
+
+    def _bury(self, key: bytes) -> None:
+        """Leave a tombstone for token hash `key` in a free handle record (else in the oldest
+        tombstone's): a late OPEN of it is refused.  Best effort: with every record open
+        there is no room, and none is taken from an open handle."""
+        if self._mm is None:
+            raise Panic("device used after close()")
+        if key in self._idx.closed:
+            return
+        if self._idx.free_handles:
+            h = self._idx.free_handles.pop()
+        elif self._idx.closed:
+            h = self._idx.closed.pop(next(iter(self._idx.closed)))
+        else:
+            return
+        rec = self._handles[h:h + 1]
+        rec["label"], rec["label_len"], rec["block_size"] = 0, 0, 0
+        rec["token_hash"] = np.frombuffer(key, dtype=np.uint8)   # in_use stays 0: a tomb
+        self._idx.closed[key] = h
+        self.dirty = True
 
     def label(self, token: bytes) -> str:
         """The label handle `token` was opened with."""

@@ -177,8 +177,8 @@ class Pagers:
         self.labels: dict[bytes, str] = {}
         #: ... and, per mirror, those its current instance answered OPEN for with success ...
         self.opened: list[set[bytes]] = [set() for _ in range(nmirrors)]
-        #: ... and those any instance ever did (an OPEN of one answered `created` means the
-        #: disk lost it: a wiped or new device file); on_lost(mirror, handle) hears of it.
+        #: ... and those any instance ever did (an OPEN of one, sent after, answered `created`
+        #: means the disk lost it: a wiped or new device file); on_lost(mirror, handle) hears.
         self.made: list[set[bytes]] = [set() for _ in range(nmirrors)]
         self.on_lost: Callable[[int, bytes], None] = lambda mirror, handle: None
         #: Extra fields of every OPEN (erasure coding: the fragment record's block_size).
@@ -301,7 +301,10 @@ class Pagers:
         """OPEN the kernel-minted `handle` on mirror's disk (idempotent there); on success
         mark it open for the current instance; then done(reply, why)."""
         self.labels[handle] = label
-        joins = self.slots[mirror].joins
+        # `created` means lost only if the disk had acknowledged the handle before this OPEN
+        # was sent (`known`): an earlier OPEN's `created`, answered late, behind the answers
+        # to later OPENs, is no loss (sim seed 17691446: an honest single pager's page stopped).
+        joins, known = self.slots[mirror].joins, handle in self.made[mirror]
 
         def on(reply: dict[str, Any] | None, why: str) -> None:
             if handle not in self.labels:
@@ -309,7 +312,7 @@ class Pagers:
                 # and made the handle again (a retried or late OPEN), so close it once more.
                 self.submit(mirror, Op.CLOSE, {"handle": handle}, _ignore)
             elif reply is not None and "err" not in reply:
-                if reply.get("created") and handle in self.made[mirror]:
+                if reply.get("created") and known:
                     # The disk lost it (and likely every other handle: a wiped disk), so
                     # each is re-OPENed before use there.
                     self.stats.handles_lost += 1

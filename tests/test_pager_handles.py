@@ -47,3 +47,33 @@ def test_a_new_instance_revalidates_what_the_old_one_opened() -> None:
     asked = [(m["op"], bytes(m["handle"])) for m in second.requests]
     assert asked[:2] == [("open", handle), ("page_out", handle)]
     assert rig.stats()["handle_reopens"] == 0     # opened first, never caught out
+
+
+def test_a_late_created_from_an_earlier_open_is_not_a_lost_disk() -> None:
+    """Two OPENs of one handle race; the disk made it for the first, whose answer (`created`)
+    comes last, after a page was stored under the handle.  The disk lost nothing: the page
+    keeps its mirror bit and reads back (sim seed 17691446: it was stopped EINTEGRITY, 'no
+    mirror holds the page')."""
+    rig = Rig(nframes=1)
+    pager = rig.pager()
+    late: list[int] = []
+
+    def hold_the_first(p: FakePager, m: Msg) -> Msg | None:
+        answer = p.honest(m)                       # the disk makes the handle now ...
+        if not late:
+            late.append(int(m["rid"]))             # ... and the answer is held back
+            return None
+        return answer
+    pager.behaviour["open"] = hold_the_first
+    app = rig.app()
+    v = app.map(3)
+    app.write(v, page("first"))
+    app.write(v + 1, page("second"))              # evicts v: the first OPEN (held)
+    app.write(v + 2, page("third"))               # evicts v + 1: a second OPEN, answered
+    rig.run(0.05)
+    assert len(pager.ops("open")) == 2 and pager.ops("page_out")
+    pager.peer.send({"created": True, "re": late[0]})          # the first answer, at last
+    rig.run(0.05)
+    assert rig.stats()["handles_lost"] == 0
+    assert app.read(v + 1) == page("second")
+    assert app.read(v) == page("first")

@@ -22,6 +22,18 @@ REGRESSION_SEEDS: dict[int, str] = {
     1263675180: "an OPEN delayed past its space's CLOSE made the handle again on the disk: "
                 "1 handle and its blocks leaked (no tombstone for closed handles)",
     3931367869: "four OPENs reordered behind their CLOSEs: 4 handles, 9 blocks leaked",
+    131958005: "OPENs and WRITEs sent to a hung disk reached its third instance after the "
+               "handle's CLOSE, which that instance had answered EBADHANDLE (it never held "
+               "the handle, so no tombstone): 1 handle, 4 blocks leaked",
+}
+#: Seeds of an honest system (one pager, no hostile mode) that once stopped a process with
+#: EINTEGRITY -- allowed by invariant 2, but nothing had lost the page -- with the cause.
+HONEST_STOP_SEEDS: dict[int, str] = {
+    17691446: "the first of two racing OPENs was answered 'created' last, after a page was "
+              "stored under the handle: the kernel took it for a wiped disk and dropped the "
+              "page's only mirror bit ('no mirror holds the page')",
+    17690967: "the simulator woke a hung disk early at quiescence: frames sent after overtook "
+              "those it held, and an older WRITE of a slot landed on a newer one",
 }
 #: How long the bounded sweep runs (seconds of wall time).
 SWEEP_S: float = float(os.environ.get("SEALEDOS_SIM_SWEEP_S", "20"))
@@ -68,6 +80,13 @@ def test_regression_seed(seed: int) -> None:
     assert r.ok, f"seed {seed} ({REGRESSION_SEEDS[seed]}): {r.violations}"
     if "grant" in REGRESSION_SEEDS[seed]:
         assert r.work["grants_refused"] > 0, "the schedule no longer reaches the grant race"
+
+
+@pytest.mark.parametrize("seed", sorted(HONEST_STOP_SEEDS))
+def test_honest_seed_stops_nobody(seed: int) -> None:
+    r = World(SimConfig(seed)).run()
+    assert r.ok and r.shape["hostile"] == "none" and r.shape["mirrors"] == 1, r.violations
+    assert not r.stopped, f"seed {seed} ({HONEST_STOP_SEEDS[seed]}): {r.stopped}"
 
 
 def test_a_bounded_sweep_of_fresh_seeds_passes(capsys: pytest.CaptureFixture[str]) -> None:

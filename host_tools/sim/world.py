@@ -405,30 +405,29 @@ class World:
         return True
 
     def heal(self) -> None:
-        """Stop injecting: restart what is down, wake what hangs, fix links, finish work."""
+        """Stop injecting: restart what is down, fix links, finish work (a hang runs out)."""
         self.healing = True
         self.lateness.clear()
         self._heal_links()
-        for d in self.disks:
-            if d.tr is not None:
-                d.tr.paused_until = 0.0
-        for p in self.pagers:
-            if p.tr is not None:
-                p.tr.paused_until = 0.0
+        # A hung node is not woken early: the frames it holds are queued for the end of its
+        # hang, and frames sent to it now would overtake them (on a real socket the process
+        # reads them in order when it resumes; overtaken, an older WRITE of a slot landed
+        # on a newer one and an honest process was stopped: seed 17690967).
         for node in [*self.disks, *self.pagers]:
             self._restart(node)                  # type: ignore[arg-type]
         for proc in self.procs:
             proc.finish()
 
     def _settled(self) -> bool:
-        """Every process gone from the kernel, no pager request left, every block freed."""
+        """Every process gone from the kernel, no pager request left, every handle closed
+        (a CLOSE waiting to be asked again is in no backlog: only the disk shows it)."""
         k = self.kernel
         if self.server is not None and self.server.state == "serving" and all(
                 p.state in ("exited", "dead") for p in self.procs if p is not self.server):
             ipcload.stop_serving(self.server)
         return all(p.state in ("exited", "dead") for p in self.procs) and not k.procs.by_spid \
             and all(not s.inflight and not s.backlog for s in k.pagers.slots) and \
-            all(d.service is not None and not d.service.device.stats().used_blocks
+            all(d.service is not None and not d.service.device.stats().handles
                 for d in self.disks)
 
     def run(self) -> RunResult:

@@ -257,6 +257,19 @@ def test_close_frees_blocks(service: DiskProc) -> None:
     assert stats["free_blocks"] == stats["nblocks"]
 
 
+def test_a_close_before_its_open_is_final_across_a_sigkill(service: DiskProc) -> None:
+    """An OPEN sent to a hung disk can reach its next instance after the kernel's CLOSE
+    (sim seed 131958005): the CLOSE of a token the disk does not hold is answered EBADHANDLE
+    and is final -- that OPEN, and its WRITEs, are refused, by this instance and the next."""
+    token = os.urandom(16)
+    expect_err(Err.BADHANDLE, service.call, "close", handle=token)
+    service.kill()
+    service.start()
+    expect_err(Err.BADHANDLE, service.call, "open", handle=token, label="late")
+    expect_err(Err.BADHANDLE, service.call, "write", handle=token, slot=0, data=random_block())
+    assert service.call("stats")["handles"] == 0 and service.call("stats")["used_blocks"] == 0
+
+
 def _garbage(path: Path) -> str:
     """A file of random bytes the size of a device.  Return the words the refusal must name."""
     path.write_bytes(rng.integers(0, 256, SIZE_MIB << 20, dtype=np.uint8).tobytes())
