@@ -94,7 +94,6 @@ class Event:
 
 class NodeTransport:
     """One node's view of the simulated network (the Transport seam of wire/transport.py)."""
-    pollable: bool = False
 
     def __init__(self, net: SimNet, name: str) -> None:
         self.net = net
