@@ -440,7 +440,7 @@ class Mmu:
         Raises the mapped SealedError (SegmentationFault, ProtectionFault, ...)."""
         while True:
             with self._lock:
-                if access == ACCESS_WRITE:
+                if access == ACCESS_WRITE and vpn in self._entry:     # (_w is in _entry)
                     base = self._dirty_trap_locked(vpn)
                     if base is not None:
                         return base
