@@ -366,12 +366,15 @@ class Vm:
         (kind "minor" or "major"); SUSPEND (answered).  The reply goes before the bookkeeping:
         nothing after it can change what it says (the kernel serves one message at a time),
         and the process waits for it, not for the counters."""
-        k, proc, pte = self.k, f.proc, f.pte
-        extra: dict[str, Any] = {} if data is None else {"data": data}
+        k, proc, pte, req = self.k, f.proc, f.pte, f.req
+        reply: dict[str, Any] = {"vpn": f.vpn, "frame": pte.frame, "prot": pte.prot, "fill": fill}
+        if data is not None:
+            reply["data"] = data
         if around:
-            extra["around"] = around
+            reply["around"] = around
+        reply["re"] = req.rid                          # (k.reply's map, built once)
         now = k.now()
-        k.reply(f.req, vpn=f.vpn, frame=pte.frame, prot=pte.prot, fill=fill, **extra)
+        k.send(req.sock, req.peer, reply)
         proc.counters["major_faults" if kind == "major" else "minor_faults"] += 1
         self.stats.major_faults += kind == "major"
         self.stats.minor_faults += kind == "minor"

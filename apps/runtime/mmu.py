@@ -71,7 +71,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from apps.runtime.bank import Bank
+from apps.runtime.bank import ZERO_PAGE, Bank
 from apps.runtime.errors import KernelProtocolError
 from apps.runtime.syscall import KernelLink
 from wire.protocol import (
@@ -95,6 +95,7 @@ _U64 = struct.Struct("<Q")
 _unpack_u64: Callable[[memoryview, int], tuple[int]] = _U64.unpack_from
 _pack_u64 = _U64.pack_into
 _LAST_WORD: int = PAGE_SIZE - 8
+_monotonic = time.monotonic
 #: addr & _WORD_KEY is the base address of addr's page when addr is aligned and non-negative,
 #: else no page's (bits 0..2 or the sign stay): the key of the hot word entries.
 _WORD_KEY: int = ~(PAGE_MASK & ~7)
@@ -144,6 +145,7 @@ class Mmu:
         self.bank = bank
         self._buf = bank.buf
         self._words = bank.words                        # native words: aligned u64 hits
+        self._nframes = bank.nframes
         if sys.byteorder != "little":                   # ... little-endian only
             self.load_u64 = self._load_u64_slow         # type: ignore[method-assign]
             self.store_u64 = self._store_u64_slow       # type: ignore[method-assign]
@@ -324,7 +326,7 @@ class Mmu:
             take = min(n - pos, PAGE_SIZE - o)
             base = w.get(vpn)
             if base is None:
-                base = self._writable(vpn)
+                base = self._fault(vpn, ACCESS_WRITE)   # or the dirty trap
             else:
                 self.tlb_hits += 1
                 if vpn != self._last:
@@ -360,7 +362,7 @@ class Mmu:
         while True:
             base = w.get(vpn)
             if base is None:
-                base = self._writable(vpn)
+                base = self._fault(vpn, ACCESS_WRITE)   # or the dirty trap
             elif vpn != self._last:
                 self._reference(vpn)
             _pack_u64(self._buf, base + o, value)
@@ -378,23 +380,22 @@ class Mmu:
         if self._w.get(vpn) != base or self._last != vpn:
             self._wkey = _COLD
 
-    def _writable(self, vpn: int) -> int:
-        """The offset of vpn for a store: the local dirty trap if it is installed writable
-        and clean, else a write fault."""
-        with self._lock:
-            base = self._w.get(vpn)
-            if base is not None:
-                return base
-            entry = self._entry.get(vpn)
-            if entry is not None and entry[1] & PROT_W:
-                base = entry[0]
-                self._dirty.add(vpn)
-                self._w[vpn] = base
-                self.local_dirty_traps += 1
-                if vpn != self._last:
-                    self._reference(vpn)
-                return base
-        return self._fault(vpn, ACCESS_WRITE)
+    def _dirty_trap_locked(self, vpn: int) -> int | None:
+        """The local dirty trap: vpn's offset if it is installed writable (now marked dirty
+        and put in _w), else None (a write fault is needed)."""
+        base = self._w.get(vpn)
+        if base is not None:
+            return base
+        entry = self._entry.get(vpn)
+        if entry is None or not entry[1] & PROT_W:
+            return None
+        base = entry[0]
+        self._dirty.add(vpn)
+        self._w[vpn] = base
+        self.local_dirty_traps += 1
+        if vpn != self._last:
+            self._reference(vpn)
+        return base
 
     # -- faults and installs: the install race ---------------------------------------------
     #
@@ -433,17 +434,25 @@ class Mmu:
     # kernel waits for its answer to serve the fault.
 
     def _fault(self, vpn: int, access: str) -> int:
-        """Ask the kernel for vpn and install it; return the offset for `access`.
+        """Ask the kernel for vpn and install it; return the offset for `access` (a store
+        first tries the local dirty trap, under the same lock).
 
         Raises the mapped SealedError (SegmentationFault, ProtectionFault, ...)."""
         while True:
             with self._lock:
+                if access == ACCESS_WRITE and vpn in self._entry:     # (_w is in _entry)
+                    base = self._dirty_trap_locked(vpn)
+                    if base is not None:
+                        return base
                 if self._hb_refs_unanswered:
                     if not self._cv.wait_for(lambda: not self._hb_refs_unanswered,
                                              HEARTBEAT_REFS_WAIT_S):
                         self._hb_refs_unanswered = False
-                refs, self._refs = compact_refs(self._refs), []
-                self.refs_faulted_s = time.monotonic()
+                refs = self._refs
+                if len(refs) > REFS_LIMIT:
+                    refs = compact_refs(refs)
+                self._refs = []
+                self.refs_faulted_s = _monotonic()
                 self._inflight, self._revoked = vpn, False
             self.tlb_misses += 1
             reply: dict[str, Any] | None = None
@@ -473,7 +482,8 @@ class Mmu:
                 return None
             frame, prot, fill, data = self._check_reply(vpn, access, reply)
             if fill != FILL_KEEP:
-                self.bank.fill(frame, data)
+                off = frame * PAGE_SIZE
+                self._buf[off:off + PAGE_SIZE] = ZERO_PAGE if data is None else data
             if "around" in reply:
                 self._apply_around_locked(vpn, frame, reply["around"], parked)
             if parked:
@@ -542,7 +552,7 @@ class Mmu:
         data = reply.get("data")
         if reply.get("vpn", vpn) != vpn:
             raise KernelProtocolError(f"fault on page {vpn:#x} answered for page {reply['vpn']!r}")
-        if not self.bank.valid(frame):
+        if frame.__class__ is not int or not 0 <= frame < self._nframes:    # (bank.valid)
             raise KernelProtocolError(f"fault on page {vpn:#x}: bad frame {frame!r}")
         if not isinstance(prot, int) or not prot & ACCESS_PROT[access]:
             raise KernelProtocolError(f"fault on page {vpn:#x}: installed with prot {prot!r} "
@@ -559,7 +569,10 @@ class Mmu:
     def _install_locked(self, vpn: int, frame: int, prot: int, fill: str, access: str) -> int:
         """Insert vpn's TLB entries; return the offset for `access`."""
         base = frame * PAGE_SIZE
-        self._drop_tlb_locked(vpn)
+        if vpn in self._entry:                           # (every TLB entry has an _entry)
+            self._drop_tlb_locked(vpn)
+        else:
+            self._rkey = self._wkey = _COLD
         if fill != FILL_KEEP:
             self._dirty.discard(vpn)                     # a freshly filled page is clean
         self._resident[vpn] = frame

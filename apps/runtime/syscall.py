@@ -46,6 +46,7 @@ EXIT_WAIT_MS: int = 2000
 KERNEL_ADDR_ENV: str = "SEALEDOS_KERNEL_ADDR"
 #: Each op's wire name as a plain str (what msgpack packs fastest).
 _OP_NAMES: dict[Op, str] = {op: op.value for op in Op}
+_FAULT: str = _OP_NAMES[Op.FAULT]
 #: msgpack >= 1.0's defaults are the protocol's (raw=False, strict_map_key=True); no
 #: keyword arguments to parse per frame.
 _unpackb = msgpack.unpackb
@@ -260,8 +261,18 @@ class KernelLink:
         self.call(Op.PROTECT, addr=addr, npages=npages, prot=prot)
 
     def fault(self, vpn: int, access: str, refs: list[int]) -> dict[str, Any]:
-        """FAULT on vpn; the reply says which frame, with which prot, filled how."""
-        return self._call(Op.FAULT, {"vpn": vpn, "access": access, "refs": refs})
+        """FAULT on vpn; the reply says which frame, with which prot, filled how.
+
+        _call and _request inlined: a minor fault is the syscall a program makes most."""
+        if self.closed:
+            return self._call(Op.FAULT, {})              # (raises KernelUnreachable)
+        rid = next(self._rids)
+        self.sock.send(self._pack({"vpn": vpn, "access": access, "refs": refs,
+                                   "op": _FAULT, "rid": rid}))
+        reply = self._wait(self.sock, Op.FAULT, rid, None)
+        if "err" in reply:
+            raise self._named(from_reply(reply, _FAULT))
+        return reply
 
     def report(self, data: dict[str, Any]) -> None:
         """REPORT app-level results."""
