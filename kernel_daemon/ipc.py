@@ -55,8 +55,6 @@ import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import msgpack
-
 from kernel_daemon.caps import NAMESERVICE_HANDLE, CapTable, Endpoint
 from kernel_daemon.contract import (
     CONTRACT_MAX_BYTES,
@@ -69,7 +67,7 @@ from kernel_daemon.contract import (
 from kernel_daemon.histogram import Histograms
 from kernel_daemon.proc import Proc, ProcState, caller
 from kernel_daemon.quota import Resource
-from wire.protocol import PAGE_SHIFT, PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError
+from wire.protocol import PAGE_SHIFT, PAGE_SIZE, STASH_MAX_BYTES, Err, ServiceError, encoder
 from wire.server import SUSPEND, Answer, Request
 
 if TYPE_CHECKING:
@@ -84,7 +82,7 @@ ENDPOINT_RECORDS_MAX: int = 512
 _NO_CAPS: tuple[()] = ()
 #: The kernel's main thread's msgpack packer (a Packer is not thread-safe; nothing else packs
 #: with it); the map keys of the two frames the routing path packs itself (_deliver, _answer).
-_pack = msgpack.Packer(use_bin_type=True).pack
+_pack = encoder()
 _RE, _CALL_KEY, _MSG, _SENDER, _CAPS, _GRANT_ADDR, _GRANT_NPAGES, _EMPTY_LIST = map(
     _pack, ("re", "call", "msg", "sender", "caps", "grant_addr", "grant_npages", []))
 _MAP_HEADER: tuple[bytes, ...] = tuple(bytes((0x80 | n,)) for n in range(16))  # fixmap, n keys

@@ -116,6 +116,7 @@ from wire.protocol import (
     Err,
     Op,
     ServiceError,
+    ok,
 )
 from wire.server import SUSPEND, Panic, Request, Suspend
 
@@ -367,12 +368,11 @@ class Vm:
         nothing after it can change what it says (the kernel serves one message at a time),
         and the process waits for it, not for the counters."""
         k, proc, pte, req = self.k, f.proc, f.pte, f.req
-        reply: dict[str, Any] = {"vpn": f.vpn, "frame": pte.frame, "prot": pte.prot, "fill": fill}
+        reply = ok(req.rid, vpn=f.vpn, frame=pte.frame, prot=pte.prot, fill=fill)  # built once
         if data is not None:
             reply["data"] = data
         if around:
             reply["around"] = around
-        reply["re"] = req.rid                          # (k.reply's map, built once)
         now = k.now()
         k.send(req.sock, req.peer, reply)
         proc.counters["major_faults" if kind == "major" else "minor_faults"] += 1

@@ -247,11 +247,12 @@ def encode(msg: dict[str, Any]) -> bytes:
     return frame
 
 
-def encoder() -> Callable[[dict[str, Any]], bytes]:
+def encoder() -> Callable[[Any], bytes]:
     """An encode for one thread: the same frames, from a packer whose buffer is kept between
     messages (packb makes and frees a packer per call, over a microsecond of a server's
-    per-message work).  Not thread-safe: one per server loop."""
-    pack: Callable[[dict[str, Any]], bytes] = msgpack.Packer(use_bin_type=True).pack
+    per-message work); it packs any value, as the parts of a frame a server builds itself
+    (kernel_daemon/ipc.py).  Not thread-safe: one per server loop."""
+    pack: Callable[[Any], bytes] = msgpack.Packer(use_bin_type=True).pack
     return pack
 
 

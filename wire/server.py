@@ -55,7 +55,6 @@ Handler = Callable[["Request"], Answer]
 _EVENTS: int = int(zmq.EVENTS)
 _POLLIN: int = int(zmq.POLLIN)
 _NOBLOCK: int = int(zmq.NOBLOCK)
-_MORE_NOBLOCK: int = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 #: How long a one-socket loop may block in recv, at most (the steps keep setsockopt rare and
 #: never wake later than the next timer; the cap bounds how late a signal stops the loop).
