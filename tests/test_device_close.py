@@ -75,3 +75,21 @@ def test_burying_never_takes_an_open_handles_record(image: Path) -> None:
         expect_err(Err.BADHANDLE, dev.close_handle, late)
         expect_err(Err.BADHANDLE, dev.open_handle, "late", late)
         assert dev.read(b, 0) == bytes(BLOCK_SIZE)
+
+
+def test_a_flood_of_closes_of_unknown_tokens_cannot_fill_the_handle_table(image: Path) -> None:
+    """A hostile pager CLOSEs many tokens nobody opened: each buries one, in a free record or
+    the oldest tomb, so OPENs still succeed (no NOSPC), the open handle keeps its block, and
+    the newest tombstones still refuse their late OPENs."""
+    with Device(image, size_mib=SIZE_MIB, max_handles=4) as dev:
+        kept = dev.open_handle("kept", os.urandom(16))
+        dev.write(kept, 0, b"\x5a" * BLOCK_SIZE)
+        flood = [os.urandom(16) for _ in range(50)]
+        for token in flood:
+            expect_err(Err.BADHANDLE, dev.close_handle, token)
+        assert dev.stats().handles == 1
+        fresh = dev.open_handle("fresh", os.urandom(16))          # took the oldest tomb
+        dev.write(fresh, 1, bytes(BLOCK_SIZE))
+        expect_err(Err.BADHANDLE, dev.open_handle, "late", flood[-1])
+        assert dev.read(kept, 0) == b"\x5a" * BLOCK_SIZE
+        assert dev.stats().handles == 2 and dev.stats().used_blocks == 2
